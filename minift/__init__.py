@@ -1,0 +1,9 @@
+"""minift: full fine-tuning and LoRA side by side, with hand-written forward and backward passes in NumPy/CuPy."""
+from .backend import get_xp, gpu_available, resolve_device, to_numpy
+from .errors import MiniftError
+from .gradcheck import GradReport, check_function, check_op
+
+__version__ = "0.1.0"
+
+__all__ = ["MiniftError", "GradReport", "check_function", "check_op", "get_xp", "gpu_available",
+           "resolve_device", "to_numpy", "__version__"]
