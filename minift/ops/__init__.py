@@ -10,3 +10,20 @@ Conventions shared by every op (see each module's docstring for its math):
 from .linear import linear_backward, linear_forward
 
 __all__ = ["linear_forward", "linear_backward"]
+
+from .dropout import dropout_backward, dropout_forward
+from .embedding import embedding_backward, embedding_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .pooling import last_token_index, pool_last_backward, pool_last_forward
+
+__all__ += ["embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
+            "gelu_forward", "gelu_backward", "dropout_forward", "dropout_backward",
+            "last_token_index", "pool_last_forward", "pool_last_backward"]
+
+from .attention import attention_backward, attention_forward
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .softmax import log_softmax, softmax, softmax_backward, softmax_forward
+
+__all__ += ["softmax", "log_softmax", "softmax_forward", "softmax_backward", "attention_forward",
+            "attention_backward", "cross_entropy_forward", "cross_entropy_backward"]
