@@ -1,9 +1,11 @@
 """minift: full fine-tuning and LoRA side by side, with hand-written forward and backward passes in NumPy/CuPy."""
 from .backend import get_xp, gpu_available, resolve_device, to_numpy
+from .config import GPTConfig
 from .errors import MiniftError
 from .gradcheck import GradReport, check_function, check_op
+from .model import GPT
 
 __version__ = "0.1.0"
 
-__all__ = ["MiniftError", "GradReport", "check_function", "check_op", "get_xp", "gpu_available",
+__all__ = ["GPT", "GPTConfig", "MiniftError", "GradReport", "check_function", "check_op", "get_xp", "gpu_available",
            "resolve_device", "to_numpy", "__version__"]

@@ -1,0 +1,91 @@
+"""GPTConfig: the model's dimensions, with GPT-2's field names, and the presets everyone shares.
+
+The presets are fixed in ../shared/DESIGN.md and mirrored by the PyTorch benchmark reference
+(../shared/bench/torch_ref.py), so "demo" means the same model in both.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import MiniftError
+
+# name -> (dimensions, the batch size `minift bench` uses for it)
+PRESETS = {
+    "tiny":  dict(vocab_size=512,   n_embd=64,  n_layer=2,  n_head=4,  n_ctx=64),
+    "demo":  dict(vocab_size=2048,  n_embd=128, n_layer=4,  n_head=4,  n_ctx=128),
+    "small": dict(vocab_size=8192,  n_embd=256, n_layer=6,  n_head=8,  n_ctx=256),
+    "gpt2":  dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_ctx=1024),
+}
+BENCH_BATCH = {"tiny": 16, "demo": 16, "small": 8, "gpt2": 8}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Dimensions of a GPT-2-style model. `n_ctx` is what Hugging Face's config.json calls `n_positions`."""
+    vocab_size: int = 2048
+    n_ctx: int = 128
+    n_embd: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    layer_norm_epsilon: float = 1e-5
+    dropout: float = 0.0      # GPT-2's embd/resid dropout (it used 0.1); applied only when training with an rng
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_ctx", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MiniftError(f"GPTConfig.{name}={value!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise MiniftError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MiniftError(f"GPTConfig.dropout={self.dropout!r} must be in [0, 1)")
+        if not self.layer_norm_epsilon > 0:
+            raise MiniftError(f"GPTConfig.layer_norm_epsilon={self.layer_norm_epsilon!r} must be positive")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        """One of "tiny" | "demo" | "small" | "gpt2", optionally with fields overridden."""
+        if name not in PRESETS:
+            raise MiniftError(f"preset {name!r} is not one of {sorted(PRESETS)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_hf(self) -> dict:
+        """The fields of a Hugging Face GPT2Config (config.json) that describe this model."""
+        return dict(model_type="gpt2", vocab_size=self.vocab_size, n_positions=self.n_ctx, n_ctx=self.n_ctx,
+                    n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head, n_inner=None,
+                    activation_function="gelu_new", layer_norm_epsilon=self.layer_norm_epsilon,
+                    resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=0.0,
+                    initializer_range=0.02, scale_attn_weights=True, tie_word_embeddings=True)
+
+    @classmethod
+    def from_hf(cls, hf: dict, where="config.json") -> "GPTConfig":
+        """Read a Hugging Face GPT-2 config.json dict; refuse features minift's GPT-2 does not implement."""
+        try:
+            n_ctx = hf.get("n_positions", hf.get("n_ctx"))
+            cfg = cls(vocab_size=hf["vocab_size"], n_ctx=n_ctx, n_embd=hf["n_embd"], n_layer=hf["n_layer"],
+                      n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+                      dropout=float(hf.get("resid_pdrop", 0.0)))
+        except KeyError as e:
+            raise MiniftError(f"{where} lacks the GPT-2 field {e.args[0]!r}") from None
+        n_inner = hf.get("n_inner")
+        if n_inner not in (None, 4 * cfg.n_embd):
+            raise MiniftError(f"{where}: n_inner={n_inner} is not supported (minift's MLP is 4 * n_embd wide)")
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise MiniftError(f"{where}: activation_function={act!r} is not supported (GPT-2's tanh GELU only)")
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise MiniftError(f"GPTConfig got unknown fields {sorted(unknown)}")
+        return cls(**d)

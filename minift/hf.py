@@ -1,0 +1,92 @@
+"""Hugging Face GPT-2 folders: config.json + model.safetensors, read and written.
+
+minift's parameter names and layouts *are* GPT-2's (linear weights [in, out], as GPT-2's Conv1D), so loading a real
+checkpoint is a renaming at most:
+  - keys may carry the "transformer." prefix (GPT2LMHeadModel's state dict) or not (the hub's gpt2 checkpoint);
+  - `h.{i}.attn.bias` / `h.{i}.attn.masked_bias` are causal-mask buffers, not parameters: ignored;
+  - `lm_head.weight` is tied to `wte.weight` in GPT-2, so it is not stored separately: rebuilt from wte;
+  - `score.weight` (GPT2ForSequenceClassification) becomes minift's classification head.
+Anything else missing, unexpected or of the wrong shape is a clear error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backend import get_xp, resolve_device, resolve_dtype, to_numpy
+from .config import GPTConfig
+from .errors import MiniftError
+from .io import load_json, load_safetensors, save_json, save_safetensors
+
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def _normalise_keys(tensors: dict) -> dict:
+    out = {}
+    for key, value in tensors.items():
+        name = key[len("transformer."):] if key.startswith("transformer.") else key
+        if name.endswith(IGNORED_SUFFIXES) or name == "lm_head.weight":
+            continue
+        out[name] = value
+    return out
+
+
+def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
+    """A folder with config.json and model.safetensors -> a GPT of class `cls`."""
+    from .model import param_shapes
+    path = Path(path)
+    if not path.is_dir():
+        raise MiniftError(f"model folder not found: {path}")
+    hf = load_json(path / "config.json", "model config")
+    cfg = GPTConfig.from_hf(hf, where=str(path / "config.json"))
+    tensors, _ = load_safetensors(path / "model.safetensors", "model weights")
+    tensors = _normalise_keys(tensors)
+    expected = param_shapes(cfg)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected and k != "score.weight"]
+    if missing or unexpected:
+        raise MiniftError(f"{path}/model.safetensors does not match config.json: missing {missing[:5]}"
+                          f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise MiniftError(f"{path}/model.safetensors: {name} has shape {tuple(tensors[name].shape)}, "
+                              f"config.json implies {shape}")
+    dtype = resolve_dtype(dtype)
+    xp = get_xp(resolve_device(device))
+    params = {k: xp.asarray(np.asarray(tensors[k], dtype=dtype)) for k in expected}
+    model = cls(cfg, dtype=dtype, device=device, params=params)
+    if "score.weight" in tensors:
+        labels = _labels_from_config(hf, tensors["score.weight"].shape[0])
+        model.params["score.weight"] = xp.asarray(np.asarray(tensors["score.weight"], dtype=dtype))
+        model.head, model.labels = "classification", labels
+        if tensors["score.weight"].shape != (len(labels), cfg.n_embd):
+            raise MiniftError(f"{path}: score.weight has shape {tensors['score.weight'].shape}, "
+                              f"expected ({len(labels)}, {cfg.n_embd})")
+    return model
+
+
+def _labels_from_config(hf: dict, k: int) -> list:
+    id2label = hf.get("id2label")
+    if id2label:
+        return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+    return [f"LABEL_{i}" for i in range(k)]
+
+
+def save_gpt2_folder(model, path):
+    """Write config.json + model.safetensors that transformers loads as GPT2LMHeadModel (or
+    GPT2ForSequenceClassification when the model has a classification head). Adapters are not included: merge them
+    first (`lora.merge()`) to save a single deployable model, or save them apart with `save_peft`."""
+    path = Path(path)
+    hf = model.cfg.to_hf()
+    tensors = {k: to_numpy(v) for k, v in model.params.items()}
+    if model.head == "classification":
+        hf["architectures"] = ["GPT2ForSequenceClassification"]
+        hf["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
+        hf["label2id"] = {label: i for i, label in enumerate(model.labels)}
+        hf["num_labels"] = len(model.labels)
+    else:
+        hf["architectures"] = ["GPT2LMHeadModel"]
+    hf["torch_dtype"] = np.dtype(model.dtype).name
+    save_json(hf, path / "config.json")
+    save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})
