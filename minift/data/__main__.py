@@ -1,0 +1,25 @@
+"""`python -m minift.data [--out DIR] [--no-tokenizer]`: regenerate the shipped files in data/ (see build.py)."""
+import argparse
+import sys
+
+from ..errors import MiniftError
+from .build import regenerate
+from .loaders import data_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minift.data",
+                                     description="Regenerate minift's shipped data: tokenizer and task files.")
+    parser.add_argument("--out", default=str(data_dir()), help="output folder (default: the repository's data/)")
+    parser.add_argument("--no-tokenizer", action="store_true", help="write the tasks only")
+    args = parser.parse_args(argv)
+    try:
+        regenerate(args.out, tokenizer=not args.no_tokenizer)
+    except MiniftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Reading the user's files and the shipped tasks, with errors that name the file and the line.
+
+    texts = load_text_files(["notes.txt", "more/"])               # plain text for pretraining: one string per file
+    texts, label_ids, label_names = load_classification("reviews.csv", labels=["negative", "positive"])
+    prompts, completions = load_generation("qa.jsonl")
+    split = load_task("sentiment", "train")                       # a built-in task, a task folder, or one file
+
+Record files are JSON Lines (.jsonl, .json, .ndjson: one object per line; blank lines are skipped) or CSV/TSV
+(.csv, .tsv: a header row naming the columns). Classification records need "text" and "label" (a string, or an
+integer, read as its decimal string); generation records need "prompt" and "completion". Other fields are ignored.
+Files are UTF-8 (a byte-order mark is allowed).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MiniftError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+DATA_DIR_ENV = "MINIFT_DATA_DIR"
+
+
+def data_dir() -> Path:
+    """The data/ folder: $MINIFT_DATA_DIR if set, else <repo root>/data, the repo root being the parent of minift/.
+
+    With `pip install -e .` (how minift is used) the package is imported from the repository itself, so the parent
+    of minift/ is the checkout and data/ is beside it.
+    """
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    return Path(__file__).resolve().parent.parent.parent / "data"
+
+
+# ---- plain text --------------------------------------------------------------------------------------------------
+def _read_utf8(path: Path) -> str:
+    """The whole file as text; a missing, unreadable or non-UTF-8 file is a MiniftError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MiniftError(f"{path}: file not found") from None
+    except OSError as e:
+        raise MiniftError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise MiniftError(f"{path}: line {line}: not UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
+                          "save the file as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def load_text_files(paths) -> list[str]:
+    """One string per file. A folder stands for the *.txt files inside it (recursively, in sorted order)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*.txt") if f.is_file())
+            if not found:
+                raise MiniftError(f"{p}: folder has no .txt files")
+            files += found
+        else:
+            files.append(p)
+    if not files:
+        raise MiniftError("load_text_files: no files given")
+    texts = []
+    for f in files:
+        text = _read_utf8(f)
+        if not text.strip():
+            raise MiniftError(f"{f}: file is empty")
+        texts.append(text)
+    return texts
+
+
+# ---- records -----------------------------------------------------------------------------------------------------
+def _jsonl_records(path: Path, text: str):
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MiniftError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise MiniftError(f"{path}: line {n}: expected a JSON object {{...}}, got {type(record).__name__}")
+        yield n, record
+
+
+def _csv_records(path: Path, text: str, delimiter: str, fields: tuple[str, ...]):
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    missing = [f for f in fields if f not in header]
+    if missing:
+        raise MiniftError(f"{path}: line 1: the header {header} lacks the column(s) {missing}")
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            if row:
+                if len(row) != len(header):
+                    raise MiniftError(f"{path}: line {start}: {len(row)} fields, the header has {len(header)}")
+                yield start, dict(zip(header, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise MiniftError(f"{path}: line {start}: malformed CSV ({e})") from None
+
+
+def read_records(path, fields: tuple[str, ...]):
+    """(line number, record) for each record of a JSONL or CSV/TSV file, each checked to have `fields` as
+    non-empty strings (an integer is accepted and read as a string). Raises MiniftError with file and line."""
+    path = Path(path)
+    text = _read_utf8(path)
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        rows = _csv_records(path, text, CSV_SUFFIXES[suffix], fields)
+    elif suffix in JSONL_SUFFIXES or text.lstrip().startswith("{"):
+        rows = _jsonl_records(path, text)
+    else:
+        raise MiniftError(f"{path}: unknown format; use .jsonl (one JSON object per line) or .csv/.tsv with a header")
+    out = []
+    for n, record in rows:
+        for name in fields:
+            value = record.get(name)
+            if value is None:
+                raise MiniftError(f"{path}: line {n}: missing field {name!r}")
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = record[name] = str(value)
+            if not isinstance(value, str):
+                raise MiniftError(f"{path}: line {n}: field {name!r} must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise MiniftError(f"{path}: line {n}: field {name!r} is empty")
+        out.append((n, record))
+    if not out:
+        raise MiniftError(f"{path}: no records (the file is empty)")
+    return out
+
+
+def load_classification(path, labels=None) -> tuple[list[str], list[int], list[str]]:
+    """(texts, label_ids, label_names) from a file with "text" and "label" fields.
+
+    With `labels`, ids follow that list and any other label is an error; without, the names are the labels found,
+    sorted (so the same file always gives the same ids).
+    """
+    records = read_records(path, ("text", "label"))
+    if labels is None:
+        names = sorted({rec["label"] for _, rec in records})
+    else:
+        names = [str(x) for x in labels]
+        for n, rec in records:
+            if rec["label"] not in names:
+                raise MiniftError(f"{path}: line {n}: unknown label {rec['label']!r}; expected one of {names}")
+    index = {name: i for i, name in enumerate(names)}
+    return [rec["text"] for _, rec in records], [index[rec["label"]] for _, rec in records], names
+
+
+def load_generation(path) -> tuple[list[str], list[str]]:
+    """(prompts, completions) from a file with "prompt" and "completion" fields (both non-empty).
+
+    Whitespace is kept as written: a completion usually starts with a space (" She lives in Oakford."), which is
+    how GPT-2's tokens mark the start of a word.
+    """
+    records = read_records(path, ("prompt", "completion"))
+    return [rec["prompt"] for _, rec in records], [rec["completion"] for _, rec in records]
+
+
+# ---- tasks -------------------------------------------------------------------------------------------------------
+@dataclass
+class TaskSplit:
+    """One split of a task. Classification fills texts/label_ids/label_names; generation fills prompts/completions."""
+    name: str
+    split: str
+    type: str                                           # "classification" | "generation"
+    path: Path
+    texts: list[str] = field(default_factory=list)
+    label_ids: list[int] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)            # the task.json, when there is one
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.type == "classification" else len(self.prompts)
+
+    def subset(self, n: int) -> "TaskSplit":
+        """The first n examples, labels kept balanced: round-robin over the labels in file order (a learner's
+        --train-size). For generation, simply the first n."""
+        if not isinstance(n, int) or n <= 0:
+            raise MiniftError(f"subset size {n!r} must be a positive int")
+        if n >= len(self):
+            return self
+        if self.type == "generation":
+            keep = list(range(n))
+        else:
+            queues = [[i for i, y in enumerate(self.label_ids) if y == c] for c in range(len(self.label_names))]
+            keep = [q[k] for k in range(len(self)) for q in queues if k < len(q)][:n]
+            keep.sort()
+
+        def pick(xs):
+            return [xs[i] for i in keep] if xs else []
+        return TaskSplit(self.name, self.split, self.type, self.path, pick(self.texts), pick(self.label_ids),
+                         list(self.label_names), pick(self.prompts), pick(self.completions), self.info)
+
+
+def _record_type(path: Path) -> str:
+    """Classification or generation, from the CSV header or the first JSON record's fields."""
+    text, suffix = _read_utf8(path), path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        keys = next(csv.reader(io.StringIO(text, newline=""), delimiter=CSV_SUFFIXES[suffix]), [])
+    else:
+        keys = next((rec for _, rec in _jsonl_records(path, text)), {})
+    return "generation" if "prompt" in keys and "completion" in keys else "classification"
+
+
+def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
+    """(task name, file of the split, task.json contents) for a built-in name, a task folder, or a file."""
+    from .tasks import SPLITS, TASK_NAMES
+    if str(name_or_path) in TASK_NAMES:
+        folder = data_dir() / "tasks" / str(name_or_path)
+        if not folder.is_dir():
+            raise MiniftError(f"built-in task {name_or_path!r}: {folder} is missing; run `python -m minift.data` "
+                              "to regenerate data/")
+    else:
+        folder = Path(name_or_path)
+        if folder.is_file():
+            return folder.stem, folder, {}
+        if not folder.is_dir():
+            raise MiniftError(f"task {name_or_path!r} is neither a built-in task {TASK_NAMES}, nor a folder, nor a "
+                              "file")
+    info = {}
+    if (folder / "task.json").is_file():
+        try:
+            info = json.loads(_read_utf8(folder / "task.json"))
+        except json.JSONDecodeError as e:
+            raise MiniftError(f"{folder / 'task.json'}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    candidates = [folder / f"{split}{s}" for s in JSONL_SUFFIXES + tuple(CSV_SUFFIXES)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise MiniftError(f"task folder {folder} has no {split}.jsonl (or .csv); splits are usually {SPLITS}")
+    return info.get("name", folder.name), found, info
+
+
+def load_task(name_or_path, split: str = "train") -> TaskSplit:
+    """One split of a task: a built-in name ("sentiment", "facts"), a folder with <split>.jsonl (and optionally a
+    task.json giving type and labels), or a single record file (then `split` only names it)."""
+    name, path, info = _resolve(name_or_path, split)
+    kind = info.get("type") or _record_type(path)
+    if kind == "classification":
+        texts, ids, names = load_classification(path, info.get("labels"))
+        return TaskSplit(name, split, kind, path, texts=texts, label_ids=ids, label_names=names, info=info)
+    if kind == "generation":
+        prompts, completions = load_generation(path)
+        return TaskSplit(name, split, kind, path, prompts=prompts, completions=completions, info=info)
+    raise MiniftError(f"{path}: task type {kind!r} is not 'classification' or 'generation'")
