@@ -1,0 +1,402 @@
+"""Training memory, predicted from the code and measured: where the bytes of one training step go.
+
+Article §5.1 claims "LoRA: ~80% less memory". This module counts what minift really holds during a step
+(forward + hand-written backward + optimizer) and measures it, so a learner can see when that claim holds.
+
+Letters: B batch, T time (seq), N = B·T token positions, C channels (n_embd), F = 4C the MLP's width, V vocab,
+H heads, L blocks (n_layer), P positions (n_ctx), K labels, R LoRA rank, f bytes per float (4 for float32).
+
+What a step holds (`predict_memory`; every count below is read off the code, in elements, times f bytes):
+
+| term        | formula (elements; x f bytes)                      | where it lives in minift                       |
+|-------------|----------------------------------------------------|------------------------------------------------|
+| parameters  | Σ every weight, + R·(in + out) per LoRA adapter    | model.all_params()                             |
+| gradients   | Σ trainable weights only                           | grads: a frozen weight gets none (no xᵀ dy)    |
+| optimizer   | 2·Σ trainable (AdamW m, v); SGD 0, momentum 1·     | optim.AdamW.state                              |
+| activations | per block: 20·N·C + 2·N + B·H·T² (op by op below)  | the forward's caches, kept to the backward end |
+|             | + ln_f: 2·N·C + N (x̂, rstd; h, the head's input)   | layernorm and linear caches                    |
+|             | + LM head: 2·N·V (logits; softmax p) + 17·N bytes  | loss_and_grads' logits; cross_entropy's cache  |
+|             | + LoRA: N·R per adapted linear (x·Aᵀ)              | the adapter's cache (x is the linear's already)|
+|             | + dropout (cfg.dropout > 0): (2L + 1)·N·C masks    | dropout caches                                 |
+| workspace   | the backward's temporaries at the peak (below)     | locals of the backward functions               |
+| total       | the sum: the predicted peak of one step            |                                                |
+
+(LoRA dropout > 0 would add a mask and the dropped input, N·in each, per adapter: not counted; its default is 0.)
+
+Activations of one block, op by op (what each forward's cache keeps alive):
+
+    ln_1          x̂ (N·C) and rstd (N)                          layernorm_forward's cache
+    c_attn        its input a = ln_1(x): N·C                     linear caches x; LayerNorm keeps x̂, not its output
+    attention     qkv: 3·N·C (q, k, v are views of it), att: B·H·T² (the softmax probabilities)
+    attn.c_proj   its input, the merged heads: N·C               a copy: merging heads is a transposed reshape
+    ln_2          x̂ (N·C) and rstd (N);  mlp.c_fc's input m: N·C
+    GELU          its input f (F·N = 4·N·C) and tanh(u) (4·N·C)  gelu_forward's cache (x, t)
+    mlp.c_proj    its input g = gelu(f): 4·N·C
+    sum           (1 + 1 + 3 + 1 + 1 + 1 + 4 + 4 + 4)·N·C + 2·N + B·H·T² = 20·N·C + 2·N + B·H·T²
+
+The residual stream x is never cached (LayerNorm keeps x̂ instead), and neither are the outputs of the two c_proj.
+Every linear caches its input whether its weight trains or not: minift's forward does not know what the backward
+will skip. A frozen *plain* linear only needs W for dx = dy Wᵀ, so that input is kept for nothing (PyTorch's autograd
+does not save it); a LoRA-adapted frozen linear does need it, for dA = s·(dy B)ᵀ x.
+
+Workspace: the backward keeps every cache until it returns (GPT.loss_and_grads holds them all), so the peak comes
+late, inside the first block's attention backward, when almost every gradient already exists. At that moment it holds
+dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4·N·C) and dg, df (2·N·F), and inside
+attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
+    A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
+Two other moments can be higher: the embedding backward when wte trains (dwte, its sum with the LM head's share,
+and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)), and the optimizer step, where the
+caches are gone but AdamW needs one scratch array as large as the largest trainable tensor. workspace is the
+largest of the three, counted above the four persistent terms.
+
+Why LoRA's saving depends on the regime. gradients and optimizer state scale with the number of *trainable
+parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of them; LoRA trains R·(in + out) per
+adapted matrix); activations scale with *tokens* (N = B·T) and are the same for both methods (LoRA adds only N·R per
+adapter). So LoRA's saving is at most (gradients + optimizer) / total of full fine-tuning. That share grows with model
+size at a fixed batch·seq (parameters grow as L·C², activations as L·N·C) and shrinks as batch·seq grows. The
+article's "~80% less memory" therefore holds only where weights and optimizer state dominate: large models,
+small batches, short sequences. `memory_saving(cfg, batch, seq, rank)` returns the ratio to sweep. For GPT-2
+(124M, float32, AdamW; LoRA r=8 on all four linears of every block), predicted peaks:
+
+    batch x seq      full       LoRA       saving
+    1 x 128          2.31 GiB   0.66 GiB   71%      weights, gradients and AdamW's m, v dominate
+    8 x 1024        17.88 GiB  16.53 GiB    8%      activations (13.2 GiB, the same for both) dominate
+
+Measuring (`measure_memory`): one real step on the model, with NumPy's allocations traced by `tracemalloc` (NumPy
+reports its array buffers to it) or, on CuPy, the memory pool's used bytes followed by a memory hook. Parameters are
+counted by their nbytes (they exist before tracing starts); the optimizer state is what building the optimizer
+allocates; activations are what the forward half of the step leaves allocated; the step's peak is measured above
+parameters + optimizer state. The model's weights are restored afterwards, so measuring does not train it.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import tracemalloc
+from types import SimpleNamespace
+
+import numpy as np
+
+from .backend import resolve_dtype
+from .config import GPTConfig
+from .errors import MiniftError
+from .finetune import METHODS, freeze_plan
+from .model import LINEAR_MODULES, param_shapes
+
+OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
+HEADS = ("lm", "classification")
+TERMS = ("parameters", "gradients", "optimizer", "activations", "workspace", "total")
+INDEX_BYTES = 8                                           # int64: NumPy's default integer (arange, argmax, where)
+MiB = 2 ** 20
+
+
+# ---- what trains ---------------------------------------------------------------------------------------------------
+
+def lora_modules(cfg: GPTConfig, targets="all-linear") -> list:
+    """The adapted linears, e.g. ["h.0.attn.c_attn", ...]. targets: "all-linear" (the four linears of every block, as
+    PEFT's "all-linear" for GPT-2 without its head) or names matched as suffixes ("c_attn" hits every h.{i}.attn.c_attn,
+    "c_proj" both projections, "mlp.c_proj" only the MLP's)."""
+    every = [f"h.{i}.{m}" for i in range(cfg.n_layer) for m in LINEAR_MODULES]
+    if targets == "all-linear":
+        return every
+    names = (targets,) if isinstance(targets, str) else tuple(targets)
+    chosen = [m for m in every if any(m == t or m.endswith("." + t) for t in names)]
+    if not chosen:
+        raise MiniftError(f"targets={targets!r} match no linear module; use 'all-linear' or names from "
+                          f"{LINEAR_MODULES}")
+    return chosen
+
+
+def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
+    """(name -> shape of every parameter incl. adapters, set of trainable names, adapted modules)."""
+    if head not in HEADS:
+        raise MiniftError(f"head={head!r} is not one of {HEADS}")
+    shapes = param_shapes(cfg)
+    if head == "classification":
+        shapes["score.weight"] = (num_labels, cfg.n_embd)             # nn.Linear layout, no bias
+    if method not in METHODS:
+        raise MiniftError(f"method {method!r} is not one of {METHODS}")
+    modules = []
+    if method == "lora":
+        modules = lora_modules(cfg, targets)
+        frozen = set(shapes) - {"score.weight"}       # the head trains with LoRA (PEFT's modules_to_save)
+        for m in modules:
+            d_in, d_out = shapes[m + ".weight"]                       # GPT-2's [in, out]
+            shapes[m + ".lora_A.weight"] = (rank, d_in)               # PEFT's layout: A [R, in], B [out, R]
+            shapes[m + ".lora_B.weight"] = (d_out, rank)
+    else:   # the very rule finetune.py applies to a model, run on names only
+        frozen = freeze_plan(SimpleNamespace(params=shapes, cfg=cfg), method, **freeze_options)
+    return shapes, set(shapes) - frozen, modules
+
+
+# ---- activations ---------------------------------------------------------------------------------------------------
+
+def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
+                     adapted=(), rank=0) -> dict:
+    """name -> bytes of everything the forward caches for the backward (see the module docstring's table)."""
+    f = resolve_dtype(dtype).itemsize
+    B, T, C, V, H, L = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
+    N, F = B * T, 4 * C
+    terms = {
+        "LayerNorm x̂, rstd (ln_1, ln_2)": L * 2 * (N * C + N) * f,
+        "linear inputs (c_attn, attn.c_proj, c_fc, mlp.c_proj)": L * (3 * N * C + N * F) * f,
+        "qkv (attention's q, k, v)": L * 3 * N * C * f,
+        "attention probabilities": L * B * H * T * T * f,
+        "GELU input and tanh": L * 2 * N * F * f,
+        "ln_f x̂, rstd and h": (2 * N * C + N) * f,
+    }
+    if head == "lm":
+        terms["logits and softmax p"] = 2 * N * V * f
+        terms["loss indices (rows, targets, valid)"] = N * (2 * INDEX_BYTES + 1)
+    else:
+        terms["pooled h, logits and p"] = (B * C + 2 * B * num_labels) * f
+        terms["pool and loss indices"] = B * (4 * INDEX_BYTES + 1)
+    if cfg.dropout > 0:
+        terms["dropout masks"] = (2 * L + 1) * N * C * f
+    if adapted:
+        terms["LoRA x·Aᵀ"] = len(adapted) * N * rank * f
+    return terms
+
+
+# ---- the backward's temporaries ------------------------------------------------------------------------------------
+
+def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,
+                    dtype="float32", head="lm", num_labels=2) -> dict:
+    """Bytes above parameters + gradients + optimizer + activations at three candidate peaks (module docstring):
+    "attention backward of block 0", "embedding backward", "optimizer step". `sizes`: name -> element count."""
+    f = resolve_dtype(dtype).itemsize
+    B, T, C, V, H = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head
+    N = B * T
+    dlogits = N * V if head == "lm" else B * num_labels
+    late = {"h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias", "h.0.ln_1.weight", "h.0.ln_1.bias", "wpe.weight",
+            "h.0.attn.c_attn.lora_A.weight", "h.0.attn.c_attn.lora_B.weight"}
+    if head != "lm":
+        late.add("wte.weight")        # no LM head: wte's gradient is made by the embedding backward only
+    missing = sum(sizes[n] for n in late & trainable)
+    phases = {"attention backward of block 0": (dlogits + 22 * N * C + 2 * B * H * T * T - missing) * f}
+    if trainable & {"wte.weight", "wpe.weight"}:
+        index = INDEX_BYTES * N * C                                   # np.add.at's flat int64 positions
+        if "wte.weight" not in trainable:
+            wte = 0
+        elif head == "lm":            # dwte beside the head's share, then their sum as a new array
+            wte = V * C * f + max(V * C * f, index)
+        else:                         # dwte *is* wte's gradient (counted in gradients); only the index array
+            wte = index
+        phases["embedding backward"] = (dlogits + 2 * N * C) * f + wte
+    largest = max((sizes[n] for n in trainable), default=0)
+    phases["optimizer step"] = largest * f - activations              # the caches are freed by then
+    return phases
+
+
+# ---- prediction ----------------------------------------------------------------------------------------------------
+
+def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int = 8, targets="all-linear",
+                   dtype="float32", optimizer="adamw", head="lm", num_labels=2, **freeze_options) -> dict:
+    """Bytes of one training step, term by term (module docstring), from arithmetic only: instant for any preset.
+
+    method: "full" | "freeze" | "head" | "lora", with finetune.py's rules (freeze_options such as freeze_blocks=1
+    go to its freeze_plan). rank, targets: LoRA's (targets: "all-linear" or module names, see lora_modules).
+    head: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
+
+    Returns {"parameters", "gradients", "optimizer", "activations", "workspace", "total"} in bytes, plus
+    "trainable" (parameter count), "activation_terms" and "workspace_phases" (name -> bytes) and "peak_phase".
+    """
+    if not isinstance(cfg, GPTConfig):
+        raise MiniftError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
+    for name, value in (("batch", batch), ("seq", seq), ("rank", rank)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise MiniftError(f"{name}={value!r} must be a positive integer")
+    if seq > cfg.n_ctx:
+        raise MiniftError(f"seq={seq} is longer than the model's context n_ctx={cfg.n_ctx}")
+    if optimizer not in OPTIMIZERS:
+        raise MiniftError(f"optimizer={optimizer!r} is not one of {tuple(OPTIMIZERS)}")
+    f = resolve_dtype(dtype).itemsize
+    shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options)
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    n_train = sum(sizes[n] for n in trainable)
+    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank)
+    out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
+               activations=sum(acts.values()))
+    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels)
+    peak_phase = max(phases, key=phases.get)
+    out["workspace"] = max(0, phases[peak_phase])
+    out["total"] = sum(out[t] for t in TERMS[:-1])
+    out.update(trainable=n_train, activation_terms=acts, workspace_phases=phases, peak_phase=peak_phase)
+    return out
+
+
+def memory_saving(cfg: GPTConfig, batch: int, seq: int, rank: int = 8, targets="all-linear", **options) -> float:
+    """Predicted peak of a LoRA step divided by that of a full fine-tuning step (the saving is 1 − ratio).
+
+    Sweep it: it falls (LoRA saves more) as the model grows at fixed batch·seq, and rises toward 1 as batch·seq
+    grows, because activations, the same for both methods, take over (module docstring)."""
+    lora = predict_memory(cfg, "lora", batch, seq, rank=rank, targets=targets, **options)
+    full = predict_memory(cfg, "full", batch, seq, rank=rank, **options)
+    return lora["total"] / full["total"]
+
+
+# ---- measurement ---------------------------------------------------------------------------------------------------
+
+class _HostTracker:
+    """Allocated bytes and their peak from tracemalloc (NumPy reports every array buffer to it)."""
+    name = "tracemalloc"
+
+    def __enter__(self):
+        self._started = not tracemalloc.is_tracing()
+        if self._started:
+            tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._started:
+            tracemalloc.stop()
+
+    def current(self) -> int:
+        return tracemalloc.get_traced_memory()[0]
+
+    def peak(self) -> int:
+        return tracemalloc.get_traced_memory()[1]
+
+    def reset_peak(self):
+        tracemalloc.reset_peak()
+
+
+class _PoolTracker:
+    """The CuPy memory pool's used bytes, and their peak followed by a memory hook on every pool malloc."""
+    name = "cupy memory pool"
+
+    def __init__(self, cupy):
+        self.pool = cupy.get_default_memory_pool()
+        tracker = self
+
+        class PeakHook(cupy.cuda.MemoryHook):
+            name = "minift_peak"
+
+            def malloc_postprocess(self, **kwargs):
+                tracker._peak = max(tracker._peak, tracker.pool.used_bytes())
+
+        self._hook, self._peak = PeakHook(), 0
+
+    def __enter__(self):
+        self._hook.__enter__()
+        self.reset_peak()
+        return self
+
+    def __exit__(self, *exc):
+        self._hook.__exit__(*exc)
+
+    def current(self) -> int:
+        return self.pool.used_bytes()
+
+    def peak(self) -> int:
+        return max(self._peak, self.current())
+
+    def reset_peak(self):
+        self._peak = self.current()
+
+
+def _batch_arrays(model, batch) -> dict:
+    """input_ids, targets (and attention_mask) as arrays on the model's device, made before any measuring."""
+    if callable(batch):
+        batch = batch()
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        batch = dict(zip(("input_ids", "targets", "attention_mask"), batch))
+    if not isinstance(batch, dict) or not {"input_ids", "targets"} <= set(batch):
+        raise MiniftError("batch must be (input_ids, targets), a dict with input_ids and targets, or a callable "
+                          "returning one (such as a data source's next_batch)")
+    return {k: (None if v is None else model.xp.asarray(v)) for k, v in batch.items()}
+
+
+def _forward_half(model, input_ids, targets, attention_mask=None, rng=None):
+    """What GPT.loss_and_grads holds when its backward starts: the same calls, results kept alive and returned."""
+    from .ops import cross_entropy_forward
+    ids = model._as_ids(input_ids)
+    mask = model._as_mask(attention_mask, ids)
+    targets = model._check_targets(targets, ids)
+    h, c_body = model._body_forward(ids, mask, rng)                       # (B, T, C)
+    logits, c_head = model._head_forward(h, mask)                         # (B, T, V) or (B, K)
+    loss, c_ce = cross_entropy_forward(logits, targets)
+    return h, c_body, logits, c_head, c_ce
+
+
+def _make_optimizer(model, optimizer):
+    from .optim import SGD, AdamW
+    params = model.trainable_params()
+    if optimizer == "adamw":
+        return AdamW(params)
+    if optimizer in ("sgd", "sgd-momentum"):
+        return SGD(params, momentum=0.9 if optimizer == "sgd-momentum" else 0.0)
+    raise MiniftError(f"optimizer={optimizer!r} is not one of {tuple(OPTIMIZERS)}")
+
+
+def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
+    """Measure one training step of `model` (loss_and_grads, clip_grad_norm, optimizer step), in bytes.
+
+    batch: (input_ids, targets), a dict with those keys (and attention_mask), or a callable returning one.
+    Returns the keys of predict_memory (measured) plus "step_peak" (forward + backward, above parameters +
+    optimizer state), "optimizer_step_peak" (above parameters + optimizer + gradients) and "backend". workspace is
+    the measured peak minus the four persistent terms (slightly negative when the peak comes before the last
+    gradients exist and the temporaries are small).
+    The trainable weights are restored afterwards: measuring leaves the model exactly as it was.
+    """
+    from .optim import clip_grad_norm
+    if not model.trainable_params():
+        raise MiniftError("nothing to measure: every parameter is frozen and no adapter is attached")
+    arrays = _batch_arrays(model, batch)
+    rng = np.random.default_rng(0) if model.cfg.dropout > 0 else None   # dropout on, as train() does
+    saved = {k: v.copy() for k, v in model.trainable_params().items()}
+    gc.collect()
+    tracker = _HostTracker() if model.xp is np else _PoolTracker(model.xp)
+    try:
+        with tracker:
+            out = _measure_step(model, arrays, rng, optimizer, grad_clip, tracker, clip_grad_norm)
+    finally:
+        for k, v in model.trainable_params().items():
+            v[...] = saved[k]
+    out["parameters"] = int(sum(a.nbytes for a in model.all_params().values()))
+    out["total"] = out["parameters"] + out["optimizer"] + max(out["step_peak"],
+                                                              out["gradients"] + out["optimizer_step_peak"])
+    out["workspace"] = out["total"] - sum(out[t] for t in TERMS[:4])
+    out["backend"] = tracker.name
+    return out
+
+
+def _measure_step(model, arrays, rng, optimizer, grad_clip, tracker, clip_grad_norm) -> dict:
+    """The step under `tracker`: optimizer state, retained forward caches, the step's peak, the update's peak."""
+    start = tracker.current()
+    opt = _make_optimizer(model, optimizer)
+    base = tracker.current()
+    opt_bytes = base - start
+    held = _forward_half(model, **arrays, rng=rng)
+    activations = tracker.current() - base
+    del held
+    gc.collect()
+    tracker.reset_peak()
+    base = tracker.current()
+    loss, grads = model.loss_and_grads(**arrays, rng=rng)
+    step_peak = tracker.peak() - base
+    gradients = int(sum(g.nbytes for g in grads.values()))
+    tracker.reset_peak()
+    base = tracker.current()
+    if grad_clip:
+        clip_grad_norm(grads, grad_clip)
+    opt.step(grads)
+    opt_peak = tracker.peak() - base
+    return dict(optimizer=opt_bytes, gradients=gradients, activations=activations,
+                step_peak=step_peak, optimizer_step_peak=opt_peak)
+
+
+# ---- display -------------------------------------------------------------------------------------------------------
+
+def format_memory(d: dict, other: dict | None = None, labels=("predicted", "measured")) -> str:
+    """A table in MiB of the terms of one result (predict_memory or measure_memory), or of two side by side."""
+    cols = [d] if other is None else [d, other]
+    head = ["term"] + (list(labels[:len(cols)]) if other is not None else ["MiB"])
+    rows = [[t] + [f"{c[t] / MiB:,.2f}" for c in cols] for t in TERMS if all(t in c for c in cols)]
+    if other is not None and d.get("total"):
+        rows.append(["ratio"] + ["1.00", f"{other['total'] / d['total']:.3f}"])
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+
+    def line(r):
+        return "  ".join(x.ljust(widths[i]) if i == 0 else x.rjust(widths[i]) for i, x in enumerate(r))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

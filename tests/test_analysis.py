@@ -1,0 +1,204 @@
+"""Spectral analysis (the MIT paper's measurements): intruder dimensions on constructed matrices, the random
+baseline, effective/stable rank, the λ-scaling mitigation, and the per-model table."""
+import math
+
+import numpy as np
+import pytest
+
+from minift import GPT, GPTConfig, MiniftError
+from minift.analysis import (effective_rank, format_intruders, intruder_dimensions, intruder_sweep,
+                             linear_weight_names, model_intruders, random_baseline, scale_intruders,
+                             singular_values, spectrum_compare, stable_rank)
+
+
+def orthonormal(rng, n, m):
+    """n x m with orthonormal columns."""
+    return np.linalg.qr(rng.standard_normal((n, m)))[0]
+
+
+def pretrained_like(rng, d_out, d_in, top=10.0, bottom=0.1):
+    """W0 [out, in] with a decaying spectrum (top ... bottom, geometric) and random singular vectors.
+    Returns (W0, U0) with U0 the left singular vectors (output space)."""
+    m = min(d_out, d_in)
+    U0, V0 = orthonormal(rng, d_out, m), orthonormal(rng, d_in, m)
+    return (U0 * np.geomspace(top, bottom, m)) @ V0.T, U0
+
+
+def unit(rng, n):
+    v = rng.standard_normal(n)
+    return v / np.linalg.norm(v)
+
+
+# ---- intruder dimensions -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def spike_case():
+    """A rectangular W0 [96, 32] (out > in, like c_attn or c_fc), whose 32 left singular vectors leave 64 dims of the
+    output space free, and a direction u in that complement: |cos(u, u0_i)| = 0 for every i."""
+    rng = np.random.default_rng(0)
+    W0, U0 = pretrained_like(rng, 96, 32)
+    u = rng.standard_normal(96)
+    u -= U0 @ (U0.T @ u)                                          # remove W0's output space
+    return W0, u / np.linalg.norm(u), unit(rng, 32)
+
+
+def test_orthogonal_spike_is_one_intruder_once_it_ranks_top(spike_case):
+    W0, u, v = spike_case                                         # paper layout [out, in]; top singular value 10
+    small = intruder_dimensions(W0, W0 + 0.5 * np.outer(u, v), layout="out_in")
+    assert small["count"] == 0                                    # below the 10th singular value: not in the top-k
+    assert small["max_cos"].min() > 0.99                          # the top-10 are W0's own directions
+    big = intruder_dimensions(W0, W0 + 20.0 * np.outer(u, v), layout="out_in")   # 2x W0's top singular value
+    assert big["count"] == 1 and list(big["indices"]) == [0]      # a new top singular vector...
+    assert big["max_cos"][0] < 0.2                                # ...nearly orthogonal to all of W0's
+    assert np.all(big["max_cos"][1:] > 0.9)                       # the others still match W0's
+    assert big["singular_values"][0] == pytest.approx(20.0, rel=0.05)
+
+
+def test_nearly_orthogonal_spike_in_a_complete_basis():
+    """Square W0: its singular vectors span everything, so the best one can do is u with |cos| = 1/√d with each."""
+    rng = np.random.default_rng(1)
+    W0, U0 = pretrained_like(rng, 64, 64)
+    u = U0 @ np.full(64, 1 / 8)                                   # cos(u, u0_i) = 1/8 for every i
+    r = intruder_dimensions(W0, W0 + 50.0 * np.outer(u, unit(rng, 64)), layout="out_in")
+    assert r["count"] == 1 and list(r["indices"]) == [0]
+    assert 1 / 8 - 1e-9 <= r["max_cos"][0] < 0.2                  # never below 1/√d against a complete basis
+
+
+def test_small_multiplicative_perturbation_has_no_intruders():
+    rng = np.random.default_rng(2)
+    W0, _ = pretrained_like(rng, 64, 48)
+    W_tuned = W0 @ (np.eye(48) + 1e-3 * rng.standard_normal((48, 48)))      # full-FT-like: W0 barely rotated
+    r = intruder_dimensions(W0, W_tuned, layout="out_in")
+    assert r["count"] == 0 and r["max_cos"].min() > 0.99
+
+
+def test_layout_switch_compares_the_same_output_space(spike_case):
+    W0, u, v = spike_case
+    W_tuned = W0 + 20.0 * np.outer(u, v)
+    paper = intruder_dimensions(W0, W_tuned, layout="out_in")
+    mine = intruder_dimensions(W0.T, W_tuned.T)                   # minift's [in, out] is the default layout
+    assert mine["count"] == paper["count"] == 1
+    np.testing.assert_allclose(mine["max_cos"], paper["max_cos"], atol=1e-10)
+    np.testing.assert_array_equal(mine["indices"], paper["indices"])
+    with pytest.raises(MiniftError, match="layout"):
+        intruder_dimensions(W0, W_tuned, layout="nn.Linear")
+
+
+def test_sweep_matches_single_thresholds_and_grows_with_eps(spike_case):
+    rng = np.random.default_rng(3)
+    W0, _, _ = spike_case
+    W_tuned = W0 + 2.0 * rng.standard_normal(W0.shape)            # a large dense update: partial matches
+    sweep = intruder_sweep(W0.T, W_tuned.T, k=10)
+    assert np.all(np.diff(sweep["counts"]) >= 0)                  # a looser threshold never finds fewer
+    for eps, count in zip(sweep["eps"], sweep["counts"]):
+        assert intruder_dimensions(W0.T, W_tuned.T, k=10, eps=eps)["count"] == count
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(MiniftError, match="same shape"):
+        intruder_dimensions(np.zeros((4, 3)), np.zeros((3, 4)))
+    with pytest.raises(MiniftError, match="W0 must be"):
+        intruder_dimensions(np.zeros(4), np.zeros(4))
+    with pytest.raises(MiniftError, match="k="):
+        intruder_dimensions(np.eye(3), np.eye(3), k=0)
+
+
+# ---- the random baseline -------------------------------------------------------------------------------------------
+
+def test_random_baseline_against_the_rough_formula_at_d64():
+    """GUIDE's sqrt(2 ln(2d)/d) (0.389 at d=64) is the Gaussian-maximum *upper* estimate: the simulated mean max|cos|
+    is 0.326, so the formula sits 10-30% above the mean (it is 1.19x here), between the median and the 95th
+    percentile."""
+    r = random_baseline(64, k=10, trials=2000, seed=0)
+    assert r["formula"] == pytest.approx(0.3894, abs=1e-4)
+    assert 1.1 < r["formula"] / r["mean"] < 1.3
+    assert r["quantiles"][0.5] < r["formula"] < r["quantiles"][0.95]
+    assert r["max_cos"].min() >= 1 / 8 - 1e-12                    # against a complete basis, never below 1/√d
+    assert r["false_intruders"][0.5] > 9.9                        # at d=64, ε=0.5 calls random directions intruders
+
+
+def test_incomplete_basis_lowers_the_floor():
+    """A rectangular W0 [out, in] with out > in has only `in` left singular vectors: random directions in R^out
+    match them less."""
+    full = random_baseline(192, trials=500, seed=1)
+    thin = random_baseline(192, trials=500, seed=1, basis_dim=64)
+    assert thin["mean"] < full["mean"]
+    assert thin["mean"] < thin["formula"] < 1.3 * thin["mean"]
+    assert thin["floor"] == 0.0
+
+
+# ---- ranks, spectra ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("r", [1, 3, 7])
+def test_effective_and_stable_rank_of_equal_singular_values(r):
+    rng = np.random.default_rng(r)
+    M = 2.5 * orthonormal(rng, 40, r) @ orthonormal(rng, 30, r).T       # rank r, every singular value 2.5
+    assert effective_rank(M) == pytest.approx(r, rel=1e-9)
+    assert stable_rank(M) == pytest.approx(r, rel=1e-9)
+
+
+def test_ranks_of_unequal_spectra():
+    M = np.diag([3.0, 1.0, 0.0])
+    assert stable_rank(M) == pytest.approx(10 / 9)                       # (9 + 1) / 9
+    p = np.array([0.75, 0.25])
+    assert effective_rank(M) == pytest.approx(math.exp(-(p * np.log(p)).sum()))   # between 1 and the rank 2
+    assert effective_rank(np.zeros((3, 3))) == 0.0 and stable_rank(np.zeros((3, 3))) == 0.0
+
+
+def test_spectrum_compare_of_a_rank_one_update(spike_case):
+    W0, u, v = spike_case
+    d = spectrum_compare(W0.T, (W0 + 3.0 * np.outer(u, v)).T)
+    np.testing.assert_allclose(d["s0"], singular_values(W0))
+    assert d["s_delta"][0] == pytest.approx(3.0) and d["s_delta"][1] < 1e-9
+    assert d["effective_rank_delta"] == pytest.approx(1.0, abs=1e-6)
+    assert d["stable_rank_delta"] == pytest.approx(1.0)
+    assert d["relative_change"] == pytest.approx(3.0 / np.linalg.norm(W0))
+
+
+# ---- mitigation ----------------------------------------------------------------------------------------------------
+
+def test_scale_intruders_lambda_one_is_identity(spike_case):
+    W0, u, v = spike_case
+    W_tuned = (W0 + 20.0 * np.outer(u, v)).T                      # minift layout
+    np.testing.assert_allclose(scale_intruders(W0.T, W_tuned, lam=1.0), W_tuned, atol=1e-12)
+
+
+def test_scale_intruders_scales_only_the_intruder(spike_case):
+    W0, u, v = spike_case
+    W_tuned = (W0 + 20.0 * np.outer(u, v)).T.astype(np.float32)   # minift layout and dtype
+    found = intruder_dimensions(W0.T, W_tuned)
+    W_new = scale_intruders(W0.T, W_tuned, lam=0.75)
+    assert W_new.dtype == np.float32 and W_new.shape == W_tuned.shape
+    expected = singular_values(W_tuned)
+    expected[found["indices"]] *= 0.75
+    np.testing.assert_allclose(np.sort(singular_values(W_new)), np.sort(expected), rtol=1e-5)
+    again = intruder_dimensions(W0.T, W_new)                      # 0.75 x 20 = 15 > 10: still ranks first
+    assert again["count"] == 1 and again["max_cos"][0] == pytest.approx(found["max_cos"][0], abs=1e-5)
+    W_plain = (W0 @ (np.eye(32) + 1e-3)).T                        # no intruder: nothing changes
+    np.testing.assert_allclose(scale_intruders(W0.T, W_plain, lam=0.5), W_plain, atol=1e-12)
+
+
+# ---- a whole model -------------------------------------------------------------------------------------------------
+
+def test_model_intruders_finds_the_one_edited_matrix():
+    cfg = GPTConfig.preset("tiny")
+    base = GPT(cfg, seed=0, dtype="float64").params
+    tuned = {k: v.copy() for k, v in base.items()}
+    name = "h.1.attn.c_attn.weight"                               # [in=64, out=192]
+    Wp = base[name].T                                             # paper layout [192, 64]: 64 of 192 output dims used
+    U0 = np.linalg.svd(Wp, full_matrices=False)[0]
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(192)
+    u -= U0 @ (U0.T @ u)
+    tuned[name] = (Wp + 5.0 * np.outer(u / np.linalg.norm(u), unit(rng, 64))).T
+    result = model_intruders(base, tuned, k=10, eps=0.5)
+    assert len(result["rows"]) == 4 * cfg.n_layer
+    assert result["total"] == 1
+    assert [r["name"] for r in result["rows"] if r["count"]] == [name]
+    only = model_intruders(base, tuned, modules=["attn.c_attn"])
+    assert [r["name"] for r in only["rows"]] == ["h.0.attn.c_attn.weight", name]
+    assert "total" in format_intruders(result)
+    assert linear_weight_names(base, "mlp.c_proj") == ["h.0.mlp.c_proj.weight", "h.1.mlp.c_proj.weight"]
+    del tuned[name]
+    with pytest.raises(MiniftError, match="tuned_params has no"):
+        model_intruders(base, tuned)
