@@ -1,0 +1,115 @@
+"""Pretraining a small GPT from scratch on the embedded corpora (article §1.2: the model fine-tuning starts from).
+
+    texts  = corpus_texts("world", n_chars=...)          generated English about a small world (minift.data.world)
+    tok    = the shipped tokenizer, or one trained here  byte-level BPE, vocab <= the preset's
+    stream = <|endoftext|>-joined token ids              97% for training, the last 3% held out for validation
+    train(model, LMSource(stream, n_ctx), ...)           next-token cross-entropy, AdamW, cosine schedule
+    save:  out/model/ (config.json, model.safetensors, tokenizer.json), out/pretrain.json (what was done)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .config import GPTConfig
+from .data import concat_documents, data_dir, load_text_files, pydoc_corpus, world_corpus
+from .data.sources import LMSource
+from .errors import MiniftError
+from .evaluate import lm_loss
+from .io import save_json
+from .model import GPT
+from .tokenizer import Tokenizer
+from .train import TrainConfig, train
+
+CORPORA = ("world", "pydoc", "both")
+HELDOUT_SEED = 12345          # the world-document stream used for held-out text (forgetting, validation)
+
+
+def corpus_texts(corpus: str = "world", n_chars: int = 8_000_000, files=None, seed: int = 0) -> list:
+    """The pretraining texts: user files if given, else the world corpus, the pydoc corpus, or both."""
+    if files:
+        return load_text_files(files)
+    if corpus not in CORPORA:
+        raise MiniftError(f"corpus {corpus!r} is not one of {CORPORA} (or pass text files)")
+    texts = []
+    if corpus in ("world", "both"):
+        texts += world_corpus(n_chars=n_chars, seed=seed)
+    if corpus in ("pydoc", "both"):
+        texts += pydoc_corpus()
+    return texts
+
+
+def heldout_world_ids(tokenizer, n_chars=200_000) -> np.ndarray:
+    """Held-out world text (a document stream pretraining never saw), as one token stream."""
+    return concat_documents(tokenizer.encode_batch(world_corpus(n_chars=n_chars, seed=HELDOUT_SEED)),
+                            tokenizer.eot_id)
+
+
+def tokenizer_for(cfg: GPTConfig, texts, tokenizer_path=None) -> Tokenizer:
+    """The shipped tokenizer (or the one given) when it fits the preset's vocabulary, else a new one trained here."""
+    path = Path(tokenizer_path) if tokenizer_path else data_dir() / "tokenizer.json"
+    if path.is_file() or tokenizer_path:
+        tok = Tokenizer.load(path)
+        if tok.vocab_size <= cfg.vocab_size:
+            return tok
+        if tokenizer_path:
+            raise MiniftError(f"tokenizer {path} has {tok.vocab_size} tokens but the model's vocab_size is "
+                              f"{cfg.vocab_size}")
+    return Tokenizer.train(texts, vocab_size=cfg.vocab_size)
+
+
+def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg: TrainConfig | None = None,
+             out_dir="runs/pretrain", tokenizer_path=None, device="cpu", seed=0, resume=False, progress=True):
+    """Pretrain a fresh GPT; returns (model, tokenizer, summary dict). Everything lands in out_dir."""
+    cfg = GPTConfig.preset(preset) if isinstance(preset, str) else preset
+    tcfg = tcfg or TrainConfig(steps=2000, batch_size=16, lr=3e-3, warmup=100, weight_decay=0.1, seed=seed)
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    texts = corpus_texts(corpus, n_chars, files, seed)
+    tok = tokenizer_for(cfg, texts, tokenizer_path)
+    stream = concat_documents(tok.encode_batch(texts), tok.eot_id)              # (N,)
+    n_val = max(cfg.n_ctx * 8 + 1, int(0.03 * stream.size))
+    if stream.size < n_val + cfg.n_ctx + 1:
+        raise MiniftError(f"the corpus has only {stream.size} tokens: too little to train a context of "
+                          f"{cfg.n_ctx} and hold out a validation part; give more text")
+    train_ids, val_ids = stream[:-n_val], stream[-n_val:]                     # (N - n_val,), (n_val,)
+    model = GPT(cfg, seed=seed, device=device)
+    source = LMSource(train_ids, cfg.n_ctx, tcfg.batch_size, seed=seed)
+    result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
+                   evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
+                   resume=resume, progress=progress, desc=f"pretrain {preset}")
+    model.save_pretrained(out_dir / "model")
+    tok.save(out_dir / "model" / "tokenizer.json")
+    summary = dict(preset=preset if isinstance(preset, str) else "custom", model_config=cfg.to_dict(),
+                   corpus=corpus if not files else [str(f) for f in files], n_chars=n_chars,
+                   train_tokens=int(train_ids.size), val_tokens=int(val_ids.size), train_config=asdict(tcfg),
+                   final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
+                   evals=result.evals, tokens_seen=result.tokens, train_seconds=round(result.seconds, 1),
+                   wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size)
+    save_json(summary, out_dir / "pretrain.json")
+    return model, tok, summary
+
+
+def shipped_base_dir() -> Path:
+    """data/base-demo: the pretrained `demo` model shipped with minift (made by `minift pretrain`, see README)."""
+    return data_dir() / "base-demo"
+
+
+def load_base(path=None, dtype="float32", device="cpu"):
+    """(model, tokenizer) from a model folder (default: the shipped demo base). The folder's own tokenizer.json is
+    used when it has one, else the shipped data/tokenizer.json."""
+    path = Path(path) if path else shipped_base_dir()
+    if not path.is_dir():
+        hint = " (the shipped base is made by `minift pretrain --preset demo --out runs/base && cp -r " \
+               "runs/base/model data/base-demo`)" if path == shipped_base_dir() else ""
+        raise MiniftError(f"model folder not found: {path}{hint}")
+    model = GPT.from_pretrained(path, dtype=dtype, device=device)
+    tok_path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else data_dir() / "tokenizer.json"
+    tok = Tokenizer.load(tok_path)
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise MiniftError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, more than the model's vocab_size "
+                          f"{model.cfg.vocab_size}")
+    return model, tok

@@ -1,0 +1,125 @@
+"""The training loop: loss falls, exact resume (also after a crash inside a save), divergence guard, frozen weights."""
+import numpy as np
+import pytest
+
+import minift.train as train_mod
+from minift import GPT, GPTConfig, MiniftError
+from minift.data.sources import ClassificationSource, LMSource
+from minift.train import TrainConfig, TrainingDiverged, latest_checkpoint, train
+
+
+def tiny_model(seed=0):
+    return GPT(GPTConfig.preset("tiny", n_ctx=16), seed=seed)
+
+
+def stream(n=4000, seed=0):
+    """A learnable token stream: a repeating pattern with noise, so the loss can fall quickly."""
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.arange(2, 40), n // 38 + 1)[:n]
+    noise = rng.integers(0, 512, n)
+    return np.where(rng.random(n) < 0.1, noise, base)
+
+
+def cfg(steps, **kw):
+    return TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup=2, **kw)
+
+
+def params_equal(a, b):
+    return all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_loss_falls():
+    model = tiny_model()
+    result = train(model, LMSource(stream(), 16, 4, seed=0), cfg(40), progress=False)
+    first = np.mean([h["loss"] for h in result.history[:5]])
+    last = np.mean([h["loss"] for h in result.history[-5:]])
+    assert last < first - 1.0
+    assert result.steps_done == 40 and result.tokens == 40 * 4 * 16
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = tiny_model()
+    train(straight, LMSource(stream(), 16, 4, seed=1), cfg(8), progress=False)
+
+    interrupted = tiny_model()
+    train(interrupted, LMSource(stream(), 16, 4, seed=1), cfg(8, save_every=3), out_dir=tmp_path, progress=False)
+    # simulate a crash after step 3: a fresh process loads the checkpoint and continues
+    (tmp_path / "latest").write_text("step-000006\n")
+    resumed = tiny_model(seed=123)                       # different init: everything must come from the checkpoint
+    result = train(resumed, LMSource(stream(), 16, 4, seed=1), cfg(8, save_every=3), out_dir=tmp_path,
+                   resume=True, progress=False)
+    assert result.steps_done == 8 and len(result.history) == 8
+    assert params_equal(straight, resumed)
+
+
+def test_crash_inside_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = tiny_model()
+    calls = {"n": 0}
+    real_save = train_mod.save_safetensors
+
+    def flaky_save(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 3:                              # the second checkpoint's weights file: die mid-save
+            raise OSError("disk full (injected)")
+        return real_save(tensors, path, metadata)
+
+    monkeypatch.setattr(train_mod, "save_safetensors", flaky_save)
+    with pytest.raises(OSError, match="injected"):
+        train(model, LMSource(stream(), 16, 4, seed=2), cfg(6, save_every=2), out_dir=tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-000002"
+    monkeypatch.setattr(train_mod, "save_safetensors", real_save)
+    resumed = tiny_model(seed=9)
+    train(resumed, LMSource(stream(), 16, 4, seed=2), cfg(6, save_every=2), out_dir=tmp_path, resume=True,
+          progress=False)
+    straight = tiny_model()
+    train(straight, LMSource(stream(), 16, 4, seed=2), cfg(6), progress=False)
+    assert params_equal(straight, resumed)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_names_step_and_tensor_and_keeps_last_good_state(tmp_path):
+    model = tiny_model()
+    model.params["h.1.mlp.c_fc.weight"][0, 0] = np.inf      # poisons the forward from step 0
+    with pytest.raises(TrainingDiverged, match="step 0: loss is not finite"):
+        train(model, LMSource(stream(), 16, 4), cfg(5), out_dir=tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path) is not None
+
+
+def test_nonfinite_gradient_is_named():
+    grads = {"a": np.zeros(3), "b": np.array([0.0, np.nan])}
+    assert train_mod.find_nonfinite(1.0, grads) == "b"
+    assert train_mod.find_nonfinite(float("nan"), grads) == "loss"
+
+
+def test_frozen_parameters_are_bitwise_unchanged():
+    model = tiny_model()
+    model.frozen = {k for k in model.params if k.startswith("h.0.") or k.startswith("w")}
+    before = {k: model.params[k].copy() for k in model.frozen}
+    train(model, LMSource(stream(), 16, 4), cfg(5), progress=False)
+    assert all(np.array_equal(before[k], model.params[k]) for k in model.frozen)
+    assert not np.array_equal(model.params["h.1.attn.c_attn.weight"], tiny_model().params["h.1.attn.c_attn.weight"])
+
+
+def test_classification_training_learns_a_trivial_rule():
+    model = tiny_model()
+    model.add_classification_head(["no", "yes"])
+    rng = np.random.default_rng(0)
+    texts = [list(rng.integers(10, 20, rng.integers(2, 8))) for _ in range(64)]
+    labels = [int(t[-1] >= 15) for t in texts]              # label = is the last token large?
+    source = ClassificationSource(texts, labels, pad_id=1, max_len=16, batch_size=16, seed=0)
+    result = train(model, source, TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup=5), progress=False)
+    assert result.final_loss < 0.3
+
+
+def test_nothing_to_train_is_an_error():
+    model = tiny_model()
+    model.frozen = set(model.params)
+    with pytest.raises(MiniftError, match="nothing to train"):
+        train(model, LMSource(stream(), 16, 4), cfg(2), progress=False)
+
+
+def test_bad_train_config():
+    with pytest.raises(MiniftError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(MiniftError, match="lr"):
+        TrainConfig(lr=-1.0)
