@@ -42,6 +42,9 @@ Everything here is written by minift's own code, deterministically; nothing is d
 - `tasks/facts/`: questions about the world's people, prompt -> completion; the splits ask about different people.
   Records: prompt, completion, relation, person.
 - `manifest.json`: size and sha256 of each file; the Python and `tokenizers` versions the tokenizer was made with.
+- `base-demo/`: the pretrained `demo` model (a Hugging Face GPT-2 folder + its tokenizer and `pretrain.json`). It is
+  not made by this command but by `minift pretrain --preset demo --chars 16000000 --steps 2000 --out runs/base-demo`
+  (about 13 minutes on 2 CPU cores), then copying `runs/base-demo/model/*` and `pretrain.json` here.
 
 Splits: {sizes}. The world corpus used for pretraining is not stored: `world_corpus(n_chars=...)` makes it in about
 a third of a second per million characters.
