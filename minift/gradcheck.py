@@ -1,8 +1,9 @@
 """Finite-difference gradient checks: is a hand-written backward the derivative of its forward?
 
 The method (cs231n's gradient check, made stricter):
-  1. Draw a *random* upstream gradient g with the output's shape. (An all-ones g hides bugs: e.g. a backward that
-     forgets to subtract the mean in LayerNorm can still be right "on average".)
+  1. Draw a *random* upstream gradient g with the output's shape. (An all-ones g hides bugs: e.g. a LayerNorm
+     backward that treats 1/σ as a constant passes with g = 1 and LayerNorm's gain at 1, because the missing term
+     is proportional to Σ g·x̂, which is then zero; tutorial 02 shows it.)
   2. Form the scalar L(x) = sum(f(x) * g). Its gradient with respect to an input x is exactly the vector-Jacobian
      product that `backward(g, cache)` claims to compute.
   3. Estimate dL/dx[i] by centered differences, (L(x + h e_i) - L(x - h e_i)) / 2h, whose error is O(h²) from

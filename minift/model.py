@@ -323,6 +323,7 @@ class GPT:
         """The block's forward read bottom-up. dx is the gradient of the block's output (B, T, C)."""
         p = f"h.{i}."
         c_ln1, c_qkv, c_att, c_o, c_do, c_ln2, c_fc, c_g, c_y, c_dy = cache
+        self._keep("d" + p + "out", dx)
         # x = x + y: the residual passes dx through unchanged AND into the MLP branch; the two paths add up
         dy = dropout_backward(dx, c_dy)                                          # (B, T, C)
         dg = self._linear_backward(p + "mlp.c_proj", dy, c_y, grads)             # (B, T, F)

@@ -80,14 +80,15 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     source = LMSource(train_ids, cfg.n_ctx, tcfg.batch_size, seed=seed)
     result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
-                   resume=resume, progress=progress, desc=f"pretrain {preset}")
+                   resume=resume, progress=progress,
+                   desc=f"pretrain {preset if isinstance(preset, str) else 'custom'}")
     model.save_pretrained(out_dir / "model")
     tok.save(out_dir / "model" / "tokenizer.json")
     summary = dict(preset=preset if isinstance(preset, str) else "custom", model_config=cfg.to_dict(),
                    corpus=corpus if not files else [str(f) for f in files], n_chars=n_chars,
                    train_tokens=int(train_ids.size), val_tokens=int(val_ids.size), train_config=asdict(tcfg),
                    final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
-                   evals=result.evals, tokens_seen=result.tokens, train_seconds=round(result.seconds, 1),
+                   evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens, train_seconds=round(result.seconds, 1),
                    wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size)
     save_json(summary, out_dir / "pretrain.json")
     return model, tok, summary
@@ -103,8 +104,9 @@ def load_base(path=None, dtype="float32", device="cpu"):
     used when it has one, else the shipped data/tokenizer.json."""
     path = Path(path) if path else shipped_base_dir()
     if not path.is_dir():
-        hint = " (the shipped base is made by `minift pretrain --preset demo --out runs/base && cp -r " \
-               "runs/base/model data/base-demo`)" if path == shipped_base_dir() else ""
+        hint = (" (the shipped base is made by `minift pretrain --preset demo --chars 16000000 --steps 2000 "
+                "--out runs/base-demo`, then copying runs/base-demo/model/* and pretrain.json into data/base-demo)"
+                if path == shipped_base_dir() else "")
         raise MiniftError(f"model folder not found: {path}{hint}")
     model = GPT.from_pretrained(path, dtype=dtype, device=device)
     tok_path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else data_dir() / "tokenizer.json"
