@@ -4,8 +4,10 @@ from .config import GPTConfig
 from .errors import MiniftError
 from .gradcheck import GradReport, check_function, check_op
 from .model import GPT
+from .lora import LoRA, LoRAConfig, attach_lora, load_peft
 
 __version__ = "0.1.0"
 
 __all__ = ["GPT", "GPTConfig", "MiniftError", "GradReport", "check_function", "check_op", "get_xp", "gpu_available",
-           "resolve_device", "to_numpy", "__version__"]
+           "resolve_device", "to_numpy", "__version__",
+           "LoRA", "LoRAConfig", "attach_lora", "load_peft"]
