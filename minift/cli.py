@@ -90,12 +90,149 @@ def add_generate(sub):
     p.set_defaults(func=cmd_generate)
 
 
+# ---- finetune ----------------------------------------------------------------------------------------------------
+
+def _lora_from_args(a):
+    from .lora import LoRAConfig
+    targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
+    return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank, targets=targets,
+                      rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
+
+
+def cmd_finetune(a):
+    from .finetune import FinetuneConfig, finetune
+    from .pretrain import load_base
+    lora_opts = a.rslora or a.dora or a.rank is not None or a.init != "default"
+    if lora_opts and a.method != "lora":
+        raise MiniftError(f"--rank/--rslora/--dora/--init are LoRA options, but --method is {a.method!r}")
+    if a.freeze_blocks is not None and a.method != "freeze":
+        raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
+    a.rank = a.rank or 8
+    base, tok = load_base(a.base, device=a.device)
+    fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
+                          train_size=a.train_size, freeze_blocks=a.freeze_blocks, eval_every=a.eval_every,
+                          seed=a.seed, lora=_lora_from_args(a) if a.method == "lora" else None)
+    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet)
+    print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
+          f"{s['ms_per_step']:.0f} ms/step")
+    print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
+          f"(loss {s['test_loss']:.3f}); saved to {a.out}")
+
+
+def add_finetune(sub):
+    p = sub.add_parser("finetune", help="fine-tune the base model on a task with one method")
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
+    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
+    p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
+    p.add_argument("--steps", type=_positive_int, default=400)
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--lr", type=float, default=None, help="default depends on the method")
+    p.add_argument("--train-size", type=_positive_int, default=None)
+    p.add_argument("--freeze-blocks", type=int, default=None, help="method freeze: how many first blocks")
+    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
+    p.add_argument("--targets", default="all-linear",
+                   help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
+    p.add_argument("--dora", action="store_true", help="DoRA: learned magnitude and normalised direction")
+    p.add_argument("--init", default="default", choices=["default", "gaussian", "pissa"])
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+# ---- compare -----------------------------------------------------------------------------------------------------
+
+def _int_list(text):
+    try:
+        values = tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_compare(a):
+    from .compare import CompareConfig, compare
+    from .report import main_table, memory_table
+    kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
+              base=a.base, device=a.device, seed=a.seed)
+    for name in ("steps", "train_size", "batch"):
+        if getattr(a, name) is not None:
+            kw["batch_size" if name == "batch" else name] = getattr(a, name)
+    ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
+    results = compare(ccfg, out=a.out, progress=not a.quiet)
+    print(main_table(results))
+    print()
+    print("Peak training memory, MiB (measured; predicted in the last column):")
+    print(memory_table(results))
+    print(f"\nreport: {a.out}/report.md   numbers: {a.out}/results.json   ({results['seconds']:.0f} s)")
+
+
+def add_compare(sub):
+    p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
+    p.add_argument("--task", default="sentiment")
+    p.add_argument("--methods", default="full,lora,head", help="comma list of full,freeze,head,lora")
+    p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
+    p.add_argument("--rslora", action="store_true")
+    p.add_argument("--dora", action="store_true")
+    p.add_argument("--train-size", type=_positive_int, default=None, help="the small-data question")
+    p.add_argument("--steps", type=_positive_int, default=None, help="default 400 (8 with --quick)")
+    p.add_argument("--batch", type=_positive_int, default=None)
+    p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
+    p.add_argument("--preset", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="a tiny budget: seconds, for tests and CI")
+    p.add_argument("--out", default="compare-report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=cmd_compare)
+
+
+# ---- memory ------------------------------------------------------------------------------------------------------
+
+def cmd_memory(a):
+    from .config import GPTConfig
+    from .memory import format_memory, predict_memory
+    cfg = GPTConfig.preset(a.preset)
+    if a.n_embd or a.n_layer:
+        from dataclasses import replace
+        cfg = replace(cfg, n_embd=a.n_embd or cfg.n_embd, n_layer=a.n_layer or cfg.n_layer,
+                      n_head=a.n_head or cfg.n_head)
+    seq = a.seq or cfg.n_ctx
+    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank)
+    print(f"{a.preset} ({cfg.n_layer} layers, width {cfg.n_embd}), {a.method}"
+          f"{f' r={a.rank}' if a.method == 'lora' else ''}, batch {a.batch} x {seq} tokens, float32, AdamW:")
+    if a.method != "full":
+        print(format_memory(d, predict_memory(cfg, "full", a.batch, seq), labels=(a.method, "full")))
+    else:
+        print(format_memory(d))
+
+
+def add_memory(sub):
+    p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
+    p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
+    p.add_argument("--rank", type=_positive_int, default=8)
+    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
+    p.add_argument("--n-embd", type=_positive_int, default=None, help="custom width")
+    p.add_argument("--n-layer", type=_positive_int, default=None, help="custom depth")
+    p.add_argument("--n-head", type=_positive_int, default=None, help="custom heads")
+    p.set_defaults(func=cmd_memory)
+
+
 # ---- entry point -------------------------------------------------------------------------------------------------
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="minift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_pretrain, add_generate):
+    for add in (add_pretrain, add_finetune, add_compare, add_generate, add_memory):
         add(sub)
     return parser
 

@@ -1,0 +1,246 @@
+"""`minift compare`: the article's experiment, measured on your machine.
+
+Full fine-tuning, LoRA and a head-only baseline fine-tune the same base model on the same task, with the same data
+order, seed and step budget. For each run we measure what the article claims and what the MIT paper found:
+
+    trainable parameters        count and share of the total                         article §3.2 "90% fewer"
+    memory                      parameters / gradients / optimizer / activations,    article §5.1 "~80% less"
+                                measured (tracemalloc) and predicted (minift.memory)
+    time                        ms per step and tokens/s                             article §5.1 "~70% less"
+    accuracy                    validation and test (test uses held-out templates)   article §3.2 "comparable"
+    forgetting                  change of the LM loss on held-out pretraining text   MIT paper §5
+    intruder dimensions         Algorithm 1 on W0 + ΔW, swept over ε, against a      MIT paper §4
+                                random-direction baseline
+    effective rank of ΔW        Roy & Vetterli's entropy rank                        MIT paper §4
+    what must be saved          full checkpoint vs adapter file                      article §2.2
+
+`--ranks` adds a LoRA rank sweep (α = 2r, so the scale s = α/r stays 2; with --rslora s = α/√r = 2√r), which is
+where the paper's rank findings show. The report folder gets results.json, report.md and PNG plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline, \
+    scale_intruders, singular_values
+from .backend import to_numpy
+from .errors import MiniftError
+from .evaluate import lm_loss, split_metrics
+from .finetune import FinetuneConfig, METHODS, finetune, load_task_splits
+from .io import save_json
+from .memory import measure_memory, predict_memory
+
+K_TOP = 10                 # the paper's top-k singular vectors
+
+
+@dataclass
+class CompareConfig:
+    task: str = "sentiment"
+    methods: tuple = ("full", "lora", "head")
+    steps: int = 400
+    batch_size: int = 16
+    rank: int = 8
+    alpha: float = 16
+    targets: str = "all-linear"
+    ranks: tuple = ()              # extra LoRA ranks to sweep (α = 2r)
+    rslora: bool = False
+    dora: bool = False
+    train_size: int | None = None
+    eval_size: int | None = None
+    base: str | None = None        # model folder (default: the shipped data/base-demo)
+    device: str | None = None
+    seed: int = 0
+    lam: float = 0.75              # intruder mitigation: scale intruders' singular values by λ
+    mitigation_eps: float = 0.5
+    lr: dict = field(default_factory=dict)   # method -> learning rate override
+    quick: bool = False
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise MiniftError(f"--methods {','.join(self.methods)}: each must be one of {METHODS}")
+        if any(r <= 0 for r in self.ranks) or self.rank <= 0:
+            raise MiniftError(f"LoRA ranks must be positive, got rank={self.rank} ranks={self.ranks}")
+        if self.steps <= 0:
+            raise MiniftError(f"--steps {self.steps} must be positive")
+
+    @classmethod
+    def quick_config(cls, **kw):
+        """A tiny budget that still exercises every measurement (tests, CI): seconds, not minutes."""
+        kw.setdefault("steps", 8)
+        kw.setdefault("train_size", 64)
+        kw.setdefault("eval_size", 64)
+        kw.setdefault("batch_size", 8)
+        return cls(quick=True, **kw)
+
+
+# ---- one run's measurements ----------------------------------------------------------------------------------
+
+def _lora_config(ccfg: CompareConfig, rank: int, alpha: float):
+    from .lora import LoRAConfig
+    return LoRAConfig(r=rank, alpha=alpha, targets=ccfg.targets, rslora=ccfg.rslora, use_dora=ccfg.dora)
+
+
+def _tuned_weights(model, lora) -> dict:
+    """name -> the effective weight W0 + ΔW of every linear (adapters folded in), as host arrays."""
+    weights = {k: to_numpy(v) for k, v in model.params.items()}
+    if lora is not None:
+        weights.update({k: to_numpy(v) for k, v in lora.effective_weights().items()})
+    return weights
+
+
+def _spectral(base_w: dict, tuned_w: dict, names) -> dict:
+    """Intruder counts over ε (summed over matrices), the random baseline for the same shapes, and the mean
+    effective rank of ΔW."""
+    counts = np.zeros(len(EPS_VALUES), dtype=int)
+    baseline = np.zeros(len(EPS_VALUES))
+    ranks = []
+    for name in names:
+        W0, Wt = base_w[name], tuned_w[name]
+        counts += intruder_sweep(W0, Wt, k=K_TOP, eps_values=EPS_VALUES)["counts"]
+        d_out, d_in = W0.shape[1], W0.shape[0]                     # minift's [in, out]: outputs are columns
+        rb = random_baseline(d_out, k=K_TOP, trials=200, seed=0, basis_dim=min(d_out, d_in), eps_values=EPS_VALUES)
+        baseline += np.array([rb["false_intruders"][float(e)] for e in EPS_VALUES])
+        delta = Wt.astype(np.float64) - W0.astype(np.float64)
+        ranks.append(effective_rank(delta) if np.any(delta) else 0.0)
+    return dict(eps=list(EPS_VALUES), intruders=counts.tolist(), random_baseline=baseline.round(2).tolist(),
+                matrices=len(names), effective_rank_dW=float(np.mean(ranks)) if ranks else 0.0)
+
+
+def _saved_bytes(model, lora, method, out: Path) -> int:
+    """What must be kept to reproduce this fine-tune on top of the base: written to disk and measured."""
+    from .io import save_safetensors
+    if method == "lora":
+        lora.save_peft(out / "adapter")
+        return sum(f.stat().st_size for f in (out / "adapter").iterdir())
+    if method == "full":
+        model.save_pretrained(out / "model")
+        return (out / "model" / "model.safetensors").stat().st_size
+    trainable = {k: to_numpy(v) for k, v in model.trainable_params().items()}   # head / freeze: what trained
+    save_safetensors(trainable, out / "trainable.safetensors")
+    return (out / "trainable.safetensors").stat().st_size
+
+
+def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
+    ids = batch["input_ids"]
+    measured = measure_memory(model, batch)
+    predicted = predict_memory(model.cfg, method, ids.shape[0], ids.shape[1], rank=rank, targets=ccfg.targets,
+                               head=head, num_labels=num_labels)
+    keys = ("parameters", "gradients", "optimizer", "activations", "total")
+    return dict(measured={k: int(measured[k]) for k in keys}, predicted={k: int(predicted[k]) for k in keys},
+                batch_shape=list(ids.shape))
+
+
+def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,
+            out: Path, progress=True) -> dict:
+    """Fine-tune one method and measure everything in the table."""
+    from .data.sources import task_source
+    label = f"lora r={rank}" if method == "lora" else method
+    fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
+                          lr=ccfg.lr.get(method), train_size=ccfg.train_size, eval_size=ccfg.eval_size,
+                          seed=ccfg.seed, lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+    model, lora, s = finetune(base, tok, fcfg, progress=progress)
+    train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
+    batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
+                        seed=ccfg.seed).next_batch()
+    head = "classification" if model.head == "classification" else "lm"
+    row = dict(label=label, method=method, rank=rank if method == "lora" else None,
+               alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
+               percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"],
+               val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
+               val_loss=s["val_loss"], lr=s["lr"], losses=[h["loss"] for h in s["history"]])
+    row["memory"] = _memory(model, lora, method, rank, ccfg, batch, head, len(model.labels or []) or 2)
+    row["forgetting"] = lm_loss(model, heldout, max_windows=None) - base_lm
+    base_w = {k: to_numpy(v) for k, v in base.params.items()}
+    tuned_w = _tuned_weights(model, lora)
+    names = linear_weight_names(base_w, _modules(ccfg))
+    row["spectral"] = _spectral(base_w, tuned_w, names)
+    row["saved_bytes"] = _saved_bytes(model, lora, method, out / label.replace(" ", "").replace("=", ""))
+    if method == "lora":
+        row["mitigation"] = _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, test_split)
+    row["spectra_example"] = _spectrum_example(base_w, tuned_w, names)
+    return row
+
+
+def _modules(ccfg):
+    from .lora import _normalise_targets
+    return None if ccfg.targets == "all-linear" else _normalise_targets(ccfg.targets)
+
+
+def _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, test_split) -> dict:
+    """The paper's mitigation on LoRA's tuned weights: intruders' singular values scaled by λ."""
+    lora.merge()
+    fixed = model.to()                                  # a plain copy with ΔW folded into W
+    lora.unmerge()
+    for name in names:
+        new = scale_intruders(base_w[name], tuned_w[name], k=K_TOP, eps=ccfg.mitigation_eps, lam=ccfg.lam)
+        fixed.params[name][...] = fixed.xp.asarray(new)
+    test = split_metrics(fixed, test_split, tok, fixed.cfg.n_ctx)
+    return dict(lam=ccfg.lam, eps=ccfg.mitigation_eps, test_accuracy=test["accuracy"],
+                forgetting=lm_loss(fixed, heldout, max_windows=None) - base_lm)
+
+
+def _spectrum_example(base_w, tuned_w, names) -> dict:
+    name = names[-1] if names else None
+    if name is None:
+        return {}
+    return dict(name=name, base=singular_values(base_w[name]).tolist(), tuned=singular_values(tuned_w[name]).tolist())
+
+
+# ---- the whole comparison -----------------------------------------------------------------------------------
+
+def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
+    """Run every method (and the rank sweep), write results.json, report.md and plots into `out`."""
+    from .pretrain import heldout_world_ids, load_base
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base, tok = load_base(ccfg.base, device=ccfg.device)
+    heldout = heldout_world_ids(tok, n_chars=60_000 if ccfg.quick else 200_000)
+    heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
+    base_lm = lm_loss(base, heldout, max_windows=None)
+    runs = []
+    plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
+    plan += [("lora", r, 2 * r) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
+    for method, rank, alpha in plan:
+        runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress))
+    results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
+                   base_lm_loss=base_lm, runs=runs, machine=_machine(), seconds=round(time.time() - t0, 1))
+    save_json(_jsonable(results), out / "results.json")
+    from .report import write_plots, write_report
+    results["plots"] = write_plots(results, out)
+    (out / "report.md").write_text(write_report(results))
+    return results
+
+
+def _machine() -> dict:
+    import numpy
+    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__)
+    try:
+        import minift
+        info["minift"] = minift.__version__
+    except Exception:  # noqa: the version is informative only
+        pass
+    return info
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj

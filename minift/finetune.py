@@ -1,0 +1,160 @@
+"""Which parameters train: the article's fine-tuning methods as one mechanism, `model.frozen`.
+
+Article §1.1 step 3 ("freeze part of the parameters") and §2 (full fine-tuning) and §3 (LoRA) differ only in which
+arrays receive gradients and updates:
+
+    method    trains                                                        frozen
+    full      every parameter (+ the task head)                             nothing
+    freeze    the last blocks, ln_f and the head                            wte, wpe, the first k blocks (+ LayerNorms
+                                                                            if asked)
+    head      only the classification head `score.weight` (a linear probe)  the whole transformer
+    lora      the adapters' A and B (+ the head, as PEFT's modules_to_save) the whole transformer (minift/lora.py)
+
+A frozen parameter is in `model.frozen`: the backward never computes its weight gradient (no xᵀ dy matmul), the
+optimizer is never given it, and its array is bitwise unchanged by training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MiniftError
+
+METHODS = ("full", "freeze", "head", "lora")
+
+
+def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_embeddings: bool = True,
+                freeze_layernorm: bool = False) -> set:
+    """The set of parameter names `method` freezes (LoRA's is made by attach_lora)."""
+    names = set(model.params)
+    if method == "full":
+        return set()
+    if method == "head":
+        if "score.weight" not in model.params:
+            raise MiniftError("method 'head' trains only a classification head, and this model has none "
+                              "(the language-model head is tied to wte); use a classification task")
+        return names - {"score.weight"}
+    if method == "freeze":
+        k = model.cfg.n_layer // 2 if freeze_blocks is None else freeze_blocks
+        if not 0 <= k <= model.cfg.n_layer:
+            raise MiniftError(f"freeze_blocks={k} must be between 0 and n_layer={model.cfg.n_layer}")
+        frozen = {n for n in names if any(n.startswith(f"h.{i}.") for i in range(k))}
+        if freeze_embeddings:
+            frozen |= {"wte.weight", "wpe.weight"}
+        if freeze_layernorm:
+            frozen |= {n for n in names if ".ln_" in n or n.startswith("ln_f.")}
+        return frozen
+    raise MiniftError(f"method {method!r} is not one of {METHODS}")
+
+
+def setup_method(model, method: str, lora_config=None, seed: int = 0, **freeze_options):
+    """Prepare `model` for fine-tuning with `method`; returns the LoRA handle for "lora", else None."""
+    if model.adapters:
+        raise MiniftError("this model already has adapters attached; start from a fresh base model")
+    if method == "lora":
+        from .lora import LoRAConfig, attach_lora
+        return attach_lora(model, lora_config or LoRAConfig(), seed=seed)
+    if lora_config is not None:
+        raise MiniftError(f"LoRA options were given but method is {method!r}; use method 'lora'")
+    model.frozen = freeze_plan(model, method, **freeze_options)
+    return None
+
+
+def trainable_summary(model) -> dict:
+    """Counts for the table: trainable and total parameters (base + adapters) and the trainable share."""
+    total = model.num_params()
+    trainable = model.num_params(trainable_only=True)
+    return dict(trainable=trainable, total=total, percent=100.0 * trainable / total)
+
+
+# ---- one fine-tuning run, end to end (article §1.1's five steps) -------------------------------------------------
+
+DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 3e-3}
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "lora"
+    task: str = "sentiment"          # a built-in task name, a task folder or a JSONL/CSV file
+    steps: int = 300
+    batch_size: int = 16
+    lr: float | None = None          # default: DEFAULT_LR[method]
+    warmup: int = 20
+    weight_decay: float = 0.0
+    max_len: int = 128               # tokens per example (capped at the model's n_ctx)
+    train_size: int | None = None    # use only this many training examples (the small-data question)
+    eval_size: int | None = None     # evaluate on only this many validation/test examples (quick runs)
+    freeze_blocks: int | None = None  # for method "freeze" (default: half of the blocks)
+    eval_every: int = 0
+    seed: int = 0
+    lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise MiniftError(f"method {self.method!r} is not one of {METHODS}")
+        if self.train_size is not None and self.train_size <= 0:
+            raise MiniftError(f"train_size={self.train_size} must be positive")
+
+
+def load_task_splits(task, train_size=None, eval_size=None):
+    """(train, validation, test) TaskSplits of a task; train cut to train_size and validation/test to eval_size
+    examples (labels kept balanced)."""
+    from .data import load_task
+    splits = [load_task(task, name) for name in ("train", "validation", "test")]
+    sizes = (train_size, eval_size, eval_size)
+    return tuple(split.subset(n) if n is not None else split for split, n in zip(splits, sizes))
+
+
+def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True):
+    """Fine-tune a copy of `base` on fcfg.task with fcfg.method; returns (model, lora or None, summary dict).
+
+    The article's five steps (§1.1): 1 load the pretrained model (`base`, copied so it stays untouched), 2 add a
+    task head (classification tasks), 3 freeze what the method freezes, 4 train with backprop, 5 evaluate on the
+    validation and test splits. With out_dir, the result is saved there: the adapter (LoRA) or the whole model.
+    """
+    from .data.sources import task_source
+    from .evaluate import split_metrics
+    from .train import TrainConfig, train
+    train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
+    model = base.to()                                                      # 1. a private copy of the base
+    if train_split.type == "classification":
+        model.add_classification_head(train_split.label_names, seed=fcfg.seed)   # 2. the task head
+    lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
+                        **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
+    max_len = min(fcfg.max_len, model.cfg.n_ctx)
+    source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
+    tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=fcfg.lr or DEFAULT_LR[fcfg.method],
+                       warmup=min(fcfg.warmup, fcfg.steps // 5), weight_decay=fcfg.weight_decay,
+                       eval_every=fcfg.eval_every, seed=fcfg.seed)
+    def evaluate(m, split=val_split, prefix="val_"):
+        if lora is not None:
+            lora.eval()                  # adapter dropout off while measuring, as torch's model.eval()
+        try:
+            return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, max_len).items()}
+        finally:
+            if lora is not None:
+                lora.train()
+
+    result = train(model, source, tcfg, out_dir=None, progress=progress, evaluate=evaluate,   # 4. train
+                   desc=f"finetune {fcfg.method}")
+    test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
+    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
+                   **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr,
+                   ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
+                   tokens_per_s=result.tokens / max(result.seconds, 1e-9),
+                   final_train_loss=result.final_loss, history=result.history, evals=result.evals,
+                   val_accuracy=result.evals[-1]["val_accuracy"], val_loss=result.evals[-1]["val_loss"],
+                   test_accuracy=test["accuracy"], test_loss=test["loss"])
+    if out_dir is not None:
+        _save_result(model, lora, tokenizer, summary, Path(out_dir))
+    return model, lora, summary
+
+
+def _save_result(model, lora, tokenizer, summary, out_dir: Path):
+    from .io import save_json
+    if lora is not None:
+        lora.save_peft(out_dir / "adapter")
+    else:
+        model.save_pretrained(out_dir / "model")
+        tokenizer.save(out_dir / "model" / "tokenizer.json")
+    save_json(summary, out_dir / "finetune.json")

@@ -1,0 +1,84 @@
+"""`minift compare --quick` end to end: the report's contents, not just the exit code."""
+import json
+
+import pytest
+
+from minift.cli import main
+from minift.pretrain import shipped_base_dir
+
+pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shipped base model is missing")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    rc = main(["compare", "--quick", "--ranks", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def run(results, label):
+    return next(r for r in results["runs"] if r["label"] == label)
+
+
+def test_every_method_and_the_sweep_ran(report):
+    _, results = report
+    assert [r["label"] for r in results["runs"]] == ["full", "lora r=8", "head", "lora r=2"]
+
+
+def test_trainable_counts_follow_the_formulas(report):
+    _, results = report
+    cfg = results["base_config"]
+    C, L, K = cfg["n_embd"], cfg["n_layer"], 2
+    per_block = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]          # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    for r in (8, 2):
+        lora = run(results, f"lora r={r}")
+        assert lora["trainable"] == L * sum(r * (i + o) for i, o in per_block) + K * C   # adapters + score head
+    assert run(results, "head")["trainable"] == K * C
+    full = run(results, "full")
+    assert full["trainable"] == full["total"]
+
+
+def test_memory_measured_agrees_with_prediction_and_lora_saves(report):
+    _, results = report
+    for r in results["runs"]:
+        m, p = r["memory"]["measured"], r["memory"]["predicted"]
+        assert abs(m["total"] - p["total"]) / m["total"] < 0.10, r["label"]
+    full, lora = run(results, "full"), run(results, "lora r=8")
+    assert lora["memory"]["measured"]["optimizer"] < 0.1 * full["memory"]["measured"]["optimizer"]
+    assert lora["saved_bytes"] < 0.2 * full["saved_bytes"]
+
+
+def test_forgetting_is_zero_when_the_body_is_frozen(report):
+    _, results = report
+    assert run(results, "head")["forgetting"] == 0.0          # head-only leaves the LM path bitwise untouched
+    assert run(results, "full")["forgetting"] != 0.0
+
+
+def test_spectral_measurements(report):
+    _, results = report
+    lora, full = run(results, "lora r=2"), run(results, "full")
+    assert lora["spectral"]["matrices"] == 16 and len(lora["spectral"]["intruders"]) == len(lora["spectral"]["eps"])
+    assert 0 < lora["spectral"]["effective_rank_dW"] <= 2 + 1e-6      # ΔW = s·AᵀBᵀ has rank ≤ r
+    assert full["spectral"]["effective_rank_dW"] > 2
+    assert "mitigation" in run(results, "lora r=8")
+
+
+def test_report_reads_the_claims_and_has_plots(report):
+    out, results = report
+    text = (out / "report.md").read_text()
+    assert "| method | trainable" in text and "quick mode" in text
+    for claim in ("90% fewer parameters", "~70% less time", "~80% less memory", "comparable accuracy",
+                  "overfits less on small data"):
+        assert claim in text
+    for png in ("loss_curves.png", "accuracy_vs_trainable.png", "spectra.png", "intruders_vs_eps.png",
+                "rank_sweep.png"):
+        assert (out / png).stat().st_size > 1000
+    assert results["machine"]["cpu_count"] >= 1
+
+
+def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
+    assert main(["compare", "--methods", "full,nope", "--out", str(tmp_path), "--quick"]) == 1
+    assert "each must be one of" in capsys.readouterr().err
+    assert main(["finetune", "--method", "full", "--rank", "4", "--out", str(tmp_path)]) == 1
+    assert "LoRA options" in capsys.readouterr().err
