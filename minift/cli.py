@@ -26,6 +26,14 @@ def _add_device(p):
                    help="where to run (default: $MINIFT_DEVICE or cpu)")
 
 
+def _add_run_options(p, out_default):
+    """The options every training command shares: output folder, seed, progress bar, device."""
+    p.add_argument("--out", default=out_default)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p)
+
+
 # ---- pretrain ----------------------------------------------------------------------------------------------------
 
 def cmd_pretrain(a):
@@ -56,11 +64,8 @@ def add_pretrain(sub):
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: data/tokenizer.json if it fits)")
-    p.add_argument("--out", default="runs/pretrain")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_device(p)
+    _add_run_options(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -138,10 +143,7 @@ def add_finetune(sub):
     p.add_argument("--init", default="default", choices=["default", "gaussian", "pissa"])
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--out", default="runs/finetune")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    _add_device(p)
+    _add_run_options(p, "runs/finetune")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -160,8 +162,11 @@ def _int_list(text):
 def cmd_compare(a):
     from .compare import CompareConfig, compare
     from .report import main_table, memory_table
+    if a.preset not in (None, "demo") and a.base is None:
+        raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
+                          f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
     kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
-              base=a.base, device=a.device, seed=a.seed)
+              base=a.base, preset=a.preset, device=a.device, seed=a.seed)
     for name in ("steps", "train_size", "batch"):
         if getattr(a, name) is not None:
             kw["batch_size" if name == "batch" else name] = getattr(a, name)
@@ -185,12 +190,10 @@ def add_compare(sub):
     p.add_argument("--steps", type=_positive_int, default=None, help="default 400 (8 with --quick)")
     p.add_argument("--batch", type=_positive_int, default=None)
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--preset", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--preset", default=None, choices=["tiny", "demo", "small", "gpt2"],
+                   help="model size: demo is shipped; for another, pretrain a base and pass --base")
     p.add_argument("--quick", action="store_true", help="a tiny budget: seconds, for tests and CI")
-    p.add_argument("--out", default="compare-report")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    _add_device(p)
+    _add_run_options(p, "compare-report")
     p.set_defaults(func=cmd_compare)
 
 

@@ -55,6 +55,7 @@ class CompareConfig:
     train_size: int | None = None
     eval_size: int | None = None
     base: str | None = None        # model folder (default: the shipped data/base-demo)
+    preset: str | None = None      # if given, the base must have this preset's dimensions
     device: str | None = None
     seed: int = 0
     lam: float = 0.75              # intruder mitigation: scale intruders' singular values by λ
@@ -203,6 +204,12 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok = load_base(ccfg.base, device=ccfg.device)
+    if ccfg.preset is not None:
+        from .config import GPTConfig
+        want = GPTConfig.preset(ccfg.preset)
+        if (want.n_embd, want.n_layer, want.n_head) != (base.cfg.n_embd, base.cfg.n_layer, base.cfg.n_head):
+            raise MiniftError(f"--preset {ccfg.preset} does not match the base model {ccfg.base or 'data/base-demo'} "
+                              f"(n_embd={base.cfg.n_embd}, n_layer={base.cfg.n_layer}, n_head={base.cfg.n_head})")
     heldout = heldout_world_ids(tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)

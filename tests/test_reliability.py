@@ -1,0 +1,112 @@
+"""Bad input gets a message naming it; faults lose nothing. (Op-, data- and LoRA-level cases live in their files.)"""
+import json
+
+import numpy as np
+import pytest
+
+from minift import GPT, GPTConfig, MiniftError
+from minift.backend import gpu_available, resolve_device
+from minift.data.sources import LMSource
+from minift.train import TrainConfig, latest_checkpoint, train
+
+
+def tiny(seed=0, **kw):
+    return GPT(GPTConfig.preset("tiny", n_ctx=16, **kw), seed=seed)
+
+
+def stream(n=3000):
+    return np.tile(np.arange(2, 50), n // 48 + 1)[:n]
+
+
+def test_token_ids_outside_the_vocabulary_are_named():
+    model = tiny()
+    with pytest.raises(MiniftError, match="ids"):
+        model.forward(np.array([[1, 2, 512]]))
+    with pytest.raises(MiniftError, match="ids"):
+        model.forward(np.array([[-1, 2]]))
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is present here")
+def test_gpu_without_cupy_is_a_clear_error():
+    with pytest.raises(MiniftError, match="device='gpu' needs CuPy"):
+        resolve_device("gpu")
+    with pytest.raises(MiniftError, match="device='gpu'"):
+        GPT(GPTConfig.preset("tiny"), device="gpu")
+    with pytest.raises(MiniftError, match="device='tpu'"):
+        resolve_device("tpu")
+
+
+def test_truncated_config_json_is_named(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(MiniftError, match="config.json is not valid JSON"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_checkpoint_from_another_preset_is_refused(tmp_path):
+    train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, warmup=0), out_dir=tmp_path,
+          progress=False)
+    other = GPT(GPTConfig.preset("tiny", n_ctx=16, n_layer=1), seed=0)
+    with pytest.raises(MiniftError, match="model config"):
+        train(other, LMSource(stream(), 16, 4), TrainConfig(steps=4, batch_size=4, warmup=0), out_dir=tmp_path,
+              resume=True, progress=False)
+
+
+def test_corrupted_checkpoint_is_detected_by_its_checksum(tmp_path):
+    train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, warmup=0), out_dir=tmp_path,
+          progress=False)
+    weights = latest_checkpoint(tmp_path) / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF                                       # one flipped byte inside a tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MiniftError, match="SHA-256"):
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=4, batch_size=4, warmup=0), out_dir=tmp_path,
+              resume=True, progress=False)
+
+
+class InterruptAt:
+    """A batch source that raises KeyboardInterrupt (Ctrl-C) when asked for batch `at`."""
+
+    def __init__(self, source, at):
+        self.source, self.at, self.calls = source, at, 0
+
+    def next_batch(self):
+        if self.calls == self.at:
+            self.calls += 1
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.source.next_batch()
+
+    def state(self):
+        return self.source.state()
+
+    def restore(self, state):
+        self.source.restore(state)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path):
+    tcfg = TrainConfig(steps=7, batch_size=4, warmup=1)
+    model = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, InterruptAt(LMSource(stream(), 16, 4, seed=3), at=4), tcfg, out_dir=tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-000004"
+    resumed = tiny(seed=77)
+    train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    straight = tiny()
+    train(straight, LMSource(stream(), 16, 4, seed=3), tcfg, progress=False)
+    assert all(np.array_equal(straight.params[k], resumed.params[k]) for k in straight.params)
+
+
+def test_same_seed_same_result():
+    a, b = tiny(seed=5), tiny(seed=5)
+    for m in (a, b):
+        train(m, LMSource(stream(), 16, 4, seed=1), TrainConfig(steps=3, batch_size=4, warmup=1), progress=False)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_checkpoint_state_is_readable_json(tmp_path):
+    train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, warmup=0), out_dir=tmp_path,
+          progress=False)
+    state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert state["step"] == 2 and set(state["sha256"]) == {"weights.safetensors", "optimizer.safetensors"}
