@@ -235,7 +235,8 @@ def add_memory(sub):
 def build_parser():
     parser = argparse.ArgumentParser(prog="minift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_pretrain, add_finetune, add_compare, add_generate, add_memory):
+    from .lens import add_inspect
+    for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_memory):
         add(sub)
     return parser
 
