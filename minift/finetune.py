@@ -101,8 +101,30 @@ def load_task_splits(task, train_size=None, eval_size=None):
     examples (labels kept balanced)."""
     from .data import load_task
     splits = [load_task(task, name) for name in ("train", "validation", "test")]
+    if splits[0].path == splits[1].path:          # one file for every split: hold out 10% + 10% of it
+        splits = _split_one_file(splits[0])
     sizes = (train_size, eval_size, eval_size)
     return tuple(split.subset(n) if n is not None else split for split, n in zip(splits, sizes))
+
+
+def _split_one_file(split, seed=0):
+    """A single user file -> (train 80%, validation 10%, test 10%) by a seeded shuffle, so a model is never scored
+    on the examples it was trained on."""
+    import dataclasses
+
+    import numpy as np
+    n = len(split)
+    if n < 10:
+        raise MiniftError(f"{split.path}: {n} examples are too few to hold out validation and test examples; give "
+                          "at least 10, or a folder with train/validation/test files")
+    order = np.random.default_rng(seed).permutation(n)
+    cut1, cut2 = int(0.8 * n), int(0.9 * n)
+
+    def part(idx, name):
+        pick = lambda xs: [xs[i] for i in idx] if xs else []                       # noqa: E731
+        return dataclasses.replace(split, split=name, texts=pick(split.texts), label_ids=pick(split.label_ids),
+                                   prompts=pick(split.prompts), completions=pick(split.completions))
+    return part(order[:cut1], "train"), part(order[cut1:cut2], "validation"), part(order[cut2:], "test")
 
 
 def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True):

@@ -1,0 +1,70 @@
+"""Fine-tuning methods (one freeze mechanism) and the finetune command on user files and built-in tasks."""
+import json
+
+import numpy as np
+import pytest
+
+from minift import GPT, GPTConfig, MiniftError
+from minift.cli import main
+from minift.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method
+from minift.tokenizer import Tokenizer
+from minift.data import data_dir
+
+
+def tiny_base(tmp_path):
+    """A tiny random base with the shipped tokenizer's vocabulary, saved as a model folder."""
+    model = GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0)
+    model.save_pretrained(tmp_path / "base")
+    return tmp_path / "base", model
+
+
+def test_freeze_plans():
+    model = GPT(GPTConfig.preset("tiny"), seed=0)
+    assert freeze_plan(model, "full") == set()
+    frozen = freeze_plan(model, "freeze", freeze_blocks=1)
+    assert {"wte.weight", "wpe.weight", "h.0.attn.c_attn.weight"} <= frozen
+    assert not any(n.startswith("h.1.") for n in frozen) and "ln_f.weight" not in frozen
+    assert "h.1.ln_1.weight" in freeze_plan(model, "freeze", freeze_blocks=1, freeze_layernorm=True)
+    with pytest.raises(MiniftError, match="classification head"):
+        freeze_plan(model, "head")
+    model.add_classification_head(["a", "b"])
+    assert freeze_plan(model, "head") == set(model.params) - {"score.weight"}
+    with pytest.raises(MiniftError, match="freeze_blocks=5"):
+        freeze_plan(model, "freeze", freeze_blocks=5)
+    with pytest.raises(MiniftError, match="method 'sgd'"):
+        setup_method(model, "sgd")
+
+
+def test_a_single_user_file_is_split_without_overlap(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review number {i}", "label": ["bad", "good"][i % 2]}) + "\n"
+                            for i in range(40)))
+    train, val, test = load_task_splits(path)
+    assert (len(train), len(val), len(test)) == (32, 4, 4)
+    assert not set(train.texts) & (set(val.texts) | set(test.texts))
+
+
+def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
+    base_dir, _ = tiny_base(tmp_path)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": f"it was {w}", "label": lab}) + "\n"
+                            for w, lab in [("great", "good"), ("awful", "bad")] * 20))
+    for method in ("full", "lora"):
+        out = tmp_path / method
+        assert main(["finetune", "--method", method, "--task", str(path), "--base", str(base_dir), "--steps", "3",
+                     "--batch", "4", "--out", str(out), "--quiet"]) == 0
+        summary = json.loads((out / "finetune.json").read_text())
+        assert summary["task_type"] == "classification" and summary["train_examples"] == 32
+        assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
+
+
+def test_generation_task_trains_only_on_the_completion(tmp_path):
+    _, base = tiny_base(tmp_path)
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    model, lora, summary = finetune(base, tok, FinetuneConfig(method="lora", task="facts", steps=2, batch_size=4,
+                                                              train_size=8, eval_size=4), progress=False)
+    assert summary["task_type"] == "generation" and model.head == "lm"
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["test_loss"])
+    assert all(np.array_equal(base.params[k], model.params[k]) for k in base.params)   # LoRA: base untouched
