@@ -36,6 +36,10 @@ from .ops import (attention_backward, attention_forward, cross_entropy_backward,
                   pool_last_backward, pool_last_forward)
 
 LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # the four linears of a block
+HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (see add_classification_head)
+# Attention takes the queries this many at a time against the keys they can see (ops/attention.py, "Blocked"):
+# the same result as the whole T×T square, with about half the work once T > 64. None: the square (the reference).
+ATTENTION_BLOCK = 64
 
 
 def param_shapes(cfg: GPTConfig) -> dict:
@@ -124,12 +128,16 @@ class GPT:
 
     def add_classification_head(self, labels, seed=0):
         """Replace the LM head by `score.weight` [K, C] (nn.Linear layout, no bias), read at the last real token —
-        Hugging Face's GPT2ForSequenceClassification. Initialised N(0, 0.02²) like every GPT-2 weight."""
+        Hugging Face's GPT2ForSequenceClassification. Initialised N(0, 0.02²) like every GPT-2 weight, from a
+        generator of its own: seeded with (seed, HEAD_STREAM), never the stream that drew the base's weights (with
+        the plain seed the head would copy the base's *initial* wte rows, which training leaves correlated with
+        the trained ones: the fresh head would then predict one class with confidence instead of starting near
+        log K)."""
         labels = list(labels)
         if len(labels) < 2:
             raise MiniftError(f"a classification head needs at least 2 labels, got {labels!r}")
-        self.params["score.weight"] = randn(make_rng(seed), (len(labels), self.cfg.n_embd), self.dtype, self.xp,
-                                            std=0.02)
+        rng = np.random.default_rng([int(seed), HEAD_STREAM])
+        self.params["score.weight"] = randn(rng, (len(labels), self.cfg.n_embd), self.dtype, self.xp, std=0.02)
         self.head, self.labels = "classification", labels
 
     def fingerprint(self) -> str:
@@ -213,7 +221,7 @@ class GPT:
         P, p, H = self.params, f"h.{i}.", self.cfg.n_head
         a, c_ln1 = layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
         qkv, c_qkv = self._linear_forward(p + "attn.c_attn", a)          # (B, T, 3C)
-        att, c_att = attention_forward(qkv, H, mask)                     # (B, T, C)
+        att, c_att = attention_forward(qkv, H, mask, block=ATTENTION_BLOCK)  # (B, T, C)
         o, c_o = self._linear_forward(p + "attn.c_proj", att)            # (B, T, C)
         o, c_do = self._dropout(o, rng)                                  # (B, T, C)
         x = x + o                                                        # (B, T, C) residual 1

@@ -1,0 +1,497 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Full fine-tuning: every weight moves, and what that costs
+#
+# **Article:** §2.1 完全微调的步骤详解 (*Full fine-tuning, step by step*):
+#
+# > 4. 训练模型:使用任务数据集对预训练模型进行训练。在这个过程中,模型的所有参数都会被更新 …
+# > 6. 部署和应用:… 还需要考虑模型的推理速度、内存占用等因素。
+# >
+# > *4. Train the model on the task's data; in this process all of the model's parameters are updated. …
+# > 6. Deploy: … consider the model's inference speed and memory footprint.*
+#
+# and §2.2 完全微调的优势与局限性 (*Pros and cons of full fine-tuning*), whose four limitations are
+# 计算成本高 (*high compute cost*), 过拟合风险 (*risk of overfitting*: "如果任务数据集较小,容易导致模型过拟合" — *with a
+# small task data set the model easily overfits*), 参数量大 (*many parameters*: large to deploy) and 训练不稳定
+# (*unstable training*: "损失值波动较大或收敛缓慢" — *the loss fluctuates strongly or converges slowly*).
+#
+# Each claim gets a measurement on the shipped base and the sentiment task of tutorial 05. Where the numbers refine
+# the article, we say so: "all parameters are updated" is true of every *tensor*, but not of every *number*.
+#
+# **You will learn**
+# 1. to measure how far every weight tensor moved, $\lVert \Delta W\rVert / \lVert W\rVert$, and which entries did not
+#    move at all, and why;
+# 2. what a full fine-tuning step holds in memory (`minift.memory.predict_memory`: 2 AdamW floats and 1 gradient per
+#    trained parameter) and how long it takes;
+# 3. how large the saved model is (`save_pretrained`), against what LoRA will save;
+# 4. to watch full fine-tuning overfit 64 examples: training loss to 0, validation loss up;
+# 5. what "unstable training" looks like (a too-large learning rate) and when minift's divergence guard
+#    (`TrainingDiverged`) fires;
+# 6. deployment: one self-contained model folder, reloaded bit for bit, and its inference speed.
+#
+# **Time:** about 2 minutes normally (a 400-step fine-tune, a 200-step small-data run, three 150-step runs: 108 s
+# measured, 2¼ minutes while other jobs competed for the cores), about 25 s in fast mode (`MINIFT_FAST=1`), on
+# 2 CPU cores of a shared, busy machine. 30 minutes to read.
+#
+# **Prerequisite:** tutorial 05 (the task, the head, `finetune`).
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from _tutorial import FAST, exercise, out_dir, pick, show
+from minift import GPT, GPTConfig
+from minift.data import task_source
+from minift.evaluate import split_metrics
+from minift.finetune import FinetuneConfig, finetune, load_task_splits, setup_method
+from minift.memory import format_memory, predict_memory
+from minift.model import param_shapes
+from minift.pretrain import load_base
+from minift.train import TrainConfig, TrainingDiverged, train
+
+np.set_printoptions(precision=4, suppress=True, linewidth=110)
+print("fast mode" if FAST else "normal mode")
+base, tok = load_base()
+
+# %% [markdown]
+# ## 1. A full fine-tune (§2.1 steps 1–5)
+#
+# §2.1's steps 1–5 are tutorial 05's five steps with nothing frozen: `FinetuneConfig(method="full")`. The learning
+# rate 1e-3 is the one tutorial 05 chose on validation.
+
+# %%
+steps = pick(400, 30)
+fcfg = FinetuneConfig(method="full", steps=steps, batch_size=16, lr=1e-3, eval_size=pick(None, 128))
+model, _, summary = finetune(base, tok, fcfg, progress=not FAST)
+print(f"{summary['trainable']:,} trainable parameters ({summary['percent']:.0f}%), {steps} steps, "
+      f"{summary['ms_per_step']:.0f} ms/step; validation accuracy {summary['val_accuracy']:.3f}, "
+      f"test accuracy {summary['test_accuracy']:.3f}")
+
+# %% [markdown]
+# ## 2. Every weight tensor moves
+#
+# For every parameter tensor, the relative change
+#
+# $$r(W) = \frac{\lVert W_\text{tuned} - W_0\rVert_F}{\lVert W_0\rVert_F}.$$
+#
+# (`score.weight` has no $W_0$ in the base: it is new, so it is left out.)
+
+# %%
+rel = {n: float(np.linalg.norm(model.params[n] - base.params[n]) / np.linalg.norm(base.params[n]))
+       for n in base.params}
+order = sorted(rel, key=rel.get, reverse=True)
+print("moved most: ", ", ".join(f"{n} {rel[n]:.3f}" for n in order[:4]))
+print("moved least:", ", ".join(f"{n} {rel[n]:.4f}" for n in order[-4:]))
+
+fig, ax = plt.subplots(figsize=(7, 9))
+names = list(base.params)
+ax.barh(range(len(names)), [rel[n] for n in names], color=["C1" if n.startswith(("wte", "wpe")) else "C0"
+                                                            for n in names])
+ax.set_yticks(range(len(names)), names, fontsize=6)
+ax.invert_yaxis()
+ax.set_xscale("log")
+ax.set_xlabel("‖W_tuned − W_0‖ / ‖W_0‖")
+ax.set_title(f"full fine-tuning, {steps} steps: relative change of every tensor")
+show(fig, "06_relative_change")
+
+# %% [markdown]
+# Every tensor moved, by very different relative amounts (numbers from a normal-mode run): the LayerNorm gains, which
+# sit near 1, by about 1%; the two `c_proj` weights (initialised smaller than the other linears, std
+# $0.02/\sqrt{2L}$) and their biases (small after pretraining) by 15–40%. A relative change says as much about a
+# tensor's size as about how much training used it.
+#
+# But not every *number* moved. AdamW's update of an entry whose gradient has always been exactly
+# 0 is exactly 0 (its moments $m, v$ stay 0, and weight decay is 0 here). Two tensors have such entries:
+#
+# - `wpe` row $t$ (position $t$) gets a gradient only from reviews at least $t+1$ tokens long;
+# - `wte` row $v$ (token $v$) only from batches containing token $v$ (exercise 2).
+#
+# Padding never contributes: pads come after the last real token, which is the only position the head reads, and
+# causal attention never looks forward. We replay the exact batches the run saw (the same source, same seed) and
+# find the longest real review.
+
+# %%
+train_split, val_split, test_split = load_task_splits("sentiment", eval_size=pick(None, 128))
+replay = task_source(train_split, tok, max_len=128, batch_size=16, seed=0)
+seen = [replay.next_batch() for _ in range(steps)]                  # the batches of section 1, in order
+longest = max(int(b["attention_mask"].sum(1).max()) for b in seen)
+moved_rows = np.flatnonzero(np.any(model.params["wpe.weight"] != base.params["wpe.weight"], axis=1))
+print(f"longest review seen: {longest} tokens; wpe rows that moved: {moved_rows.min()}..{moved_rows.max()} "
+      f"({moved_rows.size} of {base.cfg.n_ctx})")
+
+# %% [markdown]
+# **Check.** Every base tensor changed; the `wpe` rows that moved are exactly positions $0..\text{longest}-1$, and the
+# other rows are bitwise the base's.
+
+# %%
+assert all(v > 0 for v in rel.values())
+assert np.array_equal(moved_rows, np.arange(longest))
+
+# %% [markdown]
+# ## 3. The cost: compute and memory (计算成本高)
+#
+# A training step of full fine-tuning holds, besides the weights themselves:
+#
+# $$\underbrace{P}_{\text{gradients}} + \underbrace{2P}_{\text{AdamW } m,\,v} \quad\text{floats, for } P
+# \text{ trained parameters, plus the activations the backward needs (they scale with tokens, not } P).$$
+#
+# `predict_memory` counts it term by term from the code (`minift/memory.py`); LoRA (r = 8 on every linear) for
+# comparison, on a batch of the size training used.
+
+# %%
+B, T = seen[0]["input_ids"].shape
+full_mem = predict_memory(base.cfg, "full", B, T, head="classification")
+lora_mem = predict_memory(base.cfg, "lora", B, T, rank=8, targets="all-linear", head="classification")
+print(f"one step, batch {B}×{T} tokens, float32 (MiB):")
+print(format_memory(full_mem, lora_mem, labels=("full", "LoRA r=8")))
+print(f"trained parameters: full {full_mem['trainable']:,}, LoRA {lora_mem['trainable']:,}")
+
+# %% [markdown]
+# Read the table: gradients and optimizer state are $1\times$ and $2\times$ the trained parameters' bytes, so full
+# fine-tuning pays $3 \times 4.09$ MiB where LoRA pays under 1 MiB. But at this size and batch the activations
+# dominate (they depend on tokens, and are the same for both methods; LoRA even adds a little), so LoRA's predicted
+# total is about 78% of full fine-tuning's — 22% less, not the "80% less" of article §5.1 (tutorial 09 shows when
+# that claim holds). The step's time, measured: the forward pass, then forward + backward, on one
+# batch.
+
+# %%
+batch = seen[0]
+reps = pick(10, 3)
+
+
+def best_time(fn):
+    """Fastest of `reps` calls (the least disturbed by other jobs on a shared machine), in ms."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times)
+
+
+fwd_ms = best_time(lambda: model.forward(batch["input_ids"], attention_mask=batch["attention_mask"]))
+fwd_bwd_ms = best_time(lambda: model.loss_and_grads(**batch))
+print(f"forward {fwd_ms:.1f} ms, forward + backward {fwd_bwd_ms:.1f} ms (ratio {fwd_bwd_ms / fwd_ms:.1f}); "
+      f"section 1's run averaged {summary['ms_per_step']:.0f} ms per step")
+
+# %% [markdown]
+# A backward costs about twice a forward (for each linear: $\bar x = \bar y W^\top$ and $\bar W = x^\top \bar y$,
+# two matmuls per forward matmul), so forward + backward is about 3× a forward; small ops and Python overhead blur
+# it at this size. The run's average adds clipping and the AdamW update (a few array passes over all $P$ parameters)
+# and batches of varying length — and on a shared machine, whatever else was running: compare timings only within
+# one run of this tutorial.
+#
+# **Check.** The prediction's gradient and optimizer terms are exactly $4P$ and $8P$ bytes for $P$ = every
+# parameter (float32); the LoRA step trains under 10% as many.
+
+# %%
+P = summary["trainable"]
+assert full_mem["trainable"] == P and full_mem["gradients"] == 4 * P and full_mem["optimizer"] == 8 * P
+assert lora_mem["trainable"] < 0.1 * P
+
+# %% [markdown]
+# ## 4. What must be saved (参数量大)
+#
+# A full fine-tune changes every tensor, so deploying it means shipping a whole model: `save_pretrained` writes a
+# Hugging Face GPT-2 folder (`config.json`, `model.safetensors`) that `transformers`' `GPT2ForSequenceClassification`
+# loads. Its size is $4P$ bytes plus a small header.
+
+# %%
+folder = out_dir("runs", "06_full") / "model"
+model.save_pretrained(folder)
+size = (folder / "model.safetensors").stat().st_size
+C, L = base.cfg.n_embd, base.cfg.n_layer
+lora_numbers = L * 8 * (C + 3 * C) + 2 * C              # r = 8 on every c_attn [C, 3C], plus the head
+print(f"model.safetensors: {size:,} bytes = 4 × {P:,} parameters + {size - 4 * P:,} bytes of header")
+print(f"a LoRA adapter (r = 8 on c_attn) would hold {lora_numbers:,} numbers = {4 * lora_numbers:,} bytes "
+      f"({4 * lora_numbers / size:.1%} of this) — tutorial 07 saves one")
+
+# %% [markdown]
+# **Check.** The file is $4P$ bytes plus a header under 1%.
+
+# %%
+assert 4 * P <= size < 1.01 * 4 * P
+
+# %% [markdown]
+# ## 5. Overfitting on a small train set (过拟合风险)
+#
+# Keep 64 training reviews (`train_size=64`, labels balanced) and train for many epochs. We evaluate the loss on the
+# **same 64 reviews** and on the validation set every few steps (`eval_every`): overfitting is the first falling while
+# the second rises,
+#
+# $$L_\text{train}(\theta_t) \to 0 \qquad\text{while}\qquad L_\text{val}(\theta_t) \uparrow .$$
+#
+# This calls `minift.train.train` directly (what `finetune` does inside), to evaluate on both splits.
+
+# %%
+small_train, small_val, _ = load_task_splits("sentiment", train_size=64, eval_size=pick(200, 128))
+small = base.to()
+small.add_classification_head(small_train.label_names, seed=0)
+setup_method(small, "full")
+
+
+def both_splits(m):
+    """Loss and accuracy on the 64 training reviews and on the validation reviews."""
+    out = {"train_" + k: v for k, v in split_metrics(m, small_train, tok, 128).items()}
+    return {**out, **{"val_" + k: v for k, v in split_metrics(m, small_val, tok, 128).items()}}
+
+
+small_steps = pick(200, 60)
+start = both_splits(small)
+run = train(small, task_source(small_train, tok, 128, 16, seed=0),
+            TrainConfig(steps=small_steps, batch_size=16, lr=1e-3, warmup=20, eval_every=10),
+            evaluate=both_splits, progress=not FAST)
+evals = [dict(step=0, **start)] + run.evals
+best = min(evals, key=lambda e: e["val_loss"])
+end = evals[-1]
+print(f"{len(small_train)} training reviews, {small_steps} steps = {small_steps * 16 / 64:.0f} epochs")
+for e in evals[::pick(4, 2)] + ([end] if evals[::pick(4, 2)][-1] is not end else []):
+    print(f"  step {e['step']:>3}: train loss {e['train_loss']:.4f} acc {e['train_accuracy']:.3f} | "
+          f"validation loss {e['val_loss']:.3f} acc {e['val_accuracy']:.3f}")
+print(f"lowest validation loss {best['val_loss']:.3f} at step {best['step']}; at the end {end['val_loss']:.3f}")
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot([e["step"] for e in evals], [e["train_loss"] for e in evals], "o-", ms=3, label="training loss (the 64)")
+ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", ms=3, label="validation loss")
+ax.axhline(math.log(2), color="0.5", ls="--", lw=0.8, label="log 2 (a coin flip)")
+ax.set_xlabel("step")
+ax.set_ylabel("cross-entropy")
+ax.set_title("full fine-tuning on 64 reviews")
+ax.legend()
+show(fig, "06_overfitting")
+
+# %% [markdown]
+# The article is right here, and the effect is strong: within two or three epochs the model classifies all 64
+# training reviews correctly with near-zero loss, while validation accuracy stays at chance and validation loss
+# climbs far above $\log 2$ — the model is confidently wrong. 64 reviews cannot pin down the composition rules (a
+# million parameters can memorise the 64 through names, templates and word pairings instead). Whether LoRA, with
+# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2; GUIDE.md calls it a hypothesis,
+# and `minift compare --train-size 64` measures it.
+#
+# **Check.** At the end: training loss below 0.01 and training accuracy 100%; validation loss at least 1.0 above
+# its lowest value and above $\log 2$; validation accuracy within 0.1 of chance.
+
+# %%
+assert end["train_loss"] < 0.01 and end["train_accuracy"] == 1.0
+assert end["val_loss"] > best["val_loss"] + 1.0 and end["val_loss"] > math.log(2)
+assert abs(end["val_accuracy"] - 0.5) < 0.1
+
+# %% [markdown]
+# ## 6. Unstable training (训练不稳定)
+#
+# AdamW's step for each entry is $\eta\,\hat m/(\sqrt{\hat v} + \epsilon)$: about $\eta$ in size whatever the
+# gradient's scale, so gradient-norm clipping (minift clips at 1.0) does not shrink it. The learning rate alone sets
+# how far every weight jumps. Three runs on the full train set, constant learning rate, no warmup:
+
+# %%
+unstable_steps = pick(150, 25)
+curves = {}
+for lr in (1e-3, 1e-2, 1e-1):
+    m = base.to()
+    m.add_classification_head(train_split.label_names, seed=0)
+    setup_method(m, "full")
+    r = train(m, task_source(train_split, tok, 128, 16, seed=0),
+              TrainConfig(steps=unstable_steps, batch_size=16, lr=lr, warmup=0, schedule="constant"), progress=False)
+    curves[lr] = np.array([h["loss"] for h in r.history])
+    print(f"lr {lr:.0e}: loss min {curves[lr].min():.3f}, max {curves[lr].max():.2f}, "
+          f"mean of the last 20 steps {curves[lr][-20:].mean():.3f}")
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for lr, c in curves.items():
+    ax.plot(np.arange(1, len(c) + 1), c, lw=0.9, label=f"lr {lr:.0e}")
+ax.axhline(math.log(2), color="0.5", ls="--", lw=0.8, label="log 2")
+ax.set_yscale("log")
+ax.set_xlabel("step")
+ax.set_ylabel("training loss (one batch)")
+ax.set_title("full fine-tuning: the learning rate decides stability")
+ax.legend()
+show(fig, "06_learning_rates")
+
+# %% [markdown]
+# At 1e-3 the loss stays on tutorial 05's plateau near $\log 2$ for these steps (it leaves it after about 200). At
+# 1e-2 it jumps around more. At 1e-1 single batches reach losses above 10: each step throws every weight about
+# $0.1$ — five times a typical GPT-2 weight's size — in a new direction; over 150 steps it then settles near
+# $\log 2$, a model that guesses. "Converges slowly" can mean "never": in our trials a 400-step run at 3e-3 (with
+# warmup and cosine decay) also ended at chance on validation, where 1e-3 reached 0.89.
+#
+# When does training *fail outright*? minift's loop checks every step for a non-finite loss or gradient norm and
+# raises `TrainingDiverged` (saving the state it has when a checkpoint folder is given). In this model that is hard
+# to reach with any finite learning rate: every block starts with a LayerNorm, which rescales whatever the weights
+# produce, and the gradient norm is summed in float64. Three absurd rates, clipping off, 3 steps each:
+
+# %%
+def run_full(lr, n_steps, **options):
+    """A fresh full fine-tune on the full train set at a constant lr; returns the per-step losses."""
+    m = base.to()
+    m.add_classification_head(train_split.label_names, seed=0)
+    setup_method(m, "full")
+    r = train(m, task_source(train_split, tok, 128, 16, seed=0),
+              TrainConfig(steps=n_steps, batch_size=16, lr=lr, warmup=0, schedule="constant", **options),
+              progress=False)
+    return m, [h["loss"] for h in r.history]
+
+
+with np.errstate(over="ignore", invalid="ignore"):        # overflows inside the model are the point here
+    for lr in (1e2, 1e4, 1e8):
+        _, losses = run_full(lr, 3, grad_clip=None)
+        print(f"lr {lr:.0e}: losses {', '.join(f'{v:.1e}' for v in losses)} — finite, no TrainingDiverged")
+    caught = None
+    try:
+        broken, _ = run_full(math.inf, 3)
+    except TrainingDiverged as e:
+        caught = e
+print("lr = inf:", type(caught).__name__, "—", caught)
+
+# %% [markdown]
+# Losses of $10^{17}$ and still finite. Only an infinite learning rate (an update of $\infty \cdot 0$ makes NaN)
+# trips the guard here — in real runs it is hit by float16 overflow, a corrupt example or a bug rather than by the
+# learning rate alone. Note what it catches: step 0 had a finite loss and gradient, so its update was applied, and
+# the NaN weights it wrote are only noticed at step 1. "The last good state" is the state *before step 1's update*,
+# which step 0 had already ruined.
+#
+# **Check.** The worst batch loss at 1e-1 is more than 3 (over four times $\log 2$), at 1e-3 under 1.5; the
+# step-to-step jumps of the loss are larger at 1e-1 than at 1e-3; and the guard fired at step 1.
+
+# %%
+jumps = {lr: float(np.abs(np.diff(c)).mean()) for lr, c in curves.items()}
+print("mean |loss change| per step:", {f"{lr:.0e}": round(j, 3) for lr, j in jumps.items()})
+assert curves[1e-1].max() > 3 and curves[1e-3].max() < 1.5 and jumps[1e-1] > jumps[1e-3]
+assert isinstance(caught, TrainingDiverged) and str(caught).startswith("step 1: loss is not finite")
+
+# %% [markdown]
+# ## 7. Deployment (§2.1 step 6, 部署和应用)
+#
+# The fine-tuned model is one self-contained folder — what section 4 saved. Nothing else is needed at inference:
+# `GPT.from_pretrained` (or `transformers`) loads it. Inference speed is the forward pass; a full fine-tune has the
+# base's architecture, so it costs exactly what the base costs. (An *unmerged* LoRA model adds its low-rank branch
+# to every adapted linear; merged, it is a plain model again — tutorial 07.)
+
+# %%
+deployed = GPT.from_pretrained(folder)
+n_reviews = pick(64, 32)
+reviews = task_source(test_split, tok, 128, n_reviews, seed=0).next_batch()        # (n, T) ids and mask
+logits_tuned = model.forward(reviews["input_ids"], attention_mask=reviews["attention_mask"])         # (n, K)
+logits_deployed = deployed.forward(reviews["input_ids"], attention_mask=reviews["attention_mask"])   # (n, K)
+infer_ms = best_time(lambda: deployed.forward(reviews["input_ids"], attention_mask=reviews["attention_mask"]))
+tokens = int(reviews["attention_mask"].sum())
+print(f"reloaded: head {deployed.head!r}, labels {deployed.labels}; forward of {n_reviews} reviews "
+      f"({reviews['input_ids'].shape[1]} positions each, {tokens:,} real tokens) in {infer_ms:.1f} ms = "
+      f"{1e3 * n_reviews / infer_ms:,.0f} reviews/s on this CPU")
+
+# %% [markdown]
+# **Check.** The reloaded model's logits equal the trained model's bit for bit, and its test accuracy is the one
+# `finetune` reported.
+
+# %%
+assert np.array_equal(logits_tuned, logits_deployed)
+assert split_metrics(deployed, test_split, tok, 128)["accuracy"] == summary["test_accuracy"]
+
+# %% [markdown]
+# ## What you saw
+#
+# | §2.2 claim | measured here |
+# |---|---|
+# | all parameters are updated | every tensor moved; entries whose gradient is always 0 (unused positions and tokens) did not |
+# | 计算成本高 high cost | 1 gradient + 2 AdamW floats per parameter; at this size activations still dominate the step's memory |
+# | 参数量大 large checkpoints | $4P$ bytes for every fine-tune, vs well under 1% of that for a LoRA adapter |
+# | 过拟合风险 overfitting on small data | 64 reviews: training loss → 0 in a few epochs, validation loss far above $\log 2$ |
+# | 训练不稳定 unstable | a learning rate 10–100× too large makes the loss jump; NaN needs an absurd one |
+#
+# ## Exercises
+#
+# **Exercise 1 — the memory of fine-tuning GPT-2.** For GPT-2 small (`GPTConfig.preset("gpt2")`, 124M parameters,
+# LM head tied to `wte`), return the bytes full fine-tuning with AdamW in float32 needs for gradients plus optimizer
+# state, from `param_shapes(cfg)` alone. The check compares with `predict_memory`.
+
+# %%
+def my_grad_and_adam_bytes(cfg):
+    """Bytes of gradients + AdamW moments for full fine-tuning of every parameter of cfg, float32."""
+    raise NotImplementedError
+
+
+# %% jupyter={"source_hidden": true}
+def solution_grad_and_adam_bytes(cfg):
+    P = sum(math.prod(s) for s in param_shapes(cfg).values())
+    return 3 * 4 * P                                     # 1 gradient + 2 moments, 4 bytes each
+
+
+# %%
+def check_grad_and_adam(answer):
+    cfg = GPTConfig.preset("gpt2")
+    pred = predict_memory(cfg, "full", 1, 128)
+    predicted = pred["gradients"] + pred["optimizer"]
+    print(f"GPT-2: yours {answer(cfg) / 2**30:.3f} GiB, predict_memory {predicted / 2**30:.3f} GiB "
+          f"for {pred['trainable']:,} parameters")
+    assert answer(cfg) == predicted
+
+
+exercise("Exercise 1 (GPT-2's optimizer memory)", check_grad_and_adam, my_grad_and_adam_bytes,
+         solution_grad_and_adam_bytes)
+
+# %% [markdown]
+# **Exercise 2 — which embedding rows move?** From the batches of section 1 (`seen`, a list of dicts with
+# `input_ids` and `attention_mask`), return the sorted token ids whose `wte` row the full fine-tune changed. The check
+# compares with the rows that really changed.
+
+# %%
+def my_moved_tokens(batches):
+    """Sorted array of the token ids whose wte rows change when training on these batches."""
+    raise NotImplementedError
+
+
+# %% jupyter={"source_hidden": true}
+def solution_moved_tokens(batches):
+    return np.unique(np.concatenate([b["input_ids"][b["attention_mask"]] for b in batches]))   # real tokens only
+
+
+# %%
+def check_moved_tokens(answer):
+    moved = np.flatnonzero(np.any(model.params["wte.weight"] != base.params["wte.weight"], axis=1))
+    mine = np.asarray(answer(seen))
+    print(f"{moved.size} of {base.cfg.vocab_size} wte rows moved; yours: {mine.size}")
+    assert np.array_equal(mine, moved)
+
+
+exercise("Exercise 2 (moving embedding rows)", check_moved_tokens, my_moved_tokens, solution_moved_tokens)
+
+# %% [markdown]
+# **Exercise 3 — early stopping.** The cheapest cure for section 5's overfitting: evaluate as you train and keep the
+# weights from the evaluation with the lowest validation loss. From `evals` (a list of dicts with `step` and
+# `val_loss`), return that step and its validation loss.
+
+# %%
+def my_early_stop(evals):
+    """(step, val_loss) of the evaluation with the lowest validation loss."""
+    raise NotImplementedError
+
+
+# %% jupyter={"source_hidden": true}
+def solution_early_stop(evals):
+    e = min(evals, key=lambda e: e["val_loss"])
+    return e["step"], e["val_loss"]
+
+
+# %%
+def check_early_stop(answer):
+    step, loss = answer(evals)
+    print(f"stop at step {step}: validation loss {loss:.3f} instead of {evals[-1]['val_loss']:.3f} at the end")
+    assert loss == min(e["val_loss"] for e in evals) and any(e["step"] == step and e["val_loss"] == loss for e in evals)
+    assert loss < evals[-1]["val_loss"]
+
+
+exercise("Exercise 3 (early stopping)", check_early_stop, my_early_stop, solution_early_stop)
