@@ -24,6 +24,18 @@ Backward: the forward's steps in reverse; each step quotes the forward line it d
   3.  masking                 ->  nothing to do: masked entries have att = 0, so dpre = 0 there already
   2.  scores = q kᵀ / √D      ->  dq = dpre k / √D,      dk = dpreᵀ q / √D
   1.  split                   ->  dqkv = [dq | dk | dv], heads merged back
+
+Blocked (`block=`, the model's fast path; the same math, tested equal to the above in tests/test_op_attention.py).
+Under the causal mask, query t sees keys 0..t: the upper triangle of the T×T square is computed only to be masked,
+and then costs exp, the softmax's passes and a quarter of the matmul work each way. With block = b, the queries are
+taken b rows at a time, rows r0..r1-1 against keys 0..r1-1 only (the keys they can see); only the b×b square on
+the diagonal needs the causal mask. The work falls to (1 + b/T)/2 of the square's (62.5% for T = 128, b = 32).
+  forward, per block:   pre = (q_rows · scale) k_{:r1}ᵀ  ->  mask  ->  softmax (in place)  ->  y_rows = att v_{:r1}
+  backward, per block:  the five steps above on the block's rows; dk_{:r1} and dv_{:r1} add up over the blocks,
+                        since every block's queries read those keys and values.
+att is still cached as the full [B, H, T, T] (zeros above the diagonal blocks, as the reference's), so what the
+forward keeps is what minift/memory.py counts. Scaling q (T·D numbers) instead of the scores (T·T) changes
+rounding only: ~1e-7 relative in float32.
 """
 from __future__ import annotations
 
@@ -64,9 +76,14 @@ def _visible(T, attention_mask, xp):
     return visible
 
 
-def attention_forward(qkv, n_head, attention_mask=None):
-    """qkv [B, T, 3C], attention_mask [B, T] (1 = real token) or None -> y [B, T, C]. Returns (y, cache)."""
+def attention_forward(qkv, n_head, attention_mask=None, block=None):
+    """qkv [B, T, 3C], attention_mask [B, T] (1 = real token) or None -> y [B, T, C]. Returns (y, cache).
+
+    block: None computes the whole T×T square (the reference, below); an integer b < T takes the queries b at a time
+    against the keys they can see ("Blocked" in the module docstring): the same result, about half the work."""
     B, T, C, D = _check_attention_inputs(qkv, n_head, attention_mask)
+    if block is not None and block < T:
+        return _blocked_forward(qkv, n_head, attention_mask, int(block))
     xp = xp_of(qkv)
     H = n_head
     # 1. split: [B, T, 3C] -> [B, T, 3, H, D] -> [3, B, H, T, D]; views, nothing is copied
@@ -89,6 +106,8 @@ def attention_forward(qkv, n_head, attention_mask=None):
 
 def attention_backward(dy, cache):
     """dy [B, T, C] -> dqkv [B, T, 3C] (the mask is not differentiable, so qkv's gradient is the only one)."""
+    if len(cache) == 6:
+        return _blocked_backward(dy, cache)
     q, k, v, att, scale = cache
     xp = xp_of(dy)
     B, H, T, D = q.shape
@@ -107,3 +126,89 @@ def attention_backward(dy, cache):
     # backward of 1. "q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)": the inverse permutation
     dqkv = xp.stack([dq, dk, dv])                          # (3, B, H, T, D)
     return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)  # (B, T, 3C)
+
+
+# ---- the blocked fast path ------------------------------------------------------------------------------------------
+
+def _blocks(T, b):
+    """(r0, r1) row ranges of the query blocks: [0, b), [b, 2b), ..., the last one possibly shorter."""
+    return [(r0, min(r0 + b, T)) for r0 in range(0, T, b)]
+
+
+def _key_bias(attention_mask, dtype, xp):
+    """Padding as an additive bias on the scores: [B, 1, 1, T], 0 at real keys and -inf at padded ones (or None)."""
+    if attention_mask is None:
+        return None
+    real = xp.asarray(attention_mask) != 0                 # (B, T)
+    bias = xp.where(real, xp.asarray(0, dtype=dtype), xp.asarray(-np.inf, dtype=dtype))  # (B, T)
+    return bias[:, None, None, :]                          # (B, 1, 1, T)
+
+
+def _causal_bias(n, dtype, xp):
+    """The causal mask as an additive bias [n, n]: 0 where key s <= query t, -inf where s > t."""
+    future = xp.triu(xp.ones((n, n), dtype=bool), 1)       # (n, n)
+    return xp.where(future, xp.asarray(-np.inf, dtype=dtype), xp.asarray(0, dtype=dtype))   # (n, n)
+
+
+def _softmax_rows_(pre, xp):
+    """softmax over the last axis, in place (pre is the block's own buffer); an all -inf row gives zeros, as
+    softmax.py's softmax does."""
+    m = pre.max(axis=-1, keepdims=True)                    # (..., 1)
+    m[m == -np.inf] = 0                                    # a fully masked row is shifted by 0 and stays -inf
+    pre -= m                                               # (..., K)
+    xp.exp(pre, out=pre)                                   # (..., K)  exactly 0 where masked
+    s = pre.sum(axis=-1, keepdims=True)                    # (..., 1)  >= 1, or 0 for a fully masked row
+    s[s == 0] = 1
+    pre /= s                                               # (..., K)
+    return pre
+
+
+def _blocked_forward(qkv, H, attention_mask, b):
+    """attention_forward with the queries taken b rows at a time: steps 1-6, each block against keys 0..r1-1."""
+    xp = xp_of(qkv)
+    B, T, C3 = qkv.shape
+    C, D = C3 // 3, C3 // 3 // H
+    q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)   # 1. each (B, H, T, D), views
+    scale = 1.0 / math.sqrt(D)
+    causal = _causal_bias(b, qkv.dtype, xp)                # (b, b)  its top-left n×n corner serves a shorter block
+    padding = _key_bias(attention_mask, qkv.dtype, xp)     # (B, 1, 1, T) or None
+    att = xp.empty((B, H, T, T), dtype=qkv.dtype)          # (B, H, T, T)  the reference's att, block by block
+    y = xp.empty((B, T, H, D), dtype=qkv.dtype)            # (B, T, H, D)  6. heads merged as they are written
+    for r0, r1 in _blocks(T, b):
+        n = r1 - r0
+        pre = (q[:, :, r0:r1] * scale) @ k[:, :, :r1].transpose(0, 1, 3, 2)   # 2. (B, H, n, r1)
+        pre[..., r0:] += causal[:n, :n]                    # 3. causal, on the diagonal square only
+        if padding is not None:
+            pre += padding[..., :r1]                       # 3. padded keys
+        _softmax_rows_(pre, xp)                            # 4. (B, H, n, r1)
+        att[:, :, r0:r1, :r1] = pre                        #    cached for the backward
+        att[:, :, r0:r1, r1:] = 0                          #    keys after the block: probability 0, never computed
+        y[:, r0:r1] = (pre @ v[:, :, :r1]).transpose(0, 2, 1, 3)   # 5. (B, n, H, D)
+    return y.reshape(B, T, C), (q, k, v, att, scale, b)
+
+
+def _blocked_backward(dy, cache):
+    """attention_backward block by block: dq of a block's rows from its keys; dk, dv summed over the blocks."""
+    q, k, v, att, scale, b = cache
+    xp = xp_of(dy)
+    B, H, T, D = q.shape
+    dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, H, T, D)  6.
+    dqkv = xp.empty((B, T, 3, H, D), dtype=dy.dtype)       # (B, T, 3, H, D)  1. [dq | dk | dv], written in place
+    dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # each (B, H, T, D), views
+    # the last block reads every key, so it writes dk and dv whole; the earlier ones add to their first r1 keys
+    for i, (r0, r1) in enumerate(reversed(_blocks(T, b))):
+        a = att[:, :, r0:r1, :r1]                          # (B, H, n, r1)
+        dyb = dy[:, :, r0:r1]                              # (B, H, n, D)
+        dpre = dyb @ v[:, :, :r1].transpose(0, 1, 3, 2)    # 5. datt = dy vᵀ              (B, H, n, r1)
+        dv_b = a.transpose(0, 1, 3, 2) @ dyb               # 5. dv = attᵀ dy              (B, H, r1, D)
+        dpre = softmax_backward(dpre, a)                   # 4. (B, H, n, r1); 3: 0 where masked already
+        dq[:, :, r0:r1] = dpre @ k[:, :, :r1]              # 2. dq = dpre k / √D          (B, H, n, D)
+        dq[:, :, r0:r1] *= scale
+        dk_b = dpre.transpose(0, 1, 3, 2) @ q[:, :, r0:r1]  # 2. dk = dpreᵀ q / √D        (B, H, r1, D)
+        dk_b *= scale
+        if i == 0:
+            dk[...], dv[...] = dk_b, dv_b
+        else:
+            dk[:, :, :r1] += dk_b
+            dv[:, :, :r1] += dv_b
+    return dqkv.reshape(B, T, 3 * H * D)                   # (B, T, 3C)

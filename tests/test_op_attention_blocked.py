@@ -1,0 +1,107 @@
+"""The blocked attention fast path (attention_forward(..., block=b), what the model calls) against the reference:
+the same outputs, cached probabilities and gradients; its own gradcheck; causality; dtype; and the model's loss and
+gradients with and without it."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minift.model
+from minift import GPT, GPTConfig
+from minift.backend import to_numpy
+from minift.gradcheck import check_op
+from minift.ops import attention_backward, attention_forward
+
+from helpers import rand
+from test_op_attention import SCALE, TOL, _padding_mask
+
+masks = st.sampled_from([None, "left", "right", "random"])
+
+
+@given(B=st.integers(1, 3), T=st.integers(2, 12), H=st.integers(1, 3), D=st.integers(1, 4), mask=masks,
+       block=st.integers(1, 11), seed=st.integers(0, 2**16))
+def test_blocked_equals_the_reference(xp, B, T, H, D, mask, block, seed):
+    """float64: y, the cached att [B, H, T, T] and dqkv agree to rounding for every block size below T."""
+    block = min(block, T - 1)
+    rng = np.random.default_rng(seed)
+    qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
+    am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
+    y, cache = attention_forward(qkv, H, am)
+    yb, cache_b = attention_forward(qkv, H, am, block=block)
+    dy = rand(xp, rng, B, T, H * D)
+    np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(to_numpy(cache_b[3]), to_numpy(cache[3]), rtol=1e-12, atol=1e-13)   # att
+    np.testing.assert_allclose(to_numpy(attention_backward(dy, cache_b)), to_numpy(attention_backward(dy, cache)),
+                               rtol=1e-11, atol=1e-12)
+
+
+@given(B=st.integers(1, 3), T=st.integers(2, 9), H=st.integers(1, 2), D=st.integers(1, 3), mask=masks,
+       block=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_blocked_gradcheck(xp, B, T, H, D, mask, block, seed):
+    rng = np.random.default_rng(seed)
+    qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
+    am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
+
+    def forward(qkv):
+        return attention_forward(qkv, H, attention_mask=am, block=min(block, T - 1))
+
+    check_op(forward, attention_backward, [qkv], names=["qkv"], tol=TOL, seed=seed).assert_ok()
+
+
+@given(B=st.integers(1, 3), T=st.integers(3, 10), H=st.integers(1, 2), D=st.integers(1, 3),
+       block=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_blocked_is_causal(xp, B, T, H, D, block, seed):
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(0, T - 1))
+    qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
+    future = qkv.copy()
+    future[:, t + 1:] += rand(xp, rng, B, T - t - 1, 3 * H * D)
+    y, y_future = (to_numpy(attention_forward(a, H, block=block)[0]) for a in (qkv, future))
+    np.testing.assert_array_equal(y[:, :t + 1], y_future[:, :t + 1])
+
+
+def test_blocked_fully_masked_query_gives_zeros(xp):
+    rng = np.random.default_rng(0)
+    am = xp.asarray([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])   # row 0: queries 0-2 see only padding
+    qkv = rand(xp, rng, 2, 6, 3 * 2 * 3)
+    y, cache = attention_forward(qkv, 2, am, block=2)
+    dqkv = to_numpy(attention_backward(rand(xp, rng, 2, 6, 6), cache))
+    y = to_numpy(y)
+    assert not np.isnan(y).any() and not np.isnan(dqkv).any()
+    assert (y[0, :3] == 0).all() and (dqkv[0, :3] == 0).all()
+
+
+def test_blocked_keeps_float32_and_is_close_to_the_reference(xp):
+    rng = np.random.default_rng(1)
+    qkv = xp.asarray(rng.standard_normal((2, 40, 3 * 16)), dtype=np.float32)
+    y, cache = attention_forward(qkv, 4)
+    yb, cache_b = attention_forward(qkv, 4, block=16)
+    dy = xp.asarray(rng.standard_normal(y.shape), dtype=np.float32)
+    dqkv, dqkv_b = attention_backward(dy, cache), attention_backward(dy, cache_b)
+    assert yb.dtype == np.float32 and dqkv_b.dtype == np.float32 and cache_b[3].dtype == np.float32
+    np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(dqkv_b), to_numpy(dqkv), rtol=1e-4, atol=1e-5)
+
+
+def test_block_of_at_least_T_is_the_reference(xp):
+    qkv = rand(xp, np.random.default_rng(2), 2, 5, 12)
+    y, cache = attention_forward(qkv, 2)
+    yb, cache_b = attention_forward(qkv, 2, block=5)
+    assert len(cache_b) == len(cache) and bool((yb == y).all())
+
+
+def test_model_gives_the_same_loss_and_gradients_with_and_without_blocks(monkeypatch):
+    """float64, a context longer than the block: the fast path changes rounding only."""
+    cfg = GPTConfig(vocab_size=64, n_ctx=40, n_embd=16, n_layer=2, n_head=2)
+    rng = np.random.default_rng(3)
+    ids, targets = rng.integers(0, 64, (2, 40)), rng.integers(0, 64, (2, 40))
+    mask = np.ones((2, 40), dtype=int)
+    mask[1, 30:] = 0
+    results = []
+    for block in (None, 16):
+        monkeypatch.setattr(minift.model, "ATTENTION_BLOCK", block)
+        model = GPT(cfg, seed=0, dtype="float64")
+        results.append(model.loss_and_grads(ids, targets, attention_mask=mask))
+    (loss, grads), (loss_b, grads_b) = results
+    assert loss_b == pytest.approx(loss, rel=1e-13)
+    for name in grads:
+        np.testing.assert_allclose(grads_b[name], grads[name], rtol=1e-9, atol=1e-13, err_msg=name)
