@@ -100,7 +100,7 @@ def add_generate(sub):
 def _lora_from_args(a):
     from .lora import LoRAConfig
     targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
-    return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank, targets=targets,
+    return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 8 * a.rank, targets=targets,
                       rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
 
 
@@ -129,13 +129,14 @@ def add_finetune(sub):
     p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--steps", type=_positive_int, default=400)
+    p.add_argument("--steps", type=_positive_int, default=600)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=None, help="default depends on the method")
     p.add_argument("--train-size", type=_positive_int, default=None)
     p.add_argument("--freeze-blocks", type=int, default=None, help="method freeze: how many first blocks")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="LoRA alpha (default 8r: at this scale PEFT's usual 2r learns too slowly, see tutorial 07)")
     p.add_argument("--targets", default="all-linear",
                    help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
@@ -167,7 +168,7 @@ def cmd_compare(a):
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
     kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
               base=a.base, preset=a.preset, device=a.device, seed=a.seed)
-    for name in ("steps", "train_size", "batch"):
+    for name in ("steps", "train_size", "batch", "alpha"):
         if getattr(a, name) is not None:
             kw["batch_size" if name == "batch" else name] = getattr(a, name)
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
@@ -184,10 +185,11 @@ def add_compare(sub):
     p.add_argument("--task", default="sentiment")
     p.add_argument("--methods", default="full,lora,head", help="comma list of full,freeze,head,lora")
     p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 64 = 8r)")
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--dora", action="store_true")
     p.add_argument("--train-size", type=_positive_int, default=None, help="the small-data question")
-    p.add_argument("--steps", type=_positive_int, default=None, help="default 400 (8 with --quick)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="default 600 (8 with --quick)")
     p.add_argument("--batch", type=_positive_int, default=None)
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--preset", default=None, choices=["tiny", "demo", "small", "gpt2"],

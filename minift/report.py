@@ -111,7 +111,7 @@ def paper_findings(results) -> list:
     if len(sweep) > 1:
         rows = ", ".join(f"r={r['rank']}: {_intr(r)[0]} intruders, forgetting {r['forgetting']:+.4f}, "
                          f"test {r['test_accuracy']:.3f}" for r in sorted(sweep, key=lambda r: r["rank"]))
-        out.append(f"Rank sweep (α = 2r): {rows}.")
+        out.append(f"Rank sweep (α = 8r): {rows}.")
     return out
 
 
