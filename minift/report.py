@@ -74,7 +74,7 @@ def claims(results) -> list:
     gap = lora["test_accuracy"] - full["test_accuracy"]
     out.append(f"**\"comparable accuracy\"** — test accuracy {full['test_accuracy']:.3f} (full) vs "
                f"{lora['test_accuracy']:.3f} (LoRA): {100 * gap:+.1f} points. "
-               f"{'Held' if abs(gap) <= 0.03 else 'Did not hold'} (within 3 points).")
+               f"{'Held' if abs(gap) <= 0.03 else 'Did not hold'} (the rule used here: within 3 points).")
     if cfg.get("train_size"):
         fg = full["val_loss"] - full["final_train_loss"]
         lg = lora["val_loss"] - lora["final_train_loss"]
