@@ -237,8 +237,9 @@ def add_memory(sub):
 def build_parser():
     parser = argparse.ArgumentParser(prog="minift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    from .bench import add_bench
     from .lens import add_inspect
-    for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_memory):
+    for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_bench, add_memory):
         add(sub)
     return parser
 
