@@ -10,7 +10,7 @@ classification batches, prompt/completion batches) and which parameters train (m
     opt.step(grads, lr)                                 in-place update of the trainable arrays only
 
 Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the optimizer state, and `state.json`
-with the step, the data position, the dropout generator and the history, plus each file's SHA-256. A checkpoint
+with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's SHA-256. A checkpoint
 folder is complete before `out_dir/latest` (written atomically) points at it, so a crash during a save leaves the
 previous checkpoint in force. Resuming restores all of it: the resumed run ends bitwise identical to an
 uninterrupted one.
@@ -104,7 +104,9 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
     save_safetensors({k: to_numpy(v) for k, v in model.all_params().items()}, folder / "weights.safetensors")
     sd = opt.state_dict()
     save_safetensors(sd.pop("arrays"), folder / "optimizer.safetensors")
+    adapter_rng = _adapter_rng(model)
     state = dict(step=step, optimizer=sd, data=source.state(), dropout_rng=dropout_rng.bit_generator.state,
+                 adapter_rng=adapter_rng.bit_generator.state if adapter_rng is not None else None,
                  train_config=asdict(tcfg), model_config=model.cfg.to_dict(), head=model.head, labels=model.labels,
                  frozen=sorted(model.frozen), base_fingerprint=model.fingerprint(),
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
@@ -149,7 +151,15 @@ def load_checkpoint(folder, model, opt, source, dropout_rng) -> dict:
     opt.load_state_dict(dict(state["optimizer"], arrays=opt_arrays))
     source.restore(state["data"])
     dropout_rng.bit_generator.state = state["dropout_rng"]
+    adapter_rng = _adapter_rng(model)
+    if adapter_rng is not None and state.get("adapter_rng") is not None:
+        adapter_rng.bit_generator.state = state["adapter_rng"]
     return state
+
+
+def _adapter_rng(model):
+    """The generator that draws the adapters' dropout masks (LoRA's handle gives all its adapters one), or None."""
+    return next((a.rng for a in model.adapters.values() if getattr(a, "rng", None) is not None), None)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------------

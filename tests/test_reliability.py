@@ -110,3 +110,23 @@ def test_checkpoint_state_is_readable_json(tmp_path):
           progress=False)
     state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
     assert state["step"] == 2 and set(state["sha256"]) == {"weights.safetensors", "optimizer.safetensors"}
+
+
+def test_resume_with_lora_dropout_is_bitwise_identical(tmp_path):
+    from minift import LoRAConfig, attach_lora
+    tcfg = TrainConfig(steps=6, batch_size=4, warmup=1, save_every=3)
+
+    def lora_model(seed):
+        model = tiny(seed=0)
+        attach_lora(model, LoRAConfig(r=2, alpha=4, targets="all-linear", dropout=0.3), seed=seed)
+        return model
+
+    straight = lora_model(seed=1)
+    train(straight, LMSource(stream(), 16, 4, seed=4), TrainConfig(steps=6, batch_size=4, warmup=1), progress=False)
+    first = lora_model(seed=1)
+    train(first, LMSource(stream(), 16, 4, seed=4), tcfg, out_dir=tmp_path, progress=False)
+    (tmp_path / "latest").write_text("step-000003\n")
+    resumed = lora_model(seed=99)                          # a different dropout stream: the checkpoint must restore it
+    train(resumed, LMSource(stream(), 16, 4, seed=4), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    a, b = straight.all_params(), resumed.all_params()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
