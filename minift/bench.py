@@ -43,7 +43,7 @@ Process conditions, reported in the output because they change the numbers a lot
                      machine whose cores are busy with other work, OpenBLAS's threads wait for each other at every
                      matmul: on a loaded 2-core machine 2 threads were measured 3-15x slower than 1.
     --malloc reuse   (default) keep freed memory mapped between steps (reuse_freed_memory): without it every step
-                     page-faults its activations in again, ~25% of a demo step's CPU time spent in the kernel.
+                     page-faults its activations in again: 16-25% of a demo step's CPU time spent in the kernel.
     --clock cpu      time with the process's CPU time instead of wall time: steadier on a shared machine with one
                      BLAS thread (it adds up every thread's time, so it is not a wall time with more threads).
 
@@ -204,7 +204,7 @@ def reuse_freed_memory() -> bool:
 
     A training step allocates and frees the same large arrays (activations, logits) every time. By default glibc
     serves allocations above a threshold with fresh mmap pages, and trims the heap's free top, so each step pays a
-    page fault per 4 KiB of them again: on demo, ~24,000 faults and ~25% of the step's CPU time, in the kernel.
+    page fault per 4 KiB of them again: on demo, ~24,000 faults and 16-25% of the step's CPU time, in the kernel.
     Raising the mmap threshold to its maximum (32 MiB on 64-bit) and the trim threshold to 1 GiB keeps those pages
     mapped: the process holds its peak, which it reaches every step anyway. The same as the environment
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 (what benchmarks/run.sh gives torch_ref too).
