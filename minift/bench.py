@@ -68,7 +68,6 @@ Process conditions, reported in the output because they change the numbers a lot
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import math
@@ -80,7 +79,7 @@ from collections import defaultdict
 import numpy as np
 
 from . import model as model_module
-from .backend import get_xp, resolve_device
+from .backend import resolve_device
 from .config import BENCH_BATCH, PRESETS, GPTConfig
 from .errors import MiniftError
 
@@ -494,16 +493,9 @@ def add_bench(sub):
 
 
 def main(argv=None) -> int:
-    """`python -m minift.bench ...`: the same command without going through minift.cli."""
-    parser = argparse.ArgumentParser(prog="python -m minift.bench")
-    add_bench(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        args.func(args)
-    except MiniftError as e:
-        print(f"minift: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """`python -m minift.bench ...`: the same as `minift bench ...` (one error handler, in minift.cli)."""
+    from .cli import main as cli_main
+    return cli_main(["bench"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ from .backend import resolve_dtype
 from .config import GPTConfig
 from .errors import MiniftError
 from .finetune import METHODS, freeze_plan
-from .model import LINEAR_MODULES, param_shapes
+from .model import param_shapes
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEADS = ("lm", "classification")
@@ -93,18 +93,9 @@ MiB = 2 ** 20
 # ---- what trains ---------------------------------------------------------------------------------------------------
 
 def lora_modules(cfg: GPTConfig, targets="all-linear") -> list:
-    """The adapted linears, e.g. ["h.0.attn.c_attn", ...]. targets: "all-linear" (the four linears of every block, as
-    PEFT's "all-linear" for GPT-2 without its head) or names matched as suffixes ("c_attn" hits every h.{i}.attn.c_attn,
-    "c_proj" both projections, "mlp.c_proj" only the MLP's)."""
-    every = [f"h.{i}.{m}" for i in range(cfg.n_layer) for m in LINEAR_MODULES]
-    if targets == "all-linear":
-        return every
-    names = (targets,) if isinstance(targets, str) else tuple(targets)
-    chosen = [m for m in every if any(m == t or m.endswith("." + t) for t in names)]
-    if not chosen:
-        raise MiniftError(f"targets={targets!r} match no linear module; use 'all-linear' or names from "
-                          f"{LINEAR_MODULES}")
-    return chosen
+    """The adapted linears, e.g. ["h.0.attn.c_attn", ...], by the same suffix rule attach_lora uses."""
+    from .lora import resolve_modules
+    return resolve_modules(cfg.n_layer, targets)
 
 
 def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
