@@ -32,6 +32,11 @@ initialization and momentum in deep learning", eq. 3-4, rewritten as torch.optim
     p ← p − η d
   With b starting at 0, the first step gives b = d exactly, as torch's `buf = clone(grad)` does.
 
+Per-parameter learning rates (torch's parameter groups, written as multipliers): `lr_scale={name: factor}` makes that
+parameter step with factor · η, where η is the (scheduled) rate passed to `step`; the decoupled decay uses the same
+factor · η, as a torch group with its own lr does. Fine-tuning uses it to give a freshly initialised task head a
+different rate from the pretrained weights or LoRA's adapters (minift/finetune.py, `head_lr`).
+
 Which parameters decay: by default every parameter with ndim ≥ 2 (the matmul weights, the embeddings wte/wpe, LoRA's
 A and B), and no vector (biases, LayerNorm gains and shifts) — the rule of GPT-2 as trained by nanoGPT
 (`configure_optimizers`: "any parameter that is 2D will be weight decayed, otherwise no") and of Hugging Face's
@@ -111,6 +116,19 @@ def _decay_names(params: dict, decay) -> frozenset:
     return frozenset(decay)
 
 
+def _lr_scales(params: dict, lr_scale) -> dict:
+    """{name: factor} for the parameters whose rate is factor · lr (the rest use lr itself); each name must exist."""
+    if lr_scale is None:
+        return {}
+    if not isinstance(lr_scale, dict):
+        raise MiniftError(f"lr_scale must be a dict name -> factor, got {type(lr_scale).__name__}")
+    unknown = sorted(set(lr_scale) - set(params))
+    if unknown:
+        raise MiniftError(f"lr_scale names {unknown[:5]} are not among the optimizer's parameters "
+                          f"({len(params)} given, e.g. {sorted(params)[:3]})")
+    return {name: _number(f"lr_scale[{name!r}]", f) for name, f in lr_scale.items()}
+
+
 def _check_grad(name, p, grads):
     """grads[name] must exist and match p in shape, dtype and array module."""
     g = grads.get(name)
@@ -140,9 +158,10 @@ class Optimizer:
     (one parameter's in-place update).
     """
 
-    def __init__(self, params, **hp):
+    def __init__(self, params, lr_scale=None, **hp):
         self.params = _check_params(params)
         self._set_hyperparameters(self._validate(hp))
+        self.lr_scale = _lr_scales(self.params, lr_scale)      # name -> factor on lr (torch's param groups)
         self.t = 0                                             # steps taken; the first step uses t = 1
         self.state = {name: {k: xp_of(p).zeros_like(p) for k in self._state_keys()}
                       for name, p in self.params.items()}
@@ -161,13 +180,13 @@ class Optimizer:
         self.t += 1
         for name, p in self.params.items():
             wd = self.weight_decay if name in self.decay else 0.0
-            self._update(p, grads[name], self.state[name], lr, wd)
+            self._update(p, grads[name], self.state[name], lr * self.lr_scale.get(name, 1.0), wd)
 
     def state_dict(self) -> dict:
         """{"optimizer", "t", "hyperparameters"} (JSON-able) + "arrays": flat host copies, e.g. "m.<param name>"."""
         arrays = {f"{k}.{name}": _host_copy(a) for name, s in self.state.items() for k, a in s.items()}
-        return {"optimizer": type(self).__name__, "t": self.t, "hyperparameters": self._hyperparameters(),
-                "arrays": arrays}
+        return {"optimizer": type(self).__name__, "t": self.t,
+                "hyperparameters": {**self._hyperparameters(), "lr_scale": dict(self.lr_scale)}, "arrays": arrays}
 
     def load_state_dict(self, sd: dict):
         """Restore hyperparameters, t and state exactly (bitwise) onto the parameters' array module and dtype.
@@ -178,6 +197,7 @@ class Optimizer:
         if kind != type(self).__name__:
             raise MiniftError(f"state dict is for optimizer {kind!r}, not {type(self).__name__!r}")
         hp = self._validate(dict(sd["hyperparameters"]))
+        scales = _lr_scales(self.params, sd["hyperparameters"].get("lr_scale"))
         t = _integer("state dict 't'", sd["t"])
         arrays = sd["arrays"]
         keys = self._state_keys(hp)
@@ -193,6 +213,7 @@ class Optimizer:
                     raise MiniftError(f"state dict array {k}.{name!r} has shape {tuple(a.shape)} and dtype {a.dtype}, "
                                       f"expected the parameter's {p.shape} and {p.dtype}")
         self._set_hyperparameters(hp)
+        self.lr_scale = scales
         self.t = t
         self.state = {name: {k: xp_of(p).array(to_numpy(arrays[f"{k}.{name}"]), copy=True) for k in keys}
                       for name, p in self.params.items()}
@@ -205,8 +226,9 @@ class Optimizer:
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), computed as torch.optim.AdamW."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decay=None, lr_scale=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay,
+                         lr_scale=lr_scale)
 
     def _validate(self, hp):
         betas = hp["betas"]
@@ -250,8 +272,9 @@ class AdamW(Optimizer):
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and coupled L2 decay, as torch.optim.SGD."""
 
-    def __init__(self, params, lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False, decay=None):
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, decay=decay)
+    def __init__(self, params, lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False, decay=None, lr_scale=None):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, decay=decay,
+                         lr_scale=lr_scale)
 
     def _validate(self, hp):
         momentum = _number("momentum", hp["momentum"], hi=1.0, hi_open=True)

@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every: int = 0             # 0: evaluate only at the end
     save_every: int = 0             # 0: save only at the end (and on interruption)
     seed: int = 0                   # dropout generator
+    lr_scale: dict | None = None    # name -> factor: those parameters step at factor · lr (optim.py), e.g. a fresh head
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -165,7 +166,7 @@ def _adapter_rng(model):
 # ---- the loop ----------------------------------------------------------------------------------------------------
 
 def make_optimizer(model, tcfg: TrainConfig):
-    return AdamW(model.trainable_params(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    return AdamW(model.trainable_params(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, lr_scale=tcfg.lr_scale)
 
 
 def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=False, progress=True,

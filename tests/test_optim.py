@@ -219,6 +219,43 @@ def test_adamw_matches_torch():
         assert not np.array_equal(mine[k], params[k])
 
 
+def test_lr_scale_matches_torch_param_groups():
+    # lr_scale={name: f} is a torch parameter group whose lr is f times the schedule's (decay included)
+    torch = torch_or_skip()
+    params, grads, lrs = torch_case(seed=4)
+    scaled = {k: 0.1 for k in params if params[k].ndim >= 2}                 # e.g. pretrained weights slower
+    mine = scheduled_run(lambda p: AdamW(p, lr=0.05, weight_decay=0.3, lr_scale=scaled), params, grads, lrs)
+    tp = {k: torch.tensor(np.array(v), requires_grad=True) for k, v in params.items()}
+    opt = torch.optim.AdamW([{"params": [tp[k] for k in scaled], "weight_decay": 0.3, "f": 0.1},
+                             {"params": [tp[k] for k in params if k not in scaled], "weight_decay": 0.0, "f": 1.0}],
+                            lr=0.05)
+    for g, lr in zip(grads, lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr * group["f"]
+        for k, t in tp.items():
+            t.grad = torch.tensor(g[k])
+        opt.step()
+    for k in params:
+        np.testing.assert_allclose(mine[k], tp[k].detach().numpy(), rtol=TORCH_RTOL, atol=1e-15, err_msg=k)
+
+
+def test_lr_scale_zero_freezes_and_round_trips():
+    rng = np.random.default_rng(5)
+    params = model_params(np, rng)
+    before = {k: v.copy() for k, v in params.items()}
+    opt = AdamW(params, lr=0.1, lr_scale={"wte.weight": 0.0})
+    opt.step(random_grads(np, rng, params))
+    np.testing.assert_array_equal(params["wte.weight"], before["wte.weight"])
+    assert not np.array_equal(params["h.0.ln_1.weight"], before["h.0.ln_1.weight"])
+    fresh = AdamW(params)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.lr_scale == {"wte.weight": 0.0}
+    with pytest.raises(MiniftError, match="lr_scale names .*'nope'"):
+        AdamW(params, lr_scale={"nope": 2.0})
+    with pytest.raises(MiniftError, match=r"lr_scale\['wte.weight'\]"):
+        AdamW(params, lr_scale={"wte.weight": -1.0})
+
+
 @pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0),
                                                     (0.9, False, 0.1), (0.5, True, 0.1), (0.0, False, 0.1)])
 def test_sgd_matches_torch(momentum, nesterov, wd):
