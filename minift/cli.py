@@ -27,11 +27,28 @@ def _add_device(p):
 
 
 def _add_run_options(p, out_default):
-    """The options every training command shares: output folder, seed, progress bar, device."""
+    """The options every training command shares: output folder, seed, progress bar, device, BLAS threads."""
     p.add_argument("--out", default=out_default)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="numpy's BLAS threads (default: the environment's, e.g. OPENBLAS_NUM_THREADS); use 1 when "
+                        "the cores are busy with other work: OpenBLAS's threads then wait for each other at every "
+                        "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
     _add_device(p)
+    p.set_defaults(prepare=_prepare_training)
+
+
+def _prepare_training(a):
+    """Before a training command: the BLAS thread count asked for, and freed memory kept for the next step.
+
+    reuse_freed_memory (minift/bench.py) stops glibc handing each step's large activations back to the OS only to
+    fault them in again on the next step (16-25% of a demo step's time went to those page faults).
+    """
+    from .bench import reuse_freed_memory, set_blas_threads
+    if a.threads is not None:
+        set_blas_threads(a.threads)
+    reuse_freed_memory()
 
 
 # ---- pretrain ----------------------------------------------------------------------------------------------------
@@ -115,8 +132,9 @@ def cmd_finetune(a):
     a.rank = a.rank or 8
     base, tok = load_base(a.base, device=a.device)
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                          train_size=a.train_size, freeze_blocks=a.freeze_blocks, eval_every=a.eval_every,
-                          seed=a.seed, lora=_lora_from_args(a) if a.method == "lora" else None)
+                          head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
+                          eval_every=a.eval_every, seed=a.seed,
+                          lora=_lora_from_args(a) if a.method == "lora" else None)
     _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet)
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
           f"{s['ms_per_step']:.0f} ms/step")
@@ -132,6 +150,8 @@ def add_finetune(sub):
     p.add_argument("--steps", type=_positive_int, default=600)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=None, help="default depends on the method")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="the fresh classification head's learning rate (default: depends on the method)")
     p.add_argument("--train-size", type=_positive_int, default=None)
     p.add_argument("--freeze-blocks", type=int, default=None, help="method freeze: how many first blocks")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
@@ -247,6 +267,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "prepare", None) is not None:
+            args.prepare(args)
         args.func(args)
     except MiniftError as e:
         print(f"minift: error: {e}", file=sys.stderr)

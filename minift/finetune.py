@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import MiniftError
 
 METHODS = ("full", "freeze", "head", "lora")
+HEAD = "score.weight"     # the classification head (model.add_classification_head)
 
 
 def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_embeddings: bool = True,
@@ -30,10 +31,10 @@ def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_emb
     if method == "full":
         return set()
     if method == "head":
-        if "score.weight" not in model.params:
+        if HEAD not in model.params:
             raise MiniftError("method 'head' trains only a classification head, and this model has none "
                               "(the language-model head is tied to wte); use a classification task")
-        return names - {"score.weight"}
+        return names - {HEAD}
     if method == "freeze":
         k = model.cfg.n_layer // 2 if freeze_blocks is None else freeze_blocks
         if not 0 <= k <= model.cfg.n_layer:
@@ -72,6 +73,7 @@ def trainable_summary(model) -> dict:
 # Chosen on the sentiment task's validation split from the shipped demo base (tutorials 05-07). LoRA's head and
 # adapters share one rate: above ~3e-3 the fresh head destabilises, so the adapters get their step size from α.
 DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 1e-3}
+DEFAULT_HEAD_LR: dict = {}
 
 
 @dataclass
@@ -81,6 +83,7 @@ class FinetuneConfig:
     steps: int = 300
     batch_size: int = 16
     lr: float | None = None          # default: DEFAULT_LR[method]
+    head_lr: float | None = None     # the fresh classification head's rate (default: DEFAULT_HEAD_LR, else lr)
     warmup: int = 20
     weight_decay: float = 0.0
     max_len: int = 128               # tokens per example (capped at the model's n_ctx)
@@ -94,8 +97,23 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise MiniftError(f"method {self.method!r} is not one of {METHODS}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise MiniftError(f"{name}={value!r} must be a positive learning rate")
         if self.train_size is not None and self.train_size <= 0:
             raise MiniftError(f"train_size={self.train_size} must be positive")
+
+
+def learning_rates(model, fcfg: FinetuneConfig):
+    """(lr, head_lr): the rate of the method's trainable weights, and the fresh head's (None when there is no
+    trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
+    lr = fcfg.lr or DEFAULT_LR[fcfg.method]
+    if HEAD not in model.trainable_params():
+        return lr, None
+    if fcfg.method == "head":
+        return lr, lr
+    return lr, fcfg.head_lr or DEFAULT_HEAD_LR.get(fcfg.method, lr)
 
 
 def load_task_splits(task, train_size=None, eval_size=None):
@@ -147,9 +165,11 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True)
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
-    tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=fcfg.lr or DEFAULT_LR[fcfg.method],
+    lr, head_lr = learning_rates(model, fcfg)
+    tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
                        warmup=min(fcfg.warmup, fcfg.steps // 5), weight_decay=fcfg.weight_decay,
-                       eval_every=fcfg.eval_every, seed=fcfg.seed)
+                       eval_every=fcfg.eval_every, seed=fcfg.seed,
+                       lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
     def evaluate(m, split=val_split, prefix="val_"):
         if lora is not None:
             lora.eval()                  # adapter dropout off while measuring, as torch's model.eval()
@@ -163,7 +183,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True)
                    desc=f"finetune {fcfg.method}")
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
     summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
-                   **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr,
+                   **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
                    ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
                    tokens_per_s=result.tokens / max(result.seconds, 1e-9),
                    final_train_loss=result.final_loss, history=result.history, evals=result.evals,

@@ -33,6 +33,22 @@ def test_pretrain_resume_continues(pretrained, tmp_path, capsys):
     assert summary["tokens_seen"] == 14 * 4 * 64
 
 
+def test_threads_option_sets_numpy_blas(pretrained):
+    from minift.bench import blas_info, set_blas_threads
+    before = blas_info()["threads"]
+    if before is None:
+        pytest.skip("numpy's BLAS thread count cannot be read in this build")
+    want = 2 if before != 2 else 1
+    try:
+        rc = main(["pretrain", "--preset", "tiny", "--chars", "300000", "--steps", "14", "--batch", "4",
+                   "--out", str(pretrained), "--quiet", "--resume", "--threads", str(want)])
+        assert rc == 0 and blas_info()["threads"] == want
+    finally:
+        set_blas_threads(before)
+    with pytest.raises(SystemExit):
+        main(["finetune", "--threads", "0"])
+
+
 def test_generate_from_a_model_folder(pretrained, capsys):
     rc = main(["generate", "--model", str(pretrained / "model"), "--prompt", "Ida is", "--max-new-tokens", "8",
                "--seed", "3", "--samples", "2"])

@@ -68,3 +68,25 @@ def test_generation_task_trains_only_on_the_completion(tmp_path):
     assert summary["task_type"] == "generation" and model.head == "lm"
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["test_loss"])
     assert all(np.array_equal(base.params[k], model.params[k]) for k in base.params)   # LoRA: base untouched
+
+
+def test_head_lr_moves_only_the_head_at_its_own_rate(tmp_path):
+    """head_lr is the fresh head's rate; LoRA's adapters keep lr. With Adam the first step moves each weight by
+    ~its rate, so a head_lr 1000x smaller than lr leaves the head 1000x closer to where it started."""
+    _, base = tiny_base(tmp_path)
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    cfg = dict(method="lora", task="sentiment", steps=3, batch_size=4, train_size=16, eval_size=8, lr=1e-2, warmup=0)
+    moved = {}
+    for head_lr in (1e-2, 1e-5):
+        model, lora, summary = finetune(base, tok, FinetuneConfig(head_lr=head_lr, **cfg), progress=False)
+        assert summary["lr"] == 1e-2 and summary["head_lr"] == head_lr
+        start = base.to()
+        start.add_classification_head(model.labels, seed=0)      # the same head draw finetune made
+        moved[head_lr] = float(np.abs(model.params["score.weight"] - start.params["score.weight"]).max())
+        b = next(v for k, v in lora.params.items() if k.endswith("lora_B.weight"))
+        assert np.abs(b).max() > 1e-3                              # the adapters trained at lr either way
+    assert moved[1e-5] < 1e-2 * moved[1e-2]
+    with pytest.raises(MiniftError, match="head_lr"):
+        FinetuneConfig(head_lr=0.0)
+    _, _, s = finetune(base, tok, FinetuneConfig(**{**cfg, "method": "head"}), progress=False)
+    assert s["head_lr"] == s["lr"] == 1e-2                          # method head: the head *is* what trains
