@@ -44,6 +44,10 @@ late, inside the first block's attention backward, when almost every gradient al
 dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4·N·C) and dg, df (2·N·F), and inside
 attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
     A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
+That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b (minift/model.py),
+which never holds a T×T temporary: its backward holds dqkv (3·N·C), one block's dv (N·C) and one block's datt and
+dpre (2·B·H·b·T at most), so there A = N·V + 17·N·C + 2·B·H·b·T − ... (attention_workspace; the cached att is
+still the whole B·H·T² activation, see ops/attention.py).
 Two other moments can be higher: the embedding backward when wte trains (dwte, its sum with the LM head's share,
 and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)), and the optimizer step, where the
 caches are gone but AdamW needs one scratch array as large as the largest trainable tensor. workspace is the
@@ -60,7 +64,7 @@ small batches, short sequences. `memory_saving(cfg, batch, seq, rank)` returns t
 
     batch x seq      full       LoRA       saving
     1 x 128          2.31 GiB   0.66 GiB   71%      weights, gradients and AdamW's m, v dominate
-    8 x 1024        17.88 GiB  16.53 GiB    8%      activations (13.2 GiB, the same for both) dominate
+    8 x 1024        17.06 GiB  15.71 GiB    8%      activations (13.2 GiB, the same for both) dominate
 
 Measuring (`measure_memory`): one real step on the model, with NumPy's allocations traced by `tracemalloc` (NumPy
 reports its array buffers to it) or, on CuPy, the memory pool's used bytes followed by a memory hook. Parameters are
@@ -81,7 +85,7 @@ from .backend import resolve_dtype
 from .config import GPTConfig
 from .errors import MiniftError
 from .finetune import METHODS, freeze_plan
-from .model import param_shapes
+from .model import ATTENTION_BLOCK, param_shapes
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEADS = ("lm", "classification")
@@ -151,8 +155,20 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
 
 # ---- the backward's temporaries ------------------------------------------------------------------------------------
 
+def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -> int:
+    """Elements attention_backward holds at its peak (module docstring). The reference (block None, or T ≤ block):
+    datt and dpre, B·H·T² each, and dq, dk, dv, their stack and its merged copy, 9·N·C. The blocked path: dqkv
+    (3·N·C, written in place), one block's dv (N·C), and that block's datt and dpre, 2·B·H·n·r1 for its n query
+    rows against r1 keys, at the block where n·r1 is largest (the last one when T is a multiple of the block)."""
+    N = B * T
+    if block is None or block >= T:
+        return 9 * N * C + 2 * B * H * T * T
+    largest = max(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))
+    return 4 * N * C + 2 * B * H * largest
+
+
 def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,
-                    dtype="float32", head="lm", num_labels=2) -> dict:
+                    dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK) -> dict:
     """Bytes above parameters + gradients + optimizer + activations at three candidate peaks (module docstring):
     "attention backward of block 0", "embedding backward", "optimizer step". `sizes`: name -> element count."""
     f = resolve_dtype(dtype).itemsize
@@ -164,7 +180,8 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
     if head != "lm":
         late.add("wte.weight")        # no LM head: wte's gradient is made by the embedding backward only
     missing = sum(sizes[n] for n in late & trainable)
-    phases = {"attention backward of block 0": (dlogits + 22 * N * C + 2 * B * H * T * T - missing) * f}
+    phases = {"attention backward of block 0": (dlogits + 13 * N * C + attention_workspace(B, H, T, C, block)
+                                                - missing) * f}
     if trainable & {"wte.weight", "wpe.weight"}:
         index = INDEX_BYTES * N * C                                   # np.add.at's flat int64 positions
         if "wte.weight" not in trainable:
@@ -182,12 +199,14 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
 # ---- prediction ----------------------------------------------------------------------------------------------------
 
 def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int = 8, targets="all-linear",
-                   dtype="float32", optimizer="adamw", head="lm", num_labels=2, **freeze_options) -> dict:
+                   dtype="float32", optimizer="adamw", head="lm", num_labels=2, block=ATTENTION_BLOCK,
+                   **freeze_options) -> dict:
     """Bytes of one training step, term by term (module docstring), from arithmetic only: instant for any preset.
 
     method: "full" | "freeze" | "head" | "lora", with finetune.py's rules (freeze_options such as freeze_blocks=1
     go to its freeze_plan). rank, targets: LoRA's (targets: "all-linear" or module names, see lora_modules).
     head: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
+    block: the attention block size the model runs with (model.ATTENTION_BLOCK; None: the reference attention).
 
     Returns {"parameters", "gradients", "optimizer", "activations", "workspace", "total"} in bytes, plus
     "trainable" (parameter count), "activation_terms" and "workspace_phases" (name -> bytes) and "peak_phase".
@@ -208,7 +227,7 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank)
     out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
                activations=sum(acts.values()))
-    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels)
+    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block)
     peak_phase = max(phases, key=phases.get)
     out["workspace"] = max(0, phases[peak_phase])
     out["total"] = sum(out[t] for t in TERMS[:-1])

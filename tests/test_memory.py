@@ -118,6 +118,8 @@ CASES = [  # preset, method, head, batch, seq
     ("tiny", "full", "lm", 1, 8),                           # peak in the embedding backward
     ("demo", "full", "lm", 2, 64),
     ("demo", "head", "classification", 4, 32),
+    ("demo", "full", "lm", 4, 128),                          # T > ATTENTION_BLOCK: the blocked attention backward
+    ("demo", "full", "lm", 2, 100),                          # ... with a last block shorter than the others
 ]
 
 
@@ -152,6 +154,19 @@ def test_measured_lora_matches_prediction():
     assert measured["gradients"] == predicted["gradients"]
     assert_close(measured["activations"], predicted["activations"], ACTIVATIONS_RTOL, "activations")
     assert_close(measured["total"], predicted["total"], TOTAL_RTOL, "total")
+
+
+def test_blocked_attention_holds_less_than_the_reference(monkeypatch):
+    """The workspace follows the attention path the model takes: with blocks off, the reference's T×T temporaries."""
+    import minift.model
+    cfg = GPTConfig.preset("demo")
+    blocked = predict_memory(cfg, "full", 4, 128)["workspace"]
+    reference = predict_memory(cfg, "full", 4, 128, block=None)["workspace"]
+    assert reference - blocked == 4 * (5 * 512 * 128 + 2 * 4 * 4 * (128 * 128 - 64 * 128))
+    monkeypatch.setattr(minift.model, "ATTENTION_BLOCK", None)
+    model = GPT(cfg, seed=0)
+    measured = measure_memory(model, lm_batch(cfg, 4, 128))
+    assert_close(measured["total"], predict_memory(cfg, "full", 4, 128, block=None)["total"], TOTAL_RTOL, "total")
 
 
 @pytest.mark.skipif(not gpu_available(), reason="CuPy backend: no usable GPU here")
