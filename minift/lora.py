@@ -231,46 +231,6 @@ def lora_backward(dy, cache, need_dw=True, need_db=True):
     return dx.reshape(x_shape), dw, db, dA, dB
 
 
-# ---- the fast path: the same function with the adapter folded into the weight --------------------------------------
-#
-# Without dropout the branch's input is x itself, so  x W + s (x Aᵀ) Bᵀ = x (W + s Aᵀ Bᵀ): forming ΔW = s Aᵀ Bᵀ
-# costs 2·I·R·O FLOPs, N/I times less than the branch's up-projection h Bᵀ (2·N·R·O), and the branch's N×O temporary
-# and add disappear into the base matmul. The same holds in the backward for dx = dy (W + ΔW)ᵀ. What cannot fold is
-# LoRA's own gradients: dB = s dyᵀ h needs h = x Aᵀ (or the full G = xᵀ dy, the matmul LoRA exists to skip), and
-# dA = s (dy B)ᵀ x. Measured on demo's linears (N = 2048, I, O ∈ {128, 512}, R = 8, one BLAS thread, CPU time):
-# 43 → 27 ms per step of the four adapted linears' forward + backward, against 23.5 for the frozen linears alone.
-# lora_forward / lora_backward above stay the reference (and the path taken with dropout); the tests check that both
-# give the same outputs and gradients (tests/test_lora.py). W + ΔW is rebuilt in the backward rather than cached, so
-# the fast path keeps no activation the reference does not (minift/memory.py's count holds for both).
-
-def lora_forward_folded(x, w, b, A, B, s):
-    """lora_forward without dropout, computed as y = x (W + s Aᵀ Bᵀ) + b. Returns (y, cache) for
-    lora_backward_folded; the cache holds the same arrays as lora_forward's (x, s · h, W, A, B)."""
-    I, O = w.shape
-    x2 = x.reshape(-1, I)                                              # (N, I)
-    y = x2 @ (w + s * (A.T @ B.T))                                     # (N, O) one matmul with W + ΔW
-    if b is not None:
-        y += b                                                         # (N, O)
-    hs = x2 @ A.T                                                      # (N, R) h = x Aᵀ, for dB
-    hs *= s                                                            # (N, R)
-    return y.reshape(*x.shape[:-1], O), (x2, hs, w, A, B, s, b is not None, x.shape)
-
-
-def lora_backward_folded(dy, cache, need_dw=True, need_db=True):
-    """lora_backward for lora_forward_folded's cache: the same five results, dx computed as dy (W + ΔW)ᵀ."""
-    x2, hs, w, A, B, s, has_b, x_shape = cache
-    O = w.shape[1]
-    dy2 = dy.reshape(-1, O)                                            # (N, O)
-    dx = dy2 @ (w + s * (A.T @ B.T)).T                                 # (N, I)  dy Wᵀ + s · dy B A, in one matmul
-    dw = x2.T @ dy2 if need_dw else None                               # (I, O)
-    db = dy2.sum(axis=0) if (has_b and need_db) else None              # (O,)
-    dB = dy2.T @ hs                                                    # (O, R)  s · dyᵀ (x Aᵀ)
-    dh = dy2 @ B                                                       # (N, R)
-    dh *= s                                                            # (N, R)  s · dy B
-    dA = dh.T @ x2                                                     # (R, I)  s · (dy B)ᵀ x
-    return dx.reshape(x_shape), dw, db, dA, dB
-
-
 # ---- initialisation ------------------------------------------------------------------------------------------------
 
 def init_factors(w, r: int, s: float, init: str, rng):
@@ -299,8 +259,6 @@ def pissa_factors(w, r: int, s: float):
 
 
 # ---- the adapter of one linear -------------------------------------------------------------------------------------
-
-FOLD = True     # LoRALinear takes the folded fast path whenever no dropout is applied; False: always the reference
 
 class LoRALinear:
     """The adapter of one module ("h.0.attn.c_attn"): owns A and B and runs lora_forward / lora_backward.
@@ -332,20 +290,13 @@ class LoRALinear:
         return self.rng if (active and self.dropout > 0) else None
 
     def forward(self, x, w, b, train=None):
-        """(y, cache); the cache carries the backward that matches the path taken (folded or reference)."""
         if self.merged:                   # the branch is inside W now: adding it again would count it twice
             return linear_forward(x, w, b)
-        rng = self._rng(train)
-        if FOLD and rng is None:          # no dropout in this call: the fast path, same function
-            y, cache = lora_forward_folded(x, w, b, self.A, self.B, self.scale)
-            return y, (lora_backward_folded, cache)
-        y, cache = lora_forward(x, w, b, self.A, self.B, self.scale, self.dropout, rng)
-        return y, (lora_backward, cache)
+        return lora_forward(x, w, b, self.A, self.B, self.scale, self.dropout, self._rng(train))
 
     def backward(self, dy, cache, grads, need_dw, need_db):
         self._refuse_if_merged()
-        backward, cache = cache
-        dx, dw, db, dA, dB = backward(dy, cache, need_dw=need_dw, need_db=need_db)
+        dx, dw, db, dA, dB = lora_backward(dy, cache, need_dw=need_dw, need_db=need_db)
         grads[self.module + ".lora_A.weight"] = dA
         grads[self.module + ".lora_B.weight"] = dB
         return dx, dw, db
@@ -671,6 +622,5 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
     return lora.eval()
 
 
-__all__ = ["LoRA", "LoRAConfig", "LoRALinear", "attach_lora", "load_peft", "lora_backward", "lora_backward_folded",
-           "lora_forward", "lora_forward_folded",
+__all__ = ["LoRA", "LoRAConfig", "LoRALinear", "attach_lora", "load_peft", "lora_backward", "lora_forward",
            "init_factors", "pissa_factors", "resolve_modules"]

@@ -16,8 +16,7 @@ from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_pe
 from minift.backend import to_numpy
 from minift.gradcheck import check_function, check_op
 from minift.io import load_safetensors
-from minift.lora import PEFT_HEAD_KEY, PEFT_PREFIX, lora_backward, lora_backward_folded, lora_forward, \
-    lora_forward_folded, resolve_modules
+from minift.lora import PEFT_HEAD_KEY, PEFT_PREFIX, lora_backward, lora_forward, resolve_modules
 from minift.model import LINEAR_MODULES
 from minift.optim import SGD, AdamW
 
@@ -85,44 +84,6 @@ def test_lora_op_gradcheck(xp, B, T, I, O, R, bias, need_dw, p, seed):
     wrt = [i for i, k in enumerate(keep) if k]
     check_op(forward, backward, [x, w, b, A, Bm], names=["x", "W", "b", "A", "B"], wrt=wrt, tol=TOL,
              seed=seed).assert_ok()
-
-
-@given(B=dims, T=dims, I=dims, O=dims, R=st.integers(1, 3), bias=st.booleans(), need_dw=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_folded_fast_path_equals_the_reference(xp, B, T, I, O, R, bias, need_dw, seed):
-    """x (W + s AᵀBᵀ) + b and its backward give lora_forward / lora_backward's results (float64, to rounding)."""
-    rng = np.random.default_rng(seed)
-    x, w, A, Bm = rand(xp, rng, B, T, I), rand(xp, rng, I, O), rand(xp, rng, R, I), rand(xp, rng, O, R)
-    b = rand(xp, rng, O) if bias else None
-    y_ref, c_ref = lora_forward(x, w, b, A, Bm, 1.7)
-    y, c = lora_forward_folded(x, w, b, A, Bm, 1.7)
-    np.testing.assert_allclose(host(y), host(y_ref), rtol=1e-12, atol=1e-12)
-    dy = rand(xp, rng, *y.shape)
-    for mine, ref in zip(lora_backward_folded(dy, c, need_dw=need_dw), lora_backward(dy, c_ref, need_dw=need_dw)):
-        assert (mine is None) == (ref is None)
-        if ref is not None:
-            np.testing.assert_allclose(host(mine), host(ref), rtol=1e-12, atol=1e-12)
-
-
-def test_model_takes_the_fast_path_only_without_dropout(monkeypatch):
-    """The adapted model's loss and gradients are the same with FOLD on and off; with dropout it is never taken."""
-    import minift.lora as lora_mod
-    model = tiny_model()
-    lora = randomize(attach_lora(model, LoRAConfig(r=2, targets="all-linear")))
-    ids, targets = batch(model.cfg)
-    loss_fast, g_fast = model.loss_and_grads(ids, targets)
-    monkeypatch.setattr(lora_mod, "FOLD", False)
-    loss_ref, g_ref = model.loss_and_grads(ids, targets)
-    assert loss_fast == pytest.approx(loss_ref, rel=1e-12)
-    for k in g_ref:
-        np.testing.assert_allclose(host(g_fast[k]), host(g_ref[k]), rtol=1e-9, atol=1e-12, err_msg=k)
-    monkeypatch.setattr(lora_mod, "FOLD", True)
-    adapter = next(iter(lora.adapters.values()))
-    adapter.dropout = 0.5
-    x = np.ones((1, 2, adapter.A.shape[1]))
-    w = np.zeros((adapter.A.shape[1], adapter.B.shape[0]))
-    assert adapter.forward(x, w, None, train=True)[1][0] is lora_backward
-    assert adapter.forward(x, w, None, train=False)[1][0] is lora_mod.lora_backward_folded
 
 
 def test_lora_backward_skips_dw_for_a_frozen_w(xp):
