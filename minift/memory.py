@@ -27,7 +27,9 @@ Activations of one block, op by op (what each forward's cache keeps alive):
 
     ln_1          x̂ (N·C) and rstd (N)                          layernorm_forward's cache
     c_attn        its input a = ln_1(x): N·C                     linear caches x; LayerNorm keeps x̂, not its output
-    attention     qkv: 3·N·C (q, k, v are views of it), att: B·H·T² (the softmax probabilities)
+    attention     qkv: 3·N·C (q, k, v are views of it), att: B·H·T² (the softmax probabilities); for T > b, the
+                  blocked path (ATTENTION_BLOCK = b) keeps only each query block against the keys it sees:
+                  B·H·Σ n·r1 = B·H·T²·(1 + b/T)/2 when b divides T (attention_cached)
     attn.c_proj   its input, the merged heads: N·C               a copy: merging heads is a transposed reshape
     ln_2          x̂ (N·C) and rstd (N);  mlp.c_fc's input m: N·C
     GELU          its input f (F·N = 4·N·C) and tanh(u) (4·N·C)  gelu_forward's cache (x, t)
@@ -64,7 +66,7 @@ small batches, short sequences. `memory_saving(cfg, batch, seq, rank)` returns t
 
     batch x seq      full       LoRA       saving
     1 x 128          2.31 GiB   0.66 GiB   71%      weights, gradients and AdamW's m, v dominate
-    8 x 1024        17.06 GiB  15.71 GiB    8%      activations (13.2 GiB, the same for both) dominate
+    8 x 1024        14.95 GiB  13.60 GiB    9%      activations (11.1 GiB, the same for both) dominate
 
 Measuring (`measure_memory`): one real step on the model, with NumPy's allocations traced by `tracemalloc` (NumPy
 reports its array buffers to it) or, on CuPy, the memory pool's used bytes followed by a memory hook. Parameters are
@@ -126,8 +128,16 @@ def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
 
 # ---- activations ---------------------------------------------------------------------------------------------------
 
+def attention_cached(T: int, block=ATTENTION_BLOCK) -> int:
+    """Attention probabilities one (batch row, head) keeps: T² for the reference; for the blocked path each query
+    block's n rows against the r1 keys it sees, Σ n·r1 = (1 + b/T)/2 · T² when b divides T (ops/attention.py)."""
+    if block is None or block >= T:
+        return T * T
+    return sum(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))
+
+
 def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
-                     adapted=(), rank=0) -> dict:
+                     adapted=(), rank=0, block=ATTENTION_BLOCK) -> dict:
     """name -> bytes of everything the forward caches for the backward (see the module docstring's table)."""
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H, L = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
@@ -136,7 +146,7 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
         "LayerNorm x̂, rstd (ln_1, ln_2)": L * 2 * (N * C + N) * f,
         "linear inputs (c_attn, attn.c_proj, c_fc, mlp.c_proj)": L * (3 * N * C + N * F) * f,
         "qkv (attention's q, k, v)": L * 3 * N * C * f,
-        "attention probabilities": L * B * H * T * T * f,
+        "attention probabilities": L * B * H * attention_cached(T, block) * f,
         "GELU input and tanh": L * 2 * N * F * f,
         "ln_f x̂, rstd and h": (2 * N * C + N) * f,
     }
@@ -163,7 +173,7 @@ def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -
     N = B * T
     if block is None or block >= T:
         return 9 * N * C + 2 * B * H * T * T
-    largest = max(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))
+    largest = max(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))   # n·r1 of one block
     return 4 * N * C + 2 * B * H * largest
 
 
@@ -224,7 +234,7 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     n_train = sum(sizes[n] for n in trainable)
-    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank)
+    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block)
     out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
                activations=sum(acts.values()))
     phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block)

@@ -9,7 +9,7 @@ import minift.model
 from minift import GPT, GPTConfig
 from minift.backend import to_numpy
 from minift.gradcheck import check_op
-from minift.ops import attention_backward, attention_forward
+from minift.ops import attention_backward, attention_forward, attention_probabilities
 
 from helpers import rand
 from test_op_attention import SCALE, TOL, _padding_mask
@@ -29,7 +29,11 @@ def test_blocked_equals_the_reference(xp, B, T, H, D, mask, block, seed):
     yb, cache_b = attention_forward(qkv, H, am, block=block)
     dy = rand(xp, rng, B, T, H * D)
     np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(to_numpy(cache_b[3]), to_numpy(cache[3]), rtol=1e-12, atol=1e-13)   # att
+    att = to_numpy(attention_probabilities(cache))
+    np.testing.assert_allclose(to_numpy(attention_probabilities(cache_b)), att, rtol=1e-12, atol=1e-13)
+    # the blocked cache holds only what each block computed: B·H·Σ n·r1 numbers, never the square's upper corner
+    held = sum(a.size for a in cache_b[3])
+    assert held == B * H * sum((min(r0 + block, T) - r0) * min(r0 + block, T) for r0 in range(0, T, block))
     np.testing.assert_allclose(to_numpy(attention_backward(dy, cache_b)), to_numpy(attention_backward(dy, cache)),
                                rtol=1e-11, atol=1e-12)
 
@@ -77,7 +81,7 @@ def test_blocked_keeps_float32_and_is_close_to_the_reference(xp):
     yb, cache_b = attention_forward(qkv, 4, block=16)
     dy = xp.asarray(rng.standard_normal(y.shape), dtype=np.float32)
     dqkv, dqkv_b = attention_backward(dy, cache), attention_backward(dy, cache_b)
-    assert yb.dtype == np.float32 and dqkv_b.dtype == np.float32 and cache_b[3].dtype == np.float32
+    assert yb.dtype == np.float32 and dqkv_b.dtype == np.float32 and all(a.dtype == np.float32 for a in cache_b[3])
     np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_numpy(dqkv_b), to_numpy(dqkv), rtol=1e-4, atol=1e-5)
 

@@ -21,9 +21,9 @@ __all__ += ["embedding_forward", "embedding_backward", "layernorm_forward", "lay
             "gelu_forward", "gelu_backward", "dropout_forward", "dropout_backward",
             "last_token_index", "pool_last_forward", "pool_last_backward"]
 
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_probabilities
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .softmax import log_softmax, softmax, softmax_backward, softmax_forward
 
 __all__ += ["softmax", "log_softmax", "softmax_forward", "softmax_backward", "attention_forward",
-            "attention_backward", "cross_entropy_forward", "cross_entropy_backward"]
+            "attention_backward", "attention_probabilities", "cross_entropy_forward", "cross_entropy_backward"]

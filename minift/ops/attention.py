@@ -33,9 +33,11 @@ the diagonal needs the causal mask. The work falls to (1 + b/T)/2 of the square'
   forward, per block:   pre = (q_rows · scale) k_{:r1}ᵀ  ->  mask  ->  softmax (in place)  ->  y_rows = att v_{:r1}
   backward, per block:  the five steps above on the block's rows; dk_{:r1} and dv_{:r1} add up over the blocks,
                         since every block's queries read those keys and values.
-att is still cached as the full [B, H, T, T] (zeros above the diagonal blocks, as the reference's), so what the
-forward keeps is what minift/memory.py counts. Scaling q (T·D numbers) instead of the scores (T·T) changes
-rounding only: ~1e-7 relative in float32.
+The cache keeps each block's probabilities as they are, [B, H, n, r1], not a T×T square padded with zeros: the
+blocks hold B·H·Σ n·r1 numbers, (1 + b/T)/2 of the square (memory.py counts it so), and the backward reads them
+back block by block. attention_probabilities(cache) rebuilds the full [B, H, T, T] array from either cache, for
+inspection and for the tests. Scaling q (T·D numbers) instead of the scores (T·T) changes rounding only: ~1e-7
+relative in float32.
 """
 from __future__ import annotations
 
@@ -172,7 +174,7 @@ def _blocked_forward(qkv, H, attention_mask, b):
     scale = 1.0 / math.sqrt(D)
     causal = _causal_bias(b, qkv.dtype, xp)                # (b, b)  its top-left n×n corner serves a shorter block
     padding = _key_bias(attention_mask, qkv.dtype, xp)     # (B, 1, 1, T) or None
-    att = xp.empty((B, H, T, T), dtype=qkv.dtype)          # (B, H, T, T)  the reference's att, block by block
+    atts = []                                              # each block's att [B, H, n, r1], cached as computed
     y = xp.empty((B, T, H, D), dtype=qkv.dtype)            # (B, T, H, D)  6. heads merged as they are written
     for r0, r1 in _blocks(T, b):
         n = r1 - r0
@@ -181,23 +183,21 @@ def _blocked_forward(qkv, H, attention_mask, b):
         if padding is not None:
             pre += padding[..., :r1]                       # 3. padded keys
         _softmax_rows_(pre, xp)                            # 4. (B, H, n, r1)
-        att[:, :, r0:r1, :r1] = pre                        #    cached for the backward
-        att[:, :, r0:r1, r1:] = 0                          #    keys after the block: probability 0, never computed
+        atts.append(pre)                                   #    cached for the backward (keys after r1: never seen)
         y[:, r0:r1] = (pre @ v[:, :, :r1]).transpose(0, 2, 1, 3)   # 5. (B, n, H, D)
-    return y.reshape(B, T, C), (q, k, v, att, scale, b)
+    return y.reshape(B, T, C), (q, k, v, atts, scale, b)
 
 
 def _blocked_backward(dy, cache):
     """attention_backward block by block: dq of a block's rows from its keys; dk, dv summed over the blocks."""
-    q, k, v, att, scale, b = cache
+    q, k, v, atts, scale, b = cache
     xp = xp_of(dy)
     B, H, T, D = q.shape
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, H, T, D)  6.
     dqkv = xp.empty((B, T, 3, H, D), dtype=dy.dtype)       # (B, T, 3, H, D)  1. [dq | dk | dv], written in place
     dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # each (B, H, T, D), views
     # the last block reads every key, so it writes dk and dv whole; the earlier ones add to their first r1 keys
-    for i, (r0, r1) in enumerate(reversed(_blocks(T, b))):
-        a = att[:, :, r0:r1, :r1]                          # (B, H, n, r1)
+    for i, ((r0, r1), a) in enumerate(zip(reversed(_blocks(T, b)), reversed(atts))):   # a: (B, H, n, r1)
         dyb = dy[:, :, r0:r1]                              # (B, H, n, D)
         dpre = dyb @ v[:, :, :r1].transpose(0, 1, 3, 2)    # 5. datt = dy vᵀ              (B, H, n, r1)
         dv_b = a.transpose(0, 1, 3, 2) @ dyb               # 5. dv = attᵀ dy              (B, H, r1, D)
@@ -212,3 +212,17 @@ def _blocked_backward(dy, cache):
             dk[:, :, :r1] += dk_b
             dv[:, :, :r1] += dv_b
     return dqkv.reshape(B, T, 3 * H * D)                   # (B, T, 3C)
+
+
+def attention_probabilities(cache):
+    """The attention weights [B, H, T, T] an attention_forward cache holds (reference or blocked), as one array:
+    row t is query t's distribution over keys, 0 where it cannot look. A copy for the blocked cache."""
+    if len(cache) != 6:
+        return cache[3]                                    # the reference caches the square itself
+    q, atts = cache[0], cache[3]
+    B, H, T, _ = q.shape
+    xp = xp_of(q)
+    att = xp.zeros((B, H, T, T), dtype=q.dtype)            # (B, H, T, T)
+    for (r0, r1), a in zip(_blocks(T, cache[5]), atts):
+        att[:, :, r0:r1, :r1] = a
+    return att
