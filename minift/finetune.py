@@ -70,10 +70,14 @@ def trainable_summary(model) -> dict:
 
 # ---- one fine-tuning run, end to end (article §1.1's five steps) -------------------------------------------------
 
-# Chosen on the sentiment task's validation split from the shipped demo base (tutorials 05-07). LoRA's head and
-# adapters share one rate: above ~3e-3 the fresh head destabilises, so the adapters get their step size from α.
-DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 1e-3}
-DEFAULT_HEAD_LR: dict = {}
+# Chosen on the sentiment task's validation split from the shipped demo base (tutorials 05-07), 600 steps.
+# LoRA's adapters and the fresh classification head want different rates, as torch parameter groups allow: with one
+# shared rate, r = 8 and α = 16 on all linears stayed near chance (val 0.70 at 1e-3), and a rate large enough for the
+# adapters made the random head collapse. Grid over adapters {1, 2, 3, 5}e-3 × head {3e-4, 1e-3}, seed 0, then
+# seeds 1 and 2 for the two best: adapters 2e-3 with the head at 3e-4 gave val 0.896 / 0.902 / 0.852 (test 0.899 /
+# 0.870 / 0.760); with the head at 1e-3, 0.872 / 0.652 / 0.948. One seed moves accuracy by several points here.
+DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 2e-3}
+DEFAULT_HEAD_LR = {"lora": 3e-4}       # methods whose head trains at its own rate; the others use lr for it too
 
 
 @dataclass

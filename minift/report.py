@@ -79,8 +79,10 @@ def claims(results) -> list:
         fg = full["val_loss"] - full["final_train_loss"]
         lg = lora["val_loss"] - lora["final_train_loss"]
         out.append(f"**\"LoRA overfits less on small data\"** — with {cfg['train_size']} training examples the "
-                   f"validation-minus-train loss gap is {fg:.3f} (full) vs {lg:.3f} (LoRA). "
-                   f"{'Held' if lg < fg else 'Did not hold'} here.")
+                   f"validation-minus-train loss gap is {fg:.3f} (full) vs {lg:.3f} (LoRA), and test accuracy "
+                   f"{full['test_accuracy']:.3f} vs {lora['test_accuracy']:.3f}. "
+                   f"{'Held' if lg < fg else 'Did not hold'} here, by the loss gap; what matters to a user is the "
+                   "test accuracy, and one seed at this size moves it by several points (README).")
     else:
         out.append("**\"LoRA overfits less on small data\"** — not tested in this run: rerun with "
                    "`--train-size 200` to shrink the training set.")
@@ -111,7 +113,9 @@ def paper_findings(results) -> list:
     if len(sweep) > 1:
         rows = ", ".join(f"r={r['rank']}: {_intr(r)[0]} intruders, forgetting {r['forgetting']:+.4f}, "
                          f"test {r['test_accuracy']:.3f}" for r in sorted(sweep, key=lambda r: r["rank"]))
-        out.append(f"Rank sweep (α = 8r): {rows}.")
+        rule = f"α = {cfg['alpha']:g} at every rank, s = α/√r" if cfg.get("rslora") else \
+            f"s = α/r = {cfg['alpha'] / cfg['rank']:g} at every rank"
+        out.append(f"Rank sweep ({rule}): {rows}.")
     return out
 
 

@@ -125,11 +125,11 @@ assert max(checks.values()) < 1e-12
 # so with $A = B = 0$ both vanish and nothing ever moves. With $B = 0$ alone, the first step moves only $B$ ($dA = 0$
 # exactly), and from then on both.
 #
-# We attach adapters to the base with a classification head: rank $r = 8$, $\alpha = 64$ (why so large: section 6),
-# on all four linears of every block (`targets="all-linear"`).
+# We attach adapters to the base with a classification head: rank $r = 8$, PEFT's customary $\alpha = 2r = 16$
+# (so $s = 2$), on all four linears of every block (`targets="all-linear"`).
 
 # %%
-lcfg = LoRAConfig(r=8, alpha=64, targets="all-linear")
+lcfg = LoRAConfig(r=8, alpha=16, targets="all-linear")
 plain = base.to()
 plain.add_classification_head(train_split.label_names, seed=0)      # the same head finetune(seed=0) starts from
 adapted = plain.to()                                                 # a copy, to attach to
@@ -324,17 +324,23 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 #
 # `finetune(method="lora")` runs §3.2's steps: load (a copy of the base), introduce the low-rank matrices
 # (`attach_lora`, which also freezes every base weight; the new head trains too, as PEFT's `modules_to_save`), train,
-# evaluate. The choice of scale was made on the validation split, as tutorial 05 chose its learning rate: with
-# PEFT-like defaults ($r = 8$, $\alpha = 16$, so $s = 2$) at learning rates 2e-3 to 1e-2, 400–1000 steps stayed
-# near chance on validation; $\alpha = 64$ ($s = 8$) at $\eta = 10^{-3}$ left it. With Adam the adapter's update grows
-# like $s\cdot\eta$ (section 3) while the head learns at $\eta$ alone, and a larger $\eta$ made the head — and the
-# run — unstable.
+# evaluate. Its learning rates were chosen on the validation split, as tutorial 05 chose full fine-tuning's, and there
+# are two of them. With one rate for everything, $r = 8$, $\alpha = 16$ stayed near chance on validation (0.70 after
+# 600 steps at $\eta = 10^{-3}$), and at larger rates the fresh head collapsed to one answer. The reason: with
+# Adam each factor moves by about $\eta$ per step, so the adapter's update $\Delta W = s\,A^\top B^\top$ grows like
+# $s\cdot\eta$ (section 3), while the randomly initialised head moves at $\eta$ alone. The adapters need a larger
+# $s\cdot\eta$ than the head can take. So `finetune` trains them at different rates, as torch's parameter groups do
+# (`lr_scale` in `minift/optim.py`): the adapters at $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$
+# (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/finetune.py`; validation 0.896 / 0.902 / 0.852 over three
+# seeds). Raising $\alpha$ instead does the same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of
+# $10^{-3}$ for both reached 0.890 (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
 
 # %%
 lora_steps = pick(600, 30)
 lora_model, lora_handle, lora_run = finetune(
-    base, tok, FinetuneConfig(method="lora", lora=lcfg, steps=lora_steps, lr=1e-3, eval_every=pick(100, 10),
+    base, tok, FinetuneConfig(method="lora", lora=lcfg, steps=lora_steps, eval_every=pick(100, 10),
                               eval_size=pick(None, 128)), progress=not FAST)
+print(f"adapters at lr {lora_run['lr']:g}, head at {lora_run['head_lr']:g}")
 print(f"{lora_run['trainable']:,} trainable ({lora_run['percent']:.1f}%), {lora_run['ms_per_step']:.0f} ms/step; "
       "validation accuracy " + ", ".join(f"{e['val_accuracy']:.3f}@{e['step']}" for e in lora_run["evals"]))
 print(f"test accuracy (held-out templates): {lora_run['test_accuracy']:.3f}")
@@ -347,6 +353,7 @@ print(f"test accuracy (held-out templates): {lora_run['test_accuracy']:.3f}")
 
 # %%
 assert all(np.array_equal(lora_model.params[n], base.params[n]) for n in base.params)
+assert (lora_run["lr"], lora_run["head_lr"]) == (2e-3, 3e-4)
 if not FAST:
     assert lora_run["val_accuracy"] >= 0.65 and lora_run["test_accuracy"] >= 0.6, lora_run
 
@@ -499,7 +506,7 @@ assert np.allclose(column_norm(W_eff), d0.m, rtol=1e-5)
 # | scale | $\alpha/r$: $\lVert\Delta W\rVert \propto 1/\sqrt r$; rsLoRA $\alpha/\sqrt r$: flat in $r$ |
 # | backward | $dA$, $dB$ low-rank products; $dW$ not computed; gradient check at $10^{-7}$ |
 # | "90%+ fewer" | 94% fewer at $r = 8$ on the demo model, ~9,000× fewer on GPT-3; 51% fewer at $r = 64$ on the demo |
-# | accuracy | clearly above chance, below tutorial 05's full fine-tune at a similar budget, with $s = 8$ |
+# | accuracy | clearly above chance, below tutorial 05's full fine-tune at a similar budget, once the adapters and the head get their own learning rates |
 # | deployment | merge: plain model, same logits; adapter file a few % of the model |
 #
 # Tutorial 08 puts one batch through full fine-tuning and LoRA side by side; tutorial 10 asks what the MIT paper
