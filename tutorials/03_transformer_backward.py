@@ -361,10 +361,10 @@ def check_frozen(answer):
 exercise("Exercise 2 (freezing)", check_frozen, my_frozen_grads, solution_frozen_grads)
 
 # %% [markdown]
-# **Exercise 3 — positions without a loss.** In instruction tuning (tutorial 05) the prompt's tokens get target
-# `-100`: no loss there. Return a copy of `targets` with the first half of every sequence set to `-100`. The check
-# verifies that the masked rows of `dlogits` are exactly zero, the others are not, and the model's gradient still
-# passes the finite-difference check.
+# **Exercise 3 — positions without a loss.** In instruction tuning (the `facts` task: `CompletionSource` in
+# `minift/data/sources.py`) the prompt's tokens get target `-100`: no loss there. Return a copy of `targets` with the
+# first half of every sequence set to `-100`. The check verifies that the masked rows of `dlogits` are exactly zero,
+# the others are not, and the model's gradient still passes the finite-difference check.
 
 # %%
 def my_mask_first_half(targets):
