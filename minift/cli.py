@@ -191,6 +191,10 @@ def cmd_compare(a):
     for name in ("steps", "train_size", "batch", "alpha"):
         if getattr(a, name) is not None:
             kw["batch_size" if name == "batch" else name] = getattr(a, name)
+    if a.lora_lr is not None:
+        kw["lr"] = {"lora": a.lora_lr}
+    if a.lora_head_lr is not None:
+        kw["lora_head_lr"] = a.lora_head_lr
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
     results = compare(ccfg, out=a.out, progress=not a.quiet)
     print(main_table(results))
@@ -206,6 +210,9 @@ def add_compare(sub):
     p.add_argument("--methods", default="full,lora,head", help="comma list of full,freeze,head,lora")
     p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 16 = 2r)")
+    p.add_argument("--lora-lr", type=float, default=None, help="the LoRA runs' adapter learning rate (default 2e-3)")
+    p.add_argument("--lora-head-lr", type=float, default=None,
+                   help="the LoRA runs' classification-head learning rate (default 3e-4)")
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--dora", action="store_true")
     p.add_argument("--train-size", type=_positive_int, default=None, help="the small-data question")

@@ -66,6 +66,7 @@ class CompareConfig:
     lam: float = 0.75              # intruder mitigation: scale intruders' singular values by λ
     mitigation_eps: float = 0.5
     lr: dict = field(default_factory=dict)   # method -> learning rate (else finetune.DEFAULT_LR)
+    lora_head_lr: float | None = None        # the LoRA runs' classification head (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
 
     def __post_init__(self):
@@ -156,7 +157,8 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     from .data.sources import task_source
     label = f"lora r={rank}" if method == "lora" else method
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
-                          lr=ccfg.lr.get(method), train_size=ccfg.train_size, eval_size=ccfg.eval_size,
+                          lr=ccfg.lr.get(method), head_lr=ccfg.lora_head_lr if method == "lora" else None,
+                          train_size=ccfg.train_size, eval_size=ccfg.eval_size,
                           seed=ccfg.seed, lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
     model, lora, s = finetune(base, tok, fcfg, progress=progress)
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
@@ -167,7 +169,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
                alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
                percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"],
                val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
-               val_loss=s["val_loss"], lr=s["lr"], losses=[h["loss"] for h in s["history"]])
+               val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]])
     row["memory"] = _memory(model, lora, method, rank, ccfg, batch, head, len(model.labels or []) or 2)
     row["forgetting"] = lm_loss(model, heldout, max_windows=None) - base_lm
     base_w = {k: to_numpy(v) for k, v in base.params.items()}

@@ -114,8 +114,13 @@ def learning_rates(model, fcfg: FinetuneConfig):
     trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
     lr = fcfg.lr or DEFAULT_LR[fcfg.method]
     if HEAD not in model.trainable_params():
+        if fcfg.head_lr is not None:
+            raise MiniftError(f"head_lr={fcfg.head_lr} is the classification head's rate, but task {fcfg.task!r} "
+                              "trains no classification head (a generation task uses the tied LM head); drop it")
         return lr, None
     if fcfg.method == "head":
+        if fcfg.head_lr is not None:
+            raise MiniftError("method 'head' trains only the classification head: give its rate as lr, not head_lr")
         return lr, lr
     return lr, fcfg.head_lr or DEFAULT_HEAD_LR.get(fcfg.method, lr)
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shi
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    rc = main(["compare", "--quick", "--ranks", "2", "--out", str(out), "--quiet"])
+    rc = main(["compare", "--quick", "--ranks", "2", "--lora-lr", "1.5e-3", "--lora-head-lr", "5e-4", "--out", str(out),
+               "--quiet"])
     assert rc == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -24,6 +25,14 @@ def run(results, label):
 def test_every_method_and_the_sweep_ran(report):
     _, results = report
     assert [r["label"] for r in results["runs"]] == ["full", "lora r=8", "head", "lora r=2"]
+
+
+def test_learning_rates_reach_each_run(report):
+    """--lora-lr / --lora-head-lr set the LoRA runs' two rates; the other methods keep finetune's defaults."""
+    _, results = report
+    for r in results["runs"]:
+        want = {"full": (1e-3, 1e-3), "head": (1e-2, 1e-2)}.get(r["method"], (1.5e-3, 5e-4))
+        assert (r["lr"], r["head_lr"]) == want, r["label"]
 
 
 def test_trainable_counts_follow_the_formulas(report):

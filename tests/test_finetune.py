@@ -90,3 +90,7 @@ def test_head_lr_moves_only_the_head_at_its_own_rate(tmp_path):
         FinetuneConfig(head_lr=0.0)
     _, _, s = finetune(base, tok, FinetuneConfig(**{**cfg, "method": "head"}), progress=False)
     assert s["head_lr"] == s["lr"] == 1e-2                          # method head: the head *is* what trains
+    with pytest.raises(MiniftError, match="give its rate as lr"):
+        finetune(base, tok, FinetuneConfig(**{**cfg, "method": "head"}, head_lr=1e-3), progress=False)
+    with pytest.raises(MiniftError, match="trains no classification head"):
+        finetune(base, tok, FinetuneConfig(**{**cfg, "task": "facts"}, head_lr=1e-3), progress=False)
