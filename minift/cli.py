@@ -170,19 +170,23 @@ def add_finetune(sub):
 
 # ---- compare -----------------------------------------------------------------------------------------------------
 
-def _int_list(text):
+def _int_list(text, lo=1):
     try:
         values = tuple(int(v) for v in text.split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or any(v < lo for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers ≥ {lo}, got {text!r}")
     return values
+
+
+def _seed_list(text):
+    return _int_list(text, lo=0)
 
 
 def cmd_compare(a):
     from .compare import CompareConfig, compare
-    from .report import main_table, memory_table
+    from .report import main_table, memory_table, seeds_table
     if a.preset not in (None, "demo") and a.base is None:
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
@@ -195,12 +199,17 @@ def cmd_compare(a):
         kw["lr"] = {"lora": a.lora_lr}
     if a.lora_head_lr is not None:
         kw["lora_head_lr"] = a.lora_head_lr
+    if a.seeds:
+        kw["seeds"] = a.seeds
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
     results = compare(ccfg, out=a.out, progress=not a.quiet)
     print(main_table(results))
     print()
     print("Peak training memory, MiB (measured; predicted in the last column):")
     print(memory_table(results))
+    if results.get("seeds"):
+        print(f"\nOver seeds {', '.join(map(str, results['seeds']['seeds']))} (every run repeated):")
+        print(seeds_table(results))
     print(f"\nreport: {a.out}/report.md   numbers: {a.out}/results.json   ({results['seconds']:.0f} s)")
 
 
@@ -210,6 +219,8 @@ def add_compare(sub):
     p.add_argument("--methods", default="full,lora,head", help="comma list of full,freeze,head,lora")
     p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 16 = 2r)")
+    p.add_argument("--seeds", type=_seed_list, default=None,
+                   help="extra seeds, e.g. 1,2: every run repeated, accuracy / forgetting / intruders over seeds")
     p.add_argument("--lora-lr", type=float, default=None, help="the LoRA runs' adapter learning rate (default 2e-3)")
     p.add_argument("--lora-head-lr", type=float, default=None,
                    help="the LoRA runs' classification-head learning rate (default 3e-4)")

@@ -68,6 +68,7 @@ class CompareConfig:
     lr: dict = field(default_factory=dict)   # method -> learning rate (else finetune.DEFAULT_LR)
     lora_head_lr: float | None = None        # the LoRA runs' classification head (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
+    seeds: tuple = ()              # extra seeds: every run again; accuracy, forgetting, intruders over all seeds
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -77,6 +78,9 @@ class CompareConfig:
             raise MiniftError(f"LoRA ranks must be positive, got rank={self.rank} ranks={self.ranks}")
         if self.steps <= 0:
             raise MiniftError(f"--steps {self.steps} must be positive")
+        if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise MiniftError(f"--seeds {','.join(map(str, self.seeds))}: the extra seeds must differ from each "
+                              f"other and from --seed {self.seed}")
 
     @classmethod
     def quick_config(cls, **kw):
@@ -231,13 +235,40 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
     plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
     for method, rank, alpha in plan:
         runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress))
+    spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
-                   base_lm_loss=base_lm, runs=runs, machine=_machine(), seconds=round(time.time() - t0, 1))
+                   base_lm_loss=base_lm, runs=runs, seeds=spread, machine=_machine(),
+                   seconds=round(time.time() - t0, 1))
     save_json(_jsonable(results), out / "results.json")
     from .report import write_plots, write_report
     results["plots"] = write_plots(results, out)
     (out / "report.md").write_text(write_report(results))
     return results
+
+
+SEED_FIELDS = ("val_accuracy", "test_accuracy", "forgetting")
+
+
+def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) -> dict:
+    """Every run of the plan again with each extra seed (head init, LoRA init and data order all change).
+    The table and plots stay the first seed's; this returns, per run label, each seed's accuracy, forgetting and
+    intruder count at ε = 0.5, in the order of `seeds`."""
+    import dataclasses
+    seeds = [ccfg.seed, *ccfg.seeds]
+    per = {r["label"]: {**{k: [r[k]] for k in SEED_FIELDS}, "intruders": [_intruders_at(r, 0.5)]} for r in runs}
+    for seed in ccfg.seeds:
+        sub = dataclasses.replace(ccfg, seed=seed, seeds=())
+        for method, rank, alpha in plan:
+            r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress)
+            for k in SEED_FIELDS:
+                per[r["label"]][k].append(r[k])
+            per[r["label"]]["intruders"].append(_intruders_at(r, 0.5))
+    return dict(seeds=seeds, runs=per)
+
+
+def _intruders_at(run, eps):
+    sp = run["spectral"]
+    return sp["intruders"][sp["eps"].index(eps)] if eps in sp["eps"] else None
 
 
 def _machine() -> dict:

@@ -119,6 +119,26 @@ def paper_findings(results) -> list:
     return out
 
 
+def seeds_table(results) -> str:
+    """Per run: test accuracy for each seed, then the mean (and range) of test and validation accuracy, forgetting
+    and intruders at ε = 0.5 over the seeds. Empty without --seeds."""
+    spread = results.get("seeds")
+    if not spread:
+        return ""
+    seeds = spread["seeds"]
+    head = ("| method | " + " | ".join(f"test acc, seed {s}" for s in seeds) + " | test acc mean (min–max) | "
+            "val acc mean | forgetting mean | intruders ε=0.5 mean |\n|---|" + "---|" * (len(seeds) + 4))
+    rows = []
+    for label, v in spread["runs"].items():
+        t = v["test_accuracy"]
+        intr = [i for i in v["intruders"] if i is not None]
+        mean_intr = f"{sum(intr) / len(intr):.1f}" if intr else "–"
+        rows.append(f"| {label} | " + " | ".join(f"{a:.3f}" for a in t) +
+                    f" | {sum(t) / len(t):.3f} ({min(t):.3f}–{max(t):.3f}) | "
+                    f"{sum(v['val_accuracy']) / len(t):.3f} | {sum(v['forgetting']) / len(t):+.4f} | {mean_intr} |")
+    return "\n".join([head] + rows)
+
+
 def write_report(results) -> str:
     cfg, machine = results["config"], results["machine"]
     parts = [
@@ -134,6 +154,8 @@ def write_report(results) -> str:
         "",
         memory_table(results),
         "",
+        *([f"Over seeds {', '.join(map(str, results['seeds']['seeds']))} (every run repeated; the table above "
+           "is the first seed's):", "", seeds_table(results), ""] if results.get("seeds") else []),
         "## The article's claims, checked here",
         "",
         *[f"- {c}" for c in claims(results)],

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shi
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    rc = main(["compare", "--quick", "--ranks", "2", "--lora-lr", "1.5e-3", "--lora-head-lr", "5e-4", "--out", str(out),
-               "--quiet"])
+    rc = main(["compare", "--quick", "--ranks", "2", "--lora-lr", "1.5e-3", "--lora-head-lr", "5e-4", "--seeds", "1",
+               "--out", str(out), "--quiet"])
     assert rc == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -33,6 +33,21 @@ def test_learning_rates_reach_each_run(report):
     for r in results["runs"]:
         want = {"full": (1e-3, 1e-3), "head": (1e-2, 1e-2)}.get(r["method"], (1.5e-3, 5e-4))
         assert (r["lr"], r["head_lr"]) == want, r["label"]
+
+
+def test_every_run_is_repeated_over_the_extra_seeds(report):
+    out, results = report
+    spread = results["seeds"]
+    assert spread["seeds"] == [0, 1]
+    assert set(spread["runs"]) == {r["label"] for r in results["runs"]}
+    for r in results["runs"]:
+        v = spread["runs"][r["label"]]
+        assert all(len(v[k]) == 2 for k in ("val_accuracy", "test_accuracy", "forgetting", "intruders"))
+        assert v["test_accuracy"][0] == r["test_accuracy"]            # the first seed is the table's run
+    assert spread["runs"]["head"]["forgetting"] == [0.0, 0.0]
+    assert spread["runs"]["lora r=8"]["forgetting"][1] != spread["runs"]["lora r=8"]["forgetting"][0]
+    text = (out / "report.md").read_text()
+    assert "Over seeds 0, 1" in text and "test acc, seed 1" in text
 
 
 def test_trainable_counts_follow_the_formulas(report):
@@ -91,3 +106,5 @@ def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
     assert "each must be one of" in capsys.readouterr().err
     assert main(["finetune", "--method", "full", "--rank", "4", "--out", str(tmp_path)]) == 1
     assert "LoRA options" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "0,1", "--out", str(tmp_path), "--quick"]) == 1
+    assert "must differ" in capsys.readouterr().err
