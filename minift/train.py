@@ -77,12 +77,12 @@ class TrainingDiverged(MiniftError):
 
 def find_nonfinite(loss, grads) -> str | None:
     """Name what is not finite: "loss" or the first gradient tensor with a NaN/inf, else None."""
-    if not np.isfinite(loss):
-        return "loss"
-    for name, g in grads.items():
-        if not bool(xp_of(g).isfinite(g).all()):
-            return name
-    return None
+    return "loss" if not np.isfinite(loss) else first_nonfinite(grads)
+
+
+def first_nonfinite(arrays: dict) -> str | None:
+    """The name of the first array holding a NaN or inf, else None (one pass over each)."""
+    return next((name for name, a in arrays.items() if not bool(xp_of(a).isfinite(a).all())), None)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
@@ -209,6 +209,11 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
                 raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
                                        f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr.")
             opt.step(grads, lr=lr)
+            if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
+                raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); this step's "
+                                       "parameters were not saved"
+                                       + (f", the last checkpoint in {out_dir} is intact" if out_dir else "")
+                                       + ". Try a lower lr.")
             dt = time.perf_counter() - t0
             ntok = int(np.asarray(batch["input_ids"]).size)
             result.history.append(dict(step=step, loss=loss, lr=lr, grad_norm=norm, ms=dt * 1e3))

@@ -85,6 +85,17 @@ def test_divergence_names_step_and_tensor_and_keeps_last_good_state(tmp_path):
     assert latest_checkpoint(tmp_path) is not None
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_an_update_that_overflows_is_caught_before_it_is_saved(tmp_path):
+    """Finite loss and gradients, but a step so large the float32 weights overflow: the loop stops at that step and
+    writes no checkpoint of the broken weights."""
+    model = tiny_model()
+    with pytest.raises(TrainingDiverged, match=r"step 0: the update made .* non-finite \(lr=1e\+39\)"):
+        train(model, LMSource(stream(), 16, 4), TrainConfig(steps=3, batch_size=4, lr=1e39, warmup=0),
+              out_dir=tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path) is None
+
+
 def test_nonfinite_gradient_is_named():
     grads = {"a": np.zeros(3), "b": np.array([0.0, np.nan])}
     assert train_mod.find_nonfinite(1.0, grads) == "b"
