@@ -360,18 +360,20 @@ print("lr = inf:", type(caught).__name__, "—", caught)
 # %% [markdown]
 # Losses of $10^{17}$ and still finite. Only an infinite learning rate (an update of $\infty \cdot 0$ makes NaN)
 # trips the guard here — in real runs it is hit by float16 overflow, a corrupt example or a bug rather than by the
-# learning rate alone. Note what it catches: step 0 had a finite loss and gradient, so its update was applied, and
-# the NaN weights it wrote are only noticed at step 1. "The last good state" is the state *before step 1's update*,
-# which step 0 had already ruined.
+# learning rate alone. Note *where* it catches it: step 0 had a finite loss and gradient, so its update was applied —
+# and wrote non-finite weights. The guard therefore checks twice per step: the loss and gradients before the update
+# ("step N: loss is not finite", with the last good weights still in place to save), and the trainable weights after
+# it ("the update made ... non-finite"). In the second case the weights are already broken, so nothing is saved and
+# the last checkpoint on disk stays the good state (`minift/train.py`).
 #
 # **Check.** The worst batch loss at 1e-1 is more than 3 (over four times $\log 2$), at 1e-3 under 1.5; the
-# step-to-step jumps of the loss are larger at 1e-1 than at 1e-3; and the guard fired at step 1.
+# step-to-step jumps of the loss are larger at 1e-1 than at 1e-3; and the guard fired at step 0, on the update.
 
 # %%
 jumps = {lr: float(np.abs(np.diff(c)).mean()) for lr, c in curves.items()}
 print("mean |loss change| per step:", {f"{lr:.0e}": round(j, 3) for lr, j in jumps.items()})
 assert curves[1e-1].max() > 3 and curves[1e-3].max() < 1.5 and jumps[1e-1] > jumps[1e-3]
-assert isinstance(caught, TrainingDiverged) and str(caught).startswith("step 1: loss is not finite")
+assert isinstance(caught, TrainingDiverged) and str(caught).startswith("step 0: the update made")
 
 # %% [markdown]
 # ## 7. Deployment (§2.1 step 6, 部署和应用)
