@@ -72,7 +72,9 @@ class TrainResult:
 
 
 class TrainingDiverged(MiniftError):
-    """A loss or gradient became NaN or infinite. The last good state was saved before this was raised."""
+    """A loss, a gradient or (after an update) a weight became NaN or infinite. In the first two cases the weights
+    are still the last good ones and were saved before this was raised; in the third they are not, nothing was saved,
+    and the last checkpoint on disk is the good state."""
 
 
 def find_nonfinite(loss, grads) -> str | None:
