@@ -198,7 +198,7 @@ def cmd_compare(a):
     if a.lora_lr is not None:
         kw["lr"] = {"lora": a.lora_lr}
     if a.lora_head_lr is not None:
-        kw["lora_head_lr"] = a.lora_head_lr
+        kw["head_lr"] = {"lora": a.lora_head_lr}
     if a.seeds:
         kw["seeds"] = a.seeds
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)

@@ -24,7 +24,6 @@ collapse (tutorial 07). The report folder gets results.json, report.md and PNG p
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -65,8 +64,8 @@ class CompareConfig:
     seed: int = 0
     lam: float = 0.75              # intruder mitigation: scale intruders' singular values by λ
     mitigation_eps: float = 0.5
-    lr: dict = field(default_factory=dict)   # method -> learning rate (else finetune.DEFAULT_LR)
-    lora_head_lr: float | None = None        # the LoRA runs' classification head (else finetune.DEFAULT_HEAD_LR)
+    lr: dict = field(default_factory=dict)        # method -> learning rate (else finetune.DEFAULT_LR)
+    head_lr: dict = field(default_factory=dict)   # method -> the head's rate (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
     seeds: tuple = ()              # extra seeds: every run again; accuracy, forgetting, intruders over all seeds
 
@@ -161,7 +160,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     from .data.sources import task_source
     label = f"lora r={rank}" if method == "lora" else method
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
-                          lr=ccfg.lr.get(method), head_lr=ccfg.lora_head_lr if method == "lora" else None,
+                          lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
                           seed=ccfg.seed, lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
     model, lora, s = finetune(base, tok, fcfg, progress=progress)
@@ -246,29 +245,26 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
     return results
 
 
-SEED_FIELDS = ("val_accuracy", "test_accuracy", "forgetting")
-
-
 def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) -> dict:
     """Every run of the plan again with each extra seed (head init, LoRA init and data order all change).
     The table and plots stay the first seed's; this returns, per run label, each seed's accuracy, forgetting and
     intruder count at ε = 0.5, in the order of `seeds`."""
     import dataclasses
-    seeds = [ccfg.seed, *ccfg.seeds]
-    per = {r["label"]: {**{k: [r[k]] for k in SEED_FIELDS}, "intruders": [_intruders_at(r, 0.5)]} for r in runs}
+
+    from .report import intruders_at
+
+    def values(r):
+        return dict(val_accuracy=r["val_accuracy"], test_accuracy=r["test_accuracy"], forgetting=r["forgetting"],
+                    intruders=intruders_at(r)[0])
+
+    per = {r["label"]: {k: [v] for k, v in values(r).items()} for r in runs}
     for seed in ccfg.seeds:
         sub = dataclasses.replace(ccfg, seed=seed, seeds=())
         for method, rank, alpha in plan:
             r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress)
-            for k in SEED_FIELDS:
-                per[r["label"]][k].append(r[k])
-            per[r["label"]]["intruders"].append(_intruders_at(r, 0.5))
-    return dict(seeds=seeds, runs=per)
-
-
-def _intruders_at(run, eps):
-    sp = run["spectral"]
-    return sp["intruders"][sp["eps"].index(eps)] if eps in sp["eps"] else None
+            for k, v in values(r).items():
+                per[r["label"]][k].append(v)
+    return dict(seeds=[ccfg.seed, *ccfg.seeds], runs=per)
 
 
 def _machine() -> dict:

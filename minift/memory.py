@@ -48,8 +48,8 @@ attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its
     A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
 That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b (minift/model.py),
 which never holds a T×T temporary: its backward holds dqkv (3·N·C), one block's dv (N·C) and one block's datt and
-dpre (2·B·H·b·T at most), so there A = N·V + 17·N·C + 2·B·H·b·T − ... (attention_workspace; the cached att is
-still the whole B·H·T² activation, see ops/attention.py).
+dpre (2·B·H·b·T at most), so there A = N·V + 17·N·C + 2·B·H·b·T − ... (attention_workspace). Its cached att is
+the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
 Two other moments can be higher: the embedding backward when wte trains (dwte, its sum with the LM head's share,
 and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)), and the optimizer step, where the
 caches are gone but AdamW needs one scratch array as large as the largest trainable tensor. workspace is the
@@ -88,6 +88,7 @@ from .config import GPTConfig
 from .errors import MiniftError
 from .finetune import METHODS, freeze_plan
 from .model import ATTENTION_BLOCK, param_shapes
+from .ops.attention import query_blocks
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEADS = ("lm", "classification")
@@ -128,12 +129,18 @@ def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
 
 # ---- activations ---------------------------------------------------------------------------------------------------
 
+def _block_areas(T: int, block) -> list:
+    """n·r1 of every query block the attention computes: n query rows against the r1 keys they see; one T×T square
+    for the reference (block None, or block ≥ T)."""
+    if block is None or block >= T:
+        return [T * T]
+    return [(r1 - r0) * r1 for r0, r1 in query_blocks(T, block)]
+
+
 def attention_cached(T: int, block=ATTENTION_BLOCK) -> int:
     """Attention probabilities one (batch row, head) keeps: T² for the reference; for the blocked path each query
     block's n rows against the r1 keys it sees, Σ n·r1 = (1 + b/T)/2 · T² when b divides T (ops/attention.py)."""
-    if block is None or block >= T:
-        return T * T
-    return sum(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))
+    return sum(_block_areas(T, block))
 
 
 def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
@@ -171,10 +178,8 @@ def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -
     (3·N·C, written in place), one block's dv (N·C), and that block's datt and dpre, 2·B·H·n·r1 for its n query
     rows against r1 keys, at the block where n·r1 is largest (the last one when T is a multiple of the block)."""
     N = B * T
-    if block is None or block >= T:
-        return 9 * N * C + 2 * B * H * T * T
-    largest = max(min(block, T - r0) * min(r0 + block, T) for r0 in range(0, T, block))   # n·r1 of one block
-    return 4 * N * C + 2 * B * H * largest
+    copies = 9 if block is None or block >= T else 4                  # N·C arrays besides datt and dpre
+    return copies * N * C + 2 * B * H * max(_block_areas(T, block))
 
 
 def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,

@@ -78,17 +78,18 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     train_ids, val_ids = stream[:-n_val], stream[-n_val:]                     # (N - n_val,), (n_val,)
     model = GPT(cfg, seed=seed, device=device)
     source = LMSource(train_ids, cfg.n_ctx, tcfg.batch_size, seed=seed)
+    name = preset if isinstance(preset, str) else "custom"
     result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
-                   resume=resume, progress=progress,
-                   desc=f"pretrain {preset if isinstance(preset, str) else 'custom'}")
+                   resume=resume, progress=progress, desc=f"pretrain {name}")
     model.save_pretrained(out_dir / "model")
     tok.save(out_dir / "model" / "tokenizer.json")
-    summary = dict(preset=preset if isinstance(preset, str) else "custom", model_config=cfg.to_dict(),
+    summary = dict(preset=name, model_config=cfg.to_dict(),
                    corpus=corpus if not files else [str(f) for f in files], n_chars=n_chars,
                    train_tokens=int(train_ids.size), val_tokens=int(val_ids.size), train_config=asdict(tcfg),
                    final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
-                   evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens, train_seconds=round(result.seconds, 1),
+                   evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens,
+                   train_seconds=round(result.seconds, 1),
                    wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size)
     save_json(summary, out_dir / "pretrain.json")
     return model, tok, summary

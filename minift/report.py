@@ -10,7 +10,8 @@ def _fmt_bytes(n) -> str:
     return f"{n / MiB:.2f} MiB" if n >= 0.1 * MiB else f"{n / 1024:.1f} KiB"
 
 
-def _intr(run, eps=0.5):
+def intruders_at(run, eps=0.5):
+    """(intruder count, random-direction baseline) of one run at threshold ε (one of analysis.EPS_VALUES)."""
     sp = run["spectral"]
     i = sp["eps"].index(eps)
     return sp["intruders"][i], sp["random_baseline"][i]
@@ -23,7 +24,7 @@ def main_table(results) -> str:
             "|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in results["runs"]:
-        n, rnd = _intr(r)
+        n, rnd = intruders_at(r)
         rows.append(f"| {r['label']} | {r['trainable']:,} ({r['percent']:.2f}%) | {r['ms_per_step']:.0f} | "
                     f"{r['tokens_per_s']:,.0f} | {r['val_accuracy']:.3f} | {r['test_accuracy']:.3f} | "
                     f"{r['forgetting']:+.4f} | {n} ({rnd:.1f}) | {r['spectral']['effective_rank_dW']:.1f} | "
@@ -94,8 +95,8 @@ def paper_findings(results) -> list:
     full, lora = _find(results, "full"), _find(results, f"lora r={cfg['rank']}")
     out = []
     if full and lora:
-        fn, frnd = _intr(full)
-        ln, lrnd = _intr(lora)
+        fn, frnd = intruders_at(full)
+        ln, lrnd = intruders_at(lora)
         out.append(f"Intruder dimensions at ε = 0.5 (top-{10} singular vectors of each of "
                    f"{lora['spectral']['matrices']} matrices): full {fn}, LoRA {ln}; random directions would give "
                    f"{lrnd:.1f}. The paper finds LoRA ≫ full; at this width the random baseline is high, so read the "
@@ -111,7 +112,7 @@ def paper_findings(results) -> list:
                        f"{lora['forgetting']:+.4f} → {m['forgetting']:+.4f}.")
     sweep = [r for r in results["runs"] if r["method"] == "lora"]
     if len(sweep) > 1:
-        rows = ", ".join(f"r={r['rank']}: {_intr(r)[0]} intruders, forgetting {r['forgetting']:+.4f}, "
+        rows = ", ".join(f"r={r['rank']}: {intruders_at(r)[0]} intruders, forgetting {r['forgetting']:+.4f}, "
                          f"test {r['test_accuracy']:.3f}" for r in sorted(sweep, key=lambda r: r["rank"]))
         rule = f"α = {cfg['alpha']:g} at every rank, s = α/√r" if cfg.get("rslora") else \
             f"s = α/r = {cfg['alpha'] / cfg['rank']:g} at every rank"
@@ -130,12 +131,10 @@ def seeds_table(results) -> str:
             "val acc mean | forgetting mean | intruders ε=0.5 mean |\n|---|" + "---|" * (len(seeds) + 4))
     rows = []
     for label, v in spread["runs"].items():
-        t = v["test_accuracy"]
-        intr = [i for i in v["intruders"] if i is not None]
-        mean_intr = f"{sum(intr) / len(intr):.1f}" if intr else "–"
+        t, n = v["test_accuracy"], len(seeds)
         rows.append(f"| {label} | " + " | ".join(f"{a:.3f}" for a in t) +
-                    f" | {sum(t) / len(t):.3f} ({min(t):.3f}–{max(t):.3f}) | "
-                    f"{sum(v['val_accuracy']) / len(t):.3f} | {sum(v['forgetting']) / len(t):+.4f} | {mean_intr} |")
+                    f" | {sum(t) / n:.3f} ({min(t):.3f}–{max(t):.3f}) | {sum(v['val_accuracy']) / n:.3f} | "
+                    f"{sum(v['forgetting']) / n:+.4f} | {sum(v['intruders']) / n:.1f} |")
     return "\n".join([head] + rows)
 
 
@@ -244,7 +243,7 @@ def write_plots(results, out: Path) -> list:
     if len(sweep) > 1:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
         ranks = [r["rank"] for r in sweep]
-        a1.plot(ranks, [_intr(r)[0] for r in sweep], marker="o")
+        a1.plot(ranks, [intruders_at(r)[0] for r in sweep], marker="o")
         a1.set(xscale="log", xlabel="rank r", ylabel="intruders (ε=0.5)", title="Intruders vs rank")
         a2.plot(ranks, [r["forgetting"] for r in sweep], marker="o", label="LoRA")
         full = _find(results, "full")

@@ -11,8 +11,8 @@ classification batches, prompt/completion batches) and which parameters train (m
 
 Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the optimizer state, and `state.json`
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
-SHA-256. A checkpoint folder is complete before `out_dir/latest` (written atomically) points at it, so a crash during a save leaves the
-previous checkpoint in force. Resuming restores all of it: the resumed run ends bitwise identical to an
+SHA-256. A checkpoint folder is complete before `out_dir/latest` (written atomically) points at it, so a crash during
+a save leaves the previous checkpoint in force. Resuming restores all of it: the resumed run ends bitwise identical to an
 uninterrupted one.
 """
 from __future__ import annotations

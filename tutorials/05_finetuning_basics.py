@@ -53,7 +53,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from _tutorial import FAST, exercise, pick, show
-from minift import GPT
 from minift.data import ClassificationSource, TaskSplit, encode_split, read_records
 from minift.data.batching import classification_batch
 from minift.data.lexicon import adjective_polarity

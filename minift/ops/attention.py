@@ -25,7 +25,8 @@ Backward: the forward's steps in reverse; each step quotes the forward line it d
   2.  scores = q kᵀ / √D      ->  dq = dpre k / √D,      dk = dpreᵀ q / √D
   1.  split                   ->  dqkv = [dq | dk | dv], heads merged back
 
-Blocked (`block=`, the model's fast path; the same math, tested equal to the above in tests/test_op_attention.py).
+Blocked (`block=`, the model's fast path; the same math, tested equal to the above in
+tests/test_op_attention_blocked.py).
 Under the causal mask, query t sees keys 0..t: the upper triangle of the T×T square is computed only to be masked,
 and then costs exp, the softmax's passes and a quarter of the matmul work each way. With block = b, the queries are
 taken b rows at a time, rows r0..r1-1 against keys 0..r1-1 only (the keys they can see); only the b×b square on
@@ -132,7 +133,7 @@ def attention_backward(dy, cache):
 
 # ---- the blocked fast path ------------------------------------------------------------------------------------------
 
-def _blocks(T, b):
+def query_blocks(T, b):
     """(r0, r1) row ranges of the query blocks: [0, b), [b, 2b), ..., the last one possibly shorter."""
     return [(r0, min(r0 + b, T)) for r0 in range(0, T, b)]
 
@@ -176,7 +177,7 @@ def _blocked_forward(qkv, H, attention_mask, b):
     padding = _key_bias(attention_mask, qkv.dtype, xp)     # (B, 1, 1, T) or None
     atts = []                                              # each block's att [B, H, n, r1], cached as computed
     y = xp.empty((B, T, H, D), dtype=qkv.dtype)            # (B, T, H, D)  6. heads merged as they are written
-    for r0, r1 in _blocks(T, b):
+    for r0, r1 in query_blocks(T, b):
         n = r1 - r0
         pre = (q[:, :, r0:r1] * scale) @ k[:, :, :r1].transpose(0, 1, 3, 2)   # 2. (B, H, n, r1)
         pre[..., r0:] += causal[:n, :n]                    # 3. causal, on the diagonal square only
@@ -197,7 +198,7 @@ def _blocked_backward(dy, cache):
     dqkv = xp.empty((B, T, 3, H, D), dtype=dy.dtype)       # (B, T, 3, H, D)  1. [dq | dk | dv], written in place
     dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # each (B, H, T, D), views
     # the last block reads every key, so it writes dk and dv whole; the earlier ones add to their first r1 keys
-    for i, ((r0, r1), a) in enumerate(zip(reversed(_blocks(T, b)), reversed(atts))):   # a: (B, H, n, r1)
+    for i, ((r0, r1), a) in enumerate(zip(reversed(query_blocks(T, b)), reversed(atts))):   # a: (B, H, n, r1)
         dyb = dy[:, :, r0:r1]                              # (B, H, n, D)
         dpre = dyb @ v[:, :, :r1].transpose(0, 1, 3, 2)    # 5. datt = dy vᵀ              (B, H, n, r1)
         dv_b = a.transpose(0, 1, 3, 2) @ dyb               # 5. dv = attᵀ dy              (B, H, r1, D)
@@ -223,6 +224,6 @@ def attention_probabilities(cache):
     B, H, T, _ = q.shape
     xp = xp_of(q)
     att = xp.zeros((B, H, T, T), dtype=q.dtype)            # (B, H, T, T)
-    for (r0, r1), a in zip(_blocks(T, cache[5]), atts):
+    for (r0, r1), a in zip(query_blocks(T, cache[5]), atts):
         att[:, :, r0:r1, :r1] = a
     return att
