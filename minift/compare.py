@@ -151,7 +151,7 @@ def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
                                head=head, num_labels=num_labels)
     keys = ("parameters", "gradients", "optimizer", "activations", "total")
     return dict(measured={k: int(measured[k]) for k in keys}, predicted={k: int(predicted[k]) for k in keys},
-                batch_shape=list(ids.shape))
+                batch_shape=list(ids.shape), backend=measured["backend"])
 
 
 def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,

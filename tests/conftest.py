@@ -1,10 +1,12 @@
 """Shared test fixtures.
 
-- `xp`: every op test runs once on NumPy and once on CuPy; the CuPy run is skipped where no GPU is usable.
+- `xp`: every op test runs on NumPy, on CuPy (skipped where no GPU is usable) and on a CPU stand-in for CuPy that
+  catches host/device mixing everywhere (`fake_gpu`, tests/fakecupy.py).
 - hypothesis: examples are derandomized (the same shapes every run, so CI is reproducible) and have no deadline
   (finite differences are slow by design). Set HYPOTHESIS_PROFILE=thorough for a longer search.
 """
 import os
+import sys
 
 # Tests use small matrices, where a second BLAS thread costs more in hand-offs than it gains, and on a busy 2-core
 # machine OpenBLAS's spinning threads slow everything (seen: a 64x256 SVD taking 0.2 s instead of 1 ms). This must
@@ -15,7 +17,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from minift import backend  # noqa: E402
 from minift.backend import gpu_available  # noqa: E402
+
+from fakecupy import FakeCupy, fake_cupyx  # noqa: E402
 
 settings.register_profile("default", max_examples=20, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -24,12 +29,26 @@ settings.register_profile("thorough", max_examples=200, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-@pytest.fixture(params=["numpy", "cupy"])
+@pytest.fixture(params=["numpy", "cupy", "fakecupy"])
 def xp(request):
-    """The array module under test: numpy always, cupy only where a GPU answers."""
+    """The array module under test: numpy; cupy where a GPU answers; and tests/fakecupy.py's CPU stand-in for CuPy,
+    which runs everywhere and fails where NumPy-only habits would fail on a GPU (see that module)."""
     if request.param == "numpy":
         return np
+    if request.param == "fakecupy":
+        return request.getfixturevalue("fake_gpu")
     if not gpu_available():
         pytest.skip("CuPy backend: no usable GPU here")
     import cupy
     return cupy
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """For one test, device="gpu" means the fake CuPy of tests/fakecupy.py (NumPy underneath, CuPy's strictness on
+    top); returns that module. A real GPU, if present, is put back afterwards."""
+    fake = FakeCupy()
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setitem(sys.modules, "cupyx", fake_cupyx())
+    return fake

@@ -1,0 +1,335 @@
+"""A stand-in for CuPy that runs on the CPU, so that minift's GPU code path is exercised where no GPU exists.
+
+minift's ops take the array module from their arguments (`backend.xp_of`), so the same function body runs on NumPy
+and on CuPy. Code written on a laptop can still be wrong for CuPy in ways NumPy never shows, and without a GPU those
+mistakes stay hidden until someone has one. This module plays CuPy's part with NumPy doing the arithmetic underneath,
+and is as strict as CuPy where NumPy is lenient:
+
+  - a device array never turns into a host array by itself: `np.asarray(d)`, `np.testing...(d)` and `float`-format
+    tricks that go through `__array__` raise, as CuPy's do (`.get()` / `cupy.asnumpy` are the explicit ways out);
+  - a host `numpy.ndarray` (0-d included) is refused as an operand of a device function, a ufunc, an index or an
+    assigned value, as CuPy refuses it ("Unsupported type"); `cupy.asarray`/`cupy.array` are the way in, and they
+    copy, so host and device never share memory (code that relies on aliasing the two breaks here as on a GPU);
+  - reductions and scalar indexing give 0-d device arrays, not NumPy scalars, and 0-d arrays have no `__index__`;
+  - names NumPy has and CuPy 14 lacks (`errstate`, `insert`, `ndarray.resize`, ...) raise AttributeError, and
+    ufuncs accept only CuPy's keywords (`out`, `dtype`, `casting`; no `where`).
+
+It also keeps CuPy's memory pool's books (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`) so
+that memory measurement runs. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The arithmetic is NumPy's, so results on the
+fake device are bitwise those of the CPU path: a test can compare the two exactly.
+
+Use it through the `fake_gpu` fixture (conftest.py), which makes `device="gpu"` resolve to this module.
+"""
+from __future__ import annotations
+
+import types
+import weakref
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+VERSION = "fake-14.2.0"
+
+# Public names of numpy (2.4) and numpy.ndarray that cupy-cuda12x 14.2.0 does not have, read off an installed CuPy
+# (importing CuPy needs no GPU): sorted(set(dir(numpy)) - set(dir(cupy))), and the same for ndarray. Only names a
+# numerical code might reach for are kept.
+MISSING_IN_CUPY = frozenset("""
+    asmatrix block bmat char core ctypeslib einsum_path emath errstate frompyfunc geomspace getbufsize geterr
+    geterrcall histogram_bin_edges insert ma matrix matvec memmap nanpercentile nanquantile ndenumerate nditer
+    nested_iters polyder polydiv polyint rec recarray setbufsize seterr seterrcall spacing strings unstack vecdot
+    vecmat float128 longdouble clongdouble complex256 object_ str_ bytes_ void datetime64 timedelta64
+""".split())
+MISSING_METHODS = frozenset({"ctypes", "getfield", "resize", "setfield", "setflags", "to_device"})
+UFUNC_KWARGS = frozenset({"out", "dtype", "casting"})             # cupy.ufunc.__call__ takes these and no others
+REDUCE_KWARGS = frozenset({"axis", "dtype", "out", "keepdims"})   # cupy.ufunc.reduce(array, axis, dtype, out, keepdims)
+
+
+class HostArrayError(TypeError):
+    """A NumPy array met a device array where CuPy would refuse it."""
+
+
+def _refuse_host(a, where):
+    raise HostArrayError(
+        f"{where}: got a host numpy.ndarray (shape {a.shape}, {a.dtype}) where CuPy needs a device array or a "
+        "scalar; move it with xp.asarray(...) first (fake CuPy, tests/fakecupy.py)")
+
+
+def _unwrap(x, where):
+    """Device arrays -> the NumPy arrays inside them, recursively through lists, tuples and dicts; host arrays refused."""
+    if isinstance(x, DeviceArray):
+        return x._a
+    if isinstance(x, np.ndarray):
+        _refuse_host(x, where)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v, where) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v, where) for k, v in x.items()}
+    return x
+
+
+def _wrap(r):
+    """NumPy results -> device arrays; NumPy scalars become 0-d device arrays, as CuPy's reductions return."""
+    if isinstance(r, np.ndarray):
+        return DeviceArray(r)
+    if isinstance(r, np.generic):
+        return DeviceArray(np.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_wrap(v) for v in r)
+    if isinstance(r, list):
+        return [_wrap(v) for v in r]
+    return r
+
+
+def _call(func, args, kwargs, name):
+    out = kwargs.get("out")
+    r = func(*_unwrap(args, name), **_unwrap(kwargs, name))
+    if isinstance(out, DeviceArray):
+        return out                                 # CuPy returns the `out` array itself
+    return _wrap(r)
+
+
+class MemoryHook:
+    """cupy.cuda.MemoryHook: while entered, `malloc_postprocess` is called after every allocation from the pool."""
+    name = "hook"
+
+    def __enter__(self):
+        _HOOKS.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _HOOKS.remove(self)
+
+    def malloc_postprocess(self, **kwargs):
+        pass
+
+
+_HOOKS: list = []
+
+
+class MemoryPool:
+    """cupy.get_default_memory_pool(): bytes held by live device buffers, each rounded up to 512 bytes as CuPy's
+    pool rounds them. A buffer is a NumPy array that owns its memory and was handed out as a device array; it is
+    released when the last array (or view) using it is gone. Temporaries inside one NumPy call are not seen (CuPy
+    would see some of them): measurements on the fake test the code path, not the numbers."""
+    UNIT = 512
+
+    def __init__(self):
+        self._used = 0
+        self._live = set()                          # id() of the live buffers
+
+    def used_bytes(self) -> int:
+        return self._used
+
+    def track(self, a: np.ndarray):
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if root.base is not None or id(root) in self._live:
+            return                                  # memory NumPy does not own (a bytes buffer), or counted already
+        size = -(-root.nbytes // self.UNIT) * self.UNIT
+        self._live.add(id(root))
+        self._used += size
+        weakref.finalize(root, self._release, id(root), size)
+        for hook in list(_HOOKS):
+            hook.malloc_postprocess(device_id=0, size=root.nbytes, mem_size=size, mem_ptr=0, pmem_id=0)
+
+    def _release(self, key, size):
+        self._live.discard(key)
+        self._used -= size
+
+
+_POOL = MemoryPool()
+
+
+class DeviceArray(NDArrayOperatorsMixin):
+    """An array "on the device": a NumPy array that refuses to be mixed with host arrays, as cupy.ndarray does."""
+
+    __slots__ = ("_a",)
+    __hash__ = None
+
+    def __init__(self, a: np.ndarray):
+        self._a = a
+        _POOL.track(a)
+
+    # --- the explicit ways back to the host (CuPy's own spellings)
+    def get(self):
+        return self._a.copy()
+
+    def item(self):
+        return self._a.item()
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __format__(self, spec):
+        return format(self._a, spec)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(v) for v in self._a)
+
+    def __repr__(self):
+        return "fakecupy." + repr(self._a)
+
+    # --- what CuPy refuses
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Use .get() or cupy.asnumpy() "
+                        "(fake CuPy, tests/fakecupy.py)")
+
+    # --- indexing: device arrays, ints, slices, lists; host arrays refused
+    def __getitem__(self, index):
+        return _wrap(self._a[_unwrap(index, "indexing a device array")])
+
+    def __setitem__(self, index, value):
+        self._a[_unwrap(index, "indexing a device array")] = _unwrap(value, "assigning into a device array")
+
+    # --- ufuncs (operators come through here via NDArrayOperatorsMixin) and numpy functions called on device arrays
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        allowed = UFUNC_KWARGS if method == "__call__" else REDUCE_KWARGS
+        extra = set(kwargs) - allowed
+        if extra:
+            raise TypeError(f"{ufunc.__name__}.{method}: CuPy's ufuncs take no {sorted(extra)} keyword")
+        name = f"numpy.{ufunc.__name__}"
+        r = getattr(ufunc, method)(*_unwrap(inputs, name), **_unwrap(kwargs, name))
+        out = kwargs.get("out")                           # NumPy hands `out` over as a tuple
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(r)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        if func.__name__ in MISSING_IN_CUPY:
+            raise TypeError(f"numpy.{func.__name__} has no CuPy implementation")
+        return _call(func, args, kwargs, f"numpy.{func.__name__}")
+
+    # --- everything else ndarray has: attributes pass through, methods unwrap their arguments and wrap results
+    def __getattr__(self, name):
+        if name.startswith("__") or name in MISSING_METHODS:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (fake CuPy)")
+        attr = getattr(self._a, name)
+        if callable(attr):
+            return lambda *args, **kwargs: _call(attr, args, kwargs, f"ndarray.{name}")
+        return _wrap(attr) if isinstance(attr, np.ndarray) else attr
+
+
+class _Ufunc:
+    """A NumPy ufunc as CuPy exposes it: device arrays and scalars in, only CuPy's keywords accepted."""
+
+    def __init__(self, uf):
+        self._uf = uf
+        self.__name__ = uf.__name__
+
+    def __call__(self, *args, **kwargs):
+        extra = set(kwargs) - UFUNC_KWARGS
+        if extra:
+            raise TypeError(f"cupy.{self.__name__}: no {sorted(extra)} keyword (CuPy's ufuncs take {sorted(UFUNC_KWARGS)})")
+        return _call(self._uf, args, kwargs, f"cupy.{self.__name__}")
+
+    def reduce(self, *args, **kwargs):
+        return _call(self._uf.reduce, args, kwargs, f"cupy.{self.__name__}.reduce")
+
+    def at(self, *args, **kwargs):
+        return _call(self._uf.at, args, kwargs, f"cupy.{self.__name__}.at")
+
+
+class _Namespace(types.SimpleNamespace):
+    """cupy, cupy.linalg, ...: NumPy's names over device arrays."""
+
+    def __init__(self, np_module, prefix):
+        super().__init__()
+        object.__setattr__(self, "_np", np_module)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in MISSING_IN_CUPY:
+            raise AttributeError(f"module '{self._prefix}' has no attribute {name!r} (CuPy 14 lacks it; fake CuPy)")
+        try:
+            attr = getattr(self._np, name)
+        except AttributeError:
+            raise AttributeError(f"fake CuPy does not model {self._prefix}.{name}") from None
+        if isinstance(attr, np.ufunc):
+            return _Ufunc(attr)
+        if isinstance(attr, type) or not callable(attr):
+            return attr                                       # dtypes, constants: CuPy re-exports NumPy's
+        return lambda *args, **kwargs: _call(attr, args, kwargs, f"{self._prefix}.{name}")
+
+
+class _Device:
+    """cupy.cuda.Device(): the fake has one, always idle."""
+
+    def __init__(self, device_id=0):
+        self.id = device_id
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class FakeCupy(_Namespace):
+    """The `cupy` module's stand-in."""
+
+    def __init__(self):
+        super().__init__(np, "cupy")
+        object.__setattr__(self, "__version__", VERSION)
+        object.__setattr__(self, "ndarray", DeviceArray)
+        object.__setattr__(self, "linalg", _Namespace(np.linalg, "cupy.linalg"))
+        object.__setattr__(self, "cuda", types.SimpleNamespace(Device=_Device, MemoryHook=MemoryHook))
+
+    @staticmethod
+    def get_default_memory_pool():
+        return _POOL
+
+    @staticmethod
+    def asarray(a, dtype=None, order=None):
+        """Host -> device (a copy: the two never share memory), or a device array as it is (cast if dtype differs)."""
+        if isinstance(a, DeviceArray):
+            return a if dtype is None or np.dtype(dtype) == a.dtype else DeviceArray(a._a.astype(dtype))
+        if isinstance(a, (list, tuple)):
+            a = [v._a if isinstance(v, DeviceArray) else v for v in a]
+        return DeviceArray(np.array(a, dtype=dtype, copy=True))
+
+    @staticmethod
+    def array(a, dtype=None, copy=True, order="K"):
+        """cupy.array: like asarray, but copies a device array too unless copy=False."""
+        if isinstance(a, DeviceArray) and copy:
+            return DeviceArray(a._a.astype(dtype if dtype is not None else a.dtype, copy=True))
+        return FakeCupy.asarray(a, dtype=dtype)
+
+    @staticmethod
+    def asnumpy(a):
+        return a._a.copy() if isinstance(a, DeviceArray) else np.asarray(a)
+
+
+def fake_cupyx():
+    """The `cupyx` module's stand-in: only scatter_add, the one thing minift takes from it."""
+    def scatter_add(target, indices, values):
+        if not isinstance(target, DeviceArray):
+            raise TypeError("cupyx.scatter_add: the target must be a device array")
+        np.add.at(target._a, _unwrap(indices, "cupyx.scatter_add"), _unwrap(values, "cupyx.scatter_add"))
+    return types.SimpleNamespace(scatter_add=scatter_add)
+
+
+def install():
+    """Make device="gpu" mean the fake for the rest of this process (for a script; tests use the fake_gpu fixture,
+    which undoes it). Returns the fake module."""
+    import sys
+    from minift import backend
+    fake = FakeCupy()
+    backend._cupy, backend._cupy_error = fake, None
+    sys.modules["cupyx"] = fake_cupyx()
+    return fake

@@ -1,0 +1,160 @@
+"""minift's GPU path end to end, on any machine: `device="gpu"` through tests/fakecupy.py's CPU stand-in for CuPy.
+
+The op tests run on the fake through the `xp` fixture. These run what sits above the ops — the model with LoRA and a
+classification head, the optimizer, the training loop with checkpoints and resume, generation, fine-tuning, PEFT
+files, `minift compare`, `minift inspect`, `minift bench`, memory measurement — with every array on the fake device.
+The fake does NumPy's arithmetic, so the GPU path must give *bitwise* the CPU path's numbers: any difference means
+the two paths compute different things. Where a GPU is present, the real CuPy variants (`xp` fixture,
+test_bench.py, test_memory.py) check the kernels themselves.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from minift import GPT, GPTConfig, LoRAConfig, attach_lora, load_peft
+from minift.backend import device_of, to_numpy
+from minift.cli import main
+from minift.optim import AdamW
+from minift.pretrain import shipped_base_dir
+
+from fakecupy import HostArrayError
+
+needs_base = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shipped base model is missing")
+
+
+# ---- the fake itself: it must refuse what CuPy refuses, or the tests below prove nothing --------------------------
+
+def test_the_fake_refuses_what_cupy_refuses(fake_gpu):
+    d = fake_gpu.ones(3, dtype="float32")
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(d)                                       # device -> host only through .get() / asnumpy
+    with pytest.raises(HostArrayError):
+        d + np.ones(3, dtype="float32")                     # a host operand
+    with pytest.raises(HostArrayError):
+        d[np.array([0, 1])]                                 # a host index
+    with pytest.raises(HostArrayError):
+        d[:2] = np.zeros(2)                                 # a host value
+    with pytest.raises(TypeError, match="where"):
+        fake_gpu.exp(d, where=d > 0)                        # CuPy's ufuncs take out, dtype, casting only
+    with pytest.raises(AttributeError):
+        fake_gpu.errstate                                   # NumPy has it, CuPy 14 does not
+    total = d.sum()
+    assert isinstance(total, fake_gpu.ndarray) and total.ndim == 0 and float(total) == 3.0   # 0-d, not a scalar
+    with pytest.raises(TypeError):
+        [10, 20, 30, 40][total]                             # no __index__ on a device array
+    host = np.zeros(2)
+    dev = fake_gpu.asarray(host)
+    host[0] = 1.0
+    assert float(dev[0]) == 0.0                             # asarray copies: host and device never alias
+    assert to_numpy(d).tolist() == [1.0, 1.0, 1.0] and device_of(d) == "gpu"
+
+
+def test_the_fake_pool_counts_device_buffers(fake_gpu):
+    pool = fake_gpu.get_default_memory_pool()
+    before = pool.used_bytes()
+    a = fake_gpu.zeros((1000,), dtype="float32")            # 4000 bytes -> 4096 in 512-byte units
+    view = a[10:]
+    assert pool.used_bytes() - before == 4096
+    del a
+    assert pool.used_bytes() - before == 4096               # the view still holds the buffer
+    del view
+    assert pool.used_bytes() == before
+
+
+# ---- the model, an optimizer step, LoRA, a head: bitwise equal on both paths ------------------------------------
+
+def _step(device, dtype="float32"):
+    """One AdamW step of a tiny GPT with LoRA and a classification head; the loss, grads and weights on the host."""
+    model = GPT(GPTConfig.preset("tiny"), seed=0, dtype=dtype, device=device)
+    model.add_classification_head(["no", "yes", "maybe"], seed=1)
+    lora = attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1), seed=2)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.cfg.vocab_size, (3, 9))
+    mask = np.ones((3, 9), dtype=bool)
+    mask[1, 6:] = False
+    labels = np.array([2, 0, 1])
+    loss, grads = model.loss_and_grads(ids, labels, attention_mask=mask, rng=np.random.default_rng(5))
+    opt = AdamW(model.trainable_params(), lr=1e-2, weight_decay=0.1)
+    opt.step(grads)
+    assert all(device_of(v) == device for v in model.all_params().values())
+    return (float(loss), {k: to_numpy(g) for k, g in grads.items()},
+            {k: to_numpy(v) for k, v in {**model.all_params(), **lora.params}.items()})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_training_step_on_the_device_equals_the_cpu_bitwise(fake_gpu, dtype):
+    loss_c, grads_c, weights_c = _step("cpu", dtype)
+    loss_g, grads_g, weights_g = _step("gpu", dtype)
+    assert loss_g == loss_c
+    assert grads_g.keys() == grads_c.keys() and weights_g.keys() == weights_c.keys()
+    for k in grads_c:
+        np.testing.assert_array_equal(grads_g[k], grads_c[k], err_msg=k)
+    for k in weights_c:
+        np.testing.assert_array_equal(weights_g[k], weights_c[k], err_msg=k)
+
+
+# ---- the commands, with --device gpu ---------------------------------------------------------------------------
+
+def _pretrain(out, device, steps):
+    return main(["pretrain", "--preset", "tiny", "--chars", "200000", "--steps", str(steps), "--batch", "4",
+                 "--eval-every", "3", "--save-every", "3", "--out", str(out), "--quiet", "--device", device]
+                + (["--resume"] if steps > 6 else []))
+
+
+def test_pretrain_resume_and_generate_on_the_device(fake_gpu, tmp_path, capsys):
+    for device in ("cpu", "gpu"):
+        assert _pretrain(tmp_path / device, device, 6) == 0
+        assert _pretrain(tmp_path / device, device, 8) == 0              # resumes from the step-6 checkpoint
+    cpu, gpu = (json.loads((tmp_path / d / "pretrain.json").read_text()) for d in ("cpu", "gpu"))
+    assert gpu["tokens_seen"] == 8 * 4 * 64
+    assert [e["val_loss"] for e in gpu["evals"]] == [e["val_loss"] for e in cpu["evals"]]
+    capsys.readouterr()
+    outs = []
+    for device in ("cpu", "gpu"):
+        assert main(["generate", "--model", str(tmp_path / device / "model"), "--prompt", "Ida is",
+                     "--max-new-tokens", "6", "--seed", "1", "--device", device]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("Ida is")
+
+
+@needs_base
+def test_lora_finetune_on_the_device_saves_a_peft_adapter_that_loads_back(fake_gpu, tmp_path):
+    assert main(["finetune", "--method", "lora", "--rank", "4", "--steps", "3", "--batch", "4", "--train-size", "32",
+                 "--eval-every", "2", "--out", str(tmp_path), "--quiet", "--device", "gpu"]) == 0
+    adapter = next(p.parent for p in tmp_path.rglob("adapter_config.json"))
+    from minift.pretrain import load_base
+    ids = np.random.default_rng(0).integers(0, 2048, (2, 7))
+    logits = []
+    for device in ("cpu", "gpu"):
+        base, _ = load_base(device=device)
+        load_peft(base, adapter)
+        logits.append(to_numpy(base.forward(ids)))
+    np.testing.assert_array_equal(logits[1], logits[0])
+
+
+@needs_base
+def test_compare_quick_on_the_device_matches_the_cpu(fake_gpu, tmp_path):
+    runs = {}
+    for device in ("cpu", "gpu"):
+        assert main(["compare", "--quick", "--methods", "full,lora,head", "--steps", "4", "--out",
+                     str(tmp_path / device), "--quiet", "--device", device]) == 0
+        runs[device] = json.loads((tmp_path / device / "results.json").read_text())["runs"]
+    for c, g in zip(runs["cpu"], runs["gpu"]):
+        assert g["label"] == c["label"]
+        for key in ("losses", "val_accuracy", "test_accuracy", "forgetting", "trainable"):
+            assert g[key] == c[key], (c["label"], key)
+        measured = g["memory"]["measured"]
+        assert g["memory"]["backend"] == "cupy memory pool" and c["memory"]["backend"] != g["memory"]["backend"]
+        # the fake pool sees what CuPy's would, less the temporaries inside single NumPy calls
+        assert measured["total"] == pytest.approx(g["memory"]["predicted"]["total"], rel=0.02), c["label"]
+
+
+@needs_base
+def test_inspect_and_bench_on_the_device(fake_gpu, capsys):
+    assert main(["inspect", "--device", "gpu", "--steps", "2", "--quiet"]) == 0
+    assert "all matrices" in capsys.readouterr().out
+    from minift.bench import run_bench
+    r = run_bench("tiny", "lora", steps=1, warmup=1, device="gpu", profile_steps=1, peak_sizes=(256,))
+    assert r["device"] == "gpu" and r["blas"] == "cuBLAS" and r["ms_per_step"] > 0 and r["mfu"] > 0
+    assert set(r["breakdown"]["backward"]) >= {"linear", "attention", "layernorm"}
