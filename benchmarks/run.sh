@@ -6,6 +6,10 @@
 #
 #   benchmarks/run.sh [OUT.tsv]        then   python benchmarks/summarize.py OUT.tsv
 #   ROUNDS=3 THREADS="1 2" PRESETS="demo small" METHODS="full lora" STEPS=10 benchmarks/run.sh
+#   DEVICE=gpu THREADS=1 PRESETS="demo small gpt2" benchmarks/run.sh   # minift on CuPy, torch on CUDA
+#
+# With DEVICE=gpu, minift runs with --device gpu and torch through benchmarks/torch_device.py (torch_ref's model on
+# the CUDA device, GPT-2 small added); THREADS then only sets the host's threads.
 #
 # Each line of OUT is: threads <TAB> round <TAB> variant <TAB> the JSON line the program printed.
 set -euo pipefail
@@ -18,6 +22,14 @@ METHODS=${METHODS:-"full lora"}
 STEPS=${STEPS:-10}
 TORCH_REF=${TORCH_REF:-../shared/bench/torch_ref.py}
 PYTHON=${PYTHON:-python}
+DEVICE=${DEVICE:-cpu}
+if [ "$DEVICE" = gpu ]; then
+  MINIFT_DEVICE_ARGS=(--device gpu)
+  TORCH=("$PYTHON" benchmarks/torch_device.py --ref "$TORCH_REF" --device cuda)
+else
+  MINIFT_DEVICE_ARGS=()
+  TORCH=("$PYTHON" "$TORCH_REF")
+fi
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824   # = minift.bench.reuse_freed_memory()
 
 run() {   # threads round variant command...
@@ -36,9 +48,10 @@ for t in $THREADS; do
     for p in $PRESETS; do
       for m in $METHODS; do
         echo "threads $t, round $r: $p $m" >&2
-        run "$t" "$r" minift "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 --json
-        run "$t" "$r" torch-sdpa "$PYTHON" "$TORCH_REF" --config "$p" --mode "$m" --steps "$STEPS"
-        run "$t" "$r" torch-nosdpa "$PYTHON" "$TORCH_REF" --config "$p" --mode "$m" --steps "$STEPS" --no-sdpa
+        run "$t" "$r" minift "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
+          --json "${MINIFT_DEVICE_ARGS[@]}"
+        run "$t" "$r" torch-sdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS"
+        run "$t" "$r" torch-nosdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS" --no-sdpa
       done
     done
   done

@@ -26,10 +26,10 @@ So full fine-tuning is 6·N·(12·L·C² + C·V) + 12·L·B·T²·C: the "6 × p
 (the embedding gathers do no matmul), plus attention.
 
 MFU (model FLOPs utilisation) = (FLOPs per step / seconds per step) / peak, with the peak measured in each run as
-../shared/bench/gemm_peak.py does: the best of a few square float32 matmuls (n = 512, 1024, 2048) on the same array
-module and thread count, before and after the timed steps (the better of the two: a burst of load from another
-process during one of them would lower the peak and inflate MFU), so "100%" means "as fast as this machine's BLAS
-multiplies big square matrices".
+../shared/bench/gemm_peak.py does: the best of a few square float32 matmuls (n = 512, 1024, 2048; on a GPU 2048,
+4096, 8192) on the same array module and thread count, before and after the timed steps (the better of the two: a
+burst of load from another process during one of them would lower the peak and inflate MFU), so "100%" means "as
+fast as this machine's BLAS multiplies big square matrices".
 
 Breakdown: after the timed steps, `--profile-steps` more steps run with every op call the model makes wrapped in a
 timer (`OpProfiler`: the free op functions minift.model calls, and GPT's linear and head methods, patched for the
@@ -85,6 +85,9 @@ from .errors import MiniftError
 
 METHODS = ("full", "lora")
 PEAK_SIZES = (512, 1024, 2048)
+# A GPU reaches its float32 peak only on products big enough to fill all its multiprocessors (an H200 has 132):
+# n = 8192 is 1.1 TFLOP per product, tens of milliseconds even there. run_bench picks one of the two by device.
+GPU_PEAK_SIZES = (2048, 4096, 8192)
 # wall: elapsed time (what torch_ref reports). cpu: this process's CPU time, user + system, all threads — steadier
 # on a shared machine with one BLAS thread; with more threads it adds theirs up, spin-waiting included.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -369,9 +372,10 @@ def _profile_steps(model, step, timer, n, sync, clock):
 
 
 def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10, warmup: int = 2,
-              device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=PEAK_SIZES,
+              device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=None,
               clock: str = "wall", malloc: str = "reuse", threads: int | None = None) -> dict:
-    """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring)."""
+    """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
+    peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU)."""
     _check_model_args(preset, method, rank)
     if clock not in CLOCKS:
         raise MiniftError(f"clock {clock!r} is not one of {list(CLOCKS)}")
@@ -381,6 +385,8 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     _check_count("warmup", warmup, 0)
     _check_count("profile_steps", profile_steps, 0)
     device = resolve_device(device)
+    if peak_sizes is None:
+        peak_sizes = GPU_PEAK_SIZES if device == "gpu" else PEAK_SIZES
     before = blas_info()["threads"]
     if threads is not None and device == "cpu":
         set_blas_threads(threads)

@@ -239,7 +239,7 @@ bench_runs = [("demo", "cpu")] + ([("demo", "gpu"), ("gpt2", "gpu")] if HAVE_GPU
 bench = {}
 for preset, device in bench_runs:
     bench[preset, device] = run_bench(preset, "full", steps=pick(3, 2), warmup=1, device=device, profile_steps=0,
-                                      peak_sizes=(512, 1024) if device == "cpu" else (1024, 2048, 4096))
+                                      peak_sizes=(512, 1024) if device == "cpu" else None)
     r = bench[preset, device]
     print(f"  {preset:<5} on {device}: {r['ms_per_step']:8.1f} ms/step, {r['tokens_per_s']:>9,} tokens/s, "
           f"{r['achieved_gflops']:8.1f} GFLOP/s = {100 * r['mfu']:.0f}% of the measured matmul peak "
@@ -249,14 +249,18 @@ if not HAVE_GPU:
 CPU_PEAK = bench["demo", "cpu"]["peak_gflops"]                          # used in section 4
 
 # %% [markdown]
-# **Check.** Every step's loss is finite and not above $\ln V$ + 1 (a random model on random tokens starts at about
-# $\ln V$: $\ln 2048 = 7.62$, $\ln 50257 = 10.8$; the few steps on one fixed batch can only lower it), and every time
-# is positive.
+# **Check.** Every step's loss is finite and within a few nats of $\ln V$, and every time is positive. A random model
+# on random tokens starts at about $\ln V$ ($\ln 2048 = 7.62$, $\ln 50257 = 10.82$), but the reported loss is the
+# last timed step's, after a few AdamW updates at the bench's lr $10^{-3}$, and those need not lower it: AdamW moves
+# every weight by up to about lr per step whatever the size of its gradient, which on GPT-2 small's 768-wide
+# matrices overshoots within a few steps, even on one fixed batch. Measured with minift on the CPU (GPT-2 small,
+# one sequence of 256 random tokens, five steps): 10.97, 9.71, 8.95, **13.55**, 11.03. A broken kernel gives NaN or
+# hundreds; $\ln V + 5$ separates the two.
 
 # %%
 for (preset, device), r in bench.items():
     assert r["ms_per_step"] > 0 and math.isfinite(r["loss"]), r
-    assert r["loss"] < math.log(GPTConfig.preset(preset).vocab_size) + 1, r
+    assert r["loss"] < math.log(GPTConfig.preset(preset).vocab_size) + 5, r
 if HAVE_GPU:
     speedup = bench["demo", "cpu"]["ms_per_step"] / bench["demo", "gpu"]["ms_per_step"]
     print(f"GPU vs CPU on the demo preset: {speedup:.1f}x")

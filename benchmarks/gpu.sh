@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What the performance issue asks of a GPU, in one command, for a machine with an NVIDIA GPU, CuPy and a CUDA build of
+# PyTorch (the lent H200 machine has all three and everything else minift needs; nothing is installed here):
+#
+#   bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]
+#
+#   OUTDIR/env.txt      the GPU, driver, and numpy / CuPy / torch / CUDA versions
+#   OUTDIR/tests.txt    the test suite's CuPy variants (every op test's `cupy` case, bench and memory on the GPU) and
+#                       tutorial 11 with a GPU present (its GPU-vs-CPU agreement checks and GPU timings)
+#   OUTDIR/bench.tsv    minift on CuPy and torch on CUDA, in turn, for demo, small and gpt2, full and LoRA
+#   OUTDIR/bench.txt    the ratio tables of benchmarks/RESULTS.md made from it (benchmarks/summarize.py)
+#   OUTDIR/bench.log    run.sh's progress and any failed run
+#
+# The machine's tree holds only the repository: copy ../shared/bench/torch_ref.py into an ignored folder of the
+# repository first and pass its path (see "What remains" in benchmarks/RESULTS.md for the exact call).
+# Time: ~4 min of tests at most (TEST_S), ~5 min of benchmarks at most (BENCH_S); each part is cut off at its limit
+# and what it wrote so far is kept.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]}
+export TORCH_REF=${2:-${TORCH_REF:-../shared/bench/torch_ref.py}}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  "$PYTHON" -c "import sys, numpy, cupy, torch
+print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', cupy.__version__,
+      '| CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(), '| torch', torch.__version__, 'CUDA', torch.version.cuda,
+      '| torch TF32 matmul', torch.backends.cuda.matmul.allow_tf32)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+echo "== tests (CuPy variants, tutorial 11)"
+timeout "${TEST_S:-240}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
+  -k "(cupy and not fakecupy) or on_the_gpu or 11_gpu" > "$OUT/tests.txt" 2>&1
+echo "pytest exit status $?" >> "$OUT/tests.txt"
+tail -n 5 "$OUT/tests.txt"
+
+echo "== benchmarks"
+ROUNDS=${ROUNDS:-2} DEVICE=gpu THREADS=1 PRESETS=${PRESETS:-"demo small gpt2"} METHODS="full lora" STEPS=${STEPS:-10} \
+  PYTHON=$PYTHON timeout "${BENCH_S:-300}" bash benchmarks/run.sh "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
+"$PYTHON" benchmarks/summarize.py "$OUT/bench.tsv" > "$OUT/bench.txt" 2>&1   # also when run.sh was cut off
+cat "$OUT/bench.txt"
