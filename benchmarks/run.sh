@@ -2,7 +2,8 @@
 # minift bench and the PyTorch reference (../shared/bench/torch_ref.py), side by side, in the same conditions:
 # the same thread count for numpy's OpenBLAS and torch (OMP/OPENBLAS/MKL_NUM_THREADS), the same glibc malloc policy
 # (what `minift bench` sets with mallopt, given to torch_ref through the environment), run in turn - minift, torch
-# with sdpa, torch without - so that a drift in the machine's load hits all three alike.
+# with sdpa, torch without - so that a drift in the machine's load hits all three alike. With two or more threads,
+# minift also runs with the batch split across that many worker threads of one BLAS thread each (--workers).
 #
 #   benchmarks/run.sh [OUT.tsv]        then   python benchmarks/summarize.py OUT.tsv
 #   ROUNDS=3 THREADS="1 2" PRESETS="demo small" METHODS="full lora" STEPS=10 benchmarks/run.sh
@@ -50,6 +51,10 @@ for t in $THREADS; do
         echo "threads $t, round $r: $p $m" >&2
         run "$t" "$r" minift "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
           --json "${MINIFT_DEVICE_ARGS[@]}"
+        if [ "$t" -gt 1 ] && [ "$DEVICE" = cpu ]; then   # the batch split across t threads, one BLAS thread each
+          run "$t" "$r" minift-workers "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" \
+            --profile-steps 0 --json --workers "$t" --threads 1
+        fi
         run "$t" "$r" torch-sdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS"
         run "$t" "$r" torch-nosdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS" --no-sdpa
       done

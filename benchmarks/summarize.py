@@ -1,6 +1,7 @@
 """Read benchmarks/run.sh's output and print the tables of benchmarks/RESULTS.md: minift / torch_ref per thread count,
-preset and method (the median of the per-round ratios: each round's three runs sat next to each other in time),
-LoRA / full within minift, and minift's MFU.
+preset and method (the median of the per-round ratios: each round's runs sat next to each other in time),
+LoRA / full within minift, and minift's MFU. With two or more threads, run.sh also runs minift with the batch split
+across that many worker threads (`--workers`, variant "minift-workers"); its columns are "-" where it did not run.
 
     python benchmarks/summarize.py benchmarks/raw.tsv [more.tsv ...]
 """
@@ -32,30 +33,38 @@ def fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
+def ratio(rounds, mine, theirs):
+    """The median over rounds of mine's time / theirs, from the rounds that ran both."""
+    return med([r[mine]["ms_per_step"] / r[theirs]["ms_per_step"] for r in rounds.values() if mine in r and theirs in r])
+
+
 def ratio_rows(runs):
-    print("| threads | preset | method | minift ms | torch sdpa ms | torch no-sdpa ms | minift/torch sdpa "
-          "| minift/torch no-sdpa | minift MFU | rounds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| threads | preset | method | minift ms | minift workers ms | torch sdpa ms | torch no-sdpa ms "
+          "| minift/torch sdpa | minift/torch no-sdpa | minift workers/torch sdpa | minift MFU | workers MFU "
+          "| rounds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (t, p, m), rounds in sorted(runs.items()):
         ms = {v: med([r[v]["ms_per_step"] for r in rounds.values() if v in r])
-              for v in ("minift", "torch-sdpa", "torch-nosdpa")}
-        ratio = {v: med([r["minift"]["ms_per_step"] / r[v]["ms_per_step"] for r in rounds.values()
-                         if "minift" in r and v in r]) for v in ("torch-sdpa", "torch-nosdpa")}
-        mfu = med([r["minift"]["mfu"] for r in rounds.values() if "minift" in r])
-        print(f"| {t} | {p} | {m} | {fmt(ms['minift'], '.0f')} | {fmt(ms['torch-sdpa'], '.0f')} "
-              f"| {fmt(ms['torch-nosdpa'], '.0f')} | {fmt(ratio['torch-sdpa'])} | {fmt(ratio['torch-nosdpa'])} "
-              f"| {fmt(None if mfu is None else 100 * mfu, '.0f')}% | {len(rounds)} |")
+              for v in ("minift", "minift-workers", "torch-sdpa", "torch-nosdpa")}
+        mfu = {v: med([r[v]["mfu"] for r in rounds.values() if v in r]) for v in ("minift", "minift-workers")}
+        pct = {v: "-" if x is None else f"{100 * x:.0f}%" for v, x in mfu.items()}
+        print(f"| {t} | {p} | {m} | {fmt(ms['minift'], '.0f')} | {fmt(ms['minift-workers'], '.0f')} "
+              f"| {fmt(ms['torch-sdpa'], '.0f')} | {fmt(ms['torch-nosdpa'], '.0f')} "
+              f"| {fmt(ratio(rounds, 'minift', 'torch-sdpa'))} | {fmt(ratio(rounds, 'minift', 'torch-nosdpa'))} "
+              f"| {fmt(ratio(rounds, 'minift-workers', 'torch-sdpa'))} | {pct['minift']} | {pct['minift-workers']} "
+              f"| {len(rounds)} |")
 
 
 def lora_rows(runs):
-    print("\n| threads | preset | minift LoRA/full | torch sdpa LoRA/full | torch no-sdpa LoRA/full |")
-    print("|---|---|---|---|---|")
+    print("\n| threads | preset | minift LoRA/full | minift workers LoRA/full | torch sdpa LoRA/full "
+          "| torch no-sdpa LoRA/full |")
+    print("|---|---|---|---|---|---|")
     for (t, p, m), rounds in sorted(runs.items()):
         if m != "full" or (t, p, "lora") not in runs:
             continue
         lora = runs[(t, p, "lora")]
         cells = []
-        for v in ("minift", "torch-sdpa", "torch-nosdpa"):
+        for v in ("minift", "minift-workers", "torch-sdpa", "torch-nosdpa"):
             cells.append(med([lora[k][v]["ms_per_step"] / rounds[k][v]["ms_per_step"]
                               for k in rounds if k in lora and v in rounds[k] and v in lora[k]]))
         print(f"| {t} | {p} | " + " | ".join(fmt(c) for c in cells) + " |")

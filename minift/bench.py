@@ -60,11 +60,13 @@ Process conditions, reported in the output because they change the numbers a lot
     mfu              achieved_gflops / peak_gflops, a fraction (0.42 = 42%)
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
     threads          the thread count numpy's BLAS reports (OpenBLAS/MKL, read through ctypes), null if unknown
+    workers          threads the batch was split across (1: the one-thread path; see minift/parallel.py)
     blas             the BLAS numpy was built with (name and version);  numpy: its version
     loss             the last timed step's loss (a sanity check: finite, about ln V at init)
     breakdown        {"forward": {op: ms}, "backward": {op: ms}, "optimizer": ms, "other": ms, "step": ms,
                       "steps": k}: per-step medians over k profiled steps; ops are among embedding, layernorm,
                       linear, attention, gelu, dropout, lm_head, cross_entropy. null with --profile-steps 0.
+                      Always the one-thread path's, also with --workers.
 """
 from __future__ import annotations
 
@@ -132,23 +134,33 @@ def count_flops(cfg: GPTConfig, batch: int, seq: int, method: str = "full", rank
     return flops
 
 
-def matmul_peak(xp=np, sizes=PEAK_SIZES, reps: int = 3, sync=lambda: None, clock=time.perf_counter
-                ) -> tuple[float, int]:
+def matmul_peak(xp=np, sizes=PEAK_SIZES, reps: int = 3, sync=lambda: None, clock=time.perf_counter,
+                copies: int = 1) -> tuple[float, int]:
     """(GFLOP/s, n): the best float32 n×n matmul rate over `sizes`, timed as gemm_peak.py does (one untimed call,
-    then the fastest of `reps`)."""
+    then the fastest of `reps`). copies > 1: that many products at once, one per thread (the peak of `workers`
+    threads with one BLAS thread each, see minift/parallel.py), their FLOPs added."""
+    from concurrent.futures import ThreadPoolExecutor
     rng = np.random.default_rng(0)
     best = (0.0, 0)
-    for n in sizes:
-        a = xp.asarray(rng.random((n, n), dtype=np.float32))  # (n, n)
-        b = xp.asarray(rng.random((n, n), dtype=np.float32))  # (n, n)
-        a @ b
-        sync()
-        for _ in range(reps):
-            t0 = clock()
-            a @ b
+    with ThreadPoolExecutor(max_workers=copies) as pool:
+        for n in sizes:
+            a = xp.asarray(rng.random((n, n), dtype=np.float32))  # (n, n)
+            b = xp.asarray(rng.random((n, n), dtype=np.float32))  # (n, n)
+
+            def products():
+                if copies == 1:
+                    a @ b
+                else:
+                    list(pool.map(lambda _: a @ b, range(copies)))
+
+            products()
             sync()
-            gflops = 2 * n ** 3 / max(clock() - t0, 1e-9) / 1e9
-            best = max(best, (gflops, n))
+            for _ in range(reps):
+                t0 = clock()
+                products()
+                sync()
+                gflops = copies * 2 * n ** 3 / max(clock() - t0, 1e-9) / 1e9
+                best = max(best, (gflops, n))
     return best
 
 
@@ -307,16 +319,20 @@ def _check_model_args(preset, method, rank):
     _check_count("rank", rank, 1)
 
 
-def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "cpu", seed: int = 0):
+def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "cpu", seed: int = 0,
+               workers: int = 1):
     """The model, a `step()` that runs one training step (forward, backward, AdamW) on fixed seeded random tokens,
-    and a dict whose "optimizer" entry is the last step's optimizer time."""
+    and a dict whose "optimizer" entry is the last step's optimizer time. workers > 1: the step's forward and
+    backward run on that many row shards at once (minift/parallel.py); `step(split=False)` runs the one-thread path."""
     from .lora import LoRAConfig, attach_lora
     from .optim import AdamW
+    from .parallel import check_splittable, split_loss_and_grads
     _check_model_args(preset, method, rank)
     cfg = GPTConfig.preset(preset)
     model = model_module.GPT(cfg, seed=seed, dtype="float32", device=device)
     if method == "lora":
         attach_lora(model, LoRAConfig(r=rank, alpha=2 * rank, targets="all-linear"), seed=seed)
+    check_splittable(model, workers)
     opt = AdamW(model.trainable_params(), lr=1e-3, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     B, T = BENCH_BATCH[preset], cfg.n_ctx
@@ -324,8 +340,11 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
     targets = model.xp.asarray(rng.integers(0, cfg.vocab_size, (B, T)))   # (B, T)
     timer = {"optimizer": 0.0}
 
-    def step(sync=lambda: None, clock=time.perf_counter):
-        loss, grads = model.loss_and_grads(ids, targets)
+    def step(sync=lambda: None, clock=time.perf_counter, split=True):
+        if split and workers > 1:
+            loss, grads = split_loss_and_grads(model, ids, targets, workers=workers)
+        else:
+            loss, grads = model.loss_and_grads(ids, targets)
         sync()
         t0 = clock()
         opt.step(grads)
@@ -373,9 +392,12 @@ def _profile_steps(model, step, timer, n, sync, clock):
 
 def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10, warmup: int = 2,
               device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=None,
-              clock: str = "wall", malloc: str = "reuse", threads: int | None = None) -> dict:
+              clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int = 1) -> dict:
     """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
-    peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU)."""
+    peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU).
+    workers: > 1 splits each step's batch across that many CPU threads (minift/parallel.py), with one BLAS thread
+    each unless `threads` says otherwise; the peak is then measured with `workers` matmuls at once, the most those
+    threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave)."""
     _check_model_args(preset, method, rank)
     if clock not in CLOCKS:
         raise MiniftError(f"clock {clock!r} is not one of {list(CLOCKS)}")
@@ -384,32 +406,38 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     _check_count("steps", steps, 1)
     _check_count("warmup", warmup, 0)
     _check_count("profile_steps", profile_steps, 0)
+    _check_count("workers", workers, 1)
     device = resolve_device(device)
+    if workers > 1 and threads is None:
+        threads = 1
     if peak_sizes is None:
         peak_sizes = GPU_PEAK_SIZES if device == "gpu" else PEAK_SIZES
     before = blas_info()["threads"]
     if threads is not None and device == "cpu":
         set_blas_threads(threads)
     try:
-        result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc)
+        result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc,
+                      workers)
     finally:
         if threads is not None and device == "cpu" and before:
             set_blas_threads(before)        # a library call leaves the process's BLAS as it found it
     return result
 
 
-def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc) -> dict:
+def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc,
+         workers) -> dict:
     """run_bench's work, its arguments checked."""
     reused = reuse_freed_memory() if malloc == "reuse" else False
-    model, step, timer = build_step(preset, method, rank, device, seed)
+    model, step, timer = build_step(preset, method, rank, device, seed, workers)
     sync = _synchroniser(model)
     read = CLOCKS[clock]
-    first_peak = matmul_peak(model.xp, peak_sizes, sync=sync, clock=read)
+    first_peak = matmul_peak(model.xp, peak_sizes, sync=sync, clock=read, copies=workers)
     _time_steps(step, warmup, sync, read)
     times, loss = _time_steps(step, steps, sync, read)
-    breakdown = _profile_steps(model, step, timer, profile_steps, sync, read)
+    one_thread_step = lambda s, c: step(s, c, split=False)                # noqa: E731  the profiled path
+    breakdown = _profile_steps(model, one_thread_step, timer, profile_steps, sync, read)
     # measured before and after the steps, the better kept: a moment of load on a shared machine lowers one of them
-    peak, peak_n = max(first_peak, matmul_peak(model.xp, peak_sizes, sync=sync, clock=read))
+    peak, peak_n = max(first_peak, matmul_peak(model.xp, peak_sizes, sync=sync, clock=read, copies=workers))
     med = sorted(times)[len(times) // 2]
     B, T = BENCH_BATCH[preset], model.cfg.n_ctx
     flops = count_flops(model.cfg, B, T, method, rank)
@@ -425,7 +453,8 @@ def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_
         "flops": {k: int(v) for k, v in flops.items() if k != "total"},
         "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2), "peak_n": peak_n,
         "mfu": round(achieved / peak, 4), "trainable": model.num_params(trainable_only=True),
-        "total": model.num_params(), "threads": info["threads"], "blas": info["blas"], "numpy": np.__version__,
+        "total": model.num_params(), "threads": info["threads"], "workers": workers, "blas": info["blas"],
+        "numpy": np.__version__,
         "loss": round(float(loss), 4), "breakdown": breakdown,
     }
 
@@ -436,6 +465,8 @@ def format_report(r: dict) -> str:
     """The human-readable summary of run_bench's result."""
     what = "full fine-tuning" if r["method"] == "full" else f"LoRA r={r['rank']} alpha={r['alpha']} all-linear"
     threads = f", {r['threads']} BLAS threads" if r["threads"] else ""
+    if r.get("workers", 1) > 1:
+        threads += f", batch split across {r['workers']} worker threads"
     clock = "" if r["clock"] == "wall" else " (process CPU time)"
     f, total = r["flops"], r["flops_per_step"]
     split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in f.items() if v)
@@ -474,7 +505,8 @@ def _format_breakdown(b: dict) -> str:
 
 def cmd_bench(a):
     r = run_bench(a.preset, a.method, rank=a.rank, steps=a.steps, warmup=a.warmup, device=a.device, seed=a.seed,
-                  profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc, threads=a.threads)
+                  profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc, threads=a.threads,
+                  workers=a.workers)
     print(json.dumps(r) if a.json else format_report(r))
 
 
@@ -493,6 +525,9 @@ def add_bench(sub):
                    "machine with OPENBLAS_NUM_THREADS=1")
     p.add_argument("--malloc", default="reuse", help="reuse (default): keep freed memory mapped between steps "
                    "(glibc mallopt, see reuse_freed_memory) | system: leave malloc as it is")
+    p.add_argument("--workers", type=int, default=1, help="split each step's batch across this many CPU threads, "
+                   "one BLAS thread each unless --threads says otherwise (minift/parallel.py); the breakdown is "
+                   "of the one-thread path")
     p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/bench.py)")
     p.set_defaults(func=cmd_bench)

@@ -27,7 +27,7 @@ def _add_device(p):
 
 
 def _add_run_options(p, out_default):
-    """The options every training command shares: output folder, seed, progress bar, device, BLAS threads."""
+    """The options every training command shares: output folder, seed, progress bar, device, BLAS threads, workers."""
     p.add_argument("--out", default=out_default)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -35,6 +35,10 @@ def _add_run_options(p, out_default):
                    help="numpy's BLAS threads (default: the environment's, e.g. OPENBLAS_NUM_THREADS); use 1 when "
                         "the cores are busy with other work: OpenBLAS's threads then wait for each other at every "
                         "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="split each batch across this many CPU threads, each with one BLAS thread (data "
+                        "parallelism, minift/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's "
+                        "elementwise ops run on one core; needs dropout 0")
     _add_device(p)
     p.set_defaults(prepare=_prepare_training)
 
@@ -48,6 +52,8 @@ def _prepare_training(a):
     from .bench import reuse_freed_memory, set_blas_threads
     if a.threads is not None:
         set_blas_threads(a.threads)
+    elif a.workers > 1:
+        set_blas_threads(1)          # the cores go to the workers: one BLAS thread each
     reuse_freed_memory()
 
 
@@ -58,7 +64,7 @@ def cmd_pretrain(a):
     from .train import TrainConfig
     warmup = min(100, a.steps // 10) if a.warmup is None else a.warmup
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
-                       eval_every=a.eval_every, save_every=a.save_every, seed=a.seed)
+                       eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers)
     _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, tcfg, a.out, a.tokenizer, a.device, a.seed,
                          a.resume, progress=not a.quiet)
     print(f"pretrained {s['preset']} for {tcfg.steps} steps ({s['tokens_seen']:,} tokens) in "
@@ -133,7 +139,7 @@ def cmd_finetune(a):
     base, tok = load_base(a.base, device=a.device)
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
-                          eval_every=a.eval_every, seed=a.seed,
+                          eval_every=a.eval_every, seed=a.seed, workers=a.workers,
                           lora=_lora_from_args(a) if a.method == "lora" else None)
     _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet)
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
@@ -191,7 +197,7 @@ def cmd_compare(a):
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
     kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
-              base=a.base, preset=a.preset, device=a.device, seed=a.seed)
+              base=a.base, preset=a.preset, device=a.device, seed=a.seed, workers=a.workers)
     for name in ("steps", "train_size", "batch", "alpha"):
         if getattr(a, name) is not None:
             kw["batch_size" if name == "batch" else name] = getattr(a, name)

@@ -68,6 +68,7 @@ class CompareConfig:
     head_lr: dict = field(default_factory=dict)   # method -> the head's rate (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
     seeds: tuple = ()              # extra seeds: every run again; accuracy, forgetting, intruders over all seeds
+    workers: int = 1               # >1: each training batch split across CPU threads (minift/parallel.py)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -162,7 +163,8 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
-                          seed=ccfg.seed, lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+                          seed=ccfg.seed, workers=ccfg.workers,
+                          lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
     model, lora, s = finetune(base, tok, fcfg, progress=progress)
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,

@@ -97,6 +97,7 @@ class FinetuneConfig:
     eval_every: int = 0
     seed: int = 0
     lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
+    workers: int = 1                 # >1: each batch split across CPU threads (minift/parallel.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -177,7 +178,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True)
     lr, head_lr = learning_rates(model, fcfg)
     tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
                        warmup=min(fcfg.warmup, fcfg.steps // 5), weight_decay=fcfg.weight_decay,
-                       eval_every=fcfg.eval_every, seed=fcfg.seed,
+                       eval_every=fcfg.eval_every, seed=fcfg.seed, workers=fcfg.workers,
                        lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
     def evaluate(m, split=val_split, prefix="val_"):
         if lora is not None:

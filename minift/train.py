@@ -29,6 +29,7 @@ from .backend import to_numpy, xp_of
 from .errors import MiniftError
 from .io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from .optim import AdamW, clip_grad_norm, lr_schedule
+from .parallel import check_splittable, split_loss_and_grads
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
 
@@ -47,6 +48,7 @@ class TrainConfig:
     save_every: int = 0             # 0: save only at the end (and on interruption)
     seed: int = 0                   # dropout generator
     lr_scale: dict | None = None    # name -> factor: those parameters step at factor · lr (optim.py), e.g. a fresh head
+    workers: int = 1                # >1: each batch split across that many CPU threads (minift/parallel.py)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -56,6 +58,8 @@ class TrainConfig:
             raise MiniftError(f"lr={self.lr} must be positive")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MiniftError(f"grad_clip={self.grad_clip} must be positive (or None to disable)")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise MiniftError(f"workers={self.workers!r} must be a positive integer")
 
 
 @dataclass
@@ -183,6 +187,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     from tqdm.auto import tqdm
     if not model.trainable_params():
         raise MiniftError("nothing to train: every parameter is frozen and no adapter is attached")
+    check_splittable(model, tcfg.workers)
     opt = make_optimizer(model, tcfg)
     dropout_rng = np.random.default_rng(tcfg.seed)
     result, start = TrainResult(), 0
@@ -203,7 +208,10 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
             t0 = time.perf_counter()
             batch = source.next_batch()
-            loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
+            if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
+                loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
+            else:
+                loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
             norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
             if not (np.isfinite(loss) and np.isfinite(norm)):
                 bad = find_nonfinite(loss, grads) or "gradient norm"

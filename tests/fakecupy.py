@@ -5,8 +5,8 @@ and on CuPy. Code written on a laptop can still be wrong for CuPy in ways NumPy 
 mistakes stay hidden until someone has one. This module plays CuPy's part with NumPy doing the arithmetic underneath,
 and is as strict as CuPy where NumPy is lenient:
 
-  - a device array never turns into a host array by itself: `np.asarray(d)`, `np.testing...(d)` and `float`-format
-    tricks that go through `__array__` raise, as CuPy's do (`.get()` / `cupy.asnumpy` are the explicit ways out);
+  - a device array never turns into a host array by itself: `np.asarray(d)`, and anything else that goes through
+    `__array__` (np.testing's asserts, for one), raise as CuPy's do (`.get()`, `cupy.asnumpy` are the ways out);
   - a host `numpy.ndarray` (0-d included) is refused as an operand of a device function, a ufunc, an index or an
     assigned value, as CuPy refuses it ("Unsupported type"); `cupy.asarray`/`cupy.array` are the way in, and they
     copy, so host and device never share memory (code that relies on aliasing the two breaks here as on a GPU);
@@ -14,9 +14,10 @@ and is as strict as CuPy where NumPy is lenient:
   - names NumPy has and CuPy 14 lacks (`errstate`, `insert`, `ndarray.resize`, ...) raise AttributeError, and
     ufuncs accept only CuPy's keywords (`out`, `dtype`, `casting`; no `where`).
 
-It also keeps CuPy's memory pool's books (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`) so
-that memory measurement runs. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The arithmetic is NumPy's, so results on the
-fake device are bitwise those of the CPU path: a test can compare the two exactly.
+It also keeps the books of CuPy's memory pool (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`), so
+that memory measurement runs. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The
+arithmetic is NumPy's, so results on the fake device are bitwise those of the CPU path: a test can compare the two
+exactly.
 
 Use it through the `fake_gpu` fixture (conftest.py), which makes `device="gpu"` resolve to this module.
 """
@@ -55,7 +56,7 @@ def _refuse_host(a, where):
 
 
 def _unwrap(x, where):
-    """Device arrays -> the NumPy arrays inside them, recursively through lists, tuples and dicts; host arrays refused."""
+    """Device arrays -> the NumPy arrays inside them, through lists, tuples and dicts; host arrays are refused."""
     if isinstance(x, DeviceArray):
         return x._a
     if isinstance(x, np.ndarray):
@@ -214,7 +215,7 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # --- everything else ndarray has: attributes pass through, methods unwrap their arguments and wrap results
     def __getattr__(self, name):
-        if name.startswith("__") or name in MISSING_METHODS:
+        if name.startswith("__") or name == "_a" or name in MISSING_METHODS:
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (fake CuPy)")
         attr = getattr(self._a, name)
         if callable(attr):
@@ -232,10 +233,14 @@ class _Ufunc:
     def __call__(self, *args, **kwargs):
         extra = set(kwargs) - UFUNC_KWARGS
         if extra:
-            raise TypeError(f"cupy.{self.__name__}: no {sorted(extra)} keyword (CuPy's ufuncs take {sorted(UFUNC_KWARGS)})")
+            raise TypeError(f"cupy.{self.__name__}: no {sorted(extra)} keyword "
+                            f"(CuPy's ufuncs take {sorted(UFUNC_KWARGS)})")
         return _call(self._uf, args, kwargs, f"cupy.{self.__name__}")
 
     def reduce(self, *args, **kwargs):
+        extra = set(kwargs) - REDUCE_KWARGS
+        if extra:
+            raise TypeError(f"cupy.{self.__name__}.reduce: no {sorted(extra)} keyword")
         return _call(self._uf.reduce, args, kwargs, f"cupy.{self.__name__}.reduce")
 
     def at(self, *args, **kwargs):

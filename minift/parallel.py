@@ -1,0 +1,105 @@
+"""Data parallelism inside one process: a batch split across CPU threads, each shard's gradient weighted and summed.
+
+Why. On a CPU, NumPy runs every elementwise op (softmax, GELU, LayerNorm, the loss, the adds) on one core; only the
+matmuls use more, through OpenBLAS's threads, which meet at the end of every matmul. With two cores, half of a
+demo step then runs on one core while the other waits. Splitting the *batch* instead keeps every core busy for the
+whole step: each thread runs the ordinary forward and backward (`GPT.loss_and_grads`, unchanged) on its own rows,
+with one BLAS thread, and NumPy releases the interpreter lock inside its loops and BLAS calls, so the threads truly
+run at once. This is what data-parallel training (PyTorch's DistributedDataParallel) does across GPUs, here across
+the cores of one CPU.
+
+The math. The loss is a mean over the N targets that count (cross_entropy.py: ignore_index -100 excluded). A shard i
+holding N_i of them has its own mean loss L_i, and
+
+    L = (1/N) Σ_n ℓ_n = Σ_i (N_i / N) · L_i        so        ∇L = Σ_i (N_i / N) · ∇L_i
+
+(weights N_i / N, not 1 / shards: shards can hold different numbers of counted targets, e.g. padding). That is the
+same identity gradient accumulation rests on. The result equals one whole-batch `loss_and_grads` up to float
+rounding (the sums are grouped differently), and is reproducible: shards are fixed by row order and summed in order.
+
+What it needs: a step that draws no random numbers (dropout 0, adapter dropout 0), since shards sharing one
+generator would draw in an order the threads decide; and the CPU (on a GPU one stream already runs every op on all
+its cores). Call `check_splittable` first; `train(..., TrainConfig(workers=2))` and `minift ... --workers 2` do.
+The readable path is `GPT.loss_and_grads`; tests/test_parallel.py checks this one against it.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .errors import MiniftError
+
+IGNORE_INDEX = -100
+_POOLS: dict = {}           # workers -> a ThreadPoolExecutor kept for the process (threads are reused every step)
+
+
+def uses_randomness(model) -> str | None:
+    """What in a training step of `model` would draw random numbers (a description), or None."""
+    if model.cfg.dropout > 0:
+        return f"dropout={model.cfg.dropout}"
+    for module, adapter in getattr(model, "adapters", {}).items():
+        if getattr(adapter, "dropout", 0) > 0:
+            return f"LoRA dropout={adapter.dropout} on {module}"
+    return None
+
+
+def check_splittable(model, workers: int):
+    """Raise a MiniftError naming the reason if a batch of `model` cannot be split across `workers` threads."""
+    if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
+        raise MiniftError(f"workers={workers!r} must be a positive integer")
+    if workers == 1:
+        return
+    if model.device != "cpu":
+        raise MiniftError(f"workers={workers} splits a batch across CPU threads; the model is on the {model.device}, "
+                          "where one device already runs each op on all its cores: use workers=1")
+    if (why := uses_randomness(model)) is not None:
+        raise MiniftError(f"workers={workers} needs a training step without randomness, but the model has {why}: "
+                          "threads sharing one generator would draw in an order they decide. Use workers=1")
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minift-shard")
+    return _POOLS[workers]
+
+
+def counted_targets(targets) -> int:
+    """N: how many targets count in the loss (those not equal to ignore_index)."""
+    return int((np.asarray(targets) != IGNORE_INDEX).sum())
+
+
+def split_loss_and_grads(model, input_ids, targets, attention_mask=None, workers: int = 2):
+    """`model.loss_and_grads` on `workers` row shards of the batch at once; returns (loss, grads) as it does.
+
+    input_ids: (B, T) host ints; targets: (B, T) or (B,) with -100 where nothing counts; attention_mask: (B, T) or
+    None. Shards are consecutive row blocks (np.array_split); shards without a counted target are skipped (their
+    gradient is zero). The caller sets numpy's BLAS to one thread (the CLI's --workers does): workers × BLAS threads
+    should not exceed the cores.
+    """
+    check_splittable(model, workers)
+    input_ids, targets = np.asarray(input_ids), np.asarray(targets)
+    if workers == 1 or len(input_ids) < 2:
+        return model.loss_and_grads(input_ids, targets, attention_mask=attention_mask)
+    rows = np.array_split(np.arange(len(input_ids)), min(workers, len(input_ids)))
+    mask = None if attention_mask is None else np.asarray(attention_mask)
+    shards = [(r, counted_targets(targets[r])) for r in rows]
+    shards = [(r, n) for r, n in shards if n > 0]
+    if not shards:                                 # nothing counts anywhere: let the model raise its own error
+        return model.loss_and_grads(input_ids, targets, attention_mask=attention_mask)
+    n_total = sum(n for _, n in shards)
+    futures = [_pool(workers).submit(model.loss_and_grads, input_ids[r], targets[r],
+                                     None if mask is None else mask[r]) for r, _ in shards]
+    results = [f.result() for f in futures]        # (L_i, ∇L_i), in shard order
+    loss = 0.0
+    grads = {}
+    for (_, n), (loss_i, grads_i) in zip(shards, results):
+        w = n / n_total                            # N_i / N
+        loss += w * loss_i
+        for name, g in grads_i.items():
+            g *= g.dtype.type(w)                   # in place: ∇L_i is this shard's own array
+            if name in grads:
+                grads[name] += g
+            else:
+                grads[name] = g
+    return loss, grads
