@@ -25,14 +25,15 @@ def assert_same(one, split):
         np.testing.assert_allclose(grads_s[k], grads_1[k], rtol=TOL, atol=TOL * np.abs(grads_1[k]).max(), err_msg=k)
 
 
-@pytest.mark.parametrize("workers", [2, 3, 8])
-def test_lm_split_equals_one_thread_with_uneven_counted_targets(workers):
+@pytest.mark.parametrize("workers, shards", [(2, None), (2, 2), (3, None), (2, 5), (8, None)])
+def test_lm_split_equals_one_thread_with_uneven_counted_targets(workers, shards):
     cfg = GPTConfig.preset("tiny")
     model = GPT(cfg, seed=0, dtype="float64")
     ids, targets = lm_batch(cfg, 5, 12)
     targets[0, :9] = -100            # shards hold different numbers of counted targets: the weights N_i / N matter
     targets[3, 4:] = -100
-    assert_same(model.loss_and_grads(ids, targets), split_loss_and_grads(model, ids, targets, workers=workers))
+    split = split_loss_and_grads(model, ids, targets, workers=workers, shards=shards)
+    assert_same(model.loss_and_grads(ids, targets), split)
 
 
 def test_classification_head_lora_and_padding_split_equals_one_thread():
@@ -76,6 +77,8 @@ def test_what_cannot_be_split_is_a_clear_error(fake_gpu):
         check_splittable(GPT(cfg, seed=0), 0)
     with pytest.raises(MiniftError, match="workers"):
         TrainConfig(workers=0)
+    with pytest.raises(MiniftError, match="shards=0"):
+        split_loss_and_grads(GPT(cfg, seed=0), *lm_batch(cfg, 2, 4), workers=2, shards=0)
 
 
 class Batches:
