@@ -51,6 +51,7 @@
 
 # %%
 import math
+import os
 from dataclasses import replace
 
 import matplotlib.pyplot as plt
@@ -273,6 +274,45 @@ time_ratio = {n: bench[n, "lora"]["ms_per_step"] / bench[n, "full"]["ms_per_step
 print("time ratios:", {n: round(v, 2) for n, v in time_ratio.items()})
 assert all(0.5 < v < 2.0 for v in time_ratio.values())
 assert sum(bl["backward"].get(o, 0) for o in weight_ops) < sum(bf["backward"].get(o, 0) for o in weight_ops)
+
+# %% [markdown]
+# **Two cores: split the batch, not the matmul.** BLAS threads parallelise only the matmuls; NumPy runs attention's
+# softmax, GELU, LayerNorm and the loss on one core, so a second BLAS thread leaves half the step single-threaded.
+# The other way to use two cores is the one data-parallel training uses across GPUs: give each thread half the rows,
+# run the ordinary forward and backward on each half at once, and combine. The loss is a mean over the $N$ targets
+# that count; a shard holding $N_i$ of them has mean loss $L_i$, so
+#
+# $$L = \sum_i \frac{N_i}{N} L_i, \qquad \nabla L = \sum_i \frac{N_i}{N} \nabla L_i$$
+#
+# (weights $N_i/N$, not $1/2$: padding makes shards unequal). `minift/parallel.py` does exactly this with a thread
+# pool (`--workers 2` on any training command or `minift bench`); NumPy and BLAS release Python's interpreter lock
+# inside their loops, so the threads run at once. The same gradient, up to the order of float32 sums:
+
+# %%
+from minift.parallel import split_loss_and_grads
+
+dp_model = GPT(SIZES["tiny"], seed=0)
+rng = np.random.default_rng(7)
+ids = rng.integers(0, SIZES["tiny"].vocab_size, (8, 32))
+targets = rng.integers(0, SIZES["tiny"].vocab_size, (8, 32))
+targets[0, :20] = -100                                # uneven shards: the N_i / N weights matter
+loss_1, grads_1 = dp_model.loss_and_grads(ids, targets)
+loss_2, grads_2 = split_loss_and_grads(dp_model, ids, targets, workers=2)
+worst = max(float(np.abs(grads_2[k] - grads_1[k]).max() / np.abs(grads_1[k]).max()) for k in grads_1)
+print(f"loss one thread {loss_1:.6f}, split {loss_2:.6f}; worst gradient difference {worst:.1e} of its tensor's max")
+dp = {w: run_bench(shown, "full", steps=pick(6, 3), warmup=1, profile_steps=0, peak_sizes=(512,), workers=w,
+                   threads=1) for w in (1, 2)}
+print(f"{shown}, full, one BLAS thread per worker: 1 worker {dp[1]['ms_per_step']:.1f} ms/step, "
+      f"2 workers {dp[2]['ms_per_step']:.1f} ms/step ({dp[1]['ms_per_step'] / dp[2]['ms_per_step']:.2f}x) "
+      f"on {os.cpu_count()} cores")
+
+# %% [markdown]
+# On an idle 2-core machine (benchmarks/RESULTS.md, run D): demo full 112 ms/step with two BLAS threads, 87 with
+# two workers of one BLAS thread each, against 98 for PyTorch with two threads; on small 555, 493 and 585. On one
+# core the split only adds a little overhead. **Check.** Loss and gradients agree to float32 rounding.
+
+# %%
+assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
 
 # %% [markdown]
 # ## 3. Memory: four terms, predicted and measured
