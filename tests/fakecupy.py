@@ -15,7 +15,8 @@ and is as strict as CuPy where NumPy is lenient:
     ufuncs accept only CuPy's keywords (`out`, `dtype`, `casting`; no `where`).
 
 It also keeps the books of CuPy's memory pool (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`), so
-that memory measurement runs. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The
+that memory measurement runs, and counts device -> host transfers (`TRANSFERS`), each a point where a real GPU
+would sit idle while the host catches up. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The
 arithmetic is NumPy's, so results on the fake device are bitwise those of the CPU path: a test can compare the two
 exactly.
 
@@ -142,6 +143,24 @@ class MemoryPool:
 _POOL = MemoryPool()
 
 
+class Transfers:
+    """Device -> host transfers: each `.get()`, `.item()`, `.tolist()`, `float()`, `int()`, `bool()`, `format()` of a
+    device array, and each `cupy.asnumpy`. On a GPU every one of them waits for the device to finish all the work
+    queued before it (CuPy launches kernels asynchronously; reading a value back is where the host catches up), so
+    a training step that reads back once per parameter tensor idles the GPU once per tensor. Iterating a device
+    array is not counted: CuPy yields device views, nothing crosses."""
+
+    def __init__(self):
+        self.count = 0
+
+
+TRANSFERS = Transfers()
+
+
+def _transfer():
+    TRANSFERS.count += 1
+
+
 class DeviceArray(NDArrayOperatorsMixin):
     """An array "on the device": a NumPy array that refuses to be mixed with host arrays, as cupy.ndarray does."""
 
@@ -154,24 +173,31 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # --- the explicit ways back to the host (CuPy's own spellings)
     def get(self):
+        _transfer()
         return self._a.copy()
 
     def item(self):
+        _transfer()
         return self._a.item()
 
     def tolist(self):
+        _transfer()
         return self._a.tolist()
 
     def __float__(self):
+        _transfer()
         return float(self._a)
 
     def __int__(self):
+        _transfer()
         return int(self._a)
 
     def __bool__(self):
+        _transfer()
         return bool(self._a)
 
     def __format__(self, spec):
+        _transfer()
         return format(self._a, spec)
 
     def __len__(self):
@@ -317,7 +343,10 @@ class FakeCupy(_Namespace):
 
     @staticmethod
     def asnumpy(a):
-        return a._a.copy() if isinstance(a, DeviceArray) else np.asarray(a)
+        if isinstance(a, DeviceArray):
+            _transfer()
+            return a._a.copy()
+        return np.asarray(a)
 
 
 def fake_cupyx():

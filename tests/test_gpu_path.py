@@ -94,6 +94,51 @@ def test_a_training_step_on_the_device_equals_the_cpu_bitwise(fake_gpu, dtype):
         np.testing.assert_array_equal(weights_g[k], weights_c[k], err_msg=k)
 
 
+class _Batches:
+    """A data source for train(): the same classification batch every step (host arrays, as the real sources give)."""
+
+    def __init__(self, vocab_size):
+        rng = np.random.default_rng(0)
+        mask = np.ones((4, 10), dtype=bool)
+        mask[1, 7:] = False
+        self.batch = dict(input_ids=rng.integers(0, vocab_size, (4, 10)), targets=np.array([2, 0, 1, 1]),
+                          attention_mask=mask)
+
+    def next_batch(self):
+        return self.batch
+
+    def state(self):
+        return {}
+
+    def restore(self, state):
+        pass
+
+
+def _transfers_per_step(n_layer, **lora):
+    """Device -> host transfers in one step of the training loop (LoRA and a classification head, on the fake)."""
+    import fakecupy
+    from minift.train import TrainConfig, train
+
+    counts = []
+    for steps in (2, 5):
+        model = GPT(GPTConfig.preset("tiny", n_layer=n_layer), seed=0, device="gpu")
+        model.add_classification_head(["no", "yes", "maybe"], seed=1)
+        attach_lora(model, LoRAConfig(r=4, alpha=8, **lora), seed=2)
+        before = fakecupy.TRANSFERS.count
+        train(model, _Batches(model.cfg.vocab_size), TrainConfig(steps=steps, warmup=0), progress=False)
+        counts.append(fakecupy.TRANSFERS.count - before)
+    return (counts[1] - counts[0]) / 3
+
+
+def test_a_training_step_reads_back_from_the_device_a_fixed_few_times(fake_gpu):
+    # Each read-back (float(loss), a finiteness check) makes the host wait for the GPU. The loop needs a few: the
+    # loss and gradient norm it logs, the inputs' range checks, one finiteness check over all the weights. None
+    # may be per layer or per tensor: that would idle a GPU ~150 times a step on GPT-2.
+    one, three = _transfers_per_step(1), _transfers_per_step(3)
+    assert one == three, f"read-backs per step grow with depth: {one} with 1 layer, {three} with 3"
+    assert one <= 8, f"{one} read-backs per training step"
+
+
 # ---- the commands, with --device gpu ---------------------------------------------------------------------------
 
 def _pretrain(out, device, steps):

@@ -28,7 +28,7 @@ def _check_embedding_inputs(ids, wte, wpe):
     (V, C), (P, Cp) = wte.shape, wpe.shape
     if C != Cp:
         raise MiniftError(f"wte {tuple(wte.shape)} and wpe {tuple(wpe.shape)} must have the same width C")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+    if ids.size and bool(((ids < 0) | (ids >= V)).any()):    # one read-back from a GPU, not two (min and max)
         raise MiniftError(f"ids must lie in [0, {V}) (the vocab size, rows of wte), "
                           f"got values from {int(ids.min())} to {int(ids.max())}")
     if ids.shape[1] > P:
