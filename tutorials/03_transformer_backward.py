@@ -94,12 +94,8 @@ order = {name: i for i, name in enumerate(rec)}          # when each tensor was 
 
 
 def grad_of(name):
-    """The record key holding dL/d(name). A block's output is the next block's input: its gradient is "dh.{i+1}.in"."""
-    if name == "embedding":
-        return "dh.0.in"
-    if name.endswith(".out"):
-        return f"dh.{int(name.split('.')[1]) + 1}.in"
-    return "d" + name
+    """The record key holding dL/d(name): "d" + name, except the embedding's output, which is block 0's input."""
+    return "dh.0.in" if name == "embedding" else "d" + name
 
 
 forward_names = [k for k in rec if not k.startswith("d")]
@@ -112,19 +108,21 @@ for name in forward_names:
           f"{gshape:<13} {gstep:>3}")
 
 # %% [markdown]
-# Read the two `#` columns: the forward runs top to bottom (steps 0–20), the backward bottom to top (steps 21–40,
+# Read the two `#` columns: the forward runs top to bottom (steps 0–20), the backward bottom to top (steps 21–42,
 # starting at `dlogits`, the cross-entropy's $(p - \text{onehot})/N$ of tutorial 02). Every gradient has its
-# activation's shape. One row has no gradient recorded: the last block's output, whose gradient is what `ln_f`'s
-# backward returns (exercise 1 computes it).
+# activation's shape. The backward has one more entry than the forward — both ends of each residual stream get one:
+# `dh.1.in` (step 32) is what leaves block 1 at its input, and `dh.0.out` (step 33) is the same gradient arriving at
+# block 0's output. A block's output *is* the next block's input, so the two are one tensor under two names.
 #
 # **Check.** For every row with a recorded gradient: same shape, and the backward step numbers strictly decrease
-# going down (the backward is exactly the forward reversed).
+# going down (the backward is exactly the forward reversed); and `dh.0.out` is `dh.1.in`.
 
 # %%
 pairs = [(n, grad_of(n)) for n in forward_names if grad_of(n) in rec]
 assert all(rec[n].shape == rec[g].shape for n, g in pairs)
 backward_steps = [order[g] for _, g in pairs]
 assert all(a > b for a, b in zip(backward_steps, backward_steps[1:])), backward_steps
+assert rec["dh.0.out"] is rec["dh.1.in"]                  # one tensor, two names: block 1's input is block 0's output
 print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = forward order reversed")
 
 # %% [markdown]
@@ -150,7 +148,7 @@ print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = f
 # %%
 x_in = rec["embedding"]                                  # (B, T, C) block 0's input
 x_mid = x_in + rec["h.0.attn.c_proj"]                    # (B, T, C) after the attention residual, as the model adds it
-d_out = rec["dh.1.in"]                                   # (B, T, C) dL/d(block 0's output)
+d_out = rec["dh.0.out"]                                  # (B, T, C) dL/d(block 0's output), = rec["dh.1.in"]
 
 _, ln2_cache = layernorm_forward(x_mid, P["h.0.ln_2.weight"], P["h.0.ln_2.bias"])
 branch2 = layernorm_backward(rec["dh.0.ln_2"], ln2_cache)[0]   # (B, T, C) the MLP path's share
@@ -295,9 +293,10 @@ except minift.MiniftError as e:
 # reference solution (collapsed in Jupyter).
 #
 # **Exercise 1 — the last block's residual.** Rebuild `dh.1.in` (the gradient at block 1's input) the way section 3
-# rebuilt `dh.0.in`. The new part: the gradient of block 1's *output* is not recorded — get it from `ln_f`'s
-# backward, applied to `rec["dln_f"]` (the gradient of `ln_f`'s output, $h$) with the cache of
-# `layernorm_forward(rec["h.1.out"], P["ln_f.weight"], P["ln_f.bias"])`.
+# rebuilt `dh.0.in`. The new part: the gradient of block 1's *output* does not come from another block — get it
+# from `ln_f`'s backward, applied to `rec["dln_f"]` (the gradient of `ln_f`'s output, $h$) with the cache of
+# `layernorm_forward(rec["h.1.out"], P["ln_f.weight"], P["ln_f.bias"])`, and compare it with `rec["dh.1.out"]` on
+# the way.
 
 # %%
 def my_block1_input_grad(rec, P):
