@@ -130,7 +130,8 @@ def load_task_splits(task, train_size=None, eval_size=None):
     """(train, validation, test) TaskSplits of a task; train cut to train_size and validation/test to eval_size
     examples (labels kept balanced)."""
     from .data import load_task
-    splits = [load_task(task, name) for name in ("train", "validation", "test")]
+    train = load_task(task, "train")
+    splits = [train] + [load_task(task, name, labels=train.label_names or None) for name in ("validation", "test")]
     if splits[0].path == splits[1].path:          # one file for every split: hold out 10% + 10% of it
         splits = _split_one_file(splits[0])
     sizes = (train_size, eval_size, eval_size)

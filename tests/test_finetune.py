@@ -44,6 +44,24 @@ def test_a_single_user_file_is_split_without_overlap(tmp_path):
     assert not set(train.texts) & (set(val.texts) | set(test.texts))
 
 
+def test_a_task_folder_numbers_labels_by_the_training_split(tmp_path):
+    # Each split used to number its labels from its own sorted names: a validation file holding only "pos" got
+    # id 0, which the head had learnt as "neg", and scored 0% on a perfect model.
+    folder = tmp_path / "mytask"
+    folder.mkdir()
+    write = lambda name, labels: (folder / f"{name}.jsonl").write_text(                      # noqa: E731
+        "".join(json.dumps({"text": f"{name} {i}", "label": lab}) + "\n" for i, lab in enumerate(labels)))
+    write("train", ["neg", "pos"] * 5)
+    write("validation", ["pos"] * 3)
+    write("test", ["pos", "neg"])
+    train, val, test = load_task_splits(folder)
+    assert train.label_names == val.label_names == test.label_names == ["neg", "pos"]
+    assert val.label_ids == [1, 1, 1] and test.label_ids == [1, 0]
+    write("test", ["pos", "zzz"])                     # a label training never saw: an error naming file and line
+    with pytest.raises(MiniftError, match=r"test.jsonl: line 2: unknown label 'zzz'"):
+        load_task_splits(folder)
+
+
 def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
     base_dir, _ = tiny_base(tmp_path)
     path = tmp_path / "reviews.jsonl"

@@ -248,13 +248,18 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
     return info.get("name", folder.name), found, info
 
 
-def load_task(name_or_path, split: str = "train") -> TaskSplit:
+def load_task(name_or_path, split: str = "train", labels=None) -> TaskSplit:
     """One split of a task: a built-in name ("sentiment", "facts"), a folder with <split>.jsonl (and optionally a
-    task.json giving type and labels), or a single record file (then `split` only names it)."""
+    task.json giving type and labels), or a single record file (then `split` only names it).
+
+    labels: for a classification task, the label names whose positions are the ids (task.json's "labels" when
+    given, else the names found in this split, sorted). Pass the training split's names when loading the
+    validation and test splits: ids must mean the same label in every split, and a label training never saw is an
+    error."""
     name, path, info = _resolve(name_or_path, split)
     kind = info.get("type") or _record_type(path)
     if kind == "classification":
-        texts, ids, names = load_classification(path, info.get("labels"))
+        texts, ids, names = load_classification(path, info.get("labels") or labels)
         return TaskSplit(name, split, kind, path, texts=texts, label_ids=ids, label_names=names, info=info)
     if kind == "generation":
         prompts, completions = load_generation(path)
