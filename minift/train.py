@@ -14,11 +14,24 @@ with the step, the data position, the dropout generators (model and adapters) an
 SHA-256. A checkpoint folder is complete before `out_dir/latest` (written atomically) points at it, so a crash during
 a save leaves the previous checkpoint in force. Resuming restores all of it: the resumed run ends bitwise identical to an
 uninterrupted one.
+
+Stopping: the first Ctrl-C (SIGINT) or SIGTERM during train() lets the step under way finish, then writes a
+checkpoint and raises TrainingInterrupted. A step cut in half would leave weights with half an update and a data
+source that has handed out a batch no step used; a checkpoint of that could not resume to the uninterrupted run. A
+second signal stops at once and saves nothing new (the last checkpoint stays in force).
+
+Resuming checks that the checkpoint belongs to this run: the same model configuration, the same base model when the
+caller names one (`start_fingerprint`), the same data (the source's state carries a hash of its token ids), and the
+same training settings except `steps` (which may grow: the schedule stretches to the new total), `eval_every`,
+`save_every` and `workers`.
 """
 from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +45,9 @@ from .optim import AdamW, clip_grad_norm, lr_schedule
 from .parallel import check_splittable, split_loss_and_grads
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
+# TrainConfig fields a resumed run may change: they do not alter what a step computes (workers: only the order of a
+# sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
+RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
 
 
 @dataclass
@@ -75,6 +91,56 @@ class TrainResult:
         return self.history[-1]["loss"] if self.history else float("nan")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """train() was stopped by a signal. checkpoint: the folder saved on the way out (None if there was no out_dir, or
+    the stop was immediate); steps_done: the steps completed; at_step_end: False when a second signal cut a step."""
+
+    def __init__(self, signum, steps_done=None, checkpoint=None, at_step_end=True, out_dir=None):
+        super().__init__(signum)
+        self.signum, self.steps_done, self.checkpoint = signum, steps_done, checkpoint
+        self.at_step_end, self.out_dir = at_step_end, out_dir
+
+    def __str__(self):
+        what = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+        if not self.at_step_end:
+            where = f"the last checkpoint in {self.out_dir} is intact" if self.out_dir else "nothing was saved"
+            return f"stopped at once by a second {what}, in the middle of a step: {where}"
+        done = f"stopped by {what} after {self.steps_done} steps"
+        if self.checkpoint is None:
+            return f"{done}; nothing was saved (no output folder)"
+        return f"{done}; checkpoint saved in {self.checkpoint}: run the same command with --resume to continue"
+
+
+class _StopAtStepEnd:
+    """Within `with`: the first SIGINT/SIGTERM is noted (`signum`) for the loop to act on between steps; a second
+    raises TrainingInterrupted at once. Signal handlers can only be set from the main thread; elsewhere (a thread
+    pool, some notebook setups) this does nothing and signals keep their usual effect."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, quiet=False):
+        self.signum, self.quiet, self._old = None, quiet, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise TrainingInterrupted(signum, at_step_end=False)
+        self.signum = signum
+        if not self.quiet:
+            print("\nminift: finishing this step, then saving and stopping (again to stop at once)",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        return False
+
+
 class TrainingDiverged(MiniftError):
     """A loss, a gradient or (after an update) a weight became NaN or infinite. In the first two cases the weights
     are still the last good ones and were saved before this was raised; in the third they are not, nothing was saved,
@@ -108,8 +174,10 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: TrainResult, tcfg: TrainConfig):
-    """Write out_dir/step-NNNNNN/ completely, then point out_dir/latest at it (atomically)."""
+def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: TrainResult, tcfg: TrainConfig,
+                    start_fingerprint=None):
+    """Write out_dir/step-NNNNNN/ completely, then point out_dir/latest at it (atomically).
+    start_fingerprint: what the run started from (train()'s argument), for resume to check."""
     out_dir = Path(out_dir)
     folder = out_dir / f"step-{step:06d}"
     if folder.exists():
@@ -122,7 +190,7 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
     state = dict(step=step, optimizer=sd, data=source.state(), dropout_rng=dropout_rng.bit_generator.state,
                  adapter_rng=adapter_rng.bit_generator.state if adapter_rng is not None else None,
                  train_config=asdict(tcfg), model_config=model.cfg.to_dict(), head=model.head, labels=model.labels,
-                 frozen=sorted(model.frozen), base_fingerprint=model.fingerprint(),
+                 frozen=sorted(model.frozen), base_fingerprint=model.fingerprint(), start_fingerprint=start_fingerprint,
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
                  sha256={name: _sha256(folder / name) for name in ("weights.safetensors", "optimizer.safetensors")})
     save_json(state, folder / "state.json")
@@ -144,8 +212,29 @@ def latest_checkpoint(out_dir) -> Path | None:
     return folder
 
 
-def load_checkpoint(folder, model, opt, source, dropout_rng) -> dict:
-    """Restore weights, optimizer, data position and generator from a checkpoint folder; return its state.json."""
+def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: str | None) -> None:
+    """Raise a MiniftError unless the checkpoint in `folder` (its state.json) continues this run: the same starting
+    weights and training settings (module docstring); `steps` at least the checkpoint's step."""
+    if start_fingerprint is not None and state.get("start_fingerprint") not in (None, start_fingerprint):
+        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model "
+                          f"({state['start_fingerprint']}, this one is {start_fingerprint}); resume with the --base "
+                          "it was started with, or start afresh")
+    saved = state.get("train_config", {})
+    now = asdict(tcfg)
+    changed = sorted(k for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k])
+    if changed:
+        diff = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise MiniftError(f"checkpoint {folder} was trained with other settings ({diff}); resume with the same "
+                          "ones (only --steps may change), or start afresh")
+    if state["step"] > tcfg.steps:
+        raise MiniftError(f"checkpoint {folder} is at step {state['step']}, beyond steps={tcfg.steps}: "
+                          f"resume with --steps {state['step']} or more")
+
+
+def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig | None = None,
+                    start_fingerprint=None) -> dict:
+    """Restore weights, optimizer, data position and generator from a checkpoint folder; return its state.json.
+    With tcfg, first check that the checkpoint belongs to this run (check_resumable)."""
     folder = Path(folder)
     state = load_json(folder / "state.json", "checkpoint state")
     for name, digest in state["sha256"].items():
@@ -154,6 +243,8 @@ def load_checkpoint(folder, model, opt, source, dropout_rng) -> dict:
     if state["model_config"] != model.cfg.to_dict():
         raise MiniftError(f"checkpoint {folder} is for model config {state['model_config']}, "
                           f"not this model's {model.cfg.to_dict()}")
+    if tcfg is not None:
+        check_resumable(folder, state, tcfg, start_fingerprint)
     weights, _ = load_safetensors(folder / "weights.safetensors", "checkpoint weights")
     arrays = model.all_params()
     if set(weights) != set(arrays):
@@ -183,13 +274,17 @@ def make_optimizer(model, tcfg: TrainConfig):
 
 
 def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=False, progress=True,
-          desc="train") -> TrainResult:
+          desc="train", start_fingerprint=None) -> TrainResult:
     """Train `model` on batches from `source` for tcfg.steps steps.
 
     source:   an object with next_batch() -> dict(input_ids=..., targets=..., [attention_mask=...]) of host
               arrays, and state() / restore(state) for its position (see minift/data/sources.py).
     evaluate: optional callable(model) -> dict of metrics, run every tcfg.eval_every steps and at the end.
-    out_dir:  where checkpoints go; with resume=True the latest checkpoint there is restored first.
+    out_dir:  where checkpoints go; with resume=True the latest checkpoint there is restored first (after checking
+              that it belongs to this run: check_resumable).
+    start_fingerprint: what the run starts from (fine-tuning: the base model's fingerprint), kept in checkpoints;
+              resume refuses a checkpoint whose run started from something else.
+    A first Ctrl-C or SIGTERM ends the run after the current step, with a checkpoint: TrainingInterrupted.
     """
     from tqdm.auto import tqdm
     if not model.trainable_params():
@@ -199,59 +294,72 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     dropout_rng = np.random.default_rng(tcfg.seed)
     result, start = TrainResult(), 0
     if resume and out_dir is not None and (folder := latest_checkpoint(out_dir)) is not None:
-        state = load_checkpoint(folder, model, opt, source, dropout_rng)
+        state = load_checkpoint(folder, model, opt, source, dropout_rng, tcfg, start_fingerprint)
         start = state["step"]
         result = TrainResult(state["history"], state["evals"], start, state["seconds"], state["tokens"])
 
     def checkpoint(step):
         if out_dir is not None:
-            save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg)
+            return save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg, start_fingerprint)
 
     bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=False)
-    step = start
-    try:
-        for step in bar:
-            lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
-            t0 = time.perf_counter()
-            batch = source.next_batch()
-            if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
-                loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
-            else:
-                loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
-            norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
-            if not (np.isfinite(loss) and np.isfinite(norm)):
-                bad = find_nonfinite(loss, grads) or "gradient norm"
-                checkpoint(step)       # the parameters are still those of the last good step: keep them
-                raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
-                                       f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr.")
-            opt.step(grads, lr=lr)
-            if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
-                raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); this step's "
-                                       "parameters were not saved"
-                                       + (f", the last checkpoint in {out_dir} is intact" if out_dir else "")
-                                       + ". Try a lower lr.")
-            dt = time.perf_counter() - t0
-            ntok = int(np.asarray(batch["input_ids"]).size)
-            result.history.append(dict(step=step, loss=loss, lr=lr, grad_norm=norm, ms=dt * 1e3))
-            result.seconds += dt
-            result.tokens += ntok
-            result.steps_done = step + 1
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}")
-            done = step + 1
-            if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
-                result.evals.append(dict(step=done, **evaluate(model)))
-            if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
-                checkpoint(done)
-    except KeyboardInterrupt:
-        checkpoint(result.steps_done)  # nothing is lost: resume continues from here
-        raise
-    finally:
-        bar.close()
-    if evaluate is not None:
-        result.evals.append(dict(step=tcfg.steps, **evaluate(model)))
-    checkpoint(tcfg.steps)
+    with _StopAtStepEnd(quiet=not progress) as stop:
+        try:
+            for step in bar:
+                if stop.signum is not None:          # asked to stop during the previous step: it is complete
+                    raise TrainingInterrupted(stop.signum, result.steps_done)
+                _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
+                done = step + 1
+                if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
+                    result.evals.append(dict(step=done, **evaluate(model)))
+                if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
+                    checkpoint(done)
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, result.steps_done)
+        except TrainingInterrupted as e:
+            e.out_dir, e.steps_done = out_dir, result.steps_done
+            if e.at_step_end:
+                e.checkpoint = checkpoint(result.steps_done)    # a state the uninterrupted run also passes through
+            raise
+        finally:
+            bar.close()
+        if evaluate is not None:
+            result.evals.append(dict(step=tcfg.steps, **evaluate(model)))
+        folder = checkpoint(tcfg.steps)
+        if stop.signum is not None:                  # arrived during the final evaluation or save: both finished
+            raise TrainingInterrupted(stop.signum, result.steps_done, folder, out_dir=out_dir)
     return result
+
+
+def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir):
+    """One training step: a batch, the loss and gradients, the non-finite guards, the update, the books."""
+    lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
+    t0 = time.perf_counter()
+    batch = source.next_batch()
+    if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
+        loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
+    else:
+        loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
+    norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+        bad = find_nonfinite(loss, grads) or "gradient norm"
+        checkpoint(step)       # the parameters are still those of the last good step: keep them
+        raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
+                               f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr.")
+    opt.step(grads, lr=lr)
+    if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
+        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); this step's "
+                               "parameters were not saved"
+                               + (f", the last checkpoint in {out_dir} is intact" if out_dir else "")
+                               + ". Try a lower lr.")
+    dt = time.perf_counter() - t0
+    ntok = int(np.asarray(batch["input_ids"]).size)
+    result.history.append(dict(step=step, loss=loss, lr=lr, grad_norm=norm, ms=dt * 1e3))
+    result.seconds += dt
+    result.tokens += ntok
+    result.steps_done = step + 1
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}")
 
 
 def _norm(grads) -> float:

@@ -410,6 +410,10 @@ def test_sources_resume_exactly():
     with pytest.raises(MiniftError, match="same data and batch size"):
         ClassificationSource(lists[:10], [0] * 10, 0, 8, 5).restore(
             ClassificationSource(lists, [0] * 23, 0, 8, 5).state())
+    with pytest.raises(MiniftError, match="other data"):       # as many examples, other tokens: the hash tells
+        LMSource(np.arange(500) + 1, 16, 4, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
+    with pytest.raises(MiniftError, match="other data"):
+        ClassificationSource(lists, [1] * 23, 0, 8, 5).restore(ClassificationSource(lists, [0] * 23, 0, 8, 5).state())
 
 
 def test_task_source_on_shipped_task(shipped):

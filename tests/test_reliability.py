@@ -1,5 +1,7 @@
 """Bad input gets a message naming it; faults lose nothing. (Op-, data- and LoRA-level cases live in their files.)"""
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from minift import GPT, GPTConfig, MiniftError
 from minift.backend import gpu_available, resolve_device
 from minift.data.sources import LMSource
-from minift.train import TrainConfig, latest_checkpoint, train
+from minift.train import TrainConfig, TrainingInterrupted, latest_checkpoint, train
 
 
 def tiny(seed=0, **kw):
@@ -65,18 +67,20 @@ def test_corrupted_checkpoint_is_detected_by_its_checksum(tmp_path):
               resume=True, progress=False)
 
 
-class InterruptAt:
-    """A batch source that raises KeyboardInterrupt (Ctrl-C) when asked for batch `at`."""
+class SignalAt:
+    """A batch source that sends this process `signals` (Ctrl-C is SIGINT, `kill` and `timeout` send SIGTERM) while
+    it hands out batch `at`: the signals arrive in the middle of that step, as a real one would."""
 
-    def __init__(self, source, at):
-        self.source, self.at, self.calls = source, at, 0
+    def __init__(self, source, at, signals=(signal.SIGINT,)):
+        self.source, self.at, self.signals, self.calls = source, at, signals, 0
 
     def next_batch(self):
+        batch = self.source.next_batch()
         if self.calls == self.at:
-            self.calls += 1
-            raise KeyboardInterrupt
+            for sig in self.signals:
+                os.kill(os.getpid(), sig)
         self.calls += 1
-        return self.source.next_batch()
+        return batch
 
     def state(self):
         return self.source.state()
@@ -85,17 +89,65 @@ class InterruptAt:
         self.source.restore(state)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path):
-    tcfg = TrainConfig(steps=7, batch_size=4, warmup=1)
-    model = tiny()
-    with pytest.raises(KeyboardInterrupt):
-        train(model, InterruptAt(LMSource(stream(), 16, 4, seed=3), at=4), tcfg, out_dir=tmp_path, progress=False)
-    assert latest_checkpoint(tmp_path).name == "step-000004"
-    resumed = tiny(seed=77)
-    train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+def _straight(tcfg, seed=3):
     straight = tiny()
-    train(straight, LMSource(stream(), 16, 4, seed=3), tcfg, progress=False)
+    train(straight, LMSource(stream(), 16, 4, seed=seed), tcfg, progress=False)
+    return straight
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_and_resume_matches(tmp_path, sig):
+    tcfg = TrainConfig(steps=7, batch_size=4, warmup=1)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4, seed=3), at=4, signals=(sig,)), tcfg, out_dir=tmp_path,
+              progress=False)
+    assert stop.value.steps_done == 5 and stop.value.checkpoint == latest_checkpoint(tmp_path)
+    assert latest_checkpoint(tmp_path).name == "step-000005"       # step 4, under way at the signal, was finished
+    assert "--resume" in str(stop.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler            # the handlers are put back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    resumed = tiny(seed=77)                    # other initial weights: the checkpoint must restore every one
+    train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    straight = _straight(tcfg)
     assert all(np.array_equal(straight.params[k], resumed.params[k]) for k in straight.params)
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    tcfg = TrainConfig(steps=7, batch_size=4, warmup=1, save_every=2)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4, seed=3), at=4, signals=(signal.SIGINT, signal.SIGINT)),
+              tcfg, out_dir=tmp_path, progress=False)
+    assert not stop.value.at_step_end and stop.value.checkpoint is None and "intact" in str(stop.value)
+    assert latest_checkpoint(tmp_path).name == "step-000004"       # the save_every one from before the signals
+    resumed = tiny()
+    train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    straight = _straight(tcfg)
+    assert all(np.array_equal(straight.params[k], resumed.params[k]) for k in straight.params)
+
+
+def test_a_signal_in_the_last_step_still_stops_the_caller(tmp_path):
+    tcfg = TrainConfig(steps=3, batch_size=4, warmup=1)
+    with pytest.raises(TrainingInterrupted) as stop:      # the run is complete, but whoever called train must stop
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4), at=2), tcfg, out_dir=tmp_path, progress=False)
+    assert stop.value.steps_done == 3 and latest_checkpoint(tmp_path).name == "step-000003"
+
+
+def test_resume_refuses_a_checkpoint_from_another_run(tmp_path):
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup=1)
+    train(tiny(), LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, progress=False, start_fingerprint="a")
+
+    def resume(tcfg=tcfg, data=stream(), fingerprint="a"):
+        train(tiny(), LMSource(data, 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False,
+              start_fingerprint=fingerprint)
+    with pytest.raises(MiniftError, match=r"other settings \(lr: 0.001 -> 0.002\)"):
+        resume(tcfg=TrainConfig(steps=4, batch_size=4, warmup=1, lr=2e-3))
+    with pytest.raises(MiniftError, match="at step 4, beyond steps=3"):
+        resume(tcfg=TrainConfig(steps=3, batch_size=4, warmup=1))
+    with pytest.raises(MiniftError, match="other data"):
+        resume(data=stream() + 1)
+    with pytest.raises(MiniftError, match="another base model"):
+        resume(fingerprint="b")
+    resume(tcfg=TrainConfig(steps=6, batch_size=4, warmup=1, eval_every=2))   # more steps: a longer run, allowed
 
 
 def test_same_seed_same_result():

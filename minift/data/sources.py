@@ -9,8 +9,12 @@ minift.train.train() asks a source for `next_batch()` -> dict of host arrays tha
     task_source(split, tokenizer, max_len, batch_size, seed)       the right one of the last two for a TaskSplit
 
 A state is a small JSON-friendly dict; restoring it gives exactly the batches the original would have given next.
+It carries a short hash of the source's token ids ("data"), so that a checkpoint is not resumed on other data (another
+corpus, other files, another tokenizer) without a word.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -42,11 +46,16 @@ class LMSource:
         return {"input_ids": x, "targets": y}
 
     def state(self) -> dict:
-        return {"kind": "lm", "seed": self.seed, "step": self.step}
+        return {"kind": "lm", "seed": self.seed, "step": self.step, "data": self.data_hash()}
 
     def restore(self, state: dict) -> None:
-        _check(state, "lm", seed=self.seed)
+        _check(state, "lm", seed=self.seed, data=self.data_hash())
         self.step = int(state["step"])
+
+    def data_hash(self) -> str:
+        if not hasattr(self, "_hash"):
+            self._hash = _hash_ids([self.token_ids])
+        return self._hash
 
 
 class _IndexedSource:
@@ -57,11 +66,16 @@ class _IndexedSource:
         self.batches = BatchIterator(n, batch_size, seed)
 
     def state(self) -> dict:
-        return {"kind": self.kind, **self.batches.state()}
+        return {"kind": self.kind, **self.batches.state(), "data": self.data_hash()}
 
     def restore(self, state: dict) -> None:
-        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size)
-        self.batches = BatchIterator.from_state({k: v for k, v in state.items() if k != "kind"})
+        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size, data=self.data_hash())
+        self.batches = BatchIterator.from_state({k: v for k, v in state.items() if k not in ("kind", "data")})
+
+    def data_hash(self) -> str:
+        if not hasattr(self, "_hash"):
+            self._hash = _hash_ids(self._examples())
+        return self._hash
 
 
 class ClassificationSource(_IndexedSource):
@@ -74,6 +88,9 @@ class ClassificationSource(_IndexedSource):
         super().__init__(len(token_lists), batch_size, seed)
         self.token_lists, self.label_ids = list(token_lists), np.asarray(label_ids, dtype=np.int64)
         self.pad_id, self.max_len = pad_id, max_len
+
+    def _examples(self):
+        return [*self.token_lists, self.label_ids]
 
     def next_batch(self) -> dict:
         idx = self.batches.next_batch()                                        # (B,)
@@ -94,6 +111,9 @@ class CompletionSource(_IndexedSource):
         self.prompts, self.completions = list(prompt_lists), list(completion_lists)
         self.pad_id, self.max_len = pad_id, max_len
 
+    def _examples(self):
+        return [*self.prompts, *self.completions]
+
     def next_batch(self) -> dict:
         idx = self.batches.next_batch()                                        # (B,)
         ids, targets, mask = completion_batch([self.prompts[i] for i in idx], [self.completions[i] for i in idx],
@@ -108,7 +128,17 @@ def task_source(split, tokenizer, max_len: int, batch_size: int, seed: int = 0):
     return cls(a, b, tokenizer.pad_id, max_len, batch_size, seed)
 
 
-def _check(state: dict, kind: str, **expected) -> None:
+def _hash_ids(sequences) -> str:
+    """A short SHA-256 of a list of token-id sequences (lengths included, so [1, 2], [3] differs from [1], [2, 3])."""
+    h = hashlib.sha256()
+    for ids in sequences:
+        a = np.asarray(ids, dtype=np.int64)
+        h.update(np.int64(a.size).tobytes())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check(state: dict, kind: str, data: str, **expected) -> None:
     """A saved state must come from the same kind of source over the same data."""
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise MiniftError(f"data state {state!r} is not from a {kind} source")
@@ -116,3 +146,6 @@ def _check(state: dict, kind: str, **expected) -> None:
         if state.get(key) != value:
             raise MiniftError(f"data state has {key}={state.get(key)!r} but this {kind} source has {value!r}: "
                               "resume with the same data and batch size")
+    if state.get("data", data) != data:              # states saved before the hash existed have none
+        raise MiniftError(f"the checkpoint was trained on other data (token-id hash {state['data']}, this run's is "
+                          f"{data}): another corpus, --chars, --files, task or tokenizer? Resume with the same data")
