@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .errors import MiniftError
+from .train import TrainingInterrupted
 
 
 def _positive_int(text):
@@ -21,15 +22,60 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    """A random seed: NumPy's generators take integers >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {value}")
+    return value
+
+
+# What a finished or stopped run leaves in its --out folder; any of them marks the folder as minift's own.
+OUTPUT_MARKERS = ("pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints")
+
+
+def _check_out(a):
+    """--out before any work: a folder (new, empty, or holding a run that --resume continues or --overwrite
+    replaces); never a file, never someone else's folder."""
+    import shutil
+    from pathlib import Path
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
+    if a.resume and not any(out.glob("checkpoints/latest")) and not any(out.glob("*/checkpoints/latest")):
+        print(f"minift: no checkpoint in {out} to resume from; starting at step 0", file=sys.stderr)
+    if out.is_dir() and any(out.iterdir()) and not a.resume:
+        ours = (any((out / m).exists() for m in OUTPUT_MARKERS)
+                or any(out.glob("*/checkpoints")) or any(out.glob("seed-*/*/checkpoints")))   # a stopped compare
+        if ours and a.overwrite:
+            shutil.rmtree(out)
+        elif ours:
+            raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
+                              "replace it, or another --out")
+        else:
+            raise MiniftError(f"--out {out} holds files that minift did not write; choose a new or empty folder "
+                              "(--overwrite deletes only an earlier minift run)")
+    out.mkdir(parents=True, exist_ok=True)              # now, so that a folder we cannot write fails before training
+
+
 def _add_device(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "auto"],
                    help="where to run (default: $MINIFT_DEVICE or cpu)")
 
 
 def _add_run_options(p, out_default):
-    """The options every training command shares: output folder, seed, progress bar, device, BLAS threads, workers."""
-    p.add_argument("--out", default=out_default)
-    p.add_argument("--seed", type=int, default=0)
+    """The options every training command shares: output folder (and what to do with an earlier run there), seed,
+    progress bar, device, BLAS threads, workers."""
+    p.add_argument("--out", default=out_default, help=f"output folder (default {out_default}); it must be new or "
+                                                      "empty, unless --resume or --overwrite")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stopped in --out (Ctrl-C or SIGTERM saves a checkpoint after the step "
+                        "under way), with the same settings; --steps may grow")
+    p.add_argument("--overwrite", action="store_true", help="delete the earlier run in --out first")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="numpy's BLAS threads (default: the environment's, e.g. OPENBLAS_NUM_THREADS); use 1 when "
@@ -50,6 +96,9 @@ def _prepare_training(a):
     fault them in again on the next step (16-25% of a demo step's time went to those page faults).
     """
     from .bench import reuse_freed_memory, set_blas_threads
+    if a.resume and a.overwrite:
+        raise MiniftError("--resume continues the run in --out and --overwrite deletes it: give one")
+    _check_out(a)
     if a.threads is not None:
         set_blas_threads(a.threads)
     elif a.workers > 1:
@@ -87,7 +136,6 @@ def add_pretrain(sub):
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: data/tokenizer.json if it fits)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     _add_run_options(p, "runs/pretrain")
     p.set_defaults(func=cmd_pretrain)
 
@@ -113,7 +161,7 @@ def add_generate(sub):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=_positive_int, default=None)
     p.add_argument("--samples", type=_positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_device(p)
     p.set_defaults(func=cmd_generate)
 
@@ -139,9 +187,9 @@ def cmd_finetune(a):
     base, tok = load_base(a.base, device=a.device)
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
-                          eval_every=a.eval_every, seed=a.seed, workers=a.workers,
+                          eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers,
                           lora=_lora_from_args(a) if a.method == "lora" else None)
-    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet)
+    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume)
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
@@ -170,6 +218,8 @@ def add_finetune(sub):
     p.add_argument("--init", default="default", choices=["default", "gaussian", "pissa"])
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=0,
+                   help="checkpoint every N steps into --out/checkpoints (default 0: at the end, and when stopped)")
     _add_run_options(p, "runs/finetune")
     p.set_defaults(func=cmd_finetune)
 
@@ -208,7 +258,7 @@ def cmd_compare(a):
     if a.seeds:
         kw["seeds"] = a.seeds
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
-    results = compare(ccfg, out=a.out, progress=not a.quiet)
+    results = compare(ccfg, out=a.out, progress=not a.quiet, resume=a.resume)
     print(main_table(results))
     print()
     print("Peak training memory, MiB (measured; predicted in the last column):")
@@ -297,8 +347,14 @@ def main(argv=None):
     except MiniftError as e:
         print(f"minift: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                  # a folder that cannot be written, a disk that is full: say which
+        print(f"minift: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:      # stopped between two steps: e says what was saved and how to go on
+        print(f"minift: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     except KeyboardInterrupt:
-        print("minift: interrupted (a checkpoint was saved where the command keeps them; rerun with --resume)",
+        print("minift: interrupted; nothing new was saved (checkpoints already in --out, if any, are intact)",
               file=sys.stderr)
         return 130
     return 0

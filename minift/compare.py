@@ -74,6 +74,8 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise MiniftError(f"--methods {','.join(self.methods)}: each must be one of {METHODS}")
+        if len(set(self.methods)) != len(self.methods):
+            raise MiniftError(f"--methods {','.join(self.methods)}: a method is named twice")
         if any(r <= 0 for r in self.ranks) or self.rank <= 0:
             raise MiniftError(f"LoRA ranks must be positive, got rank={self.rank} ranks={self.ranks}")
         if self.steps <= 0:
@@ -131,7 +133,7 @@ def _spectral(base_w: dict, tuned_w: dict, names) -> dict:
                 matrices=len(names), effective_rank_dW=float(np.mean(ranks)) if ranks else 0.0)
 
 
-def _saved_bytes(model, lora, method, out: Path) -> int:
+def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     """What must be kept to reproduce this fine-tune on top of the base: written to disk and measured."""
     from .io import save_safetensors
     if method == "lora":
@@ -139,6 +141,7 @@ def _saved_bytes(model, lora, method, out: Path) -> int:
         return sum(f.stat().st_size for f in (out / "adapter").iterdir())
     if method == "full":
         model.save_pretrained(out / "model")
+        tok.save(out / "model" / "tokenizer.json")       # a complete model folder (not counted: the base has it)
         return (out / "model" / "model.safetensors").stat().st_size
     trainable = {k: to_numpy(v) for k, v in model.trainable_params().items()}   # head / freeze: what trained
     save_safetensors(trainable, out / "trainable.safetensors")
@@ -156,16 +159,18 @@ def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
 
 
 def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,
-            out: Path, progress=True) -> dict:
-    """Fine-tune one method and measure everything in the table."""
+            out: Path, progress=True, resume=False) -> dict:
+    """Fine-tune one method and measure everything in the table. Its files go to out/<label>/ (checkpoints/ while
+    it trains: with resume, a run stopped earlier continues there, and a finished one is only re-measured)."""
     from .data.sources import task_source
     label = f"lora r={rank}" if method == "lora" else method
+    run_dir = out / label.replace(" ", "").replace("=", "")
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
                           seed=ccfg.seed, workers=ccfg.workers,
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
-    model, lora, s = finetune(base, tok, fcfg, progress=progress)
+    model, lora, s = finetune(base, tok, fcfg, progress=progress, resume=resume, checkpoints=run_dir / "checkpoints")
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
                         seed=ccfg.seed).next_batch()
@@ -181,7 +186,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     tuned_w = _tuned_weights(model, lora)
     names = linear_weight_names(base_w, _modules(ccfg))
     row["spectral"] = _spectral(base_w, tuned_w, names)
-    row["saved_bytes"] = _saved_bytes(model, lora, method, out / label.replace(" ", "").replace("=", ""))
+    row["saved_bytes"] = _saved_bytes(model, lora, method, run_dir, tok)
     if method == "lora":
         row["mitigation"] = _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, test_split)
     row["spectra_example"] = _spectrum_example(base_w, tuned_w, names)
@@ -215,8 +220,9 @@ def _spectrum_example(base_w, tuned_w, names) -> dict:
 
 # ---- the whole comparison -----------------------------------------------------------------------------------
 
-def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
-    """Run every method (and the rank sweep), write results.json, report.md and plots into `out`."""
+def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=False) -> dict:
+    """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
+    run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
     from .pretrain import heldout_world_ids, load_base
     t0 = time.time()
     out = Path(out)
@@ -235,8 +241,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
     plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
     plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
     for method, rank, alpha in plan:
-        runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress))
-    spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) if ccfg.seeds else None
+        runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
+    spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
                    base_lm_loss=base_lm, runs=runs, seeds=spread, machine=_machine(),
                    seconds=round(time.time() - t0, 1))
@@ -247,7 +253,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True) -> dict:
     return results
 
 
-def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) -> dict:
+def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) -> dict:
     """Every run of the plan again with each extra seed (head init, LoRA init and data order all change).
     The table and plots stay the first seed's; this returns, per run label, each seed's accuracy, forgetting and
     intruder count at ε = 0.5, in the order of `seeds`."""
@@ -263,7 +269,7 @@ def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress) ->
     for seed in ccfg.seeds:
         sub = dataclasses.replace(ccfg, seed=seed, seeds=())
         for method, rank, alpha in plan:
-            r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress)
+            r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress, resume)
             for k, v in values(r).items():
                 per[r["label"]][k].append(v)
     return dict(seeds=[ccfg.seed, *ccfg.seeds], runs=per)

@@ -15,6 +15,7 @@ optimizer is never given it, and its array is bitwise unchanged by training.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class FinetuneConfig:
     eval_size: int | None = None     # evaluate on only this many validation/test examples (quick runs)
     freeze_blocks: int | None = None  # for method "freeze" (default: half of the blocks)
     eval_every: int = 0
+    save_every: int = 0              # checkpoint every this many steps (0: only at the end and when stopped)
     seed: int = 0
     lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
     workers: int = 1                 # >1: each batch split across CPU threads (minift/parallel.py)
@@ -104,8 +106,9 @@ class FinetuneConfig:
             raise MiniftError(f"method {self.method!r} is not one of {METHODS}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise MiniftError(f"{name}={value!r} must be a positive learning rate")
+            if value is not None and not 0 < value < math.inf:
+                raise MiniftError(f"{name}={value!r} must be a positive, finite learning rate")
+
         if self.train_size is not None and self.train_size <= 0:
             raise MiniftError(f"train_size={self.train_size} must be positive")
 
@@ -158,12 +161,15 @@ def _split_one_file(split, seed=0):
     return part(order[:cut1], "train"), part(order[cut1:cut2], "validation"), part(order[cut2:], "test")
 
 
-def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True):
+def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None):
     """Fine-tune a copy of `base` on fcfg.task with fcfg.method; returns (model, lora or None, summary dict).
 
     The article's five steps (§1.1): 1 load the pretrained model (`base`, copied so it stays untouched), 2 add a
     task head (classification tasks), 3 freeze what the method freezes, 4 train with backprop, 5 evaluate on the
     validation and test splits. With out_dir, the result is saved there: the adapter (LoRA) or the whole model.
+
+    checkpoints: the folder for training checkpoints (default out_dir/checkpoints; none without either). With
+    resume, training continues from the latest one there, which must come from the same base, task and settings.
     """
     from .data.sources import task_source
     from .evaluate import split_metrics
@@ -179,7 +185,8 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True)
     lr, head_lr = learning_rates(model, fcfg)
     tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
                        warmup=min(fcfg.warmup, fcfg.steps // 5), weight_decay=fcfg.weight_decay,
-                       eval_every=fcfg.eval_every, seed=fcfg.seed, workers=fcfg.workers,
+                       eval_every=fcfg.eval_every, save_every=fcfg.save_every, seed=fcfg.seed,
+                       workers=fcfg.workers,
                        lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
     def evaluate(m, split=val_split, prefix="val_"):
         if lora is not None:
@@ -190,8 +197,10 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True)
             if lora is not None:
                 lora.train()
 
-    result = train(model, source, tcfg, out_dir=None, progress=progress, evaluate=evaluate,   # 4. train
-                   desc=f"finetune {fcfg.method}")
+    if checkpoints is None and out_dir is not None:
+        checkpoints = Path(out_dir) / "checkpoints"
+    result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
+                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=base.fingerprint())
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
     summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
                    **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,

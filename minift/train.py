@@ -28,6 +28,7 @@ same training settings except `steps` (which may grow: the schedule stretches to
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import signal
 import sys
@@ -70,8 +71,11 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise MiniftError(f"{name}={getattr(self, name)} must be positive")
-        if self.lr <= 0:
-            raise MiniftError(f"lr={self.lr} must be positive")
+        if not 0 < self.lr < math.inf:
+            raise MiniftError(f"lr={self.lr} must be positive and finite")
+        for name in ("eval_every", "save_every", "warmup"):
+            if getattr(self, name) < 0:
+                raise MiniftError(f"{name}={getattr(self, name)} must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MiniftError(f"grad_clip={self.grad_clip} must be positive (or None to disable)")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:

@@ -63,3 +63,72 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "--steps", "-3"])
     assert e.value.code == 2
+
+
+# ---- --out, --resume, --overwrite, and stopping with Ctrl-C -------------------------------------------------------
+
+def test_out_must_be_new_empty_or_a_run_named_by_resume_or_overwrite(pretrained, tmp_path, capsys):
+    pretrain = ["pretrain", "--preset", "tiny", "--chars", "300000", "--steps", "2", "--batch", "2", "--quiet"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(pretrain + ["--out", str(a_file)]) == 1
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "mine"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("mine")
+    for extra in ([], ["--overwrite"]):                   # someone else's folder: never written into, never deleted
+        assert main(pretrain + ["--out", str(tmp_path / "mine"), *extra]) == 1
+        assert "did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "mine"
+    run = tmp_path / "run"
+    assert main(pretrain + ["--out", str(run)]) == 0
+    assert main(pretrain + ["--out", str(run)]) == 1      # a second run would mix its files with the first's
+    assert "--resume to continue it, --overwrite to replace it" in capsys.readouterr().err
+    (run / "stale.txt").write_text("left by the first run")
+    assert main(pretrain + ["--out", str(run), "--overwrite"]) == 0 and not (run / "stale.txt").exists()
+    assert main(pretrain + ["--out", str(run), "--overwrite", "--resume"]) == 1
+    assert main(pretrain + ["--out", str(tmp_path / "fresh"), "--resume"]) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(pretrain + ["--out", str(tmp_path / "s"), "--seed", "-1"])
+    assert e.value.code == 2
+
+
+def _signal_at_batch(monkeypatch, source_class, at):
+    """Send this process SIGINT (Ctrl-C) while `source_class` hands out its batch number `at`, counted over every
+    instance (the evaluation never draws from a source)."""
+    import os
+    import signal
+    calls = [0]
+    real = source_class.next_batch
+
+    def next_batch(self):
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls[0] += 1
+        return real(self)
+    monkeypatch.setattr(source_class, "next_batch", next_batch)
+
+
+def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkeypatch, capsys):
+    from minift import GPT, GPTConfig
+    from minift.data.sources import ClassificationSource
+    from minift.io import load_safetensors
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "6",
+           "--batch", "4", "--train-size", "32", "--eval-every", "2", "--quiet"]
+    assert main(run + ["--out", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as m:
+        _signal_at_batch(m, ClassificationSource, at=2)
+        assert main(run + ["--out", str(tmp_path / "stopped")]) == 128 + 2
+    err = capsys.readouterr().err
+    assert "stopped by Ctrl-C after 3 steps" in err and "--resume" in err
+    assert not (tmp_path / "stopped" / "adapter").exists()          # no result yet, only the checkpoint
+    assert main(run + ["--out", str(tmp_path / "stopped"), "--resume"]) == 0
+    straight, _ = load_safetensors(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    resumed, _ = load_safetensors(tmp_path / "stopped" / "adapter" / "adapter_model.safetensors")
+    assert straight.keys() == resumed.keys() and all((straight[k] == resumed[k]).all() for k in straight)
+    summaries = [json.loads((tmp_path / d / "finetune.json").read_text()) for d in ("straight", "stopped")]
+    assert summaries[0]["evals"] == summaries[1]["evals"]
+    assert [h["loss"] for h in summaries[0]["history"]] == [h["loss"] for h in summaries[1]["history"]]
+    assert main(run + ["--out", str(tmp_path / "stopped"), "--resume", "--lr", "1e-2"]) == 1
+    assert "other settings (lr: 0.002 -> 0.01," in capsys.readouterr().err

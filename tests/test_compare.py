@@ -108,3 +108,22 @@ def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
     assert "LoRA options" in capsys.readouterr().err
     assert main(["compare", "--seeds", "0,1", "--out", str(tmp_path), "--quick"]) == 1
     assert "must differ" in capsys.readouterr().err
+
+
+def test_a_stopped_comparison_resumes_to_the_same_results(tmp_path, monkeypatch, capsys):
+    from minift.data.sources import ClassificationSource
+    from test_cli import _signal_at_batch
+    run = ["compare", "--quick", "--methods", "head,lora", "--quiet"]
+    assert main(run + ["--out", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as m:      # head: 8 steps + 1 batch for the memory measurement; then LoRA's 4th step
+        _signal_at_batch(m, ClassificationSource, at=12)
+        assert main(run + ["--out", str(tmp_path / "stopped")]) == 130
+    assert "after 4 steps" in capsys.readouterr().err
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    assert main(run + ["--out", str(tmp_path / "stopped")]) == 1              # not without --resume or --overwrite
+    assert main(run + ["--out", str(tmp_path / "stopped"), "--resume"]) == 0
+    straight, resumed = (json.loads((tmp_path / d / "results.json").read_text())["runs"]
+                         for d in ("straight", "stopped"))
+    for a, b in zip(straight, resumed):
+        for key in ("label", "val_accuracy", "test_accuracy", "losses", "forgetting", "spectral", "saved_bytes"):
+            assert a[key] == b[key], (a["label"], key)
