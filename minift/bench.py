@@ -504,21 +504,24 @@ def _format_breakdown(b: dict) -> str:
 # ---- the command ---------------------------------------------------------------------------------------------------
 
 def cmd_bench(a):
-    r = run_bench(a.preset, a.method, rank=a.rank, steps=a.steps, warmup=a.warmup, device=a.device, seed=a.seed,
+    if a.rank is not None and a.method != "lora":
+        raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
+    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup, device=a.device, seed=a.seed,
                   profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc, threads=a.threads,
                   workers=a.workers)
     print(json.dumps(r) if a.json else format_report(r))
 
 
 def add_bench(sub):
+    from .cli import _seed
     p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
     p.add_argument("--preset", default="demo", help="tiny | demo | small | gpt2 (batch: config.BENCH_BATCH)")
     p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--profile-steps", type=int, default=3, help="extra steps timed op by op (0: no breakdown)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--threads", type=int, default=None, help="BLAS threads for this run (default: as the "
                    "environment says, OPENBLAS_NUM_THREADS or all cores)")
     p.add_argument("--clock", default="wall", help="wall (default) | cpu: process CPU time, steadier on a shared "

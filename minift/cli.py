@@ -111,6 +111,9 @@ def _prepare_training(a):
 def cmd_pretrain(a):
     from .pretrain import pretrain
     from .train import TrainConfig
+    if a.files and a.corpus:
+        raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
+    a.corpus = a.corpus or "world"
     warmup = min(100, a.steps // 10) if a.warmup is None else a.warmup
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
                        eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers)
@@ -124,7 +127,7 @@ def cmd_pretrain(a):
 def add_pretrain(sub):
     p = sub.add_parser("pretrain", help="pretrain a GPT from scratch on the embedded corpus or your text files")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "small", "gpt2"])
-    p.add_argument("--corpus", default="world", choices=["world", "pydoc", "both"],
+    p.add_argument("--corpus", default=None, choices=["world", "pydoc", "both"],
                    help="embedded corpus: the generated world (default), the interpreter's docs, or both")
     p.add_argument("--files", nargs="+", default=None, help="your own UTF-8 text files instead of a corpus")
     p.add_argument("--chars", type=_positive_int, default=8_000_000, help="size of the generated world corpus")
@@ -257,6 +260,11 @@ def cmd_compare(a):
         kw["head_lr"] = {"lora": a.lora_head_lr}
     if a.seeds:
         kw["seeds"] = a.seeds
+    lora_opts = {"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
+                 "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None}
+    if "lora" not in kw["methods"] and not kw["ranks"] and any(lora_opts.values()):
+        given = ", ".join(k for k, v in lora_opts.items() if v)
+        raise MiniftError(f"{given}: LoRA options, but --methods {a.methods} runs no LoRA (add lora, or --ranks)")
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
     results = compare(ccfg, out=a.out, progress=not a.quiet, resume=a.resume)
     print(main_table(results))
@@ -299,16 +307,22 @@ def cmd_memory(a):
     from .config import GPTConfig
     from .memory import format_memory, predict_memory
     cfg = GPTConfig.preset(a.preset)
-    if a.n_embd or a.n_layer:
+    if a.n_embd or a.n_layer or a.n_head:
         from dataclasses import replace
         cfg = replace(cfg, n_embd=a.n_embd or cfg.n_embd, n_layer=a.n_layer or cfg.n_layer,
                       n_head=a.n_head or cfg.n_head)
+    if a.method == "lora" and a.rank > cfg.n_embd:
+        raise MiniftError(f"--rank {a.rank} is larger than the smallest side of the adapted matrices "
+                          f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
     seq = a.seq or cfg.n_ctx
-    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank)
-    print(f"{a.preset} ({cfg.n_layer} layers, width {cfg.n_embd}), {a.method}"
-          f"{f' r={a.rank}' if a.method == 'lora' else ''}, batch {a.batch} x {seq} tokens, float32, AdamW:")
+    # method head trains a classification head (a linear probe); the others are shown with the LM head
+    head = dict(head="classification", num_labels=2) if a.method == "head" else {}
+    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank, **head)
+    print(f"{a.preset} ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads), {a.method}"
+          f"{f' r={a.rank}' if a.method == 'lora' else ''}{' (2-label classification head)' if head else ''}, "
+          f"batch {a.batch} x {seq} tokens, float32, AdamW:")
     if a.method != "full":
-        print(format_memory(d, predict_memory(cfg, "full", a.batch, seq), labels=(a.method, "full")))
+        print(format_memory(d, predict_memory(cfg, "full", a.batch, seq, **head), labels=(a.method, "full")))
     else:
         print(format_memory(d))
 

@@ -7,6 +7,8 @@ the whole context, which is simple and, at minift's sizes, fast enough.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .backend import make_rng, to_numpy
@@ -30,8 +32,8 @@ def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=No
     """Continue `prompt_ids` (a list of ints) by up to max_new_tokens tokens; returns only the new ids."""
     if model.head != "lm":
         raise MiniftError("generation needs the language-model head; this model has a classification head")
-    if temperature < 0:
-        raise MiniftError(f"temperature={temperature} must be >= 0")
+    if not 0 <= temperature < math.inf:
+        raise MiniftError(f"temperature={temperature} must be >= 0 and finite (0: always the likeliest token)")
     if top_k is not None and top_k <= 0:
         raise MiniftError(f"top_k={top_k} must be a positive integer")
     if not prompt_ids:

@@ -38,7 +38,13 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     path = Path(path)
     if not path.is_dir():
         raise MiniftError(f"model folder not found: {path}")
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise MiniftError(f"{path} is a LoRA adapter (PEFT's adapter_config.json), not a model: give the base model "
+                          "folder it was trained on (--model/--base), and load the adapter on top of it with "
+                          "minift.load_peft (tutorial 07)")
     hf = load_json(path / "config.json", "model config")
+    if not isinstance(hf, dict):
+        raise MiniftError(f"{path / 'config.json'} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config")
     cfg = GPTConfig.from_hf(hf, where=str(path / "config.json"))
     tensors, _ = load_safetensors(path / "model.safetensors", "model weights")
     tensors = _normalise_keys(tensors)

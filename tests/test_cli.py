@@ -132,3 +132,33 @@ def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkey
     assert [h["loss"] for h in summaries[0]["history"]] == [h["loss"] for h in summaries[1]["history"]]
     assert main(run + ["--out", str(tmp_path / "stopped"), "--resume", "--lr", "1e-2"]) == 1
     assert "other settings (lr: 0.002 -> 0.01," in capsys.readouterr().err
+
+
+def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("text,label\nhi,a\n")
+    one_label = tmp_path / "one.jsonl"
+    one_label.write_text('{"text": "hi", "label": "a"}\n' * 12)
+    (tmp_path / "listcfg").mkdir()
+    (tmp_path / "listcfg" / "config.json").write_text("[1, 2]")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    cases = [
+        (["generate", "--temperature", "nan"], "temperature=nan"),
+        (["memory", "--n-head", "5"], "divisible by n_head=5"),
+        (["memory", "--preset", "tiny", "--rank", "1000"], "--rank 1000"),
+        (["bench", "--method", "full", "--rank", "4"], "LoRA option"),
+        (["compare", "--methods", "full", "--rslora", "--out", str(tmp_path / "c")], "--rslora: LoRA options"),
+        (["pretrain", "--files", str(notes), "--corpus", "pydoc", "--out", str(tmp_path / "p")], "drop --corpus"),
+        (["finetune", "--task", str(notes), "--out", str(tmp_path / "f1")], "notes.txt: unknown format"),
+        (["finetune", "--task", str(one_label), "--out", str(tmp_path / "f2")], "one.jsonl: every example has"),
+        (["generate", "--model", str(tmp_path / "listcfg")], "holds a JSON list"),
+        (["generate", "--model", str(tmp_path / "adapter")], "is a LoRA adapter"),
+        (["inspect", "--train-lr", "0"], "--train-lr 0.0"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("minift: error:") and message in err and "\n" not in err, (argv, err)
+    assert main(["memory", "--method", "head", "--preset", "tiny"]) == 0      # a linear probe: a 2-label head
+    assert "classification head" in capsys.readouterr().out

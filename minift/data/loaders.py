@@ -153,6 +153,9 @@ def load_classification(path, labels=None) -> tuple[list[str], list[int], list[s
     records = read_records(path, ("text", "label"))
     if labels is None:
         names = sorted({rec["label"] for _, rec in records})
+        if len(names) < 2:
+            raise MiniftError(f"{path}: every example has the label {names[0]!r}; a classifier needs at least two "
+                              "labels to tell apart")
     else:
         names = [str(x) for x in labels]
         for n, rec in records:
@@ -215,8 +218,10 @@ def _record_type(path: Path) -> str:
     text, suffix = _read_utf8(path), path.suffix.lower()
     if suffix in CSV_SUFFIXES:
         keys = next(csv.reader(io.StringIO(text, newline=""), delimiter=CSV_SUFFIXES[suffix]), [])
-    else:
+    elif suffix in JSONL_SUFFIXES or text.lstrip().startswith("{"):
         keys = next((rec for _, rec in _jsonl_records(path, text)), {})
+    else:
+        raise MiniftError(f"{path}: unknown format; use .jsonl (one JSON object per line) or .csv/.tsv with a header")
     return "generation" if "prompt" in keys and "completion" in keys else "classification"
 
 
