@@ -173,6 +173,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     """
     from .data.sources import task_source
     from .evaluate import split_metrics
+    from .memory import check_fits
     from .train import TrainConfig, train
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     model = base.to()                                                      # 1. a private copy of the base
@@ -181,6 +182,15 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
+    if fcfg.batch_size > len(train_split):
+        raise MiniftError(f"batch size {fcfg.batch_size} is more than the {len(train_split)} training examples of "
+                          f"{fcfg.task}: every batch would be the whole set; give a batch of at most "
+                          f"{len(train_split)}")
+    check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
+               head="classification" if model.head == "classification" else "lm",
+               num_labels=len(model.labels or []) or 2,
+               **({"rank": lora.config.r, "targets": lora.config.targets} if lora is not None else {}),
+               **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
     tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,

@@ -250,6 +250,31 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     return out
 
 
+def available_host_bytes() -> int | None:
+    """The memory the OS says a new allocation can get now (Linux: MemAvailable in /proc/meminfo), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(cfg: GPTConfig, method: str, batch: int, seq: int, device: str = "cpu", **options) -> None:
+    """Before training on the CPU: raise a MiniftError if predict_memory's total for one step is more than the
+    machine has available, instead of letting the OS kill the process mid-run without a word. (On a GPU the
+    device's own out-of-memory error is already clear.)"""
+    if device != "cpu":
+        return
+    need, have = predict_memory(cfg, method, batch, seq, **options)["total"], available_host_bytes()
+    if have is not None and need > have:
+        raise MiniftError(f"a training step with batch {batch} x {seq} tokens needs about {need / 2**30:.1f} GiB "
+                          f"(minift.memory.predict_memory), but only {have / 2**30:.1f} GiB is available: "
+                          "lower --batch")
+
+
 def memory_saving(cfg: GPTConfig, batch: int, seq: int, rank: int = 8, targets="all-linear", **options) -> float:
     """Predicted peak of a LoRA step divided by that of a full fine-tuning step (the saving is 1 − ratio).
 

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import resolve_device
 from .config import GPTConfig
 from .data import concat_documents, data_dir, load_text_files, pydoc_corpus, world_corpus
 from .data.sources import LMSource
 from .errors import MiniftError
 from .evaluate import lm_loss
 from .io import save_json
+from .memory import check_fits
 from .model import GPT
 from .tokenizer import Tokenizer
 from .train import TrainConfig, train
@@ -66,6 +68,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     """Pretrain a fresh GPT; returns (model, tokenizer, summary dict). Everything lands in out_dir."""
     cfg = GPTConfig.preset(preset) if isinstance(preset, str) else preset
     tcfg = tcfg or TrainConfig(steps=2000, batch_size=16, lr=3e-3, warmup=100, weight_decay=0.1, seed=seed)
+    check_fits(cfg, "full", tcfg.batch_size, cfg.n_ctx, device=resolve_device(device))   # before any long work
     out_dir = Path(out_dir)
     t0 = time.time()
     texts = corpus_texts(corpus, n_chars, files, seed)

@@ -133,7 +133,7 @@ def test_the_workers_option_of_the_commands(tmp_path, capsys):
         if before is not None:
             assert blas_info()["threads"] == 1              # the cores go to the workers
         rc = main(["finetune", "--method", "lora", "--lora-dropout", "0.1", "--steps", "2", "--workers", "2",
-                   "--out", str(tmp_path), "--quiet"])
+                   "--out", str(tmp_path / "dropout"), "--quiet"])
         assert rc == 1 and "LoRA dropout" in capsys.readouterr().err
     finally:
         if before is not None:
