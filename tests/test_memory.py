@@ -210,3 +210,18 @@ def test_format_memory_table():
                                                        "workspace", "total", "ratio"]
     assert f"{full['total'] / 2**20:,.2f}" in text
     assert format_memory(full).splitlines()[0].split() == ["term", "MiB"]
+
+
+def test_a_step_that_cannot_fit_is_refused_before_training(monkeypatch):
+    from minift import memory
+    from minift.config import GPTConfig
+    cfg = GPTConfig.preset("tiny")
+    need = memory.predict_memory(cfg, "full", 4, 64)["total"]
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: need + 1)
+    memory.check_fits(cfg, "full", 4, 64)                                   # fits: nothing happens
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: need - 1)
+    with pytest.raises(MiniftError, match="lower --batch"):
+        memory.check_fits(cfg, "full", 4, 64)
+    memory.check_fits(cfg, "full", 4, 64, device="gpu")                   # the GPU's own error is clear enough
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: None)      # not Linux: no check
+    memory.check_fits(cfg, "full", 4, 64)
