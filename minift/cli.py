@@ -22,6 +22,17 @@ def _positive_int(text):
     return value
 
 
+def _learning_rate(text):
+    """A learning rate on the command line: positive and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate, a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a learning rate, a positive finite number, got {value}")
+    return value
+
+
 def _seed(text):
     """A random seed: NumPy's generators take integers >= 0."""
     try:
@@ -133,7 +144,7 @@ def add_pretrain(sub):
     p.add_argument("--chars", type=_positive_int, default=8_000_000, help="size of the generated world corpus")
     p.add_argument("--steps", type=_positive_int, default=2000)
     p.add_argument("--batch", type=_positive_int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=_learning_rate, default=3e-3)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(100, steps/10))")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=250)
@@ -206,8 +217,8 @@ def add_finetune(sub):
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--steps", type=_positive_int, default=600)
     p.add_argument("--batch", type=_positive_int, default=16)
-    p.add_argument("--lr", type=float, default=None, help="default depends on the method")
-    p.add_argument("--head-lr", type=float, default=None,
+    p.add_argument("--lr", type=_learning_rate, default=None, help="default depends on the method")
+    p.add_argument("--head-lr", type=_learning_rate, default=None,
                    help="the fresh classification head's learning rate (default: depends on the method)")
     p.add_argument("--train-size", type=_positive_int, default=None)
     p.add_argument("--freeze-blocks", type=int, default=None, help="method freeze: how many first blocks")
@@ -285,8 +296,9 @@ def add_compare(sub):
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 16 = 2r)")
     p.add_argument("--seeds", type=_seed_list, default=None,
                    help="extra seeds, e.g. 1,2: every run repeated, accuracy / forgetting / intruders over seeds")
-    p.add_argument("--lora-lr", type=float, default=None, help="the LoRA runs' adapter learning rate (default 2e-3)")
-    p.add_argument("--lora-head-lr", type=float, default=None,
+    p.add_argument("--lora-lr", type=_learning_rate, default=None,
+                   help="the LoRA runs' adapter learning rate (default 2e-3)")
+    p.add_argument("--lora-head-lr", type=_learning_rate, default=None,
                    help="the LoRA runs' classification-head learning rate (default 3e-4)")
     p.add_argument("--rslora", action="store_true")
     p.add_argument("--dora", action="store_true")

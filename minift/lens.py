@@ -462,8 +462,6 @@ def _prepare(a):
 def cmd_inspect(a):
     if a.steps < 0:
         raise MiniftError(f"--steps {a.steps} must be ≥ 0")
-    if not 0 < a.train_lr < math.inf:
-        raise MiniftError(f"--train-lr {a.train_lr} must be a positive, finite learning rate")
     model, lora, batch = _prepare(a)
     if a.module is not None and a.module not in lora.modules:
         raise MiniftError(f"--module {a.module!r} is not adapted; adapted modules: {', '.join(lora.modules[:4])}, ...")
@@ -488,7 +486,7 @@ def cmd_inspect(a):
 
 def add_inspect(sub):
     """Register `minift inspect` on an argparse subparsers object (cli.build_parser calls it)."""
-    from .cli import _add_device, _positive_int, _seed
+    from .cli import _add_device, _learning_rate, _positive_int, _seed
     p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
@@ -498,8 +496,8 @@ def add_inspect(sub):
                    help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"train LoRA this many steps first, so B ≠ 0 (default {DEFAULT_STEPS}; 0 = look at init)")
-    p.add_argument("--train-lr", type=float, default=3e-3, help="AdamW learning rate of those steps")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
+    p.add_argument("--train-lr", type=_learning_rate, default=3e-3, help="AdamW learning rate of those steps")
+    p.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
                                                                 f"(default {DEFAULT_LR:g})")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--seed", type=_seed, default=0)

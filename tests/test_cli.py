@@ -154,11 +154,14 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         (["finetune", "--task", str(one_label), "--out", str(tmp_path / "f2")], "one.jsonl: every example has"),
         (["generate", "--model", str(tmp_path / "listcfg")], "holds a JSON list"),
         (["generate", "--model", str(tmp_path / "adapter")], "is a LoRA adapter"),
-        (["inspect", "--train-lr", "0"], "--train-lr 0.0"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("minift: error:") and message in err and "\n" not in err, (argv, err)
+    for argv in (["inspect", "--train-lr", "0"], ["finetune", "--lr", "inf"], ["pretrain", "--lr", "nan"]):
+        with pytest.raises(SystemExit) as e:                 # argparse's own one-line usage error
+            main(argv)
+        assert e.value.code == 2 and "learning rate" in capsys.readouterr().err
     assert main(["memory", "--method", "head", "--preset", "tiny"]) == 0      # a linear probe: a 2-label head
     assert "classification head" in capsys.readouterr().out
