@@ -29,8 +29,9 @@
 # The article's formula has no scale and no initialisation, and its letters are not the LoRA paper's. This
 # tutorial fixes both (Hu et al. 2021, arXiv 2106.09685, as Hugging Face PEFT implements it; GUIDE.md), writes the
 # adapted linear's forward and backward out, counts parameters, and fine-tunes. On "comparable performance": at
-# this scale and step budget LoRA does clearly better than chance but not as well as tutorial 05's full fine-tune,
-# and it needed a larger scale $s$ to get there — measured below.
+# this scale LoRA learns the task well above chance, but after 600 steps it is still several points below a full
+# fine-tune given the same steps, and it got there only once its adapters had their own learning rate — measured in
+# section 6.
 #
 # **You will learn**
 # 1. how the article's $W + AB^\top$, the paper's $W + s\,BA$ and minift's GPT-2 layout map onto each other;
@@ -325,15 +326,16 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 # `finetune(method="lora")` runs §3.2's steps: load (a copy of the base), introduce the low-rank matrices
 # (`attach_lora`, which also freezes every base weight; the new head trains too, as PEFT's `modules_to_save`), train,
 # evaluate. Its learning rates were chosen on the validation split, as tutorial 05 chose full fine-tuning's, and there
-# are two of them. With one rate for everything, $r = 8$, $\alpha = 16$ stayed near chance on validation (0.70 after
-# 600 steps at $\eta = 10^{-3}$), and at larger rates the fresh head collapsed to one answer. The reason: with
-# Adam each factor moves by about $\eta$ per step, so the adapter's update $\Delta W = s\,A^\top B^\top$ grows like
-# $s\cdot\eta$ (section 3), while the randomly initialised head moves at $\eta$ alone. The adapters need a larger
-# $s\cdot\eta$ than the head can take. So `finetune` trains them at different rates, as torch's parameter groups do
-# (`lr_scale` in `minift/optim.py`): the adapters at $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$
-# (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/finetune.py`; validation 0.896 / 0.902 / 0.852 over three
-# seeds). Raising $\alpha$ instead does the same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of
-# $10^{-3}$ for both reached 0.890 (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
+# are two of them. With one rate for everything, $r = 8$, $\alpha = 16$ learned slowly (0.70 on validation after
+# 600 steps at $\eta = 10^{-3}$, against 0.90 below), and at larger rates the fresh head collapsed to one answer.
+# The reason: with Adam each factor moves by about $\eta$ per step, so the adapter's update
+# $\Delta W = s\,A^\top B^\top$ grows like $s\cdot\eta$ (section 3), while the randomly initialised head moves at
+# $\eta$ alone. The adapters need a larger $s\cdot\eta$ than the head can take. So `finetune` trains them at
+# different rates, as torch's parameter groups do (`lr_scale` in `minift/optim.py`): the adapters at
+# $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/finetune.py`;
+# validation 0.896 / 0.902 / 0.852 over three seeds). Raising $\alpha$ instead does the same job for the adapters:
+# $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both reached 0.890 on validation
+# (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
 
 # %%
 lora_steps = pick(600, 30)
@@ -346,16 +348,27 @@ print(f"{lora_run['trainable']:,} trainable ({lora_run['percent']:.1f}%), {lora_
 print(f"test accuracy (held-out templates): {lora_run['test_accuracy']:.3f}")
 
 # %% [markdown]
-# **Check.** Every base weight is bitwise unchanged (frozen: no gradient, no update); in normal mode the run ends at
-# least 0.15 above chance on validation and 0.1 above on test. (Tutorial 05's full fine-tune reached about 0.89 and
-# 0.87 in 400 steps; LoRA, with 6% of the parameters, is clearly learning, but "comparable" would be generous at this
-# budget. Fast mode's 30 steps stay on the plateau.)
+# **Check.** Every base weight is bitwise unchanged (frozen: no gradient, no update). In normal mode the run must
+# have learned while it trained: validation accuracy at the end at least 0.2 above the first evaluation's (step 100,
+# still on the plateau), at least 0.8 on validation and 0.7 on test — far above chance (0.5) and above what the head
+# alone reaches (0.55 validation, 0.47 test in the README's `minift compare` table). Fast mode's 30 steps stay on
+# the plateau.
 
 # %%
 assert all(np.array_equal(lora_model.params[n], base.params[n]) for n in base.params)
 assert (lora_run["lr"], lora_run["head_lr"]) == (2e-3, 3e-4)
 if not FAST:
-    assert lora_run["val_accuracy"] >= 0.65 and lora_run["test_accuracy"] >= 0.6, lora_run
+    first_val = lora_run["evals"][0]["val_accuracy"]
+    assert lora_run["val_accuracy"] >= max(0.8, first_val + 0.2) and lora_run["test_accuracy"] >= 0.7, lora_run
+
+# %% [markdown]
+# Is that "comparable to full fine-tuning"? Compare like with like. On the run that wrote this, LoRA r = 8 ended at
+# 0.896 validation and 0.899 test after 600 steps, training 6% of the parameters. Tutorial 06's full fine-tune
+# (lr $10^{-3}$, 400 steps) reached 0.988 and 0.956; the README's `minift compare` run gives full fine-tuning the
+# same 600 steps as here and reached 0.998 and 0.975. So at an equal budget LoRA is about 8 points behind on the
+# held-out test templates, and behind full fine-tuning's shorter run too; over three seeds (the README) the test means
+# are 0.931 for full and 0.843 for LoRA. `minift compare`'s report calls a gap under 3 points "comparable"; at this
+# scale and budget the article's claim does not hold, though LoRA gets most of the way.
 
 # %% [markdown]
 # ## 7. Merge and unmerge (§3.2 step 6, deployment)
@@ -394,16 +407,23 @@ restored = lora_model.params["h.0.attn.c_attn.weight"]
 print(f"forward of {ids.shape[0]} reviews: unmerged {unmerged_ms:.1f} ms, merged {merged_ms:.1f} ms; "
       f"max |logit difference| {np.abs(merged_logits - unmerged_logits).max():.1e}; "
       f"after unmerge max |W − W_before| {np.abs(restored - W_before).max():.1e}")
+branch_share = lora_count(demo_all, lcfg.r) / sum(i * o for i, o in demo_all)     # Σ r(I+O) / Σ I·O
+print(f"the unmerged branches' FLOPs over the four linears' own: {lora_count(demo_all, lcfg.r):,} / "
+      f"{sum(i * o for i, o in demo_all):,} = {branch_share:.1%}")
 
 # %% [markdown]
 # The two forward times differ by noise: unmerged, each adapted linear adds the branch's $2NR(I+O)$ FLOPs to its
-# $2NIO$ — about 6% over the four linears at $r = 8$ — too little to see on a shared machine at this size. (In
-# tutorial 06's terms: a merged LoRA model deploys exactly like a full fine-tune, at the base's cost.)
+# $2NIO$. Over a block's four linears $\sum (I+O) = 16C$ and $\sum IO = 12C^2$, so the branches add
+# $16rC / 12C^2 = 4r/(3C)$ — 8.3% at $r = 8$, $C = 128$ (per block $16{,}384 / 196{,}608$; section 5's 6% is a share
+# of the whole model's *parameters*, embeddings included). That is too little to see on a shared machine at this
+# size. (In tutorial 06's terms: a merged LoRA model deploys exactly like a full fine-tune, at the base's cost.)
 #
-# **Check.** Merged and unmerged logits agree to float32 rounding ($10^{-4}$ on logits of size ~1–10); unmerge
-# restores $W$ to within a few float32 ulps of $|W| + |\Delta W|$ ($10^{-6}$ here); the second merge raised.
+# **Check.** The branch share printed above is $4r/(3C)$; merged and unmerged logits agree to float32 rounding
+# ($10^{-4}$ on logits of size ~1–10); unmerge restores $W$ to within a few float32 ulps of $|W| + |\Delta W|$
+# ($10^{-6}$ here); the second merge raised.
 
 # %%
+assert math.isclose(branch_share, 4 * lcfg.r / (3 * C), rel_tol=1e-12)
 assert np.abs(merged_logits - unmerged_logits).max() < 1e-4
 assert np.abs(restored - W_before).max() < 1e-6 and not lora_handle.merged
 assert isinstance(double, MiniftError) and "already merged" in str(double)
@@ -506,7 +526,7 @@ assert np.allclose(column_norm(W_eff), d0.m, rtol=1e-5)
 # | scale | $\alpha/r$: $\lVert\Delta W\rVert \propto 1/\sqrt r$; rsLoRA $\alpha/\sqrt r$: flat in $r$ |
 # | backward | $dA$, $dB$ low-rank products; $dW$ not computed; gradient check at $10^{-7}$ |
 # | "90%+ fewer" | 94% fewer at $r = 8$ on the demo model, ~9,000× fewer on GPT-3; 51% fewer at $r = 64$ on the demo |
-# | accuracy | clearly above chance, below tutorial 05's full fine-tune at a similar budget, once the adapters and the head get their own learning rates |
+# | accuracy | 0.90 on validation and test after 600 steps, once the adapters and the head get their own learning rates: far above chance, about 8 points below full fine-tuning at the same budget |
 # | deployment | merge: plain model, same logits; adapter file a few % of the model |
 #
 # Tutorial 08 puts one batch through full fine-tuning and LoRA side by side; tutorial 10 asks what the MIT paper

@@ -181,7 +181,7 @@ clock = "cpu" if blas_info()["threads"] == 1 else "wall"
 timed_presets = pick(("tiny", "demo", "small"), ("tiny",))
 bench = {}
 for name in timed_presets:
-    steps, profile = pick((10, 3), (5, 3)) if name != "small" else (3, 2)     # small: 1.8 s a step
+    steps, profile = pick((10, 3), (5, 3)) if name != "small" else (3, 2)     # small: 1–2 s a step
     for method in ("full", "lora"):
         bench[name, method] = run_bench(name, method, rank=R, steps=steps, warmup=1, profile_steps=profile,
                                         peak_sizes=(512, 1024), clock=clock)
@@ -194,12 +194,12 @@ for name in timed_presets:
 
 # %% [markdown]
 # Numbers from normal-mode runs on a busy 2-core machine: time ratios of 0.8–0.93 on tiny (one wall-clock run
-# gave 1.1: LoRA slower), 0.83–0.87 on demo, 0.67–0.77 on small (3 timed steps of 1.8 s: the noisiest median) —
-# LoRA's step is 5–33% faster, never 70%. The time ratio sits near the FLOP ratio on small and above it on tiny and
-# demo, where MFU (achieved FLOP/s over this machine's measured float32 matmul peak) drops for LoRA: the time that
-# is *not* big matmuls does not shrink. On tiny the noise of a shared machine is as large as the effect. The
-# breakdown says where the time goes, op by op (ms per step, median of the profiled steps; the softmaxes live
-# inside `attention` and `cross_entropy`; the last column is the op's share of the full step), for the largest
+# gave 1.1: LoRA slower), 0.83–0.87 on demo, 0.67–0.8 on small (3 timed steps of 1–2 s: the noisiest median) —
+# LoRA's step is 5–33% faster, never 70%. The time ratio is closest to the FLOP ratio on small and further above
+# it on tiny and demo, where MFU (achieved FLOP/s over this machine's measured float32 matmul peak) drops for LoRA:
+# the time that is *not* big matmuls does not shrink. On tiny the noise of a shared machine is as large as the
+# effect. The breakdown says where the time goes, op by op (ms per step, median of the profiled steps; the softmaxes
+# live inside `attention` and `cross_entropy`; the last column is the op's share of the full step), for the largest
 # preset timed:
 
 # %%
@@ -241,24 +241,26 @@ fig.suptitle("where a training step's time goes (forward + backward + AdamW)")
 show(fig, "09_time_breakdown")
 
 # %% [markdown]
-# How to read the breakdown (numbers from a normal-mode run on small, 1.8 s per full step):
+# How to read the breakdown. The shares move from run to run (another job on the cores, cache effects); the ranges
+# are from the normal-mode runs that wrote this, on small (0.9–1.8 s per full step), and the order of the ops is what
+# stays:
 #
-# - **linear** (the block matmuls, 46% of the full step): full's backward is about twice its forward ($dx$ and
-#   $dW$: 510–550 ms against 260–285); LoRA's is about one forward (~300 ms: $dx$ plus the adapters' small
-#   products). LoRA's *forward* is ~5% slower than full's: every adapted linear also computes $x A^\top$, then
-#   $\cdot B^\top$, and adds it — skinny rank-8 matmuls that run far below the BLAS peak.
-# - **lm_head** ($h\,W_\text{te}^\top$, $V = 8192$ wide, 18–20%): the same story, its backward halves (~220 →
-#   ~105 ms).
+# - **linear** (the block matmuls, about half of the full step: 46–53%): full's backward is about twice its forward
+#   ($dx$ and $dW$); LoRA's is about one forward ($dx$ plus the adapters' small products). LoRA's *forward* is 5–15%
+#   slower than full's: every adapted linear also computes $x A^\top$, then $\cdot B^\top$, and adds it — skinny
+#   rank-8 matmuls that run far below the BLAS peak.
+# - **lm_head** ($h\,W_\text{te}^\top$, $V = 8192$ wide, 18–24%): the same story, its backward roughly halves.
 # - **attention, gelu, layernorm, cross_entropy** (with its softmax over $V$): the same work for both methods,
-#   a third of the full step. They are memory-bound passes over activations, not weight FLOPs; a frozen weight
-#   does not make them cheaper.
+#   a fifth to a third of the full step (21–33%). They are memory-bound passes over activations, not weight FLOPs;
+#   a frozen weight does not make them cheaper.
 # - **embedding** backward (a scatter-add into `wte`, `wpe`) and **optimizer** (AdamW over 6.9M numbers for full,
 #   0.2M for LoRA): LoRA skips both, but they are 1–2% of the step on one device.
 #
 # The "estimate" line is Amdahl's law: take full's measured step and remove only what LoRA skips — half of the
-# linear and LM-head backward, the embedding backward, most of the optimizer. What remains is ~0.8 of the full
-# step, and the measured LoRA step (in the same profiled steps) is within a few hundredths of it. So at this scale
-# the honest answer to "70% less time" is 5–33% less. Where does more come from in practice? Not from a step's
+# linear and LM-head backward, the embedding backward, most of the optimizer. What remains is 0.73–0.8 of the full
+# step; the measured LoRA step (in the same profiled steps) has come out a little above it, by 0.03–0.08 on these
+# runs: the adapters' forward and backward cost something, and the skinny matmuls run slowly. So at this scale the
+# honest answer to "70% less time" is 5–33% less. Where does more come from in practice? Not from a step's
 # arithmetic (section 1 bounds it at 33%), but from what the memory saving buys at scale: fewer GPUs, no gradient
 # all-reduce or optimizer sharding for the frozen weights, larger batches — the LoRA paper's 25% on GPT-3 175B.
 #
@@ -491,15 +493,15 @@ show(fig, "09_memory_saving")
 #
 # - **Model size, few tokens** (batch 1 × 128): the ratio falls from 0.76 (tiny) to 0.28 (GPT-2) and 0.25 at GPT-3
 #   175B — a 75% saving, the floor. The weights, their gradients and AdamW's moments are everything there.
-# - **Model size, many tokens** (8 × 1024): GPT-2 saves 8% (as the README's `minift memory` example says), GPT-2 XL
-#   15%, even GPT-3 175B only about half: 8,192 tokens of activations without activation checkpointing are as large
-#   as the weights' training state.
+# - **Model size, many tokens** (8 × 1024): GPT-2 saves 9% (the README's `minift memory` example prints both
+#   columns), GPT-2 XL 18%, even GPT-3 175B only 56%: 8,192 tokens of activations without activation checkpointing
+#   are nearly as large as the weights' training state.
 # - **Tokens per step** at a fixed size: every curve rises toward 1 as batch × sequence grows; activations are the
 #   same for both methods, so once they dominate, LoRA can save little. Between, the ratio moves smoothly — memory
 #   is affine in the batch size at a fixed sequence length (exercise 2 uses it).
 # - **Rank** barely matters while $r \ll C$: from $r = 1$ to $16$ GPT-2's ratio moves from 0.277 to 0.291, GPT-3's
-#   stays at 0.25 up to $r = 256$. At $r = 256$ on GPT-2 ($C = 768$) the adapters hold $P_A = 16LCr = 38$M numbers,
-#   three floats each, and the ratio is 0.52.
+#   from 0.253 to 0.255, and only to 0.280 at $r = 256$ ($C = 12{,}288$). At $r = 256$ on GPT-2 ($C = 768$) the
+#   adapters hold $P_A = 16LCr = 38$M numbers, three floats each, and the ratio is 0.52.
 #
 # And "80% less"? Nowhere in these sweeps: with one dtype the floor is 75%. (At a handful of tokens the peak ratio can
 # dip a little below $1/4$: full fine-tuning's workspace includes `wte`'s gradient summed from the embedding and the
@@ -551,9 +553,10 @@ print(f"LoRA ÷ full: {paper_lora['total'] / paper_full['total']:.3f}; paper: 35
 # At 2 bytes for everything, full fine-tuning of GPT-3 needs 349 GB each for weights and gradients and 698 GB for
 # AdamW — 1.4 TB before any activation — while LoRA trains 18.9M numbers whose state is a tenth of a GB. That count
 # is exactly the paper's: $r(C + 3C)$ for a fused `c_attn` equals $2\cdot r(C + C)$ for separate $W_q, W_v$, and
-# at 2 bytes it is the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 174 GB of
-# activations in minift's accounting (no activation checkpointing, every $T \times T$ attention matrix kept), to
-# both. The ratio, 0.34, is above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the
+# at 2 bytes it is the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
+# activations in minift's accounting (no activation checkpointing; of each $T \times T$ attention matrix, the
+# blocked attention keeps the blocks the queries see, $(1 + b/T)/2$ of the square with $b = 64$), to both. The
+# ratio, 0.32, is above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the
 # paper does not give its precision or batch). The fewer activations a setup keeps, the closer it gets to the
 # weights-only floor and to the paper's number.
 #
@@ -570,9 +573,9 @@ assert 0.25 < paper_lora["total"] / paper_full["total"] < 0.5
 #
 # | §5.1 claim | what decides it | measured / predicted here |
 # |---|---|---|
-# | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.82 (tiny); measured time ratio 0.8–0.93 on tiny and demo, 0.67–0.77 on small: attention, GELU, LayerNorm and the softmaxes do not shrink |
+# | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.82 (tiny); measured time ratio 0.8–0.93 on tiny and demo, 0.67–0.8 on small: attention, GELU, LayerNorm and the softmaxes do not shrink |
 # | full takes ~70% longer | same bound: full is at most 1.5× a LoRA step | 1.1–1.5× here; the LoRA paper measured 1.25× throughput on GPT-3 175B |
-# | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 3–6% less; GPT-2 at 8×1024: 8%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
+# | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 3–6% less; GPT-2 at 8×1024: 9%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
 # | — rank | adapters are tiny next to the frozen weights | $r = 1 \ldots 256$ moves the memory ratio by hundredths |
 #
 # So LoRA's resource win is real, but it is a *memory* win first, and it grows with model size and shrinks with
