@@ -128,7 +128,7 @@ class GPT:
 
     def add_classification_head(self, labels, seed=0):
         """Replace the LM head by `score.weight` [K, C] (nn.Linear layout, no bias), read at the last real token —
-        Hugging Face's GPT2ForSequenceClassification. Initialised N(0, 0.02²) like every GPT-2 weight, from a
+        Hugging Face's GPT2ForSequenceClassification. Initialised N(0, 0.02²) as GPT-2's c_attn and c_fc are, from a
         generator of its own: seeded with (seed, HEAD_STREAM), never the stream that drew the base's weights (with
         the plain seed the head would copy the base's *initial* wte rows, which training leaves correlated with
         the trained ones: the fresh head would then predict one class with confidence instead of starting near

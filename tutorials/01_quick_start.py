@@ -113,8 +113,10 @@ print(f"forgetting: head {runs['head']['forgetting']:+.4f}, full {runs['full']['
 # `report.md` reads each claim against the table. Two things to keep in mind (GUIDE.md has the sources):
 #
 # - **Time.** A frozen weight still costs its forward matmul $xW$ and the matmul that carries the gradient back,
-#   $dy\,W^\top$; LoRA saves only the third, $x^\top dy$ (tutorial 09). So a step costs at best about 2/3 of full
-#   fine-tuning's, and at this model size the fixed per-op costs dominate: "~70% less time" is not expected.
+#   $dy\,W^\top$; LoRA saves only the third, $x^\top dy$ (tutorial 09). So LoRA's matmul FLOPs are at least about
+#   2/3 of full fine-tuning's. The rest of a step shrinks too — gradient clipping and the AdamW update pass over every
+#   trained parameter — so the measured time can fall a little below 2/3. Wall time on a shared machine is noisy:
+#   on two of our runs LoRA's step took 0.64 and 0.80 of full fine-tuning's. "~70% less time" is not expected.
 # - **Memory.** LoRA removes the gradients and the optimizer state of frozen weights — 3 floats per parameter with
 #   AdamW — but activations are the same for both and grow with batch × sequence. The saving is large when
 #   parameters dominate (big models, small batches) and small otherwise: `minift memory` shows both regimes.

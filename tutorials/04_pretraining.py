@@ -260,7 +260,7 @@ assert known_fraction(after) > known_fraction(before) + 0.1
 #
 # Fine-tuning tutorials start from the same base, shipped in `data/base-demo`: the `demo` preset pretrained for
 # 2,000 steps of 16×128 tokens on 16 million characters of world text. `load_base()` loads it (Hugging Face GPT-2
-# layout: `config.json`, `model.safetensors`, `tokenizer.json`).
+# layout: `config.json`, `model.safetensors`, `tokenizer.json`; beside them `pretrain.json`, the run's summary).
 #
 # We measure it on **held-out** world text: `heldout_world_ids` writes documents from a different stream
 # (seed 12345) than pretraining used, so no model here has seen them. `lm_loss` averages the next-token loss over
@@ -272,7 +272,8 @@ if not have_base:
     print(f"{shipped_base_dir()} does not exist yet, so this section is skipped. Make it (about 15 minutes on "
           "2 CPU cores) with:\n"
           "    minift pretrain --preset demo --chars 16000000 --steps 2000 --batch 16 --lr 3e-3 --out runs/base-demo\n"
-          "    cp -r runs/base-demo/model data/base-demo\n"
+          "    mkdir -p data/base-demo\n"
+          "    cp runs/base-demo/model/* runs/base-demo/pretrain.json data/base-demo/\n"
           "then run this tutorial again.")
 
 # %%
@@ -283,6 +284,9 @@ if have_base:
         info = load_json(made)
         print(f"base-demo: {info['tokens_seen']:,} tokens in {info['train_config']['steps']:,} steps, "
               f"{info['train_seconds']:.0f} s of training")
+    else:
+        print(f"no {made.name} beside the model, so how it was made is not shown (copy runs/base-demo/pretrain.json "
+              "into data/base-demo)")
     print(f"base-demo: {base.num_params():,} parameters, {base.cfg}")
     heldout = heldout_world_ids(base_tok, n_chars=pick(100_000, 30_000))          # (N,) ids never trained on
     windows = pick(32, 8)

@@ -165,7 +165,8 @@ assert logits.shape == (1, ids.shape[1], base.cfg.vocab_size) and base.head == "
 # \text{logits}_b = h_{b,\ell_b}\, W_\text{score}^\top \in \mathbb R^{K},\qquad h = \mathrm{LN}_f(x).$$
 #
 # That is Hugging Face's `GPT2ForSequenceClassification` (its forward finds the last non-pad token the same way, and
-# `minift/ops/pooling.py` cites it). `score.weight` starts as $\mathcal N(0, 0.02^2)$ like every GPT-2 weight.
+# `minift/ops/pooling.py` cites it). `score.weight` starts as $\mathcal N(0, 0.02^2)$, like GPT-2's embeddings,
+# `c_attn` and `c_fc` (the two `c_proj` weights start smaller, std $0.02/\sqrt{2L}$: `minift/model.py`, tutorial 06).
 # `base.to()` makes a private copy, so `base` itself stays untouched for the later steps.
 
 # %%
@@ -267,7 +268,8 @@ assert set(grads) == set(model.params) - model.frozen == set(model.trainable_par
 assert counts["head"]["trainable"] == 2 * base.cfg.n_embd
 assert counts["full"]["trainable"] == counts["full"]["total"] == base.num_params() + 2 * base.cfg.n_embd
 assert float(np.abs(grads["h.3.attn.c_attn.weight"]).max()) > 0
-print(f"{len(grads)} gradients for {len(model.params)} parameters; {len(model.frozen)} frozen, none computed")
+print(f"{len(grads)} gradient tensors for {len(model.params)} parameter tensors (the base's {len(base.params)} + "
+      f"score.weight); {len(model.frozen)} frozen, none computed")
 
 # %% [markdown]
 # ## 5. Step 4 — train with backpropagation (训练和优化)
@@ -364,17 +366,23 @@ ax.set_title("sentiment: what trains decides what is learnt")
 show(fig, "05_validation_accuracy")
 
 # %% [markdown]
-# Read the curves: full fine-tuning sits at chance for 100–200 steps — the body has to build a route from the
-# adjective and the negator to the last token before the head can read anything — then climbs. The smaller
+# Read the curves: full fine-tuning at 1e-3 is still near chance for about its first 100 steps (0.61 at step 100 on
+# our run) — the body has to build a route from the adjective and the negator to the last token before the head can
+# read anything — and most of the climb comes between steps 100 and 300 (0.87 at 200, 0.97 at 300). The smaller
 # learning rate climbs more slowly. (In fast mode every run stops long before the climb; the numbers there only
 # show that the machinery runs.)
 #
-# **Check.** The choice is the larger validation accuracy; in normal mode the chosen run reaches at least 0.75 on
-# validation and 0.7 on the held-out test templates.
+# **Check.** In normal mode: the two runs' validation accuracies differ by more than twice the standard error of
+# that difference on these 500 reviews, $\sqrt{p_1(1-p_1)/n + p_2(1-p_2)/n}$ — so the choice is not a coin flip
+# of the validation sample — and the chosen run reaches at least 0.75 on validation and 0.7 on the held-out test
+# templates.
 
 # %%
-assert runs[best_lr][1]["val_accuracy"] == max(s["val_accuracy"] for _, s in runs.values())
+p1, p2 = (s["val_accuracy"] for _, s in runs.values())
+gap_se = math.sqrt(p1 * (1 - p1) / len(val_split) + p2 * (1 - p2) / len(val_split))
+print(f"validation gap {abs(p1 - p2):.3f}, its standard error {gap_se:.3f} (n = {len(val_split)})")
 if not FAST:
+    assert abs(p1 - p2) > 2 * gap_se, (p1, p2, gap_se)
     assert best_run["val_accuracy"] >= 0.75 and best_run["test_accuracy"] >= 0.7, best_run
 
 # %% [markdown]
@@ -447,8 +455,10 @@ print(f"best linear read-out of the base's last-token state: {ls_train:.3f} on i
 # base's state at the final "." does not carry the review's polarity in any linear direction. Pretraining taught the
 # model to predict the next word, and what follows a full stop does not depend on whether the soup was tasty. (Section
 # 3 saw the same from another side: these states all point roughly the same way.) Full fine-tuning changes that
-# state itself, through every block, and learns the composition rules with it: in normal mode, plain reviews almost
-# perfectly, negation and contrast nearly as well, contrast with negation the hardest.
+# state itself, through every block, and learns the composition rules with it. On our normal-mode run plain reviews
+# scored 0.98, contrast 0.97, contrast with negation 0.94 and negation 0.93: the kinds with a negator were the
+# hardest, but with 250 test reviews per kind each number carries about ±0.03 of sampling noise (two standard
+# errors), so the order among the last three can change with the seed.
 #
 # **Check.** The least-squares read-out is within 0.1 of chance on test (both modes). In normal mode, full
 # fine-tuning beats the probe by at least 0.2 on the test set, and the probe is within 0.1 of chance.
