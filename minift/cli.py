@@ -44,31 +44,50 @@ def _seed(text):
     return value
 
 
-# What a finished or stopped run leaves in its --out folder; any of them marks the folder as minift's own.
-OUTPUT_MARKERS = ("pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints")
+# What minift writes directly inside --out (pretrain, finetune, compare); --overwrite deletes these and nothing else.
+OUTPUT_NAMES = ("pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
+                "full", "head", "freeze", "trainable.safetensors")
+OUTPUT_PATTERNS = ("lorar*", "seed-*", "*.png")
+
+
+def _minift_entries(out):
+    """(minift's entries in out, the others), and whether out holds a run at all (a summary or a checkpoint)."""
+    entries = list(out.iterdir())
+    ours = [e for e in entries if e.name in OUTPUT_NAMES or any(e.match(p) for p in OUTPUT_PATTERNS)]
+    others = [e for e in entries if e not in ours]
+    run = (any((out / n).is_file() for n in ("pretrain.json", "finetune.json", "results.json"))
+           or any(out.glob("checkpoints/latest")) or any(out.glob("*/checkpoints/latest"))
+           or any(out.glob("seed-*/*/checkpoints/latest")))
+    return ours, others, run
 
 
 def _check_out(a):
     """--out before any work: a folder (new, empty, or holding a run that --resume continues or --overwrite
-    replaces); never a file, never someone else's folder."""
+    replaces); never a file, never someone else's files."""
     import shutil
     from pathlib import Path
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
-    if a.resume and not any(out.glob("checkpoints/latest")) and not any(out.glob("*/checkpoints/latest")):
-        print(f"minift: no checkpoint in {out} to resume from; starting at step 0", file=sys.stderr)
-    if out.is_dir() and any(out.iterdir()) and not a.resume:
-        ours = (any((out / m).exists() for m in OUTPUT_MARKERS)
-                or any(out.glob("*/checkpoints")) or any(out.glob("seed-*/*/checkpoints")))   # a stopped compare
-        if ours and a.overwrite:
-            shutil.rmtree(out)
-        elif ours:
+    if out.is_dir() and any(out.iterdir()):
+        ours, others, run = _minift_entries(out)
+        if a.resume and run:
+            return
+        if others or not run:
+            raise MiniftError(f"--out {out} holds files minift did not write ({', '.join(e.name for e in others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder"
+                              if others else f"--out {out} holds no run to resume or replace; choose a new or empty "
+                              "folder")
+        if not a.overwrite:
             raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
                               "replace it, or another --out")
-        else:
-            raise MiniftError(f"--out {out} holds files that minift did not write; choose a new or empty folder "
-                              "(--overwrite deletes only an earlier minift run)")
+        for e in ours:                                  # only what minift wrote; the folder itself stays
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e)
+            else:
+                e.unlink()
+    elif a.resume:
+        print(f"minift: no checkpoint in {out} to resume from; starting at step 0", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)              # now, so that a folder we cannot write fails before training
 
 

@@ -253,6 +253,10 @@ def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig |
     if set(weights) != set(arrays):
         raise MiniftError(f"checkpoint {folder} holds parameters {sorted(set(weights) ^ set(arrays))[:5]} that do "
                           "not match this model's (different method, adapters or head?)")
+    wrong = [n for n, a in arrays.items() if tuple(weights[n].shape) != tuple(a.shape)]
+    if wrong:
+        raise MiniftError(f"checkpoint {folder}: {wrong[0]} has shape {tuple(weights[wrong[0]].shape)}, this model's "
+                          f"is {tuple(arrays[wrong[0]].shape)} (another LoRA rank?); resume with the same settings")
     for name, a in arrays.items():
         a[...] = model.xp.asarray(weights[name])     # in place: the optimizer holds these same arrays
     opt_arrays, _ = load_safetensors(folder / "optimizer.safetensors", "checkpoint optimizer state")
@@ -296,14 +300,19 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     opt = make_optimizer(model, tcfg)
     dropout_rng = np.random.default_rng(tcfg.seed)
     result, start = TrainResult(), 0
+    saved = {}                                   # step -> the checkpoint folder this call saved or resumed from
     if resume and out_dir is not None and (folder := latest_checkpoint(out_dir)) is not None:
         state = load_checkpoint(folder, model, opt, source, dropout_rng, tcfg, start_fingerprint)
         start = state["step"]
         result = TrainResult(state["history"], state["evals"], start, state["seconds"], state["tokens"])
+        saved[start] = folder
 
     def checkpoint(step):
-        if out_dir is not None:
-            return save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg, start_fingerprint)
+        """Save once per step: saving again would first delete the folder `latest` points at."""
+        if out_dir is not None and step not in saved:
+            saved[step] = save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg,
+                                          start_fingerprint)
+        return saved.get(step)
 
     bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=False)
@@ -327,8 +336,8 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             raise
         finally:
             bar.close()
-        if evaluate is not None:
-            result.evals.append(dict(step=tcfg.steps, **evaluate(model)))
+        if evaluate is not None and not (result.evals and result.evals[-1]["step"] == tcfg.steps):
+            result.evals.append(dict(step=tcfg.steps, **evaluate(model)))    # (a resumed finished run has it)
         folder = checkpoint(tcfg.steps)
         if stop.signum is not None:                  # arrived during the final evaluation or save: both finished
             raise TrainingInterrupted(stop.signum, result.steps_done, folder, out_dir=out_dir)

@@ -83,8 +83,13 @@ def test_out_must_be_new_empty_or_a_run_named_by_resume_or_overwrite(pretrained,
     assert main(pretrain + ["--out", str(run)]) == 0
     assert main(pretrain + ["--out", str(run)]) == 1      # a second run would mix its files with the first's
     assert "--resume to continue it, --overwrite to replace it" in capsys.readouterr().err
-    (run / "stale.txt").write_text("left by the first run")
-    assert main(pretrain + ["--out", str(run), "--overwrite"]) == 0 and not (run / "stale.txt").exists()
+    (run / "report.md").write_text("a name minift writes (compare's report), left over")
+    assert main(pretrain + ["--out", str(run), "--overwrite"]) == 0 and not (run / "report.md").exists()
+    (run / "my_notes.txt").write_text("mine")                # a run plus the user's own file: never deleted
+    assert main(pretrain + ["--out", str(run), "--overwrite"]) == 1
+    assert "my_notes.txt" in capsys.readouterr().err and (run / "my_notes.txt").read_text() == "mine"
+    (tmp_path / "mine" / "report.md").write_text("my own report")     # --resume does not write into it either
+    assert main(pretrain + ["--out", str(tmp_path / "mine"), "--resume"]) == 1
     assert main(pretrain + ["--out", str(run), "--overwrite", "--resume"]) == 1
     assert main(pretrain + ["--out", str(tmp_path / "fresh"), "--resume"]) == 0
     assert "no checkpoint" in capsys.readouterr().err
