@@ -210,7 +210,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     if checkpoints is None and out_dir is not None:
         checkpoints = Path(out_dir) / "checkpoints"
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
-                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=base.fingerprint())
+                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
     summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
                    **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
@@ -222,6 +222,15 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     if out_dir is not None:
         _save_result(model, lora, tokenizer, summary, Path(out_dir))
     return model, lora, summary
+
+
+def _start(base, lora) -> str:
+    """What a fine-tune starts from, for resume to check: the base's fingerprint, and the adapters' configuration
+    (rank, alpha, rsLoRA, DoRA, init, dropout, targets), which the checkpoint's weights alone do not all pin down."""
+    if lora is None:
+        return base.fingerprint()
+    import hashlib
+    return base.fingerprint() + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
 
 
 def _save_result(model, lora, tokenizer, summary, out_dir: Path):

@@ -219,9 +219,9 @@ def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: s
     """Raise a MiniftError unless the checkpoint in `folder` (its state.json) continues this run: the same starting
     weights and training settings (module docstring); `steps` at least the checkpoint's step."""
     if start_fingerprint is not None and state.get("start_fingerprint") not in (None, start_fingerprint):
-        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model "
-                          f"({state['start_fingerprint']}, this one is {start_fingerprint}); resume with the --base "
-                          "it was started with, or start afresh")
+        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model or adapter "
+                          f"configuration ({state['start_fingerprint']}, this one is {start_fingerprint}); resume "
+                          "with the --base and LoRA options it was started with, or start afresh")
     saved = state.get("train_config", {})
     now = asdict(tcfg)
     changed = sorted(k for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k])

@@ -170,3 +170,15 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         assert e.value.code == 2 and "learning rate" in capsys.readouterr().err
     assert main(["memory", "--method", "head", "--preset", "tiny"]) == 0      # a linear probe: a 2-label head
     assert "classification head" in capsys.readouterr().out
+
+
+def test_resume_refuses_other_lora_options(tmp_path, capsys):
+    from minift import GPT, GPTConfig
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "2",
+           "--batch", "4", "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(run) == 0
+    for extra in (["--alpha", "1"], ["--rslora"], ["--lora-dropout", "0.1"]):
+        assert main(run + ["--resume", *extra]) == 1
+        assert "adapter configuration" in capsys.readouterr().err
+    assert main(run + ["--resume"]) == 0
