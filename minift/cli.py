@@ -12,14 +12,21 @@ from .errors import MiniftError
 from .train import TrainingInterrupted
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(lo: int, what: str):
+    """An argparse type: an integer >= lo, named `what` in the error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_seed = _int_at_least(0, "a seed, an integer >= 0")          # NumPy's generators take integers >= 0
 
 
 def _learning_rate(text):
@@ -30,17 +37,6 @@ def _learning_rate(text):
         raise argparse.ArgumentTypeError(f"expected a learning rate, a positive number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a learning rate, a positive finite number, got {value}")
-    return value
-
-
-def _seed(text):
-    """A random seed: NumPy's generators take integers >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {value}")
     return value
 
 
@@ -73,11 +69,11 @@ def _check_out(a):
         ours, others, run = _minift_entries(out)
         if a.resume and run:
             return
-        if others or not run:
-            raise MiniftError(f"--out {out} holds files minift did not write ({', '.join(e.name for e in others[:3])}"
-                              f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder"
-                              if others else f"--out {out} holds no run to resume or replace; choose a new or empty "
-                              "folder")
+        if others:
+            names = ", ".join(e.name for e in others[:3]) + (", ..." if len(others) > 3 else "")
+            raise MiniftError(f"--out {out} holds files minift did not write ({names}); choose a new or empty folder")
+        if not run:
+            raise MiniftError(f"--out {out} holds no run to resume or replace; choose a new or empty folder")
         if not a.overwrite:
             raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
                               "replace it, or another --out")

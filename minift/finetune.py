@@ -15,6 +15,7 @@ optimizer is never given it, and its array is bitwise unchanged by training.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,6 @@ def _start(base, lora) -> str:
     (rank, alpha, rsLoRA, DoRA, init, dropout, targets), which the checkpoint's weights alone do not all pin down."""
     if lora is None:
         return base.fingerprint()
-    import hashlib
     return base.fingerprint() + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
 
 

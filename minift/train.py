@@ -319,16 +319,14 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     with _StopAtStepEnd(quiet=not progress) as stop:
         try:
             for step in bar:
-                if stop.signum is not None:          # asked to stop during the previous step: it is complete
-                    raise TrainingInterrupted(stop.signum, result.steps_done)
                 _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
                 done = step + 1
                 if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
                     result.evals.append(dict(step=done, **evaluate(model)))
                 if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
                     checkpoint(done)
-            if stop.signum is not None:
-                raise TrainingInterrupted(stop.signum, result.steps_done)
+                if stop.signum is not None:          # asked to stop during this step: it is complete now
+                    raise TrainingInterrupted(stop.signum)
         except TrainingInterrupted as e:
             e.out_dir, e.steps_done = out_dir, result.steps_done
             if e.at_step_end:

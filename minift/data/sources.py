@@ -15,6 +15,7 @@ corpus, other files, another tokenizer) without a word.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 
 import numpy as np
 
@@ -46,16 +47,15 @@ class LMSource:
         return {"input_ids": x, "targets": y}
 
     def state(self) -> dict:
-        return {"kind": "lm", "seed": self.seed, "step": self.step, "data": self.data_hash()}
+        return {"kind": "lm", "seed": self.seed, "step": self.step, "data": self.data_hash}
 
     def restore(self, state: dict) -> None:
-        _check(state, "lm", seed=self.seed, data=self.data_hash())
+        _check(state, "lm", seed=self.seed, data=self.data_hash)
         self.step = int(state["step"])
 
+    @cached_property
     def data_hash(self) -> str:
-        if not hasattr(self, "_hash"):
-            self._hash = _hash_ids([self.token_ids])
-        return self._hash
+        return _hash_ids([self.token_ids])
 
 
 class _IndexedSource:
@@ -66,16 +66,15 @@ class _IndexedSource:
         self.batches = BatchIterator(n, batch_size, seed)
 
     def state(self) -> dict:
-        return {"kind": self.kind, **self.batches.state(), "data": self.data_hash()}
+        return {"kind": self.kind, **self.batches.state(), "data": self.data_hash}
 
     def restore(self, state: dict) -> None:
-        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size, data=self.data_hash())
+        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size, data=self.data_hash)
         self.batches = BatchIterator.from_state({k: v for k, v in state.items() if k not in ("kind", "data")})
 
+    @cached_property
     def data_hash(self) -> str:
-        if not hasattr(self, "_hash"):
-            self._hash = _hash_ids(self._examples())
-        return self._hash
+        return _hash_ids(self._examples())
 
 
 class ClassificationSource(_IndexedSource):
