@@ -6,7 +6,9 @@ an option out of range) print one line, `minift: error: ...`, and exit with stat
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .errors import MiniftError
 from .train import TrainingInterrupted
@@ -379,8 +381,27 @@ def build_parser():
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler) outside train(), which handles it itself: stop as Ctrl-C would, with
+    a message and exit status 143, not silently."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    terminate = (signal.signal(signal.SIGTERM, _raise_terminated)
+                 if threading.current_thread() is threading.main_thread() else None)
+    try:
+        return _run(args)
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _run(args):
     try:
         if getattr(args, "prepare", None) is not None:
             args.prepare(args)
@@ -394,10 +415,12 @@ def main(argv=None):
     except TrainingInterrupted as e:      # stopped between two steps: e says what was saved and how to go on
         print(f"minift: {e}", file=sys.stderr)
         return 128 + int(e.signum)
-    except KeyboardInterrupt:
-        print("minift: interrupted; nothing new was saved (checkpoints already in --out, if any, are intact)",
+    except KeyboardInterrupt as e:
+        signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        print(f"minift: stopped by {what}; nothing new was saved (checkpoints already in --out, if any, are intact)",
               file=sys.stderr)
-        return 130
+        return 128 + int(signum)
     return 0
 
 

@@ -11,8 +11,9 @@ classification batches, prompt/completion batches) and which parameters train (m
 
 Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the optimizer state, and `state.json`
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
-SHA-256. A checkpoint folder is complete before `out_dir/latest` (written atomically) points at it, so a crash during
-a save leaves the previous checkpoint in force. Resuming restores all of it: the resumed run ends bitwise identical to an
+SHA-256. A checkpoint is written into a hidden `.step-000100.partial/` and renamed when complete, and only then does
+`out_dir/latest` (written atomically) point at it, so a crash during a save leaves the previous checkpoint in force
+and no half-written step folder. Resuming restores all of it: the resumed run ends bitwise identical to an
 uninterrupted one.
 
 Stopping: the first Ctrl-C (SIGINT) or SIGTERM during train() lets the step under way finish, then writes a
@@ -27,7 +28,9 @@ same training settings except `steps` (which may grow: the schedule stretches to
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import signal
 import sys
@@ -95,8 +98,9 @@ class TrainResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """train() was stopped by a signal. checkpoint: the folder saved on the way out (None if there was no out_dir, or
-    the stop was immediate); steps_done: the steps completed; at_step_end: False when a second signal cut a step."""
+    """train() was stopped by a signal. checkpoint: the folder --resume would continue from (saved on the way out,
+    or after a second signal the last one saved before; None if there is none); steps_done: the steps completed;
+    at_step_end: False when a second signal cut a step."""
 
     def __init__(self, signum, steps_done=None, checkpoint=None, at_step_end=True, out_dir=None):
         super().__init__(signum)
@@ -105,13 +109,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __str__(self):
         what = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+        resume = "run the same command with --resume to continue"
         if not self.at_step_end:
-            where = f"the last checkpoint in {self.out_dir} is intact" if self.out_dir else "nothing was saved"
-            return f"stopped at once by a second {what}, in the middle of a step: {where}"
+            cut = f"stopped at once by a second {what}, in the middle of a step"
+            if self.checkpoint is None:
+                return f"{cut}: nothing was saved" + (f" in {self.out_dir}" if self.out_dir else " (no output folder)")
+            return f"{cut}: the last checkpoint, {self.checkpoint}, is intact; {resume} from it"
         done = f"stopped by {what} after {self.steps_done} steps"
         if self.checkpoint is None:
             return f"{done}; nothing was saved (no output folder)"
-        return f"{done}; checkpoint saved in {self.checkpoint}: run the same command with --resume to continue"
+        return f"{done}; checkpoint saved in {self.checkpoint}: {resume}"
 
 
 class _StopAtStepEnd:
@@ -179,13 +186,34 @@ def _sha256(path) -> str:
 
 def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: TrainResult, tcfg: TrainConfig,
                     start_fingerprint=None):
-    """Write out_dir/step-NNNNNN/ completely, then point out_dir/latest at it (atomically).
-    start_fingerprint: what the run started from (train()'s argument), for resume to check."""
+    """Write out_dir/.step-NNNNNN.partial/ completely, rename it to step-NNNNNN/, then point out_dir/latest at it
+    (each move atomic): a crash or a second Ctrl-C at any moment leaves either no step-NNNNNN/ or a complete one,
+    and `latest` always names a complete one. start_fingerprint: what the run started from (train()'s argument),
+    for resume to check."""
     out_dir = Path(out_dir)
     folder = out_dir / f"step-{step:06d}"
-    if folder.exists():
-        shutil.rmtree(folder)          # a leftover from a crash during an earlier save of this same step
-    folder.mkdir(parents=True)
+    for stale in out_dir.glob(".step-*.partial"):      # left by a save that was cut short
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = out_dir / f".{folder.name}.partial"
+    partial.mkdir(parents=True)
+    try:
+        _write_checkpoint(partial, model, opt, step, source, dropout_rng, result, tcfg, start_fingerprint)
+        if folder.exists():
+            shutil.rmtree(folder)      # this step saved by an earlier run that was then resumed from before it
+        os.rename(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    with atomic_write(out_dir / "latest", "w") as f:
+        f.write(folder.name + "\n")
+    for old in sorted(out_dir.glob("step-*"))[:-CHECKPOINT_KEEP]:
+        if old.name != folder.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcfg, start_fingerprint):
+    """The three files of a checkpoint: weights, optimizer moments, and state.json with everything else."""
     save_safetensors({k: to_numpy(v) for k, v in model.all_params().items()}, folder / "weights.safetensors")
     sd = opt.state_dict()
     save_safetensors(sd.pop("arrays"), folder / "optimizer.safetensors")
@@ -197,12 +225,6 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
                  sha256={name: _sha256(folder / name) for name in ("weights.safetensors", "optimizer.safetensors")})
     save_json(state, folder / "state.json")
-    with atomic_write(out_dir / "latest", "w") as f:
-        f.write(folder.name + "\n")
-    for old in sorted(out_dir.glob("step-*"))[:-CHECKPOINT_KEEP]:
-        if old.name != folder.name:
-            shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def latest_checkpoint(out_dir) -> Path | None:
@@ -331,6 +353,9 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             e.out_dir, e.steps_done = out_dir, result.steps_done
             if e.at_step_end:
                 e.checkpoint = checkpoint(result.steps_done)    # a state the uninterrupted run also passes through
+            elif out_dir is not None:
+                with contextlib.suppress(MiniftError):
+                    e.checkpoint = latest_checkpoint(out_dir)   # what is really on disk, from this run or before
             raise
         finally:
             bar.close()

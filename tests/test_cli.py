@@ -182,3 +182,26 @@ def test_resume_refuses_other_lora_options(tmp_path, capsys):
         assert main(run + ["--resume", *extra]) == 1
         assert "adapter configuration" in capsys.readouterr().err
     assert main(run + ["--resume"]) == 0
+
+
+def test_sigterm_outside_training_stops_with_a_message_and_status_143(monkeypatch, capsys):
+    """train() turns SIGTERM into a stop at the end of a step; elsewhere (loading, measuring, writing the report) it
+    must still say what happened instead of the process vanishing without a word."""
+    import argparse
+    import os
+    import signal
+    import minift.cli as cli
+
+    def work(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.set_defaults(func=work)
+        return p
+    monkeypatch.setattr(cli, "build_parser", parser)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main([]) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM; nothing new was saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before                  # the handler is put back

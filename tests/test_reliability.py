@@ -117,10 +117,43 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(TrainingInterrupted) as stop:
         train(tiny(), SignalAt(LMSource(stream(), 16, 4, seed=3), at=4, signals=(signal.SIGINT, signal.SIGINT)),
               tcfg, out_dir=tmp_path, progress=False)
-    assert not stop.value.at_step_end and stop.value.checkpoint is None and "intact" in str(stop.value)
+    assert not stop.value.at_step_end and "intact" in str(stop.value)
+    assert stop.value.checkpoint == latest_checkpoint(tmp_path)
     assert latest_checkpoint(tmp_path).name == "step-000004"       # the save_every one from before the signals
     resumed = tiny()
     train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    straight = _straight(tcfg)
+    assert all(np.array_equal(straight.params[k], resumed.params[k]) for k in straight.params)
+
+
+def test_a_second_signal_before_any_checkpoint_says_nothing_was_saved(tmp_path):
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4), at=1, signals=(signal.SIGTERM, signal.SIGTERM)),
+              TrainConfig(steps=5, batch_size=4, warmup=1), out_dir=tmp_path, progress=False)
+    assert stop.value.checkpoint is None and latest_checkpoint(tmp_path) is None
+    assert "nothing was saved in" in str(stop.value) and "intact" not in str(stop.value)
+
+
+def test_a_save_cut_short_leaves_no_step_folder_and_the_last_checkpoint_in_force(tmp_path, monkeypatch):
+    import minift.train as train_module
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup=1, save_every=2)
+    calls = []
+
+    def cut_at_the_second_save(*args):         # the weights of step 4 are written, then the process is stopped
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+    real = train_module.save_safetensors
+    monkeypatch.setattr(train_module, "save_safetensors", cut_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000002"]
+    (tmp_path / ".step-000004.partial").mkdir()                     # as a kill -9 would leave it
+    monkeypatch.setattr(train_module, "save_safetensors", real)
+    resumed = tiny()
+    train(resumed, LMSource(stream(), 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000002", "step-000004"]
     straight = _straight(tcfg)
     assert all(np.array_equal(straight.params[k], resumed.params[k]) for k in straight.params)
 
