@@ -221,7 +221,7 @@ def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcf
     state = dict(step=step, optimizer=sd, data=source.state(), dropout_rng=dropout_rng.bit_generator.state,
                  adapter_rng=adapter_rng.bit_generator.state if adapter_rng is not None else None,
                  train_config=asdict(tcfg), model_config=model.cfg.to_dict(), head=model.head, labels=model.labels,
-                 frozen=sorted(model.frozen), base_fingerprint=model.fingerprint(), start_fingerprint=start_fingerprint,
+                 frozen=sorted(model.frozen), start_fingerprint=start_fingerprint,
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
                  sha256={name: _sha256(folder / name) for name in ("weights.safetensors", "optimizer.safetensors")})
     save_json(state, folder / "state.json")
@@ -394,7 +394,7 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     result.seconds += dt
     result.tokens += ntok
     result.steps_done = step + 1
-    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}")
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}", refresh=False)   # drawn at tqdm's pace, not per step
 
 
 def _norm(grads) -> float:
