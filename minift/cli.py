@@ -42,53 +42,6 @@ def _learning_rate(text):
     return value
 
 
-# What minift writes directly inside --out (pretrain, finetune, compare); --overwrite deletes these and nothing else.
-OUTPUT_NAMES = ("pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
-                "full", "head", "freeze", "trainable.safetensors")
-OUTPUT_PATTERNS = ("lorar*", "seed-*", "*.png")
-
-
-def _minift_entries(out):
-    """(minift's entries in out, the others), and whether out holds a run at all (a summary or a checkpoint)."""
-    entries = list(out.iterdir())
-    ours = [e for e in entries if e.name in OUTPUT_NAMES or any(e.match(p) for p in OUTPUT_PATTERNS)]
-    others = [e for e in entries if e not in ours]
-    run = (any((out / n).is_file() for n in ("pretrain.json", "finetune.json", "results.json"))
-           or any(out.glob("checkpoints/latest")) or any(out.glob("*/checkpoints/latest"))
-           or any(out.glob("seed-*/*/checkpoints/latest")))
-    return ours, others, run
-
-
-def _check_out(a):
-    """--out before any work: a folder (new, empty, or holding a run that --resume continues or --overwrite
-    replaces); never a file, never someone else's files."""
-    import shutil
-    from pathlib import Path
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
-    if out.is_dir() and any(out.iterdir()):
-        ours, others, run = _minift_entries(out)
-        if a.resume and run:
-            return
-        if others:
-            names = ", ".join(e.name for e in others[:3]) + (", ..." if len(others) > 3 else "")
-            raise MiniftError(f"--out {out} holds files minift did not write ({names}); choose a new or empty folder")
-        if not run:
-            raise MiniftError(f"--out {out} holds no run to resume or replace; choose a new or empty folder")
-        if not a.overwrite:
-            raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
-                              "replace it, or another --out")
-        for e in ours:                                  # only what minift wrote; the folder itself stays
-            if e.is_dir() and not e.is_symlink():
-                shutil.rmtree(e)
-            else:
-                e.unlink()
-    elif a.resume:
-        print(f"minift: no checkpoint in {out} to resume from; starting at step 0", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)              # now, so that a folder we cannot write fails before training
-
-
 def _add_device(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "auto"],
                    help="where to run (default: $MINIFT_DEVICE or cpu)")
@@ -124,9 +77,10 @@ def _prepare_training(a):
     fault them in again on the next step (16-25% of a demo step's time went to those page faults).
     """
     from .bench import reuse_freed_memory, set_blas_threads
-    if a.resume and a.overwrite:
-        raise MiniftError("--resume continues the run in --out and --overwrite deletes it: give one")
-    _check_out(a)
+    from .outdir import RunFolder
+    inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
+    a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs)
+    a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
         set_blas_threads(a.threads)
     elif a.workers > 1:
@@ -403,9 +357,13 @@ def main(argv=None):
 
 def _run(args):
     try:
-        if getattr(args, "prepare", None) is not None:
-            args.prepare(args)
-        args.func(args)
+        try:
+            if getattr(args, "prepare", None) is not None:
+                args.prepare(args)
+            args.func(args)
+        finally:
+            if getattr(args, "run_folder", None) is not None:
+                args.run_folder.close()          # keeps the new run, or puts back the one --overwrite set aside
     except MiniftError as e:
         print(f"minift: error: {e}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ from .analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_
 from .backend import to_numpy
 from .errors import MiniftError
 from .evaluate import lm_loss, split_metrics
-from .finetune import FinetuneConfig, METHODS, finetune, load_task_splits
+from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits
 from .io import save_json
 from .memory import measure_memory, predict_memory
 
@@ -83,6 +83,8 @@ class CompareConfig:
         if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise MiniftError(f"--seeds {','.join(map(str, self.seeds))}: the extra seeds must differ from each "
                               f"other and from --seed {self.seed}")
+        for rank in (self.rank, *self.ranks) if "lora" in self.methods else self.ranks:
+            _lora_config(self, rank, self.alpha if rank == self.rank else sweep_alpha(self, rank))   # raises if bad
 
     @classmethod
     def quick_config(cls, **kw):
@@ -234,6 +236,9 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         if (want.n_embd, want.n_layer, want.n_head) != (base.cfg.n_embd, base.cfg.n_layer, base.cfg.n_head):
             raise MiniftError(f"--preset {ccfg.preset} does not match the base model {ccfg.base or 'data/base-demo'} "
                               f"(n_embd={base.cfg.n_embd}, n_layer={base.cfg.n_layer}, n_head={base.cfg.n_head})")
+    train_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)[0]
+    for method in ccfg.methods:                     # every run's input checked before the first one trains
+        check_task_fits(method, ccfg.task, train_split, ccfg.batch_size, option=f"--methods {','.join(ccfg.methods)}")
     heldout = heldout_world_ids(tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)

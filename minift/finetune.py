@@ -26,6 +26,16 @@ METHODS = ("full", "freeze", "head", "lora")
 HEAD = "score.weight"     # the classification head (model.add_classification_head)
 
 
+def check_task_fits(method: str, task, train_split, batch_size: int, option="--method") -> None:
+    """Refuse, before any work, a method the task cannot take and a batch larger than its training set."""
+    if method == "head" and train_split.type != "classification":
+        raise MiniftError(f"{option}: method 'head' trains only a classification head, and task {task!r} is a "
+                          f"{train_split.type} task with no such head; choose another method")
+    if batch_size > len(train_split):
+        raise MiniftError(f"batch size {batch_size} is more than the {len(train_split)} training examples of "
+                          f"{task}: every batch would be the whole set; give a batch of at most {len(train_split)}")
+
+
 def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_embeddings: bool = True,
                 freeze_layernorm: bool = False) -> set:
     """The set of parameter names `method` freezes (LoRA's is made by attach_lora)."""
@@ -177,16 +187,13 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     from .memory import check_fits
     from .train import TrainConfig, train
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
+    check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     model = base.to()                                                      # 1. a private copy of the base
     if train_split.type == "classification":
         model.add_classification_head(train_split.label_names, seed=fcfg.seed)   # 2. the task head
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
-    if fcfg.batch_size > len(train_split):
-        raise MiniftError(f"batch size {fcfg.batch_size} is more than the {len(train_split)} training examples of "
-                          f"{fcfg.task}: every batch would be the whole set; give a batch of at most "
-                          f"{len(train_split)}")
     check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
                head="classification" if model.head == "classification" else "lm",
                num_labels=len(model.labels or []) or 2,

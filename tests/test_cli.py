@@ -91,8 +91,8 @@ def test_out_must_be_new_empty_or_a_run_named_by_resume_or_overwrite(pretrained,
     (tmp_path / "mine" / "report.md").write_text("my own report")     # --resume does not write into it either
     assert main(pretrain + ["--out", str(tmp_path / "mine"), "--resume"]) == 1
     assert main(pretrain + ["--out", str(run), "--overwrite", "--resume"]) == 1
-    assert main(pretrain + ["--out", str(tmp_path / "fresh"), "--resume"]) == 0
-    assert "no checkpoint" in capsys.readouterr().err
+    assert main(pretrain + ["--out", str(tmp_path / "typo"), "--resume"]) == 1      # nothing to continue: say so
+    assert "holds no run to continue" in capsys.readouterr().err and not (tmp_path / "typo").exists()
     with pytest.raises(SystemExit) as e:
         main(pretrain + ["--out", str(tmp_path / "s"), "--seed", "-1"])
     assert e.value.code == 2
@@ -205,3 +205,64 @@ def test_sigterm_outside_training_stops_with_a_message_and_status_143(monkeypatc
     assert cli.main([]) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM; nothing new was saved" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before                  # the handler is put back
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_something(pretrained, tmp_path, capsys):
+    """--overwrite sets the earlier run aside; bad input found late, or a stop before the first checkpoint, puts it
+    back untouched. Only a new run with a result or a checkpoint replaces it."""
+    from minift.outdir import ASIDE
+    ft = ["finetune", "--method", "lora", "--rank", "2", "--base", str(pretrained / "model"), "--steps", "2",
+          "--batch", "4", "--train-size", "16", "--quiet"]
+    run = tmp_path / "run"
+    assert main(ft + ["--out", str(run)]) == 0
+    before = _snapshot(run)
+    assert main(ft + ["--out", str(run), "--overwrite", "--alpha", "0"]) == 1       # refused after the base loaded
+    assert "alpha" in capsys.readouterr().err and _snapshot(run) == before
+    assert main(ft + ["--out", str(run), "--overwrite", "--task", "nosuch"]) == 1
+    assert _snapshot(run) == before and not (run / ASIDE).exists()
+    (run / "model").mkdir()                                     # a base model saved inside the run folder
+    (run / "model" / "config.json").write_text("{}")
+    before = _snapshot(run)
+    assert main(ft[:6] + [str(run / "model")] + ft[7:] + ["--out", str(run), "--overwrite"]) == 1
+    assert "lies inside --out" in capsys.readouterr().err and _snapshot(run) == before
+    (run / "model" / "config.json").unlink()
+    (run / "model").rmdir()
+    before = _snapshot(run)
+    assert main(ft + ["--out", str(run), "--overwrite", "--steps", "3"]) == 0       # a good run replaces it
+    assert _snapshot(run) != before and not (run / ASIDE).exists()
+    assert json.loads((run / "finetune.json").read_text())["steps"] == 3
+
+
+def test_a_folder_set_aside_by_a_killed_run_is_put_back(pretrained, tmp_path):
+    from minift.outdir import ASIDE
+    ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
+          "--train-size", "16", "--quiet"]
+    run = tmp_path / "run"
+    assert main(ft + ["--out", str(run)]) == 0
+    before = _snapshot(run)
+    (run / ASIDE).mkdir()                        # as kill -9 leaves it: the earlier run aside, the new one begun
+    for e in list(run.iterdir()):
+        if e.name != ASIDE:
+            e.rename(run / ASIDE / e.name)
+    (run / "checkpoints").mkdir()
+    (run / "run.json").write_text('{"command": "finetune"}')
+    assert main(ft + ["--out", str(run), "--resume", "--steps", "3"]) == 0        # settled first, then continued
+    after = _snapshot(run)
+    assert not (run / ASIDE).exists() and set(before) < set(after) and "checkpoints/step-000003/state.json" in after
+
+
+def test_resume_refuses_another_commands_folder_and_failed_runs_leave_nothing(pretrained, tmp_path, capsys):
+    ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
+          "--train-size", "16", "--quiet"]
+    assert main(["compare", "--quick", "--methods", "head", "--quiet", "--out", str(tmp_path / "cmp")]) == 0
+    assert main(ft + ["--out", str(tmp_path / "cmp"), "--resume"]) == 1
+    assert "holds a `minift compare` run" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "finetune.json").exists()
+    assert main(ft + ["--out", str(tmp_path / "new"), "--task", "nosuch"]) == 1
+    assert not (tmp_path / "new").exists()                    # a folder made for a run that never started
+    (tmp_path / "spent" / "checkpoints").mkdir(parents=True)  # what a run stopped before its first save leaves
+    assert main(ft + ["--out", str(tmp_path / "spent")]) == 0

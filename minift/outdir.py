@@ -1,0 +1,169 @@
+"""The output folder of a training command (`--out` of pretrain, finetune, compare): what it may hold, and how
+`--resume` and `--overwrite` treat it. The rule: a command never writes into, and never deletes, anything it did not
+write, and never loses an earlier run because the new one failed.
+
+    new or empty                      the run starts
+    a run of this command             --resume continues it (from its checkpoints); --overwrite replaces it
+    a run of another command          --overwrite replaces it; --resume is refused (it would mix two runs)
+    anything minift did not write     refused, with or without flags
+    leftovers of a run that failed    (folders without a file, the run.json marker) reused as if empty
+    before it saved anything
+
+A run "has something" once it holds a result (pretrain.json, finetune.json, results.json) or a checkpoint
+(`checkpoints/latest`, in compare one per method). `run.json` names the command that made the folder.
+
+--overwrite moves the earlier run aside into `.minift-replaced/` and deletes it only when the new run has something;
+if the new run fails before that (bad input found late, a crash, Ctrl-C before the first checkpoint), the new run's
+files are removed and the earlier run is moved back. A process killed outright leaves the folder aside; the next
+command on this --out settles it by the same rule before doing anything else.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .errors import MiniftError
+
+# What minift writes directly inside --out; --overwrite moves these and nothing else.
+NAMES = ("run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
+         "full", "head", "freeze", "trainable.safetensors")
+PATTERNS = ("lorar*", "seed-*", "*.png")
+ASIDE = ".minift-replaced"
+SUMMARIES = {"pretrain.json": "pretrain", "finetune.json": "finetune", "results.json": "compare"}
+
+
+def _ours(e: Path) -> bool:
+    return e.name in NAMES or any(e.match(p) for p in PATTERNS)
+
+
+def entries(out: Path):
+    """(minift's entries in out, everything else), the folder set aside by --overwrite counted in neither."""
+    items = [e for e in out.iterdir() if e.name != ASIDE]
+    return [e for e in items if _ours(e)], [e for e in items if not _ours(e)]
+
+
+def has_something(out: Path) -> bool:
+    """Whether out holds a result or a checkpoint: something a person would not want to lose."""
+    def has_checkpoint(folder, depth):          # folder/checkpoints/latest, or one or two folders further down
+        return (folder / "checkpoints" / "latest").is_file() or depth > 0 and any(
+            has_checkpoint(sub, depth - 1) for sub in folder.iterdir() if sub.is_dir() and _ours(sub))
+    return out.is_dir() and (any((out / n).is_file() for n in SUMMARIES) or has_checkpoint(out, 2))   # (compare: seed-1/lorar4/...)
+
+
+def made_by(out: Path) -> str | None:
+    """The command whose run this folder holds: run.json's, else what its files say (None when they do not say)."""
+    try:
+        return json.loads((out / "run.json").read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for name, command in SUMMARIES.items():
+        if (out / name).is_file():
+            return command
+    if any(e.is_dir() and (e / "checkpoints").is_dir() or e.match("seed-*") for e in entries(out)[0]):
+        return "compare"                          # a checkpoint folder per method
+    return None
+
+
+def _is_leftover(e: Path) -> bool:
+    """run.json, or a folder with no file anywhere inside: what a run that failed before saving anything leaves."""
+    if e.name == "run.json" or (e.is_dir() and not e.is_symlink() and not any(p.is_file() for p in e.rglob("*"))):
+        return True
+    return False
+
+
+def _remove(e: Path) -> None:
+    if e.is_dir() and not e.is_symlink():
+        shutil.rmtree(e)
+    else:
+        e.unlink()
+
+
+def settle(out: Path) -> None:
+    """After a command (and before one, for a run killed outright): keep the earlier run set aside by --overwrite
+    if the new one has nothing yet, else drop it; then clear leftovers that hold nothing."""
+    aside = out / ASIDE
+    if aside.is_dir():
+        if has_something(out):
+            shutil.rmtree(aside)
+        else:
+            for e in entries(out)[0]:
+                _remove(e)
+            for e in aside.iterdir():
+                e.rename(out / e.name)
+            aside.rmdir()
+    if out.is_dir() and not has_something(out):
+        for e in entries(out)[0]:
+            if _is_leftover(e):
+                _remove(e)
+
+
+class RunFolder:
+    """`--out` for one command: open() checks it and, with --overwrite, sets the earlier run aside; close() settles
+    it whatever happened (module docstring). `inputs`: option -> path the command reads (--base, --task, ...), which
+    must not lie inside what --overwrite replaces."""
+
+    def __init__(self, path, command: str, resume=False, overwrite=False, inputs=None):
+        self.out, self.command = Path(path), command
+        self.resume, self.overwrite, self.inputs = resume, overwrite, inputs or {}
+        self.created = False
+
+    def open(self) -> None:
+        out = self.out
+        if self.resume and self.overwrite:
+            raise MiniftError("--resume continues the run in --out and --overwrite deletes it: give one")
+        if out.exists() and not out.is_dir():
+            raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
+        if out.is_dir():
+            settle(out)
+        ours, others = entries(out) if out.is_dir() else ([], [])
+        if others:
+            names = ", ".join(e.name for e in others[:3]) + (", ..." if len(others) > 3 else "")
+            raise MiniftError(f"--out {out} holds files minift did not write ({names}); choose a new or empty folder")
+        if self.resume:
+            self._check_resumable(ours)
+        elif ours and not self.overwrite:
+            what = "a previous run" if has_something(out) else "an incomplete run's files (no result, no checkpoint)"
+            raise MiniftError(f"--out {out} already holds {what}: --resume to continue it, --overwrite to replace "
+                              "it, or another --out")
+        elif ours:
+            self._set_aside(ours)
+        self.created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)          # now, so that a folder we cannot write fails before training
+        if not (out / "run.json").is_file():
+            (out / "run.json").write_text(json.dumps(dict(command=self.command, started=time.strftime(
+                "%Y-%m-%dT%H:%M:%S%z")), indent=1) + "\n")
+
+    def _check_resumable(self, ours) -> None:
+        out, made = self.out, made_by(self.out) if ours else None
+        if not has_something(out):
+            raise MiniftError(f"--resume: --out {out} holds no run to continue (no checkpoint, no result); leave out "
+                              "--resume to start one there")
+        if made is not None and made != self.command:
+            raise MiniftError(f"--resume: --out {out} holds a `minift {made}` run, not a {self.command} run; "
+                              f"continue it with `minift {made} ... --resume`, or give another --out")
+
+    def _set_aside(self, ours) -> None:
+        """--overwrite: refuse if the command would read its input from what is replaced; then move it aside."""
+        for option, path in self.inputs.items():
+            for p in ([path] if isinstance(path, (str, Path)) else path or []):
+                if p is not None and Path(p).exists() and _inside(Path(p), ours):
+                    raise MiniftError(f"{option} {p} lies inside --out {self.out}, which --overwrite would replace; "
+                                      "copy it elsewhere first, or give another --out")
+        aside = self.out / ASIDE
+        aside.mkdir()
+        for e in ours:
+            e.rename(aside / e.name)
+
+    def close(self) -> None:
+        if not self.out.is_dir():
+            return
+        settle(self.out)
+        if self.created and not any(self.out.iterdir()):
+            self.out.rmdir()                             # a new folder the run left empty: as if never made
+
+
+def _inside(path: Path, folders) -> bool:
+    p = path.resolve()
+    return any(p == f.resolve() or f.resolve() in p.parents for f in folders)
