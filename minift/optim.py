@@ -238,7 +238,7 @@ class AdamW(Optimizer):
                 "betas": (_number("betas[0]", betas[0], hi=1.0, hi_open=True),
                           _number("betas[1]", betas[1], hi=1.0, hi_open=True)),
                 "eps": _number("eps", hp["eps"]),
-                "weight_decay": _number("weight_decay", hp["weight_decay"]),
+                "weight_decay": _number("weight_decay", hp["weight_decay"], hi_open=True),
                 "decay": _decay_names(self.params, hp["decay"])}
 
     def _hyperparameters(self):
@@ -283,7 +283,7 @@ class SGD(Optimizer):
         if hp["nesterov"] and momentum == 0.0:
             raise MiniftError("nesterov=True needs momentum > 0")
         return {"lr": _number("lr", hp["lr"]), "momentum": momentum,
-                "weight_decay": _number("weight_decay", hp["weight_decay"]), "nesterov": hp["nesterov"],
+                "weight_decay": _number("weight_decay", hp["weight_decay"], hi_open=True), "nesterov": hp["nesterov"],
                 "decay": _decay_names(self.params, hp["decay"])}
 
     def _hyperparameters(self):

@@ -51,6 +51,11 @@ CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are d
 # TrainConfig fields a resumed run may change: they do not alter what a step computes (workers: only the order of a
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
+SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
+                 "warmup": " (--warmup, or derived from --steps)"}      # TrainConfig fields whose option has another name
+# state.json's keys, each with the type a checkpoint written by save_checkpoint gives it
+STATE_KEYS = dict(step=int, optimizer=dict, data=dict, dropout_rng=dict, train_config=dict, model_config=dict,
+                  frozen=list, history=list, evals=list, seconds=(int, float), tokens=int, sha256=dict)
 
 
 @dataclass
@@ -244,16 +249,16 @@ def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: s
         raise MiniftError(f"checkpoint {folder} continues a run that started from another base model or adapter "
                           f"configuration ({state['start_fingerprint']}, this one is {start_fingerprint}); resume "
                           "with the --base and LoRA options it was started with, or start afresh")
+    if state["step"] > tcfg.steps:        # first: fewer steps also change what is derived from them (warmup)
+        raise MiniftError(f"checkpoint {folder} is at step {state['step']}, beyond steps={tcfg.steps}: "
+                          f"resume with --steps {state['step']} or more")
     saved = state.get("train_config", {})
     now = asdict(tcfg)
     changed = sorted(k for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k])
     if changed:
-        diff = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        diff = ", ".join(f"{k}{SETTING_HINTS.get(k, '')}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise MiniftError(f"checkpoint {folder} was trained with other settings ({diff}); resume with the same "
                           "ones (only --steps may change), or start afresh")
-    if state["step"] > tcfg.steps:
-        raise MiniftError(f"checkpoint {folder} is at step {state['step']}, beyond steps={tcfg.steps}: "
-                          f"resume with --steps {state['step']} or more")
 
 
 def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig | None = None,
@@ -262,6 +267,14 @@ def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig |
     With tcfg, first check that the checkpoint belongs to this run (check_resumable)."""
     folder = Path(folder)
     state = load_json(folder / "state.json", "checkpoint state")
+    fields = state if isinstance(state, dict) else {}
+    bad = [k for k, kind in STATE_KEYS.items() if not isinstance(fields.get(k), kind) or isinstance(fields[k], bool)]
+    if bad:
+        raise MiniftError(f"checkpoint {folder}/state.json is damaged or not minift's: {', '.join(bad)} missing or "
+                          "of the wrong type; resume from another checkpoint (edit `latest`) or start afresh")
+    for name in ("weights.safetensors", "optimizer.safetensors"):
+        if name not in state["sha256"] or not (folder / name).is_file():
+            raise MiniftError(f"checkpoint {folder} is incomplete: {name} is missing")
     for name, digest in state["sha256"].items():
         if _sha256(folder / name) != digest:
             raise MiniftError(f"checkpoint file {folder / name} does not match its recorded SHA-256 (corrupted?)")

@@ -215,3 +215,27 @@ def test_resume_with_lora_dropout_is_bitwise_identical(tmp_path):
     train(resumed, LMSource(stream(), 16, 4, seed=4), tcfg, out_dir=tmp_path, resume=True, progress=False)
     a, b = straight.all_params(), resumed.all_params()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", ["step", "missing file", "not a dict"])
+def test_a_damaged_checkpoint_state_is_named_not_a_traceback(tmp_path, damage):
+    train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, warmup=0), out_dir=tmp_path,
+          progress=False)
+    folder = latest_checkpoint(tmp_path)
+    state = json.loads((folder / "state.json").read_text())
+    if damage == "step":
+        state["step"] = "x"
+    elif damage == "missing file":
+        (folder / "optimizer.safetensors").unlink()
+    else:
+        state = [state]
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(MiniftError, match="damaged|incomplete: optimizer.safetensors is missing"):
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=4, batch_size=4, warmup=0), out_dir=tmp_path,
+              resume=True, progress=False)
+
+
+def test_an_infinite_weight_decay_is_refused_up_front():
+    with pytest.raises(MiniftError, match=r"weight_decay=inf must lie in \[0.0, inf\)"):
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, weight_decay=float("inf")),
+              progress=False)
