@@ -163,12 +163,16 @@ def _lora_from_args(a):
 def cmd_finetune(a):
     from .finetune import FinetuneConfig, finetune
     from .pretrain import load_base
-    lora_opts = a.rslora or a.dora or a.rank is not None or a.init != "default"
-    if lora_opts and a.method != "lora":
-        raise MiniftError(f"--rank/--rslora/--dora/--init are LoRA options, but --method is {a.method!r}")
+    lora_opts = {"--rank": a.rank is not None, "--alpha": a.alpha is not None, "--targets": a.targets is not None,
+                 "--rslora": a.rslora, "--dora": a.dora, "--init": a.init is not None,
+                 "--lora-dropout": a.lora_dropout is not None}
+    if any(lora_opts.values()) and a.method != "lora":
+        given = ", ".join(k for k, v in lora_opts.items() if v)
+        raise MiniftError(f"{given}: LoRA options, but --method is {a.method!r}")
     if a.freeze_blocks is not None and a.method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
-    a.rank = a.rank or 8
+    a.rank, a.targets, a.init = a.rank or 8, a.targets or "all-linear", a.init or "default"
+    a.lora_dropout = a.lora_dropout or 0.0
     base, tok = load_base(a.base, device=a.device)
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
@@ -196,12 +200,13 @@ def add_finetune(sub):
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None,
                    help="LoRA alpha (default 2r, PEFT's usual; the adapters then train at lr 2e-3, the head at 3e-4)")
-    p.add_argument("--targets", default="all-linear",
-                   help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    p.add_argument("--targets", default=None,
+                   help="LoRA targets: all-linear (default) or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
     p.add_argument("--dora", action="store_true", help="DoRA: learned magnitude and normalised direction")
-    p.add_argument("--init", default="default", choices=["default", "gaussian", "pissa"])
-    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--init", default=None, choices=["default", "gaussian", "pissa"],
+                   help="LoRA initialisation (default: A random, B = 0)")
+    p.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=0,
                    help="checkpoint every N steps into --out/checkpoints (default 0: at the end, and when stopped)")
@@ -290,10 +295,13 @@ def cmd_memory(a):
     from .config import GPTConfig
     from .memory import format_memory, predict_memory
     cfg = GPTConfig.preset(a.preset)
-    if a.n_embd or a.n_layer or a.n_head:
+    if a.n_embd or a.n_layer or a.n_head or a.n_ctx:
         from dataclasses import replace
         cfg = replace(cfg, n_embd=a.n_embd or cfg.n_embd, n_layer=a.n_layer or cfg.n_layer,
-                      n_head=a.n_head or cfg.n_head)
+                      n_head=a.n_head or cfg.n_head, n_ctx=a.n_ctx or cfg.n_ctx)
+    if a.rank is not None and a.method != "lora":
+        raise MiniftError(f"--rank is a LoRA option, but --method is {a.method!r}")
+    a.rank = a.rank or 8
     if a.method == "lora" and a.rank > cfg.n_embd:
         raise MiniftError(f"--rank {a.rank} is larger than the smallest side of the adapted matrices "
                           f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
@@ -305,7 +313,12 @@ def cmd_memory(a):
           f"{f' r={a.rank}' if a.method == 'lora' else ''}{' (2-label classification head)' if head else ''}, "
           f"batch {a.batch} x {seq} tokens, float32, AdamW:")
     if a.method != "full":
-        print(format_memory(d, predict_memory(cfg, "full", a.batch, seq, **head), labels=(a.method, "full")))
+        full = predict_memory(cfg, "full", a.batch, seq, **head)
+        print(format_memory(d, full, labels=(a.method, "full")))
+        print(f"{a.method} needs {1 - d['total'] / full['total']:.0%} less than full fine-tuning here. Activations, "
+              f"{full['activations'] / full['total']:.0%} of full's total, grow with batch x tokens and are the same "
+              "for every method: the saving grows as batch x tokens shrink"
+              + (" (try --batch 1 --seq 128)." if a.batch * seq > 128 else "."))
     else:
         print(format_memory(d))
 
@@ -314,12 +327,13 @@ def add_memory(sub):
     p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
     p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
     p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
-    p.add_argument("--rank", type=_positive_int, default=8)
+    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 8)")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
     p.add_argument("--n-embd", type=_positive_int, default=None, help="custom width")
     p.add_argument("--n-layer", type=_positive_int, default=None, help="custom depth")
     p.add_argument("--n-head", type=_positive_int, default=None, help="custom heads")
+    p.add_argument("--n-ctx", type=_positive_int, default=None, help="custom context length (the longest --seq)")
     p.set_defaults(func=cmd_memory)
 
 

@@ -78,6 +78,7 @@ from .errors import MiniftError
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
 DEFAULT_STEPS = 20         # CLI: LoRA training steps before the lens looks, so that B ≠ 0
+DEFAULT_TRAIN_LR = 3e-3    # CLI: their AdamW learning rate
 CORNER = (4, 6)            # rows, columns of a matrix shown by the --module detail
 
 # linear module (suffix) -> the record name of its input x; its output is recorded under the module's own name and
@@ -450,6 +451,9 @@ def _prepare(a):
     targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
     lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
                                          targets=targets), seed=a.seed)
+    if a.module is not None and a.module not in lora.modules:            # before the training steps, not after
+        raise MiniftError(f"--module {a.module!r} is not one of the adapted matrices of this {model.cfg.n_layer}-"
+                          f"block model: {', '.join(lora.modules[:4])}, ... (see --targets)")
     max_len = min(FinetuneConfig.max_len, model.cfg.n_ctx)
     source = task_source(split, tok, max_len=max_len, batch_size=a.batch, seed=a.seed)
     if a.steps:
@@ -460,11 +464,10 @@ def _prepare(a):
 
 
 def cmd_inspect(a):
-    if a.steps < 0:
-        raise MiniftError(f"--steps {a.steps} must be ≥ 0")
+    if a.train_lr is not None and a.steps == 0:
+        raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
+    a.train_lr = a.train_lr or DEFAULT_TRAIN_LR
     model, lora, batch = _prepare(a)
-    if a.module is not None and a.module not in lora.modules:
-        raise MiniftError(f"--module {a.module!r} is not adapted; adapted modules: {', '.join(lora.modules[:4])}, ...")
     report = lens(model, lora, batch, lr=a.lr)
     trained = (f"after {a.steps} LoRA training steps (AdamW, lr {a.train_lr:g}, so B ≠ 0)" if a.steps
                else "at init (--steps 0: B = 0)")
@@ -486,7 +489,7 @@ def cmd_inspect(a):
 
 def add_inspect(sub):
     """Register `minift inspect` on an argparse subparsers object (cli.build_parser calls it)."""
-    from .cli import _add_device, _learning_rate, _positive_int, _seed
+    from .cli import _add_device, _int_at_least, _learning_rate, _positive_int, _seed
     p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
@@ -494,9 +497,10 @@ def add_inspect(sub):
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
     p.add_argument("--targets", default="all-linear",
                    help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+    p.add_argument("--steps", type=_int_at_least(0, "a number of steps >= 0"), default=DEFAULT_STEPS,
                    help=f"train LoRA this many steps first, so B ≠ 0 (default {DEFAULT_STEPS}; 0 = look at init)")
-    p.add_argument("--train-lr", type=_learning_rate, default=3e-3, help="AdamW learning rate of those steps")
+    p.add_argument("--train-lr", type=_learning_rate, default=None,
+                   help=f"AdamW learning rate of those steps (default {DEFAULT_TRAIN_LR:g})")
     p.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
                                                                 f"(default {DEFAULT_LR:g})")
     p.add_argument("--batch", type=_positive_int, default=8)

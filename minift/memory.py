@@ -441,10 +441,10 @@ def _measure_step(model, arrays, rng, optimizer, grad_clip, tracker, clip_grad_n
 def format_memory(d: dict, other: dict | None = None, labels=("predicted", "measured")) -> str:
     """A table in MiB of the terms of one result (predict_memory or measure_memory), or of two side by side."""
     cols = [d] if other is None else [d, other]
-    head = ["term"] + (list(labels[:len(cols)]) if other is not None else ["MiB"])
+    head = (["MiB"] + list(labels[:2])) if other is not None else ["term", "MiB"]
     rows = [[t] + [f"{c[t] / MiB:,.2f}" for c in cols] for t in TERMS if all(t in c for c in cols)]
-    if other is not None and d.get("total"):
-        rows.append(["ratio"] + ["1.00", f"{other['total'] / d['total']:.3f}"])
+    if other is not None and d.get("total"):            # each total divided by the first column's
+        rows.append([f"total/{labels[0]}"] + ["1.00", f"{other['total'] / d['total']:.3f}"])
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 
     def line(r):

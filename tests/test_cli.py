@@ -266,3 +266,15 @@ def test_resume_refuses_another_commands_folder_and_failed_runs_leave_nothing(pr
     assert not (tmp_path / "new").exists()                    # a folder made for a run that never started
     (tmp_path / "spent" / "checkpoints").mkdir(parents=True)  # what a run stopped before its first save leaves
     assert main(ft + ["--out", str(tmp_path / "spent")]) == 0
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys):
+    for argv, says in ((["finetune", "--method", "full", "--alpha", "32"], "--alpha: LoRA options"),
+                       (["finetune", "--method", "head", "--targets", "c_attn", "--lora-dropout", "0.2"],
+                        "--targets, --lora-dropout: LoRA options"),
+                       (["memory", "--method", "full", "--rank", "8"], "--rank is a LoRA option"),
+                       (["inspect", "--steps", "0", "--train-lr", "0.1"], "--steps is 0"),
+                       (["inspect", "--steps", "0", "--module", "h.9.attn.c_attn"], "4-block model")):
+        assert main(argv + (["--out", str(tmp_path / "x")] if argv[0] == "finetune" else [])) == 1, argv
+        assert says in capsys.readouterr().err, argv
+    assert not (tmp_path / "x").exists()

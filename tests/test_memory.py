@@ -205,9 +205,9 @@ def test_format_memory_table():
     full = predict_memory(cfg, "full", 2, 16)
     text = format_memory(full, predict_memory(cfg, "lora", 2, 16), labels=("full", "lora"))
     lines = text.splitlines()
-    assert lines[0].split() == ["term", "full", "lora"]
+    assert lines[0].split() == ["MiB", "full", "lora"]
     assert [line.split()[0] for line in lines[2:]] == ["parameters", "gradients", "optimizer", "activations",
-                                                       "workspace", "total", "ratio"]
+                                                       "workspace", "total", "total/full"]
     assert f"{full['total'] / 2**20:,.2f}" in text
     assert format_memory(full).splitlines()[0].split() == ["term", "MiB"]
 
