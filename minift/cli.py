@@ -6,6 +6,8 @@ an option out of range) print one line, `minift: error: ...`, and exit with stat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -82,6 +84,10 @@ def _prepare_training(a):
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs)
     a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if cores and a.threads * a.workers > cores:
+            print(f"minift: warning: {a.threads * a.workers} BLAS threads (--threads x --workers) on {cores} cores: "
+                  "they will wait for each other at every matmul (slower, not faster)", file=sys.stderr)
         set_blas_threads(a.threads)
     elif a.workers > 1:
         set_blas_threads(1)          # the cores go to the workers: one BLAS thread each
@@ -340,7 +346,9 @@ def add_memory(sub):
 # ---- entry point -------------------------------------------------------------------------------------------------
 
 def build_parser():
+    from . import __version__
     parser = argparse.ArgumentParser(prog="minift", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from .bench import add_bench
     from .lens import add_inspect
@@ -381,6 +389,10 @@ def _run(args):
     except MiniftError as e:
         print(f"minift: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:               # `minift generate | head -1`: the reader has what it wanted; be quiet
+        with contextlib.suppress(OSError, ValueError):   # as a C program killed by SIGPIPE is (status 128 + 13)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's flush at exit would fail
+        return 141
     except OSError as e:                  # a folder that cannot be written, a disk that is full: say which
         print(f"minift: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 1
@@ -390,8 +402,9 @@ def _run(args):
     except KeyboardInterrupt as e:
         signum = signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
         what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-        print(f"minift: stopped by {what}; nothing new was saved (checkpoints already in --out, if any, are intact)",
-              file=sys.stderr)
+        saved = (" (checkpoints already in --out, if any, are intact)" if getattr(args, "run_folder", None) is not None
+                 else "")
+        print(f"minift: stopped by {what}; nothing new was saved{saved}", file=sys.stderr)
         return 128 + int(signum)
     return 0
 

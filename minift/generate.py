@@ -28,8 +28,11 @@ def sample_next(logits, rng, temperature=1.0, top_k=None) -> int:
     return int(rng.choice(z.size, p=p))
 
 
-def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=None, seed=0, stop_id=None) -> list:
-    """Continue `prompt_ids` (a list of ints) by up to max_new_tokens tokens; returns only the new ids."""
+def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=None, seed=0, stop_id=None,
+                 n_tokens=None) -> list:
+    """Continue `prompt_ids` (a list of ints) by up to max_new_tokens tokens; returns only the new ids.
+    n_tokens: the tokenizer's vocabulary size, when the model's vocab_size is larger (padded, as GPT-2's often is
+    to a multiple of 64): ids from n_tokens up have no text and are never drawn."""
     if model.head != "lm":
         raise MiniftError("generation needs the language-model head; this model has a classification head")
     if not 0 <= temperature < math.inf:
@@ -42,7 +45,7 @@ def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=No
     ids, new = list(prompt_ids), []
     for _ in range(max_new_tokens):
         context = np.asarray([ids[-model.cfg.n_ctx:]], dtype=np.int64)     # (1, T)
-        logits = to_numpy(model.forward(context)[0, -1])                     # (V,)
+        logits = to_numpy(model.forward(context)[0, -1])[:n_tokens]          # (V,), or (n_tokens,)
         nxt = sample_next(logits, rng, temperature, top_k)
         if stop_id is not None and nxt == stop_id:
             break
@@ -54,5 +57,6 @@ def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=No
 def generate(model, tokenizer, prompt: str, max_new_tokens=50, temperature=1.0, top_k=None, seed=0) -> str:
     """Text in, text out: the prompt's continuation (stops early at the end-of-text token)."""
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
-    new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, seed, stop_id=tokenizer.eot_id)
+    new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, seed, stop_id=tokenizer.eot_id,
+                       n_tokens=tokenizer.vocab_size)
     return tokenizer.decode(new)

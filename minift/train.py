@@ -354,7 +354,8 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     with _StopAtStepEnd(quiet=not progress) as stop:
         try:
             for step in bar:
-                _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guards in _step check
+                    _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
                 done = step + 1
                 if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
                     result.evals.append(dict(step=done, **evaluate(model)))

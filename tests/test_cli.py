@@ -278,3 +278,15 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, capsys):
         assert main(argv + (["--out", str(tmp_path / "x")] if argv[0] == "finetune" else [])) == 1, argv
         assert says in capsys.readouterr().err, argv
     assert not (tmp_path / "x").exists()
+
+
+def test_generation_never_draws_ids_the_tokenizer_lacks():
+    """A model's vocab_size may exceed its tokenizer's (padded, as GPT-2's 50257 often is to 50304): those ids
+    have no text, and drawing one would fail at decode."""
+    from minift import GPT, GPTConfig
+    from minift.generate import generate_ids
+    model = GPT(GPTConfig.preset("tiny"), seed=0)
+    model.params["wte.weight"][10:] += 5.0                 # make the ids the tokenizer lacks the likeliest ones
+    new = generate_ids(model, [1, 2, 3], max_new_tokens=30, temperature=1.5, seed=0, n_tokens=10)
+    assert len(new) == 30 and max(new) < 10
+    assert max(generate_ids(model, [1, 2, 3], max_new_tokens=5, temperature=0, n_tokens=10)) < 10
