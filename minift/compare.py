@@ -104,6 +104,12 @@ def sweep_alpha(ccfg: CompareConfig, r: int) -> float:
     return ccfg.alpha if ccfg.rslora else ccfg.alpha / ccfg.rank * r
 
 
+def lora_label(rank: int, rslora=False, dora=False) -> str:
+    """A LoRA run's name in tables and results.json: "lora r=8", with the variant when there is one."""
+    variant = ", ".join(name for name, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
+    return f"lora r={rank}" + (f" ({variant})" if variant else "")
+
+
 def _lora_config(ccfg: CompareConfig, rank: int, alpha: float):
     from .lora import LoRAConfig
     return LoRAConfig(r=rank, alpha=alpha, targets=ccfg.targets, rslora=ccfg.rslora, use_dora=ccfg.dora)
@@ -154,7 +160,7 @@ def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
     ids = batch["input_ids"]
     measured = measure_memory(model, batch)
     predicted = predict_memory(model.cfg, method, ids.shape[0], ids.shape[1], rank=rank, targets=ccfg.targets,
-                               head=head, num_labels=num_labels)
+                               head=head, num_labels=num_labels, dora=ccfg.dora and method == "lora")
     keys = ("parameters", "gradients", "optimizer", "activations", "total")
     return dict(measured={k: int(measured[k]) for k in keys}, predicted={k: int(predicted[k]) for k in keys},
                 batch_shape=list(ids.shape), backend=measured["backend"])
@@ -165,8 +171,8 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     """Fine-tune one method and measure everything in the table. Its files go to out/<label>/ (checkpoints/ while
     it trains: with resume, a run stopped earlier continues there, and a finished one is only re-measured)."""
     from .data.sources import task_source
-    label = f"lora r={rank}" if method == "lora" else method
-    run_dir = out / label.replace(" ", "").replace("=", "")
+    label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
+    run_dir = out / (f"lorar{rank}" if method == "lora" else method)
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,

@@ -197,7 +197,8 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
                head="classification" if model.head == "classification" else "lm",
                num_labels=len(model.labels or []) or 2,
-               **({"rank": lora.config.r, "targets": lora.config.targets} if lora is not None else {}),
+               **({"rank": lora.config.r, "targets": lora.config.targets, "dora": lora.config.use_dora}
+                  if lora is not None else {}),
                **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)

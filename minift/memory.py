@@ -105,7 +105,7 @@ def lora_modules(cfg: GPTConfig, targets="all-linear") -> list:
     return resolve_modules(cfg.n_layer, targets)
 
 
-def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
+def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options, dora=False):
     """(name -> shape of every parameter incl. adapters, set of trainable names, adapted modules)."""
     if head not in HEADS:
         raise MiniftError(f"head={head!r} is not one of {HEADS}")
@@ -122,6 +122,8 @@ def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options):
             d_in, d_out = shapes[m + ".weight"]                       # GPT-2's [in, out]
             shapes[m + ".lora_A.weight"] = (rank, d_in)               # PEFT's layout: A [R, in], B [out, R]
             shapes[m + ".lora_B.weight"] = (d_out, rank)
+            if dora:
+                shapes[m + ".lora_magnitude_vector"] = (d_out,)       # DoRA's m, one per output feature
     else:   # the very rule finetune.py applies to a model, run on names only
         frozen = freeze_plan(SimpleNamespace(params=shapes, cfg=cfg), method, **freeze_options)
     return shapes, set(shapes) - frozen, modules
@@ -144,8 +146,9 @@ def attention_cached(T: int, block=ATTENTION_BLOCK) -> int:
 
 
 def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
-                     adapted=(), rank=0, block=ATTENTION_BLOCK) -> dict:
-    """name -> bytes of everything the forward caches for the backward (see the module docstring's table)."""
+                     adapted=(), rank=0, block=ATTENTION_BLOCK, dora=False) -> dict:
+    """name -> bytes of everything the forward caches for the backward (see the module docstring's table).
+    dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (dora.py)."""
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H, L = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
     N, F = B * T, 4 * C
@@ -165,7 +168,10 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
         terms["pool and loss indices"] = B * (4 * INDEX_BYTES + 1)
     if cfg.dropout > 0:
         terms["dropout masks"] = (2 * L + 1) * N * C * f
-    if adapted:
+    if adapted and dora:
+        outs = [param_shapes(cfg)[m + ".weight"][1] for m in adapted]
+        terms["DoRA z = x_d V and n"] = sum(outs) * (N + 1) * f
+    elif adapted:
         terms["LoRA x·Aᵀ"] = len(adapted) * N * rank * f
     return terms
 
@@ -215,11 +221,13 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
 
 def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int = 8, targets="all-linear",
                    dtype="float32", optimizer="adamw", head="lm", num_labels=2, block=ATTENTION_BLOCK,
-                   **freeze_options) -> dict:
+                   dora=False, **freeze_options) -> dict:
     """Bytes of one training step, term by term (module docstring), from arithmetic only: instant for any preset.
 
     method: "full" | "freeze" | "head" | "lora", with finetune.py's rules (freeze_options such as freeze_blocks=1
     go to its freeze_plan). rank, targets: LoRA's (targets: "all-linear" or module names, see lora_modules).
+    dora: DoRA adapters (their magnitudes m and cache z = x_d V; the backward's transient V-sized temporaries are
+    not counted).
     head: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
     block: the attention block size the model runs with (model.ATTENTION_BLOCK; None: the reference attention).
 
@@ -236,10 +244,10 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     if optimizer not in OPTIMIZERS:
         raise MiniftError(f"optimizer={optimizer!r} is not one of {tuple(OPTIMIZERS)}")
     f = resolve_dtype(dtype).itemsize
-    shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options)
+    shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options, dora)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     n_train = sum(sizes[n] for n in trainable)
-    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block)
+    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block, dora)
     out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
                activations=sum(acts.values()))
     phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block)

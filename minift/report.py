@@ -48,10 +48,15 @@ def _find(results, label):
     return next((r for r in results["runs"] if r["label"] == label), None)
 
 
+def _main_lora(cfg) -> str:
+    from .compare import lora_label
+    return lora_label(cfg["rank"], cfg.get("rslora", False), cfg.get("dora", False))
+
+
 def claims(results) -> list:
     """Each article claim, what was measured here, and whether it held."""
     cfg = results["config"]
-    full, lora = _find(results, "full"), _find(results, f"lora r={cfg['rank']}")
+    full, lora = _find(results, "full"), _find(results, _main_lora(cfg))
     out = []
     if not (full and lora):
         return ["The claims compare full fine-tuning with LoRA: run with both methods to check them."]
@@ -65,8 +70,8 @@ def claims(results) -> list:
                f"{change}. {'Held' if less_time >= 0.6 else 'Did not hold'}. LoRA skips only "
                "the weight-gradient matmul of frozen weights (at most ~1/3 of a linear layer's training FLOPs) and "
                "adds its own small matmuls; clipping and AdamW shrink with the trainable parameters too, but they "
-               "are a few % of a step, so a large cut is not expected (GUIDE: the LoRA paper reports ~25% more "
-               "throughput on GPT-3).")
+               "are a few % of a step, so a large cut is not expected (the LoRA paper, Hu et al. 2021 §4.2, reports "
+               "a 25% speed-up on GPT-3 175B).")
     fm, lm = full["memory"]["measured"]["total"], lora["memory"]["measured"]["total"]
     less_mem = 1 - lm / fm
     out.append(f"**\"~80% less memory\"** — peak training memory {fm / MiB:.1f} vs {lm / MiB:.1f} MiB: "
@@ -93,7 +98,7 @@ def claims(results) -> list:
 
 def paper_findings(results) -> list:
     cfg = results["config"]
-    full, lora = _find(results, "full"), _find(results, f"lora r={cfg['rank']}")
+    full, lora = _find(results, "full"), _find(results, _main_lora(cfg))
     out = []
     if full and lora:
         fn, frnd = intruders_at(full)
@@ -104,8 +109,10 @@ def paper_findings(results) -> list:
                    "ε sweep in `intruders_vs_eps.png` rather than one threshold.")
         out.append(f"Forgetting (held-out pretraining LM loss minus the base's {results['base_lm_loss']:.4f}): "
                    f"full {full['forgetting']:+.4f}, LoRA {lora['forgetting']:+.4f}.")
+        bound = ("not bounded by r: DoRA's magnitudes rescale every column of W, so ΔW = W' − W0 is in general of full rank"
+                 if cfg.get("dora") else f"at most r = {cfg['rank']}")
         out.append(f"Effective rank of ΔW (mean over matrices): full {full['spectral']['effective_rank_dW']:.1f}, "
-                   f"LoRA {lora['spectral']['effective_rank_dW']:.1f} (at most r = {cfg['rank']}).")
+                   f"LoRA {lora['spectral']['effective_rank_dW']:.1f} ({bound}).")
         if "mitigation" in lora:
             m = lora["mitigation"]
             out.append(f"Mitigation (intruders' singular values × λ = {m['lam']}, ε = {m['eps']}): test accuracy "
@@ -118,6 +125,9 @@ def paper_findings(results) -> list:
         rule = f"α = {cfg['alpha']:g} at every rank, s = α/√r" if cfg.get("rslora") else \
             f"s = α/r = {cfg['alpha'] / cfg['rank']:g} at every rank"
         out.append(f"Rank sweep ({rule}): {rows}.")
+    if not out:
+        out.append("These measurements compare full fine-tuning with LoRA: run with both methods (and `--ranks` "
+                   "for the rank sweep) to see them.")
     return out
 
 
@@ -176,6 +186,8 @@ def write_report(results) -> str:
         "W0 basis sizes (minift.analysis.random_baseline).",
         "- memory: one training step of the batch shape shown in results.json, float32, AdamW.",
         "- must save: the adapter folder (LoRA), the whole model (full), or the trained tensors (head/freeze).",
+        *(["- freeze: the embeddings and the first half of the blocks frozen (finetune.freeze_plan's default), the "
+           "rest trained."] if "freeze" in cfg["methods"] else []),
         f"- one seed ({cfg['seed']}) per method. Small models trained for a few hundred steps are sensitive to the "
         "seed and even to floating-point order: for example, on the sentiment task LoRA r=8's validation "
         "accuracy at the default settings was 0.896 / 0.902 / 0.852 for seeds 0 / 1 / 2 (minift/finetune.py). "

@@ -136,3 +136,18 @@ def test_every_runs_input_is_checked_before_the_first_one_trains(tmp_path, capsy
     assert main(["compare", "--quick", "--quiet", "--task", "facts", "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert "--methods full,lora,head: method 'head'" in err and not (tmp_path / "b").exists()
+
+
+def test_a_dora_comparison_says_so_and_predicts_its_memory(tmp_path):
+    """The variant is named in every table, the rank bound LoRA has is not claimed for DoRA, and the memory
+    prediction counts DoRA's magnitudes and cached z = x_d V (the plain-LoRA formula was 20% low)."""
+    from minift.compare import CompareConfig, compare
+    results = compare(CompareConfig.quick_config(methods=("full", "lora"), dora=True, rslora=True), out=tmp_path,
+                      progress=False)
+    label = "lora r=8 (rsLoRA, DoRA)"
+    assert [r["label"] for r in results["runs"]] == ["full", label]
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {label} |" in report and "not bounded by r" in report and "at most r =" not in report
+    mem = results["runs"][1]["memory"]
+    assert abs(mem["measured"]["total"] - mem["predicted"]["total"]) < 0.02 * mem["predicted"]["total"]
+    assert (tmp_path / "lorar8").is_dir()

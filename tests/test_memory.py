@@ -141,15 +141,17 @@ def test_predicted_matches_measured(preset, method, head, B, T):
     assert_close(measured["total"], predicted["total"], TOTAL_RTOL, "total")
 
 
-def test_measured_lora_matches_prediction():
+@pytest.mark.parametrize("dora", [False, True])
+def test_measured_lora_matches_prediction(dora):
+    """DoRA caches z = x_d V [N, out] per adapter where LoRA caches x·Aᵀ [N, R]: many times more here."""
     lora = pytest.importorskip("minift.lora", reason="minift/lora.py not available yet")
     cfg = GPTConfig.preset("tiny")
     model = GPT(cfg, seed=0)
-    lora.attach_lora(model, lora.LoRAConfig(r=4, alpha=8, targets=("c_attn", "c_fc")), seed=0)
+    lora.attach_lora(model, lora.LoRAConfig(r=4, alpha=8, targets=("c_attn", "c_fc"), use_dora=dora), seed=0)
     modules = sorted(model.adapters)
     ids, targets = lm_batch(cfg, 4, 32)
     measured = measure_memory(model, (ids, targets))
-    predicted = predict_memory(cfg, "lora", 4, 32, rank=4, targets=modules)
+    predicted = predict_memory(cfg, "lora", 4, 32, rank=4, targets=modules, dora=dora)
     assert measured["parameters"] == predicted["parameters"]
     assert measured["gradients"] == predicted["gradients"]
     assert_close(measured["activations"], predicted["activations"], ACTIVATIONS_RTOL, "activations")
