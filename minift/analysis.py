@@ -163,7 +163,8 @@ def random_baseline(dim, k=10, trials=1000, seed=0, basis_dim=None, eps_values=E
 
     By rotation invariance the basis can be taken as the first basis_dim coordinate axes, so max |cos| of a unit
     vector x is max_{i < basis_dim} |x_i|. Returns max_cos (trials, k), mean, std, quantiles {0.05, 0.5, 0.95},
-    formula = sqrt(2 ln(2·basis_dim) / dim) (GUIDE's rough level, exact only as an upper estimate), floor =
+    formula = sqrt(2 ln(2·basis_dim) / dim) (each x_i ≈ N(0, 1/dim); the usual bound on the largest of
+    2·basis_dim Gaussians' absolute values: an upper estimate), floor =
     1/sqrt(dim) (the minimum against a complete basis), and false_intruders: for each ε, the mean number of the k
     random directions that Algorithm 1 would call intruders.
     """

@@ -110,7 +110,8 @@ print(f"forgetting: head {runs['head']['forgetting']:+.4f}, full {runs['full']['
 # %% [markdown]
 # ## 3. The article's claims, against these numbers
 #
-# `report.md` reads each claim against the table. Two things to keep in mind (GUIDE.md has the sources):
+# `report.md` reads each claim against the table. Two things to keep in mind (the source for both: the LoRA paper,
+# Hu et al. 2021, arXiv 2106.09685, §4.2):
 #
 # - **Time.** A frozen weight still costs its forward matmul $xW$ and the matmul that carries the gradient back,
 #   $dy\,W^\top$; LoRA saves only the third, $x^\top dy$ (tutorial 09). So LoRA's matmul FLOPs are at least about

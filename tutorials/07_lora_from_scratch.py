@@ -27,7 +27,7 @@
 # fewer updated parameters, performance comparable to full fine-tuning*.
 #
 # The article's formula has no scale and no initialisation, and its letters are not the LoRA paper's. This
-# tutorial fixes both (Hu et al. 2021, arXiv 2106.09685, as Hugging Face PEFT implements it; GUIDE.md), writes the
+# tutorial fixes both (Hu et al. 2021, arXiv 2106.09685, as Hugging Face PEFT implements it), writes the
 # adapted linear's forward and backward out, counts parameters, and fine-tunes. On "comparable performance": at
 # this scale LoRA learns the task well above chance, but after 600 steps it is still several points below a full
 # fine-tune given the same steps, and it got there only once its adapters had their own learning rate — measured in

@@ -28,7 +28,7 @@
 #
 # The article states the three differences; this tutorial puts **one batch** of the sentiment task through both
 # methods at the same point and measures each of them, matrix by matrix. Two places where the article is loose
-# (GUIDE.md, and the LoRA paper, Hu et al. 2021, arXiv 2106.09685): LoRA fine-tunes *none* of the pretrained
+# (the LoRA paper, Hu et al. 2021, arXiv 2106.09685, says otherwise): LoRA fine-tunes *none* of the pretrained
 # parameters — $W$ stays frozen and new ones, $A$ and $B$, train — yet one LoRA step changes *every entry* of the
 # effective weight $W + \Delta W$; and the compute LoRA saves is one matmul per linear in the backward, not "markedly"
 # less of everything (section 7).
@@ -538,7 +538,7 @@ print(f"minift.bench.count_flops: linear {bench_full['linear'] / 1e6:.0f} (full)
 # $6NR(I+O)$: at $r = 8$ on this width-128 model the linears cost about 75% of full fine-tuning's, the whole step's
 # matmuls a little more. The article's "显著减少了计算资源的需求" (*markedly reduces the compute it needs*) holds for
 # memory at scale — no gradient and no optimizer state for $W$: 1.2 TB → 350 GB of training memory for GPT-3 175B in
-# the LoRA paper — more than for FLOPs, where the paper measured a 25% throughput gain (GUIDE.md). Tutorial 09
+# the LoRA paper — more than for FLOPs, where the paper measured a 25% throughput gain (§4.2). Tutorial 09
 # measures time and memory here; at this size LoRA's step is no faster (README).
 # (`count_flops` also counts an LM head; this model has the small classification head instead, so only its
 # `linear`, `lora` and `attention` parts are used.)

@@ -25,7 +25,7 @@
 #
 # The two sentences do not even agree with each other: "full takes 70% longer" makes LoRA's time $1/1.7 = 59\%$ of
 # full's, not 30%; "full uses 80% more memory" makes LoRA's memory $1/1.8 = 56\%$, not 20%. Neither figure is in the
-# MIT paper the article cites, nor in the LoRA paper (`../shared/article/GUIDE.md`). What the LoRA paper (Hu et al.
+# MIT paper the article cites, nor in the LoRA paper. What the LoRA paper (Hu et al.
 # 2021, arXiv 2106.09685, §4.2) reports is one model, GPT-3 175B: training memory **1.2 TB → 350 GB** ("we reduce
 # that VRAM usage by up to 2/3 … as we do not need to store the optimizer states for the frozen parameters") and a
 # **25% speedup** in training throughput. This tutorial measures where a step's time and memory go, in minift's own

@@ -27,7 +27,7 @@
 # > data sets.*
 #
 # None of that is in the paper. The "21-page MIT paper" is Shuttleworth, Andreas, Torralba and Sharma, *LoRA vs Full
-# Fine-tuning: An Illusion of Equivalence* (arXiv 2410.21228, NeurIPS 2025; `../shared/article/GUIDE.md`). It
+# Fine-tuning: An Illusion of Equivalence* (arXiv 2410.21228, NeurIPS 2025). It
 # fine-tuned RoBERTa-base classifiers (MNLI, QQP, SST-2, SIQA, Winogrande, FEVER) and LLaMA models, reports no
 # training-time or memory savings, and asked a different question: when LoRA and full fine-tuning reach the *same*
 # accuracy, did they change the model in the same way? Its answer is no. LoRA's fine-tuned weight matrices contain
