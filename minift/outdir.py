@@ -49,7 +49,8 @@ def has_something(out: Path) -> bool:
     def has_checkpoint(folder, depth):          # folder/checkpoints/latest, or one or two folders further down
         return (folder / "checkpoints" / "latest").is_file() or depth > 0 and any(
             has_checkpoint(sub, depth - 1) for sub in folder.iterdir() if sub.is_dir() and _ours(sub))
-    return out.is_dir() and (any((out / n).is_file() for n in SUMMARIES) or has_checkpoint(out, 2))   # (compare: seed-1/lorar4/...)
+    # depth 2: compare's extra seeds keep theirs in seed-1/lorar4/checkpoints
+    return out.is_dir() and (any((out / n).is_file() for n in SUMMARIES) or has_checkpoint(out, 2))
 
 
 def made_by(out: Path) -> str | None:

@@ -109,8 +109,8 @@ def paper_findings(results) -> list:
                    "ε sweep in `intruders_vs_eps.png` rather than one threshold.")
         out.append(f"Forgetting (held-out pretraining LM loss minus the base's {results['base_lm_loss']:.4f}): "
                    f"full {full['forgetting']:+.4f}, LoRA {lora['forgetting']:+.4f}.")
-        bound = ("not bounded by r: DoRA's magnitudes rescale every column of W, so ΔW = W' − W0 is in general of full rank"
-                 if cfg.get("dora") else f"at most r = {cfg['rank']}")
+        bound = ("not bounded by r: DoRA's magnitudes rescale every column of W, so ΔW = W' − W0 is in general "
+                 "of full rank" if cfg.get("dora") else f"at most r = {cfg['rank']}")
         out.append(f"Effective rank of ΔW (mean over matrices): full {full['spectral']['effective_rank_dW']:.1f}, "
                    f"LoRA {lora['spectral']['effective_rank_dW']:.1f} ({bound}).")
         if "mitigation" in lora:

@@ -52,7 +52,7 @@ CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are d
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
 SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
-                 "warmup": " (--warmup, or derived from --steps)"}      # TrainConfig fields whose option has another name
+                 "warmup": " (--warmup, or derived from --steps)"}      # fields whose option has another name
 # state.json's keys, each with the type a checkpoint written by save_checkpoint gives it
 STATE_KEYS = dict(step=int, optimizer=dict, data=dict, dropout_rng=dict, train_config=dict, model_config=dict,
                   frozen=list, history=list, evals=list, seconds=(int, float), tokens=int, sha256=dict)

@@ -282,8 +282,8 @@ show(fig, "06_overfitting")
 # climbs from its start near $\log 2$ to over 3 — the model is confidently wrong. It never gets better on validation:
 # the lowest validation loss is the untrained model's, at step 0. 64 reviews cannot pin down the composition rules (a
 # million parameters can memorise the 64 through names, templates and word pairings instead). Whether LoRA, with
-# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2; neither the LoRA paper nor the MIT paper measures it, so it is
-# a hypothesis, and `minift compare --train-size 64` measures it.
+# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2; neither the LoRA paper nor
+# the MIT paper measures it, so it is a hypothesis, and `minift compare --train-size 64` measures it.
 #
 # **Check.** At the end: training loss below 0.01 and training accuracy 100%; validation loss at least 1.0 above
 # its lowest value and above $\log 2$; validation accuracy within 0.1 of chance.
