@@ -363,6 +363,11 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
                     checkpoint(done)
                 if stop.signum is not None:          # asked to stop during this step: it is complete now
                     raise TrainingInterrupted(stop.signum)
+            if evaluate is not None and not (result.evals and result.evals[-1]["step"] == tcfg.steps):
+                result.evals.append(dict(step=tcfg.steps, **evaluate(model)))    # (a resumed finished run has it)
+            checkpoint(tcfg.steps)
+            if stop.signum is not None:              # arrived during the final evaluation or save: both finished
+                raise TrainingInterrupted(stop.signum)
         except TrainingInterrupted as e:
             e.out_dir, e.steps_done = out_dir, result.steps_done
             if e.at_step_end:
@@ -373,11 +378,6 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             raise
         finally:
             bar.close()
-        if evaluate is not None and not (result.evals and result.evals[-1]["step"] == tcfg.steps):
-            result.evals.append(dict(step=tcfg.steps, **evaluate(model)))    # (a resumed finished run has it)
-        folder = checkpoint(tcfg.steps)
-        if stop.signum is not None:                  # arrived during the final evaluation or save: both finished
-            raise TrainingInterrupted(stop.signum, result.steps_done, folder, out_dir=out_dir)
     return result
 
 

@@ -239,3 +239,20 @@ def test_an_infinite_weight_decay_is_refused_up_front():
     with pytest.raises(MiniftError, match=r"weight_decay=inf must lie in \[0.0, inf\)"):
         train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, weight_decay=float("inf")),
               progress=False)
+
+
+def test_a_second_signal_during_the_final_evaluation_names_the_checkpoint_on_disk(tmp_path):
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup=1, save_every=2)
+
+    def evaluate(model):                       # both signals arrive while the final evaluation runs
+        if evaluate.calls == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        evaluate.calls += 1
+        return {}
+    evaluate.calls = 0
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), LMSource(stream(), 16, 4), tcfg, out_dir=tmp_path, evaluate=evaluate, progress=False)
+    assert not stop.value.at_step_end and stop.value.steps_done == 4
+    assert stop.value.checkpoint == latest_checkpoint(tmp_path) and latest_checkpoint(tmp_path).name == "step-000002"
+    assert str(tmp_path / "step-000002") in str(stop.value)
