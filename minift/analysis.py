@@ -32,7 +32,8 @@ The thin basis of a rectangular [out, in] W0 with out > in (c_attn: 3C x C, c_fc
 `out` output dimensions; against such an incomplete basis of m vectors in R^d the level drops to about
 sqrt(2 ln(2m) / d), and a new direction can even be exactly orthogonal to all of W0's (|cos| = 0).
 
-Mitigation (paper §6, PEFT's `reduce_intruder_dimension`): scale the intruders' singular values by λ ≈ 0.75,
+Mitigation (the paper's causal intervention, added in its v2 of June 2025, the NeurIPS 2025 version; not in v1 of
+October 2024; PEFT's `reduce_intruder_dimension`): scale the intruders' singular values by λ ≈ 0.75,
 W_new = W_tuned + (λ − 1) Σ_{j intruder} s_j u_j v_jᵀ; pretraining loss improves while task accuracy barely moves.
 
 Two summaries of an update ΔW = W_tuned − W0:

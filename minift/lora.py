@@ -1,7 +1,8 @@
 """LoRA: low-rank adapters on GPT-2's linears, with the forward and the backward written out.
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv 2106.09685), §4.1, as Hugging Face PEFT
-implements it (peft/tuners/lora/layer.py). Article §3.1 ("the core idea of LoRA") and §3.2 ("LoRA in practice").
+implements it (peft/tuners/lora/layer.py). The article minift is read with (README.md: 微调与LoRA, "Fine-tuning and
+LoRA"), §3.1 ("the core idea of LoRA") and §3.2 ("LoRA in practice").
 
 Letters: N token positions (any leading dimensions, B·T), I in features, O out features, R the rank r.
 
@@ -9,6 +10,11 @@ The adapted linear, in GPT-2's layout (W [I, O], y = x W + b, see minift/ops/lin
 
     y = x W + b + s · dropout(x) Aᵀ Bᵀ          A [R, I] = lora_A.weight,  B [O, R] = lora_B.weight
     s = α / R                                     (α / √R with rsLoRA: Kalajdzievski 2023, arXiv 2312.03732)
+
+Why √R: with s = α/R, the adapter's output and its gradients shrink as R grows (a sum of R independent terms has a
+size of about √R, divided by R), so a larger rank learns more slowly and ends up no better; rsLoRA shows that s ∝ 1/√R
+is the scaling under which learning is stable in R ("rank-stabilised"). PEFT's defaults differ from LoRAConfig's:
+lora_alpha 8 there, alpha 16 (= 2r at r = 8) here.
 
 W and b are frozen; only A and B train. B = 0 at init, so the adapted model starts as the base model, exactly.
 
@@ -75,6 +81,10 @@ load_peft refuses any other. PEFT ignores that key (with a warning about an unex
 PiSSA changes the base, so the file records two fingerprints: the residual base the adapter sits on and the
 original base. load_peft accepts either: on the residual base (saved with model.save_pretrained after attach) it
 loads as is; on the original base it recomputes the residual with the same top-R SVD (equal up to rounding).
+PEFT reads init_lora_weights = "pissa" as "this adapter goes on the ORIGINAL base": loading runs its pissa_init
+on whatever base it is given and only then loads A and B. So give PEFT the original base (on the residual one it
+would subtract the top-R part twice); a PEFT-written PiSSA file, which records no fingerprint, is read by load_peft
+the same way.
 
 DoRA (config.use_dora, Liu et al. 2024): minift/dora.py.
 """
@@ -150,6 +160,9 @@ class LoRAConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise MiniftError(f"LoRA {flag}={getattr(self, flag)!r} must be True or False")
         object.__setattr__(self, "r", int(self.r))
+        for name in ("alpha", "dropout"):          # NumPy scalars as Python numbers: they go to JSON files
+            if isinstance(getattr(self, name), np.generic):
+                object.__setattr__(self, name, getattr(self, name).item())
         object.__setattr__(self, "targets", _normalise_targets(self.targets))
 
     @property
@@ -552,9 +565,11 @@ def _config_from_peft(peft: dict, where) -> LoRAConfig:
 
 def _check_base(model, meta: dict, config: LoRAConfig, where) -> bool:
     """Is the model the adapter's base? Returns True when PiSSA's residual must still be made from the original."""
+    if not meta:              # a PEFT-written file records no base; PEFT's rule: "pissa" means the original base,
+        return config.init == "pissa"          # from which loading makes the residual (PEFT's pissa_init)
     fp = model.fingerprint()
-    if not meta or fp == meta.get("base_fingerprint"):
-        return False          # the recorded base (a PEFT-written file records none: trusted as it comes)
+    if fp == meta.get("base_fingerprint"):
+        return False          # the recorded base
     if config.init == "pissa" and fp == meta.get("original_base_fingerprint"):
         return True           # the original base: recompute the residual, as attach_lora did
     raise MiniftError(f"{where} was trained on a different base model (fingerprint "

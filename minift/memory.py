@@ -1,6 +1,6 @@
 """Training memory, predicted from the code and measured: where the bytes of one training step go.
 
-Article §5.1 claims "LoRA: ~80% less memory". This module counts what minift really holds during a step
+The article (README.md) §5.1 claims "LoRA: ~80% less memory". This module counts what minift really holds during a step
 (forward + hand-written backward + optimizer) and measures it, so a learner can see when that claim holds.
 
 Letters: B batch, T time (seq), N = B·T token positions, C channels (n_embd), F = 4C the MLP's width, V vocab,
@@ -395,7 +395,8 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     optimizer state), "optimizer_step_peak" (above parameters + optimizer + gradients) and "backend". workspace is
     the measured peak minus the four persistent terms (slightly negative when the peak comes before the last
     gradients exist and the temporaries are small).
-    The trainable weights are restored afterwards: measuring leaves the model exactly as it was.
+    The trainable weights and the adapters' dropout generator are restored afterwards: measuring leaves the model
+    exactly as it was.
     """
     from .optim import clip_grad_norm
     if not model.trainable_params():
@@ -403,6 +404,8 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     arrays = _batch_arrays(model, batch)
     rng = np.random.default_rng(0) if model.cfg.dropout > 0 else None   # dropout on, as train() does
     saved = {k: v.copy() for k, v in model.trainable_params().items()}
+    rngs = {id(g): (g, g.bit_generator.state) for g in (getattr(a, "rng", None) for a in model.adapters.values())
+            if g is not None}                         # adapter dropout draws from it in train mode
     gc.collect()
     tracker = _HostTracker() if model.xp is np else _PoolTracker(model.xp)
     try:
@@ -411,6 +414,8 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     finally:
         for k, v in model.trainable_params().items():
             v[...] = saved[k]
+        for g, state in rngs.values():
+            g.bit_generator.state = state
     out["parameters"] = int(sum(a.nbytes for a in model.all_params().values()))
     out["total"] = out["parameters"] + out["optimizer"] + max(out["step_peak"],
                                                               out["gradients"] + out["optimizer_step_peak"])

@@ -261,7 +261,8 @@ class GPT:
         return logits, (c_pool, c_score)
 
     def forward(self, input_ids, attention_mask=None, record=False):
-        """(B, T) int -> logits: (B, T, V) with the LM head, (B, K) with a classification head. No dropout."""
+        """(B, T) int -> logits: (B, T, V) with the LM head, (B, K) with a classification head. No model dropout
+        (adapters apply theirs while in train mode: lora.train() / lora.eval())."""
         self.record = {} if record else None
         ids = self._as_ids(input_ids)
         mask = self._as_mask(attention_mask, ids)

@@ -39,8 +39,9 @@ different rate from the pretrained weights or LoRA's adapters (minift/finetune.p
 
 Which parameters decay: by default every parameter with ndim ≥ 2 (the matmul weights, the embeddings wte/wpe, LoRA's
 A and B), and no vector (biases, LayerNorm gains and shifts) — the rule of GPT-2 as trained by nanoGPT
-(`configure_optimizers`: "any parameter that is 2D will be weight decayed, otherwise no") and of Hugging Face's
-Trainer. Pass `decay=` (a collection of names) to choose explicitly.
+(`configure_optimizers`: "any parameter that is 2D will be weight decayed, otherwise no"). Hugging Face's Trainer
+agrees on every GPT-2 and LoRA tensor but decays by name (all but biases and LayerNorm weights), so it also decays
+DoRA's magnitude vectors, which this rule does not. Pass `decay=` (a collection of names) to choose explicitly.
 
 State: created at construction (zeros, in the parameter's dtype and array module), so `opt.state` and
 `opt.state_dict()` are complete from step 0 and a checkpoint taken before the first step round-trips.

@@ -269,6 +269,15 @@ def test_config_errors_name_the_input(kwargs, match):
         LoRAConfig(**kwargs)
 
 
+def test_numpy_scalar_options_are_saved_as_plain_numbers(tmp_path):
+    """np.float32(16) is a valid alpha, and must not break the JSON half of save_peft after its weights are written."""
+    model = tiny_model(perturb=False)
+    lora = attach_lora(model, LoRAConfig(r=np.int64(2), alpha=np.float32(16), dropout=np.float64(0.1)))
+    lora.save_peft(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (2, 16.0, 0.1)
+
+
 def test_attach_errors():
     model = tiny_model(perturb=False)
     with pytest.raises(MiniftError, match=r"r=65 exceeds min\(in, out\) = 64"):

@@ -202,6 +202,17 @@ def test_measuring_does_not_train_the_model():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
 
 
+def test_measuring_leaves_the_adapter_dropout_stream_where_it_was():
+    """Training after a measurement must draw the same dropout masks as without one (resume relies on the stream)."""
+    from minift import LoRAConfig, attach_lora
+    cfg = GPTConfig.preset("tiny")
+    model = GPT(cfg, seed=0)
+    lora = attach_lora(model, LoRAConfig(r=2, alpha=4, dropout=0.3), seed=1)       # train mode: dropout draws
+    before = lora.rng_state()
+    measure_memory(model, lm_batch(cfg, 2, 16))
+    assert lora.rng_state() == before
+
+
 def test_format_memory_table():
     cfg = GPTConfig.preset("tiny")
     full = predict_memory(cfg, "full", 2, 16)

@@ -99,3 +99,33 @@ def test_classification_head_travels_as_modules_to_save(tmp_path):
     ids = ids_batch()
     np.testing.assert_allclose(model.forward(ids), peft_logits(hf_gpt2(classes=3), tmp_path / "adapter", ids),
                                rtol=RTOL, atol=ATOL)
+
+
+def test_pissa_adapters_mean_the_original_base_in_both_directions(tmp_path):
+    """PEFT reads init_lora_weights="pissa" as: make the residual from the base you are given, then load A and B.
+    Both sides must therefore pair a PiSSA file with the ORIGINAL base. float32: PEFT refuses PiSSA in float64."""
+    ids, rtol, atol = ids_batch(), 1e-4, 1e-5
+    base = hf_gpt2().float()
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+
+    def original():
+        return transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
+    model = GPT.from_pretrained(tmp_path / "base")                            # minift -> PEFT
+    lora = attach_lora(model, LoRAConfig(r=4, alpha=8, targets="all-linear", init="pissa"))
+    for a in lora.params.values():
+        a *= 1.1                                                                # trained a little: A, B moved
+    lora.eval().save_peft(tmp_path / "ours")
+    np.testing.assert_allclose(model.forward(ids), peft_logits(original(), tmp_path / "ours", ids), rtol, atol)
+    with warnings.catch_warnings():                                             # PEFT -> minift
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(original(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                             init_lora_weights="pissa", fan_in_fan_out=True))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.mul_(1.1)
+        expected = pm.eval()(torch.tensor(ids)).logits.numpy()
+    pm.save_pretrained(tmp_path / "theirs")
+    model = GPT.from_pretrained(tmp_path / "base")
+    load_peft(model, tmp_path / "theirs")
+    np.testing.assert_allclose(model.forward(ids), expected, rtol, atol)

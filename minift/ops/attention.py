@@ -28,7 +28,7 @@ Backward: the forward's steps in reverse; each step quotes the forward line it d
 Blocked (`block=`, the model's fast path; the same math, tested equal to the above in
 tests/test_op_attention_blocked.py).
 Under the causal mask, query t sees keys 0..t: the upper triangle of the T×T square is computed only to be masked,
-and then costs exp, the softmax's passes and a quarter of the matmul work each way. With block = b, the queries are
+and then costs exp, the softmax's passes and about half of each T×T matmul (q kᵀ, att v and their backward). With block = b, the queries are
 taken b rows at a time, rows r0..r1-1 against keys 0..r1-1 only (the keys they can see); only the b×b square on
 the diagonal needs the causal mask. The work falls to (1 + b/T)/2 of the square's (62.5% for T = 128, b = 32).
   forward, per block:   pre = (q_rows · scale) k_{:r1}ᵀ  ->  mask  ->  softmax (in place)  ->  y_rows = att v_{:r1}
