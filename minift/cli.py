@@ -97,12 +97,15 @@ def _prepare_training(a):
 # ---- pretrain ----------------------------------------------------------------------------------------------------
 
 def cmd_pretrain(a):
+    from pathlib import Path
+
     from .pretrain import pretrain
-    from .train import TrainConfig
+    from .train import TrainConfig, resumed_warmup
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
     a.corpus = a.corpus or "world"
-    warmup = min(100, a.steps // 10) if a.warmup is None else a.warmup
+    warmup = (resumed_warmup(Path(a.out) / "checkpoints", a.resume, min(100, a.steps // 10)) if a.warmup is None
+              else a.warmup)                    # derived from --steps once, when the run starts
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
                        eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers)
     _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, tcfg, a.out, a.tokenizer, a.device, a.seed,

@@ -185,7 +185,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     from .data.sources import task_source
     from .evaluate import split_metrics
     from .memory import check_fits
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resumed_warmup, train
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     model = base.to()                                                      # 1. a private copy of the base
@@ -202,8 +202,11 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
+    if checkpoints is None and out_dir is not None:
+        checkpoints = Path(out_dir) / "checkpoints"
+    warmup = resumed_warmup(checkpoints, resume, min(fcfg.warmup, fcfg.steps // 5))   # fixed once the run starts
     tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
-                       warmup=min(fcfg.warmup, fcfg.steps // 5), weight_decay=fcfg.weight_decay,
+                       warmup=warmup, weight_decay=fcfg.weight_decay,
                        eval_every=fcfg.eval_every, save_every=fcfg.save_every, seed=fcfg.seed,
                        workers=fcfg.workers,
                        lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
@@ -216,8 +219,6 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
             if lora is not None:
                 lora.train()
 
-    if checkpoints is None and out_dir is not None:
-        checkpoints = Path(out_dir) / "checkpoints"
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
                    resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate

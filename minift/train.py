@@ -52,7 +52,7 @@ CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are d
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
 SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
-                 "warmup": " (--warmup, or derived from --steps)"}      # fields whose option has another name
+                 "warmup": " (pretrain's --warmup)"}      # fields whose option has another name
 # state.json's keys, each with the type a checkpoint written by save_checkpoint gives it
 STATE_KEYS = dict(step=int, optimizer=dict, data=dict, dropout_rng=dict, train_config=dict, model_config=dict,
                   frozen=list, history=list, evals=list, seconds=(int, float), tokens=int, sha256=dict)
@@ -232,6 +232,17 @@ def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcf
     save_json(state, folder / "state.json")
 
 
+def resumed_warmup(out_dir, resume: bool, derived: int) -> int:
+    """The warmup of a run whose warmup is derived from --steps: the one it started with, when it is resumed from a
+    checkpoint in out_dir (so that a larger --steps extends the run instead of changing its start), else `derived`."""
+    folder = latest_checkpoint(out_dir) if resume and out_dir is not None else None
+    if folder is None:
+        return derived
+    saved = load_json(folder / "state.json", "checkpoint state")
+    warmup = saved.get("train_config", {}).get("warmup") if isinstance(saved, dict) else None
+    return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0 else derived
+
+
 def latest_checkpoint(out_dir) -> Path | None:
     pointer = Path(out_dir) / "latest"
     if not pointer.is_file():
@@ -385,6 +396,9 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     """One training step: a batch, the loss and gradients, the non-finite guards, the update, the books."""
     lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
     t0 = time.perf_counter()
+    adapter_rng = _adapter_rng(model)
+    before = (source.state(), dropout_rng.bit_generator.state,             # to rewind a step that fails
+              adapter_rng.bit_generator.state if adapter_rng is not None else None)
     batch = source.next_batch()
     if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
         loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
@@ -393,9 +407,14 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
     if not (np.isfinite(loss) and np.isfinite(norm)):
         bad = find_nonfinite(loss, grads) or "gradient norm"
+        source.restore(before[0])                       # as before this step: its batch and dropout not drawn
+        dropout_rng.bit_generator.state = before[1]
+        if adapter_rng is not None:
+            adapter_rng.bit_generator.state = before[2]
         checkpoint(step)       # the parameters are still those of the last good step: keep them
         raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
-                               f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr.")
+                               f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr (a new run: a "
+                               "checkpoint continues only with its own settings).")
     opt.step(grads, lr=lr)
     if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
         raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); this step's "

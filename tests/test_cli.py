@@ -290,3 +290,14 @@ def test_generation_never_draws_ids_the_tokenizer_lacks():
     new = generate_ids(model, [1, 2, 3], max_new_tokens=30, temperature=1.5, seed=0, n_tokens=10)
     assert len(new) == 30 and max(new) < 10
     assert max(generate_ids(model, [1, 2, 3], max_new_tokens=5, temperature=0, n_tokens=10)) < 10
+
+
+def test_a_finished_finetune_extends_with_more_steps(pretrained, tmp_path):
+    """Fine-tuning derives its warmup from --steps (min(20, steps/5)); a resumed run keeps the warmup it started
+    with, so a larger --steps extends it instead of being refused as 'other settings'."""
+    ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--batch", "4", "--train-size", "16",
+          "--quiet", "--out", str(tmp_path / "run")]
+    assert main(ft + ["--steps", "10"]) == 0
+    assert main(ft + ["--steps", "20", "--resume"]) == 0
+    summary = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert len(summary["history"]) == 20 and summary["history"][10]["step"] == 10

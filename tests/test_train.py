@@ -1,4 +1,6 @@
 """The training loop: loss falls, exact resume (also after a crash inside a save), divergence guard, frozen weights."""
+import json
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,24 @@ def test_divergence_names_step_and_tensor_and_keeps_last_good_state(tmp_path):
     with pytest.raises(TrainingDiverged, match="step 0: loss is not finite"):
         train(model, LMSource(stream(), 16, 4), cfg(5), out_dir=tmp_path, progress=False)
     assert latest_checkpoint(tmp_path) is not None
+
+
+def test_the_checkpoint_kept_at_divergence_is_the_state_before_that_step(tmp_path):
+    """Its data position and dropout stream are those before the failed step: the batch that broke was not used."""
+    import minift.train as train_mod
+    real, calls = train_mod.clip_grad_norm, []
+
+    def fails_at_step_3(grads, max_norm):
+        calls.append(1)
+        return float("nan") if len(calls) == 4 else real(grads, max_norm)
+    tcfg = cfg(6)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_mod, "clip_grad_norm", fails_at_step_3)
+        with pytest.raises(TrainingDiverged, match="step 3: gradient norm"):
+            train(tiny_model(), LMSource(stream(), 16, 4, seed=2), tcfg, out_dir=tmp_path, progress=False)
+    kept = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert latest_checkpoint(tmp_path).name == "step-000003"       # written at the divergence
+    assert kept["data"]["step"] == 3                 # three batches drawn, not four
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
