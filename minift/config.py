@@ -80,6 +80,10 @@ class GPTConfig:
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise MiniftError(f"{where}: activation_function={act!r} is not supported (GPT-2's tanh GELU only)")
+        for key, gpt2 in (("tie_word_embeddings", True), ("scale_attn_weights", True),
+                          ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)):
+            if hf.get(key, gpt2) != gpt2:          # each changes the model's function: minift computes GPT-2's
+                raise MiniftError(f"{where}: {key}={hf[key]!r} is not supported (minift's GPT-2 has {gpt2})")
         return cfg
 
     @classmethod

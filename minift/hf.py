@@ -4,7 +4,8 @@ minift's parameter names and layouts *are* GPT-2's (linear weights [in, out], as
 checkpoint is a renaming at most:
   - keys may carry the "transformer." prefix (GPT2LMHeadModel's state dict) or not (the hub's gpt2 checkpoint);
   - `h.{i}.attn.bias` / `h.{i}.attn.masked_bias` are causal-mask buffers, not parameters: ignored;
-  - `lm_head.weight` is tied to `wte.weight` in GPT-2, so it is not stored separately: rebuilt from wte;
+  - `lm_head.weight` is tied to `wte.weight` in GPT-2: rebuilt from wte (a stored copy must equal it; config.json's
+    tie_word_embeddings false, like the other options that change GPT-2's function, is refused by GPTConfig.from_hf);
   - `score.weight` (GPT2ForSequenceClassification) becomes minift's classification head.
 Anything else missing, unexpected or of the wrong shape is a clear error.
 """
@@ -22,13 +23,17 @@ from .io import load_json, load_safetensors, save_json, save_safetensors
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def _normalise_keys(tensors: dict) -> dict:
-    out = {}
+def _normalise_keys(tensors: dict, where="model.safetensors") -> dict:
+    out, lm_head = {}, None
     for key, value in tensors.items():
         name = key[len("transformer."):] if key.startswith("transformer.") else key
-        if name.endswith(IGNORED_SUFFIXES) or name == "lm_head.weight":
-            continue
-        out[name] = value
+        if name == "lm_head.weight":
+            lm_head = value
+        elif not name.endswith(IGNORED_SUFFIXES):
+            out[name] = value
+    if lm_head is not None and "wte.weight" in out and not np.array_equal(lm_head, out["wte.weight"]):
+        raise MiniftError(f"{where}: lm_head.weight differs from wte.weight; minift's GPT-2 ties the LM head to the "
+                          "token embedding, so an untied head cannot be loaded")
     return out
 
 
@@ -47,7 +52,7 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
         raise MiniftError(f"{path / 'config.json'} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config")
     cfg = GPTConfig.from_hf(hf, where=str(path / "config.json"))
     tensors, _ = load_safetensors(path / "model.safetensors", "model weights")
-    tensors = _normalise_keys(tensors)
+    tensors = _normalise_keys(tensors, where=str(path / "model.safetensors"))
     expected = param_shapes(cfg)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected and k != "score.weight"]

@@ -228,3 +228,24 @@ def test_saved_folder_loads_in_transformers(tmp_path):
 def test_public_facade_names():
     for name in ("GPT", "GPTConfig", "check_op", "check_function", "MiniftError"):
         assert hasattr(minift, name)
+
+
+def test_hugging_face_options_that_change_gpt2s_function_are_refused(tmp_path):
+    """An untied LM head or another attention scaling would load 'fine' and compute a different model."""
+    from minift.io import load_safetensors, save_safetensors
+    GPT(GPTConfig.preset("tiny"), seed=0).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key, value in (("tie_word_embeddings", False), ("scale_attn_weights", False),
+                       ("scale_attn_by_inverse_layer_idx", True), ("activation_function", "relu")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(MiniftError, match=key):
+            GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tensors, _ = load_safetensors(tmp_path / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["wte.weight"] + 1.0
+    save_safetensors(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(MiniftError, match="lm_head.weight differs from wte.weight"):
+        GPT.from_pretrained(tmp_path)
+    tensors["lm_head.weight"] = tensors["wte.weight"].copy()                      # a stored tied copy is fine
+    save_safetensors(tensors, tmp_path / "model.safetensors")
+    GPT.from_pretrained(tmp_path)
