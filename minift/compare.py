@@ -38,7 +38,7 @@ from .backend import to_numpy
 from .errors import MiniftError
 from .evaluate import lm_loss, split_metrics
 from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits
-from .io import save_json
+from .io import atomic_write, save_json
 from .memory import measure_memory, predict_memory
 
 K_TOP = 10                 # the paper's top-k singular vectors
@@ -260,7 +260,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     save_json(_jsonable(results), out / "results.json")
     from .report import write_plots, write_report
     results["plots"] = write_plots(results, out)
-    (out / "report.md").write_text(write_report(results))
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(write_report(results))
     return results
 
 

@@ -10,6 +10,8 @@ All of it is forward-only (model.forward / model.loss), in batches, on whatever 
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .backend import to_numpy
@@ -45,11 +47,26 @@ def completion_metrics(model, prompt_lists, completion_lists, pad_id, max_len, b
     return dict(accuracy=exact / n, loss=loss_sum / tokens)
 
 
+@contextlib.contextmanager
+def adapters_in_eval_mode(model):
+    """Adapter dropout off while measuring (as torch's model.eval()), each adapter's mode put back afterwards: a
+    metric must not depend on the mode the caller left the model in, nor advance the adapters' dropout stream."""
+    modes = {name: a.training for name, a in model.adapters.items()}
+    for a in model.adapters.values():
+        a.training = False
+    try:
+        yield model
+    finally:
+        for name, a in model.adapters.items():
+            a.training = modes.get(name, a.training)
+
+
 def split_metrics(model, split, tokenizer, max_len, batch_size=64) -> dict:
     """Metrics for a TaskSplit: accuracy (classification accuracy or exact match) and loss."""
     a, b = encode_split(split, tokenizer)
     fn = classification_metrics if split.type == "classification" else completion_metrics
-    return fn(model, a, b, tokenizer.pad_id, max_len, batch_size)
+    with adapters_in_eval_mode(model):
+        return fn(model, a, b, tokenizer.pad_id, max_len, batch_size)
 
 
 def lm_loss(model, token_ids, block_size=None, max_windows=32, batch_size=16) -> float:
@@ -61,8 +78,9 @@ def lm_loss(model, token_ids, block_size=None, max_windows=32, batch_size=16) ->
     x, y = sequential_windows(token_ids, block_size or model.cfg.n_ctx, max_windows)   # (W, T), (W, T)
     head, model.head = model.head, "lm"
     try:
-        losses = [model.loss(x[s:s + batch_size], y[s:s + batch_size]) * len(x[s:s + batch_size])
-                  for s in range(0, len(x), batch_size)]
+        with adapters_in_eval_mode(model):
+            losses = [model.loss(x[s:s + batch_size], y[s:s + batch_size]) * len(x[s:s + batch_size])
+                      for s in range(0, len(x), batch_size)]
     finally:
         model.head = head
     return float(np.sum(losses) / len(x))

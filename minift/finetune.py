@@ -188,6 +188,10 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     from .train import TrainConfig, resumed_warmup, train
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
+    if train_split.type != "classification" and base.head == "classification":
+        raise MiniftError(f"task {fcfg.task!r} is a {train_split.type} task, which trains the language-model head, "
+                          f"but this base model ends in a classification head (labels {base.labels}); start from a "
+                          "base without one, such as the pretrained model")
     model = base.to()                                                      # 1. a private copy of the base
     if train_split.type == "classification":
         model.add_classification_head(train_split.label_names, seed=fcfg.seed)   # 2. the task head

@@ -78,10 +78,14 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
 
 
 def _labels_from_config(hf: dict, k: int) -> list:
+    """config.json's id2label as a list (ids 0..k-1 must all be there), else LABEL_0 ... LABEL_{k-1}."""
     id2label = hf.get("id2label")
-    if id2label:
-        return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
-    return [f"LABEL_{i}" for i in range(k)]
+    if not id2label:
+        return [f"LABEL_{i}" for i in range(k)]
+    if not isinstance(id2label, dict) or sorted(str(i) for i in id2label) != sorted(str(i) for i in range(k)):
+        raise MiniftError(f"config.json: id2label {id2label!r} does not name the ids 0..{k - 1} of the model's "
+                          f"{k}-label head (score.weight)")
+    return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(k)]
 
 
 def save_gpt2_folder(model, path):

@@ -27,7 +27,7 @@ def atomic_write(path, mode="wb"):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the file the permissions open() would
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:   # text: UTF-8 always
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -79,5 +79,9 @@ def load_safetensors(path, what="weights file") -> tuple[dict, dict]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError for broken files
+        if "bfloat16" in str(e):            # NumPy has no bfloat16: the file is fine, its dtype is not readable here
+            raise MiniftError(f"{what} {path} holds bfloat16 tensors, which NumPy (and so minift) cannot read; "
+                              "convert it to float32 or float16 first (e.g. torch: model.float().save_pretrained)"
+                              ) from None
         raise MiniftError(f"{what} {path} could not be read (truncated or corrupted?): {e}") from None
     return tensors, metadata

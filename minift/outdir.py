@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .errors import MiniftError
+from .io import save_json
 
 # What minift writes directly inside --out; --overwrite moves these and nothing else.
 NAMES = ("run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
@@ -133,8 +134,7 @@ class RunFolder:
         self.created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)          # now, so that a folder we cannot write fails before training
         if not (out / "run.json").is_file():
-            (out / "run.json").write_text(json.dumps(dict(command=self.command, started=time.strftime(
-                "%Y-%m-%dT%H:%M:%S%z")), indent=1) + "\n")
+            save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")), out / "run.json")
 
     def _check_resumable(self, ours) -> None:
         out, made = self.out, made_by(self.out) if ours else None

@@ -2,7 +2,8 @@
 
     texts  = corpus_texts("world", n_chars=...)          generated English about a small world (minift.data.world)
     tok    = the shipped tokenizer, or one trained here  byte-level BPE, vocab <= the preset's
-    stream = <|endoftext|>-joined token ids              97% for training, the last 3% held out for validation
+    stream = <|endoftext|>-joined token ids              97% for training, the last 3% (at least 8 windows) held
+                                                         out; val_loss scores its first 16 windows of n_ctx tokens
     train(model, LMSource(stream, n_ctx), ...)           next-token cross-entropy, AdamW, cosine schedule
     save:  out/model/ (config.json, model.safetensors, tokenizer.json), out/pretrain.json (what was done)
 """
@@ -38,6 +39,9 @@ def corpus_texts(corpus: str = "world", n_chars: int = 8_000_000, files=None, se
         raise MiniftError(f"corpus {corpus!r} is not one of {CORPORA} (or pass text files)")
     texts = []
     if corpus in ("world", "both"):
+        if seed == HELDOUT_SEED:             # the seed picks the document stream as well as the initial weights
+            raise MiniftError(f"seed {seed} draws the held-out world text that forgetting and validation are "
+                              "measured on; pretraining on it would measure nothing: choose another --seed")
         texts += world_corpus(n_chars=n_chars, seed=seed)
     if corpus in ("pydoc", "both"):
         texts += pydoc_corpus()

@@ -426,3 +426,22 @@ def test_task_source_on_shipped_task(shipped):
     assert tok.decode(prompts[0] + completions[0][:-1]) == facts.prompts[0] + facts.completions[0]
     batch = task_source(shipped["sentiment", "train"], tok, max_len=64, batch_size=8).next_batch()
     assert batch["input_ids"].shape[0] == 8 and batch["targets"].shape == (8,)
+
+
+def test_numeric_labels_keep_numeric_order_and_bad_task_files_are_named(tmp_path):
+    from minift.data.loaders import load_classification
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps({"text": f"t{i}", "label": i}) + "\n" for i in (10, 2, 0, 1)))
+    texts, ids, names = load_classification(f)
+    assert names == ["0", "1", "2", "10"] and ids == [3, 2, 0, 1]
+    with pytest.raises(MiniftError, match="repeat one"):
+        load_classification(f, labels=["0", "0", "1", "2", "10"])
+    f.write_text('{"text": "broken \\ud83d emoji", "label": "a"}\n{"text": "fine", "label": "b"}\n')
+    with pytest.raises(MiniftError, match="line 1: field 'text' is not valid Unicode"):
+        load_classification(f)
+    folder = tmp_path / "task"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    (folder / "task.json").write_text('["x", "y"]')
+    with pytest.raises(MiniftError, match="task.json holds a JSON list, not an object"):
+        load_task(folder)

@@ -112,3 +112,19 @@ def test_head_lr_moves_only_the_head_at_its_own_rate(tmp_path):
         finetune(base, tok, FinetuneConfig(**{**cfg, "method": "head"}, head_lr=1e-3), progress=False)
     with pytest.raises(MiniftError, match="trains no classification head"):
         finetune(base, tok, FinetuneConfig(**{**cfg, "task": "facts"}, head_lr=1e-3), progress=False)
+
+
+def test_metrics_do_not_depend_on_the_adapters_mode():
+    """With LoRA dropout and the handle in train mode, a forward-only metric must still switch dropout off."""
+    import numpy as np
+    from minift import GPT, GPTConfig, LoRAConfig, attach_lora
+    from minift.evaluate import lm_loss
+    model = GPT(GPTConfig.preset("tiny"), seed=0)
+    lora = attach_lora(model, LoRAConfig(r=2, alpha=4, dropout=0.5), seed=0)
+    for a in lora.params.values():
+        a += 0.1                                            # B ≠ 0: dropout would change the output
+    ids = np.arange(2, 200) % 500
+    in_train = [lm_loss(model, ids, max_windows=2) for _ in range(2)]
+    assert lora.training and in_train[0] == in_train[1] == lm_loss(model, ids, max_windows=2)
+    lora.eval()
+    assert lm_loss(model, ids, max_windows=2) == in_train[0]

@@ -14,7 +14,8 @@ class StableRandom:
     """choice / shuffle / sample / chance over one seeded `random.Random`, using only its guaranteed `random()`."""
 
     def __init__(self, *seed: int):
-        # several ints (e.g. a corpus seed and a document index) fold into one: distinct tuples give distinct seeds
+        # several ints (e.g. a corpus seed and a document index) fold into one, as digits in base 1_000_003:
+        # distinct tuples give distinct seeds while every part is below 1_000_002
         value = 0
         for s in seed:
             if not isinstance(s, int) or isinstance(s, bool) or s < 0:

@@ -138,26 +138,38 @@ def read_records(path, fields: tuple[str, ...]):
                 raise MiniftError(f"{path}: line {n}: field {name!r} must be a string, got {type(value).__name__}")
             if not value.strip():
                 raise MiniftError(f"{path}: line {n}: field {name!r} is empty")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:          # a lone surrogate, e.g. from the JSON escape "\ud83d" alone
+                raise MiniftError(f"{path}: line {n}: field {name!r} is not valid Unicode text (a lone "
+                                  "surrogate: half of an escaped emoji?)") from None
         out.append((n, record))
     if not out:
         raise MiniftError(f"{path}: no records (the file is empty)")
     return out
 
 
+def _label_order(name: str):
+    """Numeric labels in numeric order ("2" before "10"), then the others alphabetically."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
 def load_classification(path, labels=None) -> tuple[list[str], list[int], list[str]]:
     """(texts, label_ids, label_names) from a file with "text" and "label" fields.
 
     With `labels`, ids follow that list and any other label is an error; without, the names are the labels found,
-    sorted (so the same file always gives the same ids).
+    sorted, numbers numerically (so the same file always gives the same ids, and labels 0..K-1 get ids 0..K-1).
     """
     records = read_records(path, ("text", "label"))
     if labels is None:
-        names = sorted({rec["label"] for _, rec in records})
+        names = sorted({rec["label"] for _, rec in records}, key=_label_order)
         if len(names) < 2:
             raise MiniftError(f"{path}: every example has the label {names[0]!r}; a classifier needs at least two "
                               "labels to tell apart")
     else:
         names = [str(x) for x in labels]
+        if len(set(names)) != len(names):
+            raise MiniftError(f"{path}: the label names {names} repeat one; each label needs one name")
         for n, rec in records:
             if rec["label"] not in names:
                 raise MiniftError(f"{path}: line {n}: unknown label {rec['label']!r}; expected one of {names}")
@@ -246,6 +258,9 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
             info = json.loads(_read_utf8(folder / "task.json"))
         except json.JSONDecodeError as e:
             raise MiniftError(f"{folder / 'task.json'}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(info, dict):
+            raise MiniftError(f"{folder / 'task.json'} holds a JSON {type(info).__name__}, not an object "
+                              '(e.g. {"type": "classification", "labels": ["negative", "positive"]})')
     candidates = [folder / f"{split}{s}" for s in JSONL_SUFFIXES + tuple(CSV_SUFFIXES)]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
