@@ -87,8 +87,9 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 # | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update | `minift.analysis.effective_rank` |
 # | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.compare` |
 #
-# The memory table splits one training step's peak into its four parts, measured with `tracemalloc` and predicted
-# term by term by `minift.memory.predict_memory`:
+# The memory table (MiB) splits one training step's peak into its parts, measured with `tracemalloc` and predicted
+# term by term by `minift.memory.predict_memory`: parameters, gradients, optimizer state and activations, plus the
+# backward's short-lived temporaries ("workspace", not a column: the total minus the four) — tutorial 09.
 
 # %%
 print(memory_table(results))

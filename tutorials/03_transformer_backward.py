@@ -110,7 +110,8 @@ for name in forward_names:
 # %% [markdown]
 # Read the two `#` columns: the forward runs top to bottom (steps 0–20), the backward bottom to top (steps 21–42,
 # starting at `dlogits`, the cross-entropy's $(p - \text{onehot})/N$ of tutorial 02). Every gradient has its
-# activation's shape. The backward has one more entry than the forward — both ends of each residual stream get one:
+# activation's shape. The backward has one more entry than the forward, one per boundary between two blocks (L − 1
+# of them; here one) — the gradient at a boundary is listed under both its names:
 # `dh.1.in` (step 32) is what leaves block 1 at its input, and `dh.0.out` (step 33) is the same gradient arriving at
 # block 0's output. A block's output *is* the next block's input, so the two are one tensor under two names.
 #

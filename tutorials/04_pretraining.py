@@ -64,8 +64,8 @@ print("fast mode" if FAST else "normal mode")
 # Nothing is downloaded. `World(0)` draws a small world from a seed — 96 people and 12 towns, each person with a
 # home town, job, pet, best friend, hobby, favourite food… — and `world.document(i)` writes document $i$ about it
 # in simple English: profiles, dialogues, letters, diaries, town descriptions. Documents only retell the world's
-# facts, so a fact never contradicts itself across the corpus. That is what lets a small model learn them, and what
-# the fine-tuning tasks later ask about.
+# facts, so a fact never contradicts itself across the corpus. That makes the facts learnable in principle (section
+# 7 shows how little of them pretraining alone picks up), and they are what the fine-tuning tasks later ask about.
 
 # %%
 world = World(0)

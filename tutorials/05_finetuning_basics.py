@@ -196,14 +196,13 @@ print(f"(b) largest change from padding: {np.abs(alone - cls_logits).max():.1e}"
 assert np.abs(alone - cls_logits).max() < 1e-5
 
 # %% [markdown]
-# **What the fresh head sees.** Every review above got nearly the same logits. The last-token states $h_\ell$ of
-# different reviews point in nearly the same direction (they all sit on a ".", and the base uses that state to
-# predict what follows a sentence), so *any* fixed head gives them nearly the same logits. The head itself is small:
+# **What the fresh head sees.** The logits above are small and alike, though not equal (one review's margin even
+# has the other sign). The last-token states $h_\ell$ of different reviews point in similar directions (they all
+# sit on a ".", and the base uses that state to predict what follows a sentence), so a fixed random head gives them
+# correlated logits: below, most reviews land in one class. But not with confidence. The head is small:
 # `add_classification_head` draws `score.weight` $\sim\mathcal N(0, 0.02^2)$ from a random stream of its own, so
-# the logits are about $0.02\,\lVert h_\ell\rVert$ and the loss starts near $\log 2 = 0.693$. (An earlier
-# version drew the head from the very stream that drew the base's initial `wte`, so the head copied two of its rows,
-# which pretraining leaves correlated with the trained ones: the fresh head predicted one class with confidence.
-# A learner found it in this section.)
+# the logits are about $0.02\,\lVert h_\ell\rVert$ and the loss starts near $\log 2 = 0.693$, the loss of a
+# 50/50 guess.
 #
 # **Check.** Over 256 training reviews the mean cosine similarity of the last-token states is above 0.5, and the
 # fresh head's loss is within 0.1 of $\log 2$.

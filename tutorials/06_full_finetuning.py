@@ -164,7 +164,8 @@ print(f"trained parameters: full {full_mem['trainable']:,}, LoRA {lora_mem['trai
 # %% [markdown]
 # Read the table: gradients and optimizer state are $1\times$ and $2\times$ the trained parameters' bytes, so full
 # fine-tuning pays $3 \times 4.09$ MiB where LoRA pays under 1 MiB. But at this size and batch the activations
-# dominate (they depend on tokens, and are the same for both methods; LoRA even adds a little), so LoRA's predicted
+# dominate (they depend on tokens, and are the same for both methods; LoRA even adds a little; the workspace row is
+# the backward's short-lived temporaries at its peak, tutorial 09), so LoRA's predicted
 # total is about 78% of full fine-tuning's — 22% less, not the "80% less" of article §5.1 (tutorial 09 shows when
 # that claim holds). The step's time, measured: the forward pass, then forward + backward, on one
 # batch.

@@ -470,7 +470,9 @@ assert sum(sizes.values()) < 0.08 * full_size and same and isinstance(refused, M
 # W_\text{res} + s\,A^\top B^\top = W .$$
 #
 # The output at init is unchanged (up to rounding), but training now moves the matrix's principal directions
-# instead of a zero update. minift replaces the frozen $W$ by $W_\text{res}$ in place.
+# instead of a zero update. minift replaces the frozen $W$ by $W_\text{res}$ in place. (The cell uses α = 64, s = 8,
+# to show that s does not matter at init: PiSSA divides the factors by √s, so $s\,A^\top B^\top$ is the top-$r$
+# part whatever s is. s does matter once training moves A and B: each step's change to ΔW scales with it.)
 
 # %%
 pissa_model = plain.to()

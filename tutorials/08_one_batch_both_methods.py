@@ -539,7 +539,7 @@ print(f"minift.bench.count_flops: linear {bench_full['linear'] / 1e6:.0f} (full)
 # matmuls a little more. The article's "显著减少了计算资源的需求" (*markedly reduces the compute it needs*) holds for
 # memory at scale — no gradient and no optimizer state for $W$: 1.2 TB → 350 GB of training memory for GPT-3 175B in
 # the LoRA paper — more than for FLOPs, where the paper measured a 25% throughput gain (§4.2). Tutorial 09
-# measures time and memory here; at this size LoRA's step is no faster (README).
+# measures time and memory here; at this size LoRA's step is only some 10–30% shorter (README, tutorial 09).
 # (`count_flops` also counts an LM head; this model has the small classification head instead, so only its
 # `linear`, `lora` and `attention` parts are used.)
 #

@@ -36,7 +36,8 @@
 #    (`minift.bench.count_flops`): time "70% less" is out of reach by arithmetic alone;
 # 2. to time a step per method and split it by op (`run_bench`'s `OpProfiler` breakdown): matmuls, attention,
 #    GELU, LayerNorm, softmax + cross-entropy, optimizer — and why the measured ratio sits above even $2/3$ here;
-# 3. the four terms of training memory — parameters, gradients, AdamW's two moments, activations — predicted
+# 3. the four terms of training memory — parameters, gradients, AdamW's two moments, activations — and the
+#    backward's temporaries (the workspace), predicted
 #    (`predict_memory`) and measured (`measure_memory`), and where they disagree;
 # 4. how LoRA's memory saving moves with model size, batch × sequence length and rank (`memory_saving`), from
 #    the demo model to a GPT-3-sized config: "80% less" needs a large model, few tokens per step *and* mixed precision;
@@ -217,7 +218,8 @@ for key in ("optimizer", "other", "step"):
 
 weight_ops = ("linear", "lm_head")                   # the only ops with a weight gradient that LoRA can skip
 matmul_share = sum(bf["forward"].get(o, 0) + bf["backward"].get(o, 0) for o in weight_ops) / bf["step"]
-# if skipping dW removed exactly half of those ops' backward and the embedding backward, and nothing else changed:
+# if skipping dW removed exactly half of those ops' backward and the embedding backward, and the optimizer shrank to
+# LoRA's (its measured time), and nothing else changed:
 amdahl = (bf["step"] - sum(bf["backward"].get(o, 0) for o in weight_ops) / 2 - bf["backward"].get("embedding", 0)
           - bf["optimizer"] + bl["optimizer"])
 print(f"linear + lm_head: {matmul_share:.0%} of full's step; estimate for LoRA if only dW vanished: "
@@ -317,7 +319,7 @@ print(f"{shown}, full, one BLAS thread per worker: 1 worker {dp[1]['ms_per_step'
 assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
 
 # %% [markdown]
-# ## 3. Memory: four terms, predicted and measured
+# ## 3. Memory: four terms and a workspace, predicted and measured
 #
 # With $P$ parameters, $P_A = \sum_\text{adapters} r(I+O)$ trainable adapter numbers, $f$ bytes per float (4 in
 # float32) and AdamW's two moments $m, v$ per trained number:
@@ -363,8 +365,8 @@ for name in ("tiny", "demo"):
 # - **parameters, gradients, optimizer**: $P$, $P$ and $2P$ floats for full fine-tuning; $P + P_A$, $P_A$, $2P_A$
 #   for LoRA. The measured optimizer row is ~20 KiB above the prediction: the AdamW object's own small arrays
 #   and bookkeeping.
-# - **activations**: the same for both (LoRA adds $x A^\top$ per adapter, under 1% here), and on demo 130 MiB
-#   against 4 MiB of weights: 32× the model. 32 MiB of it is the LM head's logits and their softmax, $2NV$
+# - **activations**: the same for both (LoRA adds $x A^\top$ per adapter, under 1% here), and on demo 126 MiB
+#   against 4 MiB of weights: 31× the model. 32 MiB of it is the LM head's logits and their softmax, $2NV$
 #   floats (2048 tokens × 2048 vocabulary × 2).
 # - **total**: LoRA's peak is 94–97% of full fine-tuning's: a 3–6% saving, not 80%. What LoRA removes — full's
 #   gradients and AdamW state, 12 MiB on demo — is small next to the activations.
