@@ -445,3 +445,23 @@ def test_numeric_labels_keep_numeric_order_and_bad_task_files_are_named(tmp_path
     (folder / "task.json").write_text('["x", "y"]')
     with pytest.raises(MiniftError, match="task.json holds a JSON list, not an object"):
         load_task(folder)
+
+
+def test_record_file_mistakes_say_what_is_wrong(tmp_path):
+    from minift.data.loaders import load_classification
+    pretty = tmp_path / "t.jsonl"
+    pretty.write_text('{\n  "text": "a",\n  "label": "x"\n}\n')
+    with pytest.raises(MiniftError, match="one JSON object per line"):
+        load_classification(pretty)
+    twice = tmp_path / "t.csv"
+    twice.write_text("text,label,text\na,x,b\n")
+    with pytest.raises(MiniftError, match=r"names the column\(s\) \['text'\] twice"):
+        load_classification(twice)
+    twice.write_text("text,label\n")
+    with pytest.raises(MiniftError, match="holds only a header"):
+        load_classification(twice)
+
+
+def test_a_batch_length_below_one_is_refused():
+    with pytest.raises(MiniftError, match="max_len=0 must be at least 1"):
+        classification_batch([[1, 2, 3]], [0], pad_id=0, max_len=0)

@@ -86,6 +86,8 @@ def classification_batch(token_lists, labels, pad_id: int, max_len: int, keep: s
         raise MiniftError(f"classification_batch: {len(lists)} sequences but labels of shape {labels.shape}")
     if keep not in ("end", "start"):
         raise MiniftError(f"classification_batch: keep={keep!r}, expected 'end' or 'start'")
+    if max_len < 1:                     # ids[-0:] would keep everything, ids[--1:] drop the first token
+        raise MiniftError(f"classification_batch: max_len={max_len} must be at least 1")
     lists = [ids[-max_len:] if keep == "end" else ids[:max_len] for ids in lists]
     T = max(len(ids) for ids in lists)
     out = np.full((len(lists), T), pad_id, dtype=np.int64)                  # (B, T)

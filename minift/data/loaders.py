@@ -87,7 +87,9 @@ def _jsonl_records(path: Path, text: str):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MiniftError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            hint = (" (a record file holds one JSON object per line, JSON Lines; a pretty-printed object spread over "
+                    "lines is not one)" if line.strip() in ("{", "[") else "")
+            raise MiniftError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
         if not isinstance(record, dict):
             raise MiniftError(f"{path}: line {n}: expected a JSON object {{...}}, got {type(record).__name__}")
         yield n, record
@@ -99,6 +101,9 @@ def _csv_records(path: Path, text: str, delimiter: str, fields: tuple[str, ...])
         header = next(reader)
     except StopIteration:
         return
+    repeated = sorted({h for h in header if header.count(h) > 1 and h in fields})
+    if repeated:
+        raise MiniftError(f"{path}: line 1: the header names the column(s) {repeated} twice; which one is meant?")
     missing = [f for f in fields if f not in header]
     if missing:
         raise MiniftError(f"{path}: line 1: the header {header} lacks the column(s) {missing}")
@@ -145,7 +150,7 @@ def read_records(path, fields: tuple[str, ...]):
                                   "surrogate: half of an escaped emoji?)") from None
         out.append((n, record))
     if not out:
-        raise MiniftError(f"{path}: no records (the file is empty)")
+        raise MiniftError(f"{path}: no records (the file is empty, or holds only a header)")
     return out
 
 
