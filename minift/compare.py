@@ -148,7 +148,7 @@ def _saved_bytes(model, lora, method, out: Path, tok) -> int:
         lora.save_peft(out / "adapter")
         return sum(f.stat().st_size for f in (out / "adapter").iterdir())
     if method == "full":
-        model.save_pretrained(out / "model")
+        model.save_pretrained(out / "model", tok)
         tok.save(out / "model" / "tokenizer.json")       # a complete model folder (not counted: the base has it)
         return (out / "model" / "model.safetensors").stat().st_size
     trainable = {k: to_numpy(v) for k, v in model.trainable_params().items()}   # head / freeze: what trained

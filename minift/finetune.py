@@ -251,6 +251,6 @@ def _save_result(model, lora, tokenizer, summary, out_dir: Path):
     if lora is not None:
         lora.save_peft(out_dir / "adapter")
     else:
-        model.save_pretrained(out_dir / "model")
+        model.save_pretrained(out_dir / "model", tokenizer)
         tokenizer.save(out_dir / "model" / "tokenizer.json")
     save_json(summary, out_dir / "finetune.json")

@@ -88,7 +88,7 @@ def _labels_from_config(hf: dict, k: int) -> list:
     return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(k)]
 
 
-def save_gpt2_folder(model, path):
+def save_gpt2_folder(model, path, tokenizer=None):
     """Write config.json + model.safetensors that transformers loads as GPT2LMHeadModel (or
     GPT2ForSequenceClassification when the model has a classification head). Adapters are not included: merge them
     first (`lora.merge()`) to save a single deployable model, or save them apart with `save_peft`."""
@@ -103,5 +103,7 @@ def save_gpt2_folder(model, path):
     else:
         hf["architectures"] = ["GPT2LMHeadModel"]
     hf["torch_dtype"] = np.dtype(model.dtype).name
+    if tokenizer is not None:   # GPT2ForSequenceClassification finds the last token as the last id != pad_token_id
+        hf.update(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id)
     save_json(hf, path / "config.json")
     save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})

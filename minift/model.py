@@ -384,7 +384,9 @@ class GPT:
         from .hf import load_gpt2_folder
         return load_gpt2_folder(cls, path, dtype=dtype, device=device)
 
-    def save_pretrained(self, path):
-        """Write a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads. See minift/hf.py."""
+    def save_pretrained(self, path, tokenizer=None):
+        """Write a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads. See minift/hf.py.
+        tokenizer: its end-of-text and padding ids go into config.json (transformers' classifier needs the pad id
+        to find each row's last token)."""
         from .hf import save_gpt2_folder
-        save_gpt2_folder(self, path)
+        save_gpt2_folder(self, path, tokenizer)

@@ -89,7 +89,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
                    resume=resume, progress=progress, desc=f"pretrain {name}")
-    model.save_pretrained(out_dir / "model")
+    model.save_pretrained(out_dir / "model", tok)
     tok.save(out_dir / "model" / "tokenizer.json")
     summary = dict(preset=name, model_config=cfg.to_dict(),
                    corpus=corpus if not files else [str(f) for f in files], n_chars=n_chars,

@@ -249,3 +249,17 @@ def test_hugging_face_options_that_change_gpt2s_function_are_refused(tmp_path):
     tensors["lm_head.weight"] = tensors["wte.weight"].copy()                      # a stored tied copy is fine
     save_safetensors(tensors, tmp_path / "model.safetensors")
     GPT.from_pretrained(tmp_path)
+
+
+def test_an_exported_classifier_names_its_pad_and_end_of_text_ids(tmp_path):
+    """transformers' GPT2ForSequenceClassification reads a row's last token as the last id != pad_token_id, and
+    refuses batches larger than one without it."""
+    from minift.tokenizer import Tokenizer
+    from minift.data import data_dir
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size), seed=0)
+    model.add_classification_head(["no", "yes"])
+    model.save_pretrained(tmp_path, tok)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["pad_token_id"], config["eos_token_id"]) == (tok.pad_id, tok.eot_id)
+    assert GPT.from_pretrained(tmp_path).labels == ["no", "yes"]
