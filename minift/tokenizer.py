@@ -1,8 +1,9 @@
 """Byte-level BPE, GPT-2's tokenizer scheme, through the `tokenizers` package.
 
 Byte-level means text is first turned into UTF-8 bytes, and each of the 256 byte values has a token of its own, so
-any string at all can be encoded and `decode(encode(s)) == s` exactly: no unknown token, no normalisation. BPE then
-merges the most frequent adjacent pairs into new tokens until the vocabulary is full (2048 for the `demo` preset).
+any string at all (any valid Unicode: not a lone surrogate, which has no UTF-8 bytes) can be encoded and
+`decode(encode(s)) == s` exactly: no unknown token, no normalisation. BPE then merges the most frequent adjacent
+pairs into new tokens until the vocabulary is full (2048 for the `demo` preset).
 
     tok = Tokenizer.train(texts, vocab_size=2048)          # minift's own, as shipped in data/tokenizer.json
     tok = Tokenizer.load("data/tokenizer.json")            # any tokenizer.json (GPT-2's too), or a folder holding one

@@ -83,7 +83,7 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 # | ms/step, tokens/s | wall time of forward + backward + AdamW, averaged over the run | `minift.train.train` |
 # | val acc, test acc | sentiment accuracy; the test split uses review templates never seen in training | `minift.evaluate` |
 # | forgetting ΔLM | next-token loss on held-out pretraining text, after minus before | `minift.evaluate.lm_loss` |
-# | intruders | the MIT paper's Algorithm 1 on $W_0+\Delta W$ (top-10 singular vectors, $\varepsilon=0.5$), with the count random directions would give | `minift.analysis` |
+# | intruders | the MIT paper's Algorithm 1 on $W_0+\Delta W$ (top-10 singular vectors, $\varepsilon=0.5$), with the count random directions would give (160 = all 16 matrices × 10 vectors: at this width ε = 0.5 counts every random direction, so read tutorial 10's ε sweep) | `minift.analysis` |
 # | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update | `minift.analysis.effective_rank` |
 # | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.compare` |
 #
