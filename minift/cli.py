@@ -44,6 +44,13 @@ def _learning_rate(text):
     return value
 
 
+def _refuse_unused(given: dict, why: str) -> None:
+    """given: option -> whether it was given. Options the command would ignore are an error, not silently dropped."""
+    named = ", ".join(k for k, v in given.items() if v)
+    if named:
+        raise MiniftError(f"{named}: {why}")
+
+
 def _add_device(p):
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "auto"],
                    help="where to run (default: $MINIFT_DEVICE or cpu)")
@@ -172,12 +179,11 @@ def _lora_from_args(a):
 def cmd_finetune(a):
     from .finetune import FinetuneConfig, finetune
     from .pretrain import load_base
-    lora_opts = {"--rank": a.rank is not None, "--alpha": a.alpha is not None, "--targets": a.targets is not None,
-                 "--rslora": a.rslora, "--dora": a.dora, "--init": a.init is not None,
-                 "--lora-dropout": a.lora_dropout is not None}
-    if any(lora_opts.values()) and a.method != "lora":
-        given = ", ".join(k for k, v in lora_opts.items() if v)
-        raise MiniftError(f"{given}: LoRA options, but --method is {a.method!r}")
+    if a.method != "lora":
+        _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
+                        "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
+                        "--init": a.init is not None, "--lora-dropout": a.lora_dropout is not None},
+                       f"LoRA options, but --method is {a.method!r}")
     if a.freeze_blocks is not None and a.method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
     a.rank, a.targets, a.init = a.rank or 8, a.targets or "all-linear", a.init or "default"
@@ -256,11 +262,10 @@ def cmd_compare(a):
         kw["head_lr"] = {"lora": a.lora_head_lr}
     if a.seeds:
         kw["seeds"] = a.seeds
-    lora_opts = {"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
-                 "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None}
-    if "lora" not in kw["methods"] and not kw["ranks"] and any(lora_opts.values()):
-        given = ", ".join(k for k, v in lora_opts.items() if v)
-        raise MiniftError(f"{given}: LoRA options, but --methods {a.methods} runs no LoRA (add lora, or --ranks)")
+    if "lora" not in kw["methods"] and not kw["ranks"]:
+        _refuse_unused({"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
+                        "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None},
+                       f"LoRA options, but --methods {a.methods} runs no LoRA (add lora, or --ranks)")
     ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
     results = compare(ccfg, out=a.out, progress=not a.quiet, resume=a.resume)
     print(main_table(results))

@@ -58,7 +58,7 @@ def adapters_in_eval_mode(model):
         yield model
     finally:
         for name, a in model.adapters.items():
-            a.training = modes.get(name, a.training)
+            a.training = modes[name]
 
 
 def split_metrics(model, split, tokenizer, max_len, batch_size=64) -> dict:

@@ -214,14 +214,8 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                        eval_every=fcfg.eval_every, save_every=fcfg.save_every, seed=fcfg.seed,
                        workers=fcfg.workers,
                        lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
-    def evaluate(m, split=val_split, prefix="val_"):
-        if lora is not None:
-            lora.eval()                  # adapter dropout off while measuring, as torch's model.eval()
-        try:
-            return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, max_len).items()}
-        finally:
-            if lora is not None:
-                lora.train()
+    def evaluate(m, split=val_split, prefix="val_"):      # (split_metrics turns adapter dropout off itself)
+        return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, max_len).items()}
 
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
                    resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))

@@ -404,8 +404,9 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     arrays = _batch_arrays(model, batch)
     rng = np.random.default_rng(0) if model.cfg.dropout > 0 else None   # dropout on, as train() does
     saved = {k: v.copy() for k, v in model.trainable_params().items()}
-    rngs = {id(g): (g, g.bit_generator.state) for g in (getattr(a, "rng", None) for a in model.adapters.values())
-            if g is not None}                         # adapter dropout draws from it in train mode
+    from .train import adapter_rng
+    rng_a = adapter_rng(model)                        # adapter dropout draws from it in train mode
+    rng_a_state = rng_a.bit_generator.state if rng_a is not None else None
     gc.collect()
     tracker = _HostTracker() if model.xp is np else _PoolTracker(model.xp)
     try:
@@ -414,8 +415,8 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     finally:
         for k, v in model.trainable_params().items():
             v[...] = saved[k]
-        for g, state in rngs.values():
-            g.bit_generator.state = state
+        if rng_a is not None:
+            rng_a.bit_generator.state = rng_a_state
     out["parameters"] = int(sum(a.nbytes for a in model.all_params().values()))
     out["total"] = out["parameters"] + out["optimizer"] + max(out["step_peak"],
                                                               out["gradients"] + out["optimizer_step_peak"])

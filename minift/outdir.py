@@ -63,16 +63,14 @@ def made_by(out: Path) -> str | None:
     for name, command in SUMMARIES.items():
         if (out / name).is_file():
             return command
-    if any(e.is_dir() and (e / "checkpoints").is_dir() or e.match("seed-*") for e in entries(out)[0]):
+    if any((e.is_dir() and (e / "checkpoints").is_dir()) or e.match("seed-*") for e in entries(out)[0]):
         return "compare"                          # a checkpoint folder per method
     return None
 
 
 def _is_leftover(e: Path) -> bool:
     """run.json, or a folder with no file anywhere inside: what a run that failed before saving anything leaves."""
-    if e.name == "run.json" or (e.is_dir() and not e.is_symlink() and not any(p.is_file() for p in e.rglob("*"))):
-        return True
-    return False
+    return e.name == "run.json" or (e.is_dir() and not e.is_symlink() and not any(p.is_file() for p in e.rglob("*")))
 
 
 def _remove(e: Path) -> None:

@@ -222,9 +222,9 @@ def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcf
     save_safetensors({k: to_numpy(v) for k, v in model.all_params().items()}, folder / "weights.safetensors")
     sd = opt.state_dict()
     save_safetensors(sd.pop("arrays"), folder / "optimizer.safetensors")
-    adapter_rng = _adapter_rng(model)
+    a_rng = adapter_rng(model)
     state = dict(step=step, optimizer=sd, data=source.state(), dropout_rng=dropout_rng.bit_generator.state,
-                 adapter_rng=adapter_rng.bit_generator.state if adapter_rng is not None else None,
+                 adapter_rng=a_rng.bit_generator.state if a_rng is not None else None,
                  train_config=asdict(tcfg), model_config=model.cfg.to_dict(), head=model.head, labels=model.labels,
                  frozen=sorted(model.frozen), start_fingerprint=start_fingerprint,
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
@@ -309,13 +309,13 @@ def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig |
     opt.load_state_dict(dict(state["optimizer"], arrays=opt_arrays))
     source.restore(state["data"])
     dropout_rng.bit_generator.state = state["dropout_rng"]
-    adapter_rng = _adapter_rng(model)
-    if adapter_rng is not None and state.get("adapter_rng") is not None:
-        adapter_rng.bit_generator.state = state["adapter_rng"]
+    a_rng = adapter_rng(model)
+    if a_rng is not None and state.get("adapter_rng") is not None:
+        a_rng.bit_generator.state = state["adapter_rng"]
     return state
 
 
-def _adapter_rng(model):
+def adapter_rng(model):
     """The generator that draws the adapters' dropout masks (LoRA's handle gives all its adapters one), or None."""
     return next((a.rng for a in model.adapters.values() if getattr(a, "rng", None) is not None), None)
 
@@ -396,9 +396,9 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     """One training step: a batch, the loss and gradients, the non-finite guards, the update, the books."""
     lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
     t0 = time.perf_counter()
-    adapter_rng = _adapter_rng(model)
+    a_rng = adapter_rng(model)
     before = (source.state(), dropout_rng.bit_generator.state,             # to rewind a step that fails
-              adapter_rng.bit_generator.state if adapter_rng is not None else None)
+              a_rng.bit_generator.state if a_rng is not None else None)
     batch = source.next_batch()
     if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
         loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
@@ -409,8 +409,8 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         bad = find_nonfinite(loss, grads) or "gradient norm"
         source.restore(before[0])                       # as before this step: its batch and dropout not drawn
         dropout_rng.bit_generator.state = before[1]
-        if adapter_rng is not None:
-            adapter_rng.bit_generator.state = before[2]
+        if a_rng is not None:
+            a_rng.bit_generator.state = before[2]
         checkpoint(step)       # the parameters are still those of the last good step: keep them
         raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
                                f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr (a new run: a "

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def read_records(path, fields: tuple[str, ...]):
 
 def _label_order(name: str):
     """Numeric labels in numeric order ("2" before "10"), then the others alphabetically."""
-    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+    return (0, int(name), "") if re.fullmatch(r"-?[0-9]+", name) else (1, 0, name)   # ("--1" is a name)
 
 
 def load_classification(path, labels=None) -> tuple[list[str], list[int], list[str]]:
