@@ -47,13 +47,17 @@ dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4�
 attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
     A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
 That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b (minift/model.py),
-which never holds a T×T temporary: its backward holds dqkv (3·N·C), one block's dv (N·C) and one block's datt and
-dpre (2·B·H·b·T at most), so there A = N·V + 17·N·C + 2·B·H·b·T − ... (attention_workspace). Its cached att is
-the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
-Two other moments can be higher: the embedding backward when wte trains (dwte, its sum with the LM head's share,
-and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)), and the optimizer step, where the
-caches are gone but AdamW needs one scratch array as large as the largest trainable tensor. workspace is the
-largest of the three, counted above the four persistent terms.
+which never holds a T×T temporary: its backward holds dqkv (3·N·C), and for one query block of n rows against r1
+keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each), never all four at once: dv with datt
+and dpre, then dv with dk and dpre. So A = N·V + 16·N·C + max(B·r1·C + 2·B·H·n·r1, 2·B·r1·C + B·H·n·r1) − ...
+at the block where that is largest (attention_workspace); with heads of up to b dims the first term wins. Its cached
+att is the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
+Three other moments can be higher. Right after attention, block 0's ln_1 backward holds dqkv (3·N·C), da (N·C),
+and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins when the attention's blocks are small next
+to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
+the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
+optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
+tensor. workspace is the largest of the four, counted above the four persistent terms.
 
 Why LoRA's saving depends on the regime. gradients and optimizer state scale with the number of *trainable
 parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of them; LoRA trains R·(in + out) per
@@ -66,7 +70,7 @@ small batches, short sequences. `memory_saving(cfg, batch, seq, rank)` returns t
 
     batch x seq      full       LoRA       saving
     1 x 128          2.31 GiB   0.66 GiB   71%      weights, gradients and AdamW's m, v dominate
-    8 x 1024        14.95 GiB  13.60 GiB    9%      activations (11.1 GiB, the same for both) dominate
+    8 x 1024        14.96 GiB  13.60 GiB    9%      activations (11.1 GiB, the same for both) dominate
 
 Measuring (`measure_memory`): one real step on the model, with NumPy's allocations traced by `tracemalloc` (NumPy
 reports its array buffers to it) or, on CuPy, the memory pool's used bytes followed by a memory hook. Parameters are
@@ -181,17 +185,20 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
 def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -> int:
     """Elements attention_backward holds at its peak (module docstring). The reference (block None, or T ≤ block):
     datt and dpre, B·H·T² each, and dq, dk, dv, their stack and its merged copy, 9·N·C. The blocked path: dqkv
-    (3·N·C, written in place), one block's dv (N·C), and that block's datt and dpre, 2·B·H·n·r1 for its n query
-    rows against r1 keys, at the block where n·r1 is largest (the last one when T is a multiple of the block)."""
+    (3·N·C, written in place) and, for the query block of n rows against r1 keys where this is largest, either its
+    dv part (B·r1·C) with datt and dpre (2·B·H·n·r1) or its dv and dk parts (2·B·r1·C) with dpre."""
     N = B * T
-    copies = 9 if block is None or block >= T else 4                  # N·C arrays besides datt and dpre
-    return copies * N * C + 2 * B * H * max(_block_areas(T, block))
+    if block is None or block >= T:
+        return 9 * N * C + 2 * B * H * T * T
+    return 3 * N * C + max(max(B * r1 * C + 2 * B * H * (r1 - r0) * r1, 2 * B * r1 * C + B * H * (r1 - r0) * r1)
+                           for r0, r1 in query_blocks(T, block))
 
 
 def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,
                     dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK) -> dict:
-    """Bytes above parameters + gradients + optimizer + activations at three candidate peaks (module docstring):
-    "attention backward of block 0", "embedding backward", "optimizer step". `sizes`: name -> element count."""
+    """Bytes above parameters + gradients + optimizer + activations at four candidate peaks (module docstring):
+    "attention backward of block 0", "LayerNorm backward of block 0's ln_1", "embedding backward", "optimizer step".
+    `sizes`: name -> element count."""
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head
     N = B * T
@@ -203,6 +210,8 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
     missing = sum(sizes[n] for n in late & trainable)
     phases = {"attention backward of block 0": (dlogits + 13 * N * C + attention_workspace(B, H, T, C, block)
                                                 - missing) * f}
+    still_missing = sum(sizes[n] for n in late & trainable if "c_attn" not in n)   # c_attn's gradient exists now
+    phases["LayerNorm backward of block 0's ln_1"] = (dlogits + 19 * N * C - still_missing) * f
     if trainable & {"wte.weight", "wpe.weight"}:
         index = INDEX_BYTES * N * C                                   # np.add.at's flat int64 positions
         if "wte.weight" not in trainable:
