@@ -407,9 +407,15 @@ def test_sources_resume_exactly():
     batch = CompletionSource(lists, lists[::-1], 0, 12, batch_size=5).next_batch()
     assert set(batch) == {"input_ids", "targets", "attention_mask"}
     assert batch["targets"].shape == batch["input_ids"].shape and batch["targets"].shape[0] == 5
-    with pytest.raises(MiniftError, match="same data and batch size"):
+    with pytest.raises(MiniftError, match="n=23 but .* has 10"):
         ClassificationSource(lists[:10], [0] * 10, 0, 8, 5).restore(
             ClassificationSource(lists, [0] * 23, 0, 8, 5).state())
+    with pytest.raises(MiniftError, match="max_len=8 but .* has 12"):    # the same examples cut elsewhere
+        CompletionSource(lists, lists, 0, 12, 5).restore(CompletionSource(lists, lists, 0, 8, 5).state())
+    with pytest.raises(MiniftError, match="block_size=16 but .* has 32"):
+        LMSource(np.arange(500), 32, 4, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
+    with pytest.raises(MiniftError, match="batch_size=4 but .* has 2"):
+        LMSource(np.arange(500), 16, 2, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
     with pytest.raises(MiniftError, match="other data"):       # as many examples, other tokens: the hash tells
         LMSource(np.arange(500) + 1, 16, 4, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
     with pytest.raises(MiniftError, match="other data"):

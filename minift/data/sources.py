@@ -47,10 +47,12 @@ class LMSource:
         return {"input_ids": x, "targets": y}
 
     def state(self) -> dict:
-        return {"kind": "lm", "seed": self.seed, "step": self.step, "data": self.data_hash}
+        return {"kind": "lm", "seed": self.seed, "block_size": self.block_size, "batch_size": self.batch_size,
+                "step": self.step, "data": self.data_hash}
 
     def restore(self, state: dict) -> None:
-        _check(state, "lm", seed=self.seed, data=self.data_hash)
+        _check(state, "lm", seed=self.seed, block_size=self.block_size, batch_size=self.batch_size,
+               data=self.data_hash)
         self.step = int(state["step"])
 
     @cached_property
@@ -66,11 +68,13 @@ class _IndexedSource:
         self.batches = BatchIterator(n, batch_size, seed)
 
     def state(self) -> dict:
-        return {"kind": self.kind, **self.batches.state(), "data": self.data_hash}
+        return {"kind": self.kind, **self.batches.state(), "max_len": self.max_len, "data": self.data_hash}
 
     def restore(self, state: dict) -> None:
-        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size, data=self.data_hash)
-        self.batches = BatchIterator.from_state({k: v for k, v in state.items() if k not in ("kind", "data")})
+        _check(state, self.kind, n=self.batches.n, batch_size=self.batches.batch_size, max_len=self.max_len,
+               data=self.data_hash)       # max_len: the same examples cut elsewhere would be other batches
+        self.batches = BatchIterator.from_state({k: v for k, v in state.items()
+                                                 if k not in ("kind", "max_len", "data")})
 
     @cached_property
     def data_hash(self) -> str:
@@ -144,7 +148,7 @@ def _check(state: dict, kind: str, data: str, **expected) -> None:
     for key, value in expected.items():
         if state.get(key) != value:
             raise MiniftError(f"data state has {key}={state.get(key)!r} but this {kind} source has {value!r}: "
-                              "resume with the same data and batch size")
+                              "resume with the same data, batch size and example length")
     if state.get("data", data) != data:              # states saved before the hash existed have none
         raise MiniftError(f"the checkpoint was trained on other data (token-id hash {state['data']}, this run's is "
                           f"{data}): another corpus, --chars, --files, task or tokenizer? Resume with the same data")
