@@ -11,7 +11,9 @@ arrays receive gradients and updates:
     lora      the adapters' A and B (+ the head, as PEFT's modules_to_save) the whole transformer (minift/lora.py)
 
 A frozen parameter is in `model.frozen`: the backward never computes its weight gradient (no xᵀ dy matmul), the
-optimizer is never given it, and its array is bitwise unchanged by training.
+optimizer is never given it, and its array is bitwise unchanged by training. Below the lowest trainable tensor the
+backward stops altogether (model.backward_floor): "freeze" skips the whole backward of its k frozen blocks and keeps
+no activations for them, "head" runs a forward and the head's backward only.
 """
 from __future__ import annotations
 

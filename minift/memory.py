@@ -14,6 +14,7 @@ What a step holds (`predict_memory`; every count below is read off the code, in 
 | gradients   | Σ trainable weights only                           | grads: a frozen weight gets none (no xᵀ dy)    |
 | optimizer   | 2·Σ trainable (AdamW m, v); SGD 0, momentum 1·     | optim.AdamW.state                              |
 | activations | per block: 20·N·C + 2·N + B·H·T² (op by op below)  | the forward's caches, kept to the backward end |
+|             | (only the blocks the backward visits, see below)   |                                                |
 |             | + ln_f: 2·N·C + N (x̂, rstd; h, the head's input)   | layernorm and linear caches                    |
 |             | + LM head: 2·N·V (logits; softmax p) + 17·N bytes  | loss_and_grads' logits; cross_entropy's cache  |
 |             | + LoRA: N·R per adapted linear (x·Aᵀ)              | the adapter's cache (x is the linear's already)|
@@ -37,12 +38,20 @@ Activations of one block, op by op (what each forward's cache keeps alive):
     sum           (1 + 1 + 3 + 1 + 1 + 1 + 4 + 4 + 4)·N·C + 2·N + B·H·T² = 20·N·C + 2·N + B·H·T²
 
 The residual stream x is never cached (LayerNorm keeps x̂ instead), and neither are the outputs of the two c_proj.
+
+Which blocks count: the backward goes down only to the lowest tensor that trains (model.backward_floor). The blocks
+below it run their forward and drop their caches at once, and have no backward; above it every block caches all of
+the table. So freezing the lowest k blocks (method "freeze") removes k blocks of activations as well as their
+gradients and optimizer state, and a classification head alone (method "head") keeps almost nothing: its peak is
+the forward of one block, that block's caches while it runs plus 5·N·C (the residual stream in and out, residual 1,
+and the outputs o and y of the two c_proj). LoRA on every block visits every block.
 Every linear caches its input whether its weight trains or not: minift's forward does not know what the backward
 will skip. A frozen *plain* linear only needs W for dx = dy Wᵀ, so that input is kept for nothing (PyTorch's autograd
 does not save it); a LoRA-adapted frozen linear does need it, for dA = s·(dy B)ᵀ x.
 
 Workspace: the backward keeps every cache until it returns (GPT.loss_and_grads holds them all), so the peak comes
-late, inside the first block's attention backward, when almost every gradient already exists. At that moment it holds
+late, inside the lowest visited block's attention backward (block 0 unless the lowest blocks are frozen), when
+almost every gradient already exists. At that moment it holds
 dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4·N·C) and dg, df (2·N·F), and inside
 attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
     A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
@@ -52,12 +61,13 @@ keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each
 and dpre, then dv with dk and dpre. So A = N·V + 16·N·C + max(B·r1·C + 2·B·H·n·r1, 2·B·r1·C + B·H·n·r1) − ...
 at the block where that is largest (attention_workspace); with heads of up to b dims the first term wins. Its cached
 att is the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
-Three other moments can be higher. Right after attention, block 0's ln_1 backward holds dqkv (3·N·C), da (N·C),
+Four other moments can be higher. Right after attention, that block's ln_1 backward holds dqkv (3·N·C), da (N·C),
 and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins when the attention's blocks are small next
 to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
 the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
 optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
-tensor. workspace is the largest of the four, counted above the four persistent terms.
+tensor. The forward of a block below the backward's floor (above). workspace is the largest of these, counted above
+the four persistent terms.
 
 Why LoRA's saving depends on the regime. gradients and optimizer state scale with the number of *trainable
 parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of them; LoRA trains R·(in + out) per
@@ -91,7 +101,7 @@ from .backend import resolve_dtype
 from .config import GPTConfig
 from .errors import MiniftError
 from .finetune import METHODS, freeze_plan
-from .model import ATTENTION_BLOCK, param_shapes
+from .model import ATTENTION_BLOCK, backward_floor, param_shapes
 from .ops.attention import query_blocks
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
@@ -149,21 +159,36 @@ def attention_cached(T: int, block=ATTENTION_BLOCK) -> int:
     return sum(_block_areas(T, block))
 
 
-def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
-                     adapted=(), rank=0, block=ATTENTION_BLOCK, dora=False) -> dict:
-    """name -> bytes of everything the forward caches for the backward (see the module docstring's table).
-    dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (dora.py)."""
+def visited_blocks(cfg: GPTConfig, floor: int) -> int:
+    """How many blocks the backward visits (and the forward caches) for a backward floor (model.backward_floor)."""
+    return max(0, cfg.n_layer - max(floor, 0))
+
+
+def block_activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", block=ATTENTION_BLOCK) -> dict:
+    """name -> bytes one block's forward caches (the module docstring's table, without dropout and adapters)."""
     f = resolve_dtype(dtype).itemsize
-    B, T, C, V, H, L = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
+    B, T, C, H = batch, seq, cfg.n_embd, cfg.n_head
     N, F = B * T, 4 * C
-    terms = {
-        "LayerNorm x̂, rstd (ln_1, ln_2)": L * 2 * (N * C + N) * f,
-        "linear inputs (c_attn, attn.c_proj, c_fc, mlp.c_proj)": L * (3 * N * C + N * F) * f,
-        "qkv (attention's q, k, v)": L * 3 * N * C * f,
-        "attention probabilities": L * B * H * attention_cached(T, block) * f,
-        "GELU input and tanh": L * 2 * N * F * f,
-        "ln_f x̂, rstd and h": (2 * N * C + N) * f,
+    return {
+        "LayerNorm x̂, rstd (ln_1, ln_2)": 2 * (N * C + N) * f,
+        "linear inputs (c_attn, attn.c_proj, c_fc, mlp.c_proj)": (3 * N * C + N * F) * f,
+        "qkv (attention's q, k, v)": 3 * N * C * f,
+        "attention probabilities": B * H * attention_cached(T, block) * f,
+        "GELU input and tanh": 2 * N * F * f,
     }
+
+
+def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
+                     adapted=(), rank=0, block=ATTENTION_BLOCK, dora=False, floor=-1) -> dict:
+    """name -> bytes of everything the forward caches for the backward (see the module docstring's table).
+    dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (dora.py).
+    floor: the backward's floor (model.backward_floor): blocks below it, and ln_f when it is above ln_f, cache
+    nothing."""
+    f = resolve_dtype(dtype).itemsize
+    B, T, C, V = batch, seq, cfg.n_embd, cfg.vocab_size
+    N, L = B * T, visited_blocks(cfg, floor)
+    terms = {name: L * size for name, size in block_activation_terms(cfg, batch, seq, dtype, block).items()}
+    terms["ln_f x̂, rstd and h"] = (2 * N * C + N if floor <= cfg.n_layer else N * C) * f   # h: the head's input
     if head == "lm":
         terms["logits and softmax p"] = 2 * N * V * f
         terms["loss indices (rows, targets, valid)"] = N * (2 * INDEX_BYTES + 1)
@@ -171,7 +196,7 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
         terms["pooled h, logits and p"] = (B * C + 2 * B * num_labels) * f
         terms["pool and loss indices"] = B * (4 * INDEX_BYTES + 1)
     if cfg.dropout > 0:
-        terms["dropout masks"] = (2 * L + 1) * N * C * f
+        terms["dropout masks"] = (2 * L + (floor == -1)) * N * C * f
     if adapted and dora:
         outs = [param_shapes(cfg)[m + ".weight"][1] for m in adapted]
         terms["DoRA z = x_d V and n"] = sum(outs) * (N + 1) * f
@@ -195,23 +220,33 @@ def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -
 
 
 def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,
-                    dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK) -> dict:
-    """Bytes above parameters + gradients + optimizer + activations at four candidate peaks (module docstring):
-    "attention backward of block 0", "LayerNorm backward of block 0's ln_1", "embedding backward", "optimizer step".
-    `sizes`: name -> element count."""
+                    dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK, floor=-1) -> dict:
+    """Bytes above parameters + gradients + optimizer + activations at the candidate peaks (module docstring):
+    "attention backward of block k" and "LayerNorm backward of block k's ln_1" for the lowest block k the backward
+    visits (backward floor), "embedding backward", "forward of a block below the floor" (only when there is one),
+    "optimizer step". `sizes`: name -> element count."""
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head
     N = B * T
     dlogits = N * V if head == "lm" else B * num_labels
-    late = {"h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias", "h.0.ln_1.weight", "h.0.ln_1.bias", "wpe.weight",
-            "h.0.attn.c_attn.lora_A.weight", "h.0.attn.c_attn.lora_B.weight"}
-    if head != "lm":
-        late.add("wte.weight")        # no LM head: wte's gradient is made by the embedding backward only
-    missing = sum(sizes[n] for n in late & trainable)
-    phases = {"attention backward of block 0": (dlogits + 13 * N * C + attention_workspace(B, H, T, C, block)
-                                                - missing) * f}
-    still_missing = sum(sizes[n] for n in late & trainable if "c_attn" not in n)   # c_attn's gradient exists now
-    phases["LayerNorm backward of block 0's ln_1"] = (dlogits + 19 * N * C - still_missing) * f
+    phases = {}
+    if floor < cfg.n_layer:           # the backward visits block k and below it only what trains there
+        k = max(floor, 0)
+        late = {f"h.{k}.{name}" for name in ("attn.c_attn.weight", "attn.c_attn.bias", "ln_1.weight", "ln_1.bias",
+                                             "attn.c_attn.lora_A.weight", "attn.c_attn.lora_B.weight")}
+        late.add("wpe.weight")
+        if head != "lm":
+            late.add("wte.weight")    # no LM head: wte's gradient is made by the embedding backward only
+        missing = sum(sizes[n] for n in late & trainable)
+        phases[f"attention backward of block {k}"] = (dlogits + 13 * N * C + attention_workspace(B, H, T, C, block)
+                                                      - missing) * f
+        still_missing = sum(sizes[n] for n in late & trainable if "c_attn" not in n)   # c_attn's gradient is made
+        phases[f"LayerNorm backward of block {k}'s ln_1"] = (dlogits + 19 * N * C - still_missing) * f
+    if floor > 0:                     # block 0 runs without keeping caches: they live only until it returns
+        one_block = sum(block_activation_terms(cfg, batch, seq, dtype, block).values())
+        masks = 2 * N * C * f if cfg.dropout > 0 else 0
+        # + the residual stream in and out, residual 1, and the two c_proj outputs o and y: 5·N·C
+        phases["forward of a block below the floor"] = one_block + masks + 5 * N * C * f - activations
     if trainable & {"wte.weight", "wpe.weight"}:
         index = INDEX_BYTES * N * C                                   # np.add.at's flat int64 positions
         if "wte.weight" not in trainable:
@@ -256,10 +291,12 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options, dora)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     n_train = sum(sizes[n] for n in trainable)
-    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block, dora)
+    floor = backward_floor(trainable, cfg.n_layer)
+    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block, dora, floor)
     out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
                activations=sum(acts.values()))
-    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block)
+    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block,
+                             floor)
     peak_phase = max(phases, key=phases.get)
     out["workspace"] = max(0, phases[peak_phase])
     out["total"] = sum(out[t] for t in TERMS[:-1])
@@ -380,7 +417,7 @@ def _forward_half(model, input_ids, targets, attention_mask=None, rng=None):
     ids = model._as_ids(input_ids)
     mask = model._as_mask(attention_mask, ids)
     targets = model._check_targets(targets, ids)
-    h, c_body = model._body_forward(ids, mask, rng)                       # (B, T, C)
+    h, c_body = model._body_forward(ids, mask, rng, model.backward_floor())   # (B, T, C)
     logits, c_head = model._head_forward(h, mask)                         # (B, T, V) or (B, K)
     loss, c_ce = cross_entropy_forward(logits, targets)
     return h, c_body, logits, c_head, c_ce

@@ -16,6 +16,8 @@ The backward visits the same calls in reverse. Two rules carry the whole of it:
   - a residual stream fans out (x feeds the branch and the skip), so its gradient is the SUM of the two paths;
   - `wte` is used twice (embedding and LM head), so its gradient is the SUM of both contributions.
 Gradients are only computed for trainable parameters: a frozen weight never pays for its weight-gradient matmul.
+And the backward goes only as far down as something trains (`backward_floor`): below the lowest trainable tensor no
+gradient is wanted, so those blocks run their forward without keeping caches and have no backward at all.
 
 Parameters are a flat dict with Hugging Face GPT-2's names (without the "transformer." prefix) and layouts: linear
 weights are [in, out] (GPT-2's Conv1D), so loading a real checkpoint is a direct mapping (see `hf.py`).
@@ -77,6 +79,26 @@ def init_params(cfg: GPTConfig, rng, dtype, xp) -> dict:
     return params
 
 
+def backward_floor(trainable, n_layer: int) -> int:
+    """How far down a backward has to go, from the names of the tensors that train (parameters and adapters): the
+    forward position of the lowest one. -1: the embeddings (wte, which is also the tied LM head; wpe), so all the
+    way down; i: block i; n_layer: ln_f; n_layer + 1: nothing in the body (a classification head alone trains).
+
+    Below the floor no gradient is wanted: the backward stops there, and the forward keeps no caches there. So
+    freezing the *lowest* blocks saves their whole backward and their activations, while freezing a higher block
+    saves only its weights' xᵀ dy (its dx is still needed by the blocks below). Autograd frameworks do the same by
+    construction: nothing below the first tensor that requires a gradient enters their graph."""
+    floor = n_layer + 1
+    for name in trainable:
+        if name.startswith(("wte.", "wpe.")):
+            return -1
+        if name.startswith("h."):                                    # "h.{i}.…", adapter tensors included
+            floor = min(floor, int(name.split(".")[1]))
+        elif name.startswith("ln_f."):
+            floor = min(floor, n_layer)
+    return floor
+
+
 class GPT:
     """A GPT-2 model with hand-written forward and backward passes.
 
@@ -114,6 +136,11 @@ class GPT:
         for adapter in self.adapters.values():
             out.update(adapter.trainable_params())
         return out
+
+    def backward_floor(self, record=False) -> int:
+        """The lowest position the backward reaches (module function backward_floor); recording wants every
+        gradient, so it goes all the way down."""
+        return -1 if record else backward_floor(self.trainable_params(), self.cfg.n_layer)
 
     def num_params(self, trainable_only=False) -> int:
         arrays = self.trainable_params() if trainable_only else self.all_params()
@@ -236,19 +263,24 @@ class GPT:
             self._keep(p + name, t)
         return x, (c_ln1, c_qkv, c_att, c_o, c_do, c_ln2, c_fc, c_g, c_y, c_dy)
 
-    def _body_forward(self, ids, mask, rng):
-        """(B, T) ids -> (B, T, C) final hidden states h = ln_f(x), and the caches."""
-        P = self.params
+    def _body_forward(self, ids, mask, rng, floor):
+        """(B, T) ids -> (B, T, C) final hidden states h = ln_f(x), and the caches of what the backward will visit:
+        positions >= floor (backward_floor; None in the others, dropped as soon as made)."""
+        P, L = self.params, self.cfg.n_layer
         x, c_emb = embedding_forward(ids, P["wte.weight"], P["wpe.weight"])  # (B, T, C)
         x, c_demb = self._dropout(x, rng)                                    # (B, T, C)
         self._keep("embedding", x)
         blocks = []
-        for i in range(self.cfg.n_layer):
+        for i in range(L):
             x, c_block = self._block_forward(i, x, mask, rng)                 # (B, T, C)
+            if i < floor:
+                c_block = None               # below the floor: the block's caches go now, not at the next block
             blocks.append(c_block)
         h, c_lnf = layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
         self._keep("ln_f", h)
-        return h, (c_emb, c_demb, blocks, c_lnf)
+        if floor > -1:
+            c_emb = c_demb = None
+        return h, (c_emb, c_demb, blocks, c_lnf if floor <= L else None)
 
     def _head_forward(self, h, mask):
         """The head: LM logits (B, T, V) from the tied wte, or class logits (B, K) at the last real token."""
@@ -266,7 +298,7 @@ class GPT:
         self.record = {} if record else None
         ids = self._as_ids(input_ids)
         mask = self._as_mask(attention_mask, ids)
-        h, _ = self._body_forward(ids, mask, rng=None)
+        h, _ = self._body_forward(ids, mask, rng=None, floor=self.cfg.n_layer + 1)   # no backward: no caches
         logits, _ = self._head_forward(h, mask)
         self._keep("logits", logits)
         return logits
@@ -284,7 +316,7 @@ class GPT:
         """Mean cross-entropy of the targets (-100 = ignored), forward only."""
         ids = self._as_ids(input_ids)
         mask = self._as_mask(attention_mask, ids)
-        h, _ = self._body_forward(ids, mask, rng=None)
+        h, _ = self._body_forward(ids, mask, rng=None, floor=self.cfg.n_layer + 1)   # no backward: no caches
         logits, _ = self._head_forward(h, mask)
         loss, _ = cross_entropy_forward(logits, self._check_targets(targets, ids))
         return float(loss)
@@ -304,29 +336,33 @@ class GPT:
         ids = self._as_ids(input_ids)
         mask = self._as_mask(attention_mask, ids)
         targets = self._check_targets(targets, ids)
-        h, c_body = self._body_forward(ids, mask, rng)                        # (B, T, C)
+        floor = self.backward_floor(record)
+        h, c_body = self._body_forward(ids, mask, rng, floor)                 # (B, T, C)
         logits, c_head = self._head_forward(h, mask)
         self._keep("logits", logits)
         loss, c_ce = cross_entropy_forward(logits, targets)
-        # ---- backward: the calls above, in reverse ----
+        # ---- backward: the calls above, in reverse, down to the floor ----
         grads = {}
         dlogits = cross_entropy_backward(self.xp.asarray(1.0, dtype=self.dtype), c_ce)
         self._keep("dlogits", dlogits)
-        dh = self._head_backward(dlogits, c_head, grads)                      # (B, T, C)
-        self._body_backward(dh, c_body, grads)
+        need_dh = floor <= self.cfg.n_layer                                  # does anything in the body train?
+        dh = self._head_backward(dlogits, c_head, grads, need_dh)             # (B, T, C) or None
+        if need_dh:
+            self._body_backward(dh, c_body, grads, floor)
         return float(loss), grads
 
-    def _head_backward(self, dlogits, cache, grads):
+    def _head_backward(self, dlogits, cache, grads, need_dh=True):
         if self.head == "lm":
             need_dwte = self.trains("wte.weight")
-            dh, dwte_t, _ = linear_backward(dlogits, cache, need_dw=need_dwte)   # dwte_t: (C, V)
+            dh, dwte_t, _ = linear_backward(dlogits, cache, need_dx=need_dh, need_dw=need_dwte)   # dwte_t: (C, V)
             if need_dwte:
                 grads["wte.weight"] = dwte_t.T       # the LM head's share of wte's gradient; the embedding adds its own
             return dh
         c_pool, c_score = cache
-        dpooled, dscore_t, _ = linear_backward(dlogits, c_score, need_dw=self.trains("score.weight"))  # (B, C)
+        dpooled, dscore_t, _ = linear_backward(dlogits, c_score, need_dx=need_dh,
+                                               need_dw=self.trains("score.weight"))   # (B, C)
         self._store(grads, "score.weight", None if dscore_t is None else dscore_t.T)
-        return pool_last_backward(dpooled, c_pool)                             # (B, T, C)
+        return pool_last_backward(dpooled, c_pool) if need_dh else None        # (B, T, C)
 
     def _block_backward(self, i, dx, cache, grads):
         """The block's forward read bottom-up. dx is the gradient of the block's output (B, T, C)."""
@@ -350,12 +386,14 @@ class GPT:
             self._keep("d" + p + name, t)
         return dx
 
-    def _body_backward(self, dh, cache, grads):
+    def _body_backward(self, dh, cache, grads, floor):
         c_emb, c_demb, blocks, c_lnf = cache
         self._keep("dln_f", dh)
         dx = self._layernorm_backward("ln_f", dh, c_lnf, grads)                  # (B, T, C)
-        for i in reversed(range(self.cfg.n_layer)):
+        for i in reversed(range(max(floor, 0), self.cfg.n_layer)):              # down to the lowest that trains
             dx = self._block_backward(i, dx, blocks[i], grads)                   # (B, T, C)
+        if floor > -1:
+            return                           # the embeddings are frozen: the gradient of the blocks' input goes nowhere
         dx = dropout_backward(dx, c_demb)                                        # (B, T, C)
         need_dwte, need_dwpe = self.trains("wte.weight"), self.trains("wpe.weight")
         if need_dwte or need_dwpe:

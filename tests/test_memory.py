@@ -120,6 +120,8 @@ CASES = [  # preset, method, head, batch, seq
     ("demo", "head", "classification", 4, 32),
     ("demo", "full", "lm", 4, 128),                          # T > ATTENTION_BLOCK: the blocked attention backward
     ("demo", "full", "lm", 2, 100),                          # ... with a last block shorter than the others
+    ("demo", "freeze", "lm", 4, 128),                        # the backward stops at block 2: half the caches
+    ("demo", "head", "classification", 4, 128),              # no block backward: the peak is a block's forward
 ]
 
 

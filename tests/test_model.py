@@ -83,6 +83,47 @@ def test_frozen_parameters_get_no_gradient():
     assert model.num_params(trainable_only=True) == model.num_params() - sum(model.params[k].size for k in frozen)
 
 
+def test_backward_floor_from_what_trains():
+    from minift.model import backward_floor
+    assert backward_floor([], 4) == 5                                         # nothing trains
+    assert backward_floor(["score.weight"], 4) == 5                           # a classification head alone
+    assert backward_floor(["score.weight", "ln_f.bias"], 4) == 4
+    assert backward_floor(["h.3.mlp.c_fc.weight", "h.2.ln_1.bias", "ln_f.weight"], 4) == 2
+    assert backward_floor(["h.1.attn.c_attn.lora_A.weight", "h.3.attn.c_attn.weight"], 4) == 1   # adapters count
+    assert backward_floor(["h.3.ln_2.weight", "wpe.weight"], 4) == -1          # an embedding: all the way down
+    assert backward_floor(["h.10.ln_2.weight", "h.2.ln_2.weight"], 12) == 2    # block numbers, not strings
+
+
+@pytest.mark.parametrize("frozen_blocks,head", [(2, "lm"), (1, "classification"), (4, "classification")])
+def test_the_backward_stops_at_the_lowest_block_that_trains(monkeypatch, frozen_blocks, head):
+    """Below the lowest trainable tensor nothing needs a gradient: those blocks get no backward (counted through
+    attention_backward) and keep no caches, and every gradient that is computed is bitwise what the whole backward
+    (record=True goes all the way down) gives."""
+    import minift.model
+    cfg = GPTConfig.preset("tiny", n_layer=4)
+    model = perturbed(GPT(cfg, seed=0, dtype="float64"))
+    ids, targets = batch(cfg, B=3, T=5)
+    if head == "classification":
+        model.add_classification_head(["a", "b"], seed=1)
+        targets = np.array([0, 1, 1])
+    model.frozen = {"wte.weight", "wpe.weight"} | {n for n in model.params
+                                                  if n.startswith(tuple(f"h.{i}." for i in range(frozen_blocks)))}
+    if frozen_blocks == 4:
+        model.frozen |= {"ln_f.weight", "ln_f.bias"}          # the head alone trains: no block backward at all
+    calls = []
+    real = minift.model.attention_backward
+    monkeypatch.setattr(minift.model, "attention_backward", lambda dy, c: calls.append(1) or real(dy, c))
+    _, grads = model.loss_and_grads(ids, targets)
+    assert len(calls) == 4 - frozen_blocks
+    assert model.backward_floor() == (frozen_blocks if frozen_blocks < 4 else 5)
+    calls.clear()
+    _, whole = model.loss_and_grads(ids, targets, record=True)
+    assert len(calls) == 4
+    assert set(grads) == set(whole) == set(model.trainable_params())
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], whole[name], err_msg=name)
+
+
 def test_causality_of_the_model():
     cfg = tiny64()
     model = perturbed(GPT(cfg, seed=0, dtype="float64"))
