@@ -53,6 +53,7 @@
 # %%
 import math
 import os
+import time
 from dataclasses import replace
 
 import matplotlib.pyplot as plt
@@ -63,7 +64,8 @@ from _tutorial import FAST, exercise, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora
 from minift.bench import blas_info, count_flops, run_bench
 from minift.config import BENCH_BATCH, PRESETS
-from minift.memory import format_memory, measure_memory, memory_saving, predict_memory
+from minift.finetune import freeze_plan
+from minift.memory import block_activation_terms, format_memory, measure_memory, memory_saving, predict_memory
 from minift.model import param_shapes
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
@@ -329,7 +331,8 @@ assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
 # $$M_\text{LoRA} = f\,(P + P_A + P_A + 2P_A) + \text{activations} + f\,N R\cdot\#\text{adapters}
 #   + \text{workspace}.$$
 #
-# Activations — what the forward caches for the backward — depend on tokens, not on what trains. minift's blocks
+# Activations — what the forward caches for the backward — depend on tokens, and for full fine-tuning and LoRA on
+# every block not on what trains (freezing the *lowest* blocks is the exception, section 3b). minift's blocks
 # keep $20NC + 2N + BHT^2$ floats each (LayerNorm's $\hat x$, every linear's input, $q,k,v$, the $T\times T$
 # attention probabilities, GELU's input and tanh; `minift/memory.py` lists them op by op; for $T$ above the
 # attention block $b = 64$ only the blocks the queries see are kept, $BHT^2 \cdot (1 + b/T)/2$), plus $2NC + N$ for
@@ -422,6 +425,67 @@ print(f"demo, full, reference attention: workspace measured {reference['workspac
       f"total {gap_reference:+.2%}")
 assert abs(gap_reference) < 0.01
 assert predicted_reference["workspace"] > predicted["demo", "full"]["workspace"]
+
+# %% [markdown]
+# ### 3b. Partial freezing: where the backward can stop
+#
+# Article §1.1 step 3 freezes part of the parameters (冻结部分参数) so as not to damage what pretraining learned.
+# Freezing also changes a step's cost, and there *which* part is frozen matters. A frozen weight skips its
+# $x^\top dy$, and the backward still runs through it, because the layers below need $dx$ — unless nothing below
+# trains. Then no gradient is wanted there at all, and
+# minift's backward stops at the lowest tensor that trains (`model.backward_floor()`), as an autograd framework does
+# by construction. Those blocks run their forward without keeping caches and get no backward. So method `"freeze"`
+# (embeddings and the lowest $k$ blocks frozen) saves their whole backward *and their activations*, which LoRA on
+# every block cannot: LoRA's adapters sit in block 0, so its backward goes all the way down. Measured on demo at the
+# bench batch: one forward + backward (`loss_and_grads`, the best of a few, on section 2's clock) and the memory of
+# one step:
+
+# %%
+cfg, (B, T) = SIZES["demo"], step_shape("demo")
+rng = np.random.default_rng(0)
+ids, targets = rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T))
+timer = time.process_time if clock == "cpu" else time.perf_counter
+freezing = {}
+for method in ("full", "freeze", "lora"):
+    model = GPT(cfg, seed=0)
+    if method == "lora":
+        attach_lora(model, LoRAConfig(r=R, alpha=2 * R, targets="all-linear"), seed=0)
+    elif method == "freeze":
+        model.frozen = freeze_plan(model, "freeze", freeze_blocks=2)
+    seconds = []
+    for _ in range(pick(4, 2)):
+        t0 = timer()
+        model.loss_and_grads(ids, targets)
+        seconds.append(timer() - t0)
+    freezing[method] = dict(floor=model.backward_floor(), ms=1e3 * min(seconds),
+                            measured=measure_memory(model, (ids, targets)),
+                            predicted=predict_memory(cfg, method, B, T, rank=R, freeze_blocks=2))
+print(f"demo, batch {B}×{T}          floor   fwd+bwd ms   activations MiB   step total MiB (predicted)")
+for method, r in freezing.items():
+    m, p = r["measured"], r["predicted"]
+    print(f"{method:<6} {'(blocks 0-1 frozen)' if method == 'freeze' else '':<20}{r['floor']:>4}{r['ms']:>12.0f}"
+          f"{m['activations'] / MiB:>17.1f}{m['total'] / MiB:>14.1f} ({p['total'] / MiB:.1f})")
+
+# %% [markdown]
+# The floor is the lowest block the backward visits (−1: the embeddings train, so it goes all the way down). With
+# blocks 0–1 frozen, the step keeps the caches of blocks 2–3 only, and the backward does half the blocks; the
+# frozen embeddings also free the tied LM head's $x^\top dy$, a $V \times C$ matmul. LoRA keeps every block's
+# activations. The price of freezing is what the frozen blocks can no longer learn (tutorial 06 measures what
+# fine-tuning changes where; the LoRA paper's answer is to adapt every layer a little rather than some layers
+# fully).
+#
+# **Check.** freeze's floor is 2 and LoRA's 0; freeze's activations are those of two blocks fewer, measured as
+# predicted within 1%, and its total is below both full's and LoRA's.
+
+# %%
+fz, fl, lo = freezing["freeze"], freezing["full"], freezing["lora"]
+assert (fz["floor"], fl["floor"], lo["floor"]) == (2, -1, 0)
+for r in freezing.values():
+    assert abs(r["measured"]["activations"] / r["predicted"]["activations"] - 1) < 0.01
+    assert abs(r["measured"]["total"] / r["predicted"]["total"] - 1) < 0.01
+two_blocks = 2 * sum(block_activation_terms(cfg, B, T).values())
+assert fl["predicted"]["activations"] - fz["predicted"]["activations"] == two_blocks
+assert fz["measured"]["total"] < min(fl["measured"]["total"], lo["measured"]["total"])
 
 # %% [markdown]
 # ## 4. When does LoRA save 80%? Size, tokens and rank
@@ -578,6 +642,7 @@ assert 0.25 < paper_lora["total"] / paper_full["total"] < 0.5
 # | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.82 (tiny); measured time ratio 0.8–0.93 on tiny and demo, 0.67–0.8 on small: attention, GELU, LayerNorm and the softmaxes do not shrink |
 # | full takes ~70% longer | same bound: full is at most 1.5× a LoRA step | 1.1–1.5× here; the LoRA paper measured 1.25× throughput on GPT-3 175B |
 # | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 3–6% less; GPT-2 at 8×1024: 9%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
+# | — partial freezing (§1.1 step 3) | the backward stops at the lowest tensor that trains | demo, blocks 0–1 of 4 frozen: activations 126 → 80 MiB, forward + backward about 0.7× full's; LoRA on every block keeps all the activations |
 # | — rank | adapters are tiny next to the frozen weights | $r = 1 \ldots 256$ moves the memory ratio by hundredths |
 #
 # So LoRA's resource win is real, but it is a *memory* win first, and it grows with model size and shrinks with
