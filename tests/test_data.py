@@ -471,3 +471,44 @@ def test_record_file_mistakes_say_what_is_wrong(tmp_path):
 def test_a_batch_length_below_one_is_refused():
     with pytest.raises(MiniftError, match="max_len=0 must be at least 1"):
         classification_batch([[1, 2, 3]], [0], pad_id=0, max_len=0)
+
+
+def test_task_json_field_names_are_read_and_its_keys_checked(tmp_path):
+    folder = tmp_path / "topics"
+    folder.mkdir()
+    rows = [{"review": f"text {i}", "topic": t} for i, t in enumerate(["food", "sport", "food", "sport"])]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "task.json").write_text(json.dumps({"type": "classification", "text_field": "review",
+                                                  "label_field": "topic", "notes": "free text is fine"}))
+    split = load_task(folder)
+    assert split.texts[1] == "text 1" and split.label_names == ["food", "sport"] and split.label_ids == [0, 1, 0, 1]
+    (folder / "train.jsonl").write_text('{"q": "Capital of France?", "a": " Paris"}\n')
+    (folder / "task.json").write_text('{"prompt_field": "q", "completion_field": "a"}')    # the type from the fields
+    split = load_task(folder)
+    assert (split.type, split.prompts, split.completions) == ("generation", ["Capital of France?"], [" Paris"])
+    for info, message in [('{"labels": 7}', '"labels" must be a list'),
+                          ('{"labels": "a,b"}', '"labels" must be a list'),
+                          ('{"labels": [null, "b"]}', '"labels" must be a list'),
+                          ('{"labels": ["a"]}', "fewer than two"),
+                          ('{"labels": ["pos", "Pos "]}', "differ only in case or spaces"),
+                          ('{"type": "regression"}', '"type" is .regression.'),
+                          ('{"text_field": 3}', "'text_field' must be a field name"),
+                          ('{"name": ["x"]}', '"name" must be a string')]:
+        (folder / "task.json").write_text(info)
+        with pytest.raises(MiniftError, match=message):
+            load_task(folder)
+
+
+def test_label_mistakes_are_named(tmp_path):
+    from minift.data.loaders import load_classification
+    f = tmp_path / "t.csv"
+    f.write_text("text,label\na,pos\nb,neg\nc,pos \n")
+    with pytest.raises(MiniftError, match="the labels 'pos' and 'pos ' differ only in case or spaces"):
+        load_classification(f)
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n')
+    with pytest.raises(MiniftError, match="line 2: field 'label' is null"):
+        load_classification(f)
+    f.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
+    with pytest.raises(MiniftError, match="line 2: missing field 'label'"):
+        load_classification(f)

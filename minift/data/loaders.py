@@ -9,6 +9,15 @@ Record files are JSON Lines (.jsonl, .json, .ndjson: one object per line; blank 
 (.csv, .tsv: a header row naming the columns). Classification records need "text" and "label" (a string, or an
 integer, read as its decimal string); generation records need "prompt" and "completion". Other fields are ignored.
 Files are UTF-8 (a byte-order mark is allowed).
+
+A task folder holds train, validation and test files (train.jsonl, validation.csv, ...) and optionally a task.json,
+of which minift reads (all optional):
+    "type"              "classification" | "generation" (default: from the first record's fields)
+    "labels"            the label names, in id order (default: the training split's labels, sorted)
+    "text_field", "label_field", "prompt_field", "completion_field"
+                        the records' field (column) names, when they are not "text", "label", "prompt", "completion"
+    "name"              the task's name in reports (default: the folder's name)
+Its other keys are free for the author's notes (the shipped tasks describe how they were generated).
 """
 from __future__ import annotations
 
@@ -135,9 +144,11 @@ def read_records(path, fields: tuple[str, ...]):
     out = []
     for n, record in rows:
         for name in fields:
-            value = record.get(name)
-            if value is None:
+            if name not in record:
                 raise MiniftError(f"{path}: line {n}: missing field {name!r}")
+            value = record[name]
+            if value is None:
+                raise MiniftError(f"{path}: line {n}: field {name!r} is null")
             if isinstance(value, int) and not isinstance(value, bool):
                 value = record[name] = str(value)
             if not isinstance(value, str):
@@ -160,37 +171,52 @@ def _label_order(name: str):
     return (0, int(name), "") if re.fullmatch(r"-?[0-9]+", name) else (1, 0, name)   # ("--1" is a name)
 
 
-def load_classification(path, labels=None) -> tuple[list[str], list[int], list[str]]:
-    """(texts, label_ids, label_names) from a file with "text" and "label" fields.
+def _check_label_names(path, names: list[str]) -> None:
+    """Two names that differ only in case or surrounding spaces ("pos" and "pos ") are almost surely one label typed
+    twice; as separate classes they would split its examples silently."""
+    seen = {}
+    for name in names:
+        key = name.strip().casefold()
+        if key in seen:
+            raise MiniftError(f"{path}: the labels {seen[key]!r} and {name!r} differ only in case or spaces; write "
+                              "each label one way (or name them apart if they really are two)")
+        seen[key] = name
+
+
+def load_classification(path, labels=None, text_field="text", label_field="label"
+                        ) -> tuple[list[str], list[int], list[str]]:
+    """(texts, label_ids, label_names) from a file with "text" and "label" fields (or the names given).
 
     With `labels`, ids follow that list and any other label is an error; without, the names are the labels found,
     sorted, numbers numerically (so the same file always gives the same ids, and labels 0..K-1 get ids 0..K-1).
     """
-    records = read_records(path, ("text", "label"))
+    records = read_records(path, (text_field, label_field))
     if labels is None:
-        names = sorted({rec["label"] for _, rec in records}, key=_label_order)
+        names = sorted({rec[label_field] for _, rec in records}, key=_label_order)
         if len(names) < 2:
             raise MiniftError(f"{path}: every example has the label {names[0]!r}; a classifier needs at least two "
                               "labels to tell apart")
+        _check_label_names(path, names)
     else:
         names = [str(x) for x in labels]
         if len(set(names)) != len(names):
             raise MiniftError(f"{path}: the label names {names} repeat one; each label needs one name")
         for n, rec in records:
-            if rec["label"] not in names:
-                raise MiniftError(f"{path}: line {n}: unknown label {rec['label']!r}; expected one of {names}")
+            if rec[label_field] not in names:
+                raise MiniftError(f"{path}: line {n}: unknown label {rec[label_field]!r}; expected one of {names}")
     index = {name: i for i, name in enumerate(names)}
-    return [rec["text"] for _, rec in records], [index[rec["label"]] for _, rec in records], names
+    return [rec[text_field] for _, rec in records], [index[rec[label_field]] for _, rec in records], names
 
 
-def load_generation(path) -> tuple[list[str], list[str]]:
-    """(prompts, completions) from a file with "prompt" and "completion" fields (both non-empty).
+def load_generation(path, prompt_field="prompt", completion_field="completion") -> tuple[list[str], list[str]]:
+    """(prompts, completions) from a file with "prompt" and "completion" fields (or the names given), both
+    non-empty.
 
     Whitespace is kept as written: a completion usually starts with a space (" She lives in Oakford."), which is
     how GPT-2's tokens mark the start of a word.
     """
-    records = read_records(path, ("prompt", "completion"))
-    return [rec["prompt"] for _, rec in records], [rec["completion"] for _, rec in records]
+    records = read_records(path, (prompt_field, completion_field))
+    return [rec[prompt_field] for _, rec in records], [rec[completion_field] for _, rec in records]
 
 
 # ---- tasks -------------------------------------------------------------------------------------------------------
@@ -231,7 +257,7 @@ class TaskSplit:
                          list(self.label_names), pick(self.prompts), pick(self.completions), self.info)
 
 
-def _record_type(path: Path) -> str:
+def _record_type(path: Path, prompt_field="prompt", completion_field="completion") -> str:
     """Classification or generation, from the CSV header or the first JSON record's fields."""
     text, suffix = _read_utf8(path), path.suffix.lower()
     if suffix in CSV_SUFFIXES:
@@ -240,7 +266,7 @@ def _record_type(path: Path) -> str:
         keys = next((rec for _, rec in _jsonl_records(path, text)), {})
     else:
         raise MiniftError(f"{path}: unknown format; use .jsonl (one JSON object per line) or .csv/.tsv with a header")
-    return "generation" if "prompt" in keys and "completion" in keys else "classification"
+    return "generation" if prompt_field in keys and completion_field in keys else "classification"
 
 
 def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
@@ -267,11 +293,37 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
         if not isinstance(info, dict):
             raise MiniftError(f"{folder / 'task.json'} holds a JSON {type(info).__name__}, not an object "
                               '(e.g. {"type": "classification", "labels": ["negative", "positive"]})')
+        _check_task_info(folder / "task.json", info)
     candidates = [folder / f"{split}{s}" for s in JSONL_SUFFIXES + tuple(CSV_SUFFIXES)]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise MiniftError(f"task folder {folder} has no {split}.jsonl (or .csv); splits are usually {SPLITS}")
     return info.get("name", folder.name), found, info
+
+
+FIELD_KEYS = {"text_field": "text", "label_field": "label", "prompt_field": "prompt", "completion_field": "completion"}
+
+
+def _check_task_info(path: Path, info: dict) -> None:
+    """The keys of task.json that minift reads must have the types it reads them as."""
+    kind = info.get("type")
+    if kind is not None and kind not in ("classification", "generation"):
+        raise MiniftError(f"{path}: \"type\" is {kind!r}; use \"classification\" or \"generation\"")
+    labels = info.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                                                   for x in labels):
+            raise MiniftError(f'{path}: "labels" must be a list of label names (strings or integers), such as '
+                              f'["negative", "positive"]; got {labels!r}')
+        if len(labels) < 2:
+            raise MiniftError(f'{path}: "labels" {labels!r} names fewer than two labels; a classifier needs two')
+        _check_label_names(path, [str(x) for x in labels])
+    for key in FIELD_KEYS:
+        value = info.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise MiniftError(f"{path}: {key!r} must be a field name (a non-empty string); got {value!r}")
+    if not isinstance(info.get("name", ""), str):
+        raise MiniftError(f"{path}: \"name\" must be a string; got {info['name']!r}")
 
 
 def load_task(name_or_path, split: str = "train", labels=None) -> TaskSplit:
@@ -283,11 +335,13 @@ def load_task(name_or_path, split: str = "train", labels=None) -> TaskSplit:
     validation and test splits: ids must mean the same label in every split, and a label training never saw is an
     error."""
     name, path, info = _resolve(name_or_path, split)
-    kind = info.get("type") or _record_type(path)
+    fields = {key: info.get(key) or default for key, default in FIELD_KEYS.items()}
+    kind = info.get("type") or _record_type(path, fields["prompt_field"], fields["completion_field"])
     if kind == "classification":
-        texts, ids, names = load_classification(path, info.get("labels") or labels)
+        texts, ids, names = load_classification(path, info.get("labels") or labels, fields["text_field"],
+                                                fields["label_field"])
         return TaskSplit(name, split, kind, path, texts=texts, label_ids=ids, label_names=names, info=info)
     if kind == "generation":
-        prompts, completions = load_generation(path)
+        prompts, completions = load_generation(path, fields["prompt_field"], fields["completion_field"])
         return TaskSplit(name, split, kind, path, prompts=prompts, completions=completions, info=info)
     raise MiniftError(f"{path}: task type {kind!r} is not 'classification' or 'generation'")
