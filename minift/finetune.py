@@ -148,10 +148,27 @@ def load_task_splits(task, train_size=None, eval_size=None):
     from .data import load_task
     train = load_task(task, "train")
     splits = [train] + [load_task(task, name, labels=train.label_names or None) for name in ("validation", "test")]
-    if splits[0].path == splits[1].path:          # one file for every split: hold out 10% + 10% of it
+    one_file = splits[0].path == splits[1].path
+    if one_file:                                  # one file for every split: hold out 10% + 10% of it
         splits = _split_one_file(splits[0])
-    sizes = (train_size, eval_size, eval_size)
-    return tuple(split.subset(n) if n is not None else split for split, n in zip(splits, sizes))
+    if train_size is not None and train_size > len(splits[0]):
+        raise MiniftError(f"train size {train_size} (--train-size) is more than the {len(splits[0])} training "
+                          f"examples of task {str(task)!r}; give at most {len(splits[0])}")
+    sizes = (train_size, eval_size, eval_size)         # eval_size: at most that many (all when the split is smaller)
+    splits = tuple(split.subset(n) if n is not None else split for split, n in zip(splits, sizes))
+    _check_every_label_trains(splits[0], task, one_file)
+    return splits
+
+
+def _check_every_label_trains(train, task, one_file: bool) -> None:
+    """A label with no training example cannot be learned, and would be scored as if it could."""
+    if train.type != "classification":
+        return
+    missing = [name for i, name in enumerate(train.label_names) if i not in set(train.label_ids)]
+    if missing:
+        where = f"the 80% of {train.path.name} kept for training" if one_file else "the training split"
+        raise MiniftError(f"task {str(task)!r}: the label(s) {missing} have no example in {where} (of "
+                          f"{len(train)} examples); give more examples of them, or a larger --train-size")
 
 
 def _split_one_file(split, seed=0):

@@ -44,6 +44,28 @@ def test_a_single_user_file_is_split_without_overlap(tmp_path):
     assert not set(train.texts) & (set(val.texts) | set(test.texts))
 
 
+def test_train_sizes_and_labels_training_cannot_see_are_refused(tmp_path):
+    path = tmp_path / "topics.jsonl"
+    labels = ["food", "sport"] * 20 + ["weather"]                  # one weather example: where will it land?
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": lab}) + "\n" for i, lab in enumerate(labels)))
+    with pytest.raises(MiniftError, match="train size 33 .* more than the 32 training examples"):
+        load_task_splits(path, train_size=33)
+    with pytest.raises(MiniftError, match=r"\['weather'\] have no example in the 80% of topics.jsonl"):
+        load_task_splits(path)                                     # the seeded split puts it in validation or test
+    folder = tmp_path / "task"
+    folder.mkdir()
+    (folder / "task.json").write_text('{"labels": ["food", "sport", "weather"]}')
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
+                                                       for i, lab in enumerate(["food", "sport"] * 3)))
+    with pytest.raises(MiniftError, match=r"\['weather'\] have no example in the training split"):
+        load_task_splits(folder)                                   # task.json names a label training lacks
+    (folder / "task.json").unlink()
+    assert len(load_task_splits(folder, train_size=2, eval_size=1000)[1]) == 6   # evaluation sizes: at most
+    with pytest.raises(MiniftError, match=r"\['sport'\] have no example in the training split \(of 1 examples\)"):
+        load_task_splits(folder, train_size=1)
+
+
 def test_a_task_folder_numbers_labels_by_the_training_split(tmp_path):
     # Each split used to number its labels from its own sorted names: a validation file holding only "pos" got
     # id 0, which the head had learnt as "neg", and scored 0% on a perfect model.
