@@ -110,7 +110,10 @@ def cmd_pretrain(a):
     from .train import TrainConfig, resumed_warmup
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
-    a.corpus = a.corpus or "world"
+    if a.chars is not None and (a.files or a.corpus == "pydoc"):
+        raise MiniftError(f"--chars sizes the generated world corpus, which {'--files' if a.files else '--corpus pydoc'}"
+                          " does not read: drop --chars")
+    a.corpus, a.chars = a.corpus or "world", a.chars or 8_000_000
     warmup = (resumed_warmup(Path(a.out) / "checkpoints", a.resume, min(100, a.steps // 10)) if a.warmup is None
               else a.warmup)                    # derived from --steps once, when the run starts
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
@@ -128,7 +131,8 @@ def add_pretrain(sub):
     p.add_argument("--corpus", default=None, choices=["world", "pydoc", "both"],
                    help="embedded corpus: the generated world (default), the interpreter's docs, or both")
     p.add_argument("--files", nargs="+", default=None, help="your own UTF-8 text files instead of a corpus")
-    p.add_argument("--chars", type=_positive_int, default=8_000_000, help="size of the generated world corpus")
+    p.add_argument("--chars", type=_positive_int, default=None,
+                   help="size of the generated world corpus in characters (default 8000000)")
     p.add_argument("--steps", type=_positive_int, default=2000)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--lr", type=_learning_rate, default=3e-3)

@@ -231,7 +231,7 @@ def _spectrum_example(base_w, tuned_w, names) -> dict:
 def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=False) -> dict:
     """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
     run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
-    from .pretrain import heldout_world_ids, load_base
+    from .pretrain import heldout_for_base, load_base
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     train_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)[0]
     for method in ccfg.methods:                     # every run's input checked before the first one trains
         check_task_fits(method, ccfg.task, train_split, ccfg.batch_size, option=f"--methods {','.join(ccfg.methods)}")
-    heldout = heldout_world_ids(tok, n_chars=60_000 if ccfg.quick else 200_000)
+    heldout, heldout_text = heldout_for_base(ccfg.base, tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)
     runs = []
@@ -255,7 +255,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
     spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
-                   base_lm_loss=base_lm, runs=runs, seeds=spread, machine=_machine(),
+                   base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread, machine=_machine(),
                    seconds=round(time.time() - t0, 1))
     save_json(_jsonable(results), out / "results.json")
     from .report import write_plots, write_report

@@ -21,7 +21,7 @@ from .data import concat_documents, data_dir, load_text_files, pydoc_corpus, wor
 from .data.sources import LMSource
 from .errors import MiniftError
 from .evaluate import lm_loss
-from .io import save_json
+from .io import load_json, save_json
 from .memory import check_fits
 from .model import GPT
 from .tokenizer import Tokenizer
@@ -54,6 +54,51 @@ def heldout_world_ids(tokenizer, n_chars=200_000) -> np.ndarray:
                             tokenizer.eot_id)
 
 
+def split_stream(stream, n_ctx: int):
+    """(train ids, validation ids) of a pretraining stream: the last 3% (at least 8 windows and one token) held
+    out."""
+    n_val = max(n_ctx * 8 + 1, int(0.03 * stream.size))
+    if stream.size < n_val + n_ctx + 1:
+        raise MiniftError(f"the corpus has only {stream.size} tokens: too little to train a context of "
+                          f"{n_ctx} and hold out a validation part; give more text")
+    return stream[:-n_val], stream[-n_val:]
+
+
+def base_pretraining(base_dir=None) -> dict | None:
+    """The pretrain.json of a base model folder: in the folder (the shipped base) or beside it (`minift pretrain`
+    writes out/model/ and out/pretrain.json); None when there is none (a Hugging Face GPT-2, say)."""
+    folder = Path(base_dir) if base_dir else shipped_base_dir()
+    for path in (folder / "pretrain.json", folder.parent / "pretrain.json"):
+        if path.is_file():
+            return load_json(path)
+    return None
+
+
+def heldout_for_base(base_dir, tokenizer, n_chars=200_000) -> tuple[np.ndarray, str]:
+    """(token stream, what it is): text like the base's pretraining text that the base never trained on, for
+    measuring forgetting. A base pretrained on the world corpus (or world + pydoc) gets held-out world documents
+    (another seed of the generator); one pretrained on its own files or on pydoc alone gets the validation part its
+    pretraining held out of that very stream; a base without a pretrain.json gets held-out world text, said so."""
+    info = base_pretraining(base_dir)
+    corpus = info.get("corpus", "world") if info else None
+    if corpus in (None, "world", "both"):
+        what = ("held-out world text (documents from another seed of the corpus pretraining read)" if info else
+                "held-out world text (this base has no pretrain.json, so what it read is unknown)")
+        return heldout_world_ids(tokenizer, n_chars), what
+    files = corpus if isinstance(corpus, list) else None
+    seed = info.get("train_config", {}).get("seed", 0)
+    try:
+        texts = corpus_texts(corpus if files is None else "world", info.get("n_chars") or 0, files, seed)
+    except MiniftError as e:
+        raise MiniftError(f"forgetting is measured on the part of the base's pretraining text that pretraining held "
+                          f"out, but that text cannot be read again ({e}); put the files named in its pretrain.json "
+                          "back where they were") from None
+    _, val_ids = split_stream(concat_documents(tokenizer.encode_batch(texts), tokenizer.eot_id),
+                              info["model_config"]["n_ctx"])
+    source = corpus if files is None else "files " + ", ".join(files)
+    return val_ids, f"the validation part pretraining held out of its own text ({source})"
+
+
 def tokenizer_for(cfg: GPTConfig, texts, tokenizer_path=None) -> Tokenizer:
     """The shipped tokenizer (or the one given) when it fits the preset's vocabulary, else a new one trained here."""
     path = Path(tokenizer_path) if tokenizer_path else data_dir() / "tokenizer.json"
@@ -78,11 +123,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     texts = corpus_texts(corpus, n_chars, files, seed)
     tok = tokenizer_for(cfg, texts, tokenizer_path)
     stream = concat_documents(tok.encode_batch(texts), tok.eot_id)              # (N,)
-    n_val = max(cfg.n_ctx * 8 + 1, int(0.03 * stream.size))
-    if stream.size < n_val + cfg.n_ctx + 1:
-        raise MiniftError(f"the corpus has only {stream.size} tokens: too little to train a context of "
-                          f"{cfg.n_ctx} and hold out a validation part; give more text")
-    train_ids, val_ids = stream[:-n_val], stream[-n_val:]                     # (N - n_val,), (n_val,)
+    train_ids, val_ids = split_stream(stream, cfg.n_ctx)                       # (N - n_val,), (n_val,)
     model = GPT(cfg, seed=seed, device=device)
     source = LMSource(train_ids, cfg.n_ctx, tcfg.batch_size, seed=seed)
     name = preset if isinstance(preset, str) else "custom"
@@ -92,7 +133,8 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     model.save_pretrained(out_dir / "model", tok)
     tok.save(out_dir / "model" / "tokenizer.json")
     summary = dict(preset=name, model_config=cfg.to_dict(),
-                   corpus=corpus if not files else [str(f) for f in files], n_chars=n_chars,
+                   corpus=corpus if not files else [str(Path(f).resolve()) for f in files],
+                   n_chars=n_chars if not files and corpus != "pydoc" else None,
                    train_tokens=int(train_ids.size), val_tokens=int(val_ids.size), train_config=asdict(tcfg),
                    final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
                    evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens,

@@ -179,8 +179,8 @@ def write_report(results) -> str:
         f"- Machine: {machine['platform']}, {machine['cpu_count']} CPUs, Python {machine['python']}, NumPy "
         f"{machine['numpy']}; total wall time {results['seconds']:.0f} s. Times are from this machine only; on a "
         "shared machine they vary from run to run, so compare ratios, not absolute milliseconds.",
-        "- forgetting: mean next-token loss on held-out world text (a document stream pretraining never saw) "
-        "after fine-tuning minus before; classification models are measured through their tied LM head.",
+        f"- forgetting: mean next-token loss on {results.get('forgetting_text', 'held-out world text')} after "
+        "fine-tuning minus before; classification models are measured through their tied LM head.",
         "- intruders: the paper's Algorithm 1 on the effective weight W0 + ΔW of every adapted matrix, output "
         "space, top-10 singular vectors; 'random' is the expected count for random directions against the same "
         "W0 basis sizes (minift.analysis.random_baseline).",

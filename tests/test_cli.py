@@ -4,6 +4,7 @@ import json
 import pytest
 
 from minift.cli import main
+from minift.errors import MiniftError
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +302,27 @@ def test_a_finished_finetune_extends_with_more_steps(pretrained, tmp_path):
     assert main(ft + ["--steps", "20", "--resume"]) == 0
     summary = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert len(summary["history"]) == 20 and summary["history"][10]["step"] == 10
+
+
+def test_forgetting_text_follows_what_the_base_read(pretrained, tmp_path, capsys):
+    """Forgetting is measured on text like the base's own pretraining text: a base pretrained on the user's files is
+    scored on the part of them its pretraining held out, not on the world corpus it never saw."""
+    from minift.pretrain import base_pretraining, heldout_for_base, load_base
+    _, tok = load_base(pretrained / "model")
+    assert "world text" in heldout_for_base(pretrained / "model", tok, n_chars=20_000)[1]
+    assert base_pretraining()["corpus"] == "world"                        # the shipped base: in its own folder
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("".join(f"Note {i}: the kettle boils at {i % 7 + 90} degrees.\n" for i in range(3000)))
+    out = tmp_path / "base"
+    assert main(["pretrain", "--preset", "tiny", "--files", str(notes), "--steps", "2", "--batch", "2",
+                 "--tokenizer", str(pretrained / "model" / "tokenizer.json"), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["corpus"] == [str(notes.resolve())] and summary["n_chars"] is None
+    ids, what = heldout_for_base(out / "model", tok)
+    assert ids.size == summary["val_tokens"] and "held out of its own text (files " in what
+    (notes / "a.txt").rename(tmp_path / "moved.txt")
+    with pytest.raises(MiniftError, match="cannot be read again .*folder has no .txt files.*put the files"):
+        heldout_for_base(out / "model", tok)
+    assert main(["pretrain", "--files", str(notes), "--chars", "1000", "--out", str(tmp_path / "p")]) == 1
+    assert "drop --chars" in capsys.readouterr().err

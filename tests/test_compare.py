@@ -77,6 +77,9 @@ def test_forgetting_is_zero_when_the_body_is_frozen(report):
     _, results = report
     assert run(results, "head")["forgetting"] == 0.0          # head-only leaves the LM path bitwise untouched
     assert run(results, "full")["forgetting"] != 0.0
+    out, _ = report                                           # what the forgetting text was, in the report too
+    assert results["forgetting_text"].startswith("held-out world text (documents from another seed")
+    assert results["forgetting_text"] in (out / "report.md").read_text()
 
 
 def test_spectral_measurements(report):
