@@ -190,6 +190,9 @@ def cmd_finetune(a):
                        f"LoRA options, but --method is {a.method!r}")
     if a.freeze_blocks is not None and a.method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
+    if a.targets is not None and not a.targets.strip(" ,"):
+        raise MiniftError("--targets is empty: name the linears to adapt (c_attn,attn.c_proj,c_fc,mlp.c_proj), or "
+                          "all-linear, or leave the option out")
     a.rank, a.targets, a.init = a.rank or 8, a.targets or "all-linear", a.init or "default"
     a.lora_dropout = a.lora_dropout or 0.0
     base, tok = load_base(a.base, device=a.device)
@@ -255,6 +258,9 @@ def cmd_compare(a):
     if a.preset not in (None, "demo") and a.base is None:
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
+    if a.methods is None:             # head-only needs a classification task; a generation task compares the other two
+        from .data import load_task
+        a.methods = "full,lora,head" if load_task(a.task, "train").type == "classification" else "full,lora"
     kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
               base=a.base, preset=a.preset, device=a.device, seed=a.seed, workers=a.workers)
     for name in ("steps", "train_size", "batch", "alpha"):
@@ -285,7 +291,8 @@ def cmd_compare(a):
 def add_compare(sub):
     p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
     p.add_argument("--task", default="sentiment")
-    p.add_argument("--methods", default="full,lora,head", help="comma list of full,freeze,head,lora")
+    p.add_argument("--methods", default=None,
+                   help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
     p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 16 = 2r)")
     p.add_argument("--seeds", type=_seed_list, default=None,

@@ -76,6 +76,8 @@ class CompareConfig:
             raise MiniftError(f"--methods {','.join(self.methods)}: each must be one of {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise MiniftError(f"--methods {','.join(self.methods)}: a method is named twice")
+        if len(set(self.ranks)) != len(self.ranks):
+            raise MiniftError(f"--ranks {','.join(map(str, self.ranks))}: a rank is named twice")
         if any(r <= 0 for r in self.ranks) or self.rank <= 0:
             raise MiniftError(f"LoRA ranks must be positive, got rank={self.rank} ranks={self.ranks}")
         if self.steps <= 0:

@@ -160,6 +160,7 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         (["finetune", "--task", str(one_label), "--out", str(tmp_path / "f2")], "one.jsonl: every example has"),
         (["generate", "--model", str(tmp_path / "listcfg")], "holds a JSON list"),
         (["generate", "--model", str(tmp_path / "adapter")], "is a LoRA adapter"),
+        (["finetune", "--targets", "", "--out", str(tmp_path / "f3")], "--targets is empty"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv

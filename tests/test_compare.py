@@ -104,6 +104,23 @@ def test_report_reads_the_claims_and_has_plots(report):
     assert results["machine"]["cpu_count"] >= 1
 
 
+def test_the_default_methods_follow_the_task(monkeypatch, capsys, tmp_path):
+    """head-only needs a classification task, so a generation task compares full fine-tuning and LoRA."""
+    import minift.compare
+    from minift.errors import MiniftError
+    seen = []
+
+    def stop(ccfg, **_):
+        seen.append(ccfg.methods)
+        raise MiniftError("stopped by the test")
+    monkeypatch.setattr(minift.compare, "compare", stop)
+    for task in ("sentiment", "facts"):
+        assert main(["compare", "--task", task, "--quick", "--out", str(tmp_path / task)]) == 1
+    assert seen == [("full", "lora", "head"), ("full", "lora")]
+    assert main(["compare", "--ranks", "4,4", "--out", str(tmp_path / "r"), "--quick"]) == 1
+    assert "--ranks 4,4: a rank is named twice" in capsys.readouterr().err
+
+
 def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
     assert main(["compare", "--methods", "full,nope", "--out", str(tmp_path), "--quick"]) == 1
     assert "each must be one of" in capsys.readouterr().err
