@@ -404,7 +404,9 @@ def _run(args):
             args.func(args)
         finally:
             if getattr(args, "run_folder", None) is not None:
-                args.run_folder.close()          # keeps the new run, or puts back the one --overwrite set aside
+                note = args.run_folder.close()   # keeps the new run, or puts back the one --overwrite set aside
+                if note:
+                    print(f"minift: {note}", file=sys.stderr)
     except MiniftError as e:
         print(f"minift: error: {e}", file=sys.stderr)
         return 1

@@ -80,10 +80,11 @@ def _remove(e: Path) -> None:
         e.unlink()
 
 
-def settle(out: Path) -> None:
+def settle(out: Path) -> bool:
     """After a command (and before one, for a run killed outright): keep the earlier run set aside by --overwrite
-    if the new one has nothing yet, else drop it; then clear leftovers that hold nothing."""
-    aside = out / ASIDE
+    if the new one has nothing yet, else drop it; then clear leftovers that hold nothing. True when the earlier run
+    was put back."""
+    aside, restored = out / ASIDE, False
     if aside.is_dir():
         if has_something(out):
             shutil.rmtree(aside)
@@ -93,10 +94,12 @@ def settle(out: Path) -> None:
             for e in aside.iterdir():
                 e.rename(out / e.name)
             aside.rmdir()
+            restored = True
     if out.is_dir() and not has_something(out):
         for e in entries(out)[0]:
             if _is_leftover(e):
                 _remove(e)
+    return restored
 
 
 class RunFolder:
@@ -155,12 +158,15 @@ class RunFolder:
         for e in ours:
             e.rename(aside / e.name)
 
-    def close(self) -> None:
+    def close(self) -> str | None:
+        """Settle --out; returns a note for the user when the earlier run was put back."""
         if not self.out.is_dir():
-            return
-        settle(self.out)
+            return None
+        restored = settle(self.out)
         if self.created and not any(self.out.iterdir()):
             self.out.rmdir()                             # a new folder the run left empty: as if never made
+        return (f"--out {self.out}: the earlier run is back as it was (--overwrite replaces it only with a run that "
+                "has a result or a checkpoint)") if restored else None
 
 
 def _inside(path: Path, folders) -> bool:

@@ -122,7 +122,7 @@ class TrainingInterrupted(KeyboardInterrupt):
             return f"{cut}: the last checkpoint, {self.checkpoint}, is intact; {resume} from it"
         done = f"stopped by {what} after {self.steps_done} steps"
         if self.checkpoint is None:
-            return f"{done}; nothing was saved (no output folder)"
+            return f"{done}; nothing was saved" + (f" in {self.out_dir}" if self.out_dir else " (no output folder)")
         return f"{done}; checkpoint saved in {self.checkpoint}: {resume}"
 
 
@@ -411,6 +411,10 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         dropout_rng.bit_generator.state = before[1]
         if a_rng is not None:
             a_rng.bit_generator.state = before[2]
+        if step == 0:          # nothing trained yet: the start is no state worth a checkpoint
+            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) at the very first step, before "
+                                   "any training, so nothing was saved. Try a lower lr (or check the inputs: a "
+                                   "LoRA alpha, a learning-rate scale).")
         checkpoint(step)       # the parameters are still those of the last good step: keep them
         raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
                                f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr (a new run: a "

@@ -79,12 +79,14 @@ def test_crash_inside_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_divergence_names_step_and_tensor_and_keeps_last_good_state(tmp_path):
+def test_divergence_at_the_first_step_names_it_and_saves_nothing(tmp_path):
+    """Nothing has trained before step 0, so there is no last good state to keep: a checkpoint of the start would
+    only count as a result (and --overwrite would then discard the earlier run for it)."""
     model = tiny_model()
     model.params["h.1.mlp.c_fc.weight"][0, 0] = np.inf      # poisons the forward from step 0
-    with pytest.raises(TrainingDiverged, match="step 0: loss is not finite"):
+    with pytest.raises(TrainingDiverged, match="step 0: loss is not finite .* before any training, so nothing"):
         train(model, LMSource(stream(), 16, 4), cfg(5), out_dir=tmp_path, progress=False)
-    assert latest_checkpoint(tmp_path) is not None
+    assert latest_checkpoint(tmp_path) is None
 
 
 def test_the_checkpoint_kept_at_divergence_is_the_state_before_that_step(tmp_path):
