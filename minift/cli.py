@@ -150,7 +150,14 @@ def add_pretrain(sub):
 def cmd_generate(a):
     from .generate import generate
     from .pretrain import load_base
+    try:
+        a.prompt.encode("utf-8")
+    except UnicodeEncodeError:         # bytes the shell passed that are not UTF-8 arrive as lone surrogates
+        raise MiniftError("--prompt holds bytes that are not UTF-8 text; give the prompt in UTF-8") from None
     model, tok = load_base(a.model, device=a.device)
+    if a.adapter is not None:
+        from .lora import load_peft
+        load_peft(model, a.adapter)                     # on top of --model, the base it was trained on; eval mode
     for i in range(a.samples):
         text = generate(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed + i)
         print(a.prompt + text)
@@ -161,6 +168,9 @@ def cmd_generate(a):
 def add_generate(sub):
     p = sub.add_parser("generate", help="sample text from a model folder (default: the shipped demo base)")
     p.add_argument("--model", default=None, help="model folder (default: data/base-demo)")
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter folder (finetune's --out/adapter), applied to --model, the base it was "
+                        "trained on")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=80)
     p.add_argument("--temperature", type=float, default=0.8)

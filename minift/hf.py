@@ -45,8 +45,15 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
         raise MiniftError(f"model folder not found: {path}")
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         raise MiniftError(f"{path} is a LoRA adapter (PEFT's adapter_config.json), not a model: give the base model "
-                          "folder it was trained on (--model/--base), and load the adapter on top of it with "
-                          "minift.load_peft (tutorial 07)")
+                          "folder it was trained on (--model/--base), and the adapter on top of it (generate: "
+                          "--adapter; Python: minift.load_peft, tutorial 07)")
+    if not (path / "config.json").is_file():             # a run folder holds its result one level down
+        if (path / "model" / "config.json").is_file():
+            raise MiniftError(f"{path} is a run folder, not a model folder: its model is {path / 'model'}")
+        if (path / "adapter" / "adapter_config.json").is_file():
+            raise MiniftError(f"{path} is a LoRA run's folder: its adapter is {path / 'adapter'}, to be loaded on the "
+                              "base model it was trained on (generate: --model BASE --adapter "
+                              f"{path / 'adapter'}; Python: minift.load_peft)")
     hf = load_json(path / "config.json", "model config")
     if not isinstance(hf, dict):
         raise MiniftError(f"{path / 'config.json'} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config")

@@ -49,6 +49,18 @@ def _byte_level(tok):
     return tok
 
 
+def _check_unicode(texts) -> None:
+    """Refuse, by name, a text holding a lone surrogate: it has no UTF-8 bytes, and `tokenizers` would raise a
+    TypeError that does not say which text. (One arrives from a command-line argument that was not UTF-8, or from
+    JSON's escape "\\ud83d" without its other half.)"""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise MiniftError(f"text {i} is not valid Unicode: a lone surrogate at character {e.start} (half of an "
+                              "escaped emoji, or bytes that were not UTF-8)") from None
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer with an end-of-text and a padding token."""
 
@@ -138,6 +150,7 @@ class Tokenizer:
         """Token ids for `text`. Special tokens are not added; the literal text "<|endoftext|>" maps to its id."""
         if not isinstance(text, str):
             raise MiniftError(f"encode expects a str, got {type(text).__name__}")
+        _check_unicode([text])
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts) -> list[list[int]]:
@@ -146,6 +159,7 @@ class Tokenizer:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise MiniftError(f"encode_batch: item {bad} is a {type(texts[bad]).__name__}, expected str")
+        _check_unicode(texts)
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:

@@ -57,6 +57,28 @@ def test_generate_from_a_model_folder(pretrained, capsys):
     assert rc == 0 and out.startswith("Ida is") and "---" in out
 
 
+def test_generate_with_a_fine_tuned_adapter(pretrained, tmp_path, capsys):
+    """finetune's LoRA adapter, applied by generate on the base it was trained on, samples what the same model built
+    in Python samples; a run folder given where a model folder is meant says where the result is."""
+    from minift.generate import generate
+    from minift.lora import load_peft
+    from minift.pretrain import load_base
+    run = tmp_path / "facts"
+    assert main(["finetune", "--method", "lora", "--rank", "2", "--task", "facts", "--base", str(pretrained / "model"),
+                 "--steps", "2", "--batch", "4", "--train-size", "16", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(pretrained / "model"), "--adapter", str(run / "adapter"),
+                 "--prompt", "Question: Where does Ida live?\nAnswer:", "--max-new-tokens", "6", "--seed", "2"]) == 0
+    model, tok = load_base(pretrained / "model")
+    load_peft(model, run / "adapter")
+    prompt = "Question: Where does Ida live?\nAnswer:"
+    assert capsys.readouterr().out == prompt + generate(model, tok, prompt, 6, 0.8, None, 2) + "\n"
+    assert main(["generate", "--model", str(run)]) == 1
+    assert f"its adapter is {run / 'adapter'}" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "caf\udce9"]) == 1         # a non-UTF-8 byte from the shell
+    assert "--prompt holds bytes that are not UTF-8" in capsys.readouterr().err
+
+
 def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err.strip()
