@@ -215,6 +215,11 @@ def cmd_finetune(a):
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
           f"(loss {s['test_loss']:.3f}); saved to {a.out}")
+    if s["train_examples_cut"]:
+        how = ("each keeps only its last {} tokens" if s["task_type"] == "classification" else
+               "their prompts lose tokens from the start to fit {} (and a longer completion its end)")
+        print(f"note: {s['train_examples_cut']} of {s['train_examples']} training examples are longer than the "
+              f"{s['max_len']} tokens the model reads; {how.format(s['max_len'])}; evaluation cuts them the same way")
 
 
 def add_finetune(sub):

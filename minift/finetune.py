@@ -240,6 +240,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                    resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
     summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
+                   max_len=max_len, train_examples_cut=source.cut_examples(),
                    **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
                    ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
                    tokens_per_s=result.tokens / max(result.seconds, 1e-9),

@@ -100,6 +100,22 @@ def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
     assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
 
 
+
+def test_examples_longer_than_the_context_are_counted_and_said(tmp_path, capsys):
+    base_dir, _ = tiny_base(tmp_path)
+    path = tmp_path / "long.jsonl"
+    words = " ".join(["word"] * 200)                         # ~200 tokens, more than tiny's context
+    path.write_text("".join(json.dumps({"text": f"{w} {words if i % 4 == 0 else ''}", "label": lab}) + "\n"
+                            for i, (w, lab) in enumerate([("great", "good"), ("awful", "bad")] * 20)))
+    out = tmp_path / "run"
+    assert main(["finetune", "--method", "head", "--task", str(path), "--base", str(base_dir), "--steps", "2",
+                 "--batch", "4", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "finetune.json").read_text())
+    cut = summary["train_examples_cut"]
+    assert 0 < cut < summary["train_examples"] and summary["max_len"] == 64
+    assert f"note: {cut} of 32 training examples are longer than the 64 tokens" in capsys.readouterr().out
+
+
 def test_generation_task_trains_only_on_the_completion(tmp_path):
     _, base = tiny_base(tmp_path)
     tok = Tokenizer.load(data_dir() / "tokenizer.json")

@@ -95,6 +95,10 @@ class ClassificationSource(_IndexedSource):
     def _examples(self):
         return [*self.token_lists, self.label_ids]
 
+    def cut_examples(self) -> int:
+        """How many texts are longer than max_len tokens (a batch keeps the last max_len of each)."""
+        return sum(len(ids) > self.max_len for ids in self.token_lists)
+
     def next_batch(self) -> dict:
         idx = self.batches.next_batch()                                        # (B,)
         ids, mask, labels = classification_batch([self.token_lists[i] for i in idx], self.label_ids[idx],
@@ -116,6 +120,10 @@ class CompletionSource(_IndexedSource):
 
     def _examples(self):
         return [*self.prompts, *self.completions]
+
+    def cut_examples(self) -> int:
+        """How many prompt + completion pairs do not fit max_len inputs (completion_batch cuts the prompt's start)."""
+        return sum(len(p) + len(c) - 1 > self.max_len for p, c in zip(self.prompts, self.completions))
 
     def next_batch(self) -> dict:
         idx = self.batches.next_batch()                                        # (B,)
