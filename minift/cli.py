@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from .errors import MiniftError
 from .train import TrainingInterrupted
@@ -405,7 +406,11 @@ def main(argv=None):
     terminate = (signal.signal(signal.SIGTERM, _raise_terminated)
                  if threading.current_thread() is threading.main_thread() else None)
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            # NumPy's "overflow encountered in ..." from a run that is blowing up: the training loop's guard stops
+            # such a run at the step where the loss or a gradient stops being finite and says so in one line
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"minift\.")
+            return _run(args)
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
