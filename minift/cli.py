@@ -89,7 +89,7 @@ def _prepare_training(a):
     from .bench import reuse_freed_memory, set_blas_threads
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
-    a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs)
+    a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
     a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -402,7 +402,9 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv                      # run.json records the command line a --resume should repeat
     terminate = (signal.signal(signal.SIGTERM, _raise_terminated)
                  if threading.current_thread() is threading.main_thread() else None)
     try:

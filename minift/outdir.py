@@ -10,7 +10,7 @@ write, and never loses an earlier run because the new one failed.
     before it saved anything
 
 A run "has something" once it holds a result (pretrain.json, finetune.json, results.json) or a checkpoint
-(`checkpoints/latest`, in compare one per method). `run.json` names the command that made the folder.
+(`checkpoints/latest`, in compare one per method). `run.json` names the command that made the folder and its command line.
 
 --overwrite moves the earlier run aside into `.minift-replaced/` and deletes it only when the new run has something;
 if the new run fails before that (bad input found late, a crash, Ctrl-C before the first checkpoint), the new run's
@@ -107,8 +107,8 @@ class RunFolder:
     it whatever happened (module docstring). `inputs`: option -> path the command reads (--base, --task, ...), which
     must not lie inside what --overwrite replaces."""
 
-    def __init__(self, path, command: str, resume=False, overwrite=False, inputs=None):
-        self.out, self.command = Path(path), command
+    def __init__(self, path, command: str, resume=False, overwrite=False, inputs=None, argv=None):
+        self.out, self.command, self.argv = Path(path), command, argv
         self.resume, self.overwrite, self.inputs = resume, overwrite, inputs or {}
         self.created = False
 
@@ -135,7 +135,8 @@ class RunFolder:
         self.created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)          # now, so that a folder we cannot write fails before training
         if not (out / "run.json").is_file():
-            save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z")), out / "run.json")
+            save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           **({"argv": ["minift", *self.argv]} if self.argv is not None else {})), out / "run.json")
 
     def _check_resumable(self, ours) -> None:
         out, made = self.out, made_by(self.out) if ours else None

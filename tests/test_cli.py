@@ -24,6 +24,8 @@ def test_pretrain_writes_model_tokenizer_and_summary(pretrained):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (pretrained / "model" / name).is_file()
     assert summary["tokenizer_vocab"] <= 512                    # tiny's vocabulary: a tokenizer was trained to fit
+    run = json.loads((pretrained / "run.json").read_text())   # the command line a --resume repeats
+    assert run["command"] == "pretrain" and run["argv"][:4] == ["minift", "pretrain", "--preset", "tiny"]
 
 
 def test_pretrain_resume_continues(pretrained, tmp_path, capsys):
