@@ -225,7 +225,9 @@ def cmd_finetune(a):
 
 def add_finetune(sub):
     p = sub.add_parser("finetune", help="fine-tune the base model on a task with one method")
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"],
+                   help="what trains: every weight (full); all but the embeddings and the first blocks (freeze); "
+                        "only a classification head (head); low-rank adapters and the head (lora)")
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--steps", type=_positive_int, default=600)
@@ -233,8 +235,11 @@ def add_finetune(sub):
     p.add_argument("--lr", type=_learning_rate, default=None, help="default depends on the method")
     p.add_argument("--head-lr", type=_learning_rate, default=None,
                    help="the fresh classification head's learning rate (default: depends on the method)")
-    p.add_argument("--train-size", type=_positive_int, default=None)
-    p.add_argument("--freeze-blocks", type=int, default=None, help="method freeze: how many first blocks")
+    p.add_argument("--train-size", type=_positive_int, default=None,
+                   help="train on only this many examples, labels kept balanced (default: all)")
+    p.add_argument("--freeze-blocks", type=int, default=None,
+                   help="method freeze: how many of the first blocks to freeze, besides the embeddings (default: "
+                        "half of them)")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None,
                    help="LoRA alpha (default 2r, PEFT's usual; the adapters then train at lr 2e-3, the head at 3e-4)")
@@ -306,7 +311,7 @@ def cmd_compare(a):
 
 def add_compare(sub):
     p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
-    p.add_argument("--task", default="sentiment")
+    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--methods", default=None,
                    help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
     p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
@@ -317,11 +322,15 @@ def add_compare(sub):
                    help="the LoRA runs' adapter learning rate (default 2e-3)")
     p.add_argument("--lora-head-lr", type=_learning_rate, default=None,
                    help="the LoRA runs' classification-head learning rate (default 3e-4)")
-    p.add_argument("--rslora", action="store_true")
-    p.add_argument("--dora", action="store_true")
-    p.add_argument("--train-size", type=_positive_int, default=None, help="the small-data question")
+    p.add_argument("--rslora", action="store_true", help="the LoRA runs scale by alpha/sqrt(r) (rank-stabilised)")
+    p.add_argument("--dora", action="store_true", help="the LoRA runs are DoRA (learned magnitude, normalised "
+                                                       "direction)")
+    p.add_argument("--train-size", type=_positive_int, default=None,
+                   help="train every run on only this many examples (the small-data question; default: all, 64 "
+                        "with --quick)")
     p.add_argument("--steps", type=_positive_int, default=None, help="default 600 (8 with --quick)")
-    p.add_argument("--batch", type=_positive_int, default=None)
+    p.add_argument("--batch", type=_positive_int, default=None, help="batch size of every run (default 16, 8 with "
+                                                                      "--quick)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--preset", default=None, choices=["tiny", "demo", "small", "gpt2"],
                    help="model size: demo is shipped; for another, pretrain a base and pass --base")
@@ -367,7 +376,9 @@ def cmd_memory(a):
 def add_memory(sub):
     p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
     p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"])
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"],
+                   help="what trains: every weight (full); all but the embeddings and the first blocks (freeze); "
+                        "only a classification head (head); low-rank adapters and the head (lora)")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 8)")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
@@ -389,7 +400,20 @@ def build_parser():
     from .lens import add_inspect
     for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_bench, add_memory):
         add(sub)
+    for command in sub.choices.values():
+        _say_defaults(command)
     return parser
+
+
+def _say_defaults(parser):
+    """Each option's help ends with its default, unless the help already speaks of it or there is none to speak of
+    (None: decided later, from other options; False: a flag)."""
+    for action in parser._actions:
+        default, text = action.default, action.help or ""
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
+                or action.help == argparse.SUPPRESS):
+            continue
+        action.help = f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 class _Terminated(KeyboardInterrupt):
