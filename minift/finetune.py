@@ -142,6 +142,14 @@ def learning_rates(model, fcfg: FinetuneConfig):
     return lr, fcfg.head_lr or DEFAULT_HEAD_LR.get(fcfg.method, lr)
 
 
+def check_base_fits_task(base, task, train_split) -> None:
+    """A generation task trains the language-model head, which a base ending in a classification head lacks."""
+    if train_split.type != "classification" and base.head == "classification":
+        raise MiniftError(f"task {str(task)!r} is a {train_split.type} task, which trains the language-model head, "
+                          f"but this base model ends in a classification head (labels {base.labels}); start from a "
+                          "base without one, such as the pretrained model")
+
+
 def load_task_splits(task, train_size=None, eval_size=None):
     """(train, validation, test) TaskSplits of a task; train cut to train_size and validation/test to eval_size
     examples (labels kept balanced)."""
@@ -207,10 +215,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     from .train import TrainConfig, resumed_warmup, train
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
-    if train_split.type != "classification" and base.head == "classification":
-        raise MiniftError(f"task {fcfg.task!r} is a {train_split.type} task, which trains the language-model head, "
-                          f"but this base model ends in a classification head (labels {base.labels}); start from a "
-                          "base without one, such as the pretrained model")
+    check_base_fits_task(base, fcfg.task, train_split)
     model = base.to()                                                      # 1. a private copy of the base
     if train_split.type == "classification":
         model.add_classification_head(train_split.label_names, seed=fcfg.seed)   # 2. the task head

@@ -87,6 +87,9 @@ class TrainConfig:
             raise MiniftError(f"grad_clip={self.grad_clip} must be positive (or None to disable)")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise MiniftError(f"workers={self.workers!r} must be a positive integer")
+        if self.workers > self.batch_size:
+            raise MiniftError(f"workers={self.workers} (--workers) is more than the {self.batch_size} rows of a batch "
+                              "(--batch): each worker takes rows of the batch, so some would have none")
 
 
 @dataclass

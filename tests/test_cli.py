@@ -173,6 +173,10 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
     (tmp_path / "listcfg" / "config.json").write_text("[1, 2]")
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    from minift import GPT, GPTConfig
+    classifier = GPT(GPTConfig.preset("demo"), seed=0)
+    classifier.add_classification_head(["no", "yes"])
+    classifier.save_pretrained(tmp_path / "clf")
     cases = [
         (["generate", "--temperature", "nan"], "temperature=nan"),
         (["memory", "--n-head", "5"], "divisible by n_head=5"),
@@ -185,6 +189,7 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         (["generate", "--model", str(tmp_path / "listcfg")], "holds a JSON list"),
         (["generate", "--model", str(tmp_path / "adapter")], "is a LoRA adapter"),
         (["finetune", "--targets", "", "--out", str(tmp_path / "f3")], "--targets is empty"),
+        (["inspect", "--base", str(tmp_path / "clf"), "--task", "facts"], "which trains the language-model head"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv

@@ -466,6 +466,9 @@ def test_record_file_mistakes_say_what_is_wrong(tmp_path):
     twice.write_text("text,label\n")
     with pytest.raises(MiniftError, match="holds only a header"):
         load_classification(twice)
+    twice.write_text('text,label\n"an open quote,x\nnext,y\n')
+    with pytest.raises(MiniftError, match="line 2: 1 fields, the header has 2 .*a quote left open"):
+        load_classification(twice)
 
 
 def test_a_batch_length_below_one_is_refused():

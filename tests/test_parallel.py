@@ -77,6 +77,8 @@ def test_what_cannot_be_split_is_a_clear_error(fake_gpu):
         check_splittable(GPT(cfg, seed=0), 0)
     with pytest.raises(MiniftError, match="workers"):
         TrainConfig(workers=0)
+    with pytest.raises(MiniftError, match="workers=64 .* more than the 16 rows of a batch"):
+        TrainConfig(batch_size=16, workers=64)
     with pytest.raises(MiniftError, match="shards=0"):
         split_loss_and_grads(GPT(cfg, seed=0), *lm_batch(cfg, 2, 4), workers=2, shards=0)
 

@@ -122,7 +122,9 @@ def _csv_records(path: Path, text: str, delimiter: str, fields: tuple[str, ...])
         for row in reader:
             if row:
                 if len(row) != len(header):
-                    raise MiniftError(f"{path}: line {start}: {len(row)} fields, the header has {len(header)}")
+                    hint = (" (a field runs over several lines: a quote left open?)"
+                            if any("\n" in f for f in row) else "")
+                    raise MiniftError(f"{path}: line {start}: {len(row)} fields, the header has {len(header)}{hint}")
                 yield start, dict(zip(header, row))
             start = reader.line_num + 1
     except csv.Error as e:
