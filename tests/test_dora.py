@@ -140,3 +140,16 @@ def test_dora_counts_and_detached_training_gradients():
     for k in exact:
         same = np.allclose(exact[k], grads[k], rtol=1e-12, atol=0)
         assert same == k.endswith("lora_magnitude_vector"), k
+
+
+def test_dora_with_pissa_starts_as_the_base_and_m_is_the_original_column_norm():
+    """PiSSA moves W0's top singular directions into A and B; DoRA's magnitude must be the norm of what the layer
+    computes with, W_res + s·ΔW = W0, so the adapted model starts exactly as the base (as PEFT initialises it)."""
+    model = tiny_model()
+    ids, _ = batch(model.cfg)
+    base, W0 = model.forward(ids), {k: v.copy() for k, v in model.params.items()}
+    lora = attach_lora(model, LoRAConfig(r=4, targets="all-linear", init="pissa", use_dora=True))
+    for m in lora.modules:
+        np.testing.assert_allclose(lora.params[m + ".lora_magnitude_vector"], column_norm(W0[m + ".weight"]),
+                                   rtol=1e-12)
+    np.testing.assert_allclose(model.forward(ids), base, rtol=1e-10, atol=1e-12)

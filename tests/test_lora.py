@@ -515,3 +515,11 @@ def test_pissa_adapter_loads_on_the_residual_or_the_original_base(tmp_path):
 def test_public_names():
     for name in ("LoRA", "LoRAConfig", "attach_lora", "load_peft"):
         assert hasattr(minift, name) and name in minift.__all__
+
+
+def test_the_scale_is_a_true_division():
+    """s = α/r (α/√r for rsLoRA) as a float: integer division would agree at α = 16, r = 8 and nowhere else."""
+    import math
+    assert LoRAConfig(r=3, alpha=5).scale == pytest.approx(5 / 3, rel=1e-15)
+    assert LoRAConfig(r=3, alpha=5, rslora=True).scale == pytest.approx(5 / math.sqrt(3), rel=1e-15)
+    assert LoRAConfig(r=16, alpha=8).scale == 0.5

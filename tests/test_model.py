@@ -304,3 +304,33 @@ def test_an_exported_classifier_names_its_pad_and_end_of_text_ids(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["pad_token_id"], config["eos_token_id"]) == (tok.pad_id, tok.eot_id)
     assert GPT.from_pretrained(tmp_path).labels == ["no", "yes"]
+
+
+def test_whole_model_gradcheck_with_dropout():
+    """GPT-2's residual and embedding dropout in the backward: the same generator seed gives the same masks on every
+    call, so the loss is a fixed function of the weights that centered differences can check."""
+    cfg = GPTConfig.preset("tiny", dropout=0.3)
+    model = perturbed(GPT(cfg, seed=0, dtype="float64"))
+    ids, targets = batch(cfg)
+    loss, grads = model.loss_and_grads(ids, targets, rng=np.random.default_rng(7))
+    assert loss != model.loss(ids, targets)                   # dropout really is applied
+    report = check_function(lambda: model.loss_and_grads(ids, targets, rng=np.random.default_rng(7))[0],
+                            model.params, grads, max_entries=6, tol=MODEL_TOL)
+    report.assert_ok()
+
+
+def test_a_padded_row_classifies_as_the_unpadded_sequence_does():
+    """The head reads the last real token: padding (whatever ids it holds) changes nothing. A gradient check cannot
+    see a head that reads the wrong position, since the backward would follow the same wrong forward."""
+    cfg = tiny64()
+    model = perturbed(GPT(cfg, seed=0, dtype="float64"))
+    model.add_classification_head(["a", "b", "c"], seed=3)
+    ids = np.random.default_rng(5).integers(0, cfg.vocab_size, (3, 6))
+    mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=bool)
+    logits = model.forward(ids, attention_mask=mask)
+    for b in range(3):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(logits[b], model.forward(ids[b:b + 1, :n])[0], rtol=1e-10, atol=1e-12)
+    junk = ids.copy()
+    junk[~mask] = (junk[~mask] + 7) % cfg.vocab_size
+    np.testing.assert_array_equal(model.forward(junk, attention_mask=mask), logits)

@@ -109,3 +109,17 @@ def test_cross_entropy_matches_torch_autograd(ignore_index):
     (tloss * dloss).backward()
     np.testing.assert_allclose(loss, tloss.item(), rtol=1e-12)
     np.testing.assert_allclose(cross_entropy_backward(dloss, cache), tlogits.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_the_backward_leaves_its_cache_valid_for_another_call(ignore):
+    rng = np.random.default_rng(0)
+    logits, targets = rng.standard_normal((2, 3, 5)), rng.integers(0, 5, (2, 3))
+    if ignore:
+        targets[0, 0] = -100
+    _, cache = cross_entropy_forward(logits, targets)
+    p_before = cache[0].copy()
+    d1 = cross_entropy_backward(np.asarray(1.0), cache).copy()
+    d2 = cross_entropy_backward(np.asarray(2.0), cache)
+    np.testing.assert_array_equal(cache[0], p_before)
+    np.testing.assert_allclose(d2, 2 * d1, rtol=1e-15)
