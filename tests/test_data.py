@@ -515,3 +515,11 @@ def test_label_mistakes_are_named(tmp_path):
     f.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
     with pytest.raises(MiniftError, match="line 2: missing field 'label'"):
         load_classification(f)
+
+
+def test_a_folder_named_like_a_built_in_task_is_not_silently_passed_over(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "facts").mkdir()
+    with pytest.raises(MiniftError, match="write ./facts for yours, or .*tasks/facts for the built-in one"):
+        load_task("facts")
+    assert load_task(str(data_dir() / "tasks" / "facts"), "validation").type == "generation"

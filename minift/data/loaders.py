@@ -276,6 +276,10 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
     from .tasks import SPLITS, TASK_NAMES
     if str(name_or_path) in TASK_NAMES:
         folder = data_dir() / "tasks" / str(name_or_path)
+        mine = Path(str(name_or_path))
+        if isinstance(name_or_path, str) and mine.exists() and mine.resolve() != folder.resolve():
+            raise MiniftError(f"task {name_or_path!r} names a built-in task, and ./{name_or_path} exists here too: "
+                              f"write ./{name_or_path} for yours, or {folder} for the built-in one")
         if not folder.is_dir():
             raise MiniftError(f"built-in task {name_or_path!r}: {folder} is missing; run `python -m minift.data` "
                               "to regenerate data/")
