@@ -416,6 +416,9 @@ def test_sources_resume_exactly():
         LMSource(np.arange(500), 32, 4, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
     with pytest.raises(MiniftError, match="batch_size=4 but .* has 2"):
         LMSource(np.arange(500), 16, 2, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
+    old = {k: v for k, v in LMSource(np.arange(500), 16, 4, seed=1).state().items()
+           if k not in ("block_size", "batch_size")}                 # saved before those were recorded
+    LMSource(np.arange(500), 16, 4, seed=1).restore(old)
     with pytest.raises(MiniftError, match="other data"):       # as many examples, other tokens: the hash tells
         LMSource(np.arange(500) + 1, 16, 4, seed=1).restore(LMSource(np.arange(500), 16, 4, seed=1).state())
     with pytest.raises(MiniftError, match="other data"):

@@ -153,8 +153,8 @@ def _check(state: dict, kind: str, data: str, **expected) -> None:
     """A saved state must come from the same kind of source over the same data."""
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise MiniftError(f"data state {state!r} is not from a {kind} source")
-    for key, value in expected.items():
-        if state.get(key) != value:
+    for key, value in expected.items():     # a key missing: a state saved before minift recorded it
+        if key in state and state[key] != value:
             raise MiniftError(f"data state has {key}={state.get(key)!r} but this {kind} source has {value!r}: "
                               "resume with the same data, batch size and example length")
     if state.get("data", data) != data:              # states saved before the hash existed have none
