@@ -45,8 +45,9 @@ the table. So freezing the lowest k blocks (method "freeze") removes k blocks of
 gradients and optimizer state, and a classification head alone (method "head") keeps almost nothing: its peak is
 the forward of one block, that block's caches while it runs plus 5·N·C (the residual stream in and out, residual 1,
 and the outputs o and y of the two c_proj). LoRA on every block visits every block.
-Every linear caches its input whether its weight trains or not: minift's forward does not know what the backward
-will skip. A frozen *plain* linear only needs W for dx = dy Wᵀ, so that input is kept for nothing (PyTorch's autograd
+
+Within a visited block every linear caches its input whether its weight trains or not: the forward knows the floor,
+not which weights of a visited block will skip their xᵀ dy. A frozen *plain* linear only needs W for dx = dy Wᵀ, so that input is kept for nothing (PyTorch's autograd
 does not save it); a LoRA-adapted frozen linear does need it, for dA = s·(dy B)ᵀ x.
 
 Workspace: the backward keeps every cache until it returns (GPT.loss_and_grads holds them all), so the peak comes
@@ -54,7 +55,7 @@ late, inside the lowest visited block's attention backward (block 0 unless the l
 almost every gradient already exists. At that moment it holds
 dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4·N·C) and dg, df (2·N·F), and inside
 attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
-    A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (block 0's c_attn and ln_1, wpe)
+    A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (that block's c_attn and ln_1, wpe)
 That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b (minift/model.py),
 which never holds a T×T temporary: its backward holds dqkv (3·N·C), and for one query block of n rows against r1
 keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each), never all four at once: dv with datt
@@ -66,8 +67,9 @@ and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins 
 to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
 the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
 optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
-tensor. The forward of a block below the backward's floor (above). workspace is the largest of these, counted above
-the four persistent terms.
+tensor. The forward of a block below the backward's floor (above). And when no block is visited but ln_f trains,
+ln_f's backward: dlogits, dh, and dx̂ with a temporary, N·V + 3·N·C. workspace is the largest of these, counted
+above the four persistent terms.
 
 Why LoRA's saving depends on the regime. gradients and optimizer state scale with the number of *trainable
 parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of them; LoRA trains R·(in + out) per
@@ -223,8 +225,8 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
                     dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK, floor=-1) -> dict:
     """Bytes above parameters + gradients + optimizer + activations at the candidate peaks (module docstring):
     "attention backward of block k" and "LayerNorm backward of block k's ln_1" for the lowest block k the backward
-    visits (backward floor), "embedding backward", "forward of a block below the floor" (only when there is one),
-    "optimizer step". `sizes`: name -> element count."""
+    visits (backward floor), "ln_f backward" (when it visits none but ln_f trains), "embedding backward", "forward
+    of a block below the floor" (only when there is one), "optimizer step". `sizes`: name -> element count."""
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head
     N = B * T
@@ -242,6 +244,8 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
                                                       - missing) * f
         still_missing = sum(sizes[n] for n in late & trainable if "c_attn" not in n)   # c_attn's gradient is made
         phases[f"LayerNorm backward of block {k}'s ln_1"] = (dlogits + 19 * N * C - still_missing) * f
+    if floor == cfg.n_layer:          # only ln_f (and the head) train: the backward ends in ln_f's
+        phases["ln_f backward"] = (dlogits + 3 * N * C) * f
     if floor > 0:                     # block 0 runs without keeping caches: they live only until it returns
         one_block = sum(block_activation_terms(cfg, batch, seq, dtype, block).values())
         masks = 2 * N * C * f if cfg.dropout > 0 else 0
