@@ -175,7 +175,8 @@ def add_generate(sub):
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=80)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-k", type=_positive_int, default=None,
+                   help="sample only among the k likeliest tokens (default: all)")
     p.add_argument("--samples", type=_positive_int, default=1)
     p.add_argument("--seed", type=_seed, default=0)
     _add_device(p)
@@ -365,10 +366,14 @@ def cmd_memory(a):
     if a.method != "full":
         full = predict_memory(cfg, "full", a.batch, seq, **head)
         print(format_memory(d, full, labels=(a.method, "full")))
-        print(f"{a.method} needs {1 - d['total'] / full['total']:.0%} less than full fine-tuning here. Activations, "
-              f"{full['activations'] / full['total']:.0%} of full's total, grow with batch x tokens and are the same "
-              "for every method: the saving grows as batch x tokens shrink"
-              + (" (try --batch 1 --seq 128)." if a.batch * seq > 128 else "."))
+        saving = f"{a.method} needs {1 - d['total'] / full['total']:.0%} less than full fine-tuning here. "
+        share = f"{full['activations'] / full['total']:.0%} of full's total"
+        if a.method == "lora":     # its backward runs through every block: the same activations as full's
+            print(saving + f"Activations, {share}, grow with batch x tokens and are the same for both: the saving "
+                  "grows as batch x tokens shrink" + (" (try --batch 1 --seq 128)." if a.batch * seq > 128 else "."))
+        else:                      # the backward stops above the frozen blocks, which keep no activations
+            print(saving + f"Activations ({share}) are kept only for the blocks the backward visits, from the "
+                  "lowest one that trains up: freezing the lowest blocks saves their activations too.")
     else:
         print(format_memory(d))
 
@@ -410,7 +415,8 @@ def _say_defaults(parser):
     (None: decided later, from other options; False: a flag)."""
     for action in parser._actions:
         default, text = action.default, action.help or ""
-        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text
                 or action.help == argparse.SUPPRESS):
             continue
         action.help = f"{text} (default: %(default)s)" if text else "default: %(default)s"
