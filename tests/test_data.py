@@ -523,6 +523,8 @@ def test_label_mistakes_are_named(tmp_path):
 def test_a_folder_named_like_a_built_in_task_is_not_silently_passed_over(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "facts").mkdir()
+    assert load_task("facts", "validation").type == "generation"    # a folder that is no task (a run's --out, say)
+    (tmp_path / "facts" / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n')
     with pytest.raises(MiniftError, match="write ./facts for yours, or .*tasks/facts for the built-in one"):
         load_task("facts")
     assert load_task(str(data_dir() / "tasks" / "facts"), "validation").type == "generation"

@@ -276,8 +276,10 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
     from .tasks import SPLITS, TASK_NAMES
     if str(name_or_path) in TASK_NAMES:
         folder = data_dir() / "tasks" / str(name_or_path)
-        mine = Path(str(name_or_path))
-        if isinstance(name_or_path, str) and mine.exists() and mine.resolve() != folder.resolve():
+        mine = Path(str(name_or_path))          # a task folder of the user's by the same name (not, say, a run's)
+        looks_like_task = mine.is_dir() and any((mine / f"{n}{s}").is_file() for n in ("task", "train")
+                                                for s in (*JSONL_SUFFIXES, *CSV_SUFFIXES))
+        if isinstance(name_or_path, str) and looks_like_task and mine.resolve() != folder.resolve():
             raise MiniftError(f"task {name_or_path!r} names a built-in task, and ./{name_or_path} exists here too: "
                               f"write ./{name_or_path} for yours, or {folder} for the built-in one")
         if not folder.is_dir():
