@@ -24,6 +24,7 @@ collapse (tutorial 07). The report folder gets results.json, report.md and PNG p
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -42,6 +43,7 @@ from .io import atomic_write, save_json
 from .memory import measure_memory, predict_memory
 
 K_TOP = 10                 # the paper's top-k singular vectors
+QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
 
 
 @dataclass
@@ -91,8 +93,7 @@ class CompareConfig:
     @classmethod
     def quick_config(cls, **kw):
         """A tiny budget that still exercises every measurement (tests, CI): seconds, not minutes."""
-        kw.setdefault("steps", 8)
-        kw.setdefault("train_size", 64)
+        kw.setdefault("steps", 8)                  # and at most QUICK_TRAIN_SIZE training examples (compare())
         kw.setdefault("eval_size", 64)
         kw.setdefault("batch_size", 8)
         return cls(quick=True, **kw)
@@ -244,6 +245,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         if (want.n_embd, want.n_layer, want.n_head) != (base.cfg.n_embd, base.cfg.n_layer, base.cfg.n_head):
             raise MiniftError(f"--preset {ccfg.preset} does not match the base model {ccfg.base or 'data/base-demo'} "
                               f"(n_embd={base.cfg.n_embd}, n_layer={base.cfg.n_layer}, n_head={base.cfg.n_head})")
+    if ccfg.quick and ccfg.train_size is None:     # --quick's budget, or all of a smaller task
+        ccfg = dataclasses.replace(ccfg, train_size=min(QUICK_TRAIN_SIZE, len(load_task_splits(ccfg.task)[0])))
     train_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)[0]
     for method in ccfg.methods:                     # every run's input checked before the first one trains
         check_task_fits(method, ccfg.task, train_split, ccfg.batch_size, option=f"--methods {','.join(ccfg.methods)}")
@@ -271,8 +274,6 @@ def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, re
     """Every run of the plan again with each extra seed (head init, LoRA init and data order all change).
     The table and plots stay the first seed's; this returns, per run label, each seed's accuracy, forgetting and
     intruder count at ε = 0.5, in the order of `seeds`."""
-    import dataclasses
-
     from .report import intruders_at
 
     def values(r):

@@ -121,6 +121,16 @@ def test_the_default_methods_follow_the_task(monkeypatch, capsys, tmp_path):
     assert "--ranks 4,4: a rank is named twice" in capsys.readouterr().err
 
 
+def test_quick_trains_on_a_small_task_whole(tmp_path):
+    """--quick's budget caps training at 64 examples; a smaller task is used whole, not refused for its size."""
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": "ab"[i % 2]}) + "\n" for i in range(40)))
+    assert main(["compare", "--quick", "--quiet", "--methods", "head", "--task", str(path),
+                 "--out", str(tmp_path / "o")]) == 0
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["config"]["train_size"] == 32
+
+
 def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
     assert main(["compare", "--methods", "full,nope", "--out", str(tmp_path), "--quick"]) == 1
     assert "each must be one of" in capsys.readouterr().err
