@@ -159,6 +159,9 @@ def cmd_generate(a):
     if a.adapter is not None:
         from .lora import load_peft
         load_peft(model, a.adapter)                     # on top of --model, the base it was trained on; eval mode
+        if model.head == "classification":
+            raise MiniftError(f"the adapter {a.adapter} was trained for classification (labels {model.labels}): it "
+                              "carries a classification head, and generation needs the language-model head")
     for i in range(a.samples):
         text = generate(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed + i)
         print(a.prompt + text)

@@ -617,6 +617,8 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
     path = Path(path)
     if not path.is_dir():
         raise MiniftError(f"adapter folder not found: {path}")
+    if not (path / CONFIG_FILE).is_file() and (path / "adapter" / CONFIG_FILE).is_file():
+        raise MiniftError(f"{path} is a LoRA run's folder, not an adapter folder: its adapter is {path / 'adapter'}")
     peft = load_json(path / CONFIG_FILE, "adapter config")
     config = _config_from_peft(peft, path / CONFIG_FILE)
     meta = peft.get("minift") or {}

@@ -86,6 +86,10 @@ def heldout_for_base(base_dir, tokenizer, n_chars=200_000) -> tuple[np.ndarray, 
                 "held-out world text (this base has no pretrain.json, so what it read is unknown)")
         return heldout_world_ids(tokenizer, n_chars), what
     files = corpus if isinstance(corpus, list) else None
+    if files and any(not Path(f).is_absolute() and not Path(f).exists() for f in files):
+        # a pretrain.json written before paths were recorded whole: from here they point nowhere
+        return heldout_world_ids(tokenizer, n_chars), ("held-out world text (the base's own pretraining files are "
+                                                       "recorded as relative paths that do not resolve from here)")
     seed = info.get("train_config", {}).get("seed", 0)
     try:
         texts = corpus_texts(corpus if files is None else "world", info.get("n_chars") or 0, files, seed)

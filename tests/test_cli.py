@@ -77,6 +77,14 @@ def test_generate_with_a_fine_tuned_adapter(pretrained, tmp_path, capsys):
     assert capsys.readouterr().out == prompt + generate(model, tok, prompt, 6, 0.8, None, 2) + "\n"
     assert main(["generate", "--model", str(run)]) == 1
     assert f"its adapter is {run / 'adapter'}" in capsys.readouterr().err
+    assert main(["generate", "--model", str(pretrained / "model"), "--adapter", str(run)]) == 1
+    assert f"its adapter is {run / 'adapter'}" in capsys.readouterr().err
+    clf = tmp_path / "sentiment"
+    assert main(["finetune", "--method", "lora", "--rank", "2", "--base", str(pretrained / "model"), "--steps", "1",
+                 "--batch", "4", "--train-size", "16", "--out", str(clf), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(pretrained / "model"), "--adapter", str(clf / "adapter")]) == 1
+    assert "was trained for classification" in capsys.readouterr().err
     assert main(["generate", "--prompt", "caf\udce9"]) == 1         # a non-UTF-8 byte from the shell
     assert "--prompt holds bytes that are not UTF-8" in capsys.readouterr().err
 
@@ -355,6 +363,10 @@ def test_forgetting_text_follows_what_the_base_read(pretrained, tmp_path, capsys
     assert summary["corpus"] == [str(notes.resolve())] and summary["n_chars"] is None
     ids, what = heldout_for_base(out / "model", tok)
     assert ids.size == summary["val_tokens"] and "held out of its own text (files " in what
+    older = dict(summary, corpus=["no/such/notes"])                  # relative, as pretrain.json once recorded
+    (out / "pretrain.json").write_text(json.dumps(older))
+    assert "relative paths that do not resolve" in heldout_for_base(out / "model", tok, n_chars=20_000)[1]
+    (out / "pretrain.json").write_text(json.dumps(summary))
     (notes / "a.txt").rename(tmp_path / "moved.txt")
     with pytest.raises(MiniftError, match="cannot be read again .*folder has no .txt files.*put the files"):
         heldout_for_base(out / "model", tok)
