@@ -188,6 +188,10 @@ def add_generate(sub):
 
 # ---- finetune ----------------------------------------------------------------------------------------------------
 
+METHOD_HELP = ("what trains: every weight (full); all but the embeddings and the first blocks (freeze); only a "
+               "classification head (head); low-rank adapters and the head (lora)")
+
+
 def _lora_from_args(a):
     from .lora import LoRAConfig
     targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
@@ -229,9 +233,7 @@ def cmd_finetune(a):
 
 def add_finetune(sub):
     p = sub.add_parser("finetune", help="fine-tune the base model on a task with one method")
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"],
-                   help="what trains: every weight (full); all but the embeddings and the first blocks (freeze); "
-                        "only a classification head (head); low-rank adapters and the head (lora)")
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--steps", type=_positive_int, default=600)
@@ -384,9 +386,7 @@ def cmd_memory(a):
 def add_memory(sub):
     p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
     p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"],
-                   help="what trains: every weight (full); all but the embeddings and the first blocks (freeze); "
-                        "only a classification head (head); low-rank adapters and the head (lora)")
+    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 8)")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
@@ -418,9 +418,8 @@ def _say_defaults(parser):
     (None: decided later, from other options; False: a flag)."""
     for action in parser._actions:
         default, text = action.default, action.help or ""
-        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
-                or "default" in text
-                or action.help == argparse.SUPPRESS):
+        if (not action.option_strings or default is None or default is False or argparse.SUPPRESS in (default, text)
+                or "default" in text):
             continue
         action.help = f"{text} (default: %(default)s)" if text else "default: %(default)s"
 

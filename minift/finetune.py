@@ -31,7 +31,7 @@ HEAD = "score.weight"     # the classification head (model.add_classification_he
 def check_task_fits(method: str, task, train_split, batch_size: int, option="--method") -> None:
     """Refuse, before any work, a method the task cannot take and a batch larger than its training set."""
     if method == "head" and train_split.type != "classification":
-        raise MiniftError(f"{option}: method 'head' trains only a classification head, and task {task!r} is a "
+        raise MiniftError(f"{option}: method 'head' trains only a classification head, and task {str(task)!r} is a "
                           f"{train_split.type} task with no such head; choose another method")
     if batch_size > len(train_split):
         raise MiniftError(f"batch size {batch_size} is more than the {len(train_split)} training examples of "
@@ -172,7 +172,8 @@ def _check_every_label_trains(train, task, one_file: bool) -> None:
     """A label with no training example cannot be learned, and would be scored as if it could."""
     if train.type != "classification":
         return
-    missing = [name for i, name in enumerate(train.label_names) if i not in set(train.label_ids)]
+    seen = set(train.label_ids)
+    missing = [name for i, name in enumerate(train.label_names) if i not in seen]
     if missing:
         where = f"the 80% of {train.path.name} kept for training" if one_file else "the training split"
         raise MiniftError(f"task {str(task)!r}: the label(s) {missing} have no example in {where} (of "

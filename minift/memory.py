@@ -47,8 +47,9 @@ the forward of one block, that block's caches while it runs plus 5·N·C (the re
 and the outputs o and y of the two c_proj). LoRA on every block visits every block.
 
 Within a visited block every linear caches its input whether its weight trains or not: the forward knows the floor,
-not which weights of a visited block will skip their xᵀ dy. A frozen *plain* linear only needs W for dx = dy Wᵀ, so that input is kept for nothing (PyTorch's autograd
-does not save it); a LoRA-adapted frozen linear does need it, for dA = s·(dy B)ᵀ x.
+not which weights of a visited block will skip their xᵀ dy. A frozen *plain* linear only needs W for dx = dy Wᵀ, so
+that input is kept for nothing (PyTorch's autograd does not save it); a LoRA-adapted frozen linear does need it, for
+dA = s·(dy B)ᵀ x.
 
 Workspace: the backward keeps every cache until it returns (GPT.loss_and_grads holds them all), so the peak comes
 late, inside the lowest visited block's attention backward (block 0 unless the lowest blocks are frozen), when

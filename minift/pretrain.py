@@ -92,7 +92,7 @@ def heldout_for_base(base_dir, tokenizer, n_chars=200_000) -> tuple[np.ndarray, 
                                                        "recorded as relative paths that do not resolve from here)")
     seed = info.get("train_config", {}).get("seed", 0)
     try:
-        texts = corpus_texts(corpus if files is None else "world", info.get("n_chars") or 0, files, seed)
+        texts = corpus_texts(files=files) if files else corpus_texts(corpus, info.get("n_chars") or 0, seed=seed)
     except MiniftError as e:
         raise MiniftError(f"forgetting is measured on the part of the base's pretraining text that pretraining held "
                           f"out, but that text cannot be read again ({e}); put the files named in its pretrain.json "

@@ -277,8 +277,7 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
     if str(name_or_path) in TASK_NAMES:
         folder = data_dir() / "tasks" / str(name_or_path)
         mine = Path(str(name_or_path))          # a task folder of the user's by the same name (not, say, a run's)
-        looks_like_task = mine.is_dir() and any((mine / f"{n}{s}").is_file() for n in ("task", "train")
-                                                for s in (*JSONL_SUFFIXES, *CSV_SUFFIXES))
+        looks_like_task = mine.is_dir() and ((mine / "task.json").is_file() or _split_file(mine, "train") is not None)
         if isinstance(name_or_path, str) and looks_like_task and mine.resolve() != folder.resolve():
             raise MiniftError(f"task {name_or_path!r} names a built-in task, and ./{name_or_path} exists here too: "
                               f"write ./{name_or_path} for yours, or {folder} for the built-in one")
@@ -302,11 +301,15 @@ def _resolve(name_or_path, split: str) -> tuple[str, Path, dict]:
             raise MiniftError(f"{folder / 'task.json'} holds a JSON {type(info).__name__}, not an object "
                               '(e.g. {"type": "classification", "labels": ["negative", "positive"]})')
         _check_task_info(folder / "task.json", info)
-    candidates = [folder / f"{split}{s}" for s in JSONL_SUFFIXES + tuple(CSV_SUFFIXES)]
-    found = next((c for c in candidates if c.is_file()), None)
+    found = _split_file(folder, split)
     if found is None:
         raise MiniftError(f"task folder {folder} has no {split}.jsonl (or .csv); splits are usually {SPLITS}")
     return info.get("name", folder.name), found, info
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    """The record file of one split in a task folder (train.jsonl, validation.csv, ...), or None."""
+    return next((c for c in (folder / f"{split}{s}" for s in (*JSONL_SUFFIXES, *CSV_SUFFIXES)) if c.is_file()), None)
 
 
 FIELD_KEYS = {"text_field": "text", "label_field": "label", "prompt_field": "prompt", "completion_field": "completion"}
