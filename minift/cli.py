@@ -205,8 +205,8 @@ def cmd_finetune(a):
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
-                        "--init": a.init is not None, "--lora-dropout": a.lora_dropout is not None},
-                       f"LoRA options, but --method is {a.method!r}")
+                        "--init": a.init is not None, "--lora-dropout": a.lora_dropout is not None,
+                        "--merge": a.merge}, f"LoRA options, but --method is {a.method!r}")
     if a.freeze_blocks is not None and a.method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
     if a.targets is not None and not a.targets.strip(" ,"):
@@ -218,12 +218,17 @@ def cmd_finetune(a):
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
                           eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers,
-                          lora=_lora_from_args(a) if a.method == "lora" else None)
+                          lora=_lora_from_args(a) if a.method == "lora" else None, merge=a.merge)
     _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume)
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
           f"(loss {s['test_loss']:.3f}); saved to {a.out}")
+    if s["head"] == "kept":
+        print(f"the base's classification head (labels {', '.join(base.labels)}) was trained on, not replaced")
+    if a.merge:
+        print(f"merged model (adapters folded into the weights): {a.out}/model -- deploy it, or give it as --base "
+              "to fine-tune on")
     if s["train_examples_cut"]:
         how = ("each keeps only its last {} tokens" if s["task_type"] == "classification" else
                "their prompts lose tokens from the start to fit {} (and a longer completion its end)")
@@ -240,7 +245,7 @@ def add_finetune(sub):
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--lr", type=_learning_rate, default=None, help="default depends on the method")
     p.add_argument("--head-lr", type=_learning_rate, default=None,
-                   help="the fresh classification head's learning rate (default: depends on the method)")
+                   help="the classification head's learning rate (default: depends on the method)")
     p.add_argument("--train-size", type=_positive_int, default=None,
                    help="train on only this many examples, labels kept balanced (default: all)")
     p.add_argument("--freeze-blocks", type=int, default=None,
@@ -256,6 +261,9 @@ def add_finetune(sub):
     p.add_argument("--init", default=None, choices=["default", "gaussian", "pissa"],
                    help="LoRA initialisation (default: A random, B = 0)")
     p.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    p.add_argument("--merge", action="store_true",
+                   help="LoRA: also save the merged model (W + s·BA folded in, no adapters) in --out/model, to deploy "
+                        "as one folder or to fine-tune on with --base (default: the adapter only)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=0,
                    help="checkpoint every N steps into --out/checkpoints (default 0: at the end, and when stopped)")

@@ -113,6 +113,7 @@ class FinetuneConfig:
     seed: int = 0
     lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
     workers: int = 1                 # >1: each batch split across CPU threads (minift/parallel.py)
+    merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -122,6 +123,9 @@ class FinetuneConfig:
             if value is not None and not 0 < value < math.inf:
                 raise MiniftError(f"{name}={value!r} must be a positive, finite learning rate")
 
+        if self.merge and self.method != "lora":
+            raise MiniftError(f"merge folds LoRA's adapters into the weights, and method {self.method!r} has none "
+                              "(its whole model is saved already); drop it, or use method 'lora'")
         if self.train_size is not None and self.train_size <= 0:
             raise MiniftError(f"train_size={self.train_size} must be positive")
 
@@ -140,6 +144,26 @@ def learning_rates(model, fcfg: FinetuneConfig):
             raise MiniftError("method 'head' trains only the classification head: give its rate as lr, not head_lr")
         return lr, lr
     return lr, fcfg.head_lr or DEFAULT_HEAD_LR.get(fcfg.method, lr)
+
+
+def task_head(model, train_split, seed: int = 0) -> str:
+    """Step 2 (article §1.1, "add a task-specific layer"): the head the task trains, on `model` in place.
+
+    A classification task needs a head over its labels. A base that already ends in one over the same labels -- a
+    model fine-tuned on this task before, now trained on with new data (article §1.2's "continual improvement") --
+    keeps its trained head, its rows put in the task's label order; throwing it away would start the task over.
+    Any other base gets a fresh head. A generation task trains the tied LM head. Returns which: "kept", "new", "lm".
+    """
+    if train_split.type != "classification":
+        return "lm"
+    labels = list(train_split.label_names)
+    if model.head == "classification" and sorted(model.labels) == sorted(labels):
+        rows = [model.labels.index(name) for name in labels]                 # the base's row of each task label
+        model.params[HEAD] = model.params[HEAD][rows].copy()                 # [K, C]
+        model.labels = labels
+        return "kept"
+    model.add_classification_head(labels, seed=seed)
+    return "new"
 
 
 def check_base_fits_task(base, task, train_split) -> None:
@@ -218,8 +242,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     check_base_fits_task(base, fcfg.task, train_split)
     model = base.to()                                                      # 1. a private copy of the base
-    if train_split.type == "classification":
-        model.add_classification_head(train_split.label_names, seed=fcfg.seed)   # 2. the task head
+    head = task_head(model, train_split, seed=fcfg.seed)                   # 2. the task head
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
@@ -245,7 +268,8 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
                    resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
-    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, train_examples=len(train_split),
+    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, head=head,
+                   train_examples=len(train_split),
                    max_len=max_len, train_examples_cut=source.cut_examples(),
                    **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
                    ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
@@ -254,7 +278,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                    val_accuracy=result.evals[-1]["val_accuracy"], val_loss=result.evals[-1]["val_loss"],
                    test_accuracy=test["accuracy"], test_loss=test["loss"])
     if out_dir is not None:
-        _save_result(model, lora, tokenizer, summary, Path(out_dir))
+        _save_result(model, lora, tokenizer, summary, Path(out_dir), merge=fcfg.merge)
     return model, lora, summary
 
 
@@ -266,11 +290,14 @@ def _start(base, lora) -> str:
     return base.fingerprint() + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
 
 
-def _save_result(model, lora, tokenizer, summary, out_dir: Path):
+def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False):
+    """out_dir/adapter (LoRA: PEFT's files) and/or out_dir/model (a whole model folder: full fine-tuning's result,
+    or LoRA's merged into the base with merge=True), and finetune.json."""
     from .io import save_json
     if lora is not None:
         lora.save_peft(out_dir / "adapter")
-    else:
-        model.save_pretrained(out_dir / "model", tokenizer)
+    whole = model if lora is None else lora.merged_model() if merge else None
+    if whole is not None:
+        whole.save_pretrained(out_dir / "model", tokenizer)
         tokenizer.save(out_dir / "model" / "tokenizer.json")
     save_json(summary, out_dir / "finetune.json")

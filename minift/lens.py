@@ -440,15 +440,14 @@ def _prepare(a):
     batch of the task's training data."""
     from .data import load_task
     from .data.sources import task_source
-    from .finetune import FinetuneConfig, check_base_fits_task
+    from .finetune import FinetuneConfig, check_base_fits_task, task_head
     from .lora import LoRAConfig, attach_lora
     from .pretrain import load_base
     from .train import TrainConfig, train
     model, tok = load_base(a.base, dtype=a.dtype, device=a.device)
     split = load_task(a.task, "train")
     check_base_fits_task(model, a.task, split)
-    if split.type == "classification":
-        model.add_classification_head(split.label_names, seed=a.seed)        # as finetune does
+    task_head(model, split, seed=a.seed)                                  # as finetune does
     targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
     lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
                                          targets=targets), seed=a.seed)

@@ -478,6 +478,17 @@ class LoRA:
         P = self.model.params
         return {m + ".weight": a.effective_weight(P[m + ".weight"]) for m, a in self.adapters.items()}
 
+    def merged_model(self):
+        """A new model with each adapted W replaced by W + ΔW, and no adapters: PEFT's merge_and_unload, done on a
+        copy, so this model and its adapters stay as they are. One set of weights to deploy (article §2.1), or the
+        base of a next fine-tune (the MIT paper's continual learning merges each task's adapter before the next
+        task gets a fresh one: tutorial 10, section 7)."""
+        merged = self.model.to()                          # parameters, head, frozen set; adapters are not copied
+        for name, w in self.effective_weights().items():
+            merged.params[name][...] = w                  # [I, O]: W + ΔW (DoRA: m · V / ‖V‖_c)
+        merged.frozen -= self._froze                      # what attach_lora froze trains again, as after detach()
+        return merged
+
     def merge(self):
         """W ← W + ΔW in place for every adapted module (for deployment: model.save_pretrained then writes it)."""
         if self.merged:

@@ -101,6 +101,62 @@ def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
 
 
 
+def test_a_classifier_fine_tuned_again_on_its_labels_keeps_its_head(tmp_path):
+    """Continual improvement (article §1.2): a model fine-tuned on a task, trained on with more data, starts from
+    its trained head -- its rows put in the task's label order -- and not from a fresh one; other labels, a new head."""
+    from minift.finetune import task_head
+    from minift.data import load_task
+    _, base = tiny_base(tmp_path)
+    split = load_task("sentiment", "train")                                   # labels negative, positive
+    clf = base.to()
+    clf.add_classification_head(list(reversed(split.label_names)), seed=3)    # the same labels, the other order
+    trained = np.array(clf.params["score.weight"])                             # [K, C]
+    model = clf.to()
+    assert task_head(model, split, seed=0) == "kept"
+    assert model.labels == split.label_names
+    np.testing.assert_array_equal(model.params["score.weight"], trained[::-1])   # row k is still label k's
+    other = base.to()
+    other.add_classification_head(["cold", "hot"], seed=3)
+    assert task_head(other, split, seed=0) == "new" and other.labels == split.label_names
+    fresh = base.to()
+    assert task_head(fresh, split, seed=0) == "new"
+    np.testing.assert_array_equal(other.params["score.weight"], fresh.params["score.weight"])   # the seed's draw
+    assert task_head(base.to(), load_task("facts", "train")) == "lm"
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    _, _, summary = finetune(clf, tok, FinetuneConfig(method="head", steps=1, batch_size=4, train_size=8,
+                                                      eval_size=4), progress=False)
+    assert summary["head"] == "kept"
+
+
+def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsys):
+    """--merge writes W + ΔW as a whole model folder beside the adapter: it computes what base + adapter computes,
+    and is the --base of the next fine-tune (merge, then a fresh adapter: continual learning as the MIT paper ran it)."""
+    from minift import load_peft
+    base_dir, base = tiny_base(tmp_path)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": f"it was {w}", "label": lab}) + "\n"
+                            for w, lab in [("great", "good"), ("awful", "bad")] * 20))
+    first = tmp_path / "first"
+    assert main(["finetune", "--task", str(path), "--base", str(base_dir), "--steps", "3", "--batch", "4", "--lr",
+                 "1e-2", "--merge", "--out", str(first), "--quiet"]) == 0
+    assert "merged model" in capsys.readouterr().out
+    merged = GPT.from_pretrained(first / "model")
+    assert not merged.adapters and merged.labels == ["bad", "good"]
+    with_adapter = GPT.from_pretrained(base_dir)
+    load_peft(with_adapter, first / "adapter")
+    x = np.random.default_rng(0).integers(0, 2048, size=(2, 9))
+    np.testing.assert_allclose(merged.forward(x), with_adapter.forward(x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(merged.params["h.0.attn.c_attn.weight"], base.params["h.0.attn.c_attn.weight"])
+    second = tmp_path / "second"
+    assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "2", "--batch", "4",
+                 "--out", str(second), "--quiet"]) == 0
+    assert "classification head (labels bad, good) was trained on" in capsys.readouterr().out
+    assert json.loads((second / "finetune.json").read_text())["head"] == "kept"
+    assert main(["finetune", "--method", "full", "--merge", "--task", str(path), "--base", str(base_dir)]) == 1
+    assert "--merge: LoRA options, but --method is 'full'" in capsys.readouterr().err
+    with pytest.raises(MiniftError, match="merge folds LoRA's adapters"):
+        FinetuneConfig(method="full", merge=True)
+
 def test_examples_longer_than_the_context_are_counted_and_said(tmp_path, capsys):
     base_dir, _ = tiny_base(tmp_path)
     path = tmp_path / "long.jsonl"

@@ -333,6 +333,24 @@ def test_merged_equals_unmerged_and_unmerge_restores_w(xp):
         lora.unmerge()
 
 
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_merged_model_is_a_plain_copy_that_computes_the_same(xp, dora):
+    """merged_model() (PEFT's merge_and_unload, on a copy): no adapters, nothing frozen by LoRA, W + ΔW in the
+    adapted matrices, the same logits (float64, up to reassociation); the adapted model is left as it was."""
+    model = tiny_model(xp)
+    model.frozen = {"wpe.weight"}                                              # frozen before LoRA: stays frozen
+    lora = randomize(attach_lora(model, LoRAConfig(r=4, targets="all-linear", use_dora=dora)))
+    ids, _ = batch(model.cfg)
+    before = {k: host(v).copy() for k, v in model.params.items()}
+    merged = lora.merged_model()
+    assert merged.adapters == {} and merged.frozen == {"wpe.weight"} and not lora.merged
+    np.testing.assert_allclose(host(merged.forward(ids)), host(model.forward(ids)), rtol=1e-10, atol=1e-12)
+    for name, w in lora.effective_weights().items():
+        np.testing.assert_array_equal(host(merged.params[name]), host(w))
+    assert all(np.array_equal(host(v), before[k]) for k, v in model.params.items())   # the original, untouched
+    assert all(merged.params[k] is not v for k, v in model.params.items())            # and not shared
+
 # ---- initialisation -----------------------------------------------------------------------------------------
 
 def test_default_and_gaussian_init_follow_peft(xp):
