@@ -312,7 +312,7 @@ if have_base:
 # What pretraining bought, and what it did not. The base writes fluent world English. Whether it knows *who lives
 # where* is a separate question: below, it completes "⟨name⟩ lives in" greedily for 24 people, and we count the right
 # towns against the 1-in-12 of a guess. That gap, specific facts the task needs, is what fine-tuning is for
-# (the `facts` task, tutorials 05–07).
+# (the built-in `facts` task: tutorial 10, section 7, and tutorial 11).
 
 # %%
 if have_base:

@@ -35,7 +35,8 @@
 # pretrained matrix — and full fine-tuning's do not; LoRA's forgetting of the pretraining distribution is concentrated
 # in them, and scaling their singular values down ($\lambda \approx 0.75$) undoes much of it at little cost in task
 # accuracy; full fine-tuning's updates have a higher effective rank; higher-rank, rank-stabilised LoRA (rsLoRA)
-# behaves more like full fine-tuning.
+# behaves more like full fine-tuning; and when tasks are learned one after another (continual learning), LoRA's
+# intruders accumulate.
 #
 # This tutorial reproduces those measurements in miniature, with `minift/analysis.py`, and says plainly which of
 # them survive at width 128 and which do not.
@@ -48,28 +49,33 @@
 # 4. to measure forgetting (held-out language-model loss) per method and rank;
 # 5. the paper's mitigation: scale the intruders' singular values by $\lambda$, and what it does to forgetting and
 #    accuracy;
-# 6. an honest reading: what reproduces at this scale, what does not, and why.
+# 6. an honest reading: what reproduces at this scale, what does not, and why;
+# 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
+#    what does each method keep of the earlier tasks?
 #
-# **Time:** about 4 minutes normally (five 500-step fine-tunes and their evaluations: 220–250 s measured while two
-# other jobs shared the cores), about 30 s in fast mode (`MINIFT_FAST=1`), on 2 CPU cores of a shared, busy machine.
-# 40 minutes to read.
+# **Time:** about 3½ minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages:
+# 204 s measured on 2 quiet CPU cores; more on a busy machine), about 30 s in fast mode (`MINIFT_FAST=1`).
+# 50 minutes to read.
 #
 # **Prerequisites:** tutorials 05 (the task, `finetune`), 06 (full fine-tuning) and 07 (LoRA, its scale $s$, rsLoRA).
 
 # %%
+import json
 import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import FAST, exercise, pick, show
+from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import LoRAConfig
 from minift.analysis import (format_intruders, intruder_dimensions, intruder_sweep,
                              linear_weight_names, model_intruders, random_baseline, scale_intruders,
                              singular_values, spectrum_compare)
 from minift.backend import to_numpy
+from minift.data import data_dir
 from minift.evaluate import lm_loss, split_metrics
 from minift.finetune import FinetuneConfig, finetune, load_task_splits
+from minift.generate import generate
 from minift.pretrain import heldout_world_ids, load_base
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
@@ -630,7 +636,178 @@ if not FAST:
 # And the article's §4.2: the 70% / 80% savings (tutorial 09 measures where time and memory go), "BERT and GPT" on
 # NER and sentiment, and "better generalisation on small data" are not the paper's findings. Its finding is this
 # tutorial: equal accuracy does not mean an equal model.
+
+# %% [markdown]
+# ## 7. Tasks in sequence: what continual learning does to intruders
 #
+# The paper's last finding is about time. Fine-tune on one task, then on the next, and the next — what the article's
+# §1.2 calls continual improvement (持续改进) — and LoRA's intruder dimensions pile up: the paper trained on tasks
+# one after another, merged each task's adapter into the weights before the next task got a fresh one, and reports
+# that "LoRA models do accumulate intruder dimensions here" and "tend to perform worse in this setting".
+#
+# In miniature: four tasks made from minift's built-in `facts` task (questions about the people of tutorial 04's
+# world, each answered with one sentence, " She lives in Oakford."), two relations each — where people live and work, their pets and pets'
+# names, their friends and hobbies, their food and colours. The test questions are about people no training
+# question mentions, so each task needs what pretraining stored. Each stage starts from the previous stage's model:
+#
+# $$W^{(k)} = W^{(k-1)} + \Delta W^{(k)}, \qquad W^{(0)} = W_0 \text{ (the base)},$$
+#
+# with $\Delta W^{(k)}$ full fine-tuning's update, or LoRA's $s\,B^{(k)}A^{(k)}$ folded in by `lora.merged_model()`
+# (PEFT's `merge_and_unload`) before task $k+1$ attaches fresh adapters — what `minift finetune --merge` and
+# `--base RUN/model` do from the command line. Intruders are always counted against $W_0$: Algorithm 1 on
+# $W_0 \to W^{(k)}$. Each method keeps minift's defaults (full: lr $10^{-3}$; LoRA: $\alpha = 2r$, $s = 2$, lr
+# $2\cdot10^{-3}$) for 200 steps a stage.
+
+# %%
+GROUPS = (("town", "job"), ("pet", "pet_name"), ("friend", "hobby"), ("food", "colour"))
+STAGE_STEPS = pick(200, 10)
+CL_PLAN = {"full": dict(method="full"),
+           "full, wte/wpe frozen": dict(method="freeze", freeze_blocks=0),    # every block trains, the embeddings not
+           **{f"lora r={r}": dict(method="lora", lora=LoRAConfig(r=r, alpha=2 * r, targets="all-linear"))
+              for r in (1, 8, 64)}}
+
+
+def relation_task(relations, folder):
+    """A task folder holding the facts task's questions about `relations` only, split as the facts task is."""
+    for split in ("train", "validation", "test"):
+        lines = (data_dir() / "tasks" / "facts" / f"{split}.jsonl").read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["relation"] in relations]
+        (folder / f"{split}.jsonl").write_text("\n".join(kept) + "\n")
+    return folder
+
+
+TASKS = [relation_task(g, out_dir("continual", f"task{k}")) for k, g in enumerate(GROUPS)]
+TESTS = [load_task_splits(t, eval_size=pick(None, 32))[2] for t in TASKS]     # 250 test questions each
+
+
+def in_sequence(method):
+    """Fine-tune on TASKS one after another; after each stage: the model, the test loss and exact-match accuracy on
+    every task, the intruders against W0 (ε = 0.5, summed over the 16 matrices) and the forgetting ΔLM."""
+    model, stages = base, []
+    for task in TASKS:
+        fcfg = FinetuneConfig(**method, task=str(task), steps=STAGE_STEPS, eval_size=pick(100, 16))
+        tuned, lora, _ = finetune(model, tok, fcfg, progress=False)
+        model = tuned if lora is None else lora.merged_model()        # W(k) = W(k-1) + ΔW(k), adapters folded in
+        metrics = [split_metrics(model, t, tok, 128) for t in TESTS]
+        stages.append(dict(model=model,
+                           loss=np.array([m["loss"] for m in metrics]),
+                           acc=np.array([m["accuracy"] for m in metrics]),
+                           intruders=sum(intruder_dimensions(W0[n], to_numpy(model.params[n]), k=K, eps=0.5)["count"]
+                                         for n in NAMES),
+                           forgetting=lm_loss(model, heldout, max_windows=None) - base_lm))
+    return stages
+
+
+base_task_loss = np.array([split_metrics(base, t, tok, 128)["loss"] for t in TESTS])
+seq = {label: in_sequence(method) for label, method in CL_PLAN.items()}
+print(f"{'':<21}{'test loss on task':^28}{'exact match':^16}")
+print(f"{'':<21}" + "".join(f"{j:>7}" for j in range(4)) + f"{'task k':>8}{'task 0':>8}{'intruders':>11}{'ΔLM':>8}")
+print(f"{'the base':<21}" + "".join(f"{v:>7.2f}" for v in base_task_loss))
+for label, stages in seq.items():
+    for k, st in enumerate(stages):
+        print(f"{label if k == 0 else '':<21}" + "".join(f"{v:>7.2f}" for v in st["loss"])
+              + f"{st['acc'][k]:>8.2f}{st['acc'][0]:>8.2f}{st['intruders']:>11}{st['forgetting']:>+8.2f}"
+              + f"   after task {k}")
+
+# %% [markdown]
+# Read a block of four rows: one method, stage by stage. The four loss columns are the completion loss (nats per
+# token) on each task's 250 test questions; the diagonal — row $k$, column $k$ — is the task just learned, the
+# entries left of it are the tasks learned before. Exact match: on the task just trained, and on task 0. Intruders:
+# against $W_0$, $\varepsilon = 0.5$, of 160. ΔLM: section 4's forgetting of the pretraining text.
+#
+# In the measured normal-mode run every method learned each task as it came (the diagonal, 0.3–1.4, against the
+# base's 2.4, 3.9, 1.6, 1.3) and lost the earlier ones. Task 0's loss, 0.3–0.5 right after it was trained, ended
+# above the untrained base's 2.41 for every method: 8.15 for full fine-tuning, 5.13 with the embeddings frozen, and
+# 3.35, 4.16, 4.58 for LoRA r = 1, 8, 64. Exact match on task 0 (0.36–0.46) fell to 0.00 for every method as soon as
+# task 1 was trained. LoRA's intruders grew at every stage — r=1 from 5 to 15, r=8 from 10 to 52, r=64 from 25 to 118
+# of 160 — while full fine-tuning's stayed low for three stages (3, 9, 11) and jumped to 37 at the fourth. Forgetting
+# of the pretraining text piled up as well: ΔLM +0.50, +1.70, +4.16 for LoRA r = 1, 8, 64 after four tasks, +5.48
+# for full fine-tuning.
+#
+# What did the models forget? Ask two of them task 0's questions, before and after task 1.
+
+# %%
+question = list(zip(TESTS[0].prompts, TESTS[0].completions))[:3]
+for label in ("full", "lora r=8"):
+    for k in (0, 1):
+        model = seq[label][k]["model"]
+        print(f"{label}, after stage {k}:")
+        for prompt, want in question:
+            said = generate(model, tok, prompt, max_new_tokens=12, temperature=0).split("\n")[0]
+            print(f"    {prompt.splitlines()[0][len('Question: '):]:<34} → {said.strip():<28} (answer: {want.strip()})")
+
+# %% [markdown]
+# Every method answers the old question in the new task's form: after task 1, "Where does Edwin live?" gets "He has
+# a dog." The four tasks share one prompt ("Question: … Answer:"), and each stage trains on its own two relations and
+# nothing else, so the quickest way to lower the new task's loss is to make "Answer:" start the new task's sentence,
+# whatever was asked. This is catastrophic forgetting at its plainest, and no method escapes it here. The usual
+# remedies are outside this tutorial: mix some of the earlier tasks' examples into every stage (replay), or pull
+# the weights back toward the earlier ones (a regulariser such as EWC).
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+stages_x = np.arange(len(TASKS))
+for i, (label, stages) in enumerate(seq.items()):
+    ax1.plot(stages_x, [st["intruders"] for st in stages], "o-", color=f"C{i}", label=label)
+    ax2.plot(stages_x, [st["loss"][0] for st in stages], "o-", color=f"C{i}", label=label)
+ax2.axhline(base_task_loss[0], color="k", ls="--", lw=0.8, label="the base, before any stage")
+ax1.set(xlabel="stage k (after task k)", ylabel="intruders against W0, ε = 0.5 (of 160)",
+        title="intruders accumulate stage by stage", xticks=stages_x)
+ax2.set(xlabel="stage k (after task k)", ylabel="test loss on task 0", title="task 0, learned at stage 0, afterwards", xticks=stages_x)
+ax1.legend(fontsize=8)
+ax2.legend(fontsize=8)
+show(fig, "10_continual")
+
+# %% [markdown]
+# **Check.** Deterministic: a merged LoRA stage computes what its adapters computed (float32: $10^{-4}$ of the logits'
+# scale), and carries no adapters into the next stage. Measured, normal mode, with wide margins: every method loses
+# task 0 (its test loss after the last stage is at least 1 nat above its loss right after stage 0, and exact match
+# on task 0 falls below 0.1 as soon as stage 1 is trained); LoRA r=8's and r=64's intruders grow at every stage and
+# end at least twice their first stage's count; at every stage LoRA r=64 has more intruders than full fine-tuning;
+# and after the last stage full fine-tuning's task-0 loss is more than 1 nat above every LoRA run's and above its
+# own with the embeddings frozen.
+
+# %%
+tuned, lora8, _ = finetune(base, tok, FinetuneConfig(**CL_PLAN["lora r=8"], task=str(TASKS[0]), steps=2,
+                                                     eval_size=8), progress=False)
+ids = np.array([tok.encode(TESTS[0].prompts[0])])
+adapted, merged = to_numpy(tuned.forward(ids)), lora8.merged_model()
+assert not merged.adapters and np.allclose(to_numpy(merged.forward(ids)), adapted, rtol=1e-4,
+                                           atol=1e-4 * np.abs(adapted).max())
+for label, stages in seq.items():
+    print(f"{label:<21} task 0 loss: {stages[0]['loss'][0]:.2f} after stage 0 → {stages[-1]['loss'][0]:.2f} after "
+          f"stage 3; intruders by stage {[st['intruders'] for st in stages]}")
+if not FAST:
+    for label, stages in seq.items():
+        assert stages[-1]["loss"][0] > stages[0]["loss"][0] + 1.0, label
+        assert stages[1]["acc"][0] < 0.1, label
+    for label in ("lora r=8", "lora r=64"):
+        counts = [st["intruders"] for st in seq[label]]
+        assert all(b > a for a, b in zip(counts, counts[1:])) and counts[-1] >= 2 * counts[0], (label, counts)
+    assert all(r64["intruders"] > f["intruders"] for r64, f in zip(seq["lora r=64"], seq["full"]))
+    assert seq["full, wte/wpe frozen"][-1]["loss"][0] < seq["full"][-1]["loss"][0] - 1.0
+    assert max(seq[f"lora r={r}"][-1]["loss"][0] for r in (1, 8, 64)) < seq["full"][-1]["loss"][0] - 1.0
+
+# %% [markdown]
+# What reproduces, and what does not:
+#
+# - **Intruders accumulate under LoRA, stage after stage** — the paper's finding, clearly: each merged adapter adds
+#   new directions, and more of them at higher rank (r=64 ends with 118 of the 160 top directions new). Full
+#   fine-tuning accumulates far fewer until the last stage.
+# - **"LoRA performs worse in continual learning" does not reproduce here.** Every LoRA run kept more of task 0 than
+#   full fine-tuning (3.35–4.58 against 8.15), learned every new task at least as well (the diagonal), and forgot less
+#   of the pretraining text. Part of full fine-tuning's loss is the tied embedding: `wte` is also the output layer,
+#   and full fine-tuning rewrites it for every task; frozen, task 0's loss ended at 5.13 instead of 8.15 — still above
+#   every LoRA run's.
+# - **Intruders did not predict which method forgot the earlier task.** Within LoRA they go together — more rank,
+#   more intruders, more forgetting of task 0 (3.35 < 4.16 < 4.58) — but LoRA r=64, with 118 intruders, kept task 0
+#   better than full fine-tuning with 37.
+# - **Why the difference may be the setting.** The paper's tasks were different problems for much larger models, whose
+#   full fine-tunes move the weights very little (section 6); here four tasks compete for one answer
+#   form in a 1-million-parameter model, and the forgetting that dominates is the form, which every method overwrites
+#   within one stage. One seed, one order of the tasks, 200 steps a stage: read the trends, not single numbers.
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1 — the random level.** Predict the mean $\max|\cos|$ of a random direction against a complete
