@@ -59,7 +59,9 @@ def claims(results) -> list:
     full, lora = _find(results, "full"), _find(results, _main_lora(cfg))
     out = []
     if not (full and lora):
-        return ["The claims compare full fine-tuning with LoRA: run with both methods to check them."]
+        missing = "full fine-tuning" if not full else f"LoRA at the main rank r={cfg['rank']} (--rank)"
+        return [f"The claims compare full fine-tuning with LoRA at r={cfg['rank']}, and this run has no {missing}: "
+                "add the missing method to --methods to check them."]
     fewer = 1 - lora["trainable"] / full["trainable"]
     out.append(f"**\"90% fewer parameters\"** — LoRA r={cfg['rank']} trains {lora['trainable']:,} of "
                f"{full['trainable']:,} parameters: {100 * fewer:.1f}% fewer. "

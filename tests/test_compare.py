@@ -104,6 +104,17 @@ def test_report_reads_the_claims_and_has_plots(report):
     assert results["machine"]["cpu_count"] >= 1
 
 
+
+def test_the_claims_name_the_run_they_are_missing():
+    """--methods full --ranks 2,4 has LoRA runs, but not the main rank the claims are read at: say which."""
+    from minift.report import claims
+    cfg = {"rank": 8}
+    full, r2 = {"label": "full", "method": "full"}, {"label": "lora r=2", "method": "lora"}
+    only_sweep = claims({"config": cfg, "runs": [full, r2]})
+    assert only_sweep == ["The claims compare full fine-tuning with LoRA at r=8, and this run has no LoRA at the "
+                          "main rank r=8 (--rank): add the missing method to --methods to check them."]
+    assert "has no full fine-tuning" in claims({"config": cfg, "runs": [r2, {"label": "lora r=8"}]})[0]
+
 def test_the_default_methods_follow_the_task(monkeypatch, capsys, tmp_path):
     """head-only needs a classification task, so a generation task compares full fine-tuning and LoRA."""
     import minift.compare
