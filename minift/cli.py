@@ -201,7 +201,7 @@ def _lora_from_args(a):
 
 def cmd_finetune(a):
     from .finetune import FinetuneConfig, finetune
-    from .pretrain import load_base
+    from .pretrain import load_base, shipped_base_dir
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
@@ -218,14 +218,19 @@ def cmd_finetune(a):
     fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
                           eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers,
-                          lora=_lora_from_args(a) if a.method == "lora" else None, merge=a.merge)
-    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume)
+                          lora=_lora_from_args(a) if a.method == "lora" else None, merge=a.merge, head=a.head)
+    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume,
+                       base_dir=a.base or shipped_base_dir())
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
           f"(loss {s['test_loss']:.3f}); saved to {a.out}")
     if s["head"] == "kept":
-        print(f"the base's classification head (labels {', '.join(base.labels)}) was trained on, not replaced")
+        print(f"the base's trained classification head (labels {', '.join(base.labels)}) was kept and trained "
+              "further (--head new for a fresh one)")
+    elif s["head"] == "new" and base.head == "classification":
+        print(f"the base's classification head (labels {', '.join(base.labels)}) was replaced by a new one for the "
+              f"task's labels ({', '.join(s['labels'])})")
     if a.merge:
         print(f"merged model (adapters folded into the weights): {a.out}/model -- deploy it, or give it as --base "
               "to fine-tune on")
@@ -253,7 +258,8 @@ def add_finetune(sub):
                         "half of them)")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="LoRA alpha (default 2r, PEFT's usual; the adapters then train at lr 2e-3, the head at 3e-4)")
+                   help="LoRA alpha (default 2r, a common choice: s = 2; PEFT's own default is 8; the adapters then "
+                        "train at lr 2e-3, the head at 3e-4)")
     p.add_argument("--targets", default=None,
                    help="LoRA targets: all-linear (default) or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
@@ -262,8 +268,12 @@ def add_finetune(sub):
                    help="LoRA initialisation (default: A random, B = 0)")
     p.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
     p.add_argument("--merge", action="store_true",
-                   help="LoRA: also save the merged model (W + s·BA folded in, no adapters) in --out/model, to deploy "
-                        "as one folder or to fine-tune on with --base (default: the adapter only)")
+                   help="LoRA: also save the merged model (the adapters folded into the weights, W + s·BA; DoRA's "
+                        "m·V/‖V‖) in --out/model, to deploy as one folder or to fine-tune on with --base (default: "
+                        "the adapter only)")
+    p.add_argument("--head", default="auto", choices=["auto", "keep", "new"],
+                   help="a base that ends in a classification head over the task's labels: train on from it (auto, "
+                        "keep: keep refuses any other base) or start a fresh head (new)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=0,
                    help="checkpoint every N steps into --out/checkpoints (default 0: at the end, and when stopped)")

@@ -17,10 +17,10 @@ order, seed and step budget. For each run we measure what the article claims and
 `--ranks` adds a LoRA rank sweep, which is where the paper's rank findings show. It keeps the main run's scale
 s = α/r (α = 2r by default, so s = 2 at every rank); with --rslora it keeps α, and s = α/√r (sweep_alpha).
 
-LoRA's default is PEFT's customary r = 8 on all linear layers with α = 16, the adapters at lr 2e-3 and the fresh
-classification head at 3e-4 (finetune.DEFAULT_LR / DEFAULT_HEAD_LR): with one rate shared by adapters and head,
-α = 16 stayed near chance on this small base, because a rate large enough for the adapters makes the random head
-collapse (tutorial 07). The report folder gets results.json, report.md and PNG plots.
+LoRA's default is r = 8 on all linear layers with α = 2r = 16 (a common choice; PEFT's default α is 8), the adapters
+at lr 2e-3 and the fresh classification head at 3e-4 (finetune.DEFAULT_LR / DEFAULT_HEAD_LR): with one rate shared
+by adapters and head, α = 16 stayed near chance on this small base, because a rate large enough for the adapters
+makes the random head collapse (tutorial 07). The report folder gets results.json, report.md and PNG plots.
 """
 from __future__ import annotations
 
@@ -176,13 +176,16 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     from .data.sources import task_source
     label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
     run_dir = out / (f"lorar{rank}" if method == "lora" else method)
+    train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
+    # a classification task: every method starts from a fresh head, on a base that is already a classifier too
+    # (head-only is a linear probe of the body; continuing a trained head would measure something else)
     fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
                           seed=ccfg.seed, workers=ccfg.workers,
+                          head="new" if train_split.type == "classification" else "auto",
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
     model, lora, s = finetune(base, tok, fcfg, progress=progress, resume=resume, checkpoints=run_dir / "checkpoints")
-    train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
                         seed=ccfg.seed).next_batch()
     head = "classification" if model.head == "classification" else "lm"

@@ -29,7 +29,8 @@ Backward, with k = m/n [O] and z = x_d V [N, O] (cached by the forward), y = k �
     dx = dy W0ᵀ + dropout_backward(dz Vᵀ − dy W0ᵀ)  [N, I]   (= dz Vᵀ without dropout)
     dW0 = dV + (x − x_d)ᵀ dy                        [I, O]   only when W0 trains (never under LoRA)
 dV itself is never formed: x_dᵀ dz would be the full [I, O] weight-gradient matmul that LoRA exists to skip, and
-dA, dB only need it multiplied by B or A, which the low-rank products above do for N·R·(I + O) FLOPs.
+dA, dB only need it multiplied by B or A, which the low-rank products above do for 4·N·R·(I + O) FLOPs (2 per
+multiply-add), plus ~6·I·O·R for rebuilding V and the norm's path.
 
 The norm: exact or detached. DoRA §4.3 proposes to treat n = ‖V‖_c as a constant in the backward ("detached from
 the gradient graph") to save training memory, and PEFT does so (weight_norm.detach()). That drops the terms with dn:
@@ -68,7 +69,7 @@ def dora_forward(x, w, b, A, B, m, s, p=0.0, rng=None):
         y += (x2 - xd) @ w                                             # (N, O) the base path sees the undropped x
     if b is not None:
         y += b                                                         # (N, O)
-    # V is not cached: a weight-sized [I, O] array per adapter kept to the backward; it is rebuilt there (I·O·R FLOPs)
+    # V is not cached: a weight-sized [I, O] array per adapter kept to the backward; it is rebuilt there (2·I·O·R FLOPs)
     return y.reshape(*x.shape[:-1], O), (x2, xd, mask, z, n, w, A, B, m, s, b is not None, x.shape)
 
 

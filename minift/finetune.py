@@ -101,7 +101,7 @@ class FinetuneConfig:
     steps: int = 300
     batch_size: int = 16
     lr: float | None = None          # default: DEFAULT_LR[method]
-    head_lr: float | None = None     # the fresh classification head's rate (default: DEFAULT_HEAD_LR, else lr)
+    head_lr: float | None = None     # the classification head's rate (default: DEFAULT_HEAD_LR, else lr)
     warmup: int = 20
     weight_decay: float = 0.0
     max_len: int = 128               # tokens per example (capped at the model's n_ctx)
@@ -114,6 +114,7 @@ class FinetuneConfig:
     lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
     workers: int = 1                 # >1: each batch split across CPU threads (minift/parallel.py)
     merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
+    head: str = "auto"               # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -123,6 +124,8 @@ class FinetuneConfig:
             if value is not None and not 0 < value < math.inf:
                 raise MiniftError(f"{name}={value!r} must be a positive, finite learning rate")
 
+        if self.head not in HEAD_MODES:
+            raise MiniftError(f"head={self.head!r} is not one of {HEAD_MODES}")
         if self.merge and self.method != "lora":
             raise MiniftError(f"merge folds LoRA's adapters into the weights, and method {self.method!r} has none "
                               "(its whole model is saved already); drop it, or use method 'lora'")
@@ -131,7 +134,7 @@ class FinetuneConfig:
 
 
 def learning_rates(model, fcfg: FinetuneConfig):
-    """(lr, head_lr): the rate of the method's trainable weights, and the fresh head's (None when there is no
+    """(lr, head_lr): the rate of the method's trainable weights, and the classification head's (None when there is no
     trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
     lr = fcfg.lr or DEFAULT_LR[fcfg.method]
     if HEAD not in model.trainable_params():
@@ -146,18 +149,33 @@ def learning_rates(model, fcfg: FinetuneConfig):
     return lr, fcfg.head_lr or DEFAULT_HEAD_LR.get(fcfg.method, lr)
 
 
-def task_head(model, train_split, seed: int = 0) -> str:
+HEAD_MODES = ("auto", "keep", "new")
+
+
+def task_head(model, train_split, seed: int = 0, mode: str = "auto") -> str:
     """Step 2 (article §1.1, "add a task-specific layer"): the head the task trains, on `model` in place.
 
     A classification task needs a head over its labels. A base that already ends in one over the same labels -- a
     model fine-tuned on this task before, now trained on with new data (article §1.2's "continual improvement") --
-    keeps its trained head, its rows put in the task's label order; throwing it away would start the task over.
-    Any other base gets a fresh head. A generation task trains the tied LM head. Returns which: "kept", "new", "lm".
+    keeps its trained head by default (mode "auto"), its rows put in the task's label order: throwing it away would
+    start the task over. Any other base gets a fresh head. mode "new" always draws a fresh one (the same label names
+    can mean another task: "0"/"1"); mode "keep" refuses a base without a head over these labels. A generation task
+    trains the tied LM head. Returns which happened: "kept", "new" or "lm".
     """
+    if mode not in HEAD_MODES:
+        raise MiniftError(f"head={mode!r} is not one of {HEAD_MODES}")
     if train_split.type != "classification":
+        if mode != "auto":
+            raise MiniftError(f"head={mode!r} chooses a classification head, and this is a {train_split.type} task "
+                              "(it trains the tied LM head); leave it at 'auto'")
         return "lm"
     labels = list(train_split.label_names)
-    if model.head == "classification" and sorted(model.labels) == sorted(labels):
+    matches = model.head == "classification" and sorted(model.labels) == sorted(labels)
+    if mode == "keep" and not matches:
+        has = f"a head over {model.labels}" if model.head == "classification" else "no classification head"
+        raise MiniftError(f"head='keep' (--head keep) trains on the base's head, but the base has {has} and the task's "
+                          f"labels are {labels}; use --head new (or auto)")
+    if matches and mode != "new":
         rows = [model.labels.index(name) for name in labels]                 # the base's row of each task label
         model.params[HEAD] = model.params[HEAD][rows].copy()                 # [K, C]
         model.labels = labels
@@ -224,7 +242,8 @@ def _split_one_file(split, seed=0):
     return part(order[:cut1], "train"), part(order[cut1:cut2], "validation"), part(order[cut2:], "test")
 
 
-def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None):
+def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None,
+             base_dir=None):
     """Fine-tune a copy of `base` on fcfg.task with fcfg.method; returns (model, lora or None, summary dict).
 
     The article's five steps (§1.1): 1 load the pretrained model (`base`, copied so it stays untouched), 2 add a
@@ -233,6 +252,9 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
 
     checkpoints: the folder for training checkpoints (default out_dir/checkpoints; none without either). With
     resume, training continues from the latest one there, which must come from the same base, task and settings.
+    base_dir: the folder `base` was loaded from, when known: finetune.json names it, and a saved whole model carries
+    its pretraining record along (out_dir/model/pretrain.json), so that forgetting measured on the fine-tuned model
+    later (compare --base out_dir/model) uses the text the original base was pretrained on.
     """
     from .data.sources import task_source
     from .evaluate import split_metrics
@@ -242,7 +264,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     check_base_fits_task(base, fcfg.task, train_split)
     model = base.to()                                                      # 1. a private copy of the base
-    head = task_head(model, train_split, seed=fcfg.seed)                   # 2. the task head
+    head = task_head(model, train_split, seed=fcfg.seed, mode=fcfg.head)   # 2. the task head
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
@@ -268,7 +290,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
                    resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
-    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, head=head,
+    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, head=head, labels=model.labels,
                    train_examples=len(train_split),
                    max_len=max_len, train_examples_cut=source.cut_examples(),
                    **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
@@ -276,9 +298,11 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                    tokens_per_s=result.tokens / max(result.seconds, 1e-9),
                    final_train_loss=result.final_loss, history=result.history, evals=result.evals,
                    val_accuracy=result.evals[-1]["val_accuracy"], val_loss=result.evals[-1]["val_loss"],
-                   test_accuracy=test["accuracy"], test_loss=test["loss"])
+                   test_accuracy=test["accuracy"], test_loss=test["loss"],
+                   base=str(Path(base_dir).resolve()) if base_dir is not None else None,
+                   base_fingerprint=base.fingerprint())
     if out_dir is not None:
-        _save_result(model, lora, tokenizer, summary, Path(out_dir), merge=fcfg.merge)
+        _save_result(model, lora, tokenizer, summary, Path(out_dir), merge=fcfg.merge, base_dir=base_dir)
     return model, lora, summary
 
 
@@ -290,14 +314,19 @@ def _start(base, lora) -> str:
     return base.fingerprint() + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
 
 
-def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False):
+def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, base_dir=None):
     """out_dir/adapter (LoRA: PEFT's files) and/or out_dir/model (a whole model folder: full fine-tuning's result,
-    or LoRA's merged into the base with merge=True), and finetune.json."""
+    or LoRA's merged into the base with merge=True, with the base's pretrain.json), and finetune.json."""
     from .io import save_json
+    from .pretrain import base_pretraining
     if lora is not None:
         lora.save_peft(out_dir / "adapter")
     whole = model if lora is None else lora.merged_model() if merge else None
     if whole is not None:
         whole.save_pretrained(out_dir / "model", tokenizer)
         tokenizer.save(out_dir / "model" / "tokenizer.json")
+        pretraining = base_pretraining(base_dir) if base_dir is not None else None
+        if pretraining is not None:                  # what the original base read, carried down the line
+            save_json({**pretraining, "carried_from": str(Path(base_dir).resolve())},
+                      out_dir / "model" / "pretrain.json")
     save_json(summary, out_dir / "finetune.json")

@@ -53,7 +53,9 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
         if (path / "adapter" / "adapter_config.json").is_file():
             raise MiniftError(f"{path} is a LoRA run's folder: its adapter is {path / 'adapter'}, to be loaded on the "
                               "base model it was trained on (generate: --model BASE --adapter "
-                              f"{path / 'adapter'}; Python: minift.load_peft)")
+                              f"{path / 'adapter'}; Python: minift.load_peft). To fine-tune on from it, write its "
+                              "merged model first: the same finetune command with --resume --merge adds "
+                              f"{path / 'model'}")
     hf = load_json(path / "config.json", "model config")
     if not isinstance(hf, dict):
         raise MiniftError(f"{path / 'config.json'} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config")

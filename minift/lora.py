@@ -11,10 +11,12 @@ The adapted linear, in GPT-2's layout (W [I, O], y = x W + b, see minift/ops/lin
     y = x W + b + s · dropout(x) Aᵀ Bᵀ          A [R, I] = lora_A.weight,  B [O, R] = lora_B.weight
     s = α / R                                     (α / √R with rsLoRA: Kalajdzievski 2023, arXiv 2312.03732)
 
-Why √R: with s = α/R, the adapter's output and its gradients shrink as R grows (a sum of R independent terms has a
-size of about √R, divided by R), so a larger rank learns more slowly and ends up no better; rsLoRA shows that s ∝ 1/√R
-is the scaling under which learning is stable in R ("rank-stabilised"). PEFT's defaults differ from LoRAConfig's:
-lora_alpha 8 there, alpha 16 (= 2r at r = 8) here.
+Why α/R, and why rsLoRA's √R: with s = α/R, the part of an update along the gradient (what lowers the loss) stays
+the same size whatever R, so the learning rate need not change with the rank (Hu et al. §4.1) -- and extra rank buys
+little. rsLoRA argues that with α/R the adapters' outputs and gradients collapse as R grows, measures that higher
+ranks then stop improving, and shows that s ∝ 1/√R is the scaling under which learning is stable in R
+("rank-stabilised"); tutorial 07, section 3 measures both. PEFT's defaults differ from LoRAConfig's: lora_alpha 8
+there, alpha 16 (= 2r at r = 8, a common choice) here.
 
 W and b are frozen; only A and B train. B = 0 at init, so the adapted model starts as the base model, exactly.
 
@@ -34,7 +36,9 @@ Backward (lora_backward), from y = x W + b + s · h Bᵀ with h = x_d Aᵀ and x
     dA = s · (dy B)ᵀ x_d                             [R, N] @ [N, I]
     dW = xᵀ dy                                       NOT computed when W is frozen (the only FLOP LoRA saves)
 With G = xᵀ dy, the full fine-tuning gradient of W, and no dropout: dB = s · Gᵀ Aᵀ and dA = s · Bᵀ Gᵀ: LoRA's
-gradients are the full gradient projected onto the adapter's subspaces (tests/test_lora.py checks this).
+gradients are the full gradient read through the adapter's r input directions (A's rows) and r output directions
+(B's columns) -- coordinates of projections onto those subspaces when the directions are orthonormal
+(tests/test_lora.py checks the identities).
 
 Which modules: targets names the linears of every block as PEFT does, by suffix of the module name:
 "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "all-linear" (all four). Bare "c_proj" is ambiguous in GPT-2 (the
@@ -614,16 +618,15 @@ def _read_tensors(path: Path, model, config) -> tuple[dict, object]:
     if head is not None and head.shape[1:] != (model.cfg.n_embd,):
         raise MiniftError(f"{path / WEIGHTS_FILE}: the head score.weight has shape {head.shape}, "
                           f"expected (labels, {model.cfg.n_embd})")
-    if head is not None and HEAD in model.params and model.params[HEAD].shape != head.shape:
-        raise MiniftError(f"{path}: the adapter's head has {head.shape[0]} labels, this model's "
-                          f"{model.params[HEAD].shape[0]}")
     return found, head
 
 
 def load_peft(model, path, seed: int = 0) -> LoRA:
     """Attach the adapter saved in the folder `path` (by save_peft, or by PEFT for a GPT-2) to `model`; return the
-    handle, in eval mode (adapter dropout off, as PEFT's from_pretrained). A classification head in the file is loaded
-    into the model (added with the recorded labels when the model has none). seed: the adapter-dropout stream.
+    handle, in eval mode (adapter dropout off, as PEFT's from_pretrained). A classification head in the file was
+    trained with the adapters (PEFT's modules_to_save): it replaces any head the model has, with the labels recorded
+    beside it (a base that was itself a classifier may have had other labels, or the same in another order).
+    seed: the adapter-dropout stream.
     Everything is checked before the model is touched: a refused file leaves the model as it was."""
     path = Path(path)
     if not path.is_dir():
@@ -637,8 +640,10 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
     _check_attachable(model, config, modules)
     make_residual = _check_base(model, meta, config, path)
     found, head = _read_tensors(path, model, config)
-    if head is not None and HEAD not in model.params:
-        model.add_classification_head(meta.get("labels") or [f"LABEL_{i}" for i in range(head.shape[0])])
+    if head is not None:                     # the file's head, with its labels, in place of the model's
+        same_shape = HEAD in model.params and model.params[HEAD].shape == head.shape
+        model.add_classification_head(meta.get("labels") or (model.labels if same_shape else None)
+                                      or [f"LABEL_{i}" for i in range(head.shape[0])])
     lora = _attach(model, config, modules, seed, replace_base=make_residual)
     arrays = lora.params
     for name, value in found.items():

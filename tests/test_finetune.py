@@ -122,17 +122,49 @@ def test_a_classifier_fine_tuned_again_on_its_labels_keeps_its_head(tmp_path):
     assert task_head(fresh, split, seed=0) == "new"
     np.testing.assert_array_equal(other.params["score.weight"], fresh.params["score.weight"])   # the seed's draw
     assert task_head(base.to(), load_task("facts", "train")) == "lm"
+    again = clf.to()
+    assert task_head(again, split, seed=0, mode="new") == "new"                 # asked for: a fresh head
+    np.testing.assert_array_equal(again.params["score.weight"], fresh.params["score.weight"])
+    with pytest.raises(MiniftError, match="the base has no classification head"):
+        task_head(base.to(), split, mode="keep")
+    with pytest.raises(MiniftError, match="generation task"):
+        task_head(base.to(), load_task("facts", "train"), mode="new")
+    with pytest.raises(MiniftError, match="head='fresh' is not one of"):
+        FinetuneConfig(head="fresh")
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
     _, _, summary = finetune(clf, tok, FinetuneConfig(method="head", steps=1, batch_size=4, train_size=8,
                                                       eval_size=4), progress=False)
     assert summary["head"] == "kept"
 
 
+
+@pytest.mark.parametrize("base_labels", [["positive", "negative"], ["cold", "hot", "warm"]])
+def test_an_adapter_trained_on_a_classifier_base_loads_back_onto_it(tmp_path, base_labels):
+    """The adapter's head (modules_to_save) replaces the base's, with the adapter's labels: a base head over the same
+    labels in another order, or over other labels and another number of them, must not survive the load."""
+    from minift import load_peft
+    _, base = tiny_base(tmp_path)
+    clf = base.to()
+    clf.add_classification_head(base_labels, seed=5)
+    clf.save_pretrained(tmp_path / "clf")
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    tuned, lora, s = finetune(GPT.from_pretrained(tmp_path / "clf"), tok,
+                              FinetuneConfig(steps=2, batch_size=4, train_size=8, eval_size=4), out_dir=tmp_path / "run",
+                              progress=False)
+    assert s["head"] == ("kept" if len(base_labels) == 2 else "new")
+    loaded = GPT.from_pretrained(tmp_path / "clf")
+    load_peft(loaded, tmp_path / "run" / "adapter")
+    assert loaded.labels == tuned.labels == ["negative", "positive"]
+    x = np.random.default_rng(0).integers(0, 2048, size=(2, 7))
+    np.testing.assert_allclose(loaded.forward(x), tuned.forward(x), rtol=1e-5, atol=1e-6)
+
 def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsys):
     """--merge writes W + ΔW as a whole model folder beside the adapter: it computes what base + adapter computes,
     and is the --base of the next fine-tune (merge, then a fresh adapter: continual learning as the MIT paper ran it)."""
     from minift import load_peft
+    from minift.pretrain import heldout_for_base
     base_dir, base = tiny_base(tmp_path)
+    (base_dir / "pretrain.json").write_text(json.dumps({"corpus": "world", "train_config": {"seed": 0}}))
     path = tmp_path / "reviews.jsonl"
     path.write_text("".join(json.dumps({"text": f"it was {w}", "label": lab}) + "\n"
                             for w, lab in [("great", "good"), ("awful", "bad")] * 20))
@@ -140,6 +172,12 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     assert main(["finetune", "--task", str(path), "--base", str(base_dir), "--steps", "3", "--batch", "4", "--lr",
                  "1e-2", "--merge", "--out", str(first), "--quiet"]) == 0
     assert "merged model" in capsys.readouterr().out
+    summary = json.loads((first / "finetune.json").read_text())
+    assert summary["base"] == str(base_dir.resolve()) and summary["base_fingerprint"] == base.fingerprint()
+    carried = json.loads((first / "model" / "pretrain.json").read_text())   # what the original base read
+    assert carried["corpus"] == "world" and carried["carried_from"] == str(base_dir.resolve())
+    assert "another seed of the corpus pretraining read" in heldout_for_base(first / "model", Tokenizer.load(data_dir() / "tokenizer.json"),
+                                                                    n_chars=2000)[1]
     merged = GPT.from_pretrained(first / "model")
     assert not merged.adapters and merged.labels == ["bad", "good"]
     with_adapter = GPT.from_pretrained(base_dir)
@@ -150,8 +188,19 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     second = tmp_path / "second"
     assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "2", "--batch", "4",
                  "--out", str(second), "--quiet"]) == 0
-    assert "classification head (labels bad, good) was trained on" in capsys.readouterr().out
+    assert "trained classification head (labels bad, good) was kept" in capsys.readouterr().out
     assert json.loads((second / "finetune.json").read_text())["head"] == "kept"
+    assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "2", "--batch", "4",
+                 "--head", "new", "--out", str(tmp_path / "fresh"), "--quiet"]) == 0
+    assert "head (labels bad, good) was replaced by a new one for the task's labels (bad, good)" in \
+        capsys.readouterr().out
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": f"it was {w}", "label": lab}) + "\n"
+                             for w, lab in [("great", "up"), ("awful", "down")] * 20))
+    assert main(["finetune", "--task", str(other), "--base", str(first / "model"), "--steps", "1", "--batch", "4",
+                 "--head", "keep", "--out", str(tmp_path / "keep"), "--quiet"]) == 1
+    assert "the base has a head over ['bad', 'good'] and the task's labels are ['down', 'up']" in \
+        capsys.readouterr().err
     assert main(["finetune", "--method", "full", "--merge", "--task", str(path), "--base", str(base_dir)]) == 1
     assert "--merge: LoRA options, but --method is 'full'" in capsys.readouterr().err
     with pytest.raises(MiniftError, match="merge folds LoRA's adapters"):
