@@ -118,15 +118,18 @@ assert max(checks.values()) < 1e-12
 # ## 2. Initialisation: $B = 0$, so the adapted model *is* the base
 #
 # PEFT's default (`init_lora_weights=True`): $A \sim \mathcal U(-1/\sqrt{I}, 1/\sqrt{I})$ — `kaiming_uniform_(a=√5)`,
-# `nn.Linear`'s own init — and $B = 0$. Then $\Delta W = s A^\top B^\top = 0$: the model's outputs are bitwise the
-# base's, and training starts exactly where pretraining ended. Why not both zero? The gradients (section 4) are
+# `nn.Linear`'s own init, whose bound is $\text{gain}\cdot\sqrt{3/\text{fan\_in}}$ with gain $\sqrt{2/(1+a^2)} =
+# 1/\sqrt 3$, so $1/\sqrt I$ — and $B = 0$. (The LoRA paper draws $A$ from a random Gaussian instead, as PEFT's
+# `init_lora_weights="gaussian"` does with standard deviation $1/r$; both start $B$ at zero.) Then $\Delta W = s
+# A^\top B^\top = 0$: the model's outputs are bitwise the base's, and training starts exactly where pretraining
+# ended. Why not both zero? The gradients (section 4) are
 #
 # $$dB = s\, dy^\top (x A^\top), \qquad dA = s\, (dy\, B)^\top x,$$
 #
 # so with $A = B = 0$ both vanish and nothing ever moves. With $B = 0$ alone, the first step moves only $B$ ($dA = 0$
 # exactly), and from then on both.
 #
-# We attach adapters to the base with a classification head: rank $r = 8$, PEFT's customary $\alpha = 2r = 16$
+# We attach adapters to the base with a classification head: rank $r = 8$, the common choice $\alpha = 2r = 16$
 # (so $s = 2$), on all four linears of every block (`targets="all-linear"`).
 
 # %%
@@ -164,57 +167,91 @@ assert set(grads) == set(lora.params) | {"score.weight"}
 # %% [markdown]
 # ## 3. The scale: $s = \alpha/r$, or rsLoRA's $\alpha/\sqrt r$
 #
-# Why scale at all? So that changing $r$ does not force retuning the learning rate. Adam moves every entry of $B$ by
-# about $\eta$ per step whatever the gradient's size, so after $k$ steps each column $b_j$ of $B$ has norm about
-# $k\eta\sqrt{O}$, and $A^\top B^\top = \sum_{j=1}^r a_j b_j^\top$ is a sum of $r$ rank-one terms in nearly
-# independent directions:
+# Why scale at all? So that changing $r$ does not force retuning the learning rate: the LoRA paper (§4.1) sets
+# $\alpha$ once, to the first $r$ tried, and leaves it. How big is the update after a few Adam steps? Adam moves
+# every entry of $B$ by about $\eta$ per step whatever the gradient's size, so after $k$ steps each column $b_j$ of $B$
+# has norm about $k\eta\sqrt{O}$ (if each entry's gradient keeps its sign), and $A^\top B^\top = \sum_{j=1}^r a_j
+# b_j^\top$ is a sum of $r$ rank-one terms, in nearly orthogonal directions since $A$'s rows are random:
 #
-# $$\lVert \Delta W\rVert_F \approx s \cdot \sqrt r \cdot c \quad\Longrightarrow\quad
-# s = \frac{\alpha}{r}:\ \lVert\Delta W\rVert \propto \frac{1}{\sqrt r}, \qquad
-# s = \frac{\alpha}{\sqrt r}\ \text{(rsLoRA)}:\ \lVert\Delta W\rVert \approx \text{constant}.$$
+# $$\lVert \Delta W\rVert_F \approx s \cdot \sqrt r \cdot c, \qquad c = \lVert a_j\rVert\,\lVert b_j\rVert
+#   \approx \tfrac{1}{\sqrt 3}\cdot k\eta\sqrt O \quad (\lVert a_j\rVert^2 \approx I \cdot \tfrac{1}{3I}).$$
 #
-# With the paper's $\alpha/r$, raising the rank *shrinks* the update: a rank-64 adapter learns more slowly than a
-# rank-1 one, so extra rank buys little. Kalajdzievski's rsLoRA (arXiv 2312.03732) fixes it with $\alpha/\sqrt r$, and
-# the MIT paper (article §4.2) found that higher-rank rsLoRA behaves more like full fine-tuning. Measured: 5 Adam steps
-# at $\eta = 10^{-3}$, $\alpha = 16$, adapters on `c_attn`, for four ranks and both scalings.
+# So with $s = \alpha/r$ the update's size falls like $1/\sqrt r$, and with rsLoRA's $s = \alpha/\sqrt r$ it stays
+# put. But size is not what lowers the loss: most of $\lVert\Delta W\rVert_F$ is $A$'s random directions, which
+# add up only like $\sqrt r$. The part that lowers the loss is the part along the gradient $G = \partial L/\partial
+# W$ — the first-order change of the loss is $\langle G, \Delta W\rangle$ — and there the $r$ terms add up
+# *coherently*: each $b_j$ moves against $G^\top a_j$, so $-\langle G, a_j b_j^\top\rangle = -a_j^\top G b_j > 0$ for
+# every $j$, and
+#
+# $$-\frac{\langle G, \Delta W\rangle}{\lVert G\rVert} \approx s \cdot r \cdot c' \quad\Longrightarrow\quad
+# s = \frac{\alpha}{r}:\ \text{the same at every rank}, \qquad s = \frac{\alpha}{\sqrt r}:\ \propto \sqrt r.$$
+#
+# That is what $\alpha/r$ was designed for: the useful step does not depend on $r$, so neither does the learning
+# rate. It is also why extra rank buys little under $\alpha/r$: a rank-64 adapter takes the same useful step as a
+# rank-1 one. Kalajdzievski's rsLoRA (arXiv 2312.03732) argues that with $\alpha/r$ the adapters' outputs and
+# gradients collapse as $r$ grows, measures that higher ranks then stop improving, and shows that $\alpha/\sqrt r$
+# is the scaling under which they keep learning; the MIT paper (article §4.2) found that higher-rank rsLoRA behaves
+# more like full fine-tuning. Measured: 5 Adam steps at $\eta = 10^{-3}$, $\alpha = 16$, adapters on `c_attn`, for
+# four ranks and both scalings — the update's size, and its part along $-G$ ($G$: full fine-tuning's gradient on the
+# first batch).
 
 # %%
-def delta_norm_after(r, rslora, n_steps=5):
-    """Mean ‖ΔW‖_F over the adapted c_attn matrices after n_steps of LoRA training at lr 1e-3."""
+_, G0 = plain.loss_and_grads(**batch)                  # full fine-tuning's gradient on the first batch (section 2's)
+
+
+def delta_after(r, rslora, n_steps=5):
+    """(mean ‖ΔW‖_F, mean -<G0, ΔW>/‖G0‖) over the adapted c_attn matrices after n_steps of LoRA at lr 1e-3."""
     m = plain.to()
     handle = attach_lora(m, LoRAConfig(r=r, alpha=16, rslora=rslora, targets="c_attn"), seed=0)
     train(m, task_source(train_split, tok, 128, 16, seed=0),
           TrainConfig(steps=n_steps, batch_size=16, lr=1e-3, warmup=0, schedule="constant"), progress=False)
-    return float(np.mean([np.linalg.norm(a.delta_weight()) for a in handle.adapters.values()]))
+    deltas = {name + ".weight": a.delta_weight() for name, a in handle.adapters.items()}    # [I, O] each
+    size = np.mean([np.linalg.norm(d) for d in deltas.values()])
+    along = np.mean([-np.sum(G0[n] * d) / np.linalg.norm(G0[n]) for n, d in deltas.items()])
+    return float(size), float(along)
 
 
 ranks = (1, 4, 16, 64)
-norms = {name: [delta_norm_after(r, rs) for r in ranks] for name, rs in (("α/r", False), ("α/√r (rsLoRA)", True))}
-for name, values in norms.items():
-    print(f"  s = {name:<14}" + "  ".join(f"r={r}: {v:.3f}" for r, v in zip(ranks, values)))
+scalings = (("α/r", False), ("α/√r (rsLoRA)", True))
+measured = {name: [delta_after(r, rs) for r in ranks] for name, rs in scalings}
+norms = {name: [size for size, _ in values] for name, values in measured.items()}
+useful = {name: [along for _, along in values] for name, values in measured.items()}
+for name in norms:
+    print(f"  s = {name:<14} ‖ΔW‖_F  " + "  ".join(f"r={r}: {v:.3f}" for r, v in zip(ranks, norms[name])))
+    print(f"  {'':<18} along -G " + "  ".join(f"r={r}: {v:.3f}" for r, v in zip(ranks, useful[name])))
 
-fig, ax = plt.subplots(figsize=(6, 3.5))
-for name, values in norms.items():
-    ax.plot(ranks, values, "o-", label=f"s = {name}")
-ax.plot(ranks, [norms["α/r"][0] / math.sqrt(r) for r in ranks], "k:", lw=0.8, label="∝ 1/√r")
-ax.set_xscale("log", base=2)
-ax.set_yscale("log")
-ax.set_xlabel("rank r")
-ax.set_ylabel("‖ΔW‖_F after 5 steps")
-ax.set_title("the same α, growing r: α/r shrinks the update, α/√r does not")
-ax.legend()
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+for name in norms:
+    ax1.plot(ranks, norms[name], "o-", label=f"s = {name}")
+    ax2.plot(ranks, useful[name], "o-", label=f"s = {name}")
+ax1.plot(ranks, [norms["α/r"][0] / math.sqrt(r) for r in ranks], "k:", lw=0.8, label="∝ 1/√r")
+ax2.plot(ranks, [useful["α/r"][0] * math.sqrt(r) for r in ranks], "k:", lw=0.8, label="∝ √r")
+for ax, what in ((ax1, "‖ΔW‖_F"), (ax2, "−⟨G, ΔW⟩ / ‖G‖")):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="rank r", ylabel=f"{what} after 5 steps")
+    ax.legend(fontsize=8)
+ax1.set_title("the update's size: α/r shrinks it, α/√r does not")
+ax2.set_title("its part along −G: α/r keeps it, α/√r grows it")
+fig.tight_layout()
 show(fig, "07_scaling")
 
 # %% [markdown]
 # **Check.** At $r = 1$ both scalings are the same ($\sqrt 1 = 1$). From $r = 1$ to $r = 64$, $\alpha/r$'s update
-# shrinks by a factor between 4 and 16 (the analysis says $\sqrt{64} = 8$); rsLoRA's stays within a factor 1.5.
+# shrinks by a factor between 4 and 16 (the analysis says $\sqrt{64} = 8$) while its part along $-G$ stays within a
+# factor 1.5; rsLoRA's size stays within a factor 1.5 while its part along $-G$ grows by a factor between 3 and 16
+# (the analysis: 8).
 
 # %%
 ratio_r = norms["α/r"][-1] / norms["α/r"][0]
 ratio_rs = norms["α/√r (rsLoRA)"][-1] / norms["α/√r (rsLoRA)"][0]
 print(f"‖ΔW‖ at r=64 / at r=1: α/r {ratio_r:.3f} (1/8 = 0.125), rsLoRA {ratio_rs:.3f}")
+useful_r = useful["α/r"][-1] / useful["α/r"][0]
+useful_rs = useful["α/√r (rsLoRA)"][-1] / useful["α/√r (rsLoRA)"][0]
+print(f"along -G at r=64 / at r=1: α/r {useful_r:.2f} (1), rsLoRA {useful_rs:.2f} (√64 = 8)")
 assert norms["α/r"][0] == norms["α/√r (rsLoRA)"][0]
 assert 1 / 16 < ratio_r < 1 / 4 and 1 / 1.5 < ratio_rs < 1.5
+assert 1 / 1.5 < useful_r < 1.5 and 3 < useful_rs < 16
 
 # %% [markdown]
 # ## 4. The forward and the backward, written out
@@ -231,7 +268,9 @@ assert 1 / 16 < ratio_r < 1 / 4 and 1 / 1.5 < ratio_rs < 1.5
 #
 # $x$ feeds both the frozen path and the branch, so its two gradients add. The frozen $W$ still costs its forward
 # ($xW$) and $dx$'s $dy\,W^\top$ — only $x^\top dy$, one of the layer's three $2NIO$-FLOP matmuls, is skipped. That is
-# the whole of LoRA's compute saving in the backward (tutorial 09 measures it).
+# the whole of LoRA's compute saving in the backward (tutorial 09 measures it). One more could be had at the very
+# bottom: with the embeddings frozen, nothing needs $dx$ of block 0's first linear; PyTorch's autograd skips it,
+# minift computes it (`model.backward_floor` stops at whole blocks), a couple of percent of a demo step.
 
 # %%
 N, I, O, R = 5, 6, 4, 2
@@ -248,8 +287,10 @@ print(f"y {y.shape}; dx {dx.shape}, dW {dW}, db {db.shape}, dA {dA.shape} = A's,
 
 # %% [markdown]
 # **Check.** (a) The formulas above, in NumPy, agree with `lora_backward` to rounding. (b) With $G = x^\top dy$, the
-# full fine-tuning gradient of $W$, LoRA's gradients are its projections: $dB = s\,G^\top A^\top$ and
-# $dA = s\,B^\top G^\top$ (so LoRA follows the full gradient, seen through $A$ and $B$). (c) The finite-difference
+# full fine-tuning gradient of $W$, LoRA's gradients are $G$ read through the adapter's directions: $dB = s\,G^\top
+# A^\top$ ($G$ along the $r$ input directions in $A$'s rows) and $dA = s\,B^\top G^\top$ ($G$ along the $r$ output
+# directions in $B$'s columns). They are coordinates of orthogonal projections only when those directions are
+# orthonormal; tutorial 08 section 3 works out what that means for the first step. (c) The finite-difference
 # check of all five gradients (with `need_dw=True`), float64, random upstream gradient, $B \ne 0$: tolerance
 # $10^{-7}$.
 
@@ -366,9 +407,10 @@ if not FAST:
 # 0.896 validation and 0.899 test after 600 steps, training 6% of the parameters. Tutorial 06's full fine-tune
 # (lr $10^{-3}$, 400 steps) reached 0.988 and 0.956; the README's `minift compare` run gives full fine-tuning the
 # same 600 steps as here and reached 0.994 and 0.976. So at an equal budget LoRA is about 8 points behind on the
-# held-out test templates, and behind full fine-tuning's shorter run too; over three seeds (the README) the test means
-# are 0.879 for full (one seed ended at 0.685) and 0.843 for LoRA. `minift compare`'s report calls a gap under 3 points "comparable"; at this
-# scale and budget the article's claim does not hold, though LoRA gets most of the way.
+# held-out test templates (10 on validation), and behind full fine-tuning's shorter run too; over three seeds (the
+# README) the test means are 0.879 for full (one seed ended at 0.685) and 0.843 for LoRA. `minift compare`'s report
+# calls a gap under 3 points "comparable"; at this scale and budget the article's claim does not hold, though LoRA
+# gets most of the way.
 
 # %% [markdown]
 # ## 7. Merge and unmerge (§3.2 step 6, deployment)
@@ -471,8 +513,9 @@ assert sum(sizes.values()) < 0.08 * full_size and same and isinstance(refused, M
 #
 # The output at init is unchanged (up to rounding), but training now moves the matrix's principal directions
 # instead of a zero update. minift replaces the frozen $W$ by $W_\text{res}$ in place. (The cell uses α = 64, s = 8,
-# to show that s does not matter at init: PiSSA divides the factors by √s, so $s\,A^\top B^\top$ is the top-$r$
-# part whatever s is. s does matter once training moves A and B: each step's change to ΔW scales with it.)
+# to show that s does not matter at init: PEFT's PiSSA divides the factors by √s — the PiSSA paper has no s — so
+# $s\,A^\top B^\top$ is the top-$r$ part whatever s is. s does matter once training moves A and B: with plain SGD
+# each step's change to ΔW scales like s, with Adam, whose steps do not depend on the gradient's size, like √s.)
 
 # %%
 pissa_model = plain.to()
@@ -499,9 +542,12 @@ assert np.allclose(got, top, rtol=1e-4)
 # DoRA (Liu et al. 2024, arXiv 2402.09353) splits the adapted weight into a direction and a length per output
 # column, $W' = m \odot V / \lVert V\rVert_c$ with $V = W_0 + sA^\top B^\top$, $\lVert\cdot\rVert_c$ the norm of each
 # output column, and $m \in \mathbb R^{O}$ trained alongside $A$ and $B$ (starting at $\lVert W_0\rVert_c$, so again the
-# output starts unchanged). Its authors found full fine-tuning changes magnitudes and directions somewhat
-# independently, which plain LoRA cannot; DoRA can, for $O$ more numbers per matrix (`minift/dora.py` has its
-# backward written out). `LoRAConfig(use_dora=True)`.
+# output starts unchanged). The paper writes $m \in \mathbb R^{1\times k}$ beside a $d \times k$ weight, which
+# reads like one norm per *input*; its authors' code, like PEFT and minift, takes one per output feature (their
+# weights are stored [in, out]). Its authors measured that LoRA's updates change magnitude and direction together
+# (positively correlated, over training steps and layers), while full fine-tuning's changed them in opposite senses
+# (negatively correlated); DoRA's learned $m$ lets the two move separately, for $O$ more numbers per matrix
+# (`minift/dora.py` has its backward written out). `LoRAConfig(use_dora=True)`.
 #
 # **Check.** At init the output equals the base's; after $B$ is moved away from 0, every column of the effective
 # weight still has exactly the norm $m$ says.
@@ -528,7 +574,7 @@ assert np.allclose(column_norm(W_eff), d0.m, rtol=1e-5)
 # | scale | $\alpha/r$: $\lVert\Delta W\rVert \propto 1/\sqrt r$; rsLoRA $\alpha/\sqrt r$: flat in $r$ |
 # | backward | $dA$, $dB$ low-rank products; $dW$ not computed; gradient check at $10^{-7}$ |
 # | "90%+ fewer" | 94% fewer at $r = 8$ on the demo model, ~9,000× fewer on GPT-3; 51% fewer at $r = 64$ on the demo |
-# | accuracy | 0.90 on validation and test after 600 steps, once the adapters and the head get their own learning rates: far above chance, about 8 points below full fine-tuning at the same budget |
+# | accuracy | 0.90 on validation and test after 600 steps, once the adapters and the head get their own learning rates: far above chance, about 8 points below full fine-tuning at the same budget on test (10 on validation) |
 # | deployment | merge: plain model, same logits; adapter file a few % of the model |
 #
 # Tutorial 08 puts one batch through full fine-tuning and LoRA side by side; tutorial 10 asks what the MIT paper

@@ -221,8 +221,9 @@ assert np.allclose(peft_dB, t0["dB"], rtol=0, atol=1e-13) and np.allclose(peft_d
 # The first step is exactly first order (there is no $\eta^2\,dA^\top dB^\top$ term when $dA = 0$), and it is full
 # fine-tuning's step $-\eta G$ seen through $A^\top A$: only the part of $G$ in the $r$-dimensional row space of
 # $A$ survives. $A$ is random (Kaiming-uniform), so that row space is a random $r$-dimensional subspace of the $I$
-# input dimensions, and it should hold about $r/I$ of $\lVert G\rVert^2$: a share $\lVert P_\text{in} G\rVert /
-# \lVert G\rVert \approx \sqrt{r/I}$ — $\sqrt{8/128} = 0.25$ for most matrices, $\sqrt{8/512} = 0.125$ for
+# input dimensions, and it should hold about $r/I$ of $\lVert G\rVert^2$ (a random subspace has no preferred
+# direction, so the average projector is $\mathbb E[P] = \tfrac{r}{I}\,\mathbb 1$ and $\mathbb E\lVert PG\rVert^2 =
+# \tfrac{r}{I}\lVert G\rVert^2$): a share $\lVert P_\text{in} G\rVert / \lVert G\rVert \approx \sqrt{r/I}$ — $\sqrt{8/128} = 0.25$ for most matrices, $\sqrt{8/512} = 0.125$ for
 # `mlp.c_proj`.
 
 # %%
@@ -239,14 +240,17 @@ for row in report0.rows:
 # `tangent` is the share of $G$ any small change of $A$, $B$ can reach (section 6); at init only $B$ can move, so
 # it is $\lVert P_\text{in} G\rVert/\lVert G\rVert$, close to the random-subspace estimate $\sqrt{r/I}$. `cos` is
 # $\cos(\Delta W_\text{step}, -G)$: about the same, because $A^\top A$ acts on its row space roughly like a multiple
-# of the identity (the singular values of a random $8\times 128$ $A$ lie within a factor of about 1.5 of each other). So the first LoRA step follows roughly a quarter of full fine-tuning's direction (an eighth for
-# `mlp.c_proj`, $I = 512$), whatever the data says: which quarter is decided by the random $A$.
+# of the identity (the singular values of a random $8\times 128$ $A$ lie within a factor of about 1.5 of each other:
+# for a wide random matrix they fill the Marchenko–Pastur range $\propto 1 \pm \sqrt{r/I}$, here $1 \pm 0.25$). So
+# the first LoRA step follows roughly a quarter of full fine-tuning's direction (an eighth for `mlp.c_proj`,
+# $I = 512$), whatever the data says: which quarter is decided by the random $A$.
 #
 # **Check.** Every $dA$ is exactly zero (not just small) and every $dB$ is not; the exact step equals the first-order
 # one and $-\eta s^2 A^\top A G$ to $10^{-12}$; the span share is 0 ($\Delta W = 0$ spans nothing yet); and the
 # tangent shares behave as a random subspace's should: each within a factor 2.5 of $\sqrt{r/I}$ (one batch's $G$ is
-# dominated by a few directions, so what a random $r$-dimensional subspace catches varies: relative spread about
-# $\sqrt{2/r} = 0.5$ in $\lVert P_\text{in}G\rVert^2$), and $\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2 \div (r/I)$
+# dominated by a few directions, so what a random $r$-dimensional subspace catches varies: for a rank-one $G$,
+# $\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2$ is a $\chi^2_r$ variable over $I$, relative spread
+# $\sqrt{2/r} = 0.5$), and $\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2 \div (r/I)$
 # averages between 0.6 and 1.4 over the 16 matrices.
 
 # %%
@@ -267,10 +271,10 @@ assert report0.at_init and not report.at_init
 # %% [markdown]
 # ## 4. What one SGD step on $A$ and $B$ does to $W$
 #
-# Full fine-tuning's SGD step on $W$ is $-\eta G$. LoRA's moves $A' = A - \eta\,dA$, $B' = B - \eta\,dB$, and the
+# Full fine-tuning's SGD step on $W$ is $-\eta G$. LoRA's moves $A_+ = A - \eta\,dA$, $B_+ = B - \eta\,dB$, and the
 # effective weight changes by
 #
-# $$\Delta W_\text{step} = s\,(A'^\top B'^\top - A^\top B^\top)
+# $$\Delta W_\text{step} = s\,(A_+^\top B_+^\top - A^\top B^\top)
 # = \underbrace{-\eta\, s\,(dA^\top B^\top + A^\top dB^\top)}_{\Delta W_1\ \text{(first order)}}
 # \;+\; \underbrace{\eta^2 s\, dA^\top dB^\top}_{\text{second order}} \quad [I, O].$$
 #
@@ -341,7 +345,8 @@ assert all(np.array_equal(v, saved[k]) for k, v in lora.params.items())         
 # \qquad \cos(\Delta W_1, -G) = \frac{\eta s^2 (\lVert AG\rVert^2 + \lVert GB\rVert^2)}
 # {\lVert \Delta W_1\rVert\,\lVert G\rVert} \;\ge\; 0 .$$
 #
-# So a LoRA step never points uphill on the batch, but it follows full fine-tuning's direction only as far as the
+# So a plain-SGD LoRA step never points uphill on the batch, to first order (the exact step adds the
+# $\eta^2$ term, and Adam rescales each coordinate), but it follows full fine-tuning's direction only as far as the
 # cosine says (full fine-tuning's own cosine is 1). We check the prediction against the real loss after each
 # method's step on the adapted matrices (the head is left alone in both, so only $W$'s share of the update is
 # compared), at a smaller $\eta$ so that first order is accurate.
@@ -407,8 +412,11 @@ assert all(np.array_equal(v, lora_small[k]) for k, v in lora.params.items())
 # *Span*: the part of $G$ inside the subspace pair where $\Delta W = s A^\top B^\top$ lives now. *Tangent*: the part
 # that any small change of $A$ and $B$ can reach ($\Delta W_1$ lies there, so $\cos \le$ tangent). *Best-$k$*: with
 # $G = U\Sigma V^\top$ and $G_k$ its top-$k$ truncation, the Eckart–Young theorem says no rank-$k$ matrix is closer
-# to $G$, and so no pair of $r$-dimensional subspaces holds more than best-$r$ of it (span $\le$ best-$r$, tangent
-# $\le$ best-$2r$). Full fine-tuning is not restricted at all: its share is 1.
+# to $G$, and so no pair of $r$-dimensional subspaces holds more than best-$r$ of it: $P_\text{in} G P_\text{out}$ has
+# rank $\le r$ and is $G$'s orthogonal projection, so by Pythagoras $\lVert P_\text{in}GP_\text{out}\rVert^2 =
+# \lVert G\rVert^2 - \lVert G - P_\text{in}GP_\text{out}\rVert^2 \le \lVert G\rVert^2 - \lVert G - G_r\rVert^2 =
+# \lVert G_r\rVert^2$ (span $\le$ best-$r$; the tangent space's matrices have rank $\le 2r$, so tangent $\le$
+# best-$2r$). Full fine-tuning is not restricted at all: its share is 1.
 
 # %%
 by_hand = {}
@@ -434,14 +442,16 @@ print(f"{'all matrices':<18} {'':>6} {'':>5} {o['cos_first']:>6.3f} {o['share_sp
 # %% [markdown]
 # What the columns say:
 #
-# - **best-$r$ ≈ 0.94–1.0**: one batch's $G$ is dominated by a few directions (effective rank `erank` 1.5–37 of 128),
+# - **best-$r$ ≈ 0.94–1.0**: one batch's $G$ is dominated by a few directions (effective rank `erank` 1.5–37 of 128;
+#   $\operatorname{erank} = \exp(-\sum_i p_i \ln p_i)$ with $p_i = \sigma_i/\sum_l \sigma_l$, Roy & Vetterli),
 #   so a rank-8 update *could* carry almost all of it. Some matrices are exactly low rank: `rank` (numerical rank)
 #   is 16 for block 3's `attn.c_proj`, `mlp.c_fc` and `mlp.c_proj`, because $G = x^\top dy = \sum_n x_n^\top dy_n$ is
 #   a sum of one outer product per token position, and in the last block only the 16 positions the classification
 #   head reads (one per review) receive a gradient (block 3's `attn.c_attn` is full rank: keys and values at every
 #   earlier position feed those 16). And 127 rather than 128 for every `c_proj`: their output joins the
-#   residual stream, whose gradient arrives through LayerNorm backward, which removes each row's mean — so
-#   $G\,\mathbf 1 = 0$.
+#   residual stream, whose gradient arrives through LayerNorm backward, which removes each row's mean (LayerNorm
+#   ignores a shift of its input, $\mathrm{LN}(x + c\mathbf 1) = \mathrm{LN}(x)$, so its $dx$ is orthogonal to
+#   $\mathbf 1$) — so $G\,\mathbf 1 = 0$.
 # - **span ≈ 0.03–0.25**: the subspace LoRA has actually built after a few warm-up steps holds little of *this*
 #   batch's gradient. **tangent ≈ 0.25–0.8**: what one LoRA step can reach — more, since either factor can turn.
 #   **cos** sits below tangent, as it must.
@@ -617,9 +627,10 @@ print(text)
 # The first lines restate what the lens looked at (a batch of 8 reviews this time) and which state $B$ is in; the
 # column legend explains each number; the last matrix row, `all matrices`, treats the 16 matrices as one long vector.
 # In the `--module` detail, `h.3.mlp.c_proj` has numerical rank at most 8 — the batch size, by section 6's argument —
-# while LoRA's step on it has up to 16 nonzero singular values: $A^\top A\,G$ lives in $A$'s input directions and
-# $G\,BB^\top$ in $B$'s output directions, neither of which need be $G$'s own. LoRA's step is not a piece of $G$ but
-# $G$ bent into the adapter's subspaces. (With α = 64 and 20 steps at `--train-lr` 3e-3, the CLI's $G$ is even more
+# while LoRA's step on it has up to 16 nonzero singular values: $A^\top A\,G$ keeps $G$'s output directions but
+# replaces its input directions by $A$'s, $G\,BB^\top$ keeps $G$'s input directions but takes $B$'s output ones, and
+# each has rank at most $\min(r, \operatorname{rank} G)$ — so their sum can have up to $2 \times 8 = 16$. LoRA's
+# step is not a piece of $G$ but $G$ bent into the adapter's subspaces. (With α = 64 and 20 steps at `--train-lr` 3e-3, the CLI's $G$ is even more
 # concentrated than ours: best-$r$ ≈ 1.)
 #
 # **Check.** The command succeeded, reported the trained state ($B \ne 0$) and 16 matrix rows, and its
@@ -639,10 +650,10 @@ assert int(rank_line.split("numerical rank ")[1].split()[0]) <= 8, rank_line
 #
 # | §4.1's axis | full fine-tuning | LoRA (r = 8, measured on one batch) |
 # |---|---|---|
-# | gradient | $G = x^\top dy$ $[\text{in}, \text{out}]$ | $dB = s\,G^\top A^\top$, $dA = s\,B^\top G^\top$ (to $10^{-15}$) |
+# | gradient | $G = x^\top dy$ $[\text{in}, \text{out}]$ | $dB = s\,G^\top A^\top$, $dA = s\,B^\top G^\top$ (to $10^{-13}$) |
 # | first step | $-\eta G$ | $B = 0$: $dA = 0$, step $-\eta s^2 A^\top A G$, ~$\sqrt{r/I}$ of $G$ |
 # | update of $W$ | $-\eta G$, any rank | $-\eta s^2(A^\top A G + G BB^\top) + O(\eta^2)$, dense, rank $\le 2r$ |
-# | direction (performance) | cos 1 | cos ≈ 0.2–0.3 with $-G$, never negative; span ~0.1, best-$r$ ~0.97 |
+# | direction (performance) | cos 1 | cos 0.15–0.4 per matrix with $-G$, never negative (SGD, first order); span ~0.1, best-$r$ ~0.97 |
 # | compute (linears) | $6NIO$ | $4NIO + 6NR(I+O)$: ~75% here, $> 2/3$ always |
 # | parameters updated | all ~1.07 M | ~66 k (6%), yet every entry of $W_\text{eff}$ moves |
 #

@@ -53,13 +53,14 @@
 # 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
 #    what does each method keep of the earlier tasks?
 #
-# **Time:** about 3½ minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages:
-# 204 s measured on 2 quiet CPU cores; more on a busy machine), about 30 s in fast mode (`MINIFT_FAST=1`).
+# **Time:** about 3 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages:
+# 177 s measured on 2 quiet CPU cores; more on a busy machine), about 30 s in fast mode (`MINIFT_FAST=1`).
 # 50 minutes to read.
 #
 # **Prerequisites:** tutorials 05 (the task, `finetune`), 06 (full fine-tuning) and 07 (LoRA, its scale $s$, rsLoRA).
 
 # %%
+import dataclasses
 import json
 import math
 
@@ -73,7 +74,8 @@ from minift.analysis import (format_intruders, intruder_dimensions, intruder_swe
                              singular_values, spectrum_compare)
 from minift.backend import to_numpy
 from minift.data import data_dir
-from minift.evaluate import lm_loss, split_metrics
+from minift.data.facts import ANSWERS
+from minift.evaluate import completion_metrics, lm_loss, split_metrics
 from minift.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.generate import generate
 from minift.pretrain import heldout_world_ids, load_base
@@ -253,7 +255,7 @@ print("formula / mean:", {dim: round(r["formula"] / r["mean"], 3) for dim, r in 
 # | rsLoRA $r = 32$ | the same, $\alpha = 64$ (the $r=8$ run's $\alpha$), `rslora=True` | $\alpha/\sqrt r = 11.3$ |
 #
 # LoRA trains adapters and head at one rate, $10^{-3}$, with $s = 8$ — tutorial 07's alternative to minift's default
-# (PEFT's $\alpha = 2r$, $s = 2$, with the adapters at $2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$); both are written
+# ($\alpha = 2r$, $s = 2$, with the adapters at $2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$); both are written
 # out, so the numbers below do not move when defaults change. The rank sweep keeps $s$ fixed, as
 # `minift compare --ranks` does; rsLoRA keeps $\alpha$ instead. (Section 6 says what the default setting gave.)
 #
@@ -646,9 +648,10 @@ if not FAST:
 # that "LoRA models do accumulate intruder dimensions here" and "tend to perform worse in this setting".
 #
 # In miniature: four tasks made from minift's built-in `facts` task (questions about the people of tutorial 04's
-# world, each answered with one sentence, " She lives in Oakford."), two relations each — where people live and work, their pets and pets'
-# names, their friends and hobbies, their food and colours. The test questions are about people no training
-# question mentions, so each task needs what pretraining stored. Each stage starts from the previous stage's model:
+# world, each answered with one sentence, " She lives in Oakford."), two relations each — where people live and
+# work, their pets and pets' names, their friends and hobbies, their food and colours. The test questions are about
+# people no training question mentions, so each task needs what pretraining stored. Each stage starts from the
+# previous stage's model:
 #
 # $$W^{(k)} = W^{(k-1)} + \Delta W^{(k)}, \qquad W^{(0)} = W_0 \text{ (the base)},$$
 #
@@ -656,7 +659,10 @@ if not FAST:
 # (PEFT's `merge_and_unload`) before task $k+1$ attaches fresh adapters — what `minift finetune --merge` and
 # `--base RUN/model` do from the command line. Intruders are always counted against $W_0$: Algorithm 1 on
 # $W_0 \to W^{(k)}$. Each method keeps minift's defaults (full: lr $10^{-3}$; LoRA: $\alpha = 2r$, $s = 2$, lr
-# $2\cdot10^{-3}$) for 200 steps a stage.
+# $2\cdot10^{-3}$) for 200 steps a stage, stage $k$ with seed $k$ (a fresh adapter draw and data order).
+#
+# One more measurement separates *how* the model answers from *what it knows*: the loss on task 0's facts alone —
+# "Thornfield" after "Question: Where does Edwin live?\nAnswer: He lives in", the answer's form given.
 
 # %%
 GROUPS = (("town", "job"), ("pet", "pet_name"), ("friend", "hobby"), ("food", "colour"))
@@ -680,18 +686,47 @@ TASKS = [relation_task(g, out_dir("continual", f"task{k}")) for k, g in enumerat
 TESTS = [load_task_splits(t, eval_size=pick(None, 32))[2] for t in TASKS]     # 250 test questions each
 
 
+def fact_questions(k):
+    """Task k's test questions with the answer's form given and only the fact left to predict:
+    ("Question: Where does Edwin live?\nAnswer: He lives in", " Thornfield"), as token lists. The loss on those
+    tokens alone measures what the model knows about the person, not how it phrases an answer."""
+    prompts, facts = [], []
+    for line in (TASKS[k] / "test.jsonl").read_text().splitlines()[:len(TESTS[k])]:
+        row = json.loads(line)
+        tail = ANSWERS[row["relation"]].rsplit("{", 1)[0].rsplit("}", 1)[1]   # " lives in ": the words before it
+        cut = row["completion"].rindex(tail) + len(tail) - 1                   # the space that starts the fact
+        prompts.append(tok.encode(row["prompt"] + row["completion"][:cut]))
+        facts.append(tok.encode(row["completion"][cut:-1]))                    # the fact, without the final "."
+    return prompts, facts
+
+
+FACTS0 = fact_questions(0)
+print(f"task 0's facts, e.g. {tok.decode(FACTS0[0][0])!r} → {tok.decode(FACTS0[1][0])!r}")
+
+
+def fact_loss(model):
+    """Test loss on task 0's facts alone (nats/token), the answer's form given."""
+    return completion_metrics(model, *FACTS0, tok.pad_id, 128)["loss"]
+
+
+def stage_config(method, k):
+    """Stage k's fine-tune: task k, 200 steps, seed k (a fresh adapter draw and data order at every stage)."""
+    return FinetuneConfig(**method, task=str(TASKS[k]), steps=STAGE_STEPS, eval_size=pick(100, 16), seed=k)
+
+
 def in_sequence(method):
     """Fine-tune on TASKS one after another; after each stage: the model, the test loss and exact-match accuracy on
-    every task, the intruders against W0 (ε = 0.5, summed over the 16 matrices) and the forgetting ΔLM."""
+    every task, the loss on task 0's facts alone, the intruders against W0 (ε = 0.5, summed over the 16 matrices:
+    of 16 × 10 = 160 top directions) and the forgetting ΔLM."""
     model, stages = base, []
-    for task in TASKS:
-        fcfg = FinetuneConfig(**method, task=str(task), steps=STAGE_STEPS, eval_size=pick(100, 16))
-        tuned, lora, _ = finetune(model, tok, fcfg, progress=False)
+    for k in range(len(TASKS)):
+        tuned, lora, _ = finetune(model, tok, stage_config(method, k), progress=False)
         model = tuned if lora is None else lora.merged_model()        # W(k) = W(k-1) + ΔW(k), adapters folded in
         metrics = [split_metrics(model, t, tok, 128) for t in TESTS]
         stages.append(dict(model=model,
                            loss=np.array([m["loss"] for m in metrics]),
                            acc=np.array([m["accuracy"] for m in metrics]),
+                           fact0=fact_loss(model),
                            intruders=sum(intruder_dimensions(W0[n], to_numpy(model.params[n]), k=K, eps=0.5)["count"]
                                          for n in NAMES),
                            forgetting=lm_loss(model, heldout, max_windows=None) - base_lm))
@@ -700,29 +735,37 @@ def in_sequence(method):
 
 base_task_loss = np.array([split_metrics(base, t, tok, 128)["loss"] for t in TESTS])
 seq = {label: in_sequence(method) for label, method in CL_PLAN.items()}
-print(f"{'':<21}{'test loss on task':^28}{'exact match':^16}")
-print(f"{'':<21}" + "".join(f"{j:>7}" for j in range(4)) + f"{'task k':>8}{'task 0':>8}{'intruders':>11}{'ΔLM':>8}")
-print(f"{'the base':<21}" + "".join(f"{v:>7.2f}" for v in base_task_loss))
+print(f"{'':<21}{'test loss on task':^28}{'facts':>7}{'exact match':^16}")
+print(f"{'':<21}" + "".join(f"{j:>7}" for j in range(4)) + f"{'of 0':>7}{'task k':>8}{'task 0':>8}{'intruders':>11}"
+      f"{'ΔLM':>8}")
+print(f"{'the base':<21}" + "".join(f"{v:>7.2f}" for v in base_task_loss) + f"{fact_loss(base):>7.2f}")
 for label, stages in seq.items():
     for k, st in enumerate(stages):
-        print(f"{label if k == 0 else '':<21}" + "".join(f"{v:>7.2f}" for v in st["loss"])
+        print(f"{label if k == 0 else '':<21}" + "".join(f"{v:>7.2f}" for v in st["loss"]) + f"{st['fact0']:>7.2f}"
               + f"{st['acc'][k]:>8.2f}{st['acc'][0]:>8.2f}{st['intruders']:>11}{st['forgetting']:>+8.2f}"
               + f"   after task {k}")
 
 # %% [markdown]
 # Read a block of four rows: one method, stage by stage. The four loss columns are the completion loss (nats per
 # token) on each task's 250 test questions; the diagonal — row $k$, column $k$ — is the task just learned, the
-# entries left of it are the tasks learned before. Exact match: on the task just trained, and on task 0. Intruders:
-# against $W_0$, $\varepsilon = 0.5$, of 160. ΔLM: section 4's forgetting of the pretraining text.
+# entries left of it are the tasks learned before. `facts of 0`: the loss on task 0's facts alone, the form given.
+# Exact match: on the task just trained, and on task 0. Intruders: against $W_0$, $\varepsilon = 0.5$, of
+# $16 \times 10 = 160$ top directions (section 3). ΔLM: section 4's forgetting of the pretraining text.
 #
-# In the measured normal-mode run every method learned each task as it came (the diagonal, 0.3–1.4, against the
-# base's 2.4, 3.9, 1.6, 1.3) and lost the earlier ones. Task 0's loss, 0.3–0.5 right after it was trained, ended
-# above the untrained base's 2.41 for every method: 8.15 for full fine-tuning, 5.13 with the embeddings frozen, and
-# 3.35, 4.16, 4.58 for LoRA r = 1, 8, 64. Exact match on task 0 (0.36–0.46) fell to 0.00 for every method as soon as
-# task 1 was trained. LoRA's intruders grew at every stage — r=1 from 5 to 15, r=8 from 10 to 52, r=64 from 25 to 118
-# of 160 — while full fine-tuning's stayed low for three stages (3, 9, 11) and jumped to 37 at the fourth. Forgetting
-# of the pretraining text piled up as well: ΔLM +0.50, +1.70, +4.16 for LoRA r = 1, 8, 64 after four tasks, +5.48
-# for full fine-tuning.
+# In the measured normal-mode run every method learned each task as it came, in loss — the diagonal, 0.3–1.4,
+# against the base's 2.4, 3.9, 1.6, 1.3 — though in exact match only task 0 got anywhere (0.36–0.46; on tasks 1–3,
+# pets' names and best friends among them, 0.01–0.11 after 200 steps). And every method lost the earlier tasks.
+# Task 0's loss, 0.3–0.5 right after it was trained, ended above the untrained base's 2.41 for every method: 7.50
+# for full fine-tuning, 4.65 with the embeddings frozen, and 2.84, 3.63, 4.66 for LoRA r = 1, 8, 64. Exact match on
+# task 0 fell to 0.00–0.01 as soon as task 1 was trained. Intruders grew stage by stage for every method, LoRA's
+# fastest: r=1 from 5 to 18, r=8 from 10 to 43, r=64 from 25 to 121 of 160, full fine-tuning 3, 5, 15, 31 (34 with
+# the embeddings frozen). Forgetting of the pretraining text piled up too: ΔLM after four tasks +0.49, +1.83, +4.22
+# for LoRA r = 1, 8, 64, +5.92 for full fine-tuning.
+#
+# The facts column tells two kinds of forgetting apart. The base scores 1.60 there (pretraining stored the facts;
+# the answer's form is what it lacked), and training on task 0 sharpened them to 0.8–1.2. After four tasks LoRA r=1
+# is back near the base (1.90) — it lost the form, not the facts — LoRA r=8 is at 3.44 and r=64 at 4.40, while full
+# fine-tuning lost the facts themselves: 11.59 nats, far worse than a model that had never been fine-tuned at all.
 #
 # What did the models forget? Ask two of them task 0's questions, before and after task 1.
 
@@ -738,11 +781,12 @@ for label in ("full", "lora r=8"):
 
 # %% [markdown]
 # Every method answers the old question in the new task's form: after task 1, "Where does Edwin live?" gets "He has
-# a dog." The four tasks share one prompt ("Question: … Answer:"), and each stage trains on its own two relations and
-# nothing else, so the quickest way to lower the new task's loss is to make "Answer:" start the new task's sentence,
-# whatever was asked. This is catastrophic forgetting at its plainest, and no method escapes it here. The usual
-# remedies: mix some of the earlier tasks' examples into every stage (replay: Exercise 4 tries it), or pull the
-# weights back toward the earlier ones (a regulariser such as EWC, Kirkpatrick et al. 2017).
+# a goldfish." The four tasks share one prompt ("Question: … Answer:"), and each stage trains on its own two
+# relations and nothing else, so the quickest way to lower the new task's loss is to make "Answer:" start the new
+# task's sentence, whatever was asked. This is catastrophic forgetting at its plainest, and no method escapes it
+# here; the facts column above says how much knowledge went with the form. The usual remedies: mix some of the
+# earlier tasks' examples into every stage (replay: Exercise 4 tries it), or pull the weights back toward the
+# earlier ones (a regulariser such as EWC, Kirkpatrick et al. 2017).
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
@@ -753,7 +797,8 @@ for i, (label, stages) in enumerate(seq.items()):
 ax2.axhline(base_task_loss[0], color="k", ls="--", lw=0.8, label="the base, before any stage")
 ax1.set(xlabel="stage k (after task k)", ylabel="intruders against W0, ε = 0.5 (of 160)",
         title="intruders accumulate stage by stage", xticks=stages_x)
-ax2.set(xlabel="stage k (after task k)", ylabel="test loss on task 0", title="task 0, learned at stage 0, afterwards", xticks=stages_x)
+ax2.set(xlabel="stage k (after task k)", ylabel="test loss on task 0", xticks=stages_x,
+        title="task 0, learned at stage 0, afterwards")
 ax1.legend(fontsize=8)
 ax2.legend(fontsize=8)
 show(fig, "10_continual")
@@ -765,7 +810,8 @@ show(fig, "10_continual")
 # on task 0 falls below 0.1 as soon as stage 1 is trained); LoRA r=8's and r=64's intruders grow at every stage and
 # end at least twice their first stage's count; at every stage LoRA r=64 has more intruders than full fine-tuning;
 # and after the last stage full fine-tuning's task-0 loss is more than 1 nat above every LoRA run's and above its
-# own with the embeddings frozen.
+# own with the embeddings frozen, and its loss on task 0's facts alone more than twice every LoRA run's. The facts
+# split is exact: prompt, form and fact decode back to the question and its answer.
 
 # %%
 tuned, lora8, _ = finetune(base, tok, FinetuneConfig(**CL_PLAN["lora r=8"], task=str(TASKS[0]), steps=2,
@@ -774,6 +820,8 @@ ids = np.array([tok.encode(TESTS[0].prompts[0])])
 adapted, merged = to_numpy(tuned.forward(ids)), lora8.merged_model()
 assert not merged.adapters and np.allclose(to_numpy(merged.forward(ids)), adapted, rtol=1e-4,
                                            atol=1e-4 * np.abs(adapted).max())
+assert all(len(f) >= 1 for f in FACTS0[1]) and all(tok.decode(p + f) + "." == q + c for p, f, q, c in
+                                                 zip(*FACTS0, TESTS[0].prompts, TESTS[0].completions))
 for label, stages in seq.items():
     print(f"{label:<21} task 0 loss: {stages[0]['loss'][0]:.2f} after stage 0 → {stages[-1]['loss'][0]:.2f} after "
           f"stage 3; intruders by stage {[st['intruders'] for st in stages]}")
@@ -787,25 +835,28 @@ if not FAST:
     assert all(r64["intruders"] > f["intruders"] for r64, f in zip(seq["lora r=64"], seq["full"]))
     assert seq["full, wte/wpe frozen"][-1]["loss"][0] < seq["full"][-1]["loss"][0] - 1.0
     assert max(seq[f"lora r={r}"][-1]["loss"][0] for r in (1, 8, 64)) < seq["full"][-1]["loss"][0] - 1.0
+    assert max(seq[f"lora r={r}"][-1]["fact0"] for r in (1, 8, 64)) < seq["full"][-1]["fact0"] / 2
 
 # %% [markdown]
 # What reproduces, and what does not:
 #
-# - **Intruders accumulate under LoRA, stage after stage** — the paper's finding, clearly: each merged adapter adds
-#   new directions, and more of them at higher rank (r=64 ends with 118 of the 160 top directions new). Full
-#   fine-tuning accumulates far fewer until the last stage.
+# - **Intruders accumulate, stage after stage** — for every method here, and for LoRA at $r \ge 8$ faster than for
+#   full fine-tuning at every stage (r=64 ends with 121 of the 160 top directions new, r=8 with 43, full fine-tuning
+#   with 31). LoRA r=1 accumulates fewer (18): the rank decides how fast. That much is the paper's finding.
 # - **"LoRA performs worse in continual learning" does not reproduce here.** Every LoRA run kept more of task 0 than
-#   full fine-tuning (3.35–4.58 against 8.15), learned every new task at least as well (the diagonal), and forgot less
-#   of the pretraining text. Part of full fine-tuning's loss is the tied embedding: `wte` is also the output layer,
-#   and full fine-tuning rewrites it for every task; frozen, task 0's loss ended at 5.13 instead of 8.15 — still above
-#   every LoRA run's.
+#   full fine-tuning (loss 2.84–4.66 against 7.50; on the facts alone 1.90–4.40 against 11.59), learned every new
+#   task at least as well (the diagonal), and forgot less of the pretraining text. Part of full fine-tuning's loss is
+#   the tied embedding: `wte` is also the output layer, and full fine-tuning rewrites it for every task; with it
+#   frozen, task 0's loss ended at 4.65 instead of 7.50 and its facts at 5.39 instead of 11.59 — about where LoRA
+#   r=64 ended, still worse than r=1 and r=8.
 # - **Intruders did not predict which method forgot the earlier task.** Within LoRA they go together — more rank,
-#   more intruders, more forgetting of task 0 (3.35 < 4.16 < 4.58) — but LoRA r=64, with 118 intruders, kept task 0
-#   better than full fine-tuning with 37.
-# - **Why the difference may be the setting.** The paper's tasks were different problems for much larger models, whose
-#   full fine-tunes move the weights very little (section 6); here four tasks compete for one answer
-#   form in a 1-million-parameter model, and the forgetting that dominates is the form, which every method overwrites
-#   within one stage. One seed, one order of the tasks, 200 steps a stage: read the trends, not single numbers.
+#   more intruders (18, 43, 121), more forgetting of task 0 (2.84 < 3.63 < 4.66; facts 1.90 < 3.44 < 4.40) — but
+#   LoRA r=64, with 121 intruders, kept task 0 better than full fine-tuning with 31.
+# - **Why the difference may be the setting.** The paper's tasks were different problems for much larger models,
+#   whose full fine-tunes move the weights very little (section 6); here four tasks compete for one answer form in a
+#   1-million-parameter model that full fine-tuning moves far (section 3), and the forgetting everyone shares is the
+#   form, overwritten within one stage. One seed, one order of the tasks, 200 steps a stage: read the trends, not
+#   single numbers.
 
 # %% [markdown]
 # ## Exercises
@@ -909,7 +960,7 @@ exercise("Exercise 3 (mitigation by hand)", check_scale_intruders, my_scale_intr
 # training lines of tasks $0 … k-1$ together. Predict first: with 10% replay, how much of task 0's loss comes back?
 # The check writes your stage-1 task, trains section 7's LoRA r=8 stage-0 model on it for the same 200 steps, and
 # compares task 0's and task 1's test loss with section 7's stage 1 (measured: 100 replayed questions among 1,100
-# bring task 0's loss from 1.90 back to 0.36, near where stage 0 left it, and task 1's is 0.74 against 0.76).
+# bring task 0's loss from 2.28 back to 0.39, near where stage 0 left it, and task 1's is 0.75 against 0.78).
 
 # %%
 def my_replay_lines(k, share, rng):
@@ -937,9 +988,8 @@ def check_replay(answer, share=0.1):
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     for split in ("validation", "test"):
         (folder / f"{split}.jsonl").write_text((TASKS[1] / f"{split}.jsonl").read_text())
-    tuned, lora, _ = finetune(seq["lora r=8"][0]["model"], tok,
-                              FinetuneConfig(**CL_PLAN["lora r=8"], task=str(folder), steps=STAGE_STEPS,
-                                             eval_size=pick(100, 16)), progress=False)
+    cfg = dataclasses.replace(stage_config(CL_PLAN["lora r=8"], 1), task=str(folder))   # stage 1, replay added
+    tuned, lora, _ = finetune(seq["lora r=8"][0]["model"], tok, cfg, progress=False)
     loss = [split_metrics(lora.merged_model(), t, tok, 128)["loss"] for t in TESTS[:2]]
     before = seq["lora r=8"][1]["loss"][:2]
     print(f"{len(extra)} task-0 examples among {len(lines)}: task 0 loss {before[0]:.2f} → {loss[0]:.2f}, "
