@@ -53,8 +53,9 @@
 # 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
 #    what does each method keep of the earlier tasks?
 #
-# **Time:** about 3 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages:
-# 177 s measured on 2 quiet CPU cores; more on a busy machine), about 30 s in fast mode (`MINIFT_FAST=1`).
+# **Time:** 3–4½ minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 177 s
+# measured on 2 quiet CPU cores, 261 s with `OPENBLAS_NUM_THREADS=1`; more on a busy machine), about 30 s in fast
+# mode (`MINIFT_FAST=1`).
 # 50 minutes to read.
 #
 # **Prerequisites:** tutorials 05 (the task, `finetune`), 06 (full fine-tuning) and 07 (LoRA, its scale $s$, rsLoRA).
@@ -752,20 +753,20 @@ for label, stages in seq.items():
 # Exact match: on the task just trained, and on task 0. Intruders: against $W_0$, $\varepsilon = 0.5$, of
 # $16 \times 10 = 160$ top directions (section 3). ΔLM: section 4's forgetting of the pretraining text.
 #
-# In the measured normal-mode run every method learned each task as it came, in loss — the diagonal, 0.3–1.4,
-# against the base's 2.4, 3.9, 1.6, 1.3 — though in exact match only task 0 got anywhere (0.36–0.46; on tasks 1–3,
-# pets' names and best friends among them, 0.01–0.11 after 200 steps). And every method lost the earlier tasks.
-# Task 0's loss, 0.3–0.5 right after it was trained, ended above the untrained base's 2.41 for every method: 7.50
-# for full fine-tuning, 4.65 with the embeddings frozen, and 2.84, 3.63, 4.66 for LoRA r = 1, 8, 64. Exact match on
-# task 0 fell to 0.00–0.01 as soon as task 1 was trained. Intruders grew stage by stage for every method, LoRA's
-# fastest: r=1 from 5 to 18, r=8 from 10 to 43, r=64 from 25 to 121 of 160, full fine-tuning 3, 5, 15, 31 (34 with
-# the embeddings frozen). Forgetting of the pretraining text piled up too: ΔLM after four tasks +0.49, +1.83, +4.22
-# for LoRA r = 1, 8, 64, +5.92 for full fine-tuning.
+# In the measured normal-mode run (`OPENBLAS_NUM_THREADS=1`, as above) every method learned each task as it came,
+# in loss — the diagonal, 0.3–1.4, against the base's 2.4, 3.9, 1.6, 1.3 — though in exact match only task 0 got
+# anywhere (0.36–0.46; on tasks 1–3, pets' names and best friends among them, 0.00–0.11 after 200 steps). And every
+# method lost the earlier tasks. Task 0's loss, 0.3–0.5 right after it was trained, ended above the untrained base's
+# 2.41 for every method: 7.40 for full fine-tuning, 4.87 with the embeddings frozen, and 2.84, 3.63, 4.85 for LoRA
+# r = 1, 8, 64. Exact match on task 0 fell to 0.00–0.01 as soon as task 1 was trained. Intruders grew stage by stage
+# for every method, LoRA's fastest: r=1 from 5 to 18, r=8 from 10 to 43, r=64 from 25 to 124 of 160, full
+# fine-tuning 3, 5, 15, 25 (28 with the embeddings frozen). Forgetting of the pretraining text piled up too: ΔLM
+# after four tasks +0.49, +1.83, +4.21 for LoRA r = 1, 8, 64, +5.87 for full fine-tuning.
 #
 # The facts column tells two kinds of forgetting apart. The base scores 1.60 there (pretraining stored the facts;
 # the answer's form is what it lacked), and training on task 0 sharpened them to 0.8–1.2. After four tasks LoRA r=1
-# is back near the base (1.90) — it lost the form, not the facts — LoRA r=8 is at 3.44 and r=64 at 4.40, while full
-# fine-tuning lost the facts themselves: 11.59 nats, far worse than a model that had never been fine-tuned at all.
+# is back near the base (1.90) — it lost the form, not the facts — LoRA r=8 is at 3.44 and r=64 at 4.61, while full
+# fine-tuning lost the facts themselves: 11.12 nats, far worse than a model that had never been fine-tuned at all.
 #
 # What did the models forget? Ask two of them task 0's questions, before and after task 1.
 
@@ -841,17 +842,17 @@ if not FAST:
 # What reproduces, and what does not:
 #
 # - **Intruders accumulate, stage after stage** — for every method here, and for LoRA at $r \ge 8$ faster than for
-#   full fine-tuning at every stage (r=64 ends with 121 of the 160 top directions new, r=8 with 43, full fine-tuning
-#   with 31). LoRA r=1 accumulates fewer (18): the rank decides how fast. That much is the paper's finding.
+#   full fine-tuning at every stage (r=64 ends with 124 of the 160 top directions new, r=8 with 43, full fine-tuning
+#   with 25). LoRA r=1 accumulates fewer (18): the rank decides how fast. That much is the paper's finding.
 # - **"LoRA performs worse in continual learning" does not reproduce here.** Every LoRA run kept more of task 0 than
-#   full fine-tuning (loss 2.84–4.66 against 7.50; on the facts alone 1.90–4.40 against 11.59), learned every new
+#   full fine-tuning (loss 2.84–4.85 against 7.40; on the facts alone 1.90–4.61 against 11.12), learned every new
 #   task at least as well (the diagonal), and forgot less of the pretraining text. Part of full fine-tuning's loss is
 #   the tied embedding: `wte` is also the output layer, and full fine-tuning rewrites it for every task; with it
-#   frozen, task 0's loss ended at 4.65 instead of 7.50 and its facts at 5.39 instead of 11.59 — about where LoRA
-#   r=64 ended, still worse than r=1 and r=8.
+#   frozen, task 0's loss ended at 4.87 instead of 7.40 and its facts at 5.56 instead of 11.12 — about where LoRA
+#   r=64 ended (4.85; facts 4.61), still worse than r=1 and r=8.
 # - **Intruders did not predict which method forgot the earlier task.** Within LoRA they go together — more rank,
-#   more intruders (18, 43, 121), more forgetting of task 0 (2.84 < 3.63 < 4.66; facts 1.90 < 3.44 < 4.40) — but
-#   LoRA r=64, with 121 intruders, kept task 0 better than full fine-tuning with 31.
+#   more intruders (18, 43, 124), more forgetting of task 0 (2.84 < 3.63 < 4.85; facts 1.90 < 3.44 < 4.61) — but
+#   LoRA r=64, with 124 intruders, kept task 0 better than full fine-tuning with 25.
 # - **Why the difference may be the setting.** The paper's tasks were different problems for much larger models,
 #   whose full fine-tunes move the weights very little (section 6); here four tasks compete for one answer form in a
 #   1-million-parameter model that full fine-tuning moves far (section 3), and the forgetting everyone shares is the
