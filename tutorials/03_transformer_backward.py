@@ -33,8 +33,9 @@
 # 2. to verify the residual-stream sum and the tied-embedding sum numerically, from the model's own tensors;
 # 3. to check the whole model's gradient against finite differences with `minift.gradcheck.check_function`.
 #
-# **Time:** about 20 s to run normally (the final check visits every one of the model's 7,616 parameters), about
-# 4 s in fast mode (`MINIFT_FAST=1`: a sample of 8 entries per tensor), on 2 CPU cores; 30 minutes to read.
+# **Time:** a few seconds to run normally (3–4 s measured on 2 quiet CPU cores; the final check visits every one of
+# the model's 7,616 parameters), about 1 s in fast mode (`MINIFT_FAST=1`: a sample of 8 entries per tensor);
+# 30 minutes to read.
 #
 # **Prerequisite:** tutorial 02.
 
@@ -110,8 +111,8 @@ for name in forward_names:
 # %% [markdown]
 # Read the two `#` columns: the forward runs top to bottom (steps 0–20), the backward bottom to top (steps 21–42,
 # starting at `dlogits`, the cross-entropy's $(p - \text{onehot})/N$ of tutorial 02). Every gradient has its
-# activation's shape. The backward has one more entry than the forward, one per boundary between two blocks (L − 1
-# of them; here one) — the gradient at a boundary is listed under both its names:
+# activation's shape. The backward has L − 1 more entries than the forward, one per boundary between blocks (here
+# L = 2: one) — the gradient at a boundary is listed under both its names:
 # `dh.1.in` (step 32) is what leaves block 1 at its input, and `dh.0.out` (step 33) is the same gradient arriving at
 # block 0's output. A block's output *is* the next block's input, so the two are one tensor under two names.
 #
@@ -138,7 +139,10 @@ print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = f
 # \frac{\partial L}{\partial x_\text{in}} = \frac{\partial L}{\partial x_\text{mid}} +
 # \mathrm{LN}_1^\top\!\Big(\frac{\partial L}{\partial a}\Big).$$
 #
-# The addition node also hands its incoming gradient, unchanged, to the branch: $\partial L/\partial y =
+# Here $\mathrm{LN}_2^\top(\cdot)$ is LayerNorm's vector–Jacobian product at $x_\text{mid}$,
+# $J_{\mathrm{LN}_2}(x_\text{mid})^\top\,\partial L/\partial m$: `layernorm_backward` applied to $\partial L/\partial m$,
+# the gradient arriving at LN₂'s output $m$ (likewise $a$ for LN₁). The addition node also hands its incoming
+# gradient, unchanged, to the branch: $\partial L/\partial y =
 # \partial L/\partial x_\text{out}$. The skip term is why deep residual networks train at all — the gradient reaches
 # early layers without passing through every branch.
 #
@@ -189,7 +193,9 @@ assert err_mid < 1e-14 and err_in < 1e-14 and err_without > 1e-3
 # \underbrace{\textstyle\sum_{(b,t):\ \text{ids}[b,t] = v} \bar x_{b,t}}_{\text{embedding: row } v
 # \text{ only if token } v \text{ is in the batch}} .$$
 #
-# The head part is the linear layer's $\bar W = x^\top \bar y$ (tutorial 02) for $W = \mathrm{wte}^\top$. The
+# The head part is the linear layer's $\bar W = x^\top \bar y$ (tutorial 02) for $W = \mathrm{wte}^\top$, with
+# $h$ and $\bar{\text{logits}}$ flattened to $N = B\cdot T$ rows: a sum over positions of outer products, as for
+# $\bar W$. The
 # embedding part is a scatter-add of the gradient at the embedding's output (`dh.0.in`) into the rows of the tokens
 # that were looked up. We compute each with minift's own op backwards and compare their sum with
 # `grads["wte.weight"]`.
@@ -234,7 +240,8 @@ assert not only_head.ok and both.ok and worst_row in ids
 # %% [markdown]
 # The head-only check fails worst at a token that *is* in the batch: there the embedding part is missing. Rows of
 # tokens not in the batch would pass with the head part alone — a check that sampled only a few of the 768 entries
-# could miss this bug, which is why this one checks them all.
+# could miss this bug (224 of them, the 14 batch tokens' rows, carry it: fast mode's sample of 8 misses all of them
+# with probability $\binom{544}{8}/\binom{768}{8} \approx 6\%$), which is why this one checks them all.
 #
 # ## 5. The whole model against finite differences
 #
