@@ -77,12 +77,13 @@ parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of
 adapted matrix); activations scale with *tokens* (N = B·T) and are the same for both methods (LoRA adds only N·R per
 adapter). So LoRA's saving is at most (gradients + optimizer) / total of full fine-tuning. That share grows with model
 size at a fixed batch·seq (parameters grow as L·C², activations as L·N·C) and shrinks as batch·seq grows. The
-article's "~80% less memory" therefore holds only where weights and optimizer state dominate: large models,
-small batches, short sequences. `memory_saving(cfg, batch, seq, rank)` returns the ratio to sweep. For GPT-2
+article's "~80% less memory" therefore needs weights and optimizer state to dominate -- large models, small batches,
+short sequences -- and more: in one dtype the saving stops at 75% (weights, gradients, m, v -> weights), so 80% also
+needs mixed precision (optimizer state wider than the frozen weights) or a quantised base (tutorial 09). `memory_saving(cfg, batch, seq, rank)` returns the ratio to sweep. For GPT-2
 (124M, float32, AdamW; LoRA r=8 on all four linears of every block), predicted peaks:
 
     batch x seq      full       LoRA       saving
-    1 x 128          2.31 GiB   0.66 GiB   71%      weights, gradients and AdamW's m, v dominate
+    1 x 128          2.31 GiB   0.66 GiB   72%      weights, gradients and AdamW's m, v dominate
     8 x 1024        14.96 GiB  13.60 GiB    9%      activations (11.1 GiB, the same for both) dominate
 
 Measuring (`measure_memory`): one real step on the model, with NumPy's allocations traced by `tracemalloc` (NumPy

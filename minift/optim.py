@@ -353,11 +353,14 @@ def lr_schedule(step: int, base_lr: float, total_steps: int, warmup_steps: int =
 # gradient norm and clipping
 
 def global_grad_norm(grads: dict) -> float:
-    """‖g‖ = √(Σ over every array and element of g²), accumulated in float64; None entries are skipped."""
+    """‖g‖ = √(Σ over every array and element of g²), squared and summed in float64; None entries are skipped.
+
+    Squared in float64, not in g's dtype: a float32 entry above √(float32's max) ≈ 1.8e19 is still finite, but its
+    square is not, and a norm of inf would make the training loop stop a run whose gradients are all finite."""
     total = 0.0
     for g in grads.values():
         if g is not None:
-            total = total + (g * g).sum(dtype=np.float64)      # squares in g's dtype, the sum in float64
+            total = total + xp_of(g).square(g, dtype=np.float64).sum()   # (cast per element: no float32 square)
     return math.sqrt(float(total))                             # one device → host transfer for the whole dict
 
 

@@ -155,6 +155,16 @@ def test_grad_norm_accumulates_in_float64(xp):
     assert clip_grad_norm({"g": g}, 1.0) == norm and g.dtype == np.float32
 
 
+def test_grad_norm_of_finite_float32_gradients_is_finite(xp):
+    # 4.5e22 is a finite float32, its square (2e45) is not: squaring in float32 gave inf, which the training loop
+    # reads as divergence (tutorial 06 stopped at lr 1e4 with every gradient finite, depending on BLAS rounding)
+    g = xp.full(4, 4.5e22, dtype=np.float32)
+    norm = global_grad_norm({"g": g})
+    assert math.isfinite(norm) and norm == pytest.approx(2 * float(np.float32(4.5e22)), rel=1e-7)
+    clip_grad_norm({"g": g}, 1.0)
+    assert np.allclose(to_numpy(g), 0.5, rtol=1e-6)                        # scaled to norm 1: four entries of 1/2
+
+
 @pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3])
 def test_adamw_first_step_is_lr_per_coordinate_whatever_the_gradient_scale(xp, scale):
     # Kingma & Ba §2.1: at t = 1, m̂ = g and v̂ = g², so each coordinate moves by η·|g|/(|g| + ε) ≈ η: the step

@@ -210,11 +210,14 @@ assert lora_mem["trainable"] < 0.1 * P
 #
 # A full fine-tune changes every tensor, so deploying it means shipping a whole model: `save_pretrained` writes a
 # Hugging Face GPT-2 folder (`config.json`, `model.safetensors`) that `transformers`' `GPT2ForSequenceClassification`
-# loads. Its size is $4P$ bytes plus a small header.
+# loads; given the tokenizer, it also writes the padding id into `config.json` (the classifier needs it to find each
+# row's last real token) and we save `tokenizer.json` beside it, so that raw text can go in. The weights' size is
+# $4P$ bytes plus a small header.
 
 # %%
 folder = out_dir("runs", "06_full") / "model"
-model.save_pretrained(folder)
+model.save_pretrained(folder, tok)                      # weights, config.json with the pad and end-of-text ids
+tok.save(folder / "tokenizer.json")                     # and the tokenizer: everything inference needs
 size = (folder / "model.safetensors").stat().st_size
 C, L = base.cfg.n_embd, base.cfg.n_layer
 lora_numbers = L * 8 * (C + 3 * C) + 2 * C              # r = 8 on every c_attn [C, 3C], plus the head
@@ -283,8 +286,10 @@ show(fig, "06_overfitting")
 # climbs from its start near $\log 2$ to over 3 — the model is confidently wrong. It never gets better on validation:
 # the lowest validation loss is the untrained model's, at step 0. 64 reviews cannot pin down the composition rules (a
 # million parameters can memorise the 64 through names, templates and word pairings instead). Whether LoRA, with
-# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2; neither the LoRA paper nor
-# the MIT paper measures it, so it is a hypothesis, and `minift compare --train-size 64` measures it.
+# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2. The MIT paper does not test
+# it; the LoRA paper's one low-data test (its appendix F.3: GPT-3 on MNLI with 100, 1k and 10k examples) found LoRA
+# 3.6 points ahead of full fine-tuning at 100 examples and level at 1k and 10k, reporting accuracy only, not a
+# train–validation gap. Here it is a hypothesis, and `minift compare --train-size 64` measures it.
 #
 # **Check.** At the end: training loss below 0.01 and training accuracy 100%; validation loss at least 1.0 above
 # its lowest value and above $\log 2$; validation accuracy within 0.1 of chance.
@@ -328,14 +333,16 @@ show(fig, "06_learning_rates")
 # %% [markdown]
 # At 1e-3 the loss stays on tutorial 05's plateau near $\log 2$ for these steps (it leaves it after 150–200). At
 # 1e-2 it jumps around more. At 1e-1 single batches reach losses above 10: each step throws every weight about
-# $0.1$ — five times a typical GPT-2 weight's size — in a new direction; over 150 steps it then settles near
+# $0.1$ — five times GPT-2's initial weight scale (0.02), one to three times the RMS of the demo base's trained
+# matrices (0.03–0.08) — in a new direction; over 150 steps it then settles near
 # $\log 2$, a model that guesses. "Converges slowly" needs only a rate 3× too large: on our run, 400 steps at 3e-3
 # (with warmup and cosine decay, as in section 1) ended at 0.66 validation accuracy, where 1e-3 reached 0.99.
 #
 # When does training *fail outright*? minift's loop checks every step for a non-finite loss or gradient norm and
 # raises `TrainingDiverged` (saving the state it has when a checkpoint folder is given). In this model that is hard
 # to reach with any finite learning rate: every block starts with a LayerNorm, which rescales whatever the weights
-# produce, and the gradient norm is summed in float64. Three absurd rates, clipping off, 3 steps each:
+# produce, and the gradient norm is squared and summed in float64 (in float32 a finite gradient entry above
+# $1.8\cdot10^{19}$ would square to infinity and stop a run that has not diverged). Three absurd rates, clipping off, 3 steps each:
 
 # %%
 def run_full(lr, n_steps, **options):
@@ -383,8 +390,11 @@ assert isinstance(caught, TrainingDiverged) and str(caught).startswith("step 0: 
 #
 # The fine-tuned model is one self-contained folder — what section 4 saved. Nothing else is needed at inference:
 # `GPT.from_pretrained` (or `transformers`) loads it. Inference speed is the forward pass; a full fine-tune has the
-# base's architecture, so it costs exactly what the base costs. (An *unmerged* LoRA model adds its low-rank branch
-# to every adapted linear; merged, it is a plain model again — tutorial 07.)
+# base's architecture and head, so it costs what any model of that architecture and head costs. For one task a
+# merged LoRA model costs the same: the difference the article's 参数量大 points at is storage per *additional* task —
+# one base plus a small adapter each, instead of a whole model each (the LoRA paper: 35 TB for 100 GPT-3 fine-tunes
+# against 354 GB). (An *unmerged* LoRA model adds its low-rank branch to every adapted linear; merged, it is a plain
+# model again — tutorial 07.)
 
 # %%
 deployed = GPT.from_pretrained(folder)

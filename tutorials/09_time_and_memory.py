@@ -27,8 +27,9 @@
 # full's, not 30%; "full uses 80% more memory" makes LoRA's memory $1/1.8 = 56\%$, not 20%. Neither figure is in the
 # MIT paper the article cites, nor in the LoRA paper. What the LoRA paper (Hu et al.
 # 2021, arXiv 2106.09685, §4.2) reports is one model, GPT-3 175B: training memory **1.2 TB → 350 GB** ("we reduce
-# that VRAM usage by up to 2/3 … as we do not need to store the optimizer states for the frozen parameters") and a
-# **25% speedup** in training throughput. This tutorial measures where a step's time and memory go, in minift's own
+# that VRAM usage by up to 2/3 … as we do not need to store the optimizer states for the frozen parameters": three
+# copies of the weights — the weights and AdamW's two moments — become one) and a **25% speedup** in training
+# throughput (its footnote: 32.5 → 43.1 tokens/s per V100, 1.33× the throughput, 75% of the time per token). This tutorial measures where a step's time and memory go, in minift's own
 # code, and finds the regimes where each claim holds or cannot.
 #
 # **You will learn**
@@ -111,7 +112,9 @@ print("  ".join(f"{name} {n / 1e6:,.1f}M" for name, n in n_params.items()))
 #
 # $$\frac{F_\text{LoRA}}{F_\text{full}} \;\ge\; \frac{4}{6} = \frac{2}{3}:$$
 #
-# the weight gradients are a third of the matmul work, and that third is all LoRA can skip. `count_flops` counts
+# the weight gradients are a third of the matmul work, and that third is all LoRA can skip. (With adapters in every
+# block, as here. LoRA on the top blocks only could also skip the whole backward below them — the mechanism of
+# section 3b — and go below $2/3$.) `count_flops` counts
 # exactly this (`minift/bench.py`). We write the formula out in NumPy only to compare, on every size, at the
 # bench batch for the presets and one sequence of full context for the rest (the ratio does not depend on $B$).
 
@@ -136,14 +139,18 @@ for name, cfg in SIZES.items():
 # GPT-2 at its bench batch (8 × 1024 tokens) costs 7.0 TFLOP per full step: $6 \times 123.5\text{M}$ matmul
 # weights $\times$ 8,192 tokens = 6.1 TFLOP, plus 0.9 of attention. Read the ratio column: a LoRA step costs 68–82%
 # of a full step's FLOPs, never less than $2/3$. Two terms lift it above $2/3$. Attention, the same work for both
-# methods: per token it costs $12LTC$ against $72LC^2$ for the block linears, $T/(6C)$ of them — 10–13% of the step
-# where $T \approx C$ (the presets, GPT-2), 2.7% for GPT-3 ($T/C = 1/6$). And the adapters, extra work:
+# methods: per token it costs $12LTC$ against $72LC^2$ for the block linears, $T/(6C)$ of them — 17–22% of the block
+# linears where $T \approx C$ (the presets, GPT-2), 10–13% of the whole step once the LM head is counted too; 2.8%
+# for GPT-3 ($T/C = 1/6$). (The full $T \times T$ square is counted, the usual convention; minift's blocked attention
+# multiplies $(1 + b/T)/2$ of it, 75% on demo.) And the adapters, extra work:
 # $6NR\cdot 16LC$ is $4R/(3C)$ of the block linears' cost — 17% at $C = 64$ (tiny, where rank 8 is an eighth of the
 # width), 1.4% for GPT-2, 0.1% for GPT-3. At GPT-3 scale both are small and the ratio is within 0.01 of $2/3$.
 #
-# So a time saving of 70% (ratio 0.30) or even "full takes 70% longer" (ratio 0.59) is below the FLOP floor: a
-# LoRA step is at most $1.5\times$ faster than a full step on the same batch. The LoRA paper's measured 25% higher
-# throughput on GPT-3 175B (a step taking $1/1.25 = 80\%$ of the time) is in the range the arithmetic allows.
+# So a time saving of 70% (ratio 0.30) or even "full takes 70% longer" (ratio 0.59) is below the FLOP floor: in
+# arithmetic a LoRA step does at least 2/3 of a full step's work on the same batch. (Measured time can dip a little
+# below the FLOP ratio where full fine-tuning's non-matmul work — its optimizer over every weight, the weight
+# gradients' memory traffic — is large; it cannot dip far.) The LoRA paper's measured speedup on GPT-3 175B, 75% of
+# the time per token, is in the range the arithmetic allows.
 #
 # **Check.** `count_flops` equals the formula above exactly (integers) for every size and both methods; every ratio
 # is at least $2/3$; at GPT-3 175B it is within 0.015 of $2/3$; and the ratio is the same at batch 1 and batch 8.
@@ -198,8 +205,8 @@ for name in timed_presets:
 # %% [markdown]
 # Numbers from normal-mode runs on a busy 2-core machine: time ratios of 0.8–0.93 on tiny (one wall-clock run
 # gave 1.1: LoRA slower), 0.83–0.87 on demo, 0.67–0.8 on small (3 timed steps of 1–2 s: the noisiest median) —
-# LoRA's step is 5–33% faster, never 70%. The time ratio is closest to the FLOP ratio on small and further above
-# it on tiny and demo, where MFU (achieved FLOP/s over this machine's measured float32 matmul peak) drops for LoRA:
+# LoRA's step takes 7–33% less time, never 70%. The time ratio straddles the FLOP ratio on small and tiny, and
+# sits above it on demo, where MFU (achieved FLOP/s over this machine's measured float32 matmul peak) drops for LoRA:
 # the time that is *not* big matmuls does not shrink. On tiny the noise of a shared machine is as large as the
 # effect. The breakdown says where the time goes, op by op (ms per step, median of the profiled steps; the softmaxes
 # live inside `attention` and `cross_entropy`; the last column is the op's share of the full step), for the largest
@@ -263,10 +270,13 @@ show(fig, "09_time_breakdown")
 # The "estimate" line is Amdahl's law: take full's measured step and remove only what LoRA skips — half of the
 # linear and LM-head backward, the embedding backward, most of the optimizer. What remains is 0.73–0.8 of the full
 # step; the measured LoRA step (in the same profiled steps) has come out a little above it, by 0.03–0.08 on these
-# runs: the adapters' forward and backward cost something, and the skinny matmuls run slowly. So at this scale the
-# honest answer to "70% less time" is 5–33% less. Where does more come from in practice? Not from a step's
-# arithmetic (section 1 bounds it at 33%), but from what the memory saving buys at scale: fewer GPUs, no gradient
-# all-reduce or optimizer sharding for the frozen weights, larger batches — the LoRA paper's 25% on GPT-3 175B.
+# runs: the adapters' forward and backward cost something, and the skinny matmuls run slowly. (The profiled steps
+# are a separate measurement from the timed ones above, so their ratios need not match.) So at this scale the
+# honest answer to "70% less time" is 7–33% less. Where does more come from in practice? Not from a step's
+# arithmetic (section 1 bounds it at a third), but from what the memory saving buys at scale: fewer GPUs, no
+# gradient all-reduce or optimizer sharding for the frozen weights, larger batches. (The LoRA paper's own 25%, per
+# GPU with the same number of weight shards, it puts down to the arithmetic: "we do not need to calculate the
+# gradient for the vast majority of the parameters".)
 #
 # **Check.** `run_bench`'s FLOP count is `count_flops`'s; every measured time ratio is far above the article's
 # 0.30 and above 0.5 (timings on a shared machine are noisy: loose bounds only, never absolute times); and LoRA's
@@ -336,7 +346,8 @@ assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
 # keep $20NC + 2N + BHT^2$ floats each (LayerNorm's $\hat x$, every linear's input, $q,k,v$, the $T\times T$
 # attention probabilities, GELU's input and tanh; `minift/memory.py` lists them op by op; for $T$ above the
 # attention block $b = 64$ only the blocks the queries see are kept, $BHT^2 \cdot (1 + b/T)/2$), plus $2NC + N$ for
-# `ln_f`, and with the LM head the logits and their softmax, $2NV$, and $17N$ bytes of loss indices. Workspace is
+# `ln_f`, and with the LM head the logits and their softmax, $2NV$, and $17N$ bytes of loss indices (two int64
+# arrays and a bool mask: $8 + 8 + 1$ bytes per token). Workspace is
 # the backward's temporaries at the peak.
 #
 # `predict_memory` adds these up from the shapes; `measure_memory` runs one real step (forward, backward, clipping,
@@ -371,13 +382,13 @@ for name in ("tiny", "demo"):
 # - **activations**: the same for both (LoRA adds $x A^\top$ per adapter, under 1% here), and on demo 126 MiB
 #   against 4 MiB of weights: 31× the model. 32 MiB of it is the LM head's logits and their softmax, $2NV$
 #   floats (2048 tokens × 2048 vocabulary × 2).
-# - **total**: LoRA's peak is 94–97% of full fine-tuning's: a 3–6% saving, not 80%. What LoRA removes — full's
+# - **total**: LoRA's peak is 94–96% of full fine-tuning's: a 4–6% saving, not 80%. What LoRA removes — full's
 #   gradients and AdamW state, 12 MiB on demo — is small next to the activations.
 #
 # The totals agree within 1% on both. The workspace depends on which attention the model runs: with $T = 128$ it
 # takes its fast path, 64 query rows at a time (`ATTENTION_BLOCK` in `minift/model.py`, `_blocked_backward` in
 # `minift/ops/attention.py`), whose backward never holds the whole $T\times T$ gradients $d\,\text{att}$ and
-# $d\,\text{pre}$ at once ($2BbT$ instead of $2BHT^2$ floats, with $b = 64$). `predict_memory(..., block=...)` follows
+# $d\,\text{pre}$ at once (at most $2BHbT$ instead of $2BHT^2$ floats, with $b = 64$). `predict_memory(..., block=...)` follows
 # the model's setting; below we also run the reference attention (`ATTENTION_BLOCK = None`, the whole square) and
 # predict it with `block=None`: about 9 MiB more workspace on demo, and prediction and measurement meet again.
 #
@@ -564,25 +575,30 @@ show(fig, "09_memory_saving")
 #   are nearly as large as the weights' training state.
 # - **Tokens per step** at a fixed size: every curve rises toward 1 as batch × sequence grows; activations are the
 #   same for both methods, so once they dominate, LoRA can save little. Between, the ratio moves smoothly — memory
-#   is affine in the batch size at a fixed sequence length (exercise 2 uses it).
+#   is piecewise affine in the batch size at a fixed sequence length (affine in each term; the workspace is the
+#   largest of several phases, and which phase is largest can switch as the batch grows — exercise 2 uses it).
 # - **Rank** barely matters while $r \ll C$: from $r = 1$ to $16$ GPT-2's ratio moves from 0.277 to 0.291, GPT-3's
 #   from 0.253 to 0.255, and only to 0.280 at $r = 256$ ($C = 12{,}288$). At $r = 256$ on GPT-2 ($C = 768$) the
-#   adapters hold $P_A = 16LCr = 38$M numbers, three floats each, and the ratio is 0.52.
+#   adapters hold $P_A = 16LCr = 38$M numbers, four floats each (weight, gradient, $m$, $v$), and the ratio is
+#   0.52.
 #
 # And "80% less"? Nowhere in these sweeps: with one dtype the floor is 75%. (At a handful of tokens the peak ratio can
 # dip a little below $1/4$: full fine-tuning's workspace includes `wte`'s gradient summed from the embedding and the
-# tied LM head, $2VC$ floats of temporaries — exercise 1 prints 0.225 for GPT-2 at one token.) The LoRA paper's GPT-3
-# numbers fit the other accounting: 350 GB is GPT-3's 175B weights in 2-byte float16 — LoRA's step held little more
-# than its frozen weights — while 1.2 TB is about 6.9 bytes per parameter for full fine-tuning, a 71% saving. So the
-# article's 80% needs three things at once: a large model, few tokens per step (or activation checkpointing), and a
-# full fine-tune whose optimizer state is stored at higher precision than the frozen weights. Its "text classification
-# task" on one GPU with a BERT-sized model and a real batch is the opposite regime: section 3's 5% on demo, the
-# README's 22% with a classification head.
+# tied LM head, $2VC$ floats of temporaries — exercise 1 prints 0.225 for GPT-2 at one token; an embedding-heavy
+# toy configuration can go lower still.) The LoRA paper's GPT-3 numbers need no mixed precision: 350 GB is GPT-3's
+# 175B weights in 2-byte float16 — LoRA's step held little more than its frozen weights — and "up to 2/3" is three
+# copies (weights, $m$, $v$) becoming one. 1.2 TB is about 6.9 bytes per parameter, less than even one dtype's
+# 8 (weights, gradients, $m$, $v$ at 2 bytes each), so the paper evidently did not count gradients as held for the
+# whole step; its 71% saving sits inside the one-dtype floor of 75%. So the article's 80% needs a large model, few
+# tokens per step (or activation checkpointing), *and* something beyond one dtype: a full fine-tune whose optimizer
+# state is stored at higher precision than the frozen weights (mixed precision), or a quantised frozen base. Its
+# "text classification task" on one GPU with a BERT-sized model and a real batch is the opposite regime: section
+# 3's 6% on demo, the README's 22% with a classification head.
 #
 # **Check.** At every shape the ratio falls with model size from GPT-2 to GPT-3 175B (at 1 × 128, already near the
 # floor, GPT-2 and GPT-2 medium tie to within 0.001); at every size it rises with
-# the batch; GPT-3 175B at 1 × 128 is within 0.01 of the floor $1/4$; no ratio anywhere is below 0.24, so no
-# configuration reaches the article's 0.20; rank 1 → 16 changes GPT-2's ratio by under 0.02 (and $r = 256$ pushes it
+# the batch; GPT-3 175B at 1 × 128 is within 0.01 of the floor $1/4$; no ratio in these sweeps is below 0.24, so
+# none of them reaches the article's 0.20; rank 1 → 16 changes GPT-2's ratio by under 0.02 (and $r = 256$ pushes it
 # past 0.5); GPT-3's moves by under 0.05 over all ranks.
 
 # %%
@@ -601,8 +617,9 @@ assert max(by_rank["gpt3-175b"]) - min(by_rank["gpt3-175b"]) < 0.05
 
 # %% [markdown]
 # The LoRA paper's own configuration on GPT-3: $r = 4$ on the query and value projections only. minift's GPT-2
-# layout fuses $q, k, v$ into one `c_attn`, so adapting it is the nearest match (three projections, not two: a
-# few more adapter numbers, no visible difference). One sequence of full context, and the terms in GB at 2 bytes
+# layout fuses $q, k, v$ into one `c_attn`, so adapting it is the nearest match (the same number of adapter
+# numbers, a different parametrisation: one rank-$r$ update over $q, k, v$ jointly instead of one each on $q$ and
+# $v$). One sequence of full context, and the terms in GB at 2 bytes
 # per number (the float32 counts halved — minift's predictor works in float32 or float64 only):
 
 # %%
@@ -619,7 +636,7 @@ print(f"LoRA ÷ full: {paper_lora['total'] / paper_full['total']:.3f}; paper: 35
 # At 2 bytes for everything, full fine-tuning of GPT-3 needs 349 GB each for weights and gradients and 698 GB for
 # AdamW — 1.4 TB before any activation — while LoRA trains 18.9M numbers whose state is a tenth of a GB. That count
 # is exactly the paper's: $r(C + 3C)$ for a fused `c_attn` equals $2\cdot r(C + C)$ for separate $W_q, W_v$, and
-# at 2 bytes it is the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
+# at 2 bytes, 37.7 MB, it is about the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
 # activations in minift's accounting (no activation checkpointing; of each $T \times T$ attention matrix, the
 # blocked attention keeps the blocks the queries see, $(1 + b/T)/2$ of the square with $b = 64$), to both. The
 # ratio, 0.32, is above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the
@@ -640,10 +657,10 @@ assert 0.25 < paper_lora["total"] / paper_full["total"] < 0.5
 # | §5.1 claim | what decides it | measured / predicted here |
 # |---|---|---|
 # | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.82 (tiny); measured time ratio 0.8–0.93 on tiny and demo, 0.67–0.8 on small: attention, GELU, LayerNorm and the softmaxes do not shrink |
-# | full takes ~70% longer | same bound: full is at most 1.5× a LoRA step | 1.1–1.5× here; the LoRA paper measured 1.25× throughput on GPT-3 175B |
-# | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 3–6% less; GPT-2 at 8×1024: 9%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
+# | full takes ~70% longer | same bound: in FLOPs full is at most 1.5× a LoRA step | 1.1–1.5× here; the LoRA paper measured 1.33× throughput (32.5 → 43.1 tokens/s per V100) on GPT-3 175B |
+# | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 4–6% less; GPT-2 at 8×1024: 9%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
 # | — partial freezing (§1.1 step 3) | the backward stops at the lowest tensor that trains | demo, blocks 0–1 of 4 frozen: activations 126 → 80 MiB, forward + backward about 0.7× full's; LoRA on every block keeps all the activations |
-# | — rank | adapters are tiny next to the frozen weights | $r = 1 \ldots 256$ moves the memory ratio by hundredths |
+# | — rank | adapters are tiny next to the frozen weights | by hundredths while $r \ll C$ (GPT-2 up to $r = 16$, GPT-3 at any $r \le 256$); at $r = 256$ GPT-2's ratio nearly doubles |
 #
 # So LoRA's resource win is real, but it is a *memory* win first, and it grows with model size and shrinks with
 # tokens per step. Its time win per step is bounded by a third of the FLOPs, and at small scale it can vanish.
@@ -685,8 +702,10 @@ exercise("Exercise 1 (the best-case memory ratio)", check_static_ratio, my_stati
 # %% [markdown]
 # **Exercise 2 — at what batch does LoRA still save half?** For GPT-3 6.7B at sequence length 1024 (`SIZES
 # ["gpt3-6.7b"]`), return the largest batch size $B$ at which LoRA's predicted peak is at most half of full
-# fine-tuning's (`memory_saving(cfg, B, 1024) <= 0.5`). Hint: at fixed $T$ every term is affine in $B$, so two
-# evaluations give the line; or search. The check tests $B$ and $B + 1$.
+# fine-tuning's (`memory_saving(cfg, B, 1024) <= 0.5`). Hint: at fixed $T$ every term is affine in $B$, but the
+# workspace is the largest of several phases and the largest can switch as $B$ grows, so the total is only
+# piecewise affine: two evaluations give a first guess, which `memory_saving` must confirm; or search. The check
+# tests $B$ and $B + 1$.
 
 # %%
 def my_batch_for_half(cfg, seq):
