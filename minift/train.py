@@ -424,10 +424,10 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
                                "checkpoint continues only with its own settings).")
     opt.step(grads, lr=lr)
     if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
-        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); this step's "
-                               "parameters were not saved"
-                               + (f", the last checkpoint in {out_dir} is intact" if out_dir else "")
-                               + ". Try a lower lr.")
+        kept = ("at the very first step, before any training, so nothing was saved" if step == 0 else
+                "this step's parameters were not saved"
+                + (f", the last checkpoint in {out_dir} is intact" if out_dir else ""))
+        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); {kept}. Try a lower lr.")
     dt = time.perf_counter() - t0
     ntok = int(np.asarray(batch["input_ids"]).size)
     result.history.append(dict(step=step, loss=loss, lr=lr, grad_norm=norm, ms=dt * 1e3))

@@ -263,7 +263,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_something(pretrai
     assert "alpha" in capsys.readouterr().err and _snapshot(run) == before
     assert main(ft + ["--out", str(run), "--overwrite", "--task", "nosuch"]) == 1
     assert _snapshot(run) == before and not (run / ASIDE).exists()
-    assert main(ft + ["--out", str(run), "--overwrite", "--alpha", "1e30"]) == 1      # diverges at the first step
+    assert main(ft + ["--out", str(run), "--overwrite", "--lr", "1e39"]) == 1        # diverges at the first step
     err = capsys.readouterr().err
     assert "before any training, so nothing was saved" in err and "the earlier run is back as it was" in err
     assert _snapshot(run) == before
