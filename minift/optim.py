@@ -353,15 +353,26 @@ def lr_schedule(step: int, base_lr: float, total_steps: int, warmup_steps: int =
 # gradient norm and clipping
 
 def global_grad_norm(grads: dict) -> float:
-    """‖g‖ = √(Σ over every array and element of g²), squared and summed in float64; None entries are skipped.
+    """‖g‖ = √(Σ over every array and element of g²), summed in float64; None entries are skipped.
 
-    Squared in float64, not in g's dtype: a float32 entry above √(float32's max) ≈ 1.8e19 is still finite, but its
-    square is not, and a norm of inf would make the training loop stop a run whose gradients are all finite."""
+    The squares are taken in g's dtype (float32 keeps 24 bits of each: plenty for a norm) and summed in float64. A
+    float32 entry above √(float32's max) ≈ 1.8e19 is finite, but its float32 square is not: when the sum comes out
+    infinite, the squares are taken again in float64, so that an infinite norm always means a gradient that is not
+    finite -- which the training loop reads as divergence -- and never a large, finite one."""
+    with np.errstate(over="ignore"):                           # (NumPy's warning: the overflow is handled below)
+        total = _sum_of_squares(grads, wide=False)
+    if not math.isfinite(total):                               # rare: a square overflowed, or a gradient is inf/NaN
+        total = _sum_of_squares(grads, wide=True)
+    return math.sqrt(total)
+
+
+def _sum_of_squares(grads: dict, wide: bool) -> float:
     total = 0.0
     for g in grads.values():
         if g is not None:
-            total = total + xp_of(g).square(g, dtype=np.float64).sum()   # (cast per element: no float32 square)
-    return math.sqrt(float(total))                             # one device → host transfer for the whole dict
+            squares = xp_of(g).square(g, dtype=np.float64) if wide else g * g      # float64, or g's dtype
+            total = total + squares.sum(dtype=np.float64)
+    return float(total)                                        # one device → host transfer for the whole dict
 
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:

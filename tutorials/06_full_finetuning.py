@@ -346,8 +346,8 @@ show(fig, "06_learning_rates")
 # raises `TrainingDiverged` (saving the last good state when a checkpoint folder is given and a step after the
 # first went wrong). In this model that is hard
 # to reach with any finite learning rate: every block starts with a LayerNorm, which rescales whatever the weights
-# produce, and the gradient norm is squared and summed in float64 (in float32 a finite gradient entry above
-# $1.8\cdot10^{19}$ would square to infinity and stop a run that has not diverged). Three absurd rates, clipping off, 3 steps each:
+# produce, and the gradient norm is summed in float64 (its squares are redone in float64 when a finite float32 entry
+# above $1.8\cdot10^{19}$ squares to infinity, which would otherwise stop a run that has not diverged). Three absurd rates, clipping off, 3 steps each:
 
 # %%
 def run_full(lr, n_steps, **options):

@@ -630,9 +630,9 @@ if not FAST:
 #   nothing" is "LoRA r=1 changed nothing".
 # - **The trend depends on the setting.** With minift's default LoRA setting instead ($\alpha = 2r$, $s = 2$, adapters
 #   at $2\cdot10^{-3}$, head at $3\cdot10^{-4}$; `minift compare --ranks 1,2,4,8,16,64`, 600 steps, the README's
-#   table): intruders at $\varepsilon = 0.5$ were 3, 4, 9, 11, 20, 20 at $r$ = 1, 2, 4, 8, 16, 64 against full
+#   table): intruders at $\varepsilon = 0.5$ were 3, 4, 9, 11, 21, 20 at $r$ = 1, 2, 4, 8, 16, 64 against full
 #   fine-tuning's 13 — rising with the rank, and below full fine-tuning's up to $r = 8$; forgetting +0.05, +0.18,
-#   +0.60, +1.70, +2.71, +7.47 against full's +4.47, the same order as here; $r = 64$ learned least (test 0.655).
+#   +0.60, +1.70, +2.48, +7.37 against full's +4.57, the same order as here; $r = 64$ learned least (test 0.688).
 # - Sizes and seeds: one seed per run, one task, 500 steps. The counts move by several between seeds and settings;
 #   read the orders of magnitude and the trends, not single differences.
 #
