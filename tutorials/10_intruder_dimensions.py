@@ -790,18 +790,21 @@ for label in ("full", "lora r=8"):
 # earlier ones (a regulariser such as EWC, Kirkpatrick et al. 2017).
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4))
 stages_x = np.arange(len(TASKS))
 for i, (label, stages) in enumerate(seq.items()):
     ax1.plot(stages_x, [st["intruders"] for st in stages], "o-", color=f"C{i}", label=label)
     ax2.plot(stages_x, [st["loss"][0] for st in stages], "o-", color=f"C{i}", label=label)
+    ax3.plot(stages_x, [st["fact0"] for st in stages], "o-", color=f"C{i}", label=label)
 ax2.axhline(base_task_loss[0], color="k", ls="--", lw=0.8, label="the base, before any stage")
-ax1.set(xlabel="stage k (after task k)", ylabel="intruders against W0, ε = 0.5 (of 160)",
-        title="intruders accumulate stage by stage", xticks=stages_x)
-ax2.set(xlabel="stage k (after task k)", ylabel="test loss on task 0", xticks=stages_x,
-        title="task 0, learned at stage 0, afterwards")
-ax1.legend(fontsize=8)
-ax2.legend(fontsize=8)
+ax3.axhline(fact_loss(base), color="k", ls="--", lw=0.8, label="the base, before any stage")
+ax1.set(ylabel="intruders against W0, ε = 0.5 (of 160)", title="intruders accumulate stage by stage")
+ax2.set(ylabel="test loss on task 0", title="task 0, learned at stage 0, afterwards")
+ax3.set(ylabel="test loss on task 0's facts, form given", title="what it knows, apart from how it answers")
+for ax in (ax1, ax2, ax3):
+    ax.set(xlabel="stage k (after task k)", xticks=stages_x)
+    ax.legend(fontsize=8)
+fig.tight_layout()
 show(fig, "10_continual")
 
 # %% [markdown]
