@@ -90,8 +90,10 @@ def claims(results) -> list:
         out.append(f"**\"LoRA overfits less on small data\"** — with {cfg['train_size']} training examples the "
                    f"validation-minus-train loss gap is {fg:.3f} (full) vs {lg:.3f} (LoRA), and test accuracy "
                    f"{full['test_accuracy']:.3f} vs {lora['test_accuracy']:.3f}. "
-                   f"{'Held' if lg < fg else 'Did not hold'} here, by the loss gap; what matters to a user is the "
-                   "test accuracy, and one seed at this size moves it by several points (README).")
+                   + ("Neither method overfits here (both gaps ≤ 0): nothing to compare; "
+                      if max(fg, lg) <= 0 else f"{'Held' if lg < fg else 'Did not hold'} here, by the loss gap; ")
+                   + "what matters to a user is the test accuracy, and one seed at this size moves it by several "
+                   "points (README).")
     else:
         out.append("**\"LoRA overfits less on small data\"** — not tested in this run: rerun with "
                    "`--train-size 200` to shrink the training set.")

@@ -115,6 +115,20 @@ def test_the_claims_name_the_run_they_are_missing():
                           "main rank r=8 (--rank): add the missing method to --methods to check them."]
     assert "has no full fine-tuning" in claims({"config": cfg, "runs": [r2, {"label": "lora r=8"}]})[0]
 
+
+def test_the_small_data_claim_is_not_judged_when_neither_method_overfits():
+    """Both validation-minus-train gaps ≤ 0: there is no overfitting to compare, so no verdict either way."""
+    from minift.report import claims
+
+    def row(label, val, train):
+        return {"label": label, "trainable": 10, "ms_per_step": 1.0, "test_accuracy": 0.5,
+                "memory": {"measured": {"total": 1}}, "val_loss": val, "final_train_loss": train}
+    cfg = {"rank": 8, "train_size": 64}
+    said = claims({"config": cfg, "runs": [row("full", 0.5, 0.6), row("lora r=8", 0.5, 0.55)]})[-1]
+    assert "Neither method overfits here" in said and "Held" not in said and "Did not hold" not in said
+    said = claims({"config": cfg, "runs": [row("full", 2.0, 0.1), row("lora r=8", 1.0, 0.1)]})[-1]
+    assert "Held here, by the loss gap" in said
+
 def test_the_default_methods_follow_the_task(monkeypatch, capsys, tmp_path):
     """head-only needs a classification task, so a generation task compares full fine-tuning and LoRA."""
     import minift.compare

@@ -21,9 +21,12 @@
 # > *In short, full fine-tuning and LoRA each have strengths and weaknesses; choosing between them means weighing
 # > the task's needs against the resources available.*
 #
-# The article supports that summary with numbers it attributes to an MIT paper: LoRA updates "90% fewer"
+# The article supports that summary with numbers it attributes to an MIT paper: LoRA updates "over 90% fewer"
 # parameters (减少90%以上参数更新) at "comparable" accuracy (相当的性能), with "about 70% less training time and
-# about 80% less memory" (训练时间…减少了约70%,内存占用减少了约80%, §4.2 and §5.1). This tutorial runs the
+# about 80% less memory" (训练时间…减少了约70%,内存占用减少了约80%, §4.2 and §5.1). Neither the MIT paper
+# (Shuttleworth et al., arXiv 2410.21228: tutorial 10) nor the LoRA paper reports the 70% and 80%, and §5.1 does not
+# agree with itself: "full fine-tuning takes 70% longer" would make LoRA's time 1/1.7 = 59% of full's, not 30%
+# (tutorial 09). This tutorial runs the
 # experiment those claims are about — full fine-tuning, LoRA and a head-only baseline on the same base model, data,
 # seed and step budget — on your machine, and shows how to read each column of the result.
 #
@@ -82,9 +85,9 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 # | trainable | parameters that receive gradients and optimizer state | `minift.finetune.trainable_summary` |
 # | ms/step, tokens/s | wall time of forward + backward + AdamW, averaged over the run | `minift.train.train` |
 # | val acc, test acc | sentiment accuracy; the test split uses review templates never seen in training | `minift.evaluate` |
-# | forgetting ΔLM | next-token loss on held-out pretraining text, after minus before | `minift.evaluate.lm_loss` |
+# | forgetting ΔLM | next-token loss on held-out text like the pretraining text (32 windows of 128 tokens of world documents from another seed of the generator), after minus before | `minift.evaluate.lm_loss` |
 # | intruders | the MIT paper's Algorithm 1 on $W_0+\Delta W$ (top-10 singular vectors, $\varepsilon=0.5$), with the count random directions would give (160 = all 16 matrices × 10 vectors: at this width ε = 0.5 counts every random direction, so read tutorial 10's ε sweep) | `minift.analysis` |
-# | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update | `minift.analysis.effective_rank` |
+# | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update, the mean over the 16 matrices | `minift.analysis.effective_rank` |
 # | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.compare` |
 #
 # The memory table (MiB) splits one training step's peak into its parts, measured with `tracemalloc` and predicted
@@ -111,16 +114,19 @@ print(f"forgetting: head {runs['head']['forgetting']:+.4f}, full {runs['full']['
 # %% [markdown]
 # ## 3. The article's claims, against these numbers
 #
-# `report.md` reads each claim against the table. Two things to keep in mind (the source for both: the LoRA paper,
-# Hu et al. 2021, arXiv 2106.09685, §4.2):
+# `report.md` reads each claim against the table. Two things to keep in mind. The LoRA paper (Hu et al. 2021, arXiv
+# 2106.09685, §4.2) measured 1.2 TB → 350 GB of training memory and a 25% speed-up on GPT-3 175B; the reasons,
+# worked out here (tutorial 09 in full):
 #
 # - **Time.** A frozen weight still costs its forward matmul $xW$ and the matmul that carries the gradient back,
 #   $dy\,W^\top$; LoRA saves only the third, $x^\top dy$ (tutorial 09). So LoRA's matmul FLOPs are at least about
 #   2/3 of full fine-tuning's. The rest of a step shrinks too — gradient clipping and the AdamW update pass over every
 #   trained parameter — so the measured time can fall a little below 2/3. Wall time on a shared machine is noisy:
-#   on two of our runs LoRA's step took 0.64 and 0.80 of full fine-tuning's. "~70% less time" is not expected.
+#   on two of our runs LoRA's step took 0.64 (a busy machine) and 0.80 (the README's run) of full fine-tuning's.
+#   "~70% less time" is not expected.
 # - **Memory.** LoRA removes the gradients and the optimizer state of frozen weights — 3 floats per parameter with
-#   AdamW — but activations are the same for both and grow with batch × sequence. The saving is large when
+#   AdamW — but activations are about the same for both (LoRA adds its small $xA^\top$ caches) and grow with
+#   batch × sequence. The saving is large when
 #   parameters dominate (big models, small batches) and small otherwise: `minift memory` shows both regimes.
 
 # %%

@@ -217,7 +217,7 @@ train_losses = [h["loss"] for h in history]
 fig, ax = plt.subplots(figsize=(7, 3.5))
 ax.plot(train_steps, train_losses, lw=0.8, label="training loss (one batch per step)")
 ax.plot([e["step"] for e in summary["evals"]], [e["val_loss"] for e in summary["evals"]], "o-",
-        label="validation loss (held-out 3%)")
+        label="validation loss (16 windows of the held-out 3%)")
 ax.axhline(math.log(cfg.vocab_size), color="0.5", ls="--", lw=0.8, label=f"log V = {math.log(cfg.vocab_size):.2f}")
 ax.set_xlabel("step")
 ax.set_ylabel("cross-entropy (nats per token)")
@@ -227,8 +227,8 @@ show(fig, "04_pretraining_loss")
 
 # %% [markdown]
 # **Check.** The run wrote a loadable model; the history has one entry per step; the validation loss ended at least
-# 1.5 nats below $\log V$ — the model predicts the next token at least $e^{1.5} \approx 4.5$ times better than a
-# uniform guess.
+# 1.5 nats below $\log V$ — the model gives the correct next token, on geometric average, at least $e^{1.5} \approx
+# 4.5$ times the probability a uniform guess gives (a perplexity of at most $V/4.5$).
 
 # %%
 reloaded, _ = load_base(run_dir / "model")

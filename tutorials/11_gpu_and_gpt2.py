@@ -213,7 +213,7 @@ for name, (e_logits, e_grads) in errors.items():
 
 # %% [markdown]
 # **Check.** Every float32 run, on either device, is within $10^{-5}$ of float64 on the logits and $10^{-3}$ on the
-# worst gradient tensor (ten times and a thousand times what the CPU shows, so that a GPU's different summation order
+# worst gradient tensor (about thirty and a thousand times what the CPU shows, so that a GPU's different summation order
 # has room, and a wrong kernel has none); the same gradient keys come back from every device.
 
 # %%
@@ -404,13 +404,17 @@ if tok_files and HAVE_HF and (folder / "vocab.json").is_file():
 # **Bytes.** In float32 the weights alone are $4N \approx 475$ MiB. Full fine-tuning with AdamW adds a gradient and
 # two moment estimates per weight: $4N + 4N + 8N = 16N \approx 1.85$ GiB before a single activation. LoRA with rank
 # $r$ on all four linears of every block trains $r(\text{in} + \text{out})$ per matrix,
-# $L \cdot r \cdot (4C + 2C + 5C + 5C) = 16\,L\,r\,C = 1{,}179{,}648$ numbers at $r = 8$ (0.95%), so its gradient and
-# optimizer state are tiny; but activations scale with the tokens per step, not the trainable count, and are the same
-# for both methods. `predict_memory` adds it all up (tutorial 09 checks it against measurement term by term).
+# $L \cdot r \cdot (4C + 2C + 5C + 5C) = 16\,L\,r\,C = 1{,}179{,}648$ numbers at $r = 8$ (0.95% of GPT-2's
+# parameters; 0.94% of base + adapters, the convention of `minift compare`'s table), so its gradient and optimizer
+# state are tiny; but activations scale with the tokens per step, not the trainable count, and are about the same
+# for both methods (LoRA adds its small $xA^\top$ caches). `predict_memory` adds it all up (tutorial 09 checks it
+# against measurement term by term).
 #
 # **FLOPs.** A matmul weight costs $2$ FLOPs per token forward and $4$ backward ($dx$ and $dW$): the rule
-# "$6N$ per token" (Kaplan et al. 2020), with $N$ the weights that multiply activations — the block linears
-# $12LC^2$ and the tied head $CV$ — plus attention's $12\,L\,T\,C$ per token at context $T$. LoRA skips $dW$ of the
+# "$6N$ per token" (Kaplan et al. 2020, whose $N$ is the non-embedding weights, $12LC^2$). Here $N$ also counts the
+# tied head's $CV$ — the LM head is a matmul like any other — and attention is counted in full, both its matmuls
+# forward and backward: $12\,L\,T\,C$ per token at context $T$ (Kaplan's $2LTC$ counts the forward only). Compare
+# with Kaplan's or Chinchilla's $N$ and mind the difference: about 45% for GPT-2 small. LoRA skips $dW$ of the
 # frozen weights: about $4N$ per token.
 
 # %%
@@ -454,9 +458,10 @@ print(f"  measured ÷ predicted total: {measured['total'] / predicted['total']:.
 del probe_model
 
 # %% [markdown]
-# Every term matches to a fraction of a percent: the prediction is read off the code (`minift/memory.py`'s docstring
-# lists, op by op, what each forward caches and which temporaries the backward holds at its peak), so the same
-# arithmetic that printed the GPT-2 table above also accounts for the step that really ran.
+# Every term matches to within 2% or 64 KiB (the check below), the large ones to a fraction of a percent: the
+# prediction is read off the code (`minift/memory.py`'s docstring lists, op by op, what each forward caches and which
+# temporaries the backward holds at its peak), so the same arithmetic that printed the GPT-2 table above also
+# accounts for the step that really ran.
 #
 # **Check.** The count from shapes is 124,439,808 for GPT-2 small, and the loaded model's count matches its own
 # config (and is 124,439,808 when the folder holds GPT-2 small's config: the real checkpoint, not the stand-in);
@@ -528,8 +533,9 @@ if HAVE_HF:
 # $$W' = W + s\,A^\top B^\top \quad (A \in \mathbb R^{r\times\text{in}},\ B \in \mathbb R^{\text{out}\times r},\
 # s = \alpha/r),$$
 #
-# here $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks, learning rate $2\times
-# 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight), trains and evaluates — on
+# the paper's $\Delta W = BA$ (scaled by $s$) transposed, because GPT-2 stores $W$ as [in, out] (tutorial 07); here
+# $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks,
+# learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight), trains and evaluates — on
 # the GPU when the model is there. On 2 shared CPU cores a step of 8 short sequences took 1.4 s with the normal-mode
 # stand-in (the real GPT-2's 50,257-wide LM head adds about half again), so normal mode runs only 20 steps.
 
