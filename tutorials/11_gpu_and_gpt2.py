@@ -254,7 +254,9 @@ CPU_PEAK = bench["demo", "cpu"]["peak_gflops"]                          # used i
 # last timed step's, after a few AdamW updates at the bench's lr $10^{-3}$, and those need not lower it: AdamW moves
 # every weight by up to about lr per step whatever the size of its gradient, which on GPT-2 small's 768-wide
 # matrices overshoots within a few steps, even on one fixed batch. Measured with minift on the CPU (GPT-2 small,
-# one sequence of 256 random tokens, five steps): 10.97, 9.71, 8.95, **13.55**, 11.03. A broken kernel gives NaN or
+# random weights, one sequence of 256 random tokens, five steps of `minift bench`'s AdamW at lr $10^{-3}$):
+# 10.97, 9.71, 8.95, **13.55**, 11.03. (The first is $\ln V$ plus a little: random logits of standard deviation
+# $0.02\sqrt{C}$ add about $0.02^2 C/2 = 0.15$ nats.) A broken kernel gives NaN or
 # hundreds; $\ln V + 5$ separates the two.
 
 # %%
@@ -537,7 +539,8 @@ if HAVE_HF:
 # $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks,
 # learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight), trains and evaluates — on
 # the GPU when the model is there. On 2 shared CPU cores a step of 8 short sequences took 1.4 s with the normal-mode
-# stand-in (the real GPT-2's 50,257-wide LM head adds about half again), so normal mode runs only 20 steps.
+# stand-in (the real GPT-2's 50,257-wide LM head adds about half again: its $CV$ grows from 1.6M to 38.6M weights,
+# against 85M in the blocks), so normal mode runs only 20 steps.
 
 # %%
 ft_steps, ft_eval = pick(20, 10), pick(32, 16)
@@ -649,7 +652,7 @@ assert one_tuned < one_base
 # | numbers | 124,439,808 parameters; 475 MiB of float32 weights; $16N$ = 1.85 GiB for AdamW full fine-tuning |
 # | LoRA's saving | r = 8 trains 0.95%; predicted peak memory ~70% lower at 1 × 128 tokens, <10% at 8 × 1024 |
 # | cross-check | `transformers` logits to float32 rounding (when installed) |
-# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB (about 1% of GPT-2's file), PEFT layout, reloads bitwise |
+# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB (0.86% of the hub's 523 MiB `model.safetensors`, which also stores the 12 `attn.bias` masks), PEFT layout, reloads bitwise |
 #
 # ## Exercises
 #
