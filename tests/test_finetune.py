@@ -205,6 +205,11 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     assert "--merge: LoRA options, but --method is 'full'" in capsys.readouterr().err
     with pytest.raises(MiniftError, match="merge folds LoRA's adapters"):
         FinetuneConfig(method="full", merge=True)
+    later = tmp_path / "later"                                  # forgot --merge: resuming the finished run adds it
+    run = ["finetune", "--task", str(path), "--base", str(base_dir), "--steps", "2", "--batch", "4", "--out",
+           str(later), "--quiet"]
+    assert main(run) == 0 and not (later / "model").exists()
+    assert main(run + ["--resume", "--merge"]) == 0 and (later / "model" / "model.safetensors").is_file()
 
 def test_examples_longer_than_the_context_are_counted_and_said(tmp_path, capsys):
     base_dir, _ = tiny_base(tmp_path)
