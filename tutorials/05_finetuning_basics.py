@@ -256,6 +256,9 @@ for method in ("full", "freeze", "head"):
 # %% [markdown]
 # Now one backward pass with the `"freeze"` plan. A frozen parameter does not get a zero gradient — it gets **no**
 # gradient: `loss_and_grads` never computes $x^\top \bar y$ for it (tutorial 02, section 1), and the key is absent.
+# Below the lowest block that trains, the backward stops altogether (`model.backward_floor`): nothing there needs a
+# gradient, so those blocks keep no activations either — what freezing saves in time and memory, tutorial 09
+# section 3b measures.
 
 # %%
 setup_method(model, "freeze")
