@@ -177,7 +177,7 @@ def task_head(model, train_split, seed: int = 0, mode: str = "auto") -> str:
                           f"labels are {labels}; use --head new (or auto)")
     if matches and mode != "new":
         rows = [model.labels.index(name) for name in labels]                 # the base's row of each task label
-        model.params[HEAD] = model.params[HEAD][rows].copy()                 # [K, C]
+        model.params[HEAD] = model.params[HEAD][rows]                        # [K, C] (indexing by a list copies)
         model.labels = labels
         return "kept"
     model.add_classification_head(labels, seed=seed)
@@ -288,7 +288,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
         return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, max_len).items()}
 
     result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
-                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora))
+                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora, head))
     test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
     summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, head=head, labels=model.labels,
                    train_examples=len(train_split),
@@ -306,12 +306,15 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     return model, lora, summary
 
 
-def _start(base, lora) -> str:
-    """What a fine-tune starts from, for resume to check: the base's fingerprint, and the adapters' configuration
-    (rank, alpha, rsLoRA, DoRA, init, dropout, targets), which the checkpoint's weights alone do not all pin down."""
+def _start(base, lora, head: str = "new") -> str:
+    """What a fine-tune starts from, for resume to check: the base's fingerprint (which leaves any classification
+    head out), "+kept-head" when the base's trained head was kept (task_head), and the adapters' configuration (rank,
+    alpha, rsLoRA, DoRA, init, dropout, targets), which the checkpoint's weights alone do not all pin down. (A fresh
+    head adds nothing: checkpoints made before heads could be kept still resume.)"""
+    start = base.fingerprint() + ("+kept-head" if head == "kept" else "")
     if lora is None:
-        return base.fingerprint()
-    return base.fingerprint() + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
+        return start
+    return start + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
 
 
 def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, base_dir=None):

@@ -640,9 +640,13 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
     _check_attachable(model, config, modules)
     make_residual = _check_base(model, meta, config, path)
     found, head = _read_tensors(path, model, config)
+    labels = meta.get("labels")
+    if head is not None and labels and len(labels) != head.shape[0]:
+        raise MiniftError(f"{path}: {CONFIG_FILE} records {len(labels)} labels ({labels}) but the head in "
+                          f"{WEIGHTS_FILE} has {head.shape[0]} rows")
     if head is not None:                     # the file's head, with its labels, in place of the model's
         same_shape = HEAD in model.params and model.params[HEAD].shape == head.shape
-        model.add_classification_head(meta.get("labels") or (model.labels if same_shape else None)
+        model.add_classification_head(labels or (model.labels if same_shape else None)
                                       or [f"LABEL_{i}" for i in range(head.shape[0])])
     lora = _attach(model, config, modules, seed, replace_base=make_residual)
     arrays = lora.params

@@ -51,6 +51,7 @@ CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are d
 # TrainConfig fields a resumed run may change: they do not alter what a step computes (workers: only the order of a
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
+NOTHING_SAVED = "at the very first step, before any training, so nothing was saved"   # a divergence at step 0
 SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
                  "warmup": " (pretrain's --warmup)"}      # fields whose option has another name
 # state.json's keys, each with the type a checkpoint written by save_checkpoint gives it
@@ -260,9 +261,9 @@ def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: s
     """Raise a MiniftError unless the checkpoint in `folder` (its state.json) continues this run: the same starting
     weights and training settings (module docstring); `steps` at least the checkpoint's step."""
     if start_fingerprint is not None and state.get("start_fingerprint") not in (None, start_fingerprint):
-        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model or adapter "
-                          f"configuration ({state['start_fingerprint']}, this one is {start_fingerprint}); resume "
-                          "with the --base and LoRA options it was started with, or start afresh")
+        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model, head or "
+                          f"adapter configuration ({state['start_fingerprint']}, this one is {start_fingerprint}); "
+                          "resume with the --base, --head and LoRA options it was started with, or start afresh")
     if state["step"] > tcfg.steps:        # first: fewer steps also change what is derived from them (warmup)
         raise MiniftError(f"checkpoint {folder} is at step {state['step']}, beyond steps={tcfg.steps}: "
                           f"resume with --steps {state['step']} or more")
@@ -415,16 +416,15 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         if a_rng is not None:
             a_rng.bit_generator.state = before[2]
         if step == 0:          # nothing trained yet: the start is no state worth a checkpoint
-            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) at the very first step, before "
-                                   "any training, so nothing was saved. Try a lower lr (or check the inputs: a "
-                                   "LoRA alpha, a learning-rate scale).")
+            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) {NOTHING_SAVED}. Try a lower lr (or "
+                                   "check the inputs: a LoRA alpha, a learning-rate scale).")
         checkpoint(step)       # the parameters are still those of the last good step: keep them
         raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
                                f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr (a new run: a "
                                "checkpoint continues only with its own settings).")
     opt.step(grads, lr=lr)
     if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
-        kept = ("at the very first step, before any training, so nothing was saved" if step == 0 else
+        kept = (NOTHING_SAVED if step == 0 else
                 "this step's parameters were not saved"
                 + (f", the last checkpoint in {out_dir} is intact" if out_dir else ""))
         raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); {kept}. Try a lower lr.")

@@ -155,6 +155,14 @@ def test_an_adapter_trained_on_a_classifier_base_loads_back_onto_it(tmp_path, ba
     loaded = GPT.from_pretrained(tmp_path / "clf")
     load_peft(loaded, tmp_path / "run" / "adapter")
     assert loaded.labels == tuned.labels == ["negative", "positive"]
+    config = tmp_path / "run" / "adapter" / "adapter_config.json"
+    peft = json.loads(config.read_text())
+    peft["minift"]["labels"] = ["a", "b", "c"]                  # a file whose labels disagree with its head
+    config.write_text(json.dumps(peft))
+    untouched = GPT.from_pretrained(tmp_path / "clf")
+    with pytest.raises(MiniftError, match="records 3 labels .* the head in adapter_model.safetensors has 2 rows"):
+        load_peft(untouched, tmp_path / "run" / "adapter")
+    assert untouched.labels == base_labels and not untouched.adapters              # refused before any change
     x = np.random.default_rng(0).integers(0, 2048, size=(2, 7))
     np.testing.assert_allclose(loaded.forward(x), tuned.forward(x), rtol=1e-5, atol=1e-6)
 
@@ -190,6 +198,9 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
                  "--out", str(second), "--quiet"]) == 0
     assert "trained classification head (labels bad, good) was kept" in capsys.readouterr().out
     assert json.loads((second / "finetune.json").read_text())["head"] == "kept"
+    assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "3", "--batch", "4",
+                 "--out", str(second), "--quiet", "--resume", "--head", "new"]) == 1     # it started from the kept head
+    assert "resume with the --base, --head and LoRA options it was started with" in capsys.readouterr().err
     assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "2", "--batch", "4",
                  "--head", "new", "--out", str(tmp_path / "fresh"), "--quiet"]) == 0
     assert "head (labels bad, good) was replaced by a new one for the task's labels (bad, good)" in \
