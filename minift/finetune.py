@@ -134,8 +134,8 @@ class FinetuneConfig:
 
 
 def learning_rates(model, fcfg: FinetuneConfig):
-    """(lr, head_lr): the rate of the method's trainable weights, and the classification head's (None when there is no
-    trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
+    """(lr, head_lr): the rate of the method's trainable weights, and the classification head's (None when there is
+    no trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
     lr = fcfg.lr or DEFAULT_LR[fcfg.method]
     if HEAD not in model.trainable_params():
         if fcfg.head_lr is not None:

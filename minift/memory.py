@@ -79,7 +79,8 @@ adapter). So LoRA's saving is at most (gradients + optimizer) / total of full fi
 size at a fixed batch·seq (parameters grow as L·C², activations as L·N·C) and shrinks as batch·seq grows. The
 article's "~80% less memory" therefore needs weights and optimizer state to dominate -- large models, small batches,
 short sequences -- and more: in one dtype the saving stops at 75% (weights, gradients, m, v -> weights), so 80% also
-needs mixed precision (optimizer state wider than the frozen weights) or a quantised base (tutorial 09). `memory_saving(cfg, batch, seq, rank)` returns the ratio to sweep. For GPT-2
+needs mixed precision (optimizer state wider than the frozen weights) or a quantised base (tutorial 09).
+`memory_saving(cfg, batch, seq, rank)` returns the ratio to sweep. For GPT-2
 (124M, float32, AdamW; LoRA r=8 on all four linears of every block), predicted peaks:
 
     batch x seq      full       LoRA       saving

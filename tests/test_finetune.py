@@ -148,8 +148,8 @@ def test_an_adapter_trained_on_a_classifier_base_loads_back_onto_it(tmp_path, ba
     clf.add_classification_head(base_labels, seed=5)
     clf.save_pretrained(tmp_path / "clf")
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
-    tuned, lora, s = finetune(GPT.from_pretrained(tmp_path / "clf"), tok,
-                              FinetuneConfig(steps=2, batch_size=4, train_size=8, eval_size=4), out_dir=tmp_path / "run",
+    fcfg = FinetuneConfig(steps=2, batch_size=4, train_size=8, eval_size=4)
+    tuned, lora, s = finetune(GPT.from_pretrained(tmp_path / "clf"), tok, fcfg, out_dir=tmp_path / "run",
                               progress=False)
     assert s["head"] == ("kept" if len(base_labels) == 2 else "new")
     loaded = GPT.from_pretrained(tmp_path / "clf")
@@ -168,7 +168,8 @@ def test_an_adapter_trained_on_a_classifier_base_loads_back_onto_it(tmp_path, ba
 
 def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsys):
     """--merge writes W + ΔW as a whole model folder beside the adapter: it computes what base + adapter computes,
-    and is the --base of the next fine-tune (merge, then a fresh adapter: continual learning as the MIT paper ran it)."""
+    and is the --base of the next fine-tune (merge, then a fresh adapter: continual learning as the MIT paper ran
+    it)."""
     from minift import load_peft
     from minift.pretrain import heldout_for_base
     base_dir, base = tiny_base(tmp_path)
@@ -184,8 +185,8 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     assert summary["base"] == str(base_dir.resolve()) and summary["base_fingerprint"] == base.fingerprint()
     carried = json.loads((first / "model" / "pretrain.json").read_text())   # what the original base read
     assert carried["corpus"] == "world" and carried["carried_from"] == str(base_dir.resolve())
-    assert "another seed of the corpus pretraining read" in heldout_for_base(first / "model", Tokenizer.load(data_dir() / "tokenizer.json"),
-                                                                    n_chars=2000)[1]
+    held_out = heldout_for_base(first / "model", Tokenizer.load(data_dir() / "tokenizer.json"), n_chars=2000)
+    assert "another seed of the corpus pretraining read" in held_out[1]
     merged = GPT.from_pretrained(first / "model")
     assert not merged.adapters and merged.labels == ["bad", "good"]
     with_adapter = GPT.from_pretrained(base_dir)

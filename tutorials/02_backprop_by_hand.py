@@ -164,8 +164,8 @@ print(f"linear: worst error {report.max_error:.1e} < 1e-7")
 # r = (\sigma^2+\varepsilon)^{-1/2},\quad \hat x = (x-\mu)\,r,\quad y = w\odot\hat x + b.$$
 #
 # Backward. $\bar b = \sum \bar y$ and $\bar w = \sum \bar y \odot \hat x$ (summed over positions, as for $W$ above),
-# and with $\bar{\hat x} = \bar y \odot w$, differentiating $\mu$ and $r$ too — the key line is $\partial r/\partial x_i =
-# -r^2 \hat x_i / C$, since $\partial\sigma^2/\partial x_i = 2(x_i - \mu)/C$; the rest is in
+# and with $\bar{\hat x} = \bar y \odot w$, differentiating $\mu$ and $r$ too — the key line is $\partial r/\partial
+# x_i = -r^2 \hat x_i / C$, since $\partial\sigma^2/\partial x_i = 2(x_i - \mu)/C$; the rest is in
 # `minift/ops/layernorm.py`:
 #
 # $$\bar x = r\,\Big(\bar{\hat x} \;-\; \underbrace{\operatorname{mean}(\bar{\hat x})}_{\text{mean term}}

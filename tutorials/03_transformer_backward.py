@@ -140,11 +140,10 @@ print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = f
 # \mathrm{LN}_1^\top\!\Big(\frac{\partial L}{\partial a}\Big).$$
 #
 # Here $\mathrm{LN}_2^\top(\cdot)$ is LayerNorm's vector–Jacobian product at $x_\text{mid}$,
-# $J_{\mathrm{LN}_2}(x_\text{mid})^\top\,\partial L/\partial m$: `layernorm_backward` applied to $\partial L/\partial m$,
-# the gradient arriving at LN₂'s output $m$ (likewise $a$ for LN₁). The addition node also hands its incoming
-# gradient, unchanged, to the branch: $\partial L/\partial y =
-# \partial L/\partial x_\text{out}$. The skip term is why deep residual networks train at all — the gradient reaches
-# early layers without passing through every branch.
+# $J_{\mathrm{LN}_2}(x_\text{mid})^\top\,\partial L/\partial m$: `layernorm_backward` applied to $\partial L/\partial
+# m$, the gradient arriving at LN₂'s output $m$ (likewise $a$ for LN₁). The addition node also hands its incoming
+# gradient, unchanged, to the branch: $\partial L/\partial y = \partial L/\partial x_\text{out}$. The skip term is why
+# deep residual networks train at all — the gradient reaches early layers without passing through every branch.
 #
 # We rebuild both sums from recorded tensors, calling minift's LayerNorm backward on the branch gradients
 # (`dh.0.ln_2` $= \partial L/\partial m$, `dh.0.ln_1` $= \partial L/\partial a$), and compare with what the model's

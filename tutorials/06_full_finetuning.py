@@ -343,11 +343,11 @@ show(fig, "06_learning_rates")
 # ended at 0.66 validation accuracy, where 1e-3 reached 0.99 — it stalled within the budget.
 #
 # When does training *fail outright*? minift's loop checks every step for a non-finite loss or gradient norm and
-# raises `TrainingDiverged` (saving the last good state when a checkpoint folder is given and a step after the
-# first went wrong). In this model that is hard
-# to reach with any finite learning rate: every block starts with a LayerNorm, which rescales whatever the weights
-# produce, and the gradient norm is summed in float64 (its squares are redone in float64 when a finite float32 entry
-# above $1.8\cdot10^{19}$ squares to infinity, which would otherwise stop a run that has not diverged). Three absurd rates, clipping off, 3 steps each:
+# raises `TrainingDiverged` (saving the last good state when a checkpoint folder is given and a step after the first
+# went wrong). In this model that is hard to reach with any finite learning rate: every block starts with a LayerNorm,
+# which rescales whatever the weights produce, and the gradient norm is summed in float64 (its squares are redone in
+# float64 when a finite float32 entry above $1.8\cdot10^{19}$ squares to infinity, which would otherwise stop a run
+# that has not diverged). Three absurd rates, clipping off, 3 steps each:
 
 # %%
 def run_full(lr, n_steps, **options):

@@ -97,10 +97,10 @@ ETA = 1e-2                                               # η of the plain SGD s
 # \quad [I, O],$$
 #
 # with $x$ $[N, I]$ the linear's input and $dy$ $[N, O]$ the gradient of its output over the batch's $N$ token
-# positions (16 reviews × $T$ tokens, padding included): exactly what full fine-tuning of the merged model would compute. `full_and_lora_grads` unfreezes
-# $W$ for one backward, so the adapted linear returns $dW = G$ next to $dA$, $dB$ — from the very same $dy$.
-# **Layout:** $G$ is in GPT-2's Conv1D layout $[\text{in}, \text{out}]$ ($y = xW + b$), like `model.params`; PEFT's
-# and PyTorch's `nn.Linear` layout $[\text{out}, \text{in}]$ holds $G^\top$.
+# positions (16 reviews × $T$ tokens, padding included): exactly what full fine-tuning of the merged model would
+# compute. `full_and_lora_grads` unfreezes $W$ for one backward, so the adapted linear returns $dW = G$ next to $dA$,
+# $dB$ — from the very same $dy$. **Layout:** $G$ is in GPT-2's Conv1D layout $[\text{in}, \text{out}]$ ($y = xW +
+# b$), like `model.params`; PEFT's and PyTorch's `nn.Linear` layout $[\text{out}, \text{in}]$ holds $G^\top$.
 
 # %%
 model = base.to()
@@ -219,12 +219,12 @@ assert np.allclose(peft_dB, t0["dB"], rtol=0, atol=1e-13) and np.allclose(peft_d
 # \Delta W_\text{step} = s\,A^\top(-\eta\, dB)^\top = -\eta\, s^2 A^\top A\, G .$$
 #
 # The first step is exactly first order (there is no $\eta^2\,dA^\top dB^\top$ term when $dA = 0$), and it is full
-# fine-tuning's step $-\eta G$ seen through $A^\top A$: only the part of $G$ in the $r$-dimensional row space of
-# $A$ survives. $A$ is random (Kaiming-uniform), so that row space is a random $r$-dimensional subspace of the $I$
-# input dimensions, and it should hold about $r/I$ of $\lVert G\rVert^2$ (a random subspace has no preferred
-# direction, so the average projector is $\mathbb E[P] = \tfrac{r}{I}\,\mathbb 1$ and $\mathbb E\lVert PG\rVert^2 =
-# \tfrac{r}{I}\lVert G\rVert^2$): a share $\lVert P_\text{in} G\rVert / \lVert G\rVert \approx \sqrt{r/I}$ — $\sqrt{8/128} = 0.25$ for most matrices, $\sqrt{8/512} = 0.125$ for
-# `mlp.c_proj`.
+# fine-tuning's step $-\eta G$ seen through $A^\top A$: only the part of $G$ in the $r$-dimensional row space of $A$
+# survives. $A$ is random (Kaiming-uniform), so that row space is a random $r$-dimensional subspace of the $I$ input
+# dimensions, and it should hold about $r/I$ of $\lVert G\rVert^2$ (a random subspace has no preferred direction, so
+# the average projector is $\mathbb E[P] = \tfrac{r}{I}\,\mathbb 1$ and $\mathbb E\lVert PG\rVert^2 =
+# \tfrac{r}{I}\lVert G\rVert^2$): a share $\lVert P_\text{in} G\rVert / \lVert G\rVert \approx \sqrt{r/I}$ —
+# $\sqrt{8/128} = 0.25$ for most matrices, $\sqrt{8/512} = 0.125$ for `mlp.c_proj`.
 
 # %%
 model0 = plain.to()
@@ -629,9 +629,9 @@ print(text)
 # In the `--module` detail, `h.3.mlp.c_proj` has numerical rank at most 8 — the batch size, by section 6's argument —
 # while LoRA's step on it has up to 16 nonzero singular values: $A^\top A\,G$ keeps $G$'s output directions but
 # replaces its input directions by $A$'s, $G\,BB^\top$ keeps $G$'s input directions but takes $B$'s output ones, and
-# each has rank at most $\min(r, \operatorname{rank} G)$ — so their sum can have up to $2 \times 8 = 16$. LoRA's
-# step is not a piece of $G$ but $G$ bent into the adapter's subspaces. (With α = 64 and 20 steps at `--train-lr` 3e-3, the CLI's $G$ is even more
-# concentrated than ours: best-$r$ ≈ 1.)
+# each has rank at most $\min(r, \operatorname{rank} G)$ — so their sum can have up to $2 \times 8 = 16$. LoRA's step
+# is not a piece of $G$ but $G$ bent into the adapter's subspaces. (With α = 64 and 20 steps at `--train-lr` 3e-3, the
+# CLI's $G$ is even more concentrated than ours: best-$r$ ≈ 1.)
 #
 # **Check.** The command succeeded, reported the trained state ($B \ne 0$) and 16 matrix rows, and its
 # `all matrices` identity error is below $10^{-13}$.

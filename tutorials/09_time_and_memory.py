@@ -25,12 +25,12 @@
 #
 # The two sentences do not even agree with each other: "full takes 70% longer" makes LoRA's time $1/1.7 = 59\%$ of
 # full's, not 30%; "full uses 80% more memory" makes LoRA's memory $1/1.8 = 56\%$, not 20%. Neither figure is in the
-# MIT paper the article cites, nor in the LoRA paper. What the LoRA paper (Hu et al.
-# 2021, arXiv 2106.09685, §4.2) reports is one model, GPT-3 175B: training memory **1.2 TB → 350 GB** ("we reduce
-# that VRAM usage by up to 2/3 … as we do not need to store the optimizer states for the frozen parameters": three
-# copies of the weights — the weights and AdamW's two moments — become one) and a **25% speedup** in training
-# throughput (its footnote: 32.5 → 43.1 tokens/s per V100, 1.33× the throughput, 75% of the time per token). This tutorial measures where a step's time and memory go, in minift's own
-# code, and finds the regimes where each claim holds or cannot.
+# MIT paper the article cites, nor in the LoRA paper. What the LoRA paper (Hu et al. 2021, arXiv 2106.09685, §4.2)
+# reports is one model, GPT-3 175B: training memory **1.2 TB → 350 GB** ("we reduce that VRAM usage by up to 2/3 … as
+# we do not need to store the optimizer states for the frozen parameters": three copies of the weights — the weights
+# and AdamW's two moments — become one) and a **25% speedup** in training throughput (its footnote: 32.5 → 43.1
+# tokens/s per V100, 1.33× the throughput, 75% of the time per token). This tutorial measures where a step's time and
+# memory go, in minift's own code, and finds the regimes where each claim holds or cannot.
 #
 # **You will learn**
 # 1. to count a training step's FLOPs from the shapes, and why LoRA's step costs at least $2/3$ of full fine-tuning's
@@ -385,12 +385,13 @@ for name in ("tiny", "demo"):
 # - **total**: LoRA's peak is 94–96% of full fine-tuning's: a 4–6% saving, not 80%. What LoRA removes — full's
 #   gradients and AdamW state, 12 MiB on demo — is small next to the activations.
 #
-# The totals agree within 1% on both. The workspace depends on which attention the model runs: with $T = 128$ it
-# takes its fast path, 64 query rows at a time (`ATTENTION_BLOCK` in `minift/model.py`, `_blocked_backward` in
+# The totals agree within 1% on both. The workspace depends on which attention the model runs: with $T = 128$ it takes
+# its fast path, 64 query rows at a time (`ATTENTION_BLOCK` in `minift/model.py`, `_blocked_backward` in
 # `minift/ops/attention.py`), whose backward never holds the whole $T\times T$ gradients $d\,\text{att}$ and
-# $d\,\text{pre}$ at once (at most $2BHbT$ instead of $2BHT^2$ floats, with $b = 64$). `predict_memory(..., block=...)` follows
-# the model's setting; below we also run the reference attention (`ATTENTION_BLOCK = None`, the whole square) and
-# predict it with `block=None`: about 9 MiB more workspace on demo, and prediction and measurement meet again.
+# $d\,\text{pre}$ at once (at most $2BHbT$ instead of $2BHT^2$ floats, with $b = 64$). `predict_memory(...,
+# block=...)` follows the model's setting; below we also run the reference attention (`ATTENTION_BLOCK = None`, the
+# whole square) and predict it with `block=None`: about 9 MiB more workspace on demo, and prediction and measurement
+# meet again.
 #
 # The same model with the classification head of the sentiment task (no $N \times V$ logits: the head reads one
 # position) saves more — 22% in the README's measured table — because the activations shrink, not because LoRA
@@ -634,14 +635,14 @@ print(f"LoRA ÷ full: {paper_lora['total'] / paper_full['total']:.3f}; paper: 35
 
 # %% [markdown]
 # At 2 bytes for everything, full fine-tuning of GPT-3 needs 349 GB each for weights and gradients and 698 GB for
-# AdamW — 1.4 TB before any activation — while LoRA trains 18.9M numbers whose state is a tenth of a GB. That count
-# is exactly the paper's: $r(C + 3C)$ for a fused `c_attn` equals $2\cdot r(C + C)$ for separate $W_q, W_v$, and
-# at 2 bytes, 37.7 MB, it is about the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
-# activations in minift's accounting (no activation checkpointing; of each $T \times T$ attention matrix, the
-# blocked attention keeps the blocks the queries see, $(1 + b/T)/2$ of the square with $b = 64$), to both. The
-# ratio, 0.32, is above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the
-# paper does not give its precision or batch). The fewer activations a setup keeps, the closer it gets to the
-# weights-only floor and to the paper's number.
+# AdamW — 1.4 TB before any activation — while LoRA trains 18.9M numbers whose state is a tenth of a GB. That count is
+# exactly the paper's: $r(C + 3C)$ for a fused `c_attn` equals $2\cdot r(C + C)$ for separate $W_q, W_v$, and at 2
+# bytes, 37.7 MB, it is about the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
+# activations in minift's accounting (no activation checkpointing; of each $T \times T$ attention matrix, the blocked
+# attention keeps the blocks the queries see, $(1 + b/T)/2$ of the square with $b = 64$), to both. The ratio, 0.32, is
+# above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the paper does not give its
+# precision or batch). The fewer activations a setup keeps, the closer it gets to the weights-only floor and to the
+# paper's number.
 #
 # **Check.** Full fine-tuning's gradients and AdamW state are exactly $P$ and $2P$ floats; LoRA's trainable count is
 # $r(I + O)$ for 96 `c_attn` matrices $[C, 3C]$; and the ratio lies between the floor $1/4$ and 0.5.

@@ -535,12 +535,12 @@ if HAVE_HF:
 # $$W' = W + s\,A^\top B^\top \quad (A \in \mathbb R^{r\times\text{in}},\ B \in \mathbb R^{\text{out}\times r},\
 # s = \alpha/r),$$
 #
-# the paper's $\Delta W = BA$ (scaled by $s$) transposed, because GPT-2 stores $W$ as [in, out] (tutorial 07); here
-# $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks,
-# learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight), trains and evaluates — on
-# the GPU when the model is there. On 2 shared CPU cores a step of 8 short sequences took 1.4 s with the normal-mode
-# stand-in (the real GPT-2's 50,257-wide LM head adds about half again: its $CV$ grows from 1.6M to 38.6M weights,
-# against 85M in the blocks), so normal mode runs only 20 steps.
+# the paper's $\Delta W = BA$ (scaled by $s$) transposed, because GPT-2 stores $W$ as [in, out] (tutorial 07);
+# here $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks,
+# learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight),
+# trains and evaluates — on the GPU when the model is there. On 2 shared CPU cores a step of 8 short sequences took
+# 1.4 s with the normal-mode stand-in (the real GPT-2's 50,257-wide LM head adds about half again: its $CV$ grows from
+# 1.6M to 38.6M weights, against 85M in the blocks), so normal mode runs only 20 steps.
 
 # %%
 ft_steps, ft_eval = pick(20, 10), pick(32, 16)
