@@ -7,14 +7,15 @@
 #   OUTDIR/env.txt      the GPU, driver, and numpy / CuPy / torch / CUDA versions
 #   OUTDIR/tests.txt    the test suite's CuPy variants (every op test's `cupy` case, bench and memory on the GPU) and
 #                       tutorial 11 with a GPU present (its GPU-vs-CPU agreement checks and GPU timings)
-#   OUTDIR/bench.tsv    minift on CuPy and torch on CUDA, in turn, for demo, small and gpt2, full and LoRA
+#   OUTDIR/bench.tsv    minift on CuPy and torch on CUDA, in turn, for demo, small and gpt2, full and LoRA; on demo
+#                       and small minift also without its fused kernels (--no-fused)
 #   OUTDIR/bench.txt    the ratio tables of benchmarks/RESULTS.md made from it (benchmarks/summarize.py)
 #   OUTDIR/bench.log    run.sh's progress and any failed run
 #
 # The machine's tree holds only the repository: copy ../shared/bench/torch_ref.py into an ignored folder of the
 # repository first and pass its path (see "What remains" in benchmarks/RESULTS.md for the exact call).
-# Time: ~4 min of tests at most (TEST_S), ~5 min of benchmarks at most (BENCH_S); each part is cut off at its limit
-# and what it wrote so far is kept.
+# Time: 3.5 min of tests at most (TEST_S), 5.5 min of benchmarks at most (BENCH_S); each part is cut off at its
+# limit and what it wrote so far is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]}
@@ -33,13 +34,13 @@ print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', 
 cat "$OUT/env.txt"
 
 echo "== tests (CuPy variants, tutorial 11)"
-timeout "${TEST_S:-240}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
+timeout "${TEST_S:-210}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
   -k "(cupy and not fakecupy) or on_the_gpu or 11_gpu" > "$OUT/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$OUT/tests.txt"
 tail -n 5 "$OUT/tests.txt"
 
 echo "== benchmarks"
 ROUNDS=${ROUNDS:-2} DEVICE=gpu THREADS=1 PRESETS=${PRESETS:-"demo small gpt2"} METHODS="full lora" STEPS=${STEPS:-10} \
-  PYTHON=$PYTHON timeout "${BENCH_S:-300}" bash benchmarks/run.sh "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
+  PYTHON=$PYTHON timeout "${BENCH_S:-330}" bash benchmarks/run.sh "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
 "$PYTHON" benchmarks/summarize.py "$OUT/bench.tsv" > "$OUT/bench.txt" 2>&1   # also when run.sh was cut off
 cat "$OUT/bench.txt"

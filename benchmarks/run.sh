@@ -10,7 +10,9 @@
 #   DEVICE=gpu THREADS=1 PRESETS="demo small gpt2" benchmarks/run.sh   # minift on CuPy, torch on CUDA
 #
 # With DEVICE=gpu, minift runs with --device gpu and torch through benchmarks/torch_device.py (torch_ref's model on
-# the CUDA device, GPT-2 small added); THREADS then only sets the host's threads.
+# the CUDA device, GPT-2 small added); THREADS then only sets the host's threads. For the presets in NOFUSED
+# (default "demo small") minift also runs with --no-fused (variant "minift-nofused"): the reference lines instead
+# of the fused elementwise kernels of minift/kernels.py, to measure what fusion buys.
 #
 # Each line of OUT is: threads <TAB> round <TAB> variant <TAB> the JSON line the program printed.
 set -euo pipefail
@@ -24,6 +26,7 @@ STEPS=${STEPS:-10}
 TORCH_REF=${TORCH_REF:-../shared/bench/torch_ref.py}
 PYTHON=${PYTHON:-python}
 DEVICE=${DEVICE:-cpu}
+NOFUSED=${NOFUSED:-"demo small"}
 if [ "$DEVICE" = gpu ]; then
   MINIFT_DEVICE_ARGS=(--device gpu)
   TORCH=("$PYTHON" benchmarks/torch_device.py --ref "$TORCH_REF" --device cuda)
@@ -54,6 +57,10 @@ for t in $THREADS; do
         if [ "$t" -gt 1 ] && [ "$DEVICE" = cpu ]; then   # the batch split across t threads, one BLAS thread each
           run "$t" "$r" minift-workers "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" \
             --profile-steps 0 --json --workers "$t" --threads 1
+        fi
+        if [ "$DEVICE" = gpu ] && [[ " $NOFUSED " == *" $p "* ]]; then   # the same step without fused kernels
+          run "$t" "$r" minift-nofused "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" \
+            --profile-steps 0 --json --no-fused "${MINIFT_DEVICE_ARGS[@]}"
         fi
         run "$t" "$r" torch-sdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS"
         run "$t" "$r" torch-nosdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS" --no-sdpa

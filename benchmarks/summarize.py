@@ -2,6 +2,8 @@
 preset and method (the median of the per-round ratios: each round's runs sat next to each other in time),
 LoRA / full within minift, and minift's MFU. With two or more threads, run.sh also runs minift with the batch split
 across that many worker threads (`--workers`, variant "minift-workers"); its columns are "-" where it did not run.
+On a GPU, run.sh also runs minift without its fused kernels (`--no-fused`, variant "minift-nofused"): a third table
+gives fused / not fused.
 
     python benchmarks/summarize.py benchmarks/raw.tsv [more.tsv ...]
 """
@@ -70,7 +72,24 @@ def lora_rows(runs):
         print(f"| {t} | {p} | " + " | ".join(fmt(c) for c in cells) + " |")
 
 
+def fused_rows(runs):
+    """fused kernels vs the reference lines on the GPU, where run.sh ran both (variant "minift-nofused")."""
+    rows = [(key, rounds) for key, rounds in sorted(runs.items())
+            if any("minift-nofused" in r for r in rounds.values())]
+    if not rows:
+        return
+    print("\n| preset | method | minift ms (fused kernels) | minift ms (--no-fused) | fused / not fused "
+          "| not fused / torch sdpa |")
+    print("|---|---|---|---|---|---|")
+    for (t, p, m), rounds in rows:
+        ms = {v: med([r[v]["ms_per_step"] for r in rounds.values() if v in r]) for v in ("minift", "minift-nofused")}
+        print(f"| {p} | {m} | {fmt(ms['minift'], '.1f')} | {fmt(ms['minift-nofused'], '.1f')} "
+              f"| {fmt(ratio(rounds, 'minift', 'minift-nofused'))} "
+              f"| {fmt(ratio(rounds, 'minift-nofused', 'torch-sdpa'))} |")
+
+
 if __name__ == "__main__":
     data = load(sys.argv[1:] or ["benchmarks/raw.tsv"])
     ratio_rows(data)
     lora_rows(data)
+    fused_rows(data)

@@ -61,6 +61,8 @@ Process conditions, reported in the output because they change the numbers a lot
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
     threads          the thread count numpy's BLAS reports (OpenBLAS/MKL, read through ctypes), null if unknown
     workers          threads the batch was split across (1: the one-thread path; see minift/parallel.py)
+    fused            true when the GPU ran minift's fused elementwise kernels (minift/kernels.py; --no-fused
+                     runs the reference lines instead, to measure what fusion buys); always false on the CPU
     blas             the BLAS numpy was built with (name and version);  numpy: its version
     loss             the last timed step's loss (a sanity check: finite, about ln V at init)
     breakdown        {"forward": {op: ms}, "backward": {op: ms}, "optimizer": ms, "other": ms, "step": ms,
@@ -84,6 +86,7 @@ from . import model as model_module
 from .backend import resolve_device
 from .config import BENCH_BATCH, PRESETS, GPTConfig
 from .errors import MiniftError
+from .kernels import fused_enabled, use_fused
 
 METHODS = ("full", "lora")
 PEAK_SIZES = (512, 1024, 2048)
@@ -392,12 +395,14 @@ def _profile_steps(model, step, timer, n, sync, clock):
 
 def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10, warmup: int = 2,
               device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=None,
-              clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int = 1) -> dict:
+              clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int = 1,
+              fused: bool = True) -> dict:
     """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
     peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU).
     workers: > 1 splits each step's batch across that many CPU threads (minift/parallel.py), with one BLAS thread
     each unless `threads` says otherwise; the peak is then measured with `workers` matmuls at once, the most those
-    threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave)."""
+    threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave).
+    fused: False runs the reference lines on a GPU instead of the fused kernels (minift/kernels.py)."""
     _check_model_args(preset, method, rank)
     if clock not in CLOCKS:
         raise MiniftError(f"clock {clock!r} is not one of {list(CLOCKS)}")
@@ -416,8 +421,9 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     if threads is not None and device == "cpu":
         set_blas_threads(threads)
     try:
-        result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc,
-                      workers)
+        with use_fused(fused):
+            result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock,
+                          malloc, workers)
     finally:
         if threads is not None and device == "cpu" and before:
             set_blas_threads(before)        # a library call leaves the process's BLAS as it found it
@@ -453,7 +459,8 @@ def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_
         "flops": {k: int(v) for k, v in flops.items() if k != "total"},
         "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2), "peak_n": peak_n,
         "mfu": round(achieved / peak, 4), "trainable": model.num_params(trainable_only=True),
-        "total": model.num_params(), "threads": info["threads"], "workers": workers, "blas": info["blas"],
+        "total": model.num_params(), "threads": info["threads"], "workers": workers,
+        "fused": device == "gpu" and fused_enabled(), "blas": info["blas"],
         "numpy": np.__version__,
         "loss": round(float(loss), 4), "breakdown": breakdown,
     }
@@ -467,6 +474,8 @@ def format_report(r: dict) -> str:
     threads = f", {r['threads']} BLAS threads" if r["threads"] else ""
     if r.get("workers", 1) > 1:
         threads += f", batch split across {r['workers']} worker threads"
+    if r["device"] == "gpu":
+        threads += ", fused elementwise kernels" if r.get("fused") else ", no fused kernels (reference lines)"
     clock = "" if r["clock"] == "wall" else " (process CPU time)"
     f, total = r["flops"], r["flops_per_step"]
     split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in f.items() if v)
@@ -506,9 +515,9 @@ def _format_breakdown(b: dict) -> str:
 def cmd_bench(a):
     if a.rank is not None and a.method != "lora":
         raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
-    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup, device=a.device, seed=a.seed,
-                  profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc, threads=a.threads,
-                  workers=a.workers)
+    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup,
+                  device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
+                  threads=a.threads, workers=a.workers, fused=not a.no_fused)
     print(json.dumps(r) if a.json else format_report(r))
 
 
@@ -532,6 +541,8 @@ def add_bench(sub):
                    "one BLAS thread each unless --threads says otherwise (minift/parallel.py); the breakdown is "
                    "of the one-thread path")
     p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
+    p.add_argument("--no-fused", action="store_true", help="on a GPU, run the reference lines instead of the fused "
+                   "elementwise kernels (minift/kernels.py), to measure what fusion buys")
     p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/bench.py)")
     p.set_defaults(func=cmd_bench)
 

@@ -63,6 +63,7 @@ import numpy as np
 
 from .backend import DTYPES, to_numpy, xp_of
 from .errors import MiniftError
+from .kernels import FusedKernel
 
 SCHEDULES = ("cosine", "linear", "constant")
 CLIP_EPS = 1e-6   # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6)
@@ -253,9 +254,15 @@ class AdamW(Optimizer):
         """One AdamW step on one parameter, in place, with a single scratch array the size of p."""
         xp, (b1, b2), t = xp_of(p), self.betas, self.t
         m, v = s["m"], s["v"]
+        decay, sqrt_bc2, step_size = 1.0 - lr * wd, math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t)
+        fused = ADAMW_STEP.get(xp)
+        if fused is not None:                                  # CuPy: the lines below as one kernel, p m v in place
+            fused(g, *ADAMW_STEP.scalars(p, decay, b1, 1.0 - b1, b2, 1.0 - b2, sqrt_bc2, self.eps, step_size),
+                  p, m, v)
+            return
         tmp = xp.empty_like(p)
         if wd:
-            p *= 1.0 - lr * wd                                 # p ← p − η λ p        (decoupled decay)
+            p *= decay                                         # p ← p − η λ p        (decoupled decay)
         m *= b1                                                # m ← β1 m + (1 − β1) g
         m += xp.multiply(g, 1.0 - b1, out=tmp)
         v *= b2                                                # v ← β2 v + (1 − β2) g²
@@ -263,11 +270,23 @@ class AdamW(Optimizer):
         tmp *= 1.0 - b2
         v += tmp
         xp.sqrt(v, out=tmp)                                    # √v̂ + ε = √v / √(1 − β2^t) + ε
-        tmp /= math.sqrt(1.0 - b2 ** t)
+        tmp /= sqrt_bc2
         tmp += self.eps
         xp.divide(m, tmp, out=tmp)                             # η m̂ / (√v̂ + ε), with m̂ = m / (1 − β1^t)
-        tmp *= lr / (1.0 - b1 ** t)
+        tmp *= step_size
         p -= tmp                                               # p ← p − η m̂ / (√v̂ + ε)
+
+
+# AdamW._update's lines as one CUDA kernel (minift/kernels.py): the same operations in the same order, p, m and v
+# updated in place. decay = 1 − η λ (exactly 1 without decay, where p · 1 = p leaves p's bits unchanged).
+ADAMW_STEP = FusedKernel(
+    "minift_adamw_step",
+    "T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T sqrt_bc2, T eps, T step_size", "T p, T m, T v", """
+    p = p * decay;                                         // decoupled decay
+    m = m * b1 + g * one_minus_b1;                         // first moment
+    v = v * b2 + g * g * one_minus_b2;                     // second moment
+    p = p - m / (sqrt(v) / sqrt_bc2 + eps) * step_size;    // the Adam step
+""")
 
 
 class SGD(Optimizer):

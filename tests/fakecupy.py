@@ -16,14 +16,18 @@ and is as strict as CuPy where NumPy is lenient:
 
 It also keeps the books of CuPy's memory pool (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`), so
 that memory measurement runs, and counts device -> host transfers (`TRANSFERS`), each a point where a real GPU
-would sit idle while the host catches up. What it cannot check: CUDA kernels, numerics, speed, streams, true GPU memory. The
-arithmetic is NumPy's, so results on the fake device are bitwise those of the CPU path: a test can compare the two
-exactly.
+would sit idle while the host catches up. It runs minift's fused kernels (minift/kernels.py) through
+`ElementwiseKernel`, which evaluates their CUDA C bodies with NumPy one statement at a time and refuses anything
+outside the small subset of C those bodies are allowed (so a body that would not compile, or that computes in
+double, fails here first), and it counts kernel launches (`LAUNCHES`), the host-side cost of a GPU step. What it
+cannot check: CUDA compilation, numerics, speed, streams, true GPU memory. The arithmetic is NumPy's, so results on the fake device are bitwise those
+of the CPU path: a test can compare the two exactly.
 
 Use it through the `fake_gpu` fixture (conftest.py), which makes `device="gpu"` resolve to this module.
 """
 from __future__ import annotations
 
+import re
 import types
 import weakref
 
@@ -83,6 +87,7 @@ def _wrap(r):
 
 
 def _call(func, args, kwargs, name):
+    LAUNCHES.add(name)
     out = kwargs.get("out")
     r = func(*_unwrap(args, name), **_unwrap(kwargs, name))
     if isinstance(out, DeviceArray):
@@ -161,6 +166,33 @@ def _transfer():
     TRANSFERS.count += 1
 
 
+class Launches:
+    """Kernel launches, approximately as CuPy makes them: every ufunc call and reduction, every function or method
+    that computes (matmul, sum, astype, copy, zeros, ...), every assignment into a device array, indexing with an
+    array, and each fused `ElementwiseKernel` call. Views (reshape, transpose, basic slicing) and uninitialised
+    allocations (empty, empty_like) launch nothing and are not counted. On a GPU each launch costs CuPy several
+    microseconds of host time however small the array: a small model's step is bounded by their number."""
+
+    NOT_LAUNCHING = frozenset({"reshape", "transpose", "swapaxes", "view", "squeeze", "expand_dims", "broadcast_to",
+                               "moveaxis", "empty", "empty_like", "shape", "ndim", "result_type"})
+
+    def __init__(self):
+        self.count = 0
+        self.by_name = {}
+
+    def add(self, name):
+        short = name.rsplit(".", 1)[-1]
+        if short not in self.NOT_LAUNCHING:
+            self.count += 1
+            self.by_name[short] = self.by_name.get(short, 0) + 1
+
+    def reset(self):
+        self.count, self.by_name = 0, {}
+
+
+LAUNCHES = Launches()
+
+
 class DeviceArray(NDArrayOperatorsMixin):
     """An array "on the device": a NumPy array that refuses to be mixed with host arrays, as cupy.ndarray does."""
 
@@ -216,9 +248,13 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # --- indexing: device arrays, ints, slices, lists; host arrays refused
     def __getitem__(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(p, (DeviceArray, list)) for p in parts):
+            LAUNCHES.add("take")                          # an array index gathers: a kernel; a slice is a view
         return _wrap(self._a[_unwrap(index, "indexing a device array")])
 
     def __setitem__(self, index, value):
+        LAUNCHES.add("setitem")
         self._a[_unwrap(index, "indexing a device array")] = _unwrap(value, "assigning into a device array")
 
     # --- ufuncs (operators come through here via NDArrayOperatorsMixin) and numpy functions called on device arrays
@@ -228,6 +264,7 @@ class DeviceArray(NDArrayOperatorsMixin):
         if extra:
             raise TypeError(f"{ufunc.__name__}.{method}: CuPy's ufuncs take no {sorted(extra)} keyword")
         name = f"numpy.{ufunc.__name__}"
+        LAUNCHES.add(name)
         r = getattr(ufunc, method)(*_unwrap(inputs, name), **_unwrap(kwargs, name))
         out = kwargs.get("out")                           # NumPy hands `out` over as a tuple
         if out is not None:
@@ -271,6 +308,108 @@ class _Ufunc:
 
     def at(self, *args, **kwargs):
         return _call(self._uf.at, args, kwargs, f"cupy.{self.__name__}.at")
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel for the kernels minift writes (minift/kernels.py), evaluated with NumPy.
+
+    The body is read as a list of statements and each one is run over whole arrays, in order, with NumPy's float
+    arithmetic in the arrays' dtype: the same operations in the same order as a reference chain of array lines gives
+    the same bits. Only the subset of CUDA C that minift/kernels.py allows is accepted; anything else (a double
+    literal inside an expression, a name CUDA reserves, a ternary, indexing, non-ASCII text) is refused with the
+    reason, so that a body that would not compile or would compute in double on a GPU fails here first.
+    Parameters: "T name" (T the one dtype all T arrays share; scalars cast to it) or a NumPy dtype name. Outputs may
+    be passed after the inputs (all of them), and are then read and written in place, as CuPy does."""
+
+    FUNCTIONS = {"tanh": np.tanh, "sqrt": np.sqrt, "exp": np.exp}
+    RESERVED = frozenset({"i", "n", "half", "float", "double", "int", "bool", "char", "long", "short", "signed",
+                          "unsigned", "auto", "const", "return", "if", "else", "for", "while"})
+    STATEMENT = re.compile(r"^(?:(const\s+)?([A-Za-z_]\w*)\s+)?([A-Za-z_]\w*)\s*=\s*(.+)$", re.S)
+    EXPRESSION = re.compile(r"^[\w\s.+\-*/()]+$")
+    FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+[eE])")
+
+    def __init__(self, in_params, out_params, operation, name="kernel", **options):
+        self.name = name
+        self.ins, self.outs = self._params(in_params), self._params(out_params)
+        self.program = self._compile(operation)
+
+    def _params(self, text):
+        params = []
+        for part in text.split(","):
+            kind, pname = part.split()
+            if pname in self.RESERVED or pname.startswith("_"):
+                raise NotImplementedError(f"kernel {self.name}: parameter name {pname!r} is reserved in CUDA/CuPy")
+            params.append((kind, pname))
+        return params
+
+    def _compile(self, operation):
+        if not operation.isascii():
+            raise NotImplementedError(f"kernel {self.name}: non-ASCII text in the body")
+        text = re.sub(r"//[^\n]*", "", operation)
+        names = {p for _, p in self.ins + self.outs}
+        program = []
+        for stmt in (st.strip() for st in text.split(";")):
+            if not stmt:
+                continue
+            m = self.STATEMENT.match(stmt)
+            if m is None:
+                raise NotImplementedError(f"kernel {self.name}: cannot read the statement {stmt!r}")
+            const, ctype, target, expr = m.groups()
+            if target in self.RESERVED or target.startswith("_"):
+                raise NotImplementedError(f"kernel {self.name}: {target!r} is reserved in CUDA/CuPy")
+            if ctype is not None and ctype != "T":
+                raise NotImplementedError(f"kernel {self.name}: declare local names as T, not {ctype}")
+            if ctype is None and target not in names:
+                raise NotImplementedError(f"kernel {self.name}: {target!r} is assigned before it is declared")
+            if ctype is not None and target in names:
+                raise NotImplementedError(f"kernel {self.name}: {target!r} is declared twice")
+            if const:
+                float(expr)                                     # const T name = <a number>;
+            else:
+                if not self.EXPRESSION.match(expr):
+                    raise NotImplementedError(f"kernel {self.name}: unsupported syntax in {expr!r}")
+                if self.FLOAT_LITERAL.search(expr):
+                    raise NotImplementedError(f"kernel {self.name}: a floating literal in {expr!r} is a C double; "
+                                              "declare it as a const T")
+                for word in re.findall(r"[A-Za-z_]\w*", expr):
+                    if word not in names and word not in self.FUNCTIONS:
+                        raise NotImplementedError(f"kernel {self.name}: unknown name {word!r} in {expr!r}")
+            names.add(target)
+            program.append((target, bool(const), compile(expr, f"<{self.name}>", "eval")))
+        return program
+
+    def __call__(self, *args):
+        n_in, n_out = len(self.ins), len(self.outs)
+        if len(args) not in (n_in, n_in + n_out):
+            raise TypeError(f"kernel {self.name}: takes {n_in} inputs (and optionally all {n_out} outputs), "
+                            f"got {len(args)} arguments")
+        LAUNCHES.add(self.name)
+        arrays = [_unwrap(a, f"kernel {self.name}") for a in args]
+        typed = [a for (kind, _), a in zip(self.ins + self.outs, arrays) if kind == "T" and isinstance(a, np.ndarray)]
+        dtypes = {a.dtype for a in typed}
+        if len(dtypes) != 1:
+            raise TypeError(f"kernel {self.name}: the T arrays must share one dtype, got {sorted(map(str, dtypes))}")
+        T = dtypes.pop()
+        shape = np.broadcast_shapes(*(a.shape for a in arrays if isinstance(a, np.ndarray)))
+        env = dict(self.FUNCTIONS)
+        for (kind, pname), a in zip(self.ins + self.outs, arrays):
+            dtype = T if kind == "T" else np.dtype(kind)
+            if not isinstance(a, np.ndarray):
+                a = dtype.type(a)                               # a scalar parameter: cast to its declared type
+            elif a.dtype != dtype:
+                raise TypeError(f"kernel {self.name}: {pname} is {a.dtype}, declared {dtype}")
+            env[pname] = a
+        outs = arrays[n_in:] or [np.empty(shape, T if kind == "T" else np.dtype(kind)) for kind, _ in self.outs]
+        for out in outs:
+            if out.shape != shape:
+                raise ValueError(f"kernel {self.name}: an output has shape {out.shape}, the broadcast shape is {shape}")
+        for target, const, code in self.program:
+            value = eval(code, {"__builtins__": {}}, env)
+            env[target] = T.type(value) if const else value   # a const T is rounded to T once, as C does
+        for (_, pname), out in zip(self.outs, outs):
+            out[...] = env[pname]
+        results = tuple(args[n_in:]) if len(args) > n_in else tuple(DeviceArray(o) for o in outs)
+        return results[0] if n_out == 1 else results
 
 
 class _Namespace(types.SimpleNamespace):
@@ -318,6 +457,7 @@ class FakeCupy(_Namespace):
         super().__init__(np, "cupy")
         object.__setattr__(self, "__version__", VERSION)
         object.__setattr__(self, "ndarray", DeviceArray)
+        object.__setattr__(self, "ElementwiseKernel", ElementwiseKernel)
         object.__setattr__(self, "linalg", _Namespace(np.linalg, "cupy.linalg"))
         object.__setattr__(self, "cuda", types.SimpleNamespace(Device=_Device, MemoryHook=MemoryHook))
 

@@ -4,7 +4,8 @@ The op tests run on the fake through the `xp` fixture. These run what sits above
 classification head, the optimizer, the training loop with checkpoints and resume, generation, fine-tuning, PEFT
 files, `minift compare`, `minift inspect`, `minift bench`, memory measurement — with every array on the fake device.
 The fake does NumPy's arithmetic, so the GPU path must give *bitwise* the CPU path's numbers: any difference means
-the two paths compute different things. Where a GPU is present, the real CuPy variants (`xp` fixture,
+the two paths compute different things. That includes minift's fused GPU kernels (minift/kernels.py), which run here
+through the fake's evaluator of their CUDA C bodies. Where a GPU is present, the real CuPy variants (`xp` fixture,
 test_bench.py, test_memory.py) check the kernels themselves.
 """
 import json
@@ -15,6 +16,7 @@ import pytest
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora, load_peft
 from minift.backend import device_of, to_numpy
 from minift.cli import main
+from minift.kernels import fused_enabled
 from minift.optim import AdamW
 from minift.pretrain import shipped_base_dir
 
@@ -203,3 +205,11 @@ def test_inspect_and_bench_on_the_device(fake_gpu, capsys):
     r = run_bench("tiny", "lora", steps=1, warmup=1, device="gpu", profile_steps=1, peak_sizes=(256,))
     assert r["device"] == "gpu" and r["blas"] == "cuBLAS" and r["ms_per_step"] > 0 and r["mfu"] > 0
     assert set(r["breakdown"]["backward"]) >= {"linear", "attention", "layernorm"}
+    assert r["fused"] is True
+    # --no-fused: the reference lines on the device, the same loss (bitwise on the fake), and fusion on again after
+    assert main(["bench", "--preset", "tiny", "--device", "gpu", "--no-fused", "--steps", "1", "--warmup", "0",
+                 "--profile-steps", "0", "--json"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["fused"] is False and fused_enabled()
+    on = run_bench("tiny", "full", steps=1, warmup=0, device="gpu", profile_steps=0, peak_sizes=(256,))
+    assert on["fused"] is True and on["loss"] == off["loss"]

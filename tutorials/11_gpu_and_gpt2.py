@@ -81,7 +81,7 @@ from minift.generate import generate, generate_ids
 from minift.io import load_safetensors
 from minift.memory import measure_memory, memory_saving, predict_memory
 from minift.model import param_shapes
-from minift.ops.gelu import gelu_forward
+from minift.ops.gelu import GELU_FORWARD, gelu_forward
 from minift.pretrain import load_base
 from minift.tokenizer import Tokenizer
 
@@ -107,8 +107,14 @@ print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run o
 # $$y = \tfrac12\,x\,\bigl(1 + \tanh u\bigr), \qquad u = \sqrt{2/\pi}\,\bigl(x + 0.044715\,x^3\bigr),$$
 #
 # and its first line is `xp = xp_of(x)`: `numpy` for a NumPy array, `cupy` for a CuPy array. Everything after it
-# is the same text for both. `minift/backend.py` is the only file that imports CuPy, lazily, so minift imports on a
-# machine without it. Its vocabulary:
+# is the same text for both, with one shortcut for speed: on a GPU every line of array code is a kernel launch
+# (a few microseconds of host time each, however small the array) and a pass over memory, so on CuPy the op hands
+# its nine in-place lines to **one fused CUDA kernel**, `GELU_FORWARD`, defined right above it: the same
+# operations in the same order, in a few lines of C. `minift/kernels.py` explains the mechanism and the rule that
+# keeps it honest: the test suite runs the kernel's C on a CPU stand-in for CuPy and requires the nine lines' bits,
+# and on a GPU requires agreement with them to rounding. AdamW's update and LayerNorm's and the softmax's elementwise
+# steps are fused the same way; `MINIFT_FUSED=0` switches it off. `minift/backend.py` is the only file that imports
+# CuPy, lazily, so minift imports on a machine without it. Its vocabulary:
 #
 # | call | does |
 # |---|---|
@@ -123,7 +129,8 @@ print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run o
 # `export MINIFT_DEVICE=gpu` for both.
 
 # %%
-print(inspect.getsource(gelu_forward).split("\n    t = ")[0])          # the signature and xp = xp_of(x)
+print(inspect.getsource(gelu_forward).split("\n    t = ")[0])          # the signature, xp = xp_of(x), the shortcut
+print("GELU_FORWARD's body (CUDA C):" + GELU_FORWARD.body.rstrip())
 print(f"gpu_available() = {HAVE_GPU}; resolve_device('auto') = {resolve_device('auto')!r}; "
       f"get_xp('cpu') is numpy: {get_xp('cpu') is np}")
 saved_env = os.environ.get("MINIFT_DEVICE")

@@ -48,7 +48,13 @@ import numpy as np
 
 from ..backend import xp_of
 from ..errors import MiniftError
+from ..kernels import FusedKernel
 from .softmax import softmax_backward, softmax_forward
+
+# _softmax_rows_'s `pre -= m; exp(pre)` as one CUDA kernel, in place (minift/kernels.py)
+SHIFTED_EXP = FusedKernel("minift_shifted_exp", "T m", "T e", """
+    e = exp(e - m);
+""")
 
 
 def _check_attention_inputs(qkv, n_head, attention_mask):
@@ -155,13 +161,18 @@ def _causal_bias(n, dtype, xp):
 
 def _softmax_rows_(pre, xp):
     """softmax over the last axis, in place (pre is the block's own buffer); an all -inf row gives zeros, as
-    softmax.py's softmax does."""
-    m = pre.max(axis=-1, keepdims=True)                    # (..., 1)
-    m[m == -np.inf] = 0                                    # a fully masked row is shifted by 0 and stays -inf
-    pre -= m                                               # (..., K)
-    xp.exp(pre, out=pre)                                   # (..., K)  exactly 0 where masked
-    s = pre.sum(axis=-1, keepdims=True)                    # (..., 1)  >= 1, or 0 for a fully masked row
-    s[s == 0] = 1
+    softmax.py's softmax does. The two guards are clamps rather than masked assignments (`m[m == -inf] = 0`): the
+    same numbers, one pass each instead of a comparison and a scatter (which on a GPU are several kernels)."""
+    m = pre.max(axis=-1, keepdims=True)                    # (..., 1)  -inf for a fully masked row
+    xp.maximum(m, float(np.finfo(pre.dtype).min), out=m)   # that row is shifted by a finite number and stays -inf
+    fused = SHIFTED_EXP.get(xp)
+    if fused is not None:                                  # CuPy: the next two lines as one kernel
+        fused(m, pre)
+    else:
+        pre -= m                                           # (..., K)
+        xp.exp(pre, out=pre)                               # (..., K)  exactly 0 where masked
+    s = pre.sum(axis=-1, keepdims=True)                    # (..., 1)  >= 1 (the max gives exp(0) = 1), 0 if all masked
+    xp.maximum(s, 1.0, out=s)                              #           so this changes only the all-masked rows' 0
     pre /= s                                               # (..., K)
     return pre
 
@@ -180,7 +191,8 @@ def _blocked_forward(qkv, H, attention_mask, b):
     for r0, r1 in query_blocks(T, b):
         n = r1 - r0
         pre = (q[:, :, r0:r1] * scale) @ k[:, :, :r1].transpose(0, 1, 3, 2)   # 2. (B, H, n, r1)
-        pre[..., r0:] += causal[:n, :n]                    # 3. causal, on the diagonal square only
+        diagonal = pre[..., r0:]                           #    (B, H, n, n)  a view: += writes through it
+        diagonal += causal[:n, :n]                         # 3. causal, on the diagonal square only
         if padding is not None:
             pre += padding[..., :r1]                       # 3. padded keys
         _softmax_rows_(pre, xp)                            # 4. (B, H, n, r1)
@@ -203,15 +215,15 @@ def _blocked_backward(dy, cache):
         dpre = dyb @ v[:, :, :r1].transpose(0, 1, 3, 2)    # 5. datt = dy vᵀ              (B, H, n, r1)
         dv_b = a.transpose(0, 1, 3, 2) @ dyb               # 5. dv = attᵀ dy              (B, H, r1, D)
         dpre = softmax_backward(dpre, a)                   # 4. (B, H, n, r1); 3: 0 where masked already
-        dq[:, :, r0:r1] = dpre @ k[:, :, :r1]              # 2. dq = dpre k / √D          (B, H, n, D)
-        dq[:, :, r0:r1] *= scale
+        xp.multiply(dpre @ k[:, :, :r1], scale, out=dq[:, :, r0:r1])   # 2. dq = dpre k / √D  (B, H, n, D)
         dk_b = dpre.transpose(0, 1, 3, 2) @ q[:, :, r0:r1]  # 2. dk = dpreᵀ q / √D        (B, H, r1, D)
         dk_b *= scale
         if i == 0:
             dk[...], dv[...] = dk_b, dv_b
         else:
-            dk[:, :, :r1] += dk_b
-            dv[:, :, :r1] += dv_b
+            dk_seen, dv_seen = dk[:, :, :r1], dv[:, :, :r1]   # views of the keys this block saw
+            dk_seen += dk_b
+            dv_seen += dv_b
     return dqkv.reshape(B, T, 3 * H * D)                   # (B, T, 3C)
 
 

@@ -15,8 +15,24 @@ Backward, with upstream gradient dy (llm.c `doc/layernorm/layernorm.md` derives 
   so  dx_i = Σ_j dx̂_j ∂x̂_j/∂x_i = rstd · (dx̂_i - mean(dx̂) - x̂_i · mean(dx̂ ⊙ x̂)).
   Reading: remove from dx̂ the part that moves every entry equally (the mean cannot change) and the part along x̂
   (the scale cannot change), then undo the scaling by rstd. The formula is exact for any eps.
+
+On a GPU the elementwise lines after the row reductions run as one fused CUDA kernel each way (LAYERNORM_AFFINE,
+LAYERNORM_DX: the same operations in the same order; minift/kernels.py); the means stay CuPy's reductions.
 """
 from __future__ import annotations
+
+from ..backend import xp_of
+from ..kernels import FusedKernel
+
+# x̂ = (x − μ) · rstd and y = w ⊙ x̂ + b in one pass (x̂'s buffer holds x − μ on entry and is updated in place).
+LAYERNORM_AFFINE = FusedKernel("minift_layernorm_affine", "T rstd, T w, T b", "T xhat, T y", """
+    xhat = xhat * rstd;
+    y = xhat * w + b;
+""")
+# dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂)) in one pass (dx's buffer holds dx̂ on entry).
+LAYERNORM_DX = FusedKernel("minift_layernorm_dx", "T xhat, T mean_dxhat, T mean_dxhat_xhat, T rstd", "T dx", """
+    dx = (dx - mean_dxhat - xhat * mean_dxhat_xhat) * rstd;
+""")
 
 
 def layernorm_forward(x, w, b, eps=1e-5):
@@ -25,6 +41,10 @@ def layernorm_forward(x, w, b, eps=1e-5):
     xhat = x - mean                                        # (..., C)  x - μ, becomes x̂ below
     var = (xhat * xhat).mean(axis=-1, keepdims=True)       # (..., 1)  σ², biased (divide by C)
     rstd = (var + float(eps)) ** -0.5                      # (..., 1)  a Python float keeps var's dtype (NEP 50)
+    fused = LAYERNORM_AFFINE.get(xp_of(x))
+    if fused is not None:                                  # CuPy: the three lines below as one kernel
+        y = fused(rstd, w, b, xhat, xp_of(x).empty_like(xhat))[1]
+        return y, (xhat, rstd, w)
     xhat *= rstd                                           # (..., C)  x̂ = (x - μ) · rstd, in place
     y = xhat * w                                           # (..., C)
     y += b                                                 # (..., C)
@@ -47,6 +67,9 @@ def _layernorm_dx(dy, xhat, rstd, w):
     mean_dxhat = dxhat.mean(axis=-1, keepdims=True)        # (..., 1)
     mean_dxhat_xhat = (dxhat * xhat).mean(axis=-1, keepdims=True)   # (..., 1)
     dx = dxhat                                             # (..., C)  reuse dx̂'s buffer from here on
+    fused = LAYERNORM_DX.get(xp_of(dx))
+    if fused is not None:                                  # CuPy: the three lines below as one kernel
+        return fused(xhat, mean_dxhat, mean_dxhat_xhat, rstd, dx)
     dx -= mean_dxhat
     dx -= xhat * mean_dxhat_xhat
     dx *= rstd

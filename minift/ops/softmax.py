@@ -25,6 +25,12 @@ Entries with p = 0 (masked, or a fully masked row) get dx = 0 exactly.
 from __future__ import annotations
 
 from ..backend import xp_of
+from ..kernels import FusedKernel
+
+# softmax_backward's last two lines as one CUDA kernel on CuPy (minift/kernels.py)
+SOFTMAX_DX = FusedKernel("minift_softmax_dx", "T dp, T dot, T p", "T dx", """
+    dx = (dp - dot) * p;
+""")
 
 
 def _shifted(x, axis):
@@ -64,6 +70,9 @@ def softmax_backward(dp, cache):
     """dp [..., K] -> dx [..., K] = p ⊙ (dp - Σ_K dp ⊙ p) (derived in the module docstring)."""
     p = cache
     dot = (dp * p).sum(axis=-1, keepdims=True)             # (..., 1)  Σ_j dp_j p_j
+    fused = SOFTMAX_DX.get(xp_of(dp))
+    if fused is not None:                                  # CuPy: the next two lines as one kernel
+        return fused(dp, dot, p)
     dx = dp - dot                                          # (..., K)
     dx *= p                                                # (..., K)  0 wherever p = 0 (masked entries)
     return dx

@@ -1,0 +1,87 @@
+"""Fused elementwise kernels for the GPU: one CUDA launch where the readable code makes a chain of passes.
+
+Why. On a GPU every line of array code (`t *= a`, `t += 1.0`, ...) is a kernel launch that reads and writes the
+whole array. A demo training step (full fine-tuning) made 1,336 launches, 728 of them AdamW's (14 per parameter);
+now it makes 527, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy:
+`python benchmarks/launches.py`). A launch costs CuPy several microseconds of host time whatever the array's size,
+so at demo size the GPU mostly waits for Python; at GPT-2 size each extra pass costs memory bandwidth instead.
+llm.c's CUDA code fuses its elementwise work for the same reasons. CuPy's `ElementwiseKernel` compiles a few lines
+of CUDA C into one kernel that reads each input once and writes each output once.
+
+The rule that keeps the fast path honest: a kernel performs exactly the operations of the reference lines it
+replaces, in the same order, with the same scalars (computed in Python as the reference computes them). The kernel
+is defined in the op's own module, beside those lines, and checked against them twice:
+  - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the body below with NumPy, one
+    statement over whole arrays at a time: there the fused path must equal the reference **bit for bit** (the
+    training, resume and compare tests on the fake compare the GPU path with the CPU path exactly);
+  - on a real GPU (the op tests' `cupy` cases), to float rounding: CUDA contracts `a * b + c` into one fused
+    multiply-add and its tanh differs from NumPy's in the last bits.
+Reductions (means, sums over a row) stay CuPy's own; only the elementwise chains around them are fused.
+
+Where they run: on CuPy only (NumPy has no kernel fusion; the CPU path is the reference code itself). They are on
+by default there; `MINIFT_FUSED=0` in the environment, or `use_fused(False)`, runs the reference lines instead, to
+measure what fusion buys (`minift bench --no-fused`) or to rule it out when debugging.
+
+The body language (a subset of CUDA C that the fake can evaluate, enforced there):
+  - one statement per `;`: `T name = expression;`, `name = expression;`, or `const T name = number;`;
+  - expressions use + - * /, parentheses, the functions tanh, sqrt, exp, parameters and earlier names;
+  - numeric constants are declared `const T`: a bare `0.5` in an expression would be a C double and would turn
+    float32 arithmetic into float64 arithmetic (integers, like the 1 in `1 - t * t`, are fine);
+  - `// comments` to the end of a line; ASCII only.
+Scalar parameters are typed T and passed as scalars of the arrays' dtype (`FusedKernel.scalars`), so a float32 step
+stays float32 and a float64 gradient check stays float64.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+FUSED_ENV = "MINIFT_FUSED"
+_enabled = os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def fused_enabled() -> bool:
+    """Whether CuPy arrays take the fused kernels (default yes; $MINIFT_FUSED=0 or use_fused(False): no)."""
+    return _enabled
+
+
+@contextmanager
+def use_fused(on: bool):
+    """`with use_fused(False): ...` runs the reference lines on CuPy too; the previous setting comes back after."""
+    global _enabled
+    before, _enabled = _enabled, bool(on)
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+class FusedKernel:
+    """One CUDA elementwise kernel: `in_params` and `out_params` in CuPy's notation ("T x, T t"), `body` in the subset
+    of CUDA C above. Compiled lazily, once per array module, the first time a CuPy array asks for it."""
+
+    def __init__(self, name: str, in_params: str, out_params: str, body: str):
+        self.name, self.in_params, self.out_params, self.body = name, in_params, out_params, body
+        self._compiled = {}                      # the module's ElementwiseKernel class -> the compiled kernel
+
+    def get(self, xp):
+        """The kernel for arrays of module `xp`, or None where the caller should run its reference lines: on NumPy,
+        on an array module without ElementwiseKernel, and when fusion is switched off."""
+        make = getattr(xp, "ElementwiseKernel", None)
+        if xp is np or make is None or not _enabled:
+            return None
+        kernel = self._compiled.get(make)
+        if kernel is None:
+            kernel = self._compiled[make] = make(self.in_params, self.out_params, self.body, self.name)
+        return kernel
+
+    @staticmethod
+    def scalars(like, *values):
+        """Python numbers -> scalars of `like`'s dtype, as a T parameter needs them (NumPy would cast a Python float
+        to the array's dtype in the reference lines; this is the same rounding, done once on the host)."""
+        return tuple(like.dtype.type(v) for v in values)
+
+    def __repr__(self):
+        return f"FusedKernel({self.name!r}: ({self.in_params}) -> ({self.out_params}))"
