@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]
 #
 #   OUTDIR/env.txt      the GPU, driver, and numpy / CuPy / torch / CUDA versions
+#   OUTDIR/kernels.txt  the fused kernels checked against the reference lines on the device, first: if they fail,
+#                       the benchmarks run without them (MINIFT_FUSED=0) rather than not at all
 #   OUTDIR/tests.txt    the test suite's CuPy variants (every op test's `cupy` case, bench and memory on the GPU) and
 #                       tutorial 11 with a GPU present (its GPU-vs-CPU agreement checks and GPU timings)
 #   OUTDIR/bench.tsv    minift on CuPy and torch on CUDA, in turn, for demo, small and gpt2, full and LoRA; on demo
@@ -14,8 +16,8 @@
 #
 # The machine's tree holds only the repository: copy ../shared/bench/torch_ref.py into an ignored folder of the
 # repository first and pass its path (see "What remains" in benchmarks/RESULTS.md for the exact call).
-# Time: 3.5 min of tests at most (TEST_S), 5.5 min of benchmarks at most (BENCH_S); each part is cut off at its
-# limit and what it wrote so far is kept.
+# Time: 1 min for the kernel check at most (KERNELS_S; seconds when they compile), 3 min of tests (TEST_S), 5.5
+# min of benchmarks (BENCH_S); each part is cut off at its limit and what it wrote so far is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]}
@@ -33,8 +35,17 @@ print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', 
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+echo "== fused kernels (minift/kernels.py) against the reference lines, on the device"
+if timeout "${KERNELS_S:-60}" "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -rs \
+    -k "cupy and not fakecupy" > "$OUT/kernels.txt" 2>&1; then
+  echo "they agree (kernels.txt)"
+else
+  echo "they FAILED (kernels.txt): the benchmarks below run the reference lines instead (MINIFT_FUSED=0)"
+  export MINIFT_FUSED=0
+fi
+
 echo "== tests (CuPy variants, tutorial 11)"
-timeout "${TEST_S:-210}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
+timeout "${TEST_S:-180}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
   -k "(cupy and not fakecupy) or on_the_gpu or 11_gpu" > "$OUT/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$OUT/tests.txt"
 tail -n 5 "$OUT/tests.txt"

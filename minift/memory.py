@@ -63,14 +63,15 @@ keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each
 and dpre, then dv with dk and dpre. So A = N·V + 16·N·C + max(B·r1·C + 2·B·H·n·r1, 2·B·r1·C + B·H·n·r1) − ...
 at the block where that is largest (attention_workspace); with heads of up to b dims the first term wins. Its cached
 att is the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
-Four other moments can be higher. Right after attention, that block's ln_1 backward holds dqkv (3·N·C), da (N·C),
+Five other moments can be higher. Right after attention, that block's ln_1 backward holds dqkv (3·N·C), da (N·C),
 and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins when the attention's blocks are small next
 to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
 the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
 optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
-tensor. The forward of a block below the backward's floor (above). And when no block is visited but ln_f trains,
-ln_f's backward: dlogits, dh, and dx̂ with a temporary, N·V + 3·N·C. workspace is the largest of these, counted
-above the four persistent terms.
+tensor (on a GPU its fused kernel, minift/kernels.py, needs none: the prediction keeps the scratch, which can only
+overstate that moment, and it is the peak only when the caches are tiny). The forward of a block below the
+backward's floor (above). And when no block is visited but ln_f trains, ln_f's backward: dlogits, dh, and dx̂ with
+a temporary, N·V + 3·N·C. workspace is the largest of these, counted above the four persistent terms.
 
 Why LoRA's saving depends on the regime. gradients and optimizer state scale with the number of *trainable
 parameters* (3 floats per weight under AdamW, and full fine-tuning trains all of them; LoRA trains R·(in + out) per

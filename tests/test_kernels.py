@@ -75,7 +75,7 @@ def _run(case):
 def test_fused_kernels_give_the_reference_bits_in_one_launch_on_the_fake(fake_gpu, dtype):
     reference = _cases(np, dtype, np.random.default_rng(0))
     for case, ref in zip(_cases(fake_gpu, dtype, np.random.default_rng(0)), reference):
-        got, n_fused = _run(case)
+        got, _ = _run(case)
         want, _ = _run(ref)
         for g, w in zip(got, want):
             assert g.dtype == w.dtype == np.dtype(dtype)
