@@ -61,8 +61,8 @@ Process conditions, reported in the output because they change the numbers a lot
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
     threads          the thread count numpy's BLAS reports (OpenBLAS/MKL, read through ctypes), null if unknown
     workers          threads the batch was split across (1: the one-thread path; see minift/parallel.py)
-    fused            true when the GPU ran minift's fused elementwise kernels (minift/kernels.py; --no-fused
-                     runs the reference lines instead, to measure what fusion buys); always false on the CPU
+    fused            true when the GPU ran minift's fused elementwise kernels (minift/kernels.py; --no-fused or
+                     MINIFT_FUSED=0 runs the reference lines instead, to measure what fusion buys); false on the CPU
     blas             the BLAS numpy was built with (name and version);  numpy: its version
     loss             the last timed step's loss (a sanity check: finite, about ln V at init)
     breakdown        {"forward": {op: ms}, "backward": {op: ms}, "optimizer": ms, "other": ms, "step": ms,
@@ -73,6 +73,7 @@ Process conditions, reported in the output because they change the numbers a lot
 from __future__ import annotations
 
 import ctypes
+from contextlib import nullcontext
 import json
 import math
 import statistics
@@ -396,13 +397,14 @@ def _profile_steps(model, step, timer, n, sync, clock):
 def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10, warmup: int = 2,
               device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=None,
               clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int = 1,
-              fused: bool = True) -> dict:
+              fused: bool | None = None) -> dict:
     """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
     peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU).
     workers: > 1 splits each step's batch across that many CPU threads (minift/parallel.py), with one BLAS thread
     each unless `threads` says otherwise; the peak is then measured with `workers` matmuls at once, the most those
     threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave).
-    fused: False runs the reference lines on a GPU instead of the fused kernels (minift/kernels.py)."""
+    fused: False runs the reference lines on a GPU instead of the fused kernels (minift/kernels.py), True the
+    kernels; None (default) leaves the process's setting ($MINIFT_FUSED, on unless it says 0)."""
     _check_model_args(preset, method, rank)
     if clock not in CLOCKS:
         raise MiniftError(f"clock {clock!r} is not one of {list(CLOCKS)}")
@@ -421,7 +423,7 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     if threads is not None and device == "cpu":
         set_blas_threads(threads)
     try:
-        with use_fused(fused):
+        with use_fused(fused) if fused is not None else nullcontext():
             result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock,
                           malloc, workers)
     finally:
@@ -517,7 +519,7 @@ def cmd_bench(a):
         raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
     r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup,
                   device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
-                  threads=a.threads, workers=a.workers, fused=not a.no_fused)
+                  threads=a.threads, workers=a.workers, fused=False if a.no_fused else None)
     print(json.dumps(r) if a.json else format_report(r))
 
 

@@ -1,9 +1,9 @@
 """Fused elementwise kernels for the GPU: one CUDA launch where the readable code makes a chain of passes.
 
 Why. On a GPU every line of array code (`t *= a`, `t += 1.0`, ...) is a kernel launch that reads and writes the
-whole array. A demo training step (full fine-tuning) made 1,336 launches, 728 of them AdamW's (14 per parameter);
-now it makes 527, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy:
-`python benchmarks/launches.py`). A launch costs CuPy several microseconds of host time whatever the array's size,
+whole array. A demo training step (full fine-tuning, as `minift bench` runs it) makes 1,288 launches with the
+reference lines, 676 of them AdamW's (13 per parameter; 14 with weight decay), and 527 with the kernels of this
+module, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy: `python benchmarks/launches.py`). A launch costs CuPy several microseconds of host time whatever the array's size,
 so at demo size the GPU mostly waits for Python; at GPT-2 size each extra pass costs memory bandwidth instead.
 llm.c's CUDA code fuses its elementwise work for the same reasons. CuPy's `ElementwiseKernel` compiles a few lines
 of CUDA C into one kernel that reads each input once and writes each output once.
@@ -11,10 +11,10 @@ of CUDA C into one kernel that reads each input once and writes each output once
 The rule that keeps the fast path honest: a kernel performs exactly the operations of the reference lines it
 replaces, in the same order, with the same scalars (computed in Python as the reference computes them). The kernel
 is defined in the op's own module, beside those lines, and checked against them twice:
-  - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the body below with NumPy, one
+  - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the kernel's body with NumPy, one
     statement over whole arrays at a time: there the fused path must equal the reference **bit for bit** (the
     training, resume and compare tests on the fake compare the GPU path with the CPU path exactly);
-  - on a real GPU (the op tests' `cupy` cases), to float rounding: CUDA contracts `a * b + c` into one fused
+  - on a real GPU (tests/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts `a * b + c` into one fused
     multiply-add and its tanh differs from NumPy's in the last bits.
 Reductions (means, sums over a row) stay CuPy's own; only the elementwise chains around them are fused.
 
@@ -23,10 +23,12 @@ by default there; `MINIFT_FUSED=0` in the environment, or `use_fused(False)`, ru
 measure what fusion buys (`minift bench --no-fused`) or to rule it out when debugging.
 
 The body language (a subset of CUDA C that the fake can evaluate, enforced there):
-  - one statement per `;`: `T name = expression;`, `name = expression;`, or `const T name = number;`;
+  - one statement per `;`: `T name = expression;`, `name = expression;`, or `const T name = number;`; inputs
+    are read-only (outputs passed in by the caller are read and written);
   - expressions use + - * /, parentheses, the functions tanh, sqrt, exp, parameters and earlier names;
   - numeric constants are declared `const T`: a bare `0.5` in an expression would be a C double and would turn
-    float32 arithmetic into float64 arithmetic (integers, like the 1 in `1 - t * t`, are fine);
+    float32 arithmetic into float64 arithmetic (integers, like the 1 in `1 - t * t`, are fine, but not beside a
+    `/`: `1 / 2` is 0 in C);
   - `// comments` to the end of a line; ASCII only.
 Scalar parameters are typed T and passed as scalars of the arrays' dtype (`FusedKernel.scalars`), so a float32 step
 stays float32 and a float64 gradient check stays float64.

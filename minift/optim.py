@@ -225,6 +225,18 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {len(self.decay)} decayed, {hp}, t={self.t})"
 
 
+# AdamW._update's lines as one CUDA kernel (minift/kernels.py): the same operations in the same order, p, m and v
+# updated in place. decay = 1 − η λ (exactly 1 without decay, where p · 1 = p leaves p's bits unchanged).
+ADAMW_STEP = FusedKernel(
+    "minift_adamw_step",
+    "T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T sqrt_bc2, T eps, T step_size", "T p, T m, T v", """
+    p = p * decay;                                         // decoupled decay
+    m = m * b1 + g * one_minus_b1;                         // first moment
+    v = v * b2 + g * g * one_minus_b2;                     // second moment
+    p = p - m / (sqrt(v) / sqrt_bc2 + eps) * step_size;    // the Adam step
+""")
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), computed as torch.optim.AdamW."""
 
@@ -251,7 +263,8 @@ class AdamW(Optimizer):
         return ("m", "v")
 
     def _update(self, p, g, s, lr, wd):
-        """One AdamW step on one parameter, in place, with a single scratch array the size of p."""
+        """One AdamW step on one parameter, in place: the lines below use one scratch array the size of p; on CuPy
+        they run as the ADAMW_STEP kernel above, which needs none."""
         xp, (b1, b2), t = xp_of(p), self.betas, self.t
         m, v = s["m"], s["v"]
         decay, sqrt_bc2, step_size = 1.0 - lr * wd, math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t)
@@ -275,18 +288,6 @@ class AdamW(Optimizer):
         xp.divide(m, tmp, out=tmp)                             # η m̂ / (√v̂ + ε), with m̂ = m / (1 − β1^t)
         tmp *= step_size
         p -= tmp                                               # p ← p − η m̂ / (√v̂ + ε)
-
-
-# AdamW._update's lines as one CUDA kernel (minift/kernels.py): the same operations in the same order, p, m and v
-# updated in place. decay = 1 − η λ (exactly 1 without decay, where p · 1 = p leaves p's bits unchanged).
-ADAMW_STEP = FusedKernel(
-    "minift_adamw_step",
-    "T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T sqrt_bc2, T eps, T step_size", "T p, T m, T v", """
-    p = p * decay;                                         // decoupled decay
-    m = m * b1 + g * one_minus_b1;                         // first moment
-    v = v * b2 + g * g * one_minus_b2;                     // second moment
-    p = p - m / (sqrt(v) / sqrt_bc2 + eps) * step_size;    // the Adam step
-""")
 
 
 class SGD(Optimizer):

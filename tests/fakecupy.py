@@ -326,56 +326,69 @@ class ElementwiseKernel:
                           "unsigned", "auto", "const", "return", "if", "else", "for", "while"})
     STATEMENT = re.compile(r"^(?:(const\s+)?([A-Za-z_]\w*)\s+)?([A-Za-z_]\w*)\s*=\s*(.+)$", re.S)
     EXPRESSION = re.compile(r"^[\w\s.+\-*/()]+$")
+    C_NUMBER = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?$")
     FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+[eE])")
+    INT_DIVISION = re.compile(r"/\s*\d|(?<![\w.])\d+\s*/")      # 1 / 2 is 0 in C, 0.5 in Python
 
     def __init__(self, in_params, out_params, operation, name="kernel", **options):
         self.name = name
         self.ins, self.outs = self._params(in_params), self._params(out_params)
         self.program = self._compile(operation)
 
+    def _refuse(self, why):
+        raise NotImplementedError(f"kernel {self.name}: {why}")
+
     def _params(self, text):
         params = []
         for part in text.split(","):
             kind, pname = part.split()
             if pname in self.RESERVED or pname.startswith("_"):
-                raise NotImplementedError(f"kernel {self.name}: parameter name {pname!r} is reserved in CUDA/CuPy")
+                self._refuse(f"parameter name {pname!r} is reserved in CUDA/CuPy")
             params.append((kind, pname))
         return params
 
     def _compile(self, operation):
+        """The body as [(target, its declared type: "T" or a dtype name, compiled expression)], or a refusal."""
         if not operation.isascii():
-            raise NotImplementedError(f"kernel {self.name}: non-ASCII text in the body")
+            self._refuse("non-ASCII text in the body")
         text = re.sub(r"//[^\n]*", "", operation)
-        names = {p for _, p in self.ins + self.outs}
+        types = {p: kind for kind, p in self.ins + self.outs}
+        read_only = {p for _, p in self.ins}                    # CuPy declares inputs const
         program = []
         for stmt in (st.strip() for st in text.split(";")):
             if not stmt:
                 continue
             m = self.STATEMENT.match(stmt)
             if m is None:
-                raise NotImplementedError(f"kernel {self.name}: cannot read the statement {stmt!r}")
+                self._refuse(f"cannot read the statement {stmt!r}")
             const, ctype, target, expr = m.groups()
+            expr = expr.strip()
             if target in self.RESERVED or target.startswith("_"):
-                raise NotImplementedError(f"kernel {self.name}: {target!r} is reserved in CUDA/CuPy")
+                self._refuse(f"{target!r} is reserved in CUDA/CuPy")
             if ctype is not None and ctype != "T":
-                raise NotImplementedError(f"kernel {self.name}: declare local names as T, not {ctype}")
-            if ctype is None and target not in names:
-                raise NotImplementedError(f"kernel {self.name}: {target!r} is assigned before it is declared")
-            if ctype is not None and target in names:
-                raise NotImplementedError(f"kernel {self.name}: {target!r} is declared twice")
+                self._refuse(f"declare local names as T, not {ctype}")
+            if ctype is None and target not in types:
+                self._refuse(f"{target!r} is assigned before it is declared")
+            if ctype is not None and target in types:
+                self._refuse(f"{target!r} is declared twice")
+            if target in read_only:
+                self._refuse(f"{target!r} is an input or a const: it cannot be assigned")
             if const:
-                float(expr)                                     # const T name = <a number>;
+                if not self.C_NUMBER.match(expr):
+                    self._refuse(f"a const T takes a plain number, not {expr!r}")
+                read_only.add(target)
             else:
                 if not self.EXPRESSION.match(expr):
-                    raise NotImplementedError(f"kernel {self.name}: unsupported syntax in {expr!r}")
+                    self._refuse(f"unsupported syntax in {expr!r}")
                 if self.FLOAT_LITERAL.search(expr):
-                    raise NotImplementedError(f"kernel {self.name}: a floating literal in {expr!r} is a C double; "
-                                              "declare it as a const T")
+                    self._refuse(f"a floating literal in {expr!r} is a C double; declare it as a const T")
+                if self.INT_DIVISION.search(expr):
+                    self._refuse(f"an integer literal beside / in {expr!r} (1 / 2 is 0 in C); declare a const T")
                 for word in re.findall(r"[A-Za-z_]\w*", expr):
-                    if word not in names and word not in self.FUNCTIONS:
-                        raise NotImplementedError(f"kernel {self.name}: unknown name {word!r} in {expr!r}")
-            names.add(target)
-            program.append((target, bool(const), compile(expr, f"<{self.name}>", "eval")))
+                    if word not in types and word not in self.FUNCTIONS:
+                        self._refuse(f"unknown name {word!r} in {expr!r}")
+            types.setdefault(target, "T")
+            program.append((target, types[target], compile(expr, f"<{self.name}>", "eval")))
         return program
 
     def __call__(self, *args):
@@ -390,22 +403,22 @@ class ElementwiseKernel:
         if len(dtypes) != 1:
             raise TypeError(f"kernel {self.name}: the T arrays must share one dtype, got {sorted(map(str, dtypes))}")
         T = dtypes.pop()
+        dtype_of = lambda kind: T if kind == "T" else np.dtype(kind)       # noqa: E731
         shape = np.broadcast_shapes(*(a.shape for a in arrays if isinstance(a, np.ndarray)))
         env = dict(self.FUNCTIONS)
         for (kind, pname), a in zip(self.ins + self.outs, arrays):
-            dtype = T if kind == "T" else np.dtype(kind)
             if not isinstance(a, np.ndarray):
-                a = dtype.type(a)                               # a scalar parameter: cast to its declared type
-            elif a.dtype != dtype:
-                raise TypeError(f"kernel {self.name}: {pname} is {a.dtype}, declared {dtype}")
+                a = dtype_of(kind).type(a)                      # a scalar parameter: cast to its declared type
+            elif a.dtype != dtype_of(kind):
+                raise TypeError(f"kernel {self.name}: {pname} is {a.dtype}, declared {dtype_of(kind)}")
             env[pname] = a
-        outs = arrays[n_in:] or [np.empty(shape, T if kind == "T" else np.dtype(kind)) for kind, _ in self.outs]
+        outs = arrays[n_in:] or [np.empty(shape, dtype_of(kind)) for kind, _ in self.outs]
         for out in outs:
             if out.shape != shape:
                 raise ValueError(f"kernel {self.name}: an output has shape {out.shape}, the broadcast shape is {shape}")
-        for target, const, code in self.program:
+        for target, kind, code in self.program:                # every assignment rounds to the target's type, as C
             value = eval(code, {"__builtins__": {}}, env)
-            env[target] = T.type(value) if const else value   # a const T is rounded to T once, as C does
+            env[target] = np.asarray(value).astype(dtype_of(kind), copy=False)[()]
         for (_, pname), out in zip(self.outs, outs):
             out[...] = env[pname]
         results = tuple(args[n_in:]) if len(args) > n_in else tuple(DeviceArray(o) for o in outs)

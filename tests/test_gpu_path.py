@@ -206,10 +206,23 @@ def test_inspect_and_bench_on_the_device(fake_gpu, capsys):
     assert r["device"] == "gpu" and r["blas"] == "cuBLAS" and r["ms_per_step"] > 0 and r["mfu"] > 0
     assert set(r["breakdown"]["backward"]) >= {"linear", "attention", "layernorm"}
     assert r["fused"] is True
-    # --no-fused: the reference lines on the device, the same loss (bitwise on the fake), and fusion on again after
-    assert main(["bench", "--preset", "tiny", "--device", "gpu", "--no-fused", "--steps", "1", "--warmup", "0",
+    # --no-fused: the reference lines on the device (the JSON says so), the same loss after a step with its
+    # backward and AdamW update (to the 4 digits the JSON keeps; the exact bits: test_kernels.py), fusion on after
+    assert main(["bench", "--preset", "tiny", "--device", "gpu", "--no-fused", "--steps", "1", "--warmup", "1",
                  "--profile-steps", "0", "--json"]) == 0
     off = json.loads(capsys.readouterr().out)
     assert off["fused"] is False and fused_enabled()
-    on = run_bench("tiny", "full", steps=1, warmup=0, device="gpu", profile_steps=0, peak_sizes=(256,))
+    on = run_bench("tiny", "full", steps=1, warmup=1, device="gpu", profile_steps=0, peak_sizes=(256,))
     assert on["fused"] is True and on["loss"] == off["loss"]
+
+
+def test_bench_follows_minift_fused_when_not_told(fake_gpu, monkeypatch):
+    # MINIFT_FUSED=0 (read into kernels._enabled at import) turns fusion off for a bench that is not told otherwise:
+    # benchmarks/gpu.sh relies on it when the kernels fail on a device
+    from minift import kernels
+    from minift.bench import run_bench
+    monkeypatch.setattr(kernels, "_enabled", False)
+    r = run_bench("tiny", "full", steps=1, warmup=0, device="gpu", profile_steps=0, peak_sizes=(256,))
+    assert r["fused"] is False
+    assert run_bench("tiny", "full", steps=1, warmup=0, device="gpu", profile_steps=0, peak_sizes=(256,),
+                     fused=True)["fused"] is True

@@ -51,6 +51,13 @@ def _adamw(params, grads_per_step):
     return [*params.values(), *(a for s in opt.state.values() for a in s.values())]
 
 
+# the kernels each case must run on a device (and, on the fake, nothing else of minift's)
+KERNELS = {"gelu": {"minift_gelu_forward", "minift_gelu_backward"},
+           "layernorm": {"minift_layernorm_affine", "minift_layernorm_dx"},
+           "attention": {"minift_shifted_exp", "minift_softmax_dx"},
+           "adamw": {"minift_adamw_step"}}
+
+
 def _cases(xp, dtype, rng):
     """(name, function, arguments) for each fused op; arrays away from neutral points (no zero gradient)."""
     def r(*shape, scale=1.0):
@@ -64,18 +71,19 @@ def _cases(xp, dtype, rng):
 
 
 def _run(case):
-    """Run one case; its outputs on the host and the launches it made (counted on the fake)."""
+    """Run one case; its outputs on the host and the fused kernels it launched (counted on the fake)."""
     name, fn, args = case
     fakecupy.LAUNCHES.reset()
     out = fn(*args)
-    return [to_numpy(a) for a in out], fakecupy.LAUNCHES.count
+    return [to_numpy(a) for a in out], {k for k in fakecupy.LAUNCHES.by_name if k.startswith("minift_")}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_kernels_give_the_reference_bits_in_one_launch_on_the_fake(fake_gpu, dtype):
+def test_fused_kernels_give_the_reference_bits_on_the_fake(fake_gpu, dtype):
     reference = _cases(np, dtype, np.random.default_rng(0))
     for case, ref in zip(_cases(fake_gpu, dtype, np.random.default_rng(0)), reference):
-        got, _ = _run(case)
+        got, launched = _run(case)
+        assert launched == KERNELS[case[0]]                     # the fused branch ran, each of its kernels
         want, _ = _run(ref)
         for g, w in zip(got, want):
             assert g.dtype == w.dtype == np.dtype(dtype)
@@ -125,6 +133,7 @@ def test_fused_kernels_agree_with_the_reference_on_the_device(xp, dtype):
     if xp is np:
         assert all(k.get(np) is None for k in _all_kernels())
         return
+    assert all(k.get(xp) is not None for k in _all_kernels())
     fused_cases, reference_cases = (_cases(xp, dtype, np.random.default_rng(2)) for _ in range(2))
     for case, ref in zip(fused_cases, reference_cases):
         got, _ = _run(case)
@@ -157,6 +166,10 @@ def test_every_kernel_body_is_in_the_subset_the_fake_can_check():
     ("y = tanhf(x);", "unknown name"),
     ("z = x;", "before it is declared"),
     ("float z = x; y = z;", "declare local names as T"),
+    ("y = (x + 1) / 2;", "integer literal beside /"),      # 1 / 2 is 0 in C
+    ("x = x * x; y = x;", "cannot be assigned"),           # CuPy declares inputs const
+    ("const T c = 2; c = x; y = c;", "cannot be assigned"),
+    ("const T c = inf; y = x * c;", "plain number"),
     ("y = x;  // x²", "non-ASCII"),
 ])
 def test_the_fake_kernel_refuses_what_would_not_compile_or_would_compute_in_double(body, why):
@@ -172,6 +185,9 @@ def test_the_fake_kernel_broadcasts_casts_scalars_and_writes_outputs_in_place(fa
     out = k(x, np.float32(2), y, acc)
     assert out[0] is y and out[1] is acc
     np.testing.assert_array_equal(acc.get(), 1 + (2 * np.arange(6).reshape(2, 3) + 1))
+    column = fake_gpu.asarray(np.array([[10], [20]], dtype=np.float32))      # (2, 1) against (2, 3): broadcast
+    y2, acc2 = k(x, column, fake_gpu.empty_like(acc), fake_gpu.zeros_like(acc))
+    np.testing.assert_array_equal(y2.get(), np.arange(6).reshape(2, 3) * np.array([[10], [20]]) + 1)
     with pytest.raises(TypeError, match="share one dtype"):
         k(x, np.float32(2), y.astype(np.float64), acc)
     with pytest.raises(fakecupy.HostArrayError):

@@ -39,6 +39,11 @@ blocks hold B·H·Σ n·r1 numbers, (1 + b/T)/2 of the square (memory.py counts 
 back block by block. attention_probabilities(cache) rebuilds the full [B, H, T, T] array from either cache, for
 inspection and for the tests. Scaling q (T·D numbers) instead of the scores (T·T) changes rounding only: ~1e-7
 relative in float32.
+
+On a GPU every array line is a kernel launch, so the blocked path avoids lines that cost launches for nothing
+(`a[idx] += b` ends in a copy of the result back into a[idx]; adding through a view does not), and its softmax's
+`pre -= m; exp(pre)` runs as one fused CUDA kernel (SHIFTED_EXP: the same operations in the same order; the lines
+are the reference, what NumPy runs; minift/kernels.py).
 """
 from __future__ import annotations
 
@@ -191,8 +196,8 @@ def _blocked_forward(qkv, H, attention_mask, b):
     for r0, r1 in query_blocks(T, b):
         n = r1 - r0
         pre = (q[:, :, r0:r1] * scale) @ k[:, :, :r1].transpose(0, 1, 3, 2)   # 2. (B, H, n, r1)
-        diagonal = pre[..., r0:]                           #    (B, H, n, n)  a view: += writes through it
-        diagonal += causal[:n, :n]                         # 3. causal, on the diagonal square only
+        diagonal = pre[..., r0:]                           #    (B, H, n, n)  a view: += adds in place, with no
+        diagonal += causal[:n, :n]                         # 3. causal, on the diagonal square only (copy-back)
         if padding is not None:
             pre += padding[..., :r1]                       # 3. padded keys
         _softmax_rows_(pre, xp)                            # 4. (B, H, n, r1)

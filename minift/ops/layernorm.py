@@ -43,6 +43,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     rstd = (var + float(eps)) ** -0.5                      # (..., 1)  a Python float keeps var's dtype (NEP 50)
     fused = LAYERNORM_AFFINE.get(xp_of(x))
     if fused is not None:                                  # CuPy: the three lines below as one kernel
+        # xhat goes in as an output, so the kernel turns x - μ into x̂ in place; it returns (xhat, y)
         y = fused(rstd, w, b, xhat, xp_of(x).empty_like(xhat))[1]
         return y, (xhat, rstd, w)
     xhat *= rstd                                           # (..., C)  x̂ = (x - μ) · rstd, in place

@@ -21,6 +21,10 @@ Backward (the op pair, last axis), from p = softmax(x) with upstream gradient dp
   dx_i = Σ_j dp_j ∂p_j/∂x_i = p_i dp_i - p_i Σ_j dp_j p_j = p_i (dp_i - Σ_j dp_j p_j)
 so  dx = p ⊙ (dp - Σ_K dp ⊙ p): a weighted "subtract the mean". Only p is needed, so the cache is p itself.
 Entries with p = 0 (masked, or a fully masked row) get dx = 0 exactly.
+
+On a GPU the backward's last two lines run as one fused CUDA kernel (SOFTMAX_DX: the same operations in the same
+order; minift/kernels.py); the lines themselves are the reference, and what NumPy runs. The model's attention uses
+its own in-place softmax over query blocks (attention.py, `_softmax_rows_`), whose shifted exp is fused the same way.
 """
 from __future__ import annotations
 
