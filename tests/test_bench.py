@@ -4,10 +4,12 @@ assertions: timings on a shared machine say nothing about correctness."""
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
+import minift.bench
 import minift.model
 from minift import GPTConfig, MiniftError, gpu_available
 from minift.bench import (OP_ORDER, OpProfiler, add_bench, blas_info, build_step, count_flops, format_report,
@@ -34,6 +36,9 @@ def test_json_is_one_line_with_the_documented_keys(method, capsys):
     assert out.count("\n") == 1                                   # exactly one line, like torch_ref.py
     r = json.loads(out)
     assert KEYS <= set(r)
+    undocumented = [k for k in r if not re.search(rf"\b{k}\b", minift.bench.__doc__)]
+    assert not undocumented, f"JSON keys missing from minift/bench.py's docstring: {undocumented}"
+    assert r["fused"] is False and r["workers"] == 1                # nothing to fuse on the CPU
     assert (r["preset"], r["method"], r["device"], r["dtype"]) == ("tiny", method, "cpu", "float32")
     assert (r["batch"], r["seq"]) == (16, 64)                     # config.BENCH_BATCH["tiny"], n_ctx
     assert r["ms_per_step"] > 0 and r["ms_min"] <= r["ms_per_step"] <= r["ms_max"]
