@@ -13,11 +13,13 @@
 #                       and small minift also without its fused kernels (--no-fused)
 #   OUTDIR/bench.txt    the ratio tables of benchmarks/RESULTS.md made from it (benchmarks/summarize.py)
 #   OUTDIR/bench.log    run.sh's progress and any failed run
+#   OUTDIR/profile.txt  minift bench's per-op breakdown on the device, demo full fine-tuning
 #
 # The machine's tree holds only the repository: copy ../shared/bench/torch_ref.py into an ignored folder of the
 # repository first and pass its path (see "What remains" in benchmarks/RESULTS.md for the exact call).
-# Time: 1 min for the kernel check at most (KERNELS_S; seconds when they compile), 3 min of tests (TEST_S), 5.5
-# min of benchmarks (BENCH_S); each part is cut off at its limit and what it wrote so far is kept.
+# Time, at most: 60 s for the kernel check (KERNELS_S; seconds when they compile), 170 s of tests (TEST_S), 320 s
+# of benchmarks (BENCH_S), 40 s of profile (PROFILE_S): 590 s; each part is cut off at its limit and what it wrote
+# so far is kept.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [PATH/TO/torch_ref.py]}
@@ -45,13 +47,18 @@ else
 fi
 
 echo "== tests (CuPy variants, tutorial 11)"
-timeout "${TEST_S:-180}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
+timeout "${TEST_S:-170}" "$PYTHON" -m pytest tests -q -p no:cacheprovider -rs \
   -k "(cupy and not fakecupy) or on_the_gpu or 11_gpu" > "$OUT/tests.txt" 2>&1
 echo "pytest exit status $?" >> "$OUT/tests.txt"
 tail -n 5 "$OUT/tests.txt"
 
 echo "== benchmarks"
 ROUNDS=${ROUNDS:-2} DEVICE=gpu THREADS=1 PRESETS=${PRESETS:-"demo small gpt2"} METHODS="full lora" STEPS=${STEPS:-10} \
-  PYTHON=$PYTHON timeout "${BENCH_S:-330}" bash benchmarks/run.sh "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
+  PYTHON=$PYTHON timeout "${BENCH_S:-320}" bash benchmarks/run.sh "$OUT/bench.tsv" > "$OUT/bench.log" 2>&1
 "$PYTHON" benchmarks/summarize.py "$OUT/bench.tsv" > "$OUT/bench.txt" 2>&1   # also when run.sh was cut off
 cat "$OUT/bench.txt"
+
+echo "== where the time goes on the device (demo, full fine-tuning; each op synchronised)"
+timeout "${PROFILE_S:-40}" "$PYTHON" -m minift.bench --preset demo --device gpu --steps 5 --profile-steps 5 \
+  > "$OUT/profile.txt" 2>&1
+cat "$OUT/profile.txt"
