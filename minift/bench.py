@@ -73,13 +73,13 @@ Process conditions, reported in the output because they change the numbers a lot
 from __future__ import annotations
 
 import ctypes
-from contextlib import nullcontext
 import json
 import math
 import statistics
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 
 import numpy as np
 

@@ -3,8 +3,9 @@
 Why. On a GPU every line of array code (`t *= a`, `t += 1.0`, ...) is a kernel launch that reads and writes the
 whole array. A demo training step (full fine-tuning, as `minift bench` runs it) makes 1,288 launches with the
 reference lines, 676 of them AdamW's (13 per parameter; 14 with weight decay), and 527 with the kernels of this
-module, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy: `python benchmarks/launches.py`). A launch costs CuPy several microseconds of host time whatever the array's size,
-so at demo size the GPU mostly waits for Python; at GPT-2 size each extra pass costs memory bandwidth instead.
+module, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy: `python benchmarks/launches.py`).
+A launch costs CuPy several microseconds of host time whatever the array's size, so at demo size the GPU is
+expected to wait mostly for Python; at GPT-2 size each extra pass costs memory bandwidth instead.
 llm.c's CUDA code fuses its elementwise work for the same reasons. CuPy's `ElementwiseKernel` compiles a few lines
 of CUDA C into one kernel that reads each input once and writes each output once.
 
@@ -14,8 +15,8 @@ is defined in the op's own module, beside those lines, and checked against them 
   - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the kernel's body with NumPy, one
     statement over whole arrays at a time: there the fused path must equal the reference **bit for bit** (the
     training, resume and compare tests on the fake compare the GPU path with the CPU path exactly);
-  - on a real GPU (tests/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts `a * b + c` into one fused
-    multiply-add and its tanh differs from NumPy's in the last bits.
+  - on a real GPU (tests/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts
+    `a * b + c` into one fused multiply-add and its tanh differs from NumPy's in the last bits.
 Reductions (means, sums over a row) stay CuPy's own; only the elementwise chains around them are fused.
 
 Where they run: on CuPy only (NumPy has no kernel fusion; the CPU path is the reference code itself). They are on
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 import numpy as np
 
 FUSED_ENV = "MINIFT_FUSED"
+REGISTRY = {}            # name -> FusedKernel: every kernel defined, for the tests that check them all
 _enabled = os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -65,8 +67,11 @@ class FusedKernel:
     of CUDA C above. Compiled lazily, once per array module, the first time a CuPy array asks for it."""
 
     def __init__(self, name: str, in_params: str, out_params: str, body: str):
+        if name in REGISTRY:
+            raise ValueError(f"two fused kernels are named {name!r}")
         self.name, self.in_params, self.out_params, self.body = name, in_params, out_params, body
         self._compiled = {}                      # the module's ElementwiseKernel class -> the compiled kernel
+        REGISTRY[name] = self
 
     def get(self, xp):
         """The kernel for arrays of module `xp`, or None where the caller should run its reference lines: on NumPy,

@@ -20,8 +20,8 @@ would sit idle while the host catches up. It runs minift's fused kernels (minift
 `ElementwiseKernel`, which evaluates their CUDA C bodies with NumPy one statement at a time and refuses anything
 outside the small subset of C those bodies are allowed (so a body that would not compile, or that computes in
 double, fails here first), and it counts kernel launches (`LAUNCHES`), the host-side cost of a GPU step. What it
-cannot check: CUDA compilation, numerics, speed, streams, true GPU memory. The arithmetic is NumPy's, so results on the fake device are bitwise those
-of the CPU path: a test can compare the two exactly.
+cannot check: CUDA compilation, numerics, speed, streams, true GPU memory. The arithmetic is NumPy's, so results on
+the fake device are bitwise those of the CPU path: a test can compare the two exactly.
 
 Use it through the `fake_gpu` fixture (conftest.py), which makes `device="gpu"` resolve to this module.
 """
@@ -171,7 +171,8 @@ class Launches:
     that computes (matmul, sum, astype, copy, zeros, ...), every assignment into a device array, indexing with an
     array, and each fused `ElementwiseKernel` call. Views (reshape, transpose, basic slicing) and uninitialised
     allocations (empty, empty_like) launch nothing and are not counted. On a GPU each launch costs CuPy several
-    microseconds of host time however small the array: a small model's step is bounded by their number."""
+    microseconds of host time however small the array, so a small model's step is expected to be bounded by their
+    number."""
 
     NOT_LAUNCHING = frozenset({"reshape", "transpose", "swapaxes", "view", "squeeze", "expand_dims", "broadcast_to",
                                "moveaxis", "empty", "empty_like", "shape", "ndim", "result_type"})
@@ -316,8 +317,10 @@ class ElementwiseKernel:
     The body is read as a list of statements and each one is run over whole arrays, in order, with NumPy's float
     arithmetic in the arrays' dtype: the same operations in the same order as a reference chain of array lines gives
     the same bits. Only the subset of CUDA C that minift/kernels.py allows is accepted; anything else (a double
-    literal inside an expression, a name CUDA reserves, a ternary, indexing, non-ASCII text) is refused with the
-    reason, so that a body that would not compile or would compute in double on a GPU fails here first.
+    literal inside an expression, an integer literal beside `/`, an assignment to an input or a const, a name CUDA
+    reserves, a ternary, indexing, non-ASCII text) is refused with the reason, so that a body that would not
+    compile, or would compute other numbers (in double, or by integer division) on a GPU, fails here first. Every
+    assignment rounds to its target's type, as in C.
     Parameters: "T name" (T the one dtype all T arrays share; scalars cast to it) or a NumPy dtype name. Outputs may
     be passed after the inputs (all of them), and are then read and written in place, as CuPy does."""
 

@@ -196,8 +196,8 @@ def _blocked_forward(qkv, H, attention_mask, b):
     for r0, r1 in query_blocks(T, b):
         n = r1 - r0
         pre = (q[:, :, r0:r1] * scale) @ k[:, :, :r1].transpose(0, 1, 3, 2)   # 2. (B, H, n, r1)
-        diagonal = pre[..., r0:]                           #    (B, H, n, n)  a view: += adds in place, with no
-        diagonal += causal[:n, :n]                         # 3. causal, on the diagonal square only (copy-back)
+        diagonal = pre[..., r0:]                           #    (B, H, n, n)  a view (module docstring: no copy-back)
+        diagonal += causal[:n, :n]                         # 3. causal, on the diagonal square only
         if padding is not None:
             pre += padding[..., :r1]                       # 3. padded keys
         _softmax_rows_(pre, xp)                            # 4. (B, H, n, r1)
