@@ -41,6 +41,7 @@ from .evaluate import lm_loss, split_metrics
 from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits
 from .io import atomic_write, save_json
 from .memory import measure_memory, predict_memory
+from .outdir import rewriting_outputs
 
 K_TOP = 10                 # the paper's top-k singular vectors
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
@@ -256,6 +257,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     heldout, heldout_text = heldout_for_base(ccfg.base, tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)
+    rewriting_outputs(out, "results.json")          # written again last, when every run's files are in place
     runs = []
     plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
     plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
@@ -265,11 +267,12 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
                    base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread, machine=_machine(),
                    seconds=round(time.time() - t0, 1))
-    save_json(_jsonable(results), out / "results.json")
     from .report import write_plots, write_report
-    results["plots"] = write_plots(results, out)
+    plots = write_plots(results, out)
     with atomic_write(out / "report.md", "w") as f:
-        f.write(write_report(results))
+        f.write(write_report({**results, "plots": plots}))
+    save_json(_jsonable(results), out / "results.json")
+    results["plots"] = plots
     return results
 
 

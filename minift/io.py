@@ -1,8 +1,11 @@
 """Files: atomic writes, JSON and safetensors with clear errors.
 
 Every file minift writes goes through `atomic_write`: the bytes go to a temporary file in the same folder, are
-flushed and fsync'ed, and only then renamed over the target (`os.replace` is atomic on POSIX and Windows). A crash
-or Ctrl-C in the middle of a save therefore leaves either the old file or the new one in place, never half of one.
+flushed and fsync'ed, and only then renamed over the target (`os.replace` is atomic on POSIX and Windows), and the
+folder is fsync'ed so that the rename itself survives a power cut. A crash or Ctrl-C in the middle of a save
+therefore leaves either the old file or the new one in place, never half of one. What a process killed outright
+(SIGKILL, a power cut) can leave is the temporary file itself, named TEMP_GLOB; the next command on that output folder
+removes it (`minift/outdir.py: settle`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from .errors import MiniftError
 
+TEMP_GLOB = ".*.tmp"          # atomic_write's temporary files: "." + the target's name + a random part + ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
@@ -23,10 +28,8 @@ def atomic_write(path, mode="wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes 0600; give the file the permissions open() would
     try:
+        os.chmod(tmp, _mode_for(path))      # mkstemp makes 0600; give the file the mode a plain open() would
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:   # text: UTF-8 always
             yield f
             f.flush()
@@ -36,6 +39,36 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The existing file's permissions, or 0666 minus the umask for a new file."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX). Windows cannot open a folder; some file systems (network mounts)
+    refuse to sync one: there the file is written and renamed all the same, only not yet forced to the disk."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """UTF-8 with "\\n" line endings on every platform (so that regenerated data files compare byte for byte)."""
+    with atomic_write(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
 
 
 def save_json(obj, path):

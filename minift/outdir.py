@@ -8,24 +8,40 @@ write, and never loses an earlier run because the new one failed.
     anything minift did not write     refused, with or without flags
     leftovers of a run that failed    (folders without a file, the run.json marker) reused as if empty
     before it saved anything
+    leftovers of a process killed     atomic_write's temporary files, checkpoint folders cut short: removed
+    outright (SIGKILL, power cut)
 
 A run "has something" once it holds a result (pretrain.json, finetune.json, results.json) or a checkpoint
-(`checkpoints/latest`, in compare one per method). `run.json` names the command that made the folder and its command line.
+(`checkpoints/step-NNNNNN/`, in compare one such folder per method). `run.json` names the command that made the folder
+and its command line.
 
 --overwrite moves the earlier run aside into `.minift-replaced/` and deletes it only when the new run has something;
 if the new run fails before that (bad input found late, a crash, Ctrl-C before the first checkpoint), the new run's
 files are removed and the earlier run is moved back. A process killed outright leaves the folder aside; the next
 command on this --out settles it by the same rule before doing anything else.
+
+A command's summary (pretrain.json, finetune.json, results.json) is written last, after the model, adapter and report
+files, and is removed before they are rewritten (`rewriting_outputs`): a folder whose summary is there holds outputs
+that belong together, even if a process was killed while saving them (then --resume saves them again from the final
+checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same folder is
+refused instead of tidying away the first one's files.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from .errors import MiniftError
-from .io import save_json
+from .io import TEMP_GLOB, save_json
+from .train import PARTIAL_GLOB, latest_checkpoint
+
+try:
+    import fcntl                       # POSIX; on Windows --out is not locked
+except ImportError:                    # pragma: no cover
+    fcntl = None
 
 # What minift writes directly inside --out; --overwrite moves these and nothing else.
 NAMES = ("run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
@@ -36,7 +52,12 @@ SUMMARIES = {"pretrain.json": "pretrain", "finetune.json": "finetune", "results.
 
 
 def _ours(e: Path) -> bool:
-    return e.name in NAMES or any(e.match(p) for p in PATTERNS)
+    return e.name in NAMES or any(e.match(p) for p in PATTERNS) or _is_temp_of_ours(e)
+
+
+def _is_temp_of_ours(e: Path) -> bool:
+    """".finetune.json.k2x9_a1b.tmp": what atomic_write was writing onto one of minift's names when it was killed."""
+    return e.match(TEMP_GLOB) and _ours(e.with_name(e.name[1:-len(".tmp")].rsplit(".", 1)[0]))
 
 
 def entries(out: Path):
@@ -47,11 +68,24 @@ def entries(out: Path):
 
 def has_something(out: Path) -> bool:
     """Whether out holds a result or a checkpoint: something a person would not want to lose."""
-    def has_checkpoint(folder, depth):          # folder/checkpoints/latest, or one or two folders further down
-        return (folder / "checkpoints" / "latest").is_file() or depth > 0 and any(
+    def has_checkpoint(folder, depth):          # in folder/checkpoints, or one or two folders further down
+        return _resumable(folder / "checkpoints") or depth > 0 and any(
             has_checkpoint(sub, depth - 1) for sub in folder.iterdir() if sub.is_dir() and _ours(sub))
     # depth 2: compare's extra seeds keep theirs in seed-1/lorar4/checkpoints
     return out.is_dir() and (any((out / n).is_file() for n in SUMMARIES) or has_checkpoint(out, 2))
+
+
+def _resumable(checkpoints: Path) -> bool:
+    try:
+        return checkpoints.is_dir() and latest_checkpoint(checkpoints) is not None
+    except MiniftError:                         # `latest` names a missing folder: still a run, --resume will say so
+        return True
+
+
+def rewriting_outputs(out: Path, summary: str) -> None:
+    """Call before (re)writing a command's outputs in out: removes its summary file, written again last (module
+    docstring), so that a kill in between never leaves a summary beside outputs from another step."""
+    (Path(out) / summary).unlink(missing_ok=True)
 
 
 def made_by(out: Path) -> str | None:
@@ -80,10 +114,23 @@ def _remove(e: Path) -> None:
         e.unlink()
 
 
+def _remove_killed_writes(out: Path) -> None:
+    """What a process killed outright leaves: atomic_write's temporary files (beside minift's files at the top, or
+    anywhere in its folders) and checkpoint folders it was still writing (.step-NNNNNN.partial)."""
+    ours = entries(out)[0]
+    stale = [e for e in ours if _is_temp_of_ours(e)]
+    for folder in (e for e in ours if e.is_dir() and not e.is_symlink()):
+        stale += [*folder.rglob(PARTIAL_GLOB), *folder.rglob(TEMP_GLOB)]
+    for e in stale:
+        if e.exists():                          # (a temp file inside a partial folder went with it)
+            _remove(e)
+
+
 def settle(out: Path) -> bool:
-    """After a command (and before one, for a run killed outright): keep the earlier run set aside by --overwrite
-    if the new one has nothing yet, else drop it; then clear leftovers that hold nothing. True when the earlier run
-    was put back."""
+    """After a command (and before one, for a run killed outright): remove what killed writes left; keep the earlier
+    run set aside by --overwrite if the new one has nothing yet, else drop it; then clear leftovers that hold nothing.
+    True when the earlier run was put back."""
+    _remove_killed_writes(out)
     aside, restored = out / ASIDE, False
     if aside.is_dir():
         if has_something(out):
@@ -110,7 +157,7 @@ class RunFolder:
     def __init__(self, path, command: str, resume=False, overwrite=False, inputs=None, argv=None):
         self.out, self.command, self.argv = Path(path), command, argv
         self.resume, self.overwrite, self.inputs = resume, overwrite, inputs or {}
-        self.created = False
+        self.created, self._lock, self._held = False, None, False     # _held: this command may change --out
 
     def open(self) -> None:
         out = self.out
@@ -119,6 +166,7 @@ class RunFolder:
         if out.exists() and not out.is_dir():
             raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
         if out.is_dir():
+            self._take_lock()
             settle(out)
         ours, others = entries(out) if out.is_dir() else ([], [])
         if others:
@@ -127,16 +175,33 @@ class RunFolder:
         if self.resume:
             self._check_resumable(ours)
         elif ours and not self.overwrite:
-            what = "a previous run" if has_something(out) else "an incomplete run's files (no result, no checkpoint)"
-            raise MiniftError(f"--out {out} already holds {what}: --resume to continue it, --overwrite to replace "
-                              "it, or another --out")
+            if has_something(out):
+                raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite "
+                                  "to replace it, or another --out")
+            raise MiniftError(f"--out {out} holds files of a run that saved no result and no checkpoint (nothing "
+                              "to resume): --overwrite to replace them, or another --out")
         elif ours:
             self._set_aside(ours)
         self.created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)          # now, so that a folder we cannot write fails before training
+        self._take_lock()
         if not (out / "run.json").is_file():
             save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            **({"argv": ["minift", *self.argv]} if self.argv is not None else {})), out / "run.json")
+
+    def _take_lock(self) -> None:
+        """An exclusive lock on the folder itself, held until close() (the system drops it if the process dies)."""
+        if fcntl is None or self._lock is not None:
+            self._held = True
+            return
+        fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MiniftError(f"--out {self.out} is in use by another minift command that is still running; wait "
+                              "for it, stop it, or give another --out") from None
+        self._lock, self._held = fd, True
 
     def _check_resumable(self, ours) -> None:
         out, made = self.out, made_by(self.out) if ours else None
@@ -160,12 +225,17 @@ class RunFolder:
             e.rename(aside / e.name)
 
     def close(self) -> str | None:
-        """Settle --out; returns a note for the user when the earlier run was put back."""
-        if not self.out.is_dir():
-            return None
-        restored = settle(self.out)
-        if self.created and not any(self.out.iterdir()):
-            self.out.rmdir()                             # a new folder the run left empty: as if never made
+        """Settle --out and release it; returns a note for the user when the earlier run was put back."""
+        try:
+            if not self._held or not self.out.is_dir():     # (refused before it was ours: another command's)
+                return None
+            restored = settle(self.out)
+            if self.created and not any(self.out.iterdir()):
+                self.out.rmdir()                         # a new folder the run left empty: as if never made
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)                     # closing the descriptor releases the lock
+                self._lock = None
         return (f"--out {self.out}: the earlier run is back as it was (--overwrite replaces it only with a run that "
                 "has a result or a checkpoint)") if restored else None
 

@@ -24,6 +24,7 @@ from .evaluate import lm_loss
 from .io import load_json, save_json
 from .memory import check_fits
 from .model import GPT
+from .outdir import rewriting_outputs
 from .tokenizer import Tokenizer
 from .train import TrainConfig, train
 
@@ -134,6 +135,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
                    resume=resume, progress=progress, desc=f"pretrain {name}")
+    rewriting_outputs(out_dir, "pretrain.json")      # written again last: then the folder is complete
     model.save_pretrained(out_dir / "model", tok)
     tok.save(out_dir / "model" / "tokenizer.json")
     summary = dict(preset=name, model_config=cfg.to_dict(),

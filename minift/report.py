@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .io import atomic_write
+
 MiB = 1024 * 1024
 
 
@@ -63,8 +65,9 @@ def claims(results) -> list:
         return [f"The claims compare full fine-tuning with LoRA at r={cfg['rank']}, and this run has no {missing}: "
                 "add the missing method to --methods to check them."]
     fewer = 1 - lora["trainable"] / full["trainable"]
-    out.append(f"**\"90% fewer parameters\"** — LoRA r={cfg['rank']} trains {lora['trainable']:,} of "
-               f"{full['trainable']:,} parameters: {100 * fewer:.1f}% fewer. "
+    out.append(f"**\"90% fewer parameters\"** — LoRA r={cfg['rank']} trains {lora['trainable']:,} parameters "
+               f"where full fine-tuning trains {full['trainable']:,}: {100 * fewer:.1f}% fewer (the table's share "
+               "is of LoRA's own total, base and adapters). "
                f"{'Held' if fewer >= 0.9 else 'Did not hold'} here (and the gap widens with model size).")
     less_time = 1 - lora["ms_per_step"] / full["ms_per_step"]
     change = f"{100 * less_time:.0f}% less time" if less_time >= 0 else f"{-100 * less_time:.0f}% MORE time"
@@ -216,7 +219,8 @@ def write_plots(results, out: Path) -> list:
 
     def save(fig, name):
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        with atomic_write(out / name) as f:
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         names.append(name)
 

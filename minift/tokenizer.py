@@ -138,7 +138,7 @@ class Tokenizer:
 
     def save(self, path) -> Path:
         """Write tokenizer.json atomically (temp file in the same folder, fsync, rename)."""
-        from .data._io import atomic_write_text
+        from .io import atomic_write_text
         return atomic_write_text(path, self.to_json())
 
     def to_json(self) -> str:

@@ -13,7 +13,8 @@ Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the 
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
 SHA-256. A checkpoint is written into a hidden `.step-000100.partial/` and renamed when complete, and only then does
 `out_dir/latest` (written atomically) point at it, so a crash during a save leaves the previous checkpoint in force
-and no half-written step folder. Resuming restores all of it: the resumed run ends bitwise identical to an
+and no half-written step folder (a process killed between the rename and `latest` leaves no `latest`: then the newest
+step folder is the one in force). Resuming restores all of it: the resumed run ends bitwise identical to an
 uninterrupted one.
 
 Stopping: the first Ctrl-C (SIGINT) or SIGTERM during train() lets the step under way finish, then writes a
@@ -48,6 +49,7 @@ from .optim import AdamW, clip_grad_norm, lr_schedule
 from .parallel import check_splittable, split_loss_and_grads
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
+PARTIAL_GLOB = ".step-*.partial"      # a checkpoint being written; one that is not being written was cut short
 # TrainConfig fields a resumed run may change: they do not alter what a step computes (workers: only the order of a
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
@@ -111,16 +113,17 @@ class TrainingInterrupted(KeyboardInterrupt):
     or after a second signal the last one saved before; None if there is none); steps_done: the steps completed;
     at_step_end: False when a second signal cut a step."""
 
-    def __init__(self, signum, steps_done=None, checkpoint=None, at_step_end=True, out_dir=None):
+    def __init__(self, signum, steps_done=None, checkpoint=None, at_step_end=True, out_dir=None,
+                 cut="in the middle of a step"):
         super().__init__(signum)
         self.signum, self.steps_done, self.checkpoint = signum, steps_done, checkpoint
-        self.at_step_end, self.out_dir = at_step_end, out_dir
+        self.at_step_end, self.out_dir, self.cut = at_step_end, out_dir, cut
 
     def __str__(self):
         what = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
         resume = "run the same command with --resume to continue"
         if not self.at_step_end:
-            cut = f"stopped at once by a second {what}, in the middle of a step"
+            cut = f"stopped at once by a second {what}, {self.cut}"
             if self.checkpoint is None:
                 return f"{cut}: nothing was saved" + (f" in {self.out_dir}" if self.out_dir else " (no output folder)")
             return f"{cut}: the last checkpoint, {self.checkpoint}, is intact; {resume} from it"
@@ -133,7 +136,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 class _StopAtStepEnd:
     """Within `with`: the first SIGINT/SIGTERM is noted (`signum`) for the loop to act on between steps; a second
     raises TrainingInterrupted at once. Signal handlers can only be set from the main thread; elsewhere (a thread
-    pool, some notebook setups) this does nothing and signals keep their usual effect."""
+    pool, some notebook setups) this does nothing and signals keep their usual effect. A signal the process was told
+    to ignore stays ignored (a shell starts background jobs, `cmd &`, with SIGINT ignored; Python keeps that too)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -151,7 +155,8 @@ class _StopAtStepEnd:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) != signal.SIG_IGN:
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc):
@@ -201,7 +206,7 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
     for resume to check."""
     out_dir = Path(out_dir)
     folder = out_dir / f"step-{step:06d}"
-    for stale in out_dir.glob(".step-*.partial"):      # left by a save that was cut short
+    for stale in out_dir.glob(PARTIAL_GLOB):           # left by a save that was cut short
         shutil.rmtree(stale, ignore_errors=True)
     partial = out_dir / f".{folder.name}.partial"
     partial.mkdir(parents=True)
@@ -215,7 +220,7 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
         raise
     with atomic_write(out_dir / "latest", "w") as f:
         f.write(folder.name + "\n")
-    for old in sorted(out_dir.glob("step-*"))[:-CHECKPOINT_KEEP]:
+    for old in step_folders(out_dir)[:-CHECKPOINT_KEEP]:
         if old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
     return folder
@@ -247,10 +252,19 @@ def resumed_warmup(out_dir, resume: bool, derived: int) -> int:
     return warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0 else derived
 
 
+def step_folders(out_dir) -> list[Path]:
+    """The complete checkpoints in out_dir (renamed from .partial, so complete), oldest step first."""
+    done = [f.parent for f in Path(out_dir).glob("step-*/state.json") if f.parent.name[5:].isdigit()]
+    return sorted(done, key=lambda f: int(f.name[5:]))
+
+
 def latest_checkpoint(out_dir) -> Path | None:
+    """The checkpoint in force: the one `latest` names (edit it to resume from another), else the newest step folder
+    (a save killed between its rename and writing `latest`), else None."""
     pointer = Path(out_dir) / "latest"
     if not pointer.is_file():
-        return None
+        done = step_folders(out_dir)
+        return done[-1] if done else None
     folder = Path(out_dir) / pointer.read_text().strip()
     if not (folder / "state.json").is_file():
         raise MiniftError(f"{pointer} points at {folder}, which is not a complete checkpoint")
@@ -384,13 +398,16 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             if stop.signum is not None:              # arrived during the final evaluation or save: both finished
                 raise TrainingInterrupted(stop.signum)
         except TrainingInterrupted as e:
-            e.out_dir, e.steps_done = out_dir, result.steps_done
             if e.at_step_end:
-                e.checkpoint = checkpoint(result.steps_done)    # a state the uninterrupted run also passes through
-            elif out_dir is not None:
+                try:
+                    e.checkpoint = checkpoint(result.steps_done)    # a state the uninterrupted run also passes through
+                except TrainingInterrupted as second:               # a second signal cut that save short
+                    second.cut, e = "while saving a checkpoint", second
+            e.out_dir, e.steps_done = out_dir, result.steps_done
+            if not e.at_step_end and out_dir is not None:
                 with contextlib.suppress(MiniftError):
                     e.checkpoint = latest_checkpoint(out_dir)   # what is really on disk, from this run or before
-            raise
+            raise e from None
         finally:
             bar.close()
     return result

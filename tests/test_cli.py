@@ -372,3 +372,71 @@ def test_forgetting_text_follows_what_the_base_read(pretrained, tmp_path, capsys
         heldout_for_base(out / "model", tok)
     assert main(["pretrain", "--files", str(notes), "--chars", "1000", "--out", str(tmp_path / "p")]) == 1
     assert "drop --chars" in capsys.readouterr().err
+
+
+def test_what_a_killed_write_leaves_is_removed_and_the_run_resumes(pretrained, tmp_path):
+    """kill -9 inside atomic_write leaves its temporary file (at the top of --out, or in model/ or adapter/), inside
+    a checkpoint save a .step-NNNNNN.partial/ folder: the next command removes them instead of refusing the folder
+    or keeping stray copies of the weights."""
+    ft = ["finetune", "--method", "lora", "--rank", "2", "--merge", "--base", str(pretrained / "model"), "--batch",
+          "4", "--train-size", "16", "--quiet"]
+    run = tmp_path / "run"
+    assert main(ft + ["--steps", "2", "--out", str(run)]) == 0
+    (run / "finetune.json").unlink()                              # killed while saving the final outputs:
+    stale = [run / ".finetune.json.k2x9_a1b.tmp", run / "model" / ".model.safetensors.abc123.tmp",
+             run / "adapter" / ".adapter_model.safetensors.x7.tmp",
+             run / "checkpoints" / ".step-000004.partial" / "weights.safetensors"]
+    for p in stale:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"half a file")
+    assert main(ft + ["--steps", "2", "--out", str(run), "--resume"]) == 0    # the final save, done again
+    assert not any(p.exists() for p in stale) and not stale[-1].parent.exists()
+    assert json.loads((run / "finetune.json").read_text())["steps"] == 2
+    (run / "checkpoints" / "latest").unlink()                   # killed between a checkpoint's rename and `latest`
+    assert main(ft + ["--steps", "3", "--out", str(run), "--resume"]) == 0     # resumes from the newest step folder
+    assert json.loads((run / "finetune.json").read_text())["steps"] == 3
+
+
+def test_outputs_are_complete_when_the_summary_is_there(pretrained, tmp_path, monkeypatch, capsys):
+    """The summary is removed before the outputs are rewritten and written last: a failure in between leaves no
+    finetune.json beside an adapter of another step."""
+    import minift.lora as lora_module
+    ft = ["finetune", "--method", "lora", "--rank", "2", "--base", str(pretrained / "model"), "--batch", "4",
+          "--train-size", "16", "--quiet"]
+    run = tmp_path / "run"
+    assert main(ft + ["--steps", "2", "--out", str(run)]) == 0
+
+    def disk_full(*args, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(lora_module, "save_safetensors", disk_full)
+    assert main(ft + ["--steps", "3", "--out", str(run), "--resume"]) == 1
+    assert "No space left" in capsys.readouterr().err and not (run / "finetune.json").exists()
+    monkeypatch.undo()
+    assert main(ft + ["--steps", "3", "--out", str(run), "--resume"]) == 0     # the checkpoint of step 3 is there
+    assert json.loads((run / "finetune.json").read_text())["steps"] == 3
+
+
+def test_a_folder_in_use_by_another_command_is_refused_and_left_alone(tmp_path):
+    from minift.outdir import RunFolder, fcntl
+    if fcntl is None:
+        pytest.skip("no folder locks on this platform")
+    first = RunFolder(tmp_path / "run", "finetune", argv=[])
+    first.open()
+    second = RunFolder(tmp_path / "run", "finetune", overwrite=True, argv=[])
+    with pytest.raises(MiniftError, match="in use by another minift command"):
+        second.open()
+    assert second.close() is None and (tmp_path / "run" / "run.json").is_file()     # the first one's, untouched
+    first.close()
+    assert not (tmp_path / "run").exists()               # the first run saved nothing: the folder it made goes
+    third = RunFolder(tmp_path / "run", "finetune", argv=[])
+    third.open()                                         # free again
+    third.close()
+
+
+def test_a_folder_without_a_result_or_checkpoint_is_not_offered_to_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert main(["finetune", "--method", "head", "--steps", "1", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--overwrite" in err and "--resume to" not in err

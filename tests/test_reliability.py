@@ -256,3 +256,43 @@ def test_a_second_signal_during_the_final_evaluation_names_the_checkpoint_on_dis
     assert not stop.value.at_step_end and stop.value.steps_done == 4
     assert stop.value.checkpoint == latest_checkpoint(tmp_path) and latest_checkpoint(tmp_path).name == "step-000002"
     assert str(tmp_path / "step-000002") in str(stop.value)
+
+
+def test_a_second_signal_while_saving_the_checkpoint_says_so_and_names_the_one_on_disk(tmp_path, monkeypatch):
+    import minift.train as train_module
+    tcfg = TrainConfig(steps=6, batch_size=4, warmup=1, save_every=2)
+    real = train_module.save_safetensors
+
+    def second_signal_in_the_save_of_step_3(tensors, path, *a, **kw):
+        if ".step-000003.partial" in str(path):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(tensors, path, *a, **kw)
+    monkeypatch.setattr(train_module, "save_safetensors", second_signal_in_the_save_of_step_3)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4), at=2), tcfg, out_dir=tmp_path, progress=False)
+    assert not stop.value.at_step_end and stop.value.out_dir == tmp_path and stop.value.steps_done == 3
+    assert stop.value.checkpoint == latest_checkpoint(tmp_path) == tmp_path / "step-000002"
+    assert "while saving a checkpoint" in str(stop.value) and "step-000002" in str(stop.value)
+    assert not list(tmp_path.glob(".step-*"))                 # the cut save left nothing behind
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """A shell starts `cmd &` with SIGINT ignored, and Python keeps it so; train() must not take it back."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = train(tiny(), SignalAt(LMSource(stream(), 16, 4), at=1), TrainConfig(steps=3, batch_size=4,
+                       warmup=1), out_dir=tmp_path, progress=False)
+        assert result.steps_done == 3 and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_without_latest_the_newest_complete_step_folder_is_in_force(tmp_path):
+    """A save killed between renaming its folder and writing `latest`; step numbers past 999,999 sort as numbers."""
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup=1, save_every=2)
+    train(tiny(), LMSource(stream(), 16, 4), tcfg, out_dir=tmp_path, progress=False)
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000004"
+    (tmp_path / "step-000004").rename(tmp_path / "step-1000000")
+    (tmp_path / "step-999999").mkdir()                            # no state.json: not a complete checkpoint
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-1000000"

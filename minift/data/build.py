@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from ._io import atomic_write_text
+from ..io import atomic_write_text
 from .pydoc_corpus import pydoc_corpus
 from .tasks import SIZES, TASK_NAMES, write_tasks
 from .world import WORLD_SEED, world_corpus
