@@ -404,7 +404,9 @@ exercise("Exercise 2 (greedy decoding)", check_greedy, my_greedy, solution_greed
 # 通过持续微调来不断改进模型的性能" — *as new data accumulates, keep improving the model by continuing to train it.*
 # Continue this tutorial's run for `extra` more steps: call `pretrain` again with the same arguments, `steps`
 # raised by `extra`, and `resume=True`, which restores the latest checkpoint in `run_dir` (weights, optimizer state,
-# data position) and carries on. Return the new summary.
+# data position) and carries on. Return the new summary. (This continues on the same corpus, further through its
+# stream: the mechanism of continual training. New data would be a fine-tune from the saved model on other text,
+# `minift pretrain` cannot resume onto a different corpus, since resume checks that the data is the same.)
 
 # %%
 def my_continue(extra):

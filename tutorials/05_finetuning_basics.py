@@ -130,11 +130,12 @@ print("balanced, templates held out, splits disjoint, rule_label 100% on all", s
 # w_\text{not} + w_\text{bad} > 0,$$
 #
 # so $w_\text{not} < -w_\text{tasty} < 0$ and $w_\text{not} > -w_\text{bad} > 0$: impossible. The label is the XOR of
-# "negated?" and "positive adjective?", the textbook function no linear classifier computes. Contrast is worse: the
-# two clauses always disagree, so their words cancel. Exercise 3 measures a word counter: 100% on plain reviews, 0% on
-# negation and contrast. Keep this in mind for step 3 — with one caution: the head there reads the base's hidden
-# state, a nonlinear function of the words, not their counts, so this argument alone does not condemn it (section
-# 7 finds what does).
+# "negated?" and "positive adjective?", the textbook function no linear classifier computes. Contrast is worse: the two
+# clauses always disagree, so their words cancel. Exercise 3 measures the simplest such classifier, a fixed lexicon
+# (+1/−1 per adjective, 0 for every other word, "not" included): 100% on plain reviews, 0% on negation and contrast.
+# That shows one choice of weights failing; the inequalities above are what say that every choice fails somewhere. Keep
+# this in mind for step 3 — with one caution: the head there reads the base's hidden state, a nonlinear function of the
+# words, not their counts, so this argument alone does not condemn it (section 7 finds what does).
 
 # %% [markdown]
 # ## 2. Step 1 — load the pretrained model (加载预训练模型)
@@ -571,7 +572,9 @@ exercise("Exercise 2 (last real token)", check_last_index, my_last_index, soluti
 # **Exercise 3 — the word counter.** Classify a review by the sign of $\sum_\text{words} \text{pol}(w)$, with
 # `pol = adjective_polarity()` (+1 / −1 for each review adjective, 0 for other words); a sum of 0 counts as wrong.
 # Return its accuracy per kind on the test records. The check expects 100% on plain reviews and 0% on negation and
-# contrast — section 1's argument, measured.
+# contrast: section 1's four reviews, seen on the whole test split. (With "not" weighted 0 this lexicon fails on
+# negation by construction; giving "not" a weight trades the failure between "not tasty" and "not bad", as the
+# inequalities of section 1 predict: try it.)
 
 # %%
 def my_word_counter(recs):

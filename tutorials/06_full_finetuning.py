@@ -41,9 +41,9 @@
 #    (`TrainingDiverged`) fires;
 # 6. deployment: one self-contained model folder, reloaded bit for bit, and its inference speed.
 #
-# **Time:** about 2 minutes normally (a 400-step fine-tune, a 200-step small-data run, three 150-step runs: 108 s
-# measured, 2¼ minutes while other jobs competed for the cores), about 25 s in fast mode (`MINIFT_FAST=1`), on
-# 2 CPU cores of a shared, busy machine. 30 minutes to read.
+# **Time:** 2–2½ minutes normally (a 400-step fine-tune, two 200-step small-data runs, full and LoRA, three 150-step
+# runs: 127 s measured with `OPENBLAS_NUM_THREADS=1` while other jobs competed for the cores), about 25 s in fast mode
+# (`MINIFT_FAST=1`), on 2 CPU cores of a shared, busy machine. 30 minutes to read.
 #
 # **Prerequisite:** tutorial 05 (the task, the head, `finetune`).
 
@@ -55,10 +55,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from _tutorial import FAST, exercise, out_dir, pick, show
-from minift import GPT, GPTConfig
+from minift import GPT, GPTConfig, LoRAConfig
 from minift.data import task_source
 from minift.evaluate import split_metrics
-from minift.finetune import FinetuneConfig, finetune, load_task_splits, setup_method
+from minift.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, HEAD, FinetuneConfig, finetune, load_task_splits, \
+    setup_method
 from minift.memory import format_memory, predict_memory
 from minift.model import param_shapes
 from minift.pretrain import load_base
@@ -191,11 +192,13 @@ print(f"forward {fwd_ms:.1f} ms, forward + backward {fwd_bwd_ms:.1f} ms (ratio {
       f"section 1's run averaged {summary['ms_per_step']:.0f} ms per step")
 
 # %% [markdown]
-# A backward costs about twice a forward (for each linear: $\bar x = \bar y W^\top$ and $\bar W = x^\top \bar y$,
-# two matmuls per forward matmul), so forward + backward is about 3× a forward; small ops and Python overhead blur
-# it at this size. The run's average adds clipping and the AdamW update (a few array passes over all $P$ parameters)
-# and batches of varying length — and on a shared machine, whatever else was running: compare timings only within
-# one run of this tutorial.
+# A backward costs about twice a forward (for each linear: $\bar x = \bar y W^\top$ and $\bar W = x^\top \bar y$, two
+# matmuls per forward matmul), so by FLOPs forward + backward is about 3× a forward. Measured it comes out higher at
+# this size, 3–5×: the backward's non-matmul ops (softmax, GELU, LayerNorm, cross-entropy) take several passes where
+# their forward takes one or two, and its temporaries are fresh memory, while Python's per-op overhead weighs the same
+# on both sides. The run's average adds clipping and the AdamW update (a few array passes over all $P$ parameters) and
+# batches of varying length — and on a shared machine, whatever else was running: compare timings only within one run of
+# this tutorial.
 #
 # **Check.** The prediction's gradient and optimizer terms are exactly $4P$ and $8P$ bytes for $P$ = every
 # parameter (float32); the LoRA step trains under 10% as many.
@@ -285,20 +288,49 @@ show(fig, "06_overfitting")
 # reviews correctly with a training loss near 0.001, while validation accuracy stays at chance and validation loss
 # climbs from its start near $\log 2$ to over 3 — the model is confidently wrong. It never gets better on validation:
 # the lowest validation loss is the untrained model's, at step 0. 64 reviews cannot pin down the composition rules (a
-# million parameters can memorise the 64 through names, templates and word pairings instead). Whether LoRA, with
-# about 6% of the trainable parameters, overfits *less* is the article's claim in §4.2. The MIT paper does not test
-# it; the LoRA paper's one low-data test (its appendix F.3: GPT-3 on MNLI with 100, 1k and 10k examples) found LoRA
-# 3.6 points ahead of full fine-tuning at 100 examples and level at 1k and 10k, reporting accuracy only, not a
-# train–validation gap. Here it is a hypothesis, and `minift compare --train-size 64` measures it.
+# million parameters can memorise the 64 through names, templates and word pairings instead).
+#
+# Does LoRA, with about 6% of the trainable parameters, overfit *less*? That is the article's claim in §4.2. The MIT
+# paper does not test it; the LoRA paper's one low-data test (its appendix F.3: GPT-3 on MNLI with 100, 1k and 10k
+# examples) found LoRA 3.6 points ahead of full fine-tuning at 100 examples and level at 1k and 10k, reporting
+# accuracy only, not a train–validation gap. Measure it: the same 64 reviews, the same steps and batches, LoRA r = 8
+# on all four linears of every block with `finetune`'s default rates (adapters $2\cdot10^{-3}$, head
+# $3\cdot10^{-4}$).
+
+# %%
+small_lora = base.to()
+small_lora.add_classification_head(small_train.label_names, seed=0)
+setup_method(small_lora, "lora", LoRAConfig(r=8, alpha=16, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")))
+lora_run = train(small_lora, task_source(small_train, tok, 128, 16, seed=0),
+                 TrainConfig(steps=small_steps, batch_size=16, lr=DEFAULT_LR["lora"], warmup=20, eval_every=10,
+                             lr_scale={HEAD: DEFAULT_HEAD_LR["lora"] / DEFAULT_LR["lora"]}),
+                 evaluate=both_splits, progress=not FAST)
+lora_end = lora_run.evals[-1]
+print(f"{small_lora.num_params(trainable_only=True):,} trainable parameters (full: {small.num_params():,})")
+for label, e in (("full", end), ("lora r=8", lora_end)):
+    print(f"  {label:<9} at step {e['step']}: train loss {e['train_loss']:.4f} acc {e['train_accuracy']:.3f} | "
+          f"validation loss {e['val_loss']:.3f} acc {e['val_accuracy']:.3f}")
+
+# %% [markdown]
+# In the measured normal-mode run LoRA memorised the 64 too — a bit more slowly (training accuracy 0.95 at step 40,
+# 1.00 by step 60, where full fine-tuning had it by step 30) — and ended no better on validation: accuracy at chance
+# (0.480, full 0.485), validation loss up from $\log 2$ to 3.17 (full 3.87). Six percent of the parameters is still
+# 66,000 numbers for 64 reviews; fewer trainable numbers slowed the memorising a little and did not stop it. So at
+# this size the article's "less overfitting on small data" does not show. The defence that works for either method
+# is to stop early, at the lowest validation loss (Exercise 3); `minift compare --train-size 64 --ranks 1,2,4`
+# measures the same comparison over ranks, and `--seeds 1,2` over seeds.
 #
 # **Check.** At the end: training loss below 0.01 and training accuracy 100%; validation loss at least 1.0 above
 # its lowest value and above $\log 2$; validation accuracy within 0.1 of chance; and (normal mode) the lowest
-# validation loss at step 0.
+# validation loss at step 0. LoRA: training accuracy at least 0.95, validation accuracy within 0.1 of chance and
+# validation loss above $\log 2$.
 
 # %%
 assert end["train_loss"] < 0.01 and end["train_accuracy"] == 1.0
 assert end["val_loss"] > best["val_loss"] + 1.0 and end["val_loss"] > math.log(2)
 assert abs(end["val_accuracy"] - 0.5) < 0.1
+assert lora_end["train_accuracy"] >= 0.95 and abs(lora_end["val_accuracy"] - 0.5) < 0.1
+assert lora_end["val_loss"] > math.log(2)
 if not FAST:
     assert best["step"] == 0                               # never better than the untrained model on validation
 
@@ -429,7 +461,7 @@ assert split_metrics(deployed, test_split, tok, 128)["accuracy"] == summary["tes
 # | all parameters are updated | every tensor moved; entries whose gradient is always 0 (unused positions and tokens) did not |
 # | 计算成本高 high cost | 1 gradient + 2 AdamW floats per parameter; at this size activations still dominate the step's memory |
 # | 参数量大 large checkpoints | $4P$ bytes for every fine-tune; a LoRA adapter is 1.6% (r = 8, `c_attn`) to 6% (r = 8, all linears) of that |
-# | 过拟合风险 overfitting on small data | 64 reviews: training loss → 0.001 in about 8 epochs, validation loss far above $\log 2$ |
+# | 过拟合风险 overfitting on small data | 64 reviews: training loss → 0.001 in about 8 epochs, validation loss far above $\log 2$; LoRA r = 8 overfits them as well, a little more slowly |
 # | 训练不稳定 unstable | a learning rate 10–100× too large makes the loss jump; NaN needs an absurd one |
 #
 # ## Exercises

@@ -454,11 +454,12 @@ print(f"the unmerged branches' FLOPs over the four linears' own: {lora_count(dem
       f"{sum(i * o for i, o in demo_all):,} = {branch_share:.1%}")
 
 # %% [markdown]
-# The two forward times differ by noise: unmerged, each adapted linear adds the branch's $2NR(I+O)$ FLOPs to its
-# $2NIO$. Over a block's four linears $\sum (I+O) = 16C$ and $\sum IO = 12C^2$, so the branches add
-# $16rC / 12C^2 = 4r/(3C)$ — 8.3% at $r = 8$, $C = 128$ (per block $16{,}384 / 196{,}608$; section 5's 6% is a share
-# of the whole model's *parameters*, embeddings included). That is too little to see on a shared machine at this
-# size. (In tutorial 06's terms: a merged LoRA model deploys exactly like a full fine-tune, at the base's cost.)
+# Expect the unmerged forward to be slower by about the branches' share, at the edge of a shared machine's noise (one
+# run here measured 12%): unmerged, each adapted linear adds the branch's $2NR(I+O)$ FLOPs to its $2NIO$. Over a block's
+# four linears $\sum (I+O) = 16C$ and $\sum IO = 12C^2$, so the branches add $16rC / 12C^2 = 4r/(3C)$ — 8.3% at $r = 8$,
+# $C = 128$ (per block $16{,}384 / 196{,}608$; section 5's 6% is a share of the whole model's *parameters*, embeddings
+# included), and the rank-8 matmuls run far below the BLAS's best rate (tutorial 09), so the measured gap can exceed the
+# FLOP share. (In tutorial 06's terms: a merged LoRA model deploys exactly like a full fine-tune, at the base's cost.)
 #
 # **Check.** The branch share printed above is $4r/(3C)$; merged and unmerged logits agree to float32 rounding
 # ($10^{-4}$ on logits of size ~1–10); unmerge restores $W$ to within a few float32 ulps of $|W| + |\Delta W|$
@@ -539,15 +540,16 @@ assert np.allclose(got, top, rtol=1e-4)
 # %% [markdown]
 # ## 10. DoRA: direction from LoRA, magnitude learned apart
 #
-# DoRA (Liu et al. 2024, arXiv 2402.09353) splits the adapted weight into a direction and a length per output
-# column, $W' = m \odot V / \lVert V\rVert_c$ with $V = W_0 + sA^\top B^\top$, $\lVert\cdot\rVert_c$ the norm of each
-# output column, and $m \in \mathbb R^{O}$ trained alongside $A$ and $B$ (starting at $\lVert W_0\rVert_c$, so again the
-# output starts unchanged). The paper writes $m \in \mathbb R^{1\times k}$ beside a $d \times k$ weight, which
-# reads like one norm per *input*; its authors' code, like PEFT and minift, takes one per output feature (their
-# weights are stored [in, out]). Its authors measured that LoRA's updates change magnitude and direction together
-# (positively correlated, over training steps and layers), while full fine-tuning's changed them in opposite senses
-# (negatively correlated); DoRA's learned $m$ lets the two move separately, for $O$ more numbers per matrix
-# (`minift/dora.py` has its backward written out). `LoRAConfig(use_dora=True)`.
+# DoRA (Liu et al. 2024, arXiv 2402.09353) splits the adapted weight into a direction and a length per output column,
+# $W' = m \odot V / \lVert V\rVert_c$ with $V = W_0 + sA^\top B^\top$, $\lVert\cdot\rVert_c$ the norm of each output
+# column, and $m \in \mathbb R^{O}$ trained alongside $A$ and $B$ (starting at $\lVert W_0\rVert_c$, so again the output
+# starts unchanged). The paper writes $m \in \mathbb R^{1\times k}$ beside a $d \times k$ weight, which reads like one
+# norm per *input*; its authors' code, like PEFT and minift, takes one per output feature: it norms each row of
+# PyTorch's [out, in] weight over the input axis, which in minift's [in, out] layout is a column. Its authors measured
+# that LoRA's updates change magnitude and direction together (positively correlated, over training steps and layers),
+# while full fine-tuning's changed them in opposite senses (negatively correlated); DoRA's learned $m$ lets the two move
+# separately, for $O$ more numbers per matrix (`minift/dora.py` has its backward written out).
+# `LoRAConfig(use_dora=True)`.
 #
 # **Check.** At init the output equals the base's; after $B$ is moved away from 0, every column of the effective
 # weight still has exactly the norm $m$ says.

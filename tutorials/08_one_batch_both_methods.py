@@ -45,10 +45,10 @@
 # 6. which matmuls each method's backward runs, their FLOPs from the shapes, and how many parameters each updates;
 # 7. to read the same table from the command line, `minift inspect`.
 #
-# **Time:** about 30 s normally (50 LoRA warm-up steps in float64, the lens, and `minift inspect` with its own
-# 20 steps: 24–27 s measured), about 12 s in fast mode (`MINIFT_FAST=1`: 10 and 2 steps), on 2 CPU cores of a shared,
-# busy machine. 40 minutes to read. Fast mode looks at a different batch, so its numbers differ a little from the
-# ones quoted in the text (normal mode's).
+# **Time:** 10–30 s normally (50 LoRA warm-up steps in float64, the lens, and `minift inspect` with its own 20 steps:
+# 24–27 s measured on a busy machine, 11 s on a quieter one), about 12 s in fast mode (`MINIFT_FAST=1`: 10 and 2 steps),
+# on 2 CPU cores of a shared, busy machine. 40 minutes to read. Fast mode looks at a different batch, so its numbers
+# differ a little from the ones quoted in the text (normal mode's).
 #
 # **Prerequisites:** tutorials 02 (the linear's backward), 05 (the task and its head), 07 (LoRA's notation,
 # $s = \alpha/r$, `lora_forward` / `lora_backward`).
@@ -240,8 +240,10 @@ for row in report0.rows:
 # `tangent` is the share of $G$ any small change of $A$, $B$ can reach (section 6); at init only $B$ can move, so
 # it is $\lVert P_\text{in} G\rVert/\lVert G\rVert$, close to the random-subspace estimate $\sqrt{r/I}$. `cos` is
 # $\cos(\Delta W_\text{step}, -G)$: about the same, because $A^\top A$ acts on its row space roughly like a multiple
-# of the identity (the singular values of a random $8\times 128$ $A$ lie within a factor of about 1.5 of each other:
-# for a wide random matrix they fill the Marchenko–Pastur range $\propto 1 \pm \sqrt{r/I}$, here $1 \pm 0.25$). So
+# of the identity (for a wide random matrix the singular values fill the Marchenko–Pastur range
+# $\propto 1 \pm \sqrt{r/I}$, here $1 \pm 0.25$: the largest of a random $8\times 128$ $A$ at most about
+# $1.25/0.75 \approx 1.7$ times the smallest, so the eigenvalues of $A^\top A$ on its row space within about
+# $2.8\times$ of each other — "roughly" is the word). So
 # the first LoRA step follows roughly a quarter of full fine-tuning's direction (an eighth for `mlp.c_proj`,
 # $I = 512$), whatever the data says: which quarter is decided by the random $A$.
 #

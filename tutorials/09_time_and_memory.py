@@ -323,9 +323,11 @@ print(f"{shown}, full, one BLAS thread per worker: 1 worker {dp[1]['ms_per_step'
       f"on {os.cpu_count()} cores")
 
 # %% [markdown]
-# On an idle 2-core machine (benchmarks/RESULTS.md, run D): demo full 112 ms/step with two BLAS threads, 87 with
-# two workers of one BLAS thread each, against 98 for PyTorch with two threads; on small 555, 493 and 585. On one
-# core the split only adds a little overhead. **Check.** Loss and gradients agree to float32 rounding.
+# On an idle 2-core machine (benchmarks/RESULTS.md, run D): demo full 112 ms/step with two BLAS threads, 87 with two
+# workers of one BLAS thread each, against 98 for PyTorch with two threads; on small 555, 493 and 585. On one core the
+# split only adds a little overhead; on a busy machine (other processes on the cores) two workers can be slower than
+# one, since each waits for the other at every step: a ratio below 1 above means that. **Check.** Loss and gradients
+# agree to float32 rounding.
 
 # %%
 assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
@@ -589,8 +591,9 @@ show(fig, "09_memory_saving")
 # toy configuration can go lower still.) The LoRA paper's GPT-3 numbers need no mixed precision: 350 GB is GPT-3's
 # 175B weights in 2-byte float16 — LoRA's step held little more than its frozen weights — and "up to 2/3" is three
 # copies (weights, $m$, $v$) becoming one. 1.2 TB is about 6.9 bytes per parameter, less than even one dtype's
-# 8 (weights, gradients, $m$, $v$ at 2 bytes each), so the paper evidently did not count gradients as held for the
-# whole step; its 71% saving sits inside the one-dtype floor of 75%. So the article's 80% needs a large model, few
+# 8 (weights, gradients, $m$, $v$ at 2 bytes each), so the figure cannot be all four held at full size at once
+# (perhaps gradients were freed as the optimizer consumed them, perhaps it is rounded; the paper gives no
+# breakdown); its 71% saving sits inside the one-dtype floor of 75%. So the article's 80% needs a large model, few
 # tokens per step (or activation checkpointing), *and* something beyond one dtype: a full fine-tune whose optimizer
 # state is stored at higher precision than the frozen weights (mixed precision), or a quantised frozen base. Its
 # "text classification task" on one GPU with a BERT-sized model and a real batch is the opposite regime: section

@@ -26,17 +26,17 @@
 # > about 70% and memory by about 80% compared with full fine-tuning … LoRA generalised well, especially on small
 # > data sets.*
 #
-# None of that is in the paper. The "21-page MIT paper" is Shuttleworth, Andreas, Torralba and Sharma, *LoRA vs Full
-# Fine-tuning: An Illusion of Equivalence* (arXiv 2410.21228, NeurIPS 2025). It
-# fine-tuned RoBERTa-base classifiers (MNLI, QQP, SST-2, SIQA, Winogrande, FEVER) and LLaMA models, reports no
-# training-time or memory savings, and asked a different question: when LoRA and full fine-tuning reach the *same*
-# accuracy, did they change the model in the same way? Its answer is no. LoRA's fine-tuned weight matrices contain
-# **intruder dimensions** — new high-ranking singular vectors nearly orthogonal to every singular vector of the
-# pretrained matrix — and full fine-tuning's do not; LoRA's forgetting of the pretraining distribution is concentrated
-# in them, and scaling their singular values down ($\lambda \approx 0.75$) undoes much of it at little cost in task
-# accuracy; full fine-tuning's updates have a higher effective rank; higher-rank, rank-stabilised LoRA (rsLoRA)
-# behaves more like full fine-tuning; and when tasks are learned one after another (continual learning), LoRA's
-# intruders accumulate.
+# Only the broad strokes are in the paper. The "21-page MIT paper" is Shuttleworth, Andreas, Torralba and Sharma, *LoRA
+# vs Full Fine-tuning: An Illusion of Equivalence* (arXiv 2410.21228, NeurIPS 2025). It fine-tuned RoBERTa-base (a BERT
+# variant) on classification tasks, sentiment among them (MNLI, QQP, SST-2, SIQA, Winogrande, FEVER), and LLaMA models
+# (GPT-style decoders); but it has no named-entity recognition, reports no training-time or memory savings, makes no
+# claim about small data sets, and asked a different question: when LoRA and full fine-tuning reach the *same* accuracy,
+# did they change the model in the same way? Its answer is no. LoRA's fine-tuned weight matrices contain **intruder
+# dimensions** — new high-ranking singular vectors nearly orthogonal to every singular vector of the pretrained matrix —
+# and full fine-tuning's do not; LoRA's forgetting of the pretraining distribution is concentrated in them, and scaling
+# their singular values down ($\lambda \approx 0.75$) undoes much of it at little cost in task accuracy; full
+# fine-tuning's updates have a higher effective rank; higher-rank, rank-stabilised LoRA (rsLoRA) behaves more like full
+# fine-tuning; and when tasks are learned one after another (continual learning), LoRA's intruders accumulate.
 #
 # This tutorial reproduces those measurements in miniature, with `minift/analysis.py`, and says plainly which of
 # them survive at width 128 and which do not.
@@ -53,8 +53,8 @@
 # 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
 #    what does each method keep of the earlier tasks?
 #
-# **Time:** 3–4½ minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 177 s
-# measured on 2 quiet CPU cores, 261 s with `OPENBLAS_NUM_THREADS=1`; more on a busy machine), about 30 s in fast
+# **Time:** 3–5 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 177 s
+# measured on 2 quiet CPU cores, 261 s with `OPENBLAS_NUM_THREADS=1`, 305 s on a busy machine), about 30 s in fast
 # mode (`MINIFT_FAST=1`).
 # 50 minutes to read.
 #
@@ -636,9 +636,10 @@ if not FAST:
 # - Sizes and seeds: one seed per run, one task, 500 steps. The counts move by several between seeds and settings;
 #   read the orders of magnitude and the trends, not single differences.
 #
-# And the article's §4.2: the 70% / 80% savings (tutorial 09 measures where time and memory go), "BERT and GPT" on
-# NER and sentiment, and "better generalisation on small data" are not the paper's findings. Its finding is this
-# tutorial: equal accuracy does not mean an equal model.
+# And the article's §4.2: its models and tasks are close to the paper's (a BERT variant and GPT-style LLaMA;
+# classification, sentiment among it), but the 70% / 80% savings (tutorial 09 measures where time and memory go),
+# named-entity recognition and "better generalisation on small data" are not the paper's findings. Its finding is
+# this tutorial: equal accuracy does not mean an equal model.
 
 # %% [markdown]
 # ## 7. Tasks in sequence: what continual learning does to intruders
@@ -763,10 +764,13 @@ for label, stages in seq.items():
 # fine-tuning 3, 5, 15, 25 (28 with the embeddings frozen). Forgetting of the pretraining text piled up too: ΔLM
 # after four tasks +0.49, +1.83, +4.21 for LoRA r = 1, 8, 64, +5.87 for full fine-tuning.
 #
-# The facts column tells two kinds of forgetting apart. The base scores 1.60 there (pretraining stored the facts;
-# the answer's form is what it lacked), and training on task 0 sharpened them to 0.8–1.2. After four tasks LoRA r=1
-# is back near the base (1.90) — it lost the form, not the facts — LoRA r=8 is at 3.44 and r=64 at 4.61, while full
-# fine-tuning lost the facts themselves: 11.12 nats, far worse than a model that had never been fine-tuned at all.
+# The facts column tells two kinds of forgetting apart. The base scores 1.60 there, with the answer's form given.
+# How much of that is knowledge of the facts and how much a good guess among the world's towns, jobs and pets this
+# column cannot say (tutorial 04's greedy test, "⟨name⟩ lives in", found the base little better than guessing); it
+# is the yardstick. Training on task 0 brought it to 0.8–1.2. After four tasks LoRA r=1 is back near the base
+# (1.90) — it lost what task 0 taught it and little more — LoRA r=8 is at 3.44 and r=64 at 4.61, while full
+# fine-tuning ended at 11.12 nats: far worse than a model that had never been fine-tuned at all, so it lost more
+# than task 0's lesson.
 #
 # What did the models forget? Ask two of them task 0's questions, before and after task 1.
 
@@ -781,13 +785,13 @@ for label in ("full", "lora r=8"):
             print(f"    {prompt.splitlines()[0][len('Question: '):]:<34} → {said.strip():<28} (answer: {want.strip()})")
 
 # %% [markdown]
-# Every method answers the old question in the new task's form: after task 1, "Where does Edwin live?" gets "He has
-# a goldfish." The four tasks share one prompt ("Question: … Answer:"), and each stage trains on its own two
-# relations and nothing else, so the quickest way to lower the new task's loss is to make "Answer:" start the new
-# task's sentence, whatever was asked. This is catastrophic forgetting at its plainest, and no method escapes it
-# here; the facts column above says how much knowledge went with the form. The usual remedies: mix some of the
-# earlier tasks' examples into every stage (replay: Exercise 4 tries it), or pull the weights back toward the
-# earlier ones (a regulariser such as EWC, Kirkpatrick et al. 2017).
+# Both models answer the old question in the new task's form: after task 1, "Where does Edwin live?" gets a pet sentence
+# ("He has a dog.", "He has a goldfish."). The four tasks share one prompt ("Question: … Answer:"), and each stage
+# trains on its own two relations and nothing else, so the quickest way to lower the new task's loss is to make
+# "Answer:" start the new task's sentence, whatever was asked. This is catastrophic forgetting at its plainest, and no
+# method escapes it here; the facts column above says how much knowledge went with the form. The usual remedies: mix
+# some of the earlier tasks' examples into every stage (replay: Exercise 4 tries it), or pull the weights back toward
+# the earlier ones (a regulariser such as EWC, Kirkpatrick et al. 2017).
 
 # %%
 fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4))

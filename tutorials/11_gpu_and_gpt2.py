@@ -422,7 +422,8 @@ if tok_files and HAVE_HF and (folder / "vocab.json").is_file():
 # **FLOPs.** A matmul weight costs $2$ FLOPs per token forward and $4$ backward ($dx$ and $dW$): the rule
 # "$6N$ per token" (Kaplan et al. 2020, whose $N$ is the non-embedding weights, $12LC^2$). Here $N$ also counts the
 # tied head's $CV$ — the LM head is a matmul like any other — and attention is counted in full, both its matmuls
-# forward and backward: $12\,L\,T\,C$ per token at context $T$ (Kaplan's $2LTC$ counts the forward only). Compare
+# forward and backward: $12\,L\,T\,C$ per token at context $T$ ($4LTC$ forward for the scores $QK^\top$ and the
+# mix $AV$, twice that backward; Kaplan's $2LTC$ is the forward of the scores alone). Compare
 # with Kaplan's or Chinchilla's $N$ and mind the difference: about 45% for GPT-2 small. LoRA skips $dW$ of the
 # frozen weights: about $4N$ per token.
 
@@ -659,7 +660,7 @@ assert one_tuned < one_base
 # | numbers | 124,439,808 parameters; 475 MiB of float32 weights; $16N$ = 1.85 GiB for AdamW full fine-tuning |
 # | LoRA's saving | r = 8 trains 0.95%; predicted peak memory ~70% lower at 1 × 128 tokens, <10% at 8 × 1024 |
 # | cross-check | `transformers` logits to float32 rounding (when installed) |
-# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB (0.86% of the hub's 523 MiB `model.safetensors`, which also stores the 12 `attn.bias` masks), PEFT layout, reloads bitwise |
+# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB, PEFT layout, reloads bitwise; with the real checkpoint 0.86% of the hub's 523 MiB `model.safetensors` (which also stores the 12 `attn.bias` masks), with the stand-in ~1.4% of its smaller file |
 #
 # ## Exercises
 #
