@@ -336,10 +336,10 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
     model = model_module.GPT(cfg, seed=seed, dtype="float32", device=device)
     if method == "lora":
         attach_lora(model, LoRAConfig(r=rank, alpha=2 * rank, targets="all-linear"), seed=seed)
-    check_splittable(model, workers)
+    B, T = BENCH_BATCH[preset], cfg.n_ctx
+    check_splittable(model, workers, rows=B, rows_option=f"{preset}'s bench batch")
     opt = AdamW(model.trainable_params(), lr=1e-3, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    B, T = BENCH_BATCH[preset], cfg.n_ctx
     ids = model.xp.asarray(rng.integers(0, cfg.vocab_size, (B, T)))       # (B, T)
     targets = model.xp.asarray(rng.integers(0, cfg.vocab_size, (B, T)))   # (B, T)
     timer = {"optimizer": 0.0}
@@ -526,7 +526,8 @@ def cmd_bench(a):
 def add_bench(sub):
     from .cli import _seed
     p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
-    p.add_argument("--preset", default="demo", help="tiny | demo | small | gpt2 (batch: config.BENCH_BATCH)")
+    p.add_argument("--preset", default="demo", help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
+                        + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
     p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")

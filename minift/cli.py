@@ -1,7 +1,8 @@
 """The `minift` command: pretrain | finetune | compare | generate | inspect | bench | memory.
 
-Every subcommand is a thin layer over library functions a tutorial can call directly. Mistakes (a missing file,
-an option out of range) print one line, `minift: error: ...`, and exit with status 1.
+Every subcommand is a thin layer over library functions a tutorial can call directly. Mistakes print one line,
+`minift: error: ...`, and exit non-zero: status 2 for an option the parser refuses (a value out of range, an unknown
+option: the usual status of a usage error), 1 for what is found once the command runs (a missing file, a bad task).
 """
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ METHOD_HELP = ("what trains: every weight (full); all but the embeddings and the
 
 def _lora_from_args(a):
     from .lora import LoRAConfig
-    targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
+    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
     return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank, targets=targets,
                       rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
 
@@ -258,8 +259,8 @@ def add_finetune(sub):
                         "half of them)")
     p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="LoRA alpha (default 2r, a common choice: s = 2; PEFT's own default is 8; the adapters then "
-                        "train at lr 2e-3, the head at 3e-4)")
+                   help="LoRA alpha; the update is scaled by s = alpha / r (default 2r, so s = 2; PEFT's own default "
+                        "is 8)")
     p.add_argument("--targets", default=None,
                    help="LoRA targets: all-linear (default) or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
@@ -284,8 +285,10 @@ def add_finetune(sub):
 # ---- compare -----------------------------------------------------------------------------------------------------
 
 def _int_list(text, lo=1):
+    if "" in (items := [v.strip() for v in text.split(",")]) and text.strip():
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}: give integers separated by single commas")
     try:
-        values = tuple(int(v) for v in text.split(",") if v)
+        values = tuple(int(v) for v in items if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v < lo for v in values):
@@ -306,7 +309,8 @@ def cmd_compare(a):
     if a.methods is None:             # head-only needs a classification task; a generation task compares the other two
         from .data import load_task
         a.methods = "full,lora,head" if load_task(a.task, "train").type == "classification" else "full,lora"
-    kw = dict(task=a.task, methods=tuple(a.methods.split(",")), ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
+    methods = tuple(m.strip() for m in a.methods.split(","))
+    kw = dict(task=a.task, methods=methods, ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
               base=a.base, preset=a.preset, device=a.device, seed=a.seed, workers=a.workers)
     for name in ("steps", "train_size", "batch", "alpha"):
         if getattr(a, name) is not None:
@@ -417,9 +421,26 @@ def add_memory(sub):
 
 # ---- entry point -------------------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in minift's one-line form (argparse prints the whole usage first), and an
+    unknown option blamed on the subcommand it was given to (argparse's top-level parser reports it)."""
+
+    commands: dict = {}
+
+    def error(self, message):
+        self.exit(2, f"minift: error: {message} (`{self.prog} --help` lists the options)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
 def build_parser():
     from . import __version__
-    parser = argparse.ArgumentParser(prog="minift", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="minift", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from .bench import add_bench
@@ -428,6 +449,7 @@ def build_parser():
         add(sub)
     for command in sub.choices.values():
         _say_defaults(command)
+    parser.commands = sub.choices
     return parser
 
 
@@ -458,14 +480,30 @@ def main(argv=None):
     terminate = (signal.signal(signal.SIGTERM, _raise_terminated)
                  if threading.current_thread() is threading.main_thread() else None)
     try:
-        with warnings.catch_warnings():
-            # NumPy's "overflow encountered in ..." from a run that is blowing up: the training loop's guard stops
-            # such a run at the step where the loss or a gradient stops being finite and says so in one line
-            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"minift\.")
-            return _run(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)      # each one counted, not only the first per line
+            status = _run(args)
+        _report_warnings(caught, status)
+        return status
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
+
+
+def _report_warnings(caught, status) -> None:
+    """NumPy's floating-point warnings ("overflow encountered in ...") come from a run that is blowing up. When the
+    run failed, its error line says what happened (the training loop stops at the step where the loss or a gradient
+    stops being finite); when it finished, one line says that its numbers may be meaningless, instead of NumPy's
+    source lines. Any other warning is shown as Python would have shown it."""
+    numeric = [w for w in caught if issubclass(w.category, RuntimeWarning) and
+               any(k in str(w.message) for k in ("overflow", "invalid value", "divide by zero", "underflow"))]
+    for w in caught:
+        if w not in numeric:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if numeric and status == 0:
+        print(f"minift: warning: NumPy reported {len(numeric)} floating-point problem(s) during the run (first: "
+              f"{numeric[0].message}): numbers near the limits of float32, so the results above may mean little; a "
+              "smaller --lr usually cures it", file=sys.stderr)
 
 
 def _run(args):

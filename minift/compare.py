@@ -76,7 +76,8 @@ class CompareConfig:
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise MiniftError(f"--methods {','.join(self.methods)}: each must be one of {METHODS}")
+            raise MiniftError(f"--methods {','.join(self.methods)}: {', '.join(map(repr, unknown)) or 'none given'}: "
+                              f"each must be one of {METHODS}")
         if len(set(self.methods)) != len(self.methods):
             raise MiniftError(f"--methods {','.join(self.methods)}: a method is named twice")
         if len(set(self.ranks)) != len(self.ranks):
@@ -239,7 +240,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
     run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
     from .pretrain import heldout_for_base, load_base
-    t0 = time.time()
+    t0, load_at_start = time.time(), _load_average()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok = load_base(ccfg.base, device=ccfg.device)
@@ -265,7 +266,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
     spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
-                   base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread, machine=_machine(),
+                   base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread, machine=_machine(load_at_start),
                    seconds=round(time.time() - t0, 1))
     from .report import write_plots, write_report
     plots = write_plots(results, out)
@@ -296,10 +297,20 @@ def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, re
     return dict(seeds=[ccfg.seed, *ccfg.seeds], runs=per)
 
 
-def _machine() -> dict:
+def _load_average() -> float | None:
+    """The 1-minute load average: how many processes wanted a core, on average (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _machine(load_at_start=None) -> dict:
+    """Where the run ran; load_average_at_start: what else was running (report.busy_note reads it)."""
     import numpy
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__)
+                cpu_count=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__,
+                load_average_at_start=load_at_start)
     try:
         import minift
         info["minift"] = minift.__version__

@@ -52,7 +52,7 @@ def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_emb
     if method == "freeze":
         k = model.cfg.n_layer // 2 if freeze_blocks is None else freeze_blocks
         if not 0 <= k <= model.cfg.n_layer:
-            raise MiniftError(f"freeze_blocks={k} must be between 0 and n_layer={model.cfg.n_layer}")
+            raise MiniftError(f"freeze_blocks={k} (--freeze-blocks) must be between 0 and n_layer={model.cfg.n_layer}")
         frozen = {n for n in names if any(n.startswith(f"h.{i}.") for i in range(k))}
         if freeze_embeddings:
             frozen |= {"wte.weight", "wpe.weight"}

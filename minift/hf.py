@@ -41,6 +41,8 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     """A folder with config.json and model.safetensors -> a GPT of class `cls`."""
     from .model import param_shapes
     path = Path(path)
+    if path.is_file():
+        raise MiniftError(f"{path} is a file; give the model's folder (config.json and model.safetensors)")
     if not path.is_dir():
         raise MiniftError(f"model folder not found: {path}")
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():

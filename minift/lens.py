@@ -75,6 +75,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import MiniftError
+from .train import find_nonfinite
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
 DEFAULT_STEPS = 20         # CLI: LoRA training steps before the lens looks, so that B ≠ 0
@@ -310,6 +311,9 @@ def lens(model, lora, batch: dict, lr: float = DEFAULT_LR) -> LensReport:
     """
     adapters = _check_inputs(model, lora, batch, lr)
     loss, grads = full_and_lora_grads(model, lora, batch)
+    if (bad := find_nonfinite(loss, grads)) is not None:               # no spectrum of NaNs to show
+        raise MiniftError(f"the lens: {bad} is not finite on this batch (loss={loss}); the model's weights hold "
+                          "values too large to compute with (a fine-tune that diverged?): nothing to measure")
     s, r, eps = lora.config.scale, lora.config.r, float(np.finfo(model.dtype).eps)
     tensors, rows = {}, []
     for m, a in adapters.items():
@@ -448,7 +452,7 @@ def _prepare(a):
     split = load_task(a.task, "train")
     check_base_fits_task(model, a.task, split)
     task_head(model, split, seed=a.seed)                                  # as finetune does
-    targets = "all-linear" if a.targets == "all-linear" else tuple(a.targets.split(","))
+    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
     lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
                                          targets=targets), seed=a.seed)
     if a.module is not None and a.module not in lora.modules:            # before the training steps, not after

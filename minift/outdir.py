@@ -155,6 +155,8 @@ class RunFolder:
     must not lie inside what --overwrite replaces."""
 
     def __init__(self, path, command: str, resume=False, overwrite=False, inputs=None, argv=None):
+        if not str(path).strip():
+            raise MiniftError("--out is empty: give a folder for the run's outputs")
         self.out, self.command, self.argv = Path(path), command, argv
         self.resume, self.overwrite, self.inputs = resume, overwrite, inputs or {}
         self.created, self._lock, self._held = False, None, False     # _held: this command may change --out
@@ -183,7 +185,10 @@ class RunFolder:
         elif ours:
             self._set_aside(ours)
         self.created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)          # now, so that a folder we cannot write fails before training
+        try:
+            out.mkdir(parents=True, exist_ok=True)      # now, so that a folder we cannot write fails before training
+        except OSError as e:
+            raise MiniftError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
         self._take_lock()
         if not (out / "run.json").is_file():
             save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

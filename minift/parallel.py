@@ -45,10 +45,10 @@ def uses_randomness(model) -> str | None:
     return None
 
 
-def check_splittable(model, workers: int):
-    """Raise a MiniftError naming the reason if a batch of `model` cannot be split across `workers` threads."""
-    if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
-        raise MiniftError(f"workers={workers!r} must be a positive integer")
+def check_splittable(model, workers: int, rows: int | None = None, rows_option: str = "--batch"):
+    """Raise a MiniftError naming the reason if a batch of `model` (of `rows` rows, when given) cannot be split
+    across `workers` threads."""
+    check_workers(workers, rows, rows_option)
     if workers == 1:
         return
     if model.device != "cpu":
@@ -57,6 +57,15 @@ def check_splittable(model, workers: int):
     if (why := uses_randomness(model)) is not None:
         raise MiniftError(f"workers={workers} needs a training step without randomness, but the model has {why}: "
                           "threads sharing one generator would draw in an order they decide. Use workers=1")
+
+
+def check_workers(workers, rows: int | None = None, rows_option: str = "--batch") -> None:
+    """workers is a positive integer, and no more than the rows of a batch (each worker takes at least one)."""
+    if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
+        raise MiniftError(f"workers={workers!r} must be a positive integer")
+    if rows is not None and workers > rows:
+        raise MiniftError(f"workers={workers} (--workers) is more than the {rows} rows of a batch ({rows_option}): "
+                          "each worker takes rows of the batch, so some would have none")
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -61,7 +61,7 @@ def split_stream(stream, n_ctx: int):
     n_val = max(n_ctx * 8 + 1, int(0.03 * stream.size))
     if stream.size < n_val + n_ctx + 1:
         raise MiniftError(f"the corpus has only {stream.size} tokens: too little to train a context of "
-                          f"{n_ctx} and hold out a validation part; give more text")
+                          f"{n_ctx} and hold out a validation part; give more text (a larger --chars, or more --files)")
     return stream[:-n_val], stream[-n_val:]
 
 
@@ -159,6 +159,8 @@ def load_base(path=None, dtype="float32", device="cpu"):
     """(model, tokenizer) from a model folder (default: the shipped demo base). The folder's own tokenizer.json is
     used when it has one, else the shipped data/tokenizer.json."""
     path = Path(path) if path else shipped_base_dir()
+    if path.is_file():
+        raise MiniftError(f"{path} is a file; give the model's folder (config.json, model.safetensors, tokenizer.json)")
     if not path.is_dir():
         hint = (" (the shipped base is made by `minift pretrain --preset demo --chars 16000000 --steps 2000 "
                 "--out runs/base-demo`, then copying runs/base-demo/model/* and pretrain.json into data/base-demo)"

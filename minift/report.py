@@ -76,7 +76,7 @@ def claims(results) -> list:
                "the weight-gradient matmul of frozen weights (at most ~1/3 of a linear layer's training FLOPs) and "
                "adds its own small matmuls; clipping and AdamW shrink with the trainable parameters too, but they "
                "are a few % of a step, so a large cut is not expected (the LoRA paper, Hu et al. 2021 §4.2, reports "
-               "a 25% speed-up on GPT-3 175B).")
+               "a 25% speed-up on GPT-3 175B)." + busy_note(results.get("machine", {})))
     fm, lm = full["memory"]["measured"]["total"], lora["memory"]["measured"]["total"]
     less_mem = 1 - lm / fm
     out.append(f"**\"~80% less memory\"** — peak training memory {fm / MiB:.1f} vs {lm / MiB:.1f} MiB: "
@@ -207,6 +207,17 @@ def write_report(results) -> str:
     return "\n".join(parts)
 
 
+def busy_note(machine: dict) -> str:
+    """A warning for the time claim when other work held the cores as the comparison started (a load average above
+    half the cores before minift itself ran): then step times measure the contention as much as the methods."""
+    load, cores = machine.get("load_average_at_start"), machine.get("cpu_count") or 1
+    if load is None or load <= cores / 2:
+        return ""
+    return (f" **The machine was busy** (load average {load:g} on {cores} cores before this run started): these step "
+            "times measure the other work as much as the methods, and the verdict can flip; rerun on an idle "
+            "machine, or with `OPENBLAS_NUM_THREADS=1` for steadier times.")
+
+
 def write_plots(results, out: Path) -> list:
     """PNG plots into `out`; returns their file names (empty without matplotlib)."""
     try:
@@ -234,7 +245,9 @@ def write_plots(results, out: Path) -> list:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
         ax.scatter(r["trainable"], r["test_accuracy"])
-        ax.annotate(r["label"], (r["trainable"], r["test_accuracy"]), fontsize=8)
+        ax.annotate(r["label"], (r["trainable"], r["test_accuracy"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.margins(x=0.25, y=0.1)                          # room for the labels of the points at the edges
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="test accuracy", title="Accuracy vs trainable")
     save(fig, "accuracy_vs_trainable.png")
 

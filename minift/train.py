@@ -46,7 +46,7 @@ from .backend import to_numpy, xp_of
 from .errors import MiniftError
 from .io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from .optim import AdamW, clip_grad_norm, lr_schedule
-from .parallel import check_splittable, split_loss_and_grads
+from .parallel import check_splittable, check_workers, split_loss_and_grads
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
 PARTIAL_GLOB = ".step-*.partial"      # a checkpoint being written; one that is not being written was cut short
@@ -80,19 +80,17 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
-                raise MiniftError(f"{name}={getattr(self, name)} must be positive")
+                raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be positive")
         if not self.lr > 0:            # NaN fails this too; inf passes: tutorial 06 uses it to trip the guard
-            raise MiniftError(f"lr={self.lr} must be a positive number")
+            raise MiniftError(f"lr={self.lr} (--lr) must be a positive number")
         for name in ("eval_every", "save_every", "warmup"):
             if getattr(self, name) < 0:
-                raise MiniftError(f"{name}={getattr(self, name)} must be >= 0")
+                raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be >= 0")
+        if self.warmup > self.steps:   # (the schedule refuses it too, but only once training has begun)
+            raise MiniftError(f"warmup={self.warmup}{option_of('warmup')} must be at most steps={self.steps} (--steps)")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MiniftError(f"grad_clip={self.grad_clip} must be positive (or None to disable)")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
-            raise MiniftError(f"workers={self.workers!r} must be a positive integer")
-        if self.workers > self.batch_size:
-            raise MiniftError(f"workers={self.workers} (--workers) is more than the {self.batch_size} rows of a batch "
-                              "(--batch): each worker takes rows of the batch, so some would have none")
+        check_workers(self.workers, self.batch_size)
 
 
 @dataclass
@@ -169,6 +167,11 @@ class TrainingDiverged(MiniftError):
     """A loss, a gradient or (after an update) a weight became NaN or infinite. In the first two cases the weights
     are still the last good ones and were saved before this was raised; in the third they are not, nothing was saved,
     and the last checkpoint on disk is the good state."""
+
+
+def option_of(name: str) -> str:
+    """" (--eval-every)": the command-line option of a TrainConfig field, for messages."""
+    return SETTING_HINTS.get(name, f" (--{name.replace('_', '-')})")
 
 
 def find_nonfinite(loss, grads) -> str | None:
@@ -285,7 +288,7 @@ def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: s
     now = asdict(tcfg)
     changed = sorted(k for k in now if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k])
     if changed:
-        diff = ", ".join(f"{k}{SETTING_HINTS.get(k, '')}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        diff = ", ".join(f"{k}{option_of(k)}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise MiniftError(f"checkpoint {folder} was trained with other settings ({diff}); resume with the same "
                           "ones (only --steps may change), or start afresh")
 
@@ -387,13 +390,14 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
                     _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
                 done = step + 1
                 if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
-                    result.evals.append(dict(step=done, **evaluate(model)))
+                    result.evals.append(dict(step=done, **_evaluated(evaluate, model, done, out_dir)))
                 if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
                     checkpoint(done)
                 if stop.signum is not None:          # asked to stop during this step: it is complete now
                     raise TrainingInterrupted(stop.signum)
+            # the final evaluation (a resumed finished run has it already)
             if evaluate is not None and not (result.evals and result.evals[-1]["step"] == tcfg.steps):
-                result.evals.append(dict(step=tcfg.steps, **evaluate(model)))    # (a resumed finished run has it)
+                result.evals.append(dict(step=tcfg.steps, **_evaluated(evaluate, model, tcfg.steps, out_dir)))
             checkpoint(tcfg.steps)
             if stop.signum is not None:              # arrived during the final evaluation or save: both finished
                 raise TrainingInterrupted(stop.signum)
@@ -411,6 +415,19 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
         finally:
             bar.close()
     return result
+
+
+def _evaluated(evaluate, model, step, out_dir) -> dict:
+    """evaluate(model), refused when a loss it reports is not finite: finite weights can still be too large to
+    compute with (an update that overshot), which only the next forward shows; this state is not saved."""
+    metrics = evaluate(model)
+    bad = [k for k, v in metrics.items() if "loss" in k and isinstance(v, float) and not np.isfinite(v)]
+    if bad:
+        kept = f"the last checkpoint in {out_dir} is intact" if out_dir is not None and latest_checkpoint(out_dir) \
+            else "nothing was saved"
+        raise TrainingDiverged(f"after step {step}: {bad[0]} is not finite; the weights are finite but the last "
+                               f"update overshot, and this state was not saved ({kept}). Try a lower lr.")
+    return metrics
 
 
 def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir):

@@ -134,6 +134,8 @@ def test_bad_input_is_a_clear_error(capsys):
         run_bench("tiny", "lora", rank=0)
     with pytest.raises(MiniftError, match="clock"):
         run_bench("tiny", clock="sundial")
+    with pytest.raises(MiniftError, match="workers=17 .* more than the 16 rows of a batch .tiny's bench batch"):
+        run_bench("tiny", workers=17)
     with pytest.raises(MiniftError, match="preset 'nano'"):
         bench_cli(["--preset", "nano"], capsys)
 

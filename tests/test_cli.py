@@ -169,7 +169,7 @@ def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkey
     assert summaries[0]["evals"] == summaries[1]["evals"]
     assert [h["loss"] for h in summaries[0]["history"]] == [h["loss"] for h in summaries[1]["history"]]
     assert main(run + ["--out", str(tmp_path / "stopped"), "--resume", "--lr", "1e-2"]) == 1
-    assert "other settings (lr: 0.002 -> 0.01," in capsys.readouterr().err
+    assert "other settings (lr (--lr): 0.002 -> 0.01," in capsys.readouterr().err
 
 
 def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
@@ -440,3 +440,57 @@ def test_a_folder_without_a_result_or_checkpoint_is_not_offered_to_resume(tmp_pa
     assert main(["finetune", "--method", "head", "--steps", "1", "--out", str(run)]) == 1
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "--overwrite" in err and "--resume to" not in err
+
+
+def test_usage_errors_are_one_line_and_name_the_subcommand(capsys):
+    for argv, says in ((["finetune", "--rnak", "4"], "unrecognized arguments: --rnak 4 (`minift finetune --help`"),
+                       (["finetune", "--rank", "0"], "argument --rank: expected a positive integer, got 0"),
+                       (["nosuch"], "invalid choice: 'nosuch'")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("minift: error: ") and says in err and err.count("\n") == 1
+
+
+def test_a_diverged_last_update_is_an_error_and_leaves_no_model(pretrained, tmp_path, capsys):
+    ft = ["finetune", "--method", "full", "--base", str(pretrained / "model"), "--steps", "1", "--batch", "4",
+          "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(ft + ["--lr", "1e9"]) == 1
+    err = capsys.readouterr().err
+    assert "after step 1: val_loss is not finite" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_numpy_floating_point_warnings_become_one_line(pretrained, tmp_path, capsys):
+    """A LoRA step at an absurd rate: the loss stays finite (the run succeeds) but the forward overflows float32."""
+    ft = ["finetune", "--method", "lora", "--base", str(pretrained / "model"), "--steps", "1", "--batch", "4",
+          "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(ft + ["--lr", "1e9"]) == 0
+    err = capsys.readouterr().err
+    assert "minift: warning: NumPy reported" in err and "RuntimeWarning" not in err and err.count("\n") == 1
+
+
+def test_messages_name_the_option_and_the_item(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    array = tmp_path / "train.jsonl"
+    array.write_text('[{"text": "good", "label": "pos"}]\n')
+    for argv, says in ((["compare", "--methods", "full, lorra"], "'lorra': each must be one of"),
+                       (["generate", "--model", str(afile)], "is a file; give the model's folder"),
+                       (["finetune", "--base", str(afile), "--out", str(tmp_path / "x")], "is a file"),
+                       (["finetune", "--method", "freeze", "--freeze-blocks", "-1", "--out", str(tmp_path / "x")],
+                        "(--freeze-blocks)"),
+                       (["pretrain", "--preset", "tiny", "--steps", "2", "--warmup", "100", "--out",
+                         str(tmp_path / "x")], "must be at most steps=2 (--steps)")):
+        assert main(argv) == 1, argv
+        assert says in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        main(["compare", "--ranks", "1,,2"])
+    assert "an empty item in '1,,2'" in capsys.readouterr().err
+    from minift.data.loaders import read_records
+    with pytest.raises(MiniftError, match="JSON Lines, not a JSON array"):
+        read_records(array, ("text", "label"))
+    array.write_text('{"text": "good", "label": 1.5}\n')
+    with pytest.raises(MiniftError, match="must be a string or an integer, got float"):
+        read_records(array, ("text", "label"))
+    assert not (tmp_path / "x").exists()

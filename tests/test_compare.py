@@ -207,3 +207,12 @@ def test_a_dora_comparison_says_so_and_predicts_its_memory(tmp_path):
     mem = results["runs"][1]["memory"]
     assert abs(mem["measured"]["total"] - mem["predicted"]["total"]) < 0.02 * mem["predicted"]["total"]
     assert (tmp_path / "lorar8").is_dir()
+
+
+def test_the_time_claim_warns_when_the_machine_was_busy():
+    from minift.report import busy_note
+    assert busy_note({"load_average_at_start": 0.4, "cpu_count": 2}) == ""
+    assert busy_note({"load_average_at_start": None, "cpu_count": 2}) == ""        # an OS without load averages
+    assert busy_note({}) == ""                                                     # results from before the field
+    note = busy_note({"load_average_at_start": 8.5, "cpu_count": 2})
+    assert "machine was busy" in note and "8.5 on 2 cores" in note

@@ -218,6 +218,14 @@ def test_refusals():
         lens(dora_model, dora, data)
 
 
+def test_a_model_too_large_to_compute_with_is_named_not_an_svd_traceback():
+    """Finite weights an overshooting update left at ~1e30: the forward overflows float32, the loss is NaN."""
+    model, lora, data = adapted(targets="c_attn", dtype="float32")
+    model.params["h.0.mlp.c_fc.weight"][:] = 1e30
+    with np.errstate(all="ignore"), pytest.raises(MiniftError, match="not finite"):
+        lens(model, lora, data)
+
+
 def test_float32_identities_are_at_rounding_level():
     model, lora, data = adapted(targets=("c_fc",), dtype="float32")
     report = lens(model, lora, data, lr=ETA)

@@ -9,7 +9,7 @@ import pytest
 from minift import GPT, GPTConfig, MiniftError
 from minift.backend import gpu_available, resolve_device
 from minift.data.sources import LMSource
-from minift.train import TrainConfig, TrainingInterrupted, latest_checkpoint, train
+from minift.train import TrainConfig, TrainingDiverged, TrainingInterrupted, latest_checkpoint, train
 
 
 def tiny(seed=0, **kw):
@@ -172,7 +172,7 @@ def test_resume_refuses_a_checkpoint_from_another_run(tmp_path):
     def resume(tcfg=tcfg, data=stream(), fingerprint="a"):
         train(tiny(), LMSource(data, 16, 4, seed=3), tcfg, out_dir=tmp_path, resume=True, progress=False,
               start_fingerprint=fingerprint)
-    with pytest.raises(MiniftError, match=r"other settings \(lr: 0.001 -> 0.002\)"):
+    with pytest.raises(MiniftError, match=r"other settings \(lr \(--lr\): 0.001 -> 0.002\)"):
         resume(tcfg=TrainConfig(steps=4, batch_size=4, warmup=1, lr=2e-3))
     with pytest.raises(MiniftError, match="at step 4, beyond steps=3"):
         resume(tcfg=TrainConfig(steps=3, batch_size=4, warmup=1))
@@ -237,8 +237,8 @@ def test_a_damaged_checkpoint_state_is_named_not_a_traceback(tmp_path, damage):
 
 def test_an_infinite_weight_decay_is_refused_up_front():
     with pytest.raises(MiniftError, match=r"weight_decay=inf must lie in \[0.0, inf\)"):
-        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=2, batch_size=4, weight_decay=float("inf")),
-              progress=False)
+        train(tiny(), LMSource(stream(), 16, 4),
+              TrainConfig(steps=2, batch_size=4, warmup=1, weight_decay=float("inf")), progress=False)
 
 
 def test_a_second_signal_during_the_final_evaluation_names_the_checkpoint_on_disk(tmp_path):
@@ -296,3 +296,17 @@ def test_without_latest_the_newest_complete_step_folder_is_in_force(tmp_path):
     (tmp_path / "step-000004").rename(tmp_path / "step-1000000")
     (tmp_path / "step-999999").mkdir()                            # no state.json: not a complete checkpoint
     assert latest_checkpoint(tmp_path) == tmp_path / "step-1000000"
+
+
+def test_an_evaluation_that_is_not_finite_stops_the_run_and_saves_nothing_of_it(tmp_path):
+    """Finite weights can be too large to compute with: one overshooting update, and only the next forward shows it.
+    That state must not become the run's result or checkpoint."""
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup=1, save_every=2, eval_every=2)
+
+    def evaluate(model):
+        evaluate.calls += 1
+        return {"val_loss": 1.0 if evaluate.calls == 1 else float("nan"), "val_accuracy": 0.5}
+    evaluate.calls = 0
+    with pytest.raises(TrainingDiverged, match="after step 4: val_loss is not finite.*last checkpoint in .* intact"):
+        train(tiny(), LMSource(stream(), 16, 4), tcfg, out_dir=tmp_path, evaluate=evaluate, progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-000002"

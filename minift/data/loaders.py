@@ -101,7 +101,9 @@ def _jsonl_records(path: Path, text: str):
                     "lines is not one)" if line.strip() in ("{", "[") else "")
             raise MiniftError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
         if not isinstance(record, dict):
-            raise MiniftError(f"{path}: line {n}: expected a JSON object {{...}}, got {type(record).__name__}")
+            hint = (" (a record file holds one JSON object per line, JSON Lines, not a JSON array of them)"
+                    if isinstance(record, list) else "")
+            raise MiniftError(f"{path}: line {n}: expected a JSON object {{...}}, got {type(record).__name__}{hint}")
         yield n, record
 
 
@@ -154,7 +156,8 @@ def read_records(path, fields: tuple[str, ...]):
             if isinstance(value, int) and not isinstance(value, bool):
                 value = record[name] = str(value)
             if not isinstance(value, str):
-                raise MiniftError(f"{path}: line {n}: field {name!r} must be a string, got {type(value).__name__}")
+                raise MiniftError(f"{path}: line {n}: field {name!r} must be a string"
+                                  f"{' or an integer' if name == 'label' else ''}, got {type(value).__name__}")
             if not value.strip():
                 raise MiniftError(f"{path}: line {n}: field {name!r} is empty")
             try:
