@@ -526,7 +526,8 @@ def cmd_bench(a):
 def add_bench(sub):
     from .cli import _seed
     p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
-    p.add_argument("--preset", default="demo", help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
+    p.add_argument("--preset", default="demo",
+                   help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
                         + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
     p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -113,9 +114,11 @@ def cmd_pretrain(a):
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
     if a.chars is not None and (a.files or a.corpus == "pydoc"):
-        raise MiniftError(f"--chars sizes the generated world corpus, which {'--files' if a.files else '--corpus pydoc'}"
-                          " does not read: drop --chars")
+        reader = "--files" if a.files else "--corpus pydoc"
+        raise MiniftError(f"--chars sizes the generated world corpus, which {reader} does not read: drop --chars")
     a.corpus, a.chars = a.corpus or "world", a.chars or 8_000_000
+    if a.warmup is not None and a.warmup > a.steps:      # before the corpus is built (train() checks it too)
+        raise MiniftError(f"--warmup {a.warmup} is longer than the run, --steps {a.steps}: give a smaller --warmup")
     warmup = (resumed_warmup(Path(a.out) / "checkpoints", a.resume, min(100, a.steps // 10)) if a.warmup is None
               else a.warmup)                    # derived from --steps once, when the run starts
     tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
@@ -425,7 +428,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors in minift's one-line form (argparse prints the whole usage first), and an
     unknown option blamed on the subcommand it was given to (argparse's top-level parser reports it)."""
 
-    commands: dict = {}
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.commands = {}                      # subcommand name -> its parser (build_parser fills it)
 
     def error(self, message):
         self.exit(2, f"minift: error: {message} (`{self.prog} --help` lists the options)\n")
@@ -480,30 +485,48 @@ def main(argv=None):
     terminate = (signal.signal(signal.SIGTERM, _raise_terminated)
                  if threading.current_thread() is threading.main_thread() else None)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)      # each one counted, not only the first per line
+        with _FloatingPointWarnings() as fp:
             status = _run(args)
-        _report_warnings(caught, status)
+        fp.report(status)
         return status
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
 
 
-def _report_warnings(caught, status) -> None:
-    """NumPy's floating-point warnings ("overflow encountered in ...") come from a run that is blowing up. When the
-    run failed, its error line says what happened (the training loop stops at the step where the loss or a gradient
-    stops being finite); when it finished, one line says that its numbers may be meaningless, instead of NumPy's
-    source lines. Any other warning is shown as Python would have shown it."""
-    numeric = [w for w in caught if issubclass(w.category, RuntimeWarning) and
-               any(k in str(w.message) for k in ("overflow", "invalid value", "divide by zero", "underflow"))]
-    for w in caught:
-        if w not in numeric:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if numeric and status == 0:
-        print(f"minift: warning: NumPy reported {len(numeric)} floating-point problem(s) during the run (first: "
-              f"{numeric[0].message}): numbers near the limits of float32, so the results above may mean little; a "
-              "smaller --lr usually cures it", file=sys.stderr)
+class _FloatingPointWarnings:
+    """NumPy's floating-point warnings ("overflow encountered in multiply") come from a run that is blowing up, and
+    print NumPy's own source lines. Within `with` they are counted instead; every other warning is shown at once, as
+    Python would show it. report(): a run that failed has said why in its error line (the training loop stops at the
+    step where the loss or a gradient stops being finite); one that finished gets one line."""
+
+    PATTERN = re.compile(r"(overflow|invalid value|divide by zero|underflow) encountered")
+
+    def __enter__(self):
+        self.seen, self._context = [], warnings.catch_warnings()
+        self._context.__enter__()
+        warnings.filterwarnings("always", category=RuntimeWarning, message=self.PATTERN.pattern)   # each one counted
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, RuntimeWarning) and self.PATTERN.match(str(message)):
+                self.seen.append(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+    def report(self, status) -> None:
+        if not self.seen or status != 0:
+            return
+        overflow = [m for m in self.seen if m.startswith("overflow")]
+        why = ("numbers beyond float32's range, so the results above may mean little; a smaller --lr usually cures it"
+               if overflow else "some numbers above may be NaN")
+        print(f"minift: warning: NumPy reported {len(self.seen)} floating-point problem(s) during the run (first: "
+              f"{(overflow or self.seen)[0]}): {why}", file=sys.stderr)
 
 
 def _run(args):

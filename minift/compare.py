@@ -41,7 +41,7 @@ from .evaluate import lm_loss, split_metrics
 from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits
 from .io import atomic_write, save_json
 from .memory import measure_memory, predict_memory
-from .outdir import rewriting_outputs
+from .outdir import drop_summary
 
 K_TOP = 10                 # the paper's top-k singular vectors
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
@@ -240,7 +240,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
     run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
     from .pretrain import heldout_for_base, load_base
-    t0, load_at_start = time.time(), _load_average()
+    t0, cpu0 = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok = load_base(ccfg.base, device=ccfg.device)
@@ -258,7 +258,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     heldout, heldout_text = heldout_for_base(ccfg.base, tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)
-    rewriting_outputs(out, "results.json")          # written again last, when every run's files are in place
+    drop_summary(out, "results.json")          # written again last, when every run's files are in place
     runs = []
     plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
     plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
@@ -266,7 +266,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
     spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
-                   base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread, machine=_machine(load_at_start),
+                   base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread,
+                   machine=_machine(cpu_per_wall=(time.process_time() - cpu0) / max(time.time() - t0, 1e-9)),
                    seconds=round(time.time() - t0, 1))
     from .report import write_plots, write_report
     plots = write_plots(results, out)
@@ -297,20 +298,13 @@ def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, re
     return dict(seeds=[ccfg.seed, *ccfg.seeds], runs=per)
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average: how many processes wanted a core, on average (None where the OS does not say)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def _machine(load_at_start=None) -> dict:
-    """Where the run ran; load_average_at_start: what else was running (report.busy_note reads it)."""
+def _machine(cpu_per_wall=None) -> dict:
+    """Where the run ran. cpu_per_wall: the process's CPU seconds per second of the comparison: at least ~1 (one busy
+    core, more while BLAS threads run) unless other work held the cores (report.busy_note reads it)."""
     import numpy
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__,
-                load_average_at_start=load_at_start)
+                cpu_per_wall=None if cpu_per_wall is None else round(cpu_per_wall, 2))
     try:
         import minift
         info["minift"] = minift.__version__

@@ -321,9 +321,9 @@ def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, ba
     """out_dir/adapter (LoRA: PEFT's files) and/or out_dir/model (a whole model folder: full fine-tuning's result,
     or LoRA's merged into the base with merge=True, with the base's pretrain.json), and finetune.json."""
     from .io import save_json
-    from .outdir import rewriting_outputs
+    from .outdir import drop_summary
     from .pretrain import base_pretraining
-    rewriting_outputs(out_dir, "finetune.json")      # written again last: then the folder is complete
+    drop_summary(out_dir, "finetune.json")      # written again last: then the folder is complete
     if lora is not None:
         lora.save_peft(out_dir / "adapter")
     whole = model if lora is None else lora.merged_model() if merge else None

@@ -21,7 +21,7 @@ files are removed and the earlier run is moved back. A process killed outright l
 command on this --out settles it by the same rule before doing anything else.
 
 A command's summary (pretrain.json, finetune.json, results.json) is written last, after the model, adapter and report
-files, and is removed before they are rewritten (`rewriting_outputs`): a folder whose summary is there holds outputs
+files, and is removed before they are rewritten (`drop_summary`): a folder whose summary is there holds outputs
 that belong together, even if a process was killed while saving them (then --resume saves them again from the final
 checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same folder is
 refused instead of tidying away the first one's files.
@@ -57,7 +57,8 @@ def _ours(e: Path) -> bool:
 
 def _is_temp_of_ours(e: Path) -> bool:
     """".finetune.json.k2x9_a1b.tmp": what atomic_write was writing onto one of minift's names when it was killed."""
-    return e.match(TEMP_GLOB) and _ours(e.with_name(e.name[1:-len(".tmp")].rsplit(".", 1)[0]))
+    target = e.name[1:-len(".tmp")].rsplit(".", 1)[0] if e.match(TEMP_GLOB) else ""
+    return bool(target) and _ours(e.with_name(target))
 
 
 def entries(out: Path):
@@ -82,7 +83,7 @@ def _resumable(checkpoints: Path) -> bool:
         return True
 
 
-def rewriting_outputs(out: Path, summary: str) -> None:
+def drop_summary(out: Path, summary: str) -> None:
     """Call before (re)writing a command's outputs in out: removes its summary file, written again last (module
     docstring), so that a kill in between never leaves a summary beside outputs from another step."""
     (Path(out) / summary).unlink(missing_ok=True)
@@ -167,10 +168,14 @@ class RunFolder:
             raise MiniftError("--resume continues the run in --out and --overwrite deletes it: give one")
         if out.exists() and not out.is_dir():
             raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
-        if out.is_dir():
-            self._take_lock()
-            settle(out)
-        ours, others = entries(out) if out.is_dir() else ([], [])
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)      # now, so that a folder we cannot write fails before training
+        except OSError as e:
+            raise MiniftError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
+        self._take_lock()                               # then nothing below races another command on this folder
+        settle(out)
+        ours, others = entries(out)
         if others:
             names = ", ".join(e.name for e in others[:3]) + (", ..." if len(others) > 3 else "")
             raise MiniftError(f"--out {out} holds files minift did not write ({names}); choose a new or empty folder")
@@ -184,29 +189,27 @@ class RunFolder:
                               "to resume): --overwrite to replace them, or another --out")
         elif ours:
             self._set_aside(ours)
-        self.created = not out.exists()
-        try:
-            out.mkdir(parents=True, exist_ok=True)      # now, so that a folder we cannot write fails before training
-        except OSError as e:
-            raise MiniftError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
-        self._take_lock()
         if not (out / "run.json").is_file():
             save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            **({"argv": ["minift", *self.argv]} if self.argv is not None else {})), out / "run.json")
 
     def _take_lock(self) -> None:
         """An exclusive lock on the folder itself, held until close() (the system drops it if the process dies)."""
-        if fcntl is None or self._lock is not None:
-            self._held = True
+        self._held = True
+        if fcntl is None:
             return
         fd = os.open(self.out, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:                         # held by another process
             os.close(fd)
+            self._held = False
             raise MiniftError(f"--out {self.out} is in use by another minift command that is still running; wait "
                               "for it, stop it, or give another --out") from None
-        self._lock, self._held = fd, True
+        except OSError:                                 # a file system without locks (some network mounts): go on
+            os.close(fd)
+            return
+        self._lock = fd
 
     def _check_resumable(self, ours) -> None:
         out, made = self.out, made_by(self.out) if ours else None

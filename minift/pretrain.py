@@ -24,7 +24,7 @@ from .evaluate import lm_loss
 from .io import load_json, save_json
 from .memory import check_fits
 from .model import GPT
-from .outdir import rewriting_outputs
+from .outdir import drop_summary
 from .tokenizer import Tokenizer
 from .train import TrainConfig, train
 
@@ -135,7 +135,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     result = train(model, source, tcfg, out_dir=out_dir / "checkpoints",
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
                    resume=resume, progress=progress, desc=f"pretrain {name}")
-    rewriting_outputs(out_dir, "pretrain.json")      # written again last: then the folder is complete
+    drop_summary(out_dir, "pretrain.json")      # written again last: then the folder is complete
     model.save_pretrained(out_dir / "model", tok)
     tok.save(out_dir / "model" / "tokenizer.json")
     summary = dict(preset=name, model_config=cfg.to_dict(),
@@ -159,9 +159,7 @@ def load_base(path=None, dtype="float32", device="cpu"):
     """(model, tokenizer) from a model folder (default: the shipped demo base). The folder's own tokenizer.json is
     used when it has one, else the shipped data/tokenizer.json."""
     path = Path(path) if path else shipped_base_dir()
-    if path.is_file():
-        raise MiniftError(f"{path} is a file; give the model's folder (config.json, model.safetensors, tokenizer.json)")
-    if not path.is_dir():
+    if not path.exists():                        # (a file: GPT.from_pretrained says it is not a folder)
         hint = (" (the shipped base is made by `minift pretrain --preset demo --chars 16000000 --steps 2000 "
                 "--out runs/base-demo`, then copying runs/base-demo/model/* and pretrain.json into data/base-demo)"
                 if path == shipped_base_dir() else "")

@@ -207,15 +207,19 @@ def write_report(results) -> str:
     return "\n".join(parts)
 
 
+BUSY_BELOW = 0.8      # CPU seconds per wall second under which the comparison did not even get one core
+
+
 def busy_note(machine: dict) -> str:
-    """A warning for the time claim when other work held the cores as the comparison started (a load average above
-    half the cores before minift itself ran): then step times measure the contention as much as the methods."""
-    load, cores = machine.get("load_average_at_start"), machine.get("cpu_count") or 1
-    if load is None or load <= cores / 2:
+    """A warning for the time claim when other work held the cores: the comparison, which keeps at least one core
+    busy all the time it runs, got less than BUSY_BELOW of a core on average. Then step times measure the other
+    work as much as the methods."""
+    share = machine.get("cpu_per_wall")
+    if share is None or share >= BUSY_BELOW:
         return ""
-    return (f" **The machine was busy** (load average {load:g} on {cores} cores before this run started): these step "
-            "times measure the other work as much as the methods, and the verdict can flip; rerun on an idle "
-            "machine, or with `OPENBLAS_NUM_THREADS=1` for steadier times.")
+    return (f" **The machine was busy**: this comparison got {share:.2f} CPU seconds per second, less than one core, "
+            "so these step times measure the other work as much as the methods and the verdict can flip; rerun on "
+            "an idle machine, or with `OPENBLAS_NUM_THREADS=1` for steadier times.")
 
 
 def write_plots(results, out: Path) -> list:

@@ -13,9 +13,9 @@ Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the 
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
 SHA-256. A checkpoint is written into a hidden `.step-000100.partial/` and renamed when complete, and only then does
 `out_dir/latest` (written atomically) point at it, so a crash during a save leaves the previous checkpoint in force
-and no half-written step folder (a process killed between the rename and `latest` leaves no `latest`: then the newest
-step folder is the one in force). Resuming restores all of it: the resumed run ends bitwise identical to an
-uninterrupted one.
+and no half-written step folder (a process killed between the rename and `latest` leaves `latest` naming the previous
+checkpoint, which stays in force, or at the first save no `latest`: then the newest step folder is the one in force).
+Resuming restores all of it: the resumed run ends bitwise identical to an uninterrupted one.
 
 Stopping: the first Ctrl-C (SIGINT) or SIGTERM during train() lets the step under way finish, then writes a
 checkpoint and raises TrainingInterrupted. A step cut in half would leave weights with half an update and a data
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import numbers
 import os
 import shutil
 import signal
@@ -82,12 +83,10 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be positive")
         if not self.lr > 0:            # NaN fails this too; inf passes: tutorial 06 uses it to trip the guard
-            raise MiniftError(f"lr={self.lr} (--lr) must be a positive number")
+            raise MiniftError(f"lr={self.lr}{option_of('lr')} must be a positive number")
         for name in ("eval_every", "save_every", "warmup"):
             if getattr(self, name) < 0:
                 raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be >= 0")
-        if self.warmup > self.steps:   # (the schedule refuses it too, but only once training has begun)
-            raise MiniftError(f"warmup={self.warmup}{option_of('warmup')} must be at most steps={self.steps} (--steps)")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise MiniftError(f"grad_clip={self.grad_clip} must be positive (or None to disable)")
         check_workers(self.workers, self.batch_size)
@@ -141,10 +140,20 @@ class _StopAtStepEnd:
 
     def __init__(self, quiet=False):
         self.signum, self.quiet, self._old = None, quiet, {}
+        self.doing = "in the middle of a step"            # what a second signal cuts short, for its message
+
+    @contextlib.contextmanager
+    def during(self, doing: str):
+        """Within `with`: a second signal says it cut `doing` short (an evaluation, a checkpoint save)."""
+        before, self.doing = self.doing, doing
+        try:
+            yield
+        finally:
+            self.doing = before
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise TrainingInterrupted(signum, at_step_end=False)
+            raise TrainingInterrupted(signum, at_step_end=False, cut=self.doing)
         self.signum = signum
         if not self.quiet:
             print("\nminift: finishing this step, then saving and stopping (again to stop at once)",
@@ -256,7 +265,8 @@ def resumed_warmup(out_dir, resume: bool, derived: int) -> int:
 
 
 def step_folders(out_dir) -> list[Path]:
-    """The complete checkpoints in out_dir (renamed from .partial, so complete), oldest step first."""
+    """The checkpoints in out_dir, oldest step first: complete when renamed from .partial (an old one whose
+    deletion was cut short may lack files; load_checkpoint's checksums name it)."""
     done = [f.parent for f in Path(out_dir).glob("step-*/state.json") if f.parent.name[5:].isdigit()]
     return sorted(done, key=lambda f: int(f.name[5:]))
 
@@ -373,31 +383,41 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
         start = state["step"]
         result = TrainResult(state["history"], state["evals"], start, state["seconds"], state["tokens"])
         saved[start] = folder
+    if tcfg.warmup > tcfg.steps:      # after the resume checks: a checkpoint beyond --steps is the clearer message
+        more = "this run's warmup was fixed when it started" if start else "or a smaller warmup"
+        raise MiniftError(f"warmup={tcfg.warmup} is longer than the run, steps={tcfg.steps}: give --steps "
+                          f"{tcfg.warmup} or more ({more})")
+    stop = _StopAtStepEnd(quiet=not progress)
 
     def checkpoint(step):
         """Save once per step: saving again would first delete the folder `latest` points at."""
         if out_dir is not None and step not in saved:
-            saved[step] = save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg,
-                                          start_fingerprint)
+            with stop.during("while saving a checkpoint"):
+                saved[step] = save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result, tcfg,
+                                              start_fingerprint)
         return saved.get(step)
+
+    def evaluated(step):
+        with stop.during("during an evaluation"):
+            return dict(step=step, **_evaluated(evaluate, model, step, out_dir))
 
     bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=False)
-    with _StopAtStepEnd(quiet=not progress) as stop:
+    with stop:
         try:
             for step in bar:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guards in _step check
                     _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
                 done = step + 1
                 if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
-                    result.evals.append(dict(step=done, **_evaluated(evaluate, model, done, out_dir)))
+                    result.evals.append(evaluated(done))
                 if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
                     checkpoint(done)
                 if stop.signum is not None:          # asked to stop during this step: it is complete now
                     raise TrainingInterrupted(stop.signum)
             # the final evaluation (a resumed finished run has it already)
             if evaluate is not None and not (result.evals and result.evals[-1]["step"] == tcfg.steps):
-                result.evals.append(dict(step=tcfg.steps, **_evaluated(evaluate, model, tcfg.steps, out_dir)))
+                result.evals.append(evaluated(tcfg.steps))
             checkpoint(tcfg.steps)
             if stop.signum is not None:              # arrived during the final evaluation or save: both finished
                 raise TrainingInterrupted(stop.signum)
@@ -406,7 +426,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
                 try:
                     e.checkpoint = checkpoint(result.steps_done)    # a state the uninterrupted run also passes through
                 except TrainingInterrupted as second:               # a second signal cut that save short
-                    second.cut, e = "while saving a checkpoint", second
+                    e = second
             e.out_dir, e.steps_done = out_dir, result.steps_done
             if not e.at_step_end and out_dir is not None:
                 with contextlib.suppress(MiniftError):
@@ -421,7 +441,7 @@ def _evaluated(evaluate, model, step, out_dir) -> dict:
     """evaluate(model), refused when a loss it reports is not finite: finite weights can still be too large to
     compute with (an update that overshot), which only the next forward shows; this state is not saved."""
     metrics = evaluate(model)
-    bad = [k for k, v in metrics.items() if "loss" in k and isinstance(v, float) and not np.isfinite(v)]
+    bad = [k for k, v in metrics.items() if "loss" in k and isinstance(v, numbers.Real) and not np.isfinite(v)]
     if bad:
         kept = f"the last checkpoint in {out_dir} is intact" if out_dir is not None and latest_checkpoint(out_dir) \
             else "nothing was saved"

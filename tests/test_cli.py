@@ -481,7 +481,7 @@ def test_messages_name_the_option_and_the_item(tmp_path, capsys):
                        (["finetune", "--method", "freeze", "--freeze-blocks", "-1", "--out", str(tmp_path / "x")],
                         "(--freeze-blocks)"),
                        (["pretrain", "--preset", "tiny", "--steps", "2", "--warmup", "100", "--out",
-                         str(tmp_path / "x")], "must be at most steps=2 (--steps)")):
+                         str(tmp_path / "x")], "--warmup 100 is longer than the run, --steps 2")):
         assert main(argv) == 1, argv
         assert says in capsys.readouterr().err, argv
     with pytest.raises(SystemExit):
@@ -494,3 +494,60 @@ def test_messages_name_the_option_and_the_item(tmp_path, capsys):
     with pytest.raises(MiniftError, match="must be a string or an integer, got float"):
         read_records(array, ("text", "label"))
     assert not (tmp_path / "x").exists()
+
+
+def test_floating_point_warnings_are_counted_and_other_warnings_pass_through(capsys):
+    import warnings
+
+    import numpy as np
+
+    from minift.cli import _FloatingPointWarnings
+    with pytest.warns(UserWarning, match="shown as always"):
+        with _FloatingPointWarnings() as fp:
+            with np.errstate(over="warn", invalid="warn"):
+                np.float32(3e38) * np.float32(10)                    # overflow
+                np.zeros(1) / np.zeros(1)                            # invalid value (0/0)
+            warnings.warn("shown as always")
+    assert len(fp.seen) == 2
+    fp.report(1)                                         # a failed run has said why in its error line
+    assert capsys.readouterr().err == ""
+    fp.report(0)
+    err = capsys.readouterr().err
+    assert "2 floating-point problem(s)" in err and "overflow encountered" in err and "--lr" in err
+    fp.seen = ["invalid value encountered in divide"]    # no overflow: no advice about the learning rate
+    fp.report(0)
+    err = capsys.readouterr().err
+    assert "may be NaN" in err and "--lr" not in err
+
+
+def test_a_users_temp_file_in_out_is_still_refused_and_odd_names_do_not_crash(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".notes.txt.x7.tmp").write_text("mine")          # looks like atomic_write's, but not for a minift name
+    (run / "..tmp").write_text("")
+    assert main(["finetune", "--method", "head", "--steps", "1", "--out", str(run)]) == 1
+    assert "files minift did not write" in capsys.readouterr().err
+    assert (run / ".notes.txt.x7.tmp").read_text() == "mine" and (run / "..tmp").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "compare"])
+def test_the_summary_is_dropped_before_the_outputs_are_rewritten(pretrained, tmp_path, monkeypatch, command):
+    """As finetune's (test_outputs_are_complete_when_the_summary_is_there): a failure while pretrain saves its model,
+    or while compare writes its runs' files, leaves no summary from before beside them."""
+    import minift.compare
+    import minift.model
+    if command == "pretrain":
+        argv = ["pretrain", "--preset", "tiny", "--chars", "300000", "--steps", "2", "--batch", "4", "--quiet"]
+        where, name, summary = minift.model.GPT, "save_pretrained", "pretrain.json"
+    else:
+        argv = ["compare", "--quick", "--methods", "head", "--quiet"]
+        where, name, summary = minift.compare, "run_one", "results.json"
+    run = tmp_path / "run"
+    assert main(argv + ["--out", str(run)]) == 0 and (run / summary).is_file()
+    monkeypatch.setattr(where, name, _disk_full)
+    assert main(argv + ["--out", str(run), "--resume"]) == 1
+    assert not (run / summary).exists()
+
+
+def _disk_full(*args, **kw):
+    raise OSError(28, "No space left on device")

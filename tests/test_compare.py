@@ -101,7 +101,7 @@ def test_report_reads_the_claims_and_has_plots(report):
     for png in ("loss_curves.png", "accuracy_vs_trainable.png", "spectra.png", "intruders_vs_eps.png",
                 "rank_sweep.png"):
         assert (out / png).stat().st_size > 1000
-    assert results["machine"]["cpu_count"] >= 1
+    assert results["machine"]["cpu_count"] >= 1 and results["machine"]["cpu_per_wall"] > 0
 
 
 
@@ -211,8 +211,7 @@ def test_a_dora_comparison_says_so_and_predicts_its_memory(tmp_path):
 
 def test_the_time_claim_warns_when_the_machine_was_busy():
     from minift.report import busy_note
-    assert busy_note({"load_average_at_start": 0.4, "cpu_count": 2}) == ""
-    assert busy_note({"load_average_at_start": None, "cpu_count": 2}) == ""        # an OS without load averages
-    assert busy_note({}) == ""                                                     # results from before the field
-    note = busy_note({"load_average_at_start": 8.5, "cpu_count": 2})
-    assert "machine was busy" in note and "8.5 on 2 cores" in note
+    assert busy_note({"cpu_per_wall": 1.6}) == busy_note({"cpu_per_wall": 0.95}) == ""
+    assert busy_note({}) == busy_note({"cpu_per_wall": None}) == ""                # results from before the field
+    note = busy_note({"cpu_per_wall": 0.43})
+    assert "machine was busy" in note and "0.43 CPU seconds per second" in note

@@ -310,3 +310,49 @@ def test_an_evaluation_that_is_not_finite_stops_the_run_and_saves_nothing_of_it(
     with pytest.raises(TrainingDiverged, match="after step 4: val_loss is not finite.*last checkpoint in .* intact"):
         train(tiny(), LMSource(stream(), 16, 4), tcfg, out_dir=tmp_path, evaluate=evaluate, progress=False)
     assert latest_checkpoint(tmp_path).name == "step-000002"
+
+
+def test_a_resume_shorter_than_its_warmup_says_how_many_steps_it_needs(tmp_path):
+    tcfg = TrainConfig(steps=10, batch_size=4, warmup=8)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(), SignalAt(LMSource(stream(), 16, 4), at=3), tcfg, out_dir=tmp_path, progress=False)
+    with pytest.raises(MiniftError, match="beyond steps=3: resume with --steps 4 or more"):   # this one first
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=3, batch_size=4, warmup=8), out_dir=tmp_path,
+              resume=True, progress=False)
+    with pytest.raises(MiniftError, match="warmup=8 is longer than the run, steps=6: give --steps 8 or more "
+                                          r"\(this run's warmup was fixed when it started\)"):
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=6, batch_size=4, warmup=8), out_dir=tmp_path,
+              resume=True, progress=False)
+
+
+def test_two_signals_during_a_periodic_save_say_the_save_was_cut(tmp_path, monkeypatch):
+    import minift.train as train_module
+    real = train_module.save_safetensors
+
+    def two_signals_in_the_save_of_step_4(tensors, path, *a, **kw):
+        if ".step-000004.partial" in str(path):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(tensors, path, *a, **kw)
+    monkeypatch.setattr(train_module, "save_safetensors", two_signals_in_the_save_of_step_4)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny(), LMSource(stream(), 16, 4), TrainConfig(steps=6, batch_size=4, warmup=1, save_every=2),
+              out_dir=tmp_path, progress=False)
+    assert "while saving a checkpoint" in str(stop.value) and "step-000002" in str(stop.value)
+    assert stop.value.checkpoint == latest_checkpoint(tmp_path) == tmp_path / "step-000002"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_write_replaces_whole_files_and_keeps_their_mode(tmp_path):
+    from minift.io import atomic_write, atomic_write_text
+    path = atomic_write_text(tmp_path / "a.txt", "one\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask            # a new file: what open() would give it
+    os.chmod(path, 0o600)
+    atomic_write_text(path, "two\n")
+    assert path.read_bytes() == b"two\n" and path.stat().st_mode & 0o777 == 0o600   # the owner's choice stays
+    with pytest.raises(RuntimeError), atomic_write(path) as f:
+        f.write(b"half")
+        raise RuntimeError("cut short")
+    assert path.read_bytes() == b"two\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -42,7 +42,7 @@
 # 6. deployment: one self-contained model folder, reloaded bit for bit, and its inference speed.
 #
 # **Time:** 2–2½ minutes normally (a 400-step fine-tune, two 200-step small-data runs, full and LoRA, three 150-step
-# runs: 127 s measured with `OPENBLAS_NUM_THREADS=1` while other jobs competed for the cores), about 25 s in fast mode
+# runs: 127 s measured with `OPENBLAS_NUM_THREADS=1` while other jobs competed for the cores), about 30 s in fast mode
 # (`MINIFT_FAST=1`), on 2 CPU cores of a shared, busy machine. 30 minutes to read.
 #
 # **Prerequisite:** tutorial 05 (the task, the head, `finetune`).
