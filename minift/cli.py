@@ -203,9 +203,40 @@ def _lora_from_args(a):
                       rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
 
 
+# finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start)
+START_OPTIONS = ("method", "head", "rank", "alpha", "targets", "rslora", "dora", "init", "lora_dropout")
+
+
+def _started_with(a, names) -> dict:
+    """--resume: {option: (as the run started, as given now)} for the options in `names` that differ from the command
+    line recorded in --out's run.json (empty when it has none, or one this version cannot read)."""
+    import io
+    import json
+    from pathlib import Path
+    try:
+        argv = json.loads((Path(a.out) / "run.json").read_text())["argv"]
+        with contextlib.redirect_stderr(io.StringIO()):
+            before = build_parser().parse_args(argv[1:])
+    except (OSError, ValueError, KeyError, TypeError, SystemExit):
+        return {}
+    if before.command != a.command:
+        return {}
+    return {name: (getattr(before, name), getattr(a, name)) for name in names
+            if getattr(before, name, None) != getattr(a, name, None)}
+
+
 def cmd_finetune(a):
     from .finetune import FinetuneConfig, finetune
     from .pretrain import load_base, shipped_base_dir
+    # --resume with other adapter options: said here, by name, before any loading (the checkpoint's fingerprint
+    # would refuse it too, later and without naming the option)
+    if a.resume and (changed := _started_with(a, START_OPTIONS)):
+        def shown(v):
+            return "(default)" if v is None else v
+        diff = ", ".join(f"--{k.replace('_', '-')} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items())
+        raise MiniftError(f"--resume: the run in --out {a.out} started with another method, head or adapter "
+                          f"configuration ({diff}): give the options it started with (its command line is in "
+                          "run.json), or start afresh")
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,

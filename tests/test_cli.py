@@ -217,9 +217,11 @@ def test_resume_refuses_other_lora_options(tmp_path, capsys):
     run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "2",
            "--batch", "4", "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
     assert main(run) == 0
-    for extra in (["--alpha", "1"], ["--rslora"], ["--lora-dropout", "0.1"]):
+    for extra, says in ((["--alpha", "1"], "--alpha (default) -> 1.0"), (["--rslora"], "--rslora False -> True"),
+                        (["--lora-dropout", "0.1"], "--lora-dropout (default) -> 0.1")):
         assert main(run + ["--resume", *extra]) == 1
-        assert "adapter configuration" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "adapter configuration" in err and says in err
     assert main(run + ["--resume"]) == 0
 
 
