@@ -254,6 +254,12 @@ assert 1 / 16 < ratio_r < 1 / 4 and 1 / 1.5 < ratio_rs < 1.5
 assert 1 / 1.5 < useful_r < 1.5 and 3 < useful_rs < 16
 
 # %% [markdown]
+# This is the update after five steps, not what a fine-tune ends with. Accuracy against rank, the article's §3.2
+# question, is measured by `minift compare --ranks 1,2,4,8,16,64` (the README's table: at $s = 2$ for every rank,
+# test accuracy rose up to $r = 4$, stayed level to $r = 16$ and fell at $r = 64$) and by tutorial 10, section 3
+# (LoRA at ranks 1, 8 and 32, and rsLoRA at 32).
+
+# %% [markdown]
 # ## 4. The forward and the backward, written out
 #
 # One adapted linear, with $N$ token positions, $x \in \mathbb R^{N\times I}$ (dropout off):
