@@ -534,14 +534,16 @@ class _FloatingPointWarnings:
     PATTERN = re.compile(r"(overflow|invalid value|divide by zero|underflow) encountered")
 
     def __enter__(self):
-        self.seen, self._context = [], warnings.catch_warnings()
+        self.count, self.first, self._context = 0, {}, warnings.catch_warnings()    # first: kind -> message
         self._context.__enter__()
         warnings.filterwarnings("always", category=RuntimeWarning, message=self.PATTERN.pattern)   # each one counted
         shown = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, RuntimeWarning) and self.PATTERN.match(str(message)):
-                self.seen.append(str(message))
+            kind = self.PATTERN.match(str(message)) if issubclass(category, RuntimeWarning) else None
+            if kind:
+                self.count += 1
+                self.first.setdefault(kind.group(1), str(message))
             else:
                 shown(message, category, filename, lineno, file, line)
         warnings.showwarning = show
@@ -551,13 +553,13 @@ class _FloatingPointWarnings:
         return self._context.__exit__(*exc)
 
     def report(self, status) -> None:
-        if not self.seen or status != 0:
+        if not self.count or status != 0:
             return
-        overflow = [m for m in self.seen if m.startswith("overflow")]
+        overflow = self.first.get("overflow")
         why = ("numbers beyond float32's range, so the results above may mean little; a smaller --lr usually cures it"
                if overflow else "some numbers above may be NaN")
-        print(f"minift: warning: NumPy reported {len(self.seen)} floating-point problem(s) during the run (first: "
-              f"{(overflow or self.seen)[0]}): {why}", file=sys.stderr)
+        print(f"minift: warning: NumPy reported {self.count} floating-point problem(s) during the run (first: "
+              f"{overflow or next(iter(self.first.values()))}): {why}", file=sys.stderr)
 
 
 def _run(args):

@@ -57,6 +57,7 @@ RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
 NOTHING_SAVED = "at the very first step, before any training, so nothing was saved"   # a divergence at step 0
 SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
                  "warmup": " (pretrain's --warmup)"}      # fields whose option has another name
+OPTION_FIELDS = {"steps", "lr", "weight_decay", "eval_every", "save_every", "seed", "workers"}   # --same-name
 # state.json's keys, each with the type a checkpoint written by save_checkpoint gives it
 STATE_KEYS = dict(step=int, optimizer=dict, data=dict, dropout_rng=dict, train_config=dict, model_config=dict,
                   frozen=list, history=list, evals=list, seconds=(int, float), tokens=int, sha256=dict)
@@ -173,14 +174,17 @@ class _StopAtStepEnd:
 
 
 class TrainingDiverged(MiniftError):
-    """A loss, a gradient or (after an update) a weight became NaN or infinite. In the first two cases the weights
-    are still the last good ones and were saved before this was raised; in the third they are not, nothing was saved,
-    and the last checkpoint on disk is the good state."""
+    """A loss, a gradient or (after an update) a weight became NaN or infinite, or an evaluation's loss did. In the
+    first two cases the weights are still the last good ones and were saved before this was raised; in the others
+    they are not, nothing was saved, and the last checkpoint on disk is the good state."""
 
 
 def option_of(name: str) -> str:
-    """" (--eval-every)": the command-line option of a TrainConfig field, for messages."""
-    return SETTING_HINTS.get(name, f" (--{name.replace('_', '-')})")
+    """" (--eval-every)": the command-line option of a TrainConfig field, for messages ("" for a field no command
+    sets, such as schedule or grad_clip)."""
+    if name in SETTING_HINTS:
+        return SETTING_HINTS[name]
+    return f" (--{name.replace('_', '-')})" if name in OPTION_FIELDS else ""
 
 
 def find_nonfinite(loss, grads) -> str | None:

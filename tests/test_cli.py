@@ -510,13 +510,13 @@ def test_floating_point_warnings_are_counted_and_other_warnings_pass_through(cap
                 np.float32(3e38) * np.float32(10)                    # overflow
                 np.zeros(1) / np.zeros(1)                            # invalid value (0/0)
             warnings.warn("shown as always")
-    assert len(fp.seen) == 2
+    assert fp.count == 2
     fp.report(1)                                         # a failed run has said why in its error line
     assert capsys.readouterr().err == ""
     fp.report(0)
     err = capsys.readouterr().err
     assert "2 floating-point problem(s)" in err and "overflow encountered" in err and "--lr" in err
-    fp.seen = ["invalid value encountered in divide"]    # no overflow: no advice about the learning rate
+    fp.first = {"invalid value": "invalid value encountered in divide"}   # no overflow: no advice about the lr
     fp.report(0)
     err = capsys.readouterr().err
     assert "may be NaN" in err and "--lr" not in err
