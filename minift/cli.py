@@ -16,7 +16,7 @@ import threading
 import warnings
 
 from .errors import MiniftError
-from .train import TrainingInterrupted
+from .train import StartMismatch, TrainingInterrupted
 
 
 def _int_at_least(lo: int, what: str):
@@ -225,18 +225,14 @@ def _started_with(a, names) -> dict:
             if getattr(before, name, None) != getattr(a, name, None)}
 
 
+def _shown(value) -> str:
+    return "(default)" if value is None else str(value)
+
+
 def cmd_finetune(a):
     from .finetune import FinetuneConfig, finetune
     from .pretrain import load_base, shipped_base_dir
-    # --resume with other adapter options: said here, by name, before any loading (the checkpoint's fingerprint
-    # would refuse it too, later and without naming the option)
-    if a.resume and (changed := _started_with(a, START_OPTIONS)):
-        def shown(v):
-            return "(default)" if v is None else v
-        diff = ", ".join(f"--{k.replace('_', '-')} {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items())
-        raise MiniftError(f"--resume: the run in --out {a.out} started with another method, head or adapter "
-                          f"configuration ({diff}): give the options it started with (its command line is in "
-                          "run.json), or start afresh")
+    changed = _started_with(a, START_OPTIONS) if a.resume else {}      # read before the defaults are filled in
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
@@ -254,8 +250,14 @@ def cmd_finetune(a):
                           head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
                           eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers,
                           lora=_lora_from_args(a) if a.method == "lora" else None, merge=a.merge, head=a.head)
-    _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume,
-                       base_dir=a.base or shipped_base_dir())
+    try:
+        _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume,
+                           base_dir=a.base or shipped_base_dir())
+    except StartMismatch as e:     # the checkpoint decides; run.json's command line names what differs
+        if not changed:
+            raise
+        diff = ", ".join(f"--{k.replace('_', '-')} {_shown(old)} -> {_shown(new)}" for k, (old, new) in changed.items())
+        raise MiniftError(f"{e} (against the command line in run.json: {diff})") from None
     print(f"{s['method']} on {s['task']}: {s['trainable']:,} trainable of {s['total']:,} ({s['percent']:.2f}%), "
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "

@@ -17,6 +17,7 @@ no activations for them, "head" runs a forward and the head's backward only.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -314,7 +315,10 @@ def _start(base, lora, head: str = "new") -> str:
     start = base.fingerprint() + ("+kept-head" if head == "kept" else "")
     if lora is None:
         return start
-    return start + "+lora-" + hashlib.sha256(repr(lora.config).encode()).hexdigest()[:8]
+    config = lora.config
+    if float(config.alpha).is_integer():   # alpha=16 and 16.0 are one configuration (the CLI's default is 2r, an int;
+        config = dataclasses.replace(config, alpha=int(config.alpha))   # an --alpha is a float): one fingerprint
+    return start + "+lora-" + hashlib.sha256(repr(config).encode()).hexdigest()[:8]
 
 
 def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, base_dir=None):

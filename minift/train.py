@@ -106,6 +106,10 @@ class TrainResult:
         return self.history[-1]["loss"] if self.history else float("nan")
 
 
+class StartMismatch(MiniftError):
+    """--resume of a checkpoint whose run started from another base model, head or adapter configuration."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """train() was stopped by a signal. checkpoint: the folder --resume would continue from (saved on the way out,
     or after a second signal the last one saved before; None if there is none); steps_done: the steps completed;
@@ -292,7 +296,7 @@ def check_resumable(folder, state: dict, tcfg: TrainConfig, start_fingerprint: s
     """Raise a MiniftError unless the checkpoint in `folder` (its state.json) continues this run: the same starting
     weights and training settings (module docstring); `steps` at least the checkpoint's step."""
     if start_fingerprint is not None and state.get("start_fingerprint") not in (None, start_fingerprint):
-        raise MiniftError(f"checkpoint {folder} continues a run that started from another base model, head or "
+        raise StartMismatch(f"checkpoint {folder} continues a run that started from another base model, head or "
                           f"adapter configuration ({state['start_fingerprint']}, this one is {start_fingerprint}); "
                           "resume with the --base, --head and LoRA options it was started with, or start afresh")
     if state["step"] > tcfg.steps:        # first: fewer steps also change what is derived from them (warmup)

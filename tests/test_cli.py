@@ -218,7 +218,7 @@ def test_resume_refuses_other_lora_options(tmp_path, capsys):
            "--batch", "4", "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
     assert main(run) == 0
     for extra, says in ((["--alpha", "1"], "--alpha (default) -> 1.0"), (["--rslora"], "--rslora False -> True"),
-                        (["--lora-dropout", "0.1"], "--lora-dropout (default) -> 0.1")):
+                        (["--lora-dropout", "0.1"], "--lora-dropout (default) -> 0.1")):   # named from run.json
         assert main(run + ["--resume", *extra]) == 1
         err = capsys.readouterr().err
         assert "adapter configuration" in err and says in err
@@ -553,3 +553,14 @@ def test_the_summary_is_dropped_before_the_outputs_are_rewritten(pretrained, tmp
 
 def _disk_full(*args, **kw):
     raise OSError(28, "No space left on device")
+
+
+def test_resume_with_defaults_spelled_out_is_the_same_run(tmp_path, capsys):
+    """--alpha 4 at --rank 2 is the default (2r): the same adapters, so --resume accepts it (the checkpoint decides,
+    run.json's command line only names what differs when the checkpoint refuses)."""
+    from minift import GPT, GPTConfig
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--batch", "4",
+           "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(run + ["--steps", "2"]) == 0
+    assert main(run + ["--steps", "3", "--resume", "--alpha", "4", "--head", "new", "--targets", "all-linear"]) == 0
