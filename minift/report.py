@@ -162,8 +162,8 @@ def write_report(results) -> str:
         "# minift compare — full fine-tuning vs LoRA, measured",
         "",
         f"Task `{cfg['task']}`, base `{results['base']}`, {cfg['steps']} steps of batch {cfg['batch_size']}, "
-        f"seed {cfg['seed']}, same data order for every method" + (" — **quick mode: a tiny budget, numbers are "
-                                                                     "only a smoke test**" if cfg["quick"] else "") + ".",
+        f"seed {cfg['seed']}, same data order for every method"
+        + (" — **quick mode: a tiny budget, numbers are only a smoke test**" if cfg["quick"] else "") + ".",
         "",
         main_table(results),
         "",

@@ -504,8 +504,8 @@ if not FAST:
 # protection costs the task: the frozen last-token state does not encode the label in any linear direction (not
 # even for plain reviews), so the probe — and the best possible linear read-out — stays at chance, while training
 # every weight reaches well above it. What freezing *does* protect — the base's language modelling —
-# is tutorial 10's and `minift compare`'s "forgetting" column. Tutorial 06 looks at full fine-tuning's costs, tutorial 07
-# at LoRA, which freezes the body too but trains a low-rank change *inside* it.
+# is tutorial 10's and `minift compare`'s "forgetting" column. Tutorial 06 looks at full fine-tuning's costs,
+# tutorial 07 at LoRA, which freezes the body too but trains a low-rank change *inside* it.
 #
 # ## Exercises
 #

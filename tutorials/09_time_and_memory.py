@@ -435,8 +435,8 @@ finally:
 predicted_reference = predict_memory(SIZES["demo"], "full", B, T, rank=R, block=None)
 gap_reference = reference["total"] / predicted_reference["total"] - 1
 print(f"demo, full, reference attention: workspace measured {reference['workspace'] / MiB:.2f} MiB, predicted "
-      f"{predicted_reference['workspace'] / MiB:.2f} MiB (blocked: {predicted['demo', 'full']['workspace'] / MiB:.2f}); "
-      f"total {gap_reference:+.2%}")
+      f"{predicted_reference['workspace'] / MiB:.2f} MiB "
+      f"(blocked: {predicted['demo', 'full']['workspace'] / MiB:.2f}); total {gap_reference:+.2%}")
 assert abs(gap_reference) < 0.01
 assert predicted_reference["workspace"] > predicted["demo", "full"]["workspace"]
 
