@@ -5,11 +5,17 @@ write, and never loses an earlier run because the new one failed.
     new or empty                      the run starts
     a run of this command             --resume continues it (from its checkpoints); --overwrite replaces it
     a run of another command          --overwrite replaces it; --resume is refused (it would mix two runs)
-    anything minift did not write     refused, with or without flags
+    anything minift did not write     refused, with or without flags, and left exactly as it was
     leftovers of a run that failed    (folders without a file, the run.json marker) reused as if empty
     before it saved anything
     leftovers of a process killed     atomic_write's temporary files, checkpoint folders cut short: removed
     outright (SIGKILL, power cut)
+
+A folder is minift's only when it says so: its `run.json` is minift's marker (written by `open()` before anything
+else, `"written_by": "minift"`; the three-key run.json of earlier versions counts too), or, after a kill in the
+middle of --overwrite, the run set aside in `.minift-replaced/` carries one. Familiar names are no proof: a folder
+without the marker, or with the marker and a file minift does not write, is refused before anything in it is
+removed, renamed or written (`claim`), and only then are killed writes cleared (`settle`).
 
 A run "has something" once it holds a result (pretrain.json, finetune.json, results.json) or a checkpoint
 (`checkpoints/step-NNNNNN/`, in compare one such folder per method). `run.json` names the command that made the folder
@@ -24,7 +30,13 @@ A command's summary (pretrain.json, finetune.json, results.json) is written last
 files, and is removed before they are rewritten (`drop_summary`): a folder whose summary is there holds outputs
 that belong together, even if a process was killed while saving them (then --resume saves them again from the final
 checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same folder is
-refused instead of tidying away the first one's files.
+refused instead of tidying away the first one's files. The lock is `flock` on the folder's own descriptor, not a
+lock file (`filelock` would need one): a lock file would be written into a folder before minift has proved the folder
+is its own, or outside --out, and would stay behind; the kernel drops this lock when the process dies. Windows has
+no such lock, and there --out is not locked.
+
+A command that fails leaves no trace: a folder it made for --out (and the parent folders it made for it) are
+removed again when they are empty.
 """
 from __future__ import annotations
 
@@ -49,6 +61,50 @@ NAMES = ("run.json", "pretrain.json", "finetune.json", "results.json", "report.m
 PATTERNS = ("lorar*", "seed-*", "*.png")
 ASIDE = ".minift-replaced"
 SUMMARIES = {"pretrain.json": "pretrain", "finetune.json": "finetune", "results.json": "compare"}
+
+
+MARKER = "minift"                         # run.json's "written_by": this folder is a minift run folder
+LEGACY_KEYS = {"command", "started", "argv"}   # run.json before the marker: exactly these keys
+
+
+def marker(command: str, argv=None) -> dict:
+    """The content of run.json: minift's marker, the command that made the folder and its command line."""
+    return dict(written_by=MARKER, command=command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **({"argv": ["minift", *argv]} if argv is not None else {}))
+
+
+def is_marker(path: Path) -> bool:
+    """Whether `path` is a run.json that minift wrote (this version's marker, or an earlier version's run.json)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("command") not in SUMMARIES.values():
+        return False
+    if info.get("written_by") == MARKER:
+        return True
+    return set(info) <= LEGACY_KEYS and isinstance(info.get("started"), str) and \
+        (info.get("argv") is None or isinstance(info["argv"], list) and info["argv"][:1] == ["minift"])
+
+
+def claim(out: Path) -> None:
+    """Raise, having changed nothing, unless `out` is empty or provably minift's run folder (module docstring):
+    its run.json (or, after a kill during --overwrite, the set-aside run's) is minift's marker and every other entry
+    is a name minift writes. Only after this may a command clear, move or write anything in `out`."""
+    items = list(out.iterdir())
+    if all(e.match(".run.json.*.tmp") for e in items):    # empty, or a start killed while writing run.json
+        return
+    top = out / "run.json"
+    marked = is_marker(top) if top.exists() else is_marker(out / ASIDE / "run.json")
+    others = entries(out)[1]
+    if marked and not others:
+        return
+    shown = others if marked else items
+    names = ", ".join(sorted(e.name for e in shown)[:3]) + (", ..." if len(shown) > 3 else "")
+    if not marked:
+        names += "; its run.json is not minift's" if top.exists() else "; no run.json of minift's marks it as a run"
+    raise MiniftError(f"--out {out} holds files minift did not write ({names}); minift changed nothing in it: "
+                      "choose a new or empty folder")
 
 
 def _ours(e: Path) -> bool:
@@ -160,7 +216,8 @@ class RunFolder:
             raise MiniftError("--out is empty: give a folder for the run's outputs")
         self.out, self.command, self.argv = Path(path), command, argv
         self.resume, self.overwrite, self.inputs = resume, overwrite, inputs or {}
-        self.created, self._lock, self._held = False, None, False     # _held: this command may change --out
+        self.made, self._lock, self._held = [], None, False     # made: the folders open() created, --out first
+        self._claimed = False                                   # --out proved empty or minift's: it may change
 
     def open(self) -> None:
         out = self.out
@@ -168,17 +225,17 @@ class RunFolder:
             raise MiniftError("--resume continues the run in --out and --overwrite deletes it: give one")
         if out.exists() and not out.is_dir():
             raise MiniftError(f"--out {out} is a file; give a folder for the run's outputs")
-        self.created = not out.exists()
+        self.made = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)      # now, so that a folder we cannot write fails before training
         except OSError as e:
+            self.made = [p for p in self.made if p.exists()]
             raise MiniftError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
         self._take_lock()                               # then nothing below races another command on this folder
+        claim(out)                                      # refused here, nothing in the folder was touched
+        self._claimed = True
         settle(out)
-        ours, others = entries(out)
-        if others:
-            names = ", ".join(e.name for e in others[:3]) + (", ..." if len(others) > 3 else "")
-            raise MiniftError(f"--out {out} holds files minift did not write ({names}); choose a new or empty folder")
+        ours = entries(out)[0]
         if self.resume:
             self._check_resumable(ours)
         elif ours and not self.overwrite:
@@ -190,8 +247,7 @@ class RunFolder:
         elif ours:
             self._set_aside(ours)
         if not (out / "run.json").is_file():
-            save_json(dict(command=self.command, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           **({"argv": ["minift", *self.argv]} if self.argv is not None else {})), out / "run.json")
+            save_json(marker(self.command, self.argv), out / "run.json")
 
     def _take_lock(self) -> None:
         """An exclusive lock on the folder itself, held until close() (the system drops it if the process dies)."""
@@ -235,17 +291,23 @@ class RunFolder:
     def close(self) -> str | None:
         """Settle --out and release it; returns a note for the user when the earlier run was put back."""
         try:
-            if not self._held or not self.out.is_dir():     # (refused before it was ours: another command's)
+            if not self._held:                          # (refused before it was ours: another command's)
                 return None
-            restored = settle(self.out)
-            if self.created and not any(self.out.iterdir()):
-                self.out.rmdir()                         # a new folder the run left empty: as if never made
+            restored = settle(self.out) if self._claimed and self.out.is_dir() else False
+            self._remove_made()
         finally:
             if self._lock is not None:
                 os.close(self._lock)                     # closing the descriptor releases the lock
                 self._lock = None
         return (f"--out {self.out}: the earlier run is back as it was (--overwrite replaces it only with a run that "
                 "has a result or a checkpoint)") if restored else None
+
+    def _remove_made(self) -> None:
+        """The folders open() made, --out first and then its parents, while they are empty: as if never made."""
+        for folder in self.made:
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
 
 
 def _inside(path: Path, folders) -> bool:

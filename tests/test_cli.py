@@ -151,7 +151,7 @@ def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkey
     from minift import GPT, GPTConfig
     from minift.data.sources import ClassificationSource
     from minift.io import load_safetensors
-    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base", shipped_tokenizer())
     run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "6",
            "--batch", "4", "--train-size", "32", "--eval-every", "2", "--quiet"]
     assert main(run + ["--out", str(tmp_path / "straight")]) == 0
@@ -184,7 +184,7 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
     from minift import GPT, GPTConfig
     classifier = GPT(GPTConfig.preset("demo"), seed=0)
     classifier.add_classification_head(["no", "yes"])
-    classifier.save_pretrained(tmp_path / "clf")
+    classifier.save_pretrained(tmp_path / "clf", shipped_tokenizer())
     cases = [
         (["generate", "--temperature", "nan"], "temperature=nan"),
         (["memory", "--n-head", "5"], "divisible by n_head=5"),
@@ -213,7 +213,7 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
 
 def test_resume_refuses_other_lora_options(tmp_path, capsys):
     from minift import GPT, GPTConfig
-    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base", shipped_tokenizer())
     run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "2",
            "--batch", "4", "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
     assert main(run) == 0
@@ -283,7 +283,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_something(pretrai
 
 
 def test_a_folder_set_aside_by_a_killed_run_is_put_back(pretrained, tmp_path):
-    from minift.outdir import ASIDE
+    from minift.outdir import ASIDE, marker
     ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
           "--train-size", "16", "--quiet"]
     run = tmp_path / "run"
@@ -294,13 +294,14 @@ def test_a_folder_set_aside_by_a_killed_run_is_put_back(pretrained, tmp_path):
         if e.name != ASIDE:
             e.rename(run / ASIDE / e.name)
     (run / "checkpoints").mkdir()
-    (run / "run.json").write_text('{"command": "finetune"}')
+    (run / "run.json").write_text(json.dumps(marker("finetune", ft)))      # the new run's marker, then killed
     assert main(ft + ["--out", str(run), "--resume", "--steps", "3"]) == 0        # settled first, then continued
     after = _snapshot(run)
     assert not (run / ASIDE).exists() and set(before) < set(after) and "checkpoints/step-000003/state.json" in after
 
 
 def test_resume_refuses_another_commands_folder_and_failed_runs_leave_nothing(pretrained, tmp_path, capsys):
+    from minift.outdir import marker
     ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
           "--train-size", "16", "--quiet"]
     assert main(["compare", "--quick", "--methods", "head", "--quiet", "--out", str(tmp_path / "cmp")]) == 0
@@ -309,7 +310,8 @@ def test_resume_refuses_another_commands_folder_and_failed_runs_leave_nothing(pr
     assert not (tmp_path / "cmp" / "finetune.json").exists()
     assert main(ft + ["--out", str(tmp_path / "new"), "--task", "nosuch"]) == 1
     assert not (tmp_path / "new").exists()                    # a folder made for a run that never started
-    (tmp_path / "spent" / "checkpoints").mkdir(parents=True)  # what a run stopped before its first save leaves
+    (tmp_path / "spent" / "checkpoints").mkdir(parents=True)  # what a run killed before its first save leaves
+    (tmp_path / "spent" / "run.json").write_text(json.dumps(marker("finetune", ft)))
     assert main(ft + ["--out", str(tmp_path / "spent")]) == 0
 
 
@@ -559,7 +561,7 @@ def test_resume_with_defaults_spelled_out_is_the_same_run(tmp_path, capsys):
     """--alpha 4 at --rank 2 is the default (2r): the same adapters, so --resume accepts it (the checkpoint decides,
     run.json's command line only names what differs when the checkpoint refuses)."""
     from minift import GPT, GPTConfig
-    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base")
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base", shipped_tokenizer())
     run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--batch", "4",
            "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
     assert main(run + ["--steps", "2"]) == 0

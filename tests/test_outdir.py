@@ -1,0 +1,115 @@
+"""--out belongs to minift only when it says so: a refused command leaves a folder it did not write exactly as it
+was (every file, folder and byte), and a failed command leaves no folder it made (minift/outdir.py)."""
+import json
+import os
+
+import pytest
+
+from minift.cli import main
+from minift.errors import MiniftError
+from minift.outdir import ASIDE, RunFolder, is_marker, marker
+
+
+def _tree(folder):
+    """Every entry under folder: folders by name, files by name and bytes."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else "dir") for p in sorted(folder.rglob("*"))}
+
+
+def _foreign_project(tmp_path):
+    """The issue's folder: names minift writes, but none of it minift's."""
+    proj = tmp_path / "proj"
+    (proj / "model").mkdir(parents=True)
+    (proj / "checkpoints").mkdir()
+    (proj / "run.json").write_text('{"my": "x"}')
+    (proj / "notes.txt").write_text("n\n")
+    (proj / ".finetune.json.k2x9.tmp").write_text("mine too")     # looks like a killed write of minift's
+    return proj
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]])
+def test_a_folder_minift_did_not_write_is_refused_and_left_exactly_as_it_was(tmp_path, capsys, flags):
+    proj = _foreign_project(tmp_path)
+    before = _tree(proj)
+    assert main(["finetune", "--steps", "3", "--quiet", "--out", str(proj), *flags]) == 1
+    err = capsys.readouterr().err
+    assert "holds files minift did not write" in err and "its run.json is not minift's" in err
+    assert "changed nothing" in err and _tree(proj) == before
+
+
+def test_a_lone_run_json_that_is_not_minifts_is_not_replaced(tmp_path, capsys):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "run.json").write_text('{"command": "finetune"}')      # minift's command, but not its marker
+    assert main(["finetune", "--steps", "3", "--quiet", "--out", str(proj)]) == 1
+    assert "its run.json is not minift's" in capsys.readouterr().err
+    assert (proj / "run.json").read_text() == '{"command": "finetune"}'
+
+
+def test_familiar_names_without_a_marker_are_no_proof(tmp_path, capsys):
+    proj = tmp_path / "proj"
+    (proj / "checkpoints").mkdir(parents=True)                     # empty: nothing to lose, but not minift's either
+    (proj / "model").mkdir()
+    before = _tree(proj)
+    assert main(["finetune", "--steps", "3", "--quiet", "--out", str(proj), "--overwrite"]) == 1
+    assert "no run.json of minift's" in capsys.readouterr().err and _tree(proj) == before
+
+
+def test_a_minift_folder_holding_a_foreign_file_is_refused_before_it_is_tidied(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "run.json").write_text(json.dumps(marker("finetune", [])))
+    (proj / ".finetune.json.k2x9.tmp").write_text("a killed write")   # settle() would remove this
+    (proj / "notes.txt").write_text("mine")
+    before = _tree(proj)
+    folder = RunFolder(proj, "finetune", overwrite=True, argv=[])
+    with pytest.raises(MiniftError, match=r"holds files minift did not write \(notes.txt\)"):
+        folder.open()
+    assert folder.close() is None and _tree(proj) == before
+
+
+def test_the_marker_is_what_open_writes_and_earlier_versions_count_too(tmp_path):
+    folder = RunFolder(tmp_path / "run", "pretrain", argv=["pretrain", "--steps", "3"])
+    folder.open()
+    run_json = tmp_path / "run" / "run.json"
+    assert is_marker(run_json) and json.loads(run_json.read_text())["argv"][:2] == ["minift", "pretrain"]
+    folder.close()
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"command": "compare", "started": "2026-11-29T12:00:00+0000",
+                                  "argv": ["minift", "compare"]}))
+    assert is_marker(legacy)
+    for text in ('{"command": "compare"}', '{"command": "compare", "started": "x", "mine": 1}',
+                 '{"written_by": "minift", "command": "rm"}', "[1, 2]", "not json"):
+        legacy.write_text(text)
+        assert not is_marker(legacy), text
+
+
+def test_a_start_killed_while_writing_run_json_is_taken_as_empty(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / ".run.json.a1b2c3.tmp").write_text('{"writ')          # kill -9 inside atomic_write of the marker
+    folder = RunFolder(proj, "finetune", argv=[])
+    folder.open()
+    assert sorted(os.listdir(proj)) == ["run.json"]
+    folder.close()
+
+
+def test_a_kill_during_overwrite_is_proved_by_the_run_set_aside(tmp_path):
+    proj = tmp_path / "proj"
+    (proj / ASIDE / "checkpoints" / "step-000002").mkdir(parents=True)
+    (proj / ASIDE / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    (proj / ASIDE / "run.json").write_text(json.dumps(marker("finetune", [])))
+    folder = RunFolder(proj, "finetune", resume=True, argv=[])
+    folder.open()                                    # no run.json at the top: the aside one proves the folder
+    assert (proj / "checkpoints" / "step-000002" / "state.json").is_file() and not (proj / ASIDE).exists()
+    folder.close()
+
+
+def test_a_failed_command_leaves_no_folder_it_made(tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "c"
+    assert main(["finetune", "--steps", "3", "--quiet", "--task", "nosuch", "--out", str(out)]) == 1
+    assert "nosuch" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == []                  # not c, nor the parents made for it
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")
+    assert main(["finetune", "--steps", "3", "--quiet", "--task", "nosuch", "--out", str(out)]) == 1
+    assert sorted(os.listdir(tmp_path / "a")) == ["keep.txt"]  # a parent that was there stays
