@@ -6,8 +6,17 @@ classification batches, prompt/completion batches) and which parameters train (m
     lr    = schedule(step)                              warmup, then cosine/linear decay (optim.lr_schedule)
     batch = source.next_batch()                         host arrays: input_ids, targets, attention_mask
     loss, grads = model.loss_and_grads(**batch)         forward + hand-written backward
-    norm  = clip_grad_norm(grads, max)                  guard: a non-finite loss/gradient stops the run here
+    norm  = clip_grad_norm(grads, max)                  guard: a diverged loss or broken gradient stops the run
     opt.step(grads, lr)                                 in-place update of the trainable arrays only
+
+Divergence: a run stops with TrainingDiverged when a loss (a step's, or an evaluation's) is NaN or infinite or more
+than BLOWUP_NATS above the run's first step loss (the model then gives the right tokens e^-100 times the probability
+it gave at the start: weights thrown far off, never a model that is merely learning badly; tutorial 06 §6), when a
+gradient is not finite, or when an update leaves a weight that is not finite. What it keeps has been checked: a
+checkpoint holds the weights after a step, which only the next step's loss (or an evaluation) checks, so the
+checkpoints of the weights found broken, and any after them, are removed, and the one left in force is a state whose
+loss was computed and was sane. (A gradient that is not finite on a sane loss is the batch's fault, not the
+weights': that state is saved, the batch not used.)
 
 Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the optimizer state, and `state.json`
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
@@ -48,6 +57,7 @@ from .errors import MiniftError
 from .io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .parallel import check_splittable, check_workers, split_loss_and_grads
+from .progress import progress_bar
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
 PARTIAL_GLOB = ".step-*.partial"      # a checkpoint being written; one that is not being written was cut short
@@ -55,6 +65,7 @@ PARTIAL_GLOB = ".step-*.partial"      # a checkpoint being written; one that is 
 # sum, see parallel.py). `steps` is checked separately (it may not fall below the checkpoint's step).
 RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "save_every", "workers"})
 NOTHING_SAVED = "at the very first step, before any training, so nothing was saved"   # a divergence at step 0
+BLOWUP_NATS = 100.0      # a loss this far above the run's first step loss has diverged (module docstring)
 SETTING_HINTS = {"lr_scale": " (the head's learning rate, --head-lr, over --lr)", "batch_size": " (--batch)",
                  "warmup": " (pretrain's --warmup)"}      # fields whose option has another name
 OPTION_FIELDS = {"steps", "lr", "weight_decay", "eval_every", "save_every", "seed", "workers"}   # --same-name
@@ -178,9 +189,8 @@ class _StopAtStepEnd:
 
 
 class TrainingDiverged(MiniftError):
-    """A loss, a gradient or (after an update) a weight became NaN or infinite, or an evaluation's loss did. In the
-    first two cases the weights are still the last good ones and were saved before this was raised; in the others
-    they are not, nothing was saved, and the last checkpoint on disk is the good state."""
+    """The run diverged (module docstring): a loss NaN, infinite or blown up, a gradient or (after an update) a
+    weight not finite. The message says which state was kept: the last one whose loss was checked."""
 
 
 def option_of(name: str) -> str:
@@ -378,7 +388,6 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
               resume refuses a checkpoint whose run started from something else.
     A first Ctrl-C or SIGTERM ends the run after the current step, with a checkpoint: TrainingInterrupted.
     """
-    from tqdm.auto import tqdm
     if not model.trainable_params():
         raise MiniftError("nothing to train: every parameter is frozen and no adapter is attached")
     check_splittable(model, tcfg.workers)
@@ -407,10 +416,9 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
 
     def evaluated(step):
         with stop.during("during an evaluation"):
-            return dict(step=step, **_evaluated(evaluate, model, step, out_dir))
+            return dict(step=step, **_evaluated(evaluate, model, step, out_dir, result))
 
-    bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=desc, disable=not progress,
-               dynamic_ncols=True, leave=False)
+    bar = progress_bar(range(start, tcfg.steps), total=tcfg.steps, initial=start, desc=desc, disable=not progress)
     with stop:
         try:
             for step in bar:
@@ -445,17 +453,45 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     return result
 
 
-def _evaluated(evaluate, model, step, out_dir) -> dict:
-    """evaluate(model), refused when a loss it reports is not finite: finite weights can still be too large to
-    compute with (an update that overshot), which only the next forward shows; this state is not saved."""
+def _evaluated(evaluate, model, step, out_dir, result) -> dict:
+    """evaluate(model), refused when a loss it reports has diverged (`_diverged_loss`): finite weights can still be
+    too large to compute with (an update that overshot), which only the next forward shows; this state is not
+    saved."""
     metrics = evaluate(model)
-    bad = [k for k, v in metrics.items() if "loss" in k and isinstance(v, numbers.Real) and not np.isfinite(v)]
-    if bad:
-        kept = f"the last checkpoint in {out_dir} is intact" if out_dir is not None and latest_checkpoint(out_dir) \
-            else "nothing was saved"
-        raise TrainingDiverged(f"after step {step}: {bad[0]} is not finite; the weights are finite but the last "
-                               f"update overshot, and this state was not saved ({kept}). Try a lower lr.")
+    for key, value in metrics.items():
+        if "loss" in key and isinstance(value, numbers.Real) and (what := _diverged_loss(value, result)):
+            raise TrainingDiverged(f"after step {step}: {key} {what}; {_keep_checked(out_dir, step)}. Try a "
+                                   "lower lr.")
     return metrics
+
+
+def _diverged_loss(loss, result) -> str | None:
+    """What is wrong with this loss, or None: not finite, or more than BLOWUP_NATS above the run's first."""
+    if not np.isfinite(loss):
+        return f"is not finite ({loss})"
+    first = result.history[0]["loss"] if result.history else None
+    if first is not None and loss > first + BLOWUP_NATS:
+        return f"is {loss:.4g}, more than {BLOWUP_NATS:g} above the first step's {first:.4g}: the run has diverged"
+    return None
+
+
+def _keep_checked(out_dir, broken_step: int) -> str:
+    """Remove the checkpoints from broken_step on (its weights were found broken; a later one cannot be better) and
+    put the newest one before it in force; say what is kept."""
+    if broken_step == 0:
+        return NOTHING_SAVED
+    if out_dir is None:
+        return "nothing was saved (no checkpoint folder)"
+    for folder in step_folders(out_dir):
+        if int(folder.name[5:]) >= broken_step:
+            shutil.rmtree(folder)
+    left = step_folders(out_dir)
+    if left:
+        with atomic_write(Path(out_dir) / "latest", "w") as f:
+            f.write(left[-1].name + "\n")
+        return f"the last checkpoint in {out_dir}, {left[-1].name}, is intact and in force (its loss was checked)"
+    (Path(out_dir) / "latest").unlink(missing_ok=True)
+    return f"no checkpoint was kept in {out_dir} (the run diverged before one it could check)"
 
 
 def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir):
@@ -471,32 +507,34 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     else:
         loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
     norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
-    if not (np.isfinite(loss) and np.isfinite(norm)):
-        bad = find_nonfinite(loss, grads) or "gradient norm"
+    wrong = _diverged_loss(loss, result)
+    if wrong or not np.isfinite(norm):
         source.restore(before[0])                       # as before this step: its batch and dropout not drawn
         dropout_rng.bit_generator.state = before[1]
         if a_rng is not None:
             a_rng.bit_generator.state = before[2]
+        advice = "Try a lower lr" + (" (or check the inputs: a LoRA alpha, a learning-rate scale)" if step == 0 else
+                                     " in a new run (a checkpoint continues only with its own settings)" if out_dir
+                                     else "")
+        if wrong:              # these weights are broken: keep only what an earlier step checked
+            raise TrainingDiverged(f"step {step}: loss {wrong}; {_keep_checked(out_dir, step)}. {advice}.")
+        bad = find_nonfinite(loss, grads) or "gradient norm"
         if step == 0:          # nothing trained yet: the start is no state worth a checkpoint
-            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) {NOTHING_SAVED}. Try a lower lr (or "
-                                   "check the inputs: a LoRA alpha, a learning-rate scale).")
-        checkpoint(step)       # the parameters are still those of the last good step: keep them
-        raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss}); the last good state "
-                               f"was kept{' in ' + str(out_dir) if out_dir else ''}. Try a lower lr (a new run: a "
-                               "checkpoint continues only with its own settings).")
+            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) {NOTHING_SAVED}. {advice}.")
+        checkpoint(step)       # a sane loss, checked just now: these weights are good, only this batch's gradient not
+        raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss:.4g}, finite); the weights before this "
+                               f"step were kept{' in ' + str(out_dir) if out_dir else ''}. {advice}.")
     opt.step(grads, lr=lr)
     if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
-        kept = (NOTHING_SAVED if step == 0 else
-                "this step's parameters were not saved"
-                + (f", the last checkpoint in {out_dir} is intact" if out_dir else ""))
-        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); {kept}. Try a lower lr.")
+        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); "
+                               f"{NOTHING_SAVED if step == 0 else _keep_checked(out_dir, step + 1)}. Try a lower lr.")
     dt = time.perf_counter() - t0
     ntok = int(np.asarray(batch["input_ids"]).size)
     result.history.append(dict(step=step, loss=loss, lr=lr, grad_norm=norm, ms=dt * 1e3))
     result.seconds += dt
     result.tokens += ntok
     result.steps_done = step + 1
-    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}", refresh=False)   # drawn at tqdm's pace, not per step
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{ntok / dt:,.0f}", refresh=False)   # shown at the bar's pace
 
 
 def _norm(grads) -> float:

@@ -156,3 +156,47 @@ def test_bad_train_config():
         TrainConfig(steps=0)
     with pytest.raises(MiniftError, match="lr"):
         TrainConfig(lr=-1.0)
+
+
+def _lr_jumps_at(step, to):
+    """An lr_schedule that is the real one before `step` and `to` from there on: a run that trains, then blows up."""
+    real = train_mod.lr_schedule
+    return lambda s, *args: real(s, *args) if s < step else to
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_loss_that_blows_up_stops_the_run_and_keeps_only_a_checked_checkpoint(tmp_path, monkeypatch):
+    """Step 3's update throws the weights off; step 4's checkpoint of them is saved before any loss has seen them,
+    and step 4's loss, far above the first, shows they are broken: that checkpoint goes, step 3's is in force."""
+    monkeypatch.setattr(train_mod, "lr_schedule", _lr_jumps_at(3, 1e6))
+    with pytest.raises(TrainingDiverged, match=r"step 4: loss is .*, more than 100 above the first step's .*"
+                                               r"step-000003, is intact"):
+        train(tiny_model(), LMSource(stream(), 16, 4, seed=2), cfg(8, save_every=1), out_dir=tmp_path,
+              progress=False)
+    kept = latest_checkpoint(tmp_path)
+    assert kept.name == "step-000003" and not (tmp_path / "step-000004").exists()
+    state = json.loads((kept / "state.json").read_text())
+    model = tiny_model(seed=9)
+    weights, _ = train_mod.load_safetensors(kept / "weights.safetensors")
+    for name, value in weights.items():
+        model.params[name][...] = value
+    batch = LMSource(stream(), 16, 4, seed=2).next_batch()
+    loss = model.loss(batch["input_ids"], batch["targets"])
+    assert np.isfinite(loss) and loss < state["history"][0]["loss"] + train_mod.BLOWUP_NATS
+
+
+def test_an_evaluation_loss_that_blows_up_stops_the_run(tmp_path):
+    evals = iter([{"val_loss": 5.0}, {"val_loss": 5.0 + 1e4}])
+    with pytest.raises(TrainingDiverged, match=r"after step 4: val_loss is 1(\.\d+)?e\+04, more than 100 above.*"
+                                               r"step-000002, is intact"):
+        train(tiny_model(), LMSource(stream(), 16, 4, seed=2), cfg(6, eval_every=2, save_every=2),
+              out_dir=tmp_path, evaluate=lambda m: next(evals), progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-000002"
+
+
+def test_a_loss_that_rises_but_stays_within_the_rule_trains_on(monkeypatch):
+    """An unstable run (a large but finite jump) is not a divergence: the rule is 100 nats, not any rise."""
+    monkeypatch.setattr(train_mod, "lr_schedule", _lr_jumps_at(2, 0.3))
+    result = train(tiny_model(), LMSource(stream(), 16, 4, seed=2), cfg(6), progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert result.steps_done == 6 and max(losses) > losses[0] + 1.0
