@@ -7,7 +7,8 @@ checkpoint is a renaming at most:
   - `lm_head.weight` is tied to `wte.weight` in GPT-2: rebuilt from wte (a stored copy must equal it; config.json's
     tie_word_embeddings false, like the other options that change GPT-2's function, is refused by GPTConfig.from_hf);
   - `score.weight` (GPT2ForSequenceClassification) becomes minift's classification head.
-Anything else missing, unexpected or of the wrong shape is a clear error.
+Anything else missing, unexpected or of the wrong shape is a clear error, and so are weights that are not floating
+point or not finite (io.check_weights): each names the file and the tensor.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from .backend import get_xp, resolve_device, resolve_dtype, to_numpy
 from .config import GPTConfig
 from .errors import MiniftError
-from .io import load_json, load_safetensors, save_json, save_safetensors
+from .io import check_folder_target, check_weights, load_json, load_safetensors, save_json, save_safetensors
 
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -63,6 +64,7 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
         raise MiniftError(f"{path / 'config.json'} holds a JSON {type(hf).__name__}, not the object of a GPT-2 config")
     cfg = GPTConfig.from_hf(hf, where=str(path / "config.json"))
     tensors, _ = load_safetensors(path / "model.safetensors", "model weights")
+    check_weights({k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}, path / "model.safetensors")
     tensors = _normalise_keys(tensors, where=str(path / "model.safetensors"))
     expected = param_shapes(cfg)
     missing = [k for k in expected if k not in tensors]
@@ -79,7 +81,7 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     params = {k: xp.asarray(np.asarray(tensors[k], dtype=dtype)) for k in expected}
     model = cls(cfg, dtype=dtype, device=device, params=params)
     if "score.weight" in tensors:
-        labels = _labels_from_config(hf, tensors["score.weight"].shape[0])
+        labels = _labels_from_config(hf, tensors["score.weight"].shape[0], path / "config.json")
         model.params["score.weight"] = xp.asarray(np.asarray(tensors["score.weight"], dtype=dtype))
         model.head, model.labels = "classification", labels
         if tensors["score.weight"].shape != (len(labels), cfg.n_embd):
@@ -88,22 +90,27 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     return model
 
 
-def _labels_from_config(hf: dict, k: int) -> list:
-    """config.json's id2label as a list (ids 0..k-1 must all be there), else LABEL_0 ... LABEL_{k-1}."""
+def _labels_from_config(hf: dict, k: int, where) -> list:
+    """config.json's id2label as a list (ids 0..k-1 must all be there, names as model.check_labels wants them), else
+    LABEL_0 ... LABEL_{k-1}."""
+    from .model import check_labels
     id2label = hf.get("id2label")
     if not id2label:
         return [f"LABEL_{i}" for i in range(k)]
     if not isinstance(id2label, dict) or sorted(str(i) for i in id2label) != sorted(str(i) for i in range(k)):
-        raise MiniftError(f"config.json: id2label {id2label!r} does not name the ids 0..{k - 1} of the model's "
+        raise MiniftError(f"{where}: id2label {id2label!r} does not name the ids 0..{k - 1} of the model's "
                           f"{k}-label head (score.weight)")
-    return [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(k)]
+    return check_labels([id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(k)],
+                        f"{where}: id2label")
 
 
 def save_gpt2_folder(model, path, tokenizer=None):
     """Write config.json + model.safetensors that transformers loads as GPT2LMHeadModel (or
-    GPT2ForSequenceClassification when the model has a classification head). Adapters are not included: merge them
-    first (`lora.merge()`) to save a single deployable model, or save them apart with `save_peft`."""
-    path = Path(path)
+    GPT2ForSequenceClassification when the model has a classification head), and the tokenizer's tokenizer.json when
+    one is given: a model folder is only usable with the tokenizer it was trained with (pretrain.load_base refuses
+    one without). Adapters are not included: merge them first (`lora.merge()`) to save a single deployable model, or
+    save them apart with `save_peft`. `path` is a folder (made if need be); an existing file there is refused."""
+    path = check_folder_target(path, "model folder")
     hf = model.cfg.to_hf()
     tensors = {k: to_numpy(v) for k, v in model.params.items()}
     if model.head == "classification":
@@ -113,8 +120,12 @@ def save_gpt2_folder(model, path, tokenizer=None):
         hf["num_labels"] = len(model.labels)
     else:
         hf["architectures"] = ["GPT2LMHeadModel"]
-    hf["torch_dtype"] = np.dtype(model.dtype).name
+    # the key transformers writes since 4.56 (older ones wrote "torch_dtype"; transformers reads both, and minift's
+    # loader reads neither: the dtype a model is loaded in is the caller's)
+    hf["dtype"] = np.dtype(model.dtype).name
     if tokenizer is not None:   # GPT2ForSequenceClassification finds the last token as the last id != pad_token_id
         hf.update(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id)
     save_json(hf, path / "config.json")
     save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(path / "tokenizer.json")

@@ -77,13 +77,27 @@ def save_json(obj, path):
         f.write("\n")
 
 
-def load_json(path, what="JSON file") -> dict:
+def read_bytes(path, what="file", size=-1) -> bytes:
+    """The bytes of a file (the first `size` of them, if given). A file that is missing, or there but unreadable, is
+    a MiniftError naming it and saying which: "not found", or the system's reason ("permission denied", an I/O
+    error). Libraries that open files themselves do not always say: safetensors reports a file it may not read as
+    "No such file or directory", so load_safetensors opens the file here first (size=0)."""
     path = Path(path)
     if not path.is_file():
         raise MiniftError(f"{what} not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()      # "Permission denied" -> "permission denied"
+        raise MiniftError(f"{what} {path} cannot be read: {reason}") from None
+
+
+def load_json(path, what="JSON file") -> dict:
+    path = Path(path)
+    data = read_bytes(path, what)
+    try:
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MiniftError(f"{what} {path} is not valid JSON (truncated or corrupted?): {e}") from None
 
@@ -105,8 +119,7 @@ def load_safetensors(path, what="weights file") -> tuple[dict, dict]:
     """
     from safetensors import safe_open
     path = Path(path)
-    if not path.is_file():
-        raise MiniftError(f"{what} not found: {path}")
+    read_bytes(path, what, size=0)          # missing or unreadable: said as such, not as "corrupted"
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -118,3 +131,32 @@ def load_safetensors(path, what="weights file") -> tuple[dict, dict]:
                               ) from None
         raise MiniftError(f"{what} {path} could not be read (truncated or corrupted?): {e}") from None
     return tensors, metadata
+
+
+WEIGHT_DTYPES = ("float16", "float32", "float64")
+
+
+def check_weights(tensors: dict, path) -> None:
+    """Refuse, naming the file and the first bad tensor, weights a model cannot compute with: a dtype other than
+    float16/32/64 (integer weights would be cast and then train from nonsense, at chance), or a NaN or infinity (it
+    spreads through every layer into NaN logits, and `generate` would fail deep inside NumPy's sampler).
+    One pass of np.isfinite per tensor: a fraction of the time reading the file takes."""
+    for name, value in tensors.items():
+        if value.dtype.name not in WEIGHT_DTYPES:
+            raise MiniftError(f"{path}: tensor {name} has dtype {value.dtype}; weights must be floating point "
+                              f"({', '.join(WEIGHT_DTYPES)})")
+        finite = np.isfinite(value)
+        if not finite.all():
+            raise MiniftError(f"{path}: tensor {name} holds {int(finite.size - finite.sum())} value(s) that are NaN "
+                              "or infinite; the file is corrupted or was saved from a run that diverged")
+
+
+def check_folder_target(path, what="output folder") -> Path:
+    """`path` as a folder to write files into (made if need be), refused by name when it, or a folder above it, is an
+    existing file: writing there would otherwise fail with a bare FileExistsError or NotADirectoryError."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())       # the root always exists
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise MiniftError(f"{what} {path} {where}; give a folder to write the files into")
+    return path

@@ -94,6 +94,7 @@ DoRA (config.use_dora, Liu et al. 2024): minift/dora.py.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ import numpy as np
 
 from .backend import randn, to_numpy, uniform, xp_of
 from .errors import MiniftError
-from .io import load_json, load_safetensors, save_json, save_safetensors
+from .io import (atomic_write_text, check_folder_target, check_weights, load_json, load_safetensors, save_json,
+                 save_safetensors)
 from .model import LINEAR_MODULES
 from .ops import dropout_backward, dropout_forward, linear_forward
 
@@ -118,6 +120,11 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model.transformer."      # PEFT's key for a minift name: prefix + "h.0.attn.c_attn..."
 PEFT_HEAD_KEY = "base_model.model.score.weight"    # modules_to_save ["score"], saved without ".modules_to_save.default"
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}   # init -> PEFT's init_lora_weights
+MODEL_CARD_FILE = "README.md"
+# The PEFT release whose save_pretrained files save_peft follows: adapter_config.json's keys and README.md's model
+# card. minift writes them itself and does not depend on peft, so adapter_config.json's peft_version records this
+# format version, not an installed PEFT. tests/test_peft_interop.py loads the files with whatever PEFT is installed.
+PEFT_FORMAT_VERSION = "0.21.2"
 
 
 # ---- configuration -------------------------------------------------------------------------------------------------
@@ -523,14 +530,17 @@ class LoRA:
     # ---- files ------------------------------------------------------------------------------------------------
 
     def save_peft(self, path, base_model_name_or_path=None):
-        """Write adapter_config.json + adapter_model.safetensors (PEFT's layout) into the folder `path`."""
-        path = Path(path)
+        """Write adapter_config.json + adapter_model.safetensors (PEFT's layout) into the folder `path` (made if
+        need be; an existing file there is refused)."""
+        path = check_folder_target(path, "adapter folder")
         tensors = {PEFT_PREFIX + k: to_numpy(v) for k, v in self.params.items()}
         has_head = self.model.head == "classification" and HEAD in self.model.params
         if has_head:
             tensors[PEFT_HEAD_KEY] = to_numpy(self.model.params[HEAD])
         save_safetensors(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
-        save_json(self._peft_config(has_head, base_model_name_or_path), path / CONFIG_FILE)
+        config = self._peft_config(has_head, base_model_name_or_path)
+        save_json(config, path / CONFIG_FILE)
+        atomic_write_text(path / MODEL_CARD_FILE, model_card(config))     # README.md, as PEFT writes one
 
     def _peft_config(self, has_head, base_model_name_or_path) -> dict:
         c = self.config
@@ -543,6 +553,7 @@ class LoRA:
             "bias": "none", "lora_bias": False, "rank_pattern": {}, "alpha_pattern": {},
             "layers_to_transform": None, "modules_to_save": ["score"] if has_head else None,
             "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+            "peft_version": PEFT_FORMAT_VERSION,
             "minift": {
                 "base_fingerprint": self.base_fingerprint,
                 "original_base_fingerprint": self.original_fingerprint,
@@ -551,6 +562,79 @@ class LoRA:
                 "labels": self.model.labels if has_head else None,
             },
         }
+
+
+MODEL_CARD = """---
+library_name: peft
+{front}pipeline_tag: {pipeline}
+tags:
+{tags}
+---
+
+# A {method} adapter for a GPT-2 model, made with minift
+
+minift (a GPT-2 in NumPy/CuPy with hand-written forward and backward passes) made this adapter and wrote its
+files in the layout of PEFT {peft_version}, without PEFT itself.
+
+- Base model: {base}. An adapter only means something on the base it was made on: minift's load_peft refuses
+  any other (base fingerprint `{fingerprint}`).
+- Method: {method}, rank r = {r}, lora_alpha = {alpha}, scale {scale_rule} = {scale:g}; dropout {dropout};
+  initialisation {init}.
+- Adapted layers: {targets}.
+- {head}
+
+What it was trained on, and how long, is not recorded here: these files hold what the adapter is. The run folder
+it came from (`minift finetune` or `minift compare --out`) has the rest.
+
+## Load it
+
+With minift: `lora = minift.load_peft(minift.GPT.from_pretrained(BASE), ADAPTER)`.
+
+With PEFT, onto transformers' GPT-2:
+
+```python
+from peft import PeftModel
+from transformers import {hf_class}
+model = PeftModel.from_pretrained({hf_class}.from_pretrained(BASE), ADAPTER)
+```
+{pissa}
+## Framework versions
+
+- minift {minift_version}
+- PEFT {peft_version} (the file format; written by minift, not by PEFT)
+"""
+
+
+def model_card(config: dict) -> str:
+    """The README.md of an adapter folder, from its adapter_config.json contents: what PEFT's save_pretrained writes
+    (YAML front matter with library_name, base_model, pipeline_tag, tags; a "Framework versions" list), filled with
+    what minift knows (the base, the method and its settings, how to load the folder) instead of PEFT's template of
+    "[More Information Needed]" sections."""
+    from . import __version__
+    base, extra = config["base_model_name_or_path"], config["minift"]
+    classifies = config["task_type"] == "SEQ_CLS"
+    init = {True: "PEFT's default (A kaiming-uniform, B = 0)", "gaussian": "gaussian (A ~ N(0, 1/r²), B = 0)",
+            "pissa": "PiSSA (the top-r singular part of each weight)"}[config["init_lora_weights"]]
+    targets = config["target_modules"]
+    return MODEL_CARD.format(
+        front=f"base_model: {json.dumps(base)}\n" if base else "",
+        pipeline="text-classification" if classifies else "text-generation",
+        tags="\n".join(f"- {json.dumps(t)}" for t in ([f"base_model:adapter:{base}"] if base else [])
+                       + ["lora", "minift"]),
+        method="DoRA" if config["use_dora"] else "LoRA", peft_version=config["peft_version"],
+        base=f"`{base}`" if base else "not recorded (save_peft's base_model_name_or_path names it)",
+        fingerprint=extra["base_fingerprint"], r=config["r"], alpha=config["lora_alpha"],
+        scale_rule="α/√r (rsLoRA)" if config["use_rslora"] else "α/r",
+        scale=config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"]),
+        dropout=config["lora_dropout"], init=init,
+        targets="every linear of every block (c_attn, attn.c_proj, c_fc, mlp.c_proj)" if targets == ALL_LINEAR
+        else ", ".join(targets),
+        head=f"A classification head `score` with labels {extra['labels']}, saved whole (PEFT's modules_to_save)."
+        if classifies else "No head of its own: a language-model adapter (the LM head is the base's, tied to wte).",
+        hf_class="GPT2ForSequenceClassification" if classifies else "GPT2LMHeadModel",
+        pissa="\nPiSSA: give PEFT the original base; it subtracts the top-r part itself when it loads the adapter.\n"
+        if config["init_lora_weights"] == "pissa" else "",
+        minift_version=__version__)
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------
@@ -603,8 +687,10 @@ def _expected_shapes(model, config: LoRAConfig) -> dict:
 
 
 def _read_tensors(path: Path, model, config) -> tuple[dict, object]:
-    """(minift name -> host array, head array or None), every name and shape checked."""
+    """(minift name -> host array, head array or None), every name and shape checked, and every value: floating
+    point and finite (io.check_weights), so that a NaN in the file is refused before it reaches the model."""
     tensors, _ = load_safetensors(path / WEIGHTS_FILE, "adapter weights")
+    check_weights(tensors, path / WEIGHTS_FILE)
     head = tensors.pop(PEFT_HEAD_KEY, None)
     found = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
     expected = _expected_shapes(model, config)

@@ -102,6 +102,24 @@ def backward_floor(trainable, n_layer: int) -> int:
     return floor
 
 
+def check_labels(labels, where="labels") -> list:
+    """A classification head's labels as a list: at least 2, each a non-empty string, no two the same. Row k of
+    score.weight is the class labels[k], and config.json's id2label / label2id map both ways, so a label given twice
+    would make two rows for one class (and label2id keep only one of them). `where` names the input in the error."""
+    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+        raise MiniftError(f"{where} must be a list of label names, got {labels!r}")
+    labels = list(labels)
+    if len(labels) < 2:
+        raise MiniftError(f"a classification head needs at least 2 labels, got {where} {labels!r}")
+    bad = next((i for i, x in enumerate(labels) if not isinstance(x, str) or not x), None)
+    if bad is not None:
+        raise MiniftError(f"{where} {labels!r}: every label must be a non-empty string, got {labels[bad]!r}")
+    twice = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+    if twice is not None:
+        raise MiniftError(f"{where} {labels!r}: the label {twice!r} appears twice; each class needs a name of its own")
+    return labels
+
+
 class GPT:
     """A GPT-2 model with hand-written forward and backward passes.
 
@@ -163,9 +181,7 @@ class GPT:
         the plain seed the head would copy the base's *initial* wte rows, which training leaves correlated with
         the trained ones: the fresh head would then predict one class with confidence instead of starting near
         log K)."""
-        labels = list(labels)
-        if len(labels) < 2:
-            raise MiniftError(f"a classification head needs at least 2 labels, got {labels!r}")
+        labels = check_labels(labels)
         rng = np.random.default_rng([int(seed), HEAD_STREAM])
         self.params["score.weight"] = randn(rng, (len(labels), self.cfg.n_embd), self.dtype, self.xp, std=0.02)
         self.head, self.labels = "classification", labels
@@ -427,7 +443,8 @@ class GPT:
 
     def save_pretrained(self, path, tokenizer=None):
         """Write a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads. See minift/hf.py.
-        tokenizer: its end-of-text and padding ids go into config.json (transformers' classifier needs the pad id
-        to find each row's last token)."""
+        tokenizer: saved beside as tokenizer.json (load_base needs the tokenizer the model was trained with), and
+        its end-of-text and padding ids go into config.json (transformers' classifier needs the pad id to find each
+        row's last token)."""
         from .hf import save_gpt2_folder
         save_gpt2_folder(self, path, tokenizer)

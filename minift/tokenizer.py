@@ -10,6 +10,7 @@ pairs into new tokens until the vocabulary is full (2048 for the `demo` preset).
     tok = Tokenizer.from_gpt2_files("gpt2/")               # GPT-2's vocab.json + merges.txt
     ids = tok.encode("Mila lives in Oakford.")             # list[int]; no special tokens are added
     tok.decode(ids)                                        # the same string back
+    tok.fingerprint()                                      # a short hash of the vocabulary and merges
 
 Special tokens: `<|endoftext|>` separates documents (GPT-2's name for it) and `<|pad|>` fills batches. minift's own
 tokenizer has both, at ids 0 and 1. GPT-2's has only `<|endoftext|>` (id 50256), and, as Hugging Face does, minift
@@ -23,7 +24,9 @@ byte-level BPE does not use.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import operator
 from pathlib import Path
 
 from .errors import MiniftError
@@ -47,6 +50,19 @@ def _byte_level(tok):
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = tk.decoders.ByteLevel()
     return tok
+
+
+def as_token_ids(ids, what="ids") -> list[int]:
+    """`ids` as a list of Python ints. Integers of any kind (int, NumPy's int64) pass; anything else (a float: 3.7
+    would become 3 under int(); a string) is refused, naming `what` and the position, rather than turned silently
+    into another token."""
+    out = []
+    for i, x in enumerate(ids):
+        try:
+            out.append(operator.index(x))
+        except TypeError:
+            raise MiniftError(f"{what}: item {i} is {x} ({type(x).__name__}); token ids must be integers") from None
+    return out
 
 
 def _check_unicode(texts) -> None:
@@ -109,8 +125,10 @@ class Tokenizer:
                 raise MiniftError(f"{path} is a folder without tokenizer.json or vocab.json + merges.txt")
         if not path.is_file():
             raise MiniftError(f"tokenizer file {path} does not exist")
+        from .io import read_bytes
+        data = read_bytes(path, "tokenizer file")       # read here: an unreadable file says why ("permission denied")
         try:
-            tok = _tk().Tokenizer.from_file(str(path))
+            tok = _tk().Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:                          # the Rust side raises a plain Exception for bad JSON
             raise MiniftError(f"{path} is not a valid tokenizer.json ({type(e).__name__}: {e})") from e
         return cls(tok, source=str(path))
@@ -145,6 +163,18 @@ class Tokenizer:
         """The tokenizer.json text (the format Hugging Face's tokenizers and transformers read)."""
         return self._tok.to_str(pretty=True) + "\n"
 
+    def fingerprint(self) -> str:
+        """A short hash of what decides the ids: the vocabulary (every token, special ones included, in id order) and
+        the BPE merges. Two tokenizers with the same fingerprint encode every text the same way. It does not hash
+        tokenizer.json's text, whose layout changes between versions of `tokenizers` (merges were "a b" strings,
+        now ["a", "b"] pairs): the same tokenizer keeps its fingerprint across them. pretrain.json records it, so
+        that load_base can tell the tokenizer a model was pretrained with from another of the same size."""
+        vocab = sorted(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
+        merges = json.loads(self._tok.to_str()).get("model", {}).get("merges") or []
+        merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+        canonical = json.dumps([[token for token, _ in vocab], merges], ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
     # ---- using one -----------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids for `text`. Special tokens are not added; the literal text "<|endoftext|>" maps to its id."""
@@ -164,7 +194,7 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """The text of token ids, special tokens included (so decode(encode(s)) == s for every string)."""
-        ids = [int(i) for i in ids]
+        ids = as_token_ids(ids, "decode")
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
             raise MiniftError(f"decode: token id {bad} is outside the vocabulary [0, {self.vocab_size})")

@@ -7,6 +7,13 @@ from minift.cli import main
 from minift.errors import MiniftError
 
 
+def shipped_tokenizer():
+    """data/tokenizer.json: a model folder carries the tokenizer it was trained with (load_base refuses one without)."""
+    from minift.data import data_dir
+    from minift.tokenizer import Tokenizer
+    return Tokenizer.load(data_dir() / "tokenizer.json")
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
@@ -24,6 +31,8 @@ def test_pretrain_writes_model_tokenizer_and_summary(pretrained):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (pretrained / "model" / name).is_file()
     assert summary["tokenizer_vocab"] <= 512                    # tiny's vocabulary: a tokenizer was trained to fit
+    from minift.tokenizer import Tokenizer                      # load_base checks the folder's tokenizer against it:
+    assert summary["tokenizer_fingerprint"] == Tokenizer.load(pretrained / "model").fingerprint()
     run = json.loads((pretrained / "run.json").read_text())   # the command line a --resume repeats
     assert run["command"] == "pretrain" and run["argv"][:4] == ["minift", "pretrain", "--preset", "tiny"]
 
@@ -438,9 +447,11 @@ def test_a_folder_in_use_by_another_command_is_refused_and_left_alone(tmp_path):
 
 
 def test_a_folder_without_a_result_or_checkpoint_is_not_offered_to_resume(tmp_path, capsys):
+    from minift.outdir import marker
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps(marker("finetune", [])))     # a minift run that saved no result
     assert main(["finetune", "--method", "head", "--steps", "1", "--out", str(run)]) == 1
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "--overwrite" in err and "--resume to" not in err

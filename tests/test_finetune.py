@@ -12,9 +12,9 @@ from minift.data import data_dir
 
 
 def tiny_base(tmp_path):
-    """A tiny random base with the shipped tokenizer's vocabulary, saved as a model folder."""
+    """A tiny random base with the shipped tokenizer's vocabulary, saved as a model folder with that tokenizer."""
     model = GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0)
-    model.save_pretrained(tmp_path / "base")
+    model.save_pretrained(tmp_path / "base", Tokenizer.load(data_dir() / "tokenizer.json"))
     return tmp_path / "base", model
 
 

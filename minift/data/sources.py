@@ -32,11 +32,19 @@ def encode_split(split, tokenizer):
     return tokenizer.encode_batch(split.prompts), [ids + [eot] for ids in tokenizer.encode_batch(split.completions)]
 
 
+def integer_array(values, what: str) -> np.ndarray:
+    """`values` as an int64 array; floats (which int64 would truncate silently, 2.7 -> 2) are refused, by name."""
+    a = np.asarray(values)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise MiniftError(f"{what} must be integers, got an array of dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
 class LMSource:
     """Random windows of a token stream. Batch k is drawn from default_rng([seed, k]): the state is just k."""
 
     def __init__(self, token_ids, block_size: int, batch_size: int, seed: int = 0):
-        self.token_ids = np.asarray(token_ids, dtype=np.int64)                 # (N,)
+        self.token_ids = integer_array(token_ids, "LMSource: token_ids")        # (N,)
         self.block_size, self.batch_size, self.seed, self.step = block_size, batch_size, seed, 0
         lm_windows(self.token_ids, block_size, 1, np.random.default_rng(0))     # fail now if the text is too short
 
@@ -89,7 +97,8 @@ class ClassificationSource(_IndexedSource):
         if len(token_lists) != len(label_ids):
             raise MiniftError(f"ClassificationSource: {len(token_lists)} texts but {len(label_ids)} labels")
         super().__init__(len(token_lists), batch_size, seed)
-        self.token_lists, self.label_ids = list(token_lists), np.asarray(label_ids, dtype=np.int64)
+        self.token_lists = list(token_lists)
+        self.label_ids = integer_array(label_ids, "ClassificationSource: label_ids")
         self.pad_id, self.max_len = pad_id, max_len
 
     def _examples(self):
