@@ -59,7 +59,8 @@ Process conditions, reported in the output because they change the numbers a lot
     peak_gflops      the measured float32 matmul peak, GFLOP/s;  peak_n: the matrix size that gave it
     mfu              achieved_gflops / peak_gflops, a fraction (0.42 = 42%)
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
-    threads          the thread count numpy's BLAS reports (OpenBLAS/MKL, read through ctypes), null if unknown
+    threads          the thread count numpy's BLAS reports (OpenBLAS/MKL/BLIS, read through threadpoolctl), null if
+                     unknown
     workers          threads the batch was split across (1: the one-thread path; see minift/parallel.py)
     fused            true when the GPU ran minift's fused elementwise kernels (minift/kernels.py; --no-fused or
                      MINIFT_FUSED=0 runs the reference lines instead, to measure what fusion buys); false on the CPU
@@ -75,11 +76,13 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import platform
 import statistics
 import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 
@@ -175,46 +178,33 @@ def blas_info() -> dict:
         name = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception:      # an unusual numpy build: the name is only informative
         name = "unknown"
-    lib = _blas_library()
-    return {"blas": name, "threads": int(getattr(lib, lib.get_threads)()) if lib else None}
+    lib = _numpy_blas()
+    return {"blas": name, "threads": lib.num_threads if lib else None}
 
 
-# (get, set) thread-count functions of the BLAS libraries numpy ships with, under their exported names
-BLAS_THREAD_FUNCTIONS = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                         ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                         ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                         ("openblas_get_num_threads", "openblas_set_num_threads"),
-                         ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads")]
-
-
-def _blas_library():
-    """The BLAS shared library loaded into this process (found in /proc/self/maps, as threadpoolctl does), with
-    attributes get_threads / set_threads naming its functions; None where that cannot be told (not Linux...)."""
+def _numpy_blas():
+    """threadpoolctl's controller of the BLAS library numpy calls (num_threads, set_num_threads), None if none is
+    loaded or threadpoolctl does not know it. threadpoolctl finds every BLAS loaded into the process, on Linux,
+    macOS and Windows; a wheel's numpy brings its own (in numpy.libs/ or numpy/.dylibs/), which is preferred over
+    another package's (scipy's, torch's); a numpy linked to the system's BLAS gets the first one found."""
     try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get, set_ in BLAS_THREAD_FUNCTIONS:
-            if hasattr(lib, get) and hasattr(lib, set_):
-                lib.get_threads, lib.set_threads = get, set_
-                return lib
-    return None
+        from threadpoolctl import ThreadpoolController
+    except ImportError:        # an environment installed before minift depended on it
+        raise MiniftError("the 'threadpoolctl' package is needed to read and set numpy's BLAS threads: "
+                          "pip install threadpoolctl") from None
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    own = [lib for lib in libs if any(part.startswith("numpy") for part in Path(lib.filepath or "").parts)]
+    return (own or libs or [None])[0]
 
 
 def set_blas_threads(n: int):
     """Make numpy's BLAS use n threads from now on (what OPENBLAS_NUM_THREADS=n does at start-up)."""
     _check_count("threads", n, 1)
-    lib = _blas_library()
+    lib = _numpy_blas()
     if lib is None:
         raise MiniftError("--threads: cannot find numpy's BLAS library in this process to set its thread count; "
                           "set OPENBLAS_NUM_THREADS (or MKL_NUM_THREADS) in the environment instead")
-    getattr(lib, lib.set_threads)(ctypes.c_int(n))
+    lib.set_num_threads(n)
 
 
 def reuse_freed_memory() -> bool:
@@ -226,8 +216,10 @@ def reuse_freed_memory() -> bool:
     Raising the mmap threshold to its maximum (32 MiB on 64-bit) and the trim threshold to 1 GiB keeps those pages
     mapped: the process holds its peak, which it reaches every step anyway. The same as the environment
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 (what benchmarks/run.sh gives torch_ref too).
-    Returns False where it cannot apply (not glibc): nothing changes there.
+    Returns False where it cannot apply (not glibc: macOS, Windows, musl): nothing changes there.
     """
+    if platform.libc_ver()[0] != "glibc":
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -189,3 +189,29 @@ def test_report_formats_without_a_breakdown():
     assert r["breakdown"] is None
     text = format_report(r)
     assert "where the time goes" not in text and np.isfinite(r["loss"])
+
+
+# ---- process settings, portably ------------------------------------------------------------------------------------
+
+def test_blas_threads_are_set_and_read_through_threadpoolctl():
+    """set_blas_threads and blas_info go through threadpoolctl (Linux, macOS, Windows), so what they set is what
+    threadpoolctl itself reads for numpy's BLAS."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = blas_info()["threads"]
+    if before is None:
+        pytest.skip("threadpoolctl finds no BLAS library in this numpy")
+    want = 2 if before == 1 else 1
+    try:
+        set_blas_threads(want)
+        counts = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        assert blas_info()["threads"] == want and want in counts
+    finally:
+        set_blas_threads(before)
+
+
+def test_reuse_freed_memory_is_a_no_op_off_glibc(monkeypatch):
+    def no_libc(*args, **kwargs):
+        raise AssertionError("no C library call off glibc")
+    monkeypatch.setattr(minift.bench.platform, "libc_ver", lambda: ("", ""))    # macOS, Windows, musl say this
+    monkeypatch.setattr(minift.bench.ctypes, "CDLL", no_libc)
+    assert minift.bench.reuse_freed_memory() is False

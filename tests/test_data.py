@@ -2,6 +2,7 @@
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +289,30 @@ def test_load_task(tmp_path, shipped, monkeypatch):
     assert data_dir() == tmp_path
     with pytest.raises(MiniftError, match="python -m minift.data"):
         load_task("sentiment")
+
+
+def installed_at(monkeypatch, site):
+    """Make minift.data believe its package was imported from site/minift, as from a wheel: no checkout around."""
+    from minift.data import loaders
+    monkeypatch.delenv("MINIFT_DATA_DIR", raising=False)
+    monkeypatch.setattr(loaders, "PACKAGE_DIR", site / "minift")
+    monkeypatch.setattr(loaders, "PACKAGED_DATA_DIR", site / "minift" / "_data")
+
+
+def test_data_dir_in_a_checkout_and_in_an_installed_package(tmp_path, monkeypatch, capsys):
+    from minift.data import checkout_data_dir
+    from minift.data.__main__ import main as regenerate_main
+    root = Path(__file__).resolve().parent.parent
+    assert checkout_data_dir() == root / "data" and data_dir() == root / "data"        # this checkout
+    installed_at(monkeypatch, tmp_path)
+    assert checkout_data_dir() is None
+    with pytest.raises(MiniftError, match=r"_data does not exist.*pip install \..*MINIFT_DATA_DIR"):
+        data_dir()
+    (tmp_path / "minift" / "_data").mkdir(parents=True)
+    assert data_dir() == tmp_path / "minift" / "_data"                                  # what a wheel carries
+    with pytest.raises(SystemExit):                       # no checkout's data/ to regenerate: --out is needed
+        regenerate_main(["--no-tokenizer"])
+    assert "--out" in capsys.readouterr().err
 
 
 # ---- batching ----------------------------------------------------------------------------------------------------

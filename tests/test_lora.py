@@ -450,6 +450,24 @@ def test_save_peft_layout(tmp_path):
     assert len(tensors) == 2 * 3 * 2 and all(k.startswith(PEFT_PREFIX) for k in tensors)
 
 
+def test_save_peft_writes_what_peft_writes_a_model_card_and_peft_version(tmp_path):
+    """PEFT's save_pretrained also writes README.md (a model card: YAML front matter with library_name peft) and
+    adapter_config.json's peft_version; minift records the PEFT format version its files follow."""
+    from minift.lora import PEFT_FORMAT_VERSION
+    model = tiny_model(dtype="float32")
+    model.add_classification_head(["neg", "pos"], seed=1)
+    attach_lora(model, LoRAConfig(r=4, alpha=8, targets="all-linear", rslora=True)).save_peft(
+        tmp_path, base_model_name_or_path="runs/base")
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_version"] == PEFT_FORMAT_VERSION
+    card = (tmp_path / "README.md").read_text()
+    front = card.split("---\n")[1]
+    assert card.startswith("---\n") and "library_name: peft" in front and 'base_model: "runs/base"' in front
+    assert "pipeline_tag: text-classification" in front
+    for fact in ("rank r = 4", "lora_alpha = 8", "α/√r (rsLoRA) = 4", "every linear", "['neg', 'pos']",
+                 model.fingerprint(), "GPT2ForSequenceClassification", f"PEFT {PEFT_FORMAT_VERSION}"):
+        assert fact in card, fact
+
+
 @pytest.mark.parametrize("kwargs", [dict(), dict(use_dora=True, rslora=True, init="gaussian"), dict(head=True)])
 def test_save_and_load_round_trip(tmp_path, kwargs):
     kwargs = dict(kwargs)

@@ -266,6 +266,24 @@ def test_saved_folder_loads_in_transformers(tmp_path):
                                atol=1e-9)
 
 
+def test_saved_config_uses_transformers_dtype_key_and_both_keys_load(tmp_path):
+    """transformers writes "dtype" since 4.56 ("torch_dtype" before); minift writes "dtype" too, and a folder with
+    either key loads (the shipped base still says torch_dtype). Where transformers is installed, it reads ours."""
+    GPT(tiny64(), seed=0, dtype="float64").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["dtype"] == "float64" and "torch_dtype" not in config
+    reference = GPT.from_pretrained(tmp_path).forward(np.array([[1, 2, 3]]))
+    config["torch_dtype"] = config.pop("dtype")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    np.testing.assert_array_equal(GPT.from_pretrained(tmp_path).forward(np.array([[1, 2, 3]])), reference)
+    config["dtype"] = config.pop("torch_dtype")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch = pytest.importorskip("torch", reason="oracle extra not installed")
+    transformers = pytest.importorskip("transformers", reason="oracle extra not installed")
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56):
+        assert transformers.AutoConfig.from_pretrained(tmp_path).dtype == torch.float64
+
+
 def test_public_facade_names():
     for name in ("GPT", "GPTConfig", "check_op", "check_function", "MiniftError"):
         assert hasattr(minift, name)

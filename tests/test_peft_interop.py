@@ -129,3 +129,17 @@ def test_pissa_adapters_mean_the_original_base_in_both_directions(tmp_path):
     model = GPT.from_pretrained(tmp_path / "base")
     load_peft(model, tmp_path / "theirs")
     np.testing.assert_allclose(model.forward(ids), expected, rtol, atol)
+
+
+def test_peft_and_the_hub_read_the_model_card_and_peft_version(tmp_path):
+    """The files save_peft writes beside the weights, read by PEFT (peft_version) and by huggingface_hub, which
+    parses README.md's front matter as a model card, as it does for the cards PEFT writes."""
+    from minift.lora import PEFT_FORMAT_VERSION
+    hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub not installed")
+    model = GPT(CFG, seed=0)
+    attach_lora(model, LoRAConfig(r=2)).save_peft(tmp_path, base_model_name_or_path="gpt2")
+    assert peft.PeftConfig.from_pretrained(tmp_path).peft_version == PEFT_FORMAT_VERSION
+    card = hub.ModelCard.load(tmp_path / "README.md")
+    assert (card.data.library_name, card.data.base_model, card.data.pipeline_tag) == ("peft", "gpt2",
+                                                                                         "text-generation")
+    assert "lora" in card.data.tags

@@ -4,13 +4,15 @@ import sys
 
 from ..errors import MiniftError
 from .build import regenerate
-from .loaders import data_dir
+from .loaders import checkout_data_dir
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minift.data",
                                      description="Regenerate minift's shipped data: tokenizer and task files.")
-    parser.add_argument("--out", default=str(data_dir()), help="output folder (default: the repository's data/)")
+    checkout = checkout_data_dir()
+    parser.add_argument("--out", default=checkout, required=checkout is None,
+                        help="output folder (default: the source checkout's data/; needed when minift is installed)")
     parser.add_argument("--no-tokenizer", action="store_true", help="write the tasks only")
     args = parser.parse_args(argv)
     try:

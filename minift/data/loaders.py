@@ -36,15 +36,35 @@ CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 DATA_DIR_ENV = "MINIFT_DATA_DIR"
 
 
-def data_dir() -> Path:
-    """The data/ folder: $MINIFT_DATA_DIR if set, else <repo root>/data, the repo root being the parent of minift/.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent            # minift/, wherever it was imported from
+PACKAGED_DATA_DIR = PACKAGE_DIR / "_data"                       # data/ inside a wheel (pyproject.toml's package-dir)
 
-    With `pip install -e .` (how minift is used) the package is imported from the repository itself, so the parent
-    of minift/ is the checkout and data/ is beside it.
+
+def checkout_data_dir() -> Path | None:
+    """<checkout>/data when minift is imported from a source checkout (pyproject.toml beside minift/: run in place,
+    or installed with `pip install -e .`), else None. It is where `python -m minift.data` writes."""
+    root = PACKAGE_DIR.parent
+    return root / "data" if (root / "pyproject.toml").is_file() else None
+
+
+def data_dir() -> Path:
+    """The folder of minift's shipped files (tokenizer.json, tasks/, base-demo/), the first that applies of:
+        $MINIFT_DATA_DIR      a copy of data/ elsewhere, taken as given
+        <checkout>/data       minift run from a source checkout (checkout_data_dir); a file missing there is
+                              reported where it is read, with the command that regenerates it
+        minift/_data          minift installed from a wheel (`pip install .`), which carries data/ under that name
+    An installed minift without minift/_data is a MiniftError that says so and how to get the files.
     """
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV])
-    return Path(__file__).resolve().parent.parent.parent / "data"
+    checkout = checkout_data_dir()
+    if checkout is not None:
+        return checkout
+    if PACKAGED_DATA_DIR.is_dir():
+        return PACKAGED_DATA_DIR
+    raise MiniftError(f"minift's shipped data (tokenizer, tasks, the demo base model) is missing: {PACKAGED_DATA_DIR} "
+                      "does not exist. Reinstall minift from a wheel or a source checkout (`pip install .`, which "
+                      f"packages the checkout's data/ folder), or set {DATA_DIR_ENV} to a copy of that data/ folder")
 
 
 # ---- plain text --------------------------------------------------------------------------------------------------
