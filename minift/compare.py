@@ -38,8 +38,9 @@ from .analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_
 from .backend import to_numpy
 from .errors import MiniftError
 from .evaluate import lm_loss, split_metrics
-from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits
+from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits, setup_run
 from .io import atomic_write, save_json
+from .lora import MODEL_CARD_FILE
 from .memory import measure_memory, predict_memory
 from .outdir import drop_summary
 
@@ -150,11 +151,10 @@ def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     """What must be kept to reproduce this fine-tune on top of the base: written to disk and measured."""
     from .io import save_safetensors
     if method == "lora":
-        lora.save_peft(out / "adapter")
-        return sum(f.stat().st_size for f in (out / "adapter").iterdir())
+        lora.save_peft(out / "adapter")          # weights and config; its README.md (a model card) is not needed
+        return sum(f.stat().st_size for f in (out / "adapter").iterdir() if f.name != MODEL_CARD_FILE)
     if method == "full":
-        model.save_pretrained(out / "model", tok)
-        tok.save(out / "model" / "tokenizer.json")       # a complete model folder (not counted: the base has it)
+        model.save_pretrained(out / "model", tok)        # with tokenizer.json (not counted: the base has it)
         return (out / "model" / "model.safetensors").stat().st_size
     trainable = {k: to_numpy(v) for k, v in model.trainable_params().items()}   # head / freeze: what trained
     save_safetensors(trainable, out / "trainable.safetensors")
@@ -171,6 +171,18 @@ def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
                 batch_shape=list(ids.shape), backend=measured["backend"])
 
 
+def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, task_type: str) -> FinetuneConfig:
+    """One run of the comparison as a fine-tune. A classification task: every method starts from a fresh head, on a
+    base that is already a classifier too (head-only is a linear probe of the body; continuing a trained head would
+    measure something else)."""
+    return FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
+                          lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
+                          train_size=ccfg.train_size, eval_size=ccfg.eval_size,
+                          seed=ccfg.seed, workers=ccfg.workers,
+                          head="new" if task_type == "classification" else "auto",
+                          lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+
+
 def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,
             out: Path, progress=True, resume=False) -> dict:
     """Fine-tune one method and measure everything in the table. Its files go to out/<label>/ (checkpoints/ while
@@ -179,14 +191,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
     run_dir = out / (f"lorar{rank}" if method == "lora" else method)
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
-    # a classification task: every method starts from a fresh head, on a base that is already a classifier too
-    # (head-only is a linear probe of the body; continuing a trained head would measure something else)
-    fcfg = FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
-                          lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
-                          train_size=ccfg.train_size, eval_size=ccfg.eval_size,
-                          seed=ccfg.seed, workers=ccfg.workers,
-                          head="new" if train_split.type == "classification" else "auto",
-                          lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+    fcfg = finetune_config(ccfg, method, rank, alpha, train_split.type)
     model, lora, s = finetune(base, tok, fcfg, progress=progress, resume=resume, checkpoints=run_dir / "checkpoints")
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
                         seed=ccfg.seed).next_batch()
@@ -255,13 +260,15 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     train_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)[0]
     for method in ccfg.methods:                     # every run's input checked before the first one trains
         check_task_fits(method, ccfg.task, train_split, ccfg.batch_size, option=f"--methods {','.join(ccfg.methods)}")
+    plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
+    plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
+    for method, rank, alpha in plan:               # every run set up against the base (a rank that does not fit...)
+        setup_run(base, tok, finetune_config(ccfg, method, rank, alpha, train_split.type))   # before the first trains
     heldout, heldout_text = heldout_for_base(ccfg.base, tok, n_chars=60_000 if ccfg.quick else 200_000)
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)
     drop_summary(out, "results.json")          # written again last, when every run's files are in place
     runs = []
-    plan = [(m, ccfg.rank, ccfg.alpha) for m in ccfg.methods]
-    plan += [("lora", r, sweep_alpha(ccfg, r)) for r in ccfg.ranks if not ("lora" in ccfg.methods and r == ccfg.rank)]
     for method, rank, alpha in plan:
         runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
     spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None

@@ -243,24 +243,29 @@ def _split_one_file(split, seed=0):
     return part(order[:cut1], "train"), part(order[cut1:cut2], "validation"), part(order[cut2:], "test")
 
 
-def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None,
-             base_dir=None):
-    """Fine-tune a copy of `base` on fcfg.task with fcfg.method; returns (model, lora or None, summary dict).
+@dataclass
+class Run:
+    """One fine-tune, set up and checked, before its first step (setup_run)."""
+    model: object
+    lora: object
+    head: str                # "kept" | "new" | "lm" (task_head)
+    source: object
+    tcfg: object             # the TrainConfig
+    head_lr: float | None
+    max_len: int
+    train_split: object
+    val_split: object
+    test_split: object
 
-    The article's five steps (§1.1): 1 load the pretrained model (`base`, copied so it stays untouched), 2 add a
-    task head (classification tasks), 3 freeze what the method freezes, 4 train with backprop, 5 evaluate on the
-    validation and test splits. With out_dir, the result is saved there: the adapter (LoRA) or the whole model.
 
-    checkpoints: the folder for training checkpoints (default out_dir/checkpoints; none without either). With
-    resume, training continues from the latest one there, which must come from the same base, task and settings.
-    base_dir: the folder `base` was loaded from, when known: finetune.json names it, and a saved whole model carries
-    its pretraining record along (out_dir/model/pretrain.json), so that forgetting measured on the fine-tuned model
-    later (compare --base out_dir/model) uses the text the original base was pretrained on.
-    """
+def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=False) -> Run:
+    """The article's steps 1-3 and everything the training loop needs, with every input checked against the base
+    and the task: what finetune() does before its first step (checkpoints, resume: where a resumed run's warmup is
+    read from). compare calls it for every planned run before the
+    first one trains, so that a bad option is found in seconds, not after an hour of other runs."""
     from .data.sources import task_source
-    from .evaluate import split_metrics
     from .memory import check_fits
-    from .train import TrainConfig, resumed_warmup, train
+    from .train import TrainConfig, resumed_warmup
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     check_base_fits_task(base, fcfg.task, train_split)
@@ -277,24 +282,46 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
-    if checkpoints is None and out_dir is not None:
-        checkpoints = Path(out_dir) / "checkpoints"
     warmup = resumed_warmup(checkpoints, resume, min(fcfg.warmup, fcfg.steps // 5))   # fixed once the run starts
     tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
                        warmup=warmup, weight_decay=fcfg.weight_decay,
                        eval_every=fcfg.eval_every, save_every=fcfg.save_every, seed=fcfg.seed,
                        workers=fcfg.workers,
                        lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
-    def evaluate(m, split=val_split, prefix="val_"):      # (split_metrics turns adapter dropout off itself)
-        return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, max_len).items()}
+    return Run(model, lora, head, source, tcfg, head_lr, max_len, train_split, val_split, test_split)
 
-    result = train(model, source, tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4. train
-                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora, head))
-    test = evaluate(model, test_split, prefix="")                                             # 5. evaluate
-    summary = dict(method=fcfg.method, task=fcfg.task, task_type=train_split.type, head=head, labels=model.labels,
-                   train_examples=len(train_split),
-                   max_len=max_len, train_examples_cut=source.cut_examples(),
-                   **trainable_summary(model), steps=fcfg.steps, lr=tcfg.lr, head_lr=head_lr,
+
+def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None,
+             base_dir=None):
+    """Fine-tune a copy of `base` on fcfg.task with fcfg.method; returns (model, lora or None, summary dict).
+
+    The article's five steps (§1.1): 1 load the pretrained model (`base`, copied so it stays untouched), 2 add a
+    task head (classification tasks), 3 freeze what the method freezes, 4 train with backprop, 5 evaluate on the
+    validation and test splits. With out_dir, the result is saved there: the adapter (LoRA) or the whole model.
+
+    checkpoints: the folder for training checkpoints (default out_dir/checkpoints; none without either). With
+    resume, training continues from the latest one there, which must come from the same base, task and settings.
+    base_dir: the folder `base` was loaded from, when known: finetune.json names it, and a saved whole model carries
+    its pretraining record along (out_dir/model/pretrain.json), so that forgetting measured on the fine-tuned model
+    later (compare --base out_dir/model) uses the text the original base was pretrained on.
+    """
+    from .evaluate import split_metrics
+    from .train import train
+    if checkpoints is None and out_dir is not None:
+        checkpoints = Path(out_dir) / "checkpoints"
+    run = setup_run(base, tokenizer, fcfg, checkpoints, resume)                           # 1.-3., checked
+    model, lora = run.model, run.lora
+
+    def evaluate(m, split=run.val_split, prefix="val_"):  # (split_metrics turns adapter dropout off itself)
+        return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, run.max_len).items()}
+
+    result = train(model, run.source, run.tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4.
+                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora, run.head))
+    test = evaluate(model, run.test_split, prefix="")                                         # 5. evaluate
+    summary = dict(method=fcfg.method, task=fcfg.task, task_type=run.train_split.type, head=run.head,
+                   labels=model.labels, train_examples=len(run.train_split),
+                   max_len=run.max_len, train_examples_cut=run.source.cut_examples(),
+                   **trainable_summary(model), steps=fcfg.steps, lr=run.tcfg.lr, head_lr=run.head_lr,
                    ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
                    tokens_per_s=result.tokens / max(result.seconds, 1e-9),
                    final_train_loss=result.final_loss, history=result.history, evals=result.evals,
@@ -332,8 +359,7 @@ def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, ba
         lora.save_peft(out_dir / "adapter")
     whole = model if lora is None else lora.merged_model() if merge else None
     if whole is not None:
-        whole.save_pretrained(out_dir / "model", tokenizer)
-        tokenizer.save(out_dir / "model" / "tokenizer.json")
+        whole.save_pretrained(out_dir / "model", tokenizer)            # tokenizer.json included
         pretraining = base_pretraining(base_dir) if base_dir is not None else None
         if pretraining is not None:                  # what the original base read, carried down the line
             save_json({**pretraining, "carried_from": str(Path(base_dir).resolve())},

@@ -22,7 +22,7 @@ from .data.sources import LMSource
 from .errors import MiniftError
 from .evaluate import lm_loss
 from .io import load_json, save_json
-from .memory import check_fits
+from .memory import available_host_bytes, check_fits
 from .model import GPT
 from .outdir import drop_summary
 from .tokenizer import Tokenizer
@@ -55,6 +55,22 @@ def heldout_world_ids(tokenizer, n_chars=200_000) -> np.ndarray:
                             tokenizer.eot_id)
 
 
+CORPUS_BYTES_PER_CHAR = 64   # peak memory of building and tokenising a corpus, per character (measured: ~50 for
+#                              the world corpus, the texts and then their token lists as Python ints; rounded up)
+
+
+def check_corpus_fits(n_chars: int, files=None) -> None:
+    """Refuse a corpus (--chars of the world corpus, or --files) whose building would not fit this machine's memory,
+    before anything is built: the process would otherwise grow for minutes and then be killed without a word."""
+    size = n_chars + sum(Path(f).stat().st_size for f in files or () if Path(f).is_file())
+    need, have = size * CORPUS_BYTES_PER_CHAR, available_host_bytes()
+    if have is not None and need > have:
+        what = "--files" if files else f"--chars {n_chars:,}"
+        raise MiniftError(f"{what}: building and tokenising {size:,} characters of text needs about "
+                          f"{need / 2**30:,.0f} GiB, but only {have / 2**30:.1f} GiB is available: at most about "
+                          f"{have // CORPUS_BYTES_PER_CHAR:,} characters fit")
+
+
 def split_stream(stream, n_ctx: int):
     """(train ids, validation ids) of a pretraining stream: the last 3% (at least 8 windows and one token) held
     out."""
@@ -65,14 +81,23 @@ def split_stream(stream, n_ctx: int):
     return stream[:-n_val], stream[-n_val:]
 
 
-def base_pretraining(base_dir=None) -> dict | None:
-    """The pretrain.json of a base model folder: in the folder (the shipped base) or beside it (`minift pretrain`
-    writes out/model/ and out/pretrain.json); None when there is none (a Hugging Face GPT-2, say)."""
+def pretrain_json(base_dir=None) -> Path | None:
+    """Where a base model folder's pretrain.json is: in the folder (the shipped base, a fine-tune's merged model) or
+    beside it (`minift pretrain` writes out/model/ and out/pretrain.json); None when there is none (a Hugging Face
+    GPT-2, say)."""
     folder = Path(base_dir) if base_dir else shipped_base_dir()
-    for path in (folder / "pretrain.json", folder.parent / "pretrain.json"):
-        if path.is_file():
-            return load_json(path)
-    return None
+    return next((p for p in (folder / "pretrain.json", folder.parent / "pretrain.json") if p.is_file()), None)
+
+
+def base_pretraining(base_dir=None) -> dict | None:
+    """The pretrain.json of a base model folder (see pretrain_json), or None when it has none."""
+    path = pretrain_json(base_dir)
+    if path is None:
+        return None
+    info = load_json(path, "pretraining summary")
+    if not isinstance(info, dict):
+        raise MiniftError(f"{path} holds a JSON {type(info).__name__}, not the object `minift pretrain` writes")
+    return info
 
 
 def heldout_for_base(base_dir, tokenizer, n_chars=200_000) -> tuple[np.ndarray, str]:
@@ -123,6 +148,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
     cfg = GPTConfig.preset(preset) if isinstance(preset, str) else preset
     tcfg = tcfg or TrainConfig(steps=2000, batch_size=16, lr=3e-3, warmup=100, weight_decay=0.1, seed=seed)
     check_fits(cfg, "full", tcfg.batch_size, cfg.n_ctx, device=resolve_device(device))   # before any long work
+    check_corpus_fits(n_chars if not files and corpus != "pydoc" else 0, files)
     out_dir = Path(out_dir)
     t0 = time.time()
     texts = corpus_texts(corpus, n_chars, files, seed)
@@ -136,8 +162,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
                    evaluate=lambda m: {"val_loss": lm_loss(m, val_ids, max_windows=16)},
                    resume=resume, progress=progress, desc=f"pretrain {name}")
     drop_summary(out_dir, "pretrain.json")      # written again last: then the folder is complete
-    model.save_pretrained(out_dir / "model", tok)
-    tok.save(out_dir / "model" / "tokenizer.json")
+    model.save_pretrained(out_dir / "model", tok)          # config.json, model.safetensors, tokenizer.json
     summary = dict(preset=name, model_config=cfg.to_dict(),
                    corpus=corpus if not files else [str(Path(f).resolve()) for f in files],
                    n_chars=n_chars if not files and corpus != "pydoc" else None,
@@ -145,7 +170,8 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg:
                    final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
                    evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens,
                    train_seconds=round(result.seconds, 1),
-                   wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size)
+                   wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size,
+                   tokenizer_fingerprint=tok.fingerprint())       # load_base checks the model folder's against it
     save_json(summary, out_dir / "pretrain.json")
     return model, tok, summary
 
@@ -156,8 +182,17 @@ def shipped_base_dir() -> Path:
 
 
 def load_base(path=None, dtype="float32", device="cpu"):
-    """(model, tokenizer) from a model folder (default: the shipped demo base). The folder's own tokenizer.json is
-    used when it has one, else the shipped data/tokenizer.json."""
+    """(model, tokenizer) from a model folder (default: the shipped demo base), its parts checked against each other,
+    so that a mismatch is one error naming the file instead of a model that trains or generates nonsense:
+
+      weights vs config.json   floating point, finite, the shapes the config implies (GPT.from_pretrained);
+      the tokenizer            the folder's own: tokenizer.json, else GPT-2's vocab.json + merges.txt. A folder
+                               with neither gets the shipped data/tokenizer.json only where that is provably the
+                               model's: its pretrain.json records that tokenizer's fingerprint. Otherwise it is
+                               refused: another tokenizer of the right size would be accepted and give nonsense;
+      tokenizer vs model       no more tokens than config.json's vocab_size (their ids would have no row in wte),
+                               and the vocabulary size and fingerprint pretrain.json records, where it does.
+    """
     path = Path(path) if path else shipped_base_dir()
     if not path.exists():                        # (a file: GPT.from_pretrained says it is not a folder)
         hint = (" (the shipped base is made by `minift pretrain --preset demo --chars 16000000 --steps 2000 "
@@ -165,9 +200,40 @@ def load_base(path=None, dtype="float32", device="cpu"):
                 if path == shipped_base_dir() else "")
         raise MiniftError(f"model folder not found: {path}{hint}")
     model = GPT.from_pretrained(path, dtype=dtype, device=device)
-    tok_path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else data_dir() / "tokenizer.json"
-    tok = Tokenizer.load(tok_path)
-    if tok.vocab_size > model.cfg.vocab_size:
-        raise MiniftError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, more than the model's vocab_size "
-                          f"{model.cfg.vocab_size}")
+    summary = pretrain_json(path)
+    pretraining = base_pretraining(path) or {}
+    tok = _folder_tokenizer(path, pretraining)
+    _check_tokenizer_fits(tok, model, pretraining, summary, path)
     return model, tok
+
+
+def _folder_tokenizer(folder: Path, pretraining: dict) -> Tokenizer:
+    """The model folder's tokenizer (see load_base); the shipped one only where pretrain.json proves it is the one."""
+    if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
+        return Tokenizer.load(folder)
+    recorded = pretraining.get("tokenizer_fingerprint")
+    if recorded is not None:
+        shipped = Tokenizer.load(data_dir() / "tokenizer.json")
+        if shipped.fingerprint() == recorded:
+            return shipped
+    raise MiniftError(f"{folder} has no tokenizer.json (nor GPT-2's vocab.json + merges.txt): put the tokenizer.json "
+                      "the model was trained with into the folder (minift's own, if it was that one, is "
+                      f"{data_dir() / 'tokenizer.json'}; from Python, model.save_pretrained(folder, tokenizer) "
+                      "writes it)")
+
+
+def _check_tokenizer_fits(tok: Tokenizer, model: GPT, pretraining: dict, summary, folder: Path) -> None:
+    """Refuse a tokenizer the model cannot use: more tokens than its embedding has rows, or not the tokenizer its
+    pretrain.json (`summary`) records (another vocabulary size, or the same size with another fingerprint)."""
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise MiniftError(f"tokenizer {tok.source} has {tok.vocab_size} tokens, more than the model's vocab_size "
+                          f"{model.cfg.vocab_size} ({folder / 'config.json'}): it is not the model's tokenizer")
+    size, fingerprint = pretraining.get("tokenizer_vocab"), pretraining.get("tokenizer_fingerprint")
+    if size is not None and size != tok.vocab_size:
+        why = f"has {tok.vocab_size} tokens, but {summary} records that the model was pretrained with {size}"
+    elif fingerprint is not None and fingerprint != tok.fingerprint():
+        why = (f"is not the one the model was pretrained with: its fingerprint is {tok.fingerprint()}, {summary} "
+               f"records {fingerprint}")
+    else:
+        return
+    raise MiniftError(f"tokenizer {tok.source} {why}; put the tokenizer.json the model was trained with into {folder}")
