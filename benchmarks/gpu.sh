@@ -37,7 +37,7 @@ print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', 
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-echo "== fused kernels (minift/kernels.py) against the reference lines, on the device"
+echo "== fused kernels (minift/fast/kernels.py) against the reference lines, on the device"
 if timeout "${KERNELS_S:-60}" "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -rs \
     -k "cupy and not fakecupy" > "$OUT/kernels.txt" 2>&1 && grep -q " passed" "$OUT/kernels.txt"; then
   echo "they agree (kernels.txt)"
@@ -59,6 +59,6 @@ ROUNDS=${ROUNDS:-2} DEVICE=gpu THREADS=1 PRESETS=${PRESETS:-"demo small gpt2"} M
 cat "$OUT/bench.txt"
 
 echo "== where the time goes on the device (demo, full fine-tuning; each op synchronised)"
-timeout "${PROFILE_S:-40}" "$PYTHON" -m minift.bench --preset demo --device gpu --steps 5 --profile-steps 5 \
+timeout "${PROFILE_S:-40}" "$PYTHON" -m minift.measure.bench --preset demo --device gpu --steps 5 --profile-steps 5 \
   > "$OUT/profile.txt" 2>&1
 cat "$OUT/profile.txt"

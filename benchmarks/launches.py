@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import fakecupy  # noqa: E402
-from minift import kernels  # noqa: E402
-from minift.bench import build_step  # noqa: E402
+from minift.fast import kernels  # noqa: E402
+from minift.measure.bench import build_step  # noqa: E402
 
 
 def count(preset: str, method: str, fused: bool) -> fakecupy.Launches:

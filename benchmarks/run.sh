@@ -12,7 +12,7 @@
 # With DEVICE=gpu, minift runs with --device gpu and torch through benchmarks/torch_device.py (torch_ref's model on
 # the CUDA device, GPT-2 small added); THREADS then only sets the host's threads. For the presets in NOFUSED
 # (default "demo small") minift also runs with --no-fused (variant "minift-nofused"): the reference lines instead
-# of the fused elementwise kernels of minift/kernels.py, to measure what fusion buys.
+# of the fused elementwise kernels of minift/fast/kernels.py, to measure what fusion buys.
 #
 # Each line of OUT is: threads <TAB> round <TAB> variant <TAB> the JSON line the program printed.
 set -euo pipefail
@@ -34,7 +34,7 @@ else
   MINIFT_DEVICE_ARGS=()
   TORCH=("$PYTHON" "$TORCH_REF")
 fi
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824   # = minift.bench.reuse_freed_memory()
+export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824   # = minift.measure.bench.reuse_freed_memory()
 
 run() {   # threads round variant command...
   local t=$1 r=$2 v=$3; shift 3
@@ -52,14 +52,14 @@ for t in $THREADS; do
     for p in $PRESETS; do
       for m in $METHODS; do
         echo "threads $t, round $r: $p $m" >&2
-        run "$t" "$r" minift "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
+        run "$t" "$r" minift "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
           --json "${MINIFT_DEVICE_ARGS[@]}"
         if [ "$t" -gt 1 ] && [ "$DEVICE" = cpu ]; then   # the batch split across t threads, one BLAS thread each
-          run "$t" "$r" minift-workers "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" \
+          run "$t" "$r" minift-workers "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" \
             --profile-steps 0 --json --workers "$t" --threads 1
         fi
         if [ "$DEVICE" = gpu ] && [[ " $NOFUSED " == *" $p "* ]]; then   # the same step without fused kernels
-          run "$t" "$r" minift-nofused "$PYTHON" -m minift.bench --preset "$p" --method "$m" --steps "$STEPS" \
+          run "$t" "$r" minift-nofused "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" \
             --profile-steps 0 --json --no-fused "${MINIFT_DEVICE_ARGS[@]}"
         fi
         run "$t" "$r" torch-sdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS"

@@ -1,6 +1,6 @@
 """`python -m minift ...`: the same as the `minift` command."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import numpy as np
 from .backend import make_rng, to_numpy
 from .errors import MiniftError
 from .ops.softmax import softmax
-from .tokenizer import as_token_ids
+from .formats.tokenizer import as_token_ids
 
 
 def sample_next(logits, rng, temperature=1.0, top_k=None) -> int:

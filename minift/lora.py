@@ -104,7 +104,7 @@ import numpy as np
 
 from .backend import randn, to_numpy, uniform, xp_of
 from .errors import MiniftError
-from .io import (atomic_write_text, check_folder_target, check_weights, load_json, load_safetensors, save_json,
+from .formats.io import (atomic_write_text, check_folder_target, check_weights, load_json, load_safetensors, save_json,
                  save_safetensors)
 from .model import LINEAR_MODULES
 from .ops import dropout_backward, dropout_forward, linear_forward

@@ -127,7 +127,7 @@ class GPT:
     logits = model.forward(input_ids)                         (B, T) int -> (B, T, V)
     loss, grads = model.loss_and_grads(input_ids, targets)    grads: name -> array, for trainable parameters only
 
-    Which parameters train is `model.frozen` (a set of names; see minift/finetune.py for the methods that fill it).
+    Which parameters train is `model.frozen` (a set of names; see minift/training/finetune.py for the methods that fill it).
     Adapters (LoRA, DoRA: minift/lora.py) live in `model.adapters`, module name -> adapter; an adapted linear calls
     the adapter's forward/backward instead of the plain one, and the adapter's gradients join `grads`.
     """
@@ -437,14 +437,14 @@ class GPT:
 
     @classmethod
     def from_pretrained(cls, path, dtype="float32", device="cpu") -> "GPT":
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors). See minift/hf.py."""
-        from .hf import load_gpt2_folder
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors). See minift/formats/hf.py."""
+        from .formats.hf import load_gpt2_folder
         return load_gpt2_folder(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path, tokenizer=None):
-        """Write a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads. See minift/hf.py.
+        """Write a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads. See minift/formats/hf.py.
         tokenizer: saved beside as tokenizer.json (load_base needs the tokenizer the model was trained with), and
         its end-of-text and padding ids go into config.json (transformers' classifier needs the pad id to find each
         row's last token)."""
-        from .hf import save_gpt2_folder
+        from .formats.hf import save_gpt2_folder
         save_gpt2_folder(self, path, tokenizer)

@@ -35,7 +35,7 @@ initialization and momentum in deep learning", eq. 3-4, rewritten as torch.optim
 Per-parameter learning rates (torch's parameter groups, written as multipliers): `lr_scale={name: factor}` makes that
 parameter step with factor · η, where η is the (scheduled) rate passed to `step`; the decoupled decay uses the same
 factor · η, as a torch group with its own lr does. Fine-tuning uses it to give a freshly initialised task head a
-different rate from the pretrained weights or LoRA's adapters (minift/finetune.py, `head_lr`).
+different rate from the pretrained weights or LoRA's adapters (minift/training/finetune.py, `head_lr`).
 
 Which parameters decay: by default every parameter with ndim ≥ 2 (the matmul weights, the embeddings wte/wpe, LoRA's
 A and B), and no vector (biases, LayerNorm gains and shifts) — the rule of GPT-2 as trained by nanoGPT
@@ -63,7 +63,7 @@ import numpy as np
 
 from .backend import DTYPES, to_numpy, xp_of
 from .errors import MiniftError
-from .kernels import FusedKernel
+from .fast.kernels import FusedKernel
 
 SCHEDULES = ("cosine", "linear", "constant")
 CLIP_EPS = 1e-6   # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6)
@@ -225,7 +225,7 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {len(self.decay)} decayed, {hp}, t={self.t})"
 
 
-# AdamW._update's lines as one CUDA kernel (minift/kernels.py): the same operations in the same order, p, m and v
+# AdamW._update's lines as one CUDA kernel (minift/fast/kernels.py): the same operations in the same order, p, m and v
 # updated in place. decay = 1 − η λ (exactly 1 without decay, where p · 1 = p leaves p's bits unchanged).
 ADAMW_STEP = FusedKernel(
     "minift_adamw_step",

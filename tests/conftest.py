@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from minift import backend, kernels  # noqa: E402
+from minift import backend  # noqa: E402
+from minift.fast import kernels  # noqa: E402
 from minift.backend import gpu_available  # noqa: E402
 
 from fakecupy import FakeCupy, fake_cupyx  # noqa: E402
@@ -56,6 +57,6 @@ def fake_gpu(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def fused_kernels_on(monkeypatch):
-    """Every test sees minift's default, fused GPU kernels on (minift/kernels.py), whatever $MINIFT_FUSED says:
+    """Every test sees minift's default, fused GPU kernels on (minift/fast/kernels.py), whatever $MINIFT_FUSED says:
     the tests are there to check those kernels; the variable is for runs and benchmarks."""
     monkeypatch.setattr(kernels, "_enabled", True)

@@ -16,7 +16,7 @@ and is as strict as CuPy where NumPy is lenient:
 
 It also keeps the books of CuPy's memory pool (`get_default_memory_pool().used_bytes()`, `cuda.MemoryHook`), so
 that memory measurement runs, and counts device -> host transfers (`TRANSFERS`), each a point where a real GPU
-would sit idle while the host catches up. It runs minift's fused kernels (minift/kernels.py) through
+would sit idle while the host catches up. It runs minift's fused kernels (minift/fast/kernels.py) through
 `ElementwiseKernel`, which evaluates their CUDA C bodies with NumPy one statement at a time and refuses anything
 outside the small subset of C those bodies are allowed (so a body that would not compile, or that computes in
 double, fails here first), and it counts kernel launches (`LAUNCHES`), the host-side cost of a GPU step. What it
@@ -312,11 +312,11 @@ class _Ufunc:
 
 
 class ElementwiseKernel:
-    """cupy.ElementwiseKernel for the kernels minift writes (minift/kernels.py), evaluated with NumPy.
+    """cupy.ElementwiseKernel for the kernels minift writes (minift/fast/kernels.py), evaluated with NumPy.
 
     The body is read as a list of statements and each one is run over whole arrays, in order, with NumPy's float
     arithmetic in the arrays' dtype: the same operations in the same order as a reference chain of array lines gives
-    the same bits. Only the subset of CUDA C that minift/kernels.py allows is accepted; anything else (a double
+    the same bits. Only the subset of CUDA C that minift/fast/kernels.py allows is accepted; anything else (a double
     literal inside an expression, an integer literal beside `/`, an assignment to an input or a const, a name CUDA
     reserves, a ternary, indexing, non-ASCII text) is refused with the reason, so that a body that would not
     compile, or would compute other numbers (in double, or by integer division) on a GPU, fails here first. Every

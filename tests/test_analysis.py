@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minift import GPT, GPTConfig, MiniftError
-from minift.analysis import (effective_rank, format_intruders, intruder_dimensions, intruder_sweep,
+from minift.measure.analysis import (effective_rank, format_intruders, intruder_dimensions, intruder_sweep,
                              linear_weight_names, model_intruders, random_baseline, scale_intruders,
                              singular_values, spectrum_compare, stable_rank)
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import minift.io
+import minift.formats.io
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.data import data_dir
 from minift.generate import generate, generate_ids
-from minift.io import load_json, load_safetensors
-from minift.tokenizer import Tokenizer
+from minift.formats.io import load_json, load_safetensors
+from minift.formats.tokenizer import Tokenizer
 
 
 def tiny(**kw):
@@ -158,7 +158,7 @@ def test_save_pretrained_and_save_peft_onto_a_file_are_refused(tmp_path):
 
 
 def test_save_pretrained_with_a_tokenizer_writes_a_complete_folder(tmp_path):
-    from minift.pretrain import load_base
+    from minift.training.pretrain import load_base
     tok = shipped_tokenizer()
     tiny(vocab_size=2048).save_pretrained(tmp_path / "m", tok)
     _, loaded = load_base(tmp_path / "m")
@@ -168,13 +168,13 @@ def test_save_pretrained_with_a_tokenizer_writes_a_complete_folder(tmp_path):
 # ---- files that are there but cannot be read ---------------------------------------------------------------------
 
 def _deny(monkeypatch, path):
-    """Fault injection (tests run as root here, where chmod 000 does not stop a read): minift.io's open() of `path`
+    """Fault injection (tests run as root here, where chmod 000 does not stop a read): minift.formats.io's open() of `path`
     fails as it would for a file without read permission."""
     def fake_open(file, *args, **kw):
         if str(file) == str(path):
             raise PermissionError(13, "Permission denied", str(file))
         return open(file, *args, **kw)
-    monkeypatch.setattr(minift.io, "open", fake_open, raising=False)
+    monkeypatch.setattr(minift.formats.io, "open", fake_open, raising=False)
 
 
 def test_unreadable_files_say_permission_denied_naming_the_file(tmp_path, monkeypatch):

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-import minift.bench
+import minift.measure.bench
 import minift.model
 from minift import GPTConfig, MiniftError, gpu_available
-from minift.bench import (OP_ORDER, OpProfiler, add_bench, blas_info, build_step, count_flops, format_report,
+from minift.measure.bench import (OP_ORDER, OpProfiler, add_bench, blas_info, build_step, count_flops, format_report,
                           run_bench, set_blas_threads)
 
 KEYS = {"preset", "method", "rank", "ms_per_step", "tokens_per_s", "mfu", "trainable", "total", "flops_per_step",
@@ -36,8 +36,8 @@ def test_json_is_one_line_with_the_documented_keys(method, capsys):
     assert out.count("\n") == 1                                   # exactly one line, like torch_ref.py
     r = json.loads(out)
     assert KEYS <= set(r)
-    undocumented = [k for k in r if not re.search(rf"\b{k}\b", minift.bench.__doc__)]
-    assert not undocumented, f"JSON keys missing from minift/bench.py's docstring: {undocumented}"
+    undocumented = [k for k in r if not re.search(rf"\b{k}\b", minift.measure.bench.__doc__)]
+    assert not undocumented, f"JSON keys missing from minift/measure/bench.py's docstring: {undocumented}"
     assert r["fused"] is False and r["workers"] == 1                # nothing to fuse on the CPU
     assert (r["preset"], r["method"], r["device"], r["dtype"]) == ("tiny", method, "cpu", "float32")
     assert (r["batch"], r["seq"]) == (16, 64)                     # config.BENCH_BATCH["tiny"], n_ctx
@@ -141,20 +141,20 @@ def test_bad_input_is_a_clear_error(capsys):
 
 
 def test_module_entry_point_error_is_one_line_and_nonzero(capsys):
-    from minift.bench import main
+    from minift.measure.bench import main
     assert main(["--preset", "tiny", "--method", "qlora"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("minift: error: method 'qlora'") and "\n" not in err
 
 
 def test_cli_error_is_one_line_and_nonzero(capsys):
-    cli = pytest.importorskip("minift.cli")
+    cli = pytest.importorskip("minift.app.cli")
     try:
         parser = cli.build_parser()
     except ImportError as e:                                    # another subcommand's module is not there yet
-        pytest.skip(f"minift.cli cannot build its parser here: {e}")
+        pytest.skip(f"minift.app.cli cannot build its parser here: {e}")
     if "bench" not in parser._subparsers._group_actions[0].choices:
-        pytest.skip("minift.cli's build_parser does not register `bench` (it needs add_bench from minift.bench)")
+        pytest.skip("minift.app.cli's build_parser does not register `bench` (it needs add_bench from minift.measure.bench)")
     assert cli.main(["bench", "--method", "qlora"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("minift: error: method 'qlora'") and "\n" not in err
@@ -212,6 +212,6 @@ def test_blas_threads_are_set_and_read_through_threadpoolctl():
 def test_reuse_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     def no_libc(*args, **kwargs):
         raise AssertionError("no C library call off glibc")
-    monkeypatch.setattr(minift.bench.platform, "libc_ver", lambda: ("", ""))    # macOS, Windows, musl say this
-    monkeypatch.setattr(minift.bench.ctypes, "CDLL", no_libc)
-    assert minift.bench.reuse_freed_memory() is False
+    monkeypatch.setattr(minift.measure.bench.platform, "libc_ver", lambda: ("", ""))    # macOS, Windows, musl say this
+    monkeypatch.setattr(minift.measure.bench.ctypes, "CDLL", no_libc)
+    assert minift.measure.bench.reuse_freed_memory() is False

@@ -3,14 +3,14 @@ import json
 
 import pytest
 
-from minift.cli import main
+from minift.app.cli import main
 from minift.errors import MiniftError
 
 
 def shipped_tokenizer():
     """data/tokenizer.json: a model folder carries the tokenizer it was trained with (load_base refuses one without)."""
     from minift.data import data_dir
-    from minift.tokenizer import Tokenizer
+    from minift.formats.tokenizer import Tokenizer
     return Tokenizer.load(data_dir() / "tokenizer.json")
 
 
@@ -31,7 +31,7 @@ def test_pretrain_writes_model_tokenizer_and_summary(pretrained):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (pretrained / "model" / name).is_file()
     assert summary["tokenizer_vocab"] <= 512                    # tiny's vocabulary: a tokenizer was trained to fit
-    from minift.tokenizer import Tokenizer                      # load_base checks the folder's tokenizer against it:
+    from minift.formats.tokenizer import Tokenizer                      # load_base checks the folder's tokenizer against it:
     assert summary["tokenizer_fingerprint"] == Tokenizer.load(pretrained / "model").fingerprint()
     run = json.loads((pretrained / "run.json").read_text())   # the command line a --resume repeats
     assert run["command"] == "pretrain" and run["argv"][:4] == ["minift", "pretrain", "--preset", "tiny"]
@@ -46,7 +46,7 @@ def test_pretrain_resume_continues(pretrained, tmp_path, capsys):
 
 
 def test_threads_option_sets_numpy_blas(pretrained):
-    from minift.bench import blas_info, set_blas_threads
+    from minift.measure.bench import blas_info, set_blas_threads
     before = blas_info()["threads"]
     if before is None:
         pytest.skip("numpy's BLAS thread count cannot be read in this build")
@@ -73,7 +73,7 @@ def test_generate_with_a_fine_tuned_adapter(pretrained, tmp_path, capsys):
     in Python samples; a run folder given where a model folder is meant says where the result is."""
     from minift.generate import generate
     from minift.lora import load_peft
-    from minift.pretrain import load_base
+    from minift.training.pretrain import load_base
     run = tmp_path / "facts"
     assert main(["finetune", "--method", "lora", "--rank", "2", "--task", "facts", "--base", str(pretrained / "model"),
                  "--steps", "2", "--batch", "4", "--train-size", "16", "--out", str(run), "--quiet"]) == 0
@@ -159,7 +159,7 @@ def _signal_at_batch(monkeypatch, source_class, at):
 def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkeypatch, capsys):
     from minift import GPT, GPTConfig
     from minift.data.sources import ClassificationSource
-    from minift.io import load_safetensors
+    from minift.formats.io import load_safetensors
     GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base", shipped_tokenizer())
     run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "6",
            "--batch", "4", "--train-size", "32", "--eval-every", "2", "--quiet"]
@@ -240,7 +240,7 @@ def test_sigterm_outside_training_stops_with_a_message_and_status_143(monkeypatc
     import argparse
     import os
     import signal
-    import minift.cli as cli
+    import minift.app.cli as cli
 
     def work(args):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -264,7 +264,7 @@ def _snapshot(folder):
 def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_something(pretrained, tmp_path, capsys):
     """--overwrite sets the earlier run aside; bad input found late, or a stop before the first checkpoint, puts it
     back untouched. Only a new run with a result or a checkpoint replaces it."""
-    from minift.outdir import ASIDE
+    from minift.app.outdir import ASIDE
     ft = ["finetune", "--method", "lora", "--rank", "2", "--base", str(pretrained / "model"), "--steps", "2",
           "--batch", "4", "--train-size", "16", "--quiet"]
     run = tmp_path / "run"
@@ -292,7 +292,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_something(pretrai
 
 
 def test_a_folder_set_aside_by_a_killed_run_is_put_back(pretrained, tmp_path):
-    from minift.outdir import ASIDE, marker
+    from minift.app.outdir import ASIDE, marker
     ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
           "--train-size", "16", "--quiet"]
     run = tmp_path / "run"
@@ -310,7 +310,7 @@ def test_a_folder_set_aside_by_a_killed_run_is_put_back(pretrained, tmp_path):
 
 
 def test_resume_refuses_another_commands_folder_and_failed_runs_leave_nothing(pretrained, tmp_path, capsys):
-    from minift.outdir import marker
+    from minift.app.outdir import marker
     ft = ["finetune", "--method", "head", "--base", str(pretrained / "model"), "--steps", "2", "--batch", "4",
           "--train-size", "16", "--quiet"]
     assert main(["compare", "--quick", "--methods", "head", "--quiet", "--out", str(tmp_path / "cmp")]) == 0
@@ -362,7 +362,7 @@ def test_a_finished_finetune_extends_with_more_steps(pretrained, tmp_path):
 def test_forgetting_text_follows_what_the_base_read(pretrained, tmp_path, capsys):
     """Forgetting is measured on text like the base's own pretraining text: a base pretrained on the user's files is
     scored on the part of them its pretraining held out, not on the world corpus it never saw."""
-    from minift.pretrain import base_pretraining, heldout_for_base, load_base
+    from minift.training.pretrain import base_pretraining, heldout_for_base, load_base
     _, tok = load_base(pretrained / "model")
     assert "world text" in heldout_for_base(pretrained / "model", tok, n_chars=20_000)[1]
     assert base_pretraining()["corpus"] == "world"                        # the shipped base: in its own folder
@@ -430,7 +430,7 @@ def test_outputs_are_complete_when_the_summary_is_there(pretrained, tmp_path, mo
 
 
 def test_a_folder_in_use_by_another_command_is_refused_and_left_alone(tmp_path):
-    from minift.outdir import RunFolder, fcntl
+    from minift.app.outdir import RunFolder, fcntl
     if fcntl is None:
         pytest.skip("no folder locks on this platform")
     first = RunFolder(tmp_path / "run", "finetune", argv=[])
@@ -447,7 +447,7 @@ def test_a_folder_in_use_by_another_command_is_refused_and_left_alone(tmp_path):
 
 
 def test_a_folder_without_a_result_or_checkpoint_is_not_offered_to_resume(tmp_path, capsys):
-    from minift.outdir import marker
+    from minift.app.outdir import marker
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
@@ -516,7 +516,7 @@ def test_floating_point_warnings_are_counted_and_other_warnings_pass_through(cap
 
     import numpy as np
 
-    from minift.cli import _FloatingPointWarnings
+    from minift.app.cli import _FloatingPointWarnings
     with pytest.warns(UserWarning, match="shown as always"):
         with _FloatingPointWarnings() as fp:
             with np.errstate(over="warn", invalid="warn"):
@@ -549,14 +549,14 @@ def test_a_users_temp_file_in_out_is_still_refused_and_odd_names_do_not_crash(tm
 def test_the_summary_is_dropped_before_the_outputs_are_rewritten(pretrained, tmp_path, monkeypatch, command):
     """As finetune's (test_outputs_are_complete_when_the_summary_is_there): a failure while pretrain saves its model,
     or while compare writes its runs' files, leaves no summary from before beside them."""
-    import minift.compare
+    import minift.app.compare
     import minift.model
     if command == "pretrain":
         argv = ["pretrain", "--preset", "tiny", "--chars", "300000", "--steps", "2", "--batch", "4", "--quiet"]
         where, name, summary = minift.model.GPT, "save_pretrained", "pretrain.json"
     else:
         argv = ["compare", "--quick", "--methods", "head", "--quiet"]
-        where, name, summary = minift.compare, "run_one", "results.json"
+        where, name, summary = minift.app.compare, "run_one", "results.json"
     run = tmp_path / "run"
     assert main(argv + ["--out", str(run)]) == 0 and (run / summary).is_file()
     monkeypatch.setattr(where, name, _disk_full)

@@ -2,7 +2,7 @@
 saved), an option that cannot fit the model or the machine (refused before the first step)."""
 import pytest
 
-from minift.cli import main
+from minift.app.cli import main
 
 SMALL = ["--steps", "5", "--batch", "4", "--train-size", "16", "--quiet"]
 
@@ -32,7 +32,7 @@ def test_a_rank_the_base_cannot_take_is_refused_before_any_run_trains(tmp_path, 
 
 
 def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_built(tmp_path, capsys, monkeypatch):
-    import minift.pretrain as pretrain_mod
+    import minift.training.pretrain as pretrain_mod
     assert main(["pretrain", "--chars", "100000000000000", "--quiet", "--out", str(tmp_path / "p")]) == 1
     assert "--chars 100,000,000,000,000: building and tokenising" in capsys.readouterr().err
     text = tmp_path / "mine.txt"

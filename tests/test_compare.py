@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from minift.cli import main
-from minift.pretrain import shipped_base_dir
+from minift.app.cli import main
+from minift.training.pretrain import shipped_base_dir
 
 pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shipped base model is missing")
 
@@ -107,7 +107,7 @@ def test_report_reads_the_claims_and_has_plots(report):
 
 def test_the_claims_name_the_run_they_are_missing():
     """--methods full --ranks 2,4 has LoRA runs, but not the main rank the claims are read at: say which."""
-    from minift.report import claims
+    from minift.app.report import claims
     cfg = {"rank": 8}
     full, r2 = {"label": "full", "method": "full"}, {"label": "lora r=2", "method": "lora"}
     only_sweep = claims({"config": cfg, "runs": [full, r2]})
@@ -118,7 +118,7 @@ def test_the_claims_name_the_run_they_are_missing():
 
 def test_the_small_data_claim_is_not_judged_when_neither_method_overfits():
     """Both validation-minus-train gaps ≤ 0: there is no overfitting to compare, so no verdict either way."""
-    from minift.report import claims
+    from minift.app.report import claims
 
     def row(label, val, train):
         return {"label": label, "trainable": 10, "ms_per_step": 1.0, "test_accuracy": 0.5,
@@ -131,14 +131,14 @@ def test_the_small_data_claim_is_not_judged_when_neither_method_overfits():
 
 def test_the_default_methods_follow_the_task(monkeypatch, capsys, tmp_path):
     """head-only needs a classification task, so a generation task compares full fine-tuning and LoRA."""
-    import minift.compare
+    import minift.app.compare
     from minift.errors import MiniftError
     seen = []
 
     def stop(ccfg, **_):
         seen.append(ccfg.methods)
         raise MiniftError("stopped by the test")
-    monkeypatch.setattr(minift.compare, "compare", stop)
+    monkeypatch.setattr(minift.app.compare, "compare", stop)
     for task in ("sentiment", "facts"):
         assert main(["compare", "--task", task, "--quick", "--out", str(tmp_path / task)]) == 1
     assert seen == [("full", "lora", "head"), ("full", "lora")]
@@ -197,7 +197,7 @@ def test_every_runs_input_is_checked_before_the_first_one_trains(tmp_path, capsy
 def test_a_dora_comparison_says_so_and_predicts_its_memory(tmp_path):
     """The variant is named in every table, the rank bound LoRA has is not claimed for DoRA, and the memory
     prediction counts DoRA's magnitudes and cached z = x_d V (the plain-LoRA formula was 20% low)."""
-    from minift.compare import CompareConfig, compare
+    from minift.app.compare import CompareConfig, compare
     results = compare(CompareConfig.quick_config(methods=("full", "lora"), dora=True, rslora=True), out=tmp_path,
                       progress=False)
     label = "lora r=8 (rsLoRA, DoRA)"
@@ -210,7 +210,7 @@ def test_a_dora_comparison_says_so_and_predicts_its_memory(tmp_path):
 
 
 def test_the_time_claim_warns_when_the_machine_was_busy():
-    from minift.report import busy_note
+    from minift.app.report import busy_note
     assert busy_note({"cpu_per_wall": 1.6}) == busy_note({"cpu_per_wall": 0.95}) == ""
     assert busy_note({}) == busy_note({"cpu_per_wall": None}) == ""                # results from before the field
     note = busy_note({"cpu_per_wall": 0.43})

@@ -452,7 +452,7 @@ def test_sources_resume_exactly():
 
 def test_task_source_on_shipped_task(shipped):
     from minift.data import encode_split, task_source
-    from minift.tokenizer import Tokenizer
+    from minift.formats.tokenizer import Tokenizer
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
     facts = shipped["facts", "validation"].subset(8)
     prompts, completions = encode_split(facts, tok)

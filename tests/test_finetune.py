@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from minift import GPT, GPTConfig, MiniftError
-from minift.cli import main
-from minift.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method
-from minift.tokenizer import Tokenizer
+from minift.app.cli import main
+from minift.training.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method
+from minift.formats.tokenizer import Tokenizer
 from minift.data import data_dir
 
 
@@ -104,7 +104,7 @@ def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
 def test_a_classifier_fine_tuned_again_on_its_labels_keeps_its_head(tmp_path):
     """Continual improvement (article §1.2): a model fine-tuned on a task, trained on with more data, starts from
     its trained head -- its rows put in the task's label order -- and not from a fresh one; other labels, a new head."""
-    from minift.finetune import task_head
+    from minift.training.finetune import task_head
     from minift.data import load_task
     _, base = tiny_base(tmp_path)
     split = load_task("sentiment", "train")                                   # labels negative, positive
@@ -171,7 +171,7 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     and is the --base of the next fine-tune (merge, then a fresh adapter: continual learning as the MIT paper ran
     it)."""
     from minift import load_peft
-    from minift.pretrain import heldout_for_base
+    from minift.training.pretrain import heldout_for_base
     base_dir, base = tiny_base(tmp_path)
     (base_dir / "pretrain.json").write_text(json.dumps({"corpus": "world", "train_config": {"seed": 0}}))
     path = tmp_path / "reviews.jsonl"
@@ -278,7 +278,7 @@ def test_metrics_do_not_depend_on_the_adapters_mode():
     """With LoRA dropout and the handle in train mode, a forward-only metric must still switch dropout off."""
     import numpy as np
     from minift import GPT, GPTConfig, LoRAConfig, attach_lora
-    from minift.evaluate import lm_loss
+    from minift.training.evaluate import lm_loss
     model = GPT(GPTConfig.preset("tiny"), seed=0)
     lora = attach_lora(model, LoRAConfig(r=2, alpha=4, dropout=0.5), seed=0)
     for a in lora.params.values():

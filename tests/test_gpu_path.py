@@ -4,7 +4,7 @@ The op tests run on the fake through the `xp` fixture. These run what sits above
 classification head, the optimizer, the training loop with checkpoints and resume, generation, fine-tuning, PEFT
 files, `minift compare`, `minift inspect`, `minift bench`, memory measurement — with every array on the fake device.
 The fake does NumPy's arithmetic, so the GPU path must give *bitwise* the CPU path's numbers: any difference means
-the two paths compute different things. That includes minift's fused GPU kernels (minift/kernels.py), which run here
+the two paths compute different things. That includes minift's fused GPU kernels (minift/fast/kernels.py), which run here
 through the fake's evaluator of their CUDA C bodies. Where a GPU is present, the real CuPy variants (`xp` fixture,
 test_bench.py, test_memory.py) check the kernels themselves.
 """
@@ -15,10 +15,10 @@ import pytest
 
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora, load_peft
 from minift.backend import device_of, to_numpy
-from minift.cli import main
-from minift.kernels import fused_enabled
+from minift.app.cli import main
+from minift.fast.kernels import fused_enabled
 from minift.optim import AdamW
-from minift.pretrain import shipped_base_dir
+from minift.training.pretrain import shipped_base_dir
 
 from fakecupy import HostArrayError
 
@@ -119,7 +119,7 @@ class _Batches:
 def _transfers_per_step(n_layer, **lora):
     """Device -> host transfers in one step of the training loop (LoRA and a classification head, on the fake)."""
     import fakecupy
-    from minift.train import TrainConfig, train
+    from minift.training.train import TrainConfig, train
 
     counts = []
     for steps in (2, 5):
@@ -170,7 +170,7 @@ def test_lora_finetune_on_the_device_saves_a_peft_adapter_that_loads_back(fake_g
     assert main(["finetune", "--method", "lora", "--rank", "4", "--steps", "3", "--batch", "4", "--train-size", "32",
                  "--eval-every", "2", "--out", str(tmp_path), "--quiet", "--device", "gpu"]) == 0
     adapter = next(p.parent for p in tmp_path.rglob("adapter_config.json"))
-    from minift.pretrain import load_base
+    from minift.training.pretrain import load_base
     ids = np.random.default_rng(0).integers(0, 2048, (2, 7))
     logits = []
     for device in ("cpu", "gpu"):
@@ -201,7 +201,7 @@ def test_compare_quick_on_the_device_matches_the_cpu(fake_gpu, tmp_path):
 def test_inspect_and_bench_on_the_device(fake_gpu, capsys):
     assert main(["inspect", "--device", "gpu", "--steps", "2", "--quiet"]) == 0
     assert "all matrices" in capsys.readouterr().out
-    from minift.bench import run_bench
+    from minift.measure.bench import run_bench
     r = run_bench("tiny", "lora", steps=1, warmup=1, device="gpu", profile_steps=1, peak_sizes=(256,))
     assert r["device"] == "gpu" and r["blas"] == "cuBLAS" and r["ms_per_step"] > 0 and r["mfu"] > 0
     assert set(r["breakdown"]["backward"]) >= {"linear", "attention", "layernorm"}
@@ -219,8 +219,8 @@ def test_inspect_and_bench_on_the_device(fake_gpu, capsys):
 def test_bench_follows_minift_fused_when_not_told(fake_gpu, monkeypatch):
     # MINIFT_FUSED=0 (read into kernels._enabled at import) turns fusion off for a bench that is not told otherwise:
     # benchmarks/gpu.sh relies on it when the kernels fail on a device
-    from minift import kernels
-    from minift.bench import run_bench
+    from minift.fast import kernels
+    from minift.measure.bench import run_bench
     monkeypatch.setattr(kernels, "_enabled", False)
     r = run_bench("tiny", "full", steps=1, warmup=0, device="gpu", profile_steps=0, peak_sizes=(256,))
     assert r["fused"] is False

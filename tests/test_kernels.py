@@ -1,4 +1,4 @@
-"""The fused GPU kernels (minift/kernels.py) against the reference lines they replace.
+"""The fused GPU kernels (minift/fast/kernels.py) against the reference lines they replace.
 
 On tests/fakecupy.py (everywhere) a fused kernel must give the reference's bits and be one launch; on a real GPU (the
 `cupy` cases, skipped without one) it must agree with the reference run on the same device to float rounding. The
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fakecupy
-from minift import kernels
+from minift.fast import kernels
 from minift.backend import to_numpy
 from minift.ops import (attention_backward, attention_forward, gelu_backward, gelu_forward, layernorm_backward,
                         layernorm_forward)
@@ -115,7 +115,7 @@ def test_an_adamw_step_is_one_launch_per_parameter_on_the_fake(fake_gpu):
 
 
 def test_a_training_step_launches_far_fewer_kernels_fused(fake_gpu):
-    from minift.bench import build_step
+    from minift.measure.bench import build_step
     counts = {}
     for fused in (True, False):
         with kernels.use_fused(fused):
@@ -192,7 +192,7 @@ def test_the_fake_kernel_broadcasts_casts_scalars_and_writes_outputs_in_place(fa
 
 
 def test_the_environment_switches_fusion_off():
-    code = "from minift import kernels; print(kernels.fused_enabled())"
+    code = "from minift.fast import kernels; print(kernels.fused_enabled())"
     for value, expected in (("0", "False"), ("off", "False"), ("1", "True")):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, kernels.FUSED_ENV: value},
                              capture_output=True, text=True, check=True).stdout.strip()

@@ -1,4 +1,4 @@
-"""The lens (minift/lens.py): full fine-tuning's gradient G and LoRA's dA, dB, step and subspaces on one batch.
+"""The lens (minift/measure/lens.py): full fine-tuning's gradient G and LoRA's dA, dB, step and subspaces on one batch.
 
 Tolerances (float64): the identities dA = s·BᵀGᵀ, dB = s·GᵀAᵀ only reorder the same products of one backward:
 ~1e-15 relative, checked at 1e-10. G against a separate full fine-tuning backward of the merged model goes through a
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from minift import LoRAConfig, MiniftError, attach_lora
-from minift.lens import (LINEAR_INPUTS, activations, add_inspect, format_lens, format_module, gradient_from_record,
+from minift.measure.lens import (LINEAR_INPUTS, activations, add_inspect, format_lens, format_module, gradient_from_record,
                          lens, lora_step)
 from minift.optim import SGD
-from minift.pretrain import shipped_base_dir
+from minift.training.pretrain import shipped_base_dir
 
 from test_lora import batch as lm_batch, host, randomize, tiny_model
 

@@ -15,7 +15,7 @@ import minift
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.backend import to_numpy
 from minift.gradcheck import check_function, check_op
-from minift.io import load_safetensors
+from minift.formats.io import load_safetensors
 from minift.lora import PEFT_HEAD_KEY, PEFT_PREFIX, lora_backward, lora_forward, resolve_modules
 from minift.model import LINEAR_MODULES
 from minift.optim import SGD, AdamW

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from minift import GPT, GPTConfig, MiniftError, gpu_available
-from minift.finetune import setup_method
-from minift.memory import format_memory, measure_memory, memory_saving, predict_memory
+from minift.training.finetune import setup_method
+from minift.measure.memory import format_memory, measure_memory, memory_saving, predict_memory
 
 # Measured vs predicted. parameters and gradients are nbytes on both sides: exact. activations (what the forward
 # half leaves allocated) agree to ~1% (the rest is Python objects: tuples, array headers); the step's peak to ~1-2%
@@ -258,7 +258,7 @@ def test_format_memory_table():
 
 
 def test_a_step_that_cannot_fit_is_refused_before_training(monkeypatch):
-    from minift import memory
+    from minift.measure import memory
     from minift.config import GPTConfig
     cfg = GPTConfig.preset("tiny")
     need = memory.predict_memory(cfg, "full", 4, 64)["total"]

@@ -193,7 +193,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_load_accepts_transformer_prefix_and_ignores_buffers(tmp_path):
-    from minift.io import save_json, save_safetensors
+    from minift.formats.io import save_json, save_safetensors
     cfg = tiny64()
     model = perturbed(GPT(cfg, seed=0))
     tensors = {"transformer." + k: to_numpy(v) for k, v in model.params.items()}
@@ -291,7 +291,7 @@ def test_public_facade_names():
 
 def test_hugging_face_options_that_change_gpt2s_function_are_refused(tmp_path):
     """An untied LM head or another attention scaling would load 'fine' and compute a different model."""
-    from minift.io import load_safetensors, save_safetensors
+    from minift.formats.io import load_safetensors, save_safetensors
     GPT(GPTConfig.preset("tiny"), seed=0).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     for key, value in (("tie_word_embeddings", False), ("scale_attn_weights", False),
@@ -313,7 +313,7 @@ def test_hugging_face_options_that_change_gpt2s_function_are_refused(tmp_path):
 def test_an_exported_classifier_names_its_pad_and_end_of_text_ids(tmp_path):
     """transformers' GPT2ForSequenceClassification reads a row's last token as the last id != pad_token_id, and
     refuses batches larger than one without it."""
-    from minift.tokenizer import Tokenizer
+    from minift.formats.tokenizer import Tokenizer
     from minift.data import data_dir
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
     model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size), seed=0)

@@ -7,11 +7,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from minift import GPT, GPTConfig, MiniftError
-from minift.cli import main
+from minift.app.cli import main
 from minift.data import data_dir
-from minift.io import load_safetensors
-from minift.pretrain import load_base
-from minift.tokenizer import Tokenizer
+from minift.formats.io import load_safetensors
+from minift.training.pretrain import load_base
+from minift.formats.tokenizer import Tokenizer
 
 
 def shipped_tokenizer():

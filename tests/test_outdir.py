@@ -1,13 +1,13 @@
 """--out belongs to minift only when it says so: a refused command leaves a folder it did not write exactly as it
-was (every file, folder and byte), and a failed command leaves no folder it made (minift/outdir.py)."""
+was (every file, folder and byte), and a failed command leaves no folder it made (minift/app/outdir.py)."""
 import json
 import os
 
 import pytest
 
-from minift.cli import main
+from minift.app.cli import main
 from minift.errors import MiniftError
-from minift.outdir import ASIDE, RunFolder, is_marker, marker
+from minift.app.outdir import ASIDE, RunFolder, is_marker, marker
 
 
 def _tree(folder):

@@ -1,10 +1,10 @@
-"""The batch split across threads (minift/parallel.py) against the one-thread path it must equal."""
+"""The batch split across threads (minift/fast/parallel.py) against the one-thread path it must equal."""
 import numpy as np
 import pytest
 
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora
-from minift.parallel import check_splittable, split_loss_and_grads
-from minift.train import TrainConfig, train
+from minift.fast.parallel import check_splittable, split_loss_and_grads
+from minift.training.train import TrainConfig, train
 
 # float64: the two paths group the same sums differently, so they agree to rounding, ~1e-16 relative per operation
 TOL = 1e-11
@@ -116,17 +116,17 @@ def test_training_with_workers_follows_the_one_thread_run():
 
 
 def test_bench_with_workers():
-    from minift.bench import run_bench
+    from minift.measure.bench import run_bench
     r = run_bench("tiny", "lora", steps=2, warmup=1, profile_steps=1, peak_sizes=(128,), malloc="system", workers=2)
     assert r["workers"] == 2 and r["ms_per_step"] > 0 and 0 < r["mfu"]
     assert r["breakdown"]["backward"]["linear"] > 0         # profiled on the one-thread path
 
 
-@pytest.mark.skipif(not __import__("minift.pretrain").pretrain.shipped_base_dir().is_dir(),
+@pytest.mark.skipif(not __import__("minift.training.pretrain").training.pretrain.shipped_base_dir().is_dir(),
                     reason="the shipped base model is missing")
 def test_the_workers_option_of_the_commands(tmp_path, capsys):
-    from minift.bench import blas_info, set_blas_threads
-    from minift.cli import main
+    from minift.measure.bench import blas_info, set_blas_threads
+    from minift.app.cli import main
     before = blas_info()["threads"]
     try:
         rc = main(["finetune", "--method", "lora", "--steps", "2", "--batch", "4", "--train-size", "16",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from minift.progress import LineProgress, progress_bar
+from minift.training.progress import LineProgress, progress_bar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,9 +82,9 @@ def test_a_terminal_gets_tqdm_and_a_notebook_gets_no_ipywidgets_warning(monkeypa
     list(bar)
     bar.close()
     assert "\r" in term.getvalue()                       # drawn in place
-    import minift.progress
-    real_find_spec = minift.progress.importlib.util.find_spec
-    monkeypatch.setattr(minift.progress.importlib.util, "find_spec",
+    import minift.training.progress
+    real_find_spec = minift.training.progress.importlib.util.find_spec
+    monkeypatch.setattr(minift.training.progress.importlib.util, "find_spec",
                         lambda name, *a: None if name == "ipywidgets" else real_find_spec(name, *a))
     with warnings.catch_warnings():
         warnings.simplefilter("error")                    # tqdm.auto would warn "IProgress not found" here
@@ -99,7 +99,7 @@ def test_training_logged_to_a_file_is_a_handful_of_lines(tmp_path):
         import numpy as np
         from minift import GPT, GPTConfig
         from minift.data.sources import LMSource
-        from minift.train import TrainConfig, train
+        from minift.training.train import TrainConfig, train
         ids = np.tile(np.arange(2, 40), 60)
         train(GPT(GPTConfig.preset("tiny", n_ctx=16), seed=0), LMSource(ids, 16, 4, seed=0),
               TrainConfig(steps=50, batch_size=4, lr=3e-3, warmup=2), desc="pretrain tiny")

@@ -9,7 +9,7 @@ import pytest
 from minift import GPT, GPTConfig, MiniftError
 from minift.backend import gpu_available, resolve_device
 from minift.data.sources import LMSource
-from minift.train import TrainConfig, TrainingDiverged, TrainingInterrupted, latest_checkpoint, train
+from minift.training.train import TrainConfig, TrainingDiverged, TrainingInterrupted, latest_checkpoint, train
 
 
 def tiny(seed=0, **kw):
@@ -135,7 +135,7 @@ def test_a_second_signal_before_any_checkpoint_says_nothing_was_saved(tmp_path):
 
 
 def test_a_save_cut_short_leaves_no_step_folder_and_the_last_checkpoint_in_force(tmp_path, monkeypatch):
-    import minift.train as train_module
+    import minift.training.train as train_module
     tcfg = TrainConfig(steps=4, batch_size=4, warmup=1, save_every=2)
     calls = []
 
@@ -259,7 +259,7 @@ def test_a_second_signal_during_the_final_evaluation_names_the_checkpoint_on_dis
 
 
 def test_a_second_signal_while_saving_the_checkpoint_says_so_and_names_the_one_on_disk(tmp_path, monkeypatch):
-    import minift.train as train_module
+    import minift.training.train as train_module
     tcfg = TrainConfig(steps=6, batch_size=4, warmup=1, save_every=2)
     real = train_module.save_safetensors
 
@@ -326,7 +326,7 @@ def test_a_resume_shorter_than_its_warmup_says_how_many_steps_it_needs(tmp_path)
 
 
 def test_two_signals_during_a_periodic_save_say_the_save_was_cut(tmp_path, monkeypatch):
-    import minift.train as train_module
+    import minift.training.train as train_module
     real = train_module.save_safetensors
 
     def two_signals_in_the_save_of_step_4(tensors, path, *a, **kw):
@@ -344,7 +344,7 @@ def test_two_signals_during_a_periodic_save_say_the_save_was_cut(tmp_path, monke
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 def test_atomic_write_replaces_whole_files_and_keeps_their_mode(tmp_path):
-    from minift.io import atomic_write, atomic_write_text
+    from minift.formats.io import atomic_write, atomic_write_text
     path = atomic_write_text(tmp_path / "a.txt", "one\n")
     umask = os.umask(0)
     os.umask(umask)

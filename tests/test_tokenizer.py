@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from minift.data import data_dir, world_corpus
 from minift.errors import MiniftError
-from minift.tokenizer import EOT, PAD, Tokenizer
+from minift.formats.tokenizer import EOT, PAD, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_training_is_deterministic_in_process(texts, tok):
 
 def test_training_is_deterministic_across_processes(tok):
     """Hash maps are seeded per process; two fresh interpreters (different hash seeds) must still agree."""
-    code = ("import hashlib; from minift.data import world_corpus; from minift.tokenizer import Tokenizer; "
+    code = ("import hashlib; from minift.data import world_corpus; from minift.formats.tokenizer import Tokenizer; "
             "t = Tokenizer.train(world_corpus(n_chars=60_000) + [\"def f(x):\\n    return x  # Python's docs, "
             "too: \\u00fc, \\u65e5\\u672c, \\U0001f389\"], 400); print(hashlib.sha256(t.to_json().encode())"
             ".hexdigest())")

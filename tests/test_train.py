@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-import minift.train as train_mod
+import minift.training.train as train_mod
 from minift import GPT, GPTConfig, MiniftError
 from minift.data.sources import ClassificationSource, LMSource
-from minift.train import TrainConfig, TrainingDiverged, latest_checkpoint, train
+from minift.training.train import TrainConfig, TrainingDiverged, latest_checkpoint, train
 
 
 def tiny_model(seed=0):
@@ -91,7 +91,7 @@ def test_divergence_at_the_first_step_names_it_and_saves_nothing(tmp_path):
 
 def test_the_checkpoint_kept_at_divergence_is_the_state_before_that_step(tmp_path):
     """Its data position and dropout stream are those before the failed step: the batch that broke was not used."""
-    import minift.train as train_mod
+    import minift.training.train as train_mod
     real, calls = train_mod.clip_grad_norm, []
 
     def fails_at_step_3(grads, max_norm):

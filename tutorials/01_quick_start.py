@@ -31,7 +31,7 @@
 # seed and step budget — on your machine, and shows how to read each column of the result.
 #
 # **You will learn**
-# 1. to run `minift compare` from Python (`minift.compare.compare`) and find its report;
+# 1. to run `minift compare` from Python (`minift.app.compare.compare`) and find its report;
 # 2. what each column measures and where in minift the number comes from;
 # 3. which of the article's claims held here, and why the time and memory claims depend on scale.
 #
@@ -43,8 +43,8 @@ import json
 
 import minift
 from _tutorial import FAST, exercise, out_dir, pick
-from minift.compare import CompareConfig, compare
-from minift.report import claims, main_table, memory_table
+from minift.app.compare import CompareConfig, compare
+from minift.app.report import claims, main_table, memory_table
 
 print("fast mode" if FAST else "normal mode", "· minift", minift.__version__)
 
@@ -82,16 +82,16 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 #
 # | column | what it is | computed by |
 # |---|---|---|
-# | trainable | parameters that receive gradients and optimizer state | `minift.finetune.trainable_summary` |
-# | ms/step, tokens/s | wall time of forward + backward + AdamW, averaged over the run | `minift.train.train` |
-# | val acc, test acc | sentiment accuracy; the test split uses review templates never seen in training | `minift.evaluate` |
-# | forgetting ΔLM | next-token loss on held-out text like the pretraining text (32 windows of 128 tokens of world documents from another seed of the generator), after minus before | `minift.evaluate.lm_loss` |
-# | intruders | the MIT paper's Algorithm 1 on $W_0+\Delta W$ (top-10 singular vectors, $\varepsilon=0.5$), with the count random directions would give (160 = all 16 matrices × 10 vectors: at this width ε = 0.5 counts every random direction, so read tutorial 10's ε sweep) | `minift.analysis` |
-# | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update, the mean over the 16 matrices | `minift.analysis.effective_rank` |
-# | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.compare` |
+# | trainable | parameters that receive gradients and optimizer state | `minift.training.finetune.trainable_summary` |
+# | ms/step, tokens/s | wall time of forward + backward + AdamW, averaged over the run | `minift.training.train.train` |
+# | val acc, test acc | sentiment accuracy; the test split uses review templates never seen in training | `minift.training.evaluate` |
+# | forgetting ΔLM | next-token loss on held-out text like the pretraining text (32 windows of 128 tokens of world documents from another seed of the generator), after minus before | `minift.training.evaluate.lm_loss` |
+# | intruders | the MIT paper's Algorithm 1 on $W_0+\Delta W$ (top-10 singular vectors, $\varepsilon=0.5$), with the count random directions would give (160 = all 16 matrices × 10 vectors: at this width ε = 0.5 counts every random direction, so read tutorial 10's ε sweep) | `minift.measure.analysis` |
+# | eff. rank ΔW | $\exp H(\sigma/\sum\sigma)$ of the update, the mean over the 16 matrices | `minift.measure.analysis.effective_rank` |
+# | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.app.compare` |
 #
 # The memory table (MiB) splits one training step's peak into its parts, measured with `tracemalloc` and predicted
-# term by term by `minift.memory.predict_memory`: parameters, gradients, optimizer state and activations, plus the
+# term by term by `minift.measure.memory.predict_memory`: parameters, gradients, optimizer state and activations, plus the
 # backward's short-lived temporaries ("workspace", not a column: the total minus the four) — tutorial 09.
 
 # %%

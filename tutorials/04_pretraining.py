@@ -31,7 +31,7 @@
 # **You will learn**
 # 1. what the world corpus is (`minift.data.World`, `world_corpus`) and how the tokenizer turns it into ids;
 # 2. the pretraining objective and the loss a model starts from, $\log V$;
-# 3. to pretrain with `minift.pretrain.pretrain`, plot the loss curve, and compare samples before and after;
+# 3. to pretrain with `minift.training.pretrain.pretrain`, plot the loss curve, and compare samples before and after;
 # 4. to load the shipped base model `data/base-demo` (`load_base`) and measure it on held-out text.
 #
 # **Time:** about 3 minutes normally (a 400-step run of the `demo` preset, 128 wide, 4 layers, plus 100 more in
@@ -49,12 +49,12 @@ import numpy as np
 import minift
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift.data import LMSource, World, concat_documents, data_dir, world_corpus
-from minift.evaluate import lm_loss
+from minift.training.evaluate import lm_loss
 from minift.generate import generate
-from minift.io import load_json
-from minift.pretrain import heldout_world_ids, load_base, pretrain, shipped_base_dir
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, latest_checkpoint
+from minift.formats.io import load_json
+from minift.training.pretrain import heldout_world_ids, load_base, pretrain, shipped_base_dir
+from minift.formats.tokenizer import Tokenizer
+from minift.training.train import TrainConfig, latest_checkpoint
 
 print("fast mode" if FAST else "normal mode")
 

@@ -33,11 +33,11 @@
 #
 # **You will learn**
 # 1. what the sentiment task contains, and why word counting cannot solve it;
-# 2. to load the base (`minift.pretrain.load_base`) and add a classification head (`add_classification_head`), the
+# 2. to load the base (`minift.training.pretrain.load_base`) and add a classification head (`add_classification_head`), the
 #    layer Hugging Face's `GPT2ForSequenceClassification` adds, which reads the last real token;
-# 3. to freeze parameters (`minift.finetune.freeze_plan`, `setup_method`) and see that a frozen weight gets no
+# 3. to freeze parameters (`minift.training.finetune.freeze_plan`, `setup_method`) and see that a frozen weight gets no
 #    gradient at all — its weight-gradient matmul is never run;
-# 4. to train with `minift.train.train` and a `ClassificationSource`, and with `minift.finetune.finetune`;
+# 4. to train with `minift.training.train.train` and a `ClassificationSource`, and with `minift.training.finetune.finetune`;
 # 5. to pick a learning rate by validation accuracy (never by test accuracy), and to read per-kind test accuracy.
 #
 # **Time:** about 2 minutes normally (three 400-step runs on the `demo` base: 110 s measured, 3½ minutes while
@@ -59,11 +59,11 @@ from minift.data import ClassificationSource, TaskSplit, encode_split, read_reco
 from minift.data.batching import classification_batch
 from minift.data.lexicon import adjective_polarity
 from minift.data.sentiment import rule_label
-from minift.evaluate import split_metrics
-from minift.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method, trainable_summary
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method, trainable_summary
 from minift.ops import last_token_index
-from minift.pretrain import load_base
-from minift.train import TrainConfig, train
+from minift.training.pretrain import load_base
+from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 print("fast mode" if FAST else "normal mode")
@@ -283,7 +283,7 @@ print(f"{len(grads)} gradient tensors for {len(model.params)} parameter tensors 
 # %% [markdown]
 # ## 5. Step 4 — train with backpropagation (训练和优化)
 #
-# `minift.train.train(model, source, TrainConfig(...))` is the loop every method uses: each step draws a batch,
+# `minift.training.train.train(model, source, TrainConfig(...))` is the loop every method uses: each step draws a batch,
 # runs `loss_and_grads` (forward, cross-entropy, hand-written backward), clips the global gradient norm to 1, and
 # takes an AdamW step on the trainable arrays only; `lr` warms up for `warmup` steps, then decays on a cosine. A
 # `ClassificationSource` serves shuffled, right-padded batches of (review, label). `evaluate` is called every
@@ -313,7 +313,7 @@ print(f"linear probe: {probe_run.seconds:.0f} s, {1e3 * probe_run.seconds / step
       + ", ".join(f"{e['val_accuracy']:.3f}@{e['step']}" for e in probe_run.evals))
 
 # %% [markdown]
-# Then full fine-tuning, every parameter trained, with `minift.finetune.finetune`: the same five steps in one call
+# Then full fine-tuning, every parameter trained, with `minift.training.finetune.finetune`: the same five steps in one call
 # (it copies the base, adds the head, installs the method's plan, trains with the loop above, and evaluates on
 # validation and test).
 

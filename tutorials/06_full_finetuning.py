@@ -33,7 +33,7 @@
 # **You will learn**
 # 1. to measure how far every weight tensor moved, $\lVert \Delta W\rVert / \lVert W\rVert$, and which entries did not
 #    move at all, and why;
-# 2. what a full fine-tuning step holds in memory (`minift.memory.predict_memory`: 2 AdamW floats and 1 gradient per
+# 2. what a full fine-tuning step holds in memory (`minift.measure.memory.predict_memory`: 2 AdamW floats and 1 gradient per
 #    trained parameter) and how long it takes;
 # 3. how large the saved model is (`save_pretrained`), against what LoRA will save;
 # 4. to watch full fine-tuning overfit 64 examples: training loss to 0, validation loss up;
@@ -57,13 +57,13 @@ import numpy as np
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig
 from minift.data import task_source
-from minift.evaluate import split_metrics
-from minift.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, HEAD, FinetuneConfig, finetune, load_task_splits, \
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, HEAD, FinetuneConfig, finetune, load_task_splits, \
     setup_method
-from minift.memory import format_memory, predict_memory
+from minift.measure.memory import format_memory, predict_memory
 from minift.model import param_shapes
-from minift.pretrain import load_base
-from minift.train import TrainConfig, TrainingDiverged, train
+from minift.training.pretrain import load_base
+from minift.training.train import TrainConfig, TrainingDiverged, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 print("fast mode" if FAST else "normal mode")
@@ -151,7 +151,7 @@ assert np.array_equal(moved_rows, np.arange(longest))
 # $$\underbrace{P}_{\text{gradients}} + \underbrace{2P}_{\text{AdamW } m,\,v} \quad\text{floats, for } P
 # \text{ trained parameters, plus the activations the backward needs (they scale with tokens, not } P).$$
 #
-# `predict_memory` counts it term by term from the code (`minift/memory.py`); LoRA (r = 8 on every linear) for
+# `predict_memory` counts it term by term from the code (`minift/measure/memory.py`); LoRA (r = 8 on every linear) for
 # comparison, on a batch of the size training used.
 
 # %%
@@ -243,7 +243,7 @@ assert 4 * P <= size < 1.01 * 4 * P
 #
 # $$L_\text{train}(\theta_t) \to 0 \qquad\text{while}\qquad L_\text{val}(\theta_t) \uparrow .$$
 #
-# This calls `minift.train.train` directly (what `finetune` does inside), to evaluate on both splits.
+# This calls `minift.training.train.train` directly (what `finetune` does inside), to evaluate on both splits.
 
 # %%
 small_train, small_val, _ = load_task_splits("sentiment", train_size=64, eval_size=pick(200, 128))
@@ -414,7 +414,7 @@ with np.errstate(over="ignore", invalid="ignore"):        # overflows inside the
 # What it keeps when a checkpoint folder is given: a checkpoint holds the weights after a step, and only the *next*
 # step's loss shows whether they are sane. So when a loss is found broken, the checkpoint of those weights (and any
 # after it) is removed, and the one left in force is the newest whose loss was computed and was sane
-# (`minift/train.py`, `_keep_checked`). These runs were given no checkpoint folder: nothing to keep.
+# (`minift/training/train.py`, `_keep_checked`). These runs were given no checkpoint folder: nothing to keep.
 #
 # **Check.** The worst batch loss at 1e-1 is more than 3 (over four times $\log 2$), at 1e-3 under 1.5; the
 # step-to-step jumps of the loss are larger at 1e-1 than at 1e-3; each finite absurd rate is caught at step 1 by its

@@ -59,13 +59,13 @@ from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.data import task_source
 from minift.dora import column_norm
-from minift.finetune import FinetuneConfig, finetune, load_task_splits
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.gradcheck import check_op
-from minift.io import load_safetensors
+from minift.formats.io import load_safetensors
 from minift.lora import LoRALinear, lora_backward, lora_forward
 from minift.model import param_shapes
-from minift.pretrain import load_base
-from minift.train import TrainConfig, train
+from minift.training.pretrain import load_base
+from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)
@@ -379,7 +379,7 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 # $\Delta W = s\,A^\top B^\top$ grows like $s\cdot\eta$ (section 3), while the randomly initialised head moves at
 # $\eta$ alone. The adapters need a larger $s\cdot\eta$ than the head can take. So `finetune` trains them at
 # different rates, as torch's parameter groups do (`lr_scale` in `minift/optim.py`): the adapters at
-# $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/finetune.py`;
+# $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/training/finetune.py`;
 # validation 0.896 / 0.902 / 0.852 over three seeds). Raising $\alpha$ instead does the same job for the adapters:
 # $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both reached 0.890 on validation
 # (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).

@@ -35,7 +35,7 @@
 #
 # **You will learn**
 # 1. to get full fine-tuning's gradient $G = \partial L/\partial W$ and LoRA's $dA$, $dB$ from *one* backward
-#    (`minift.lens.full_and_lora_grads`), and why $G$ there is exactly full fine-tuning's gradient;
+#    (`minift.measure.lens.full_and_lora_grads`), and why $G$ there is exactly full fine-tuning's gradient;
 # 2. to derive and verify $dB = s\,G^\top A^\top$ and $dA = s\,B^\top G^\top$ in minift's GPT-2 $[\text{in},
 #    \text{out}]$ layout (and PEFT's), to $10^{-13}$ in float64;
 # 3. what the very first LoRA step does ($B = 0 \Rightarrow dA = 0$: only $B$ moves);
@@ -63,14 +63,14 @@ import numpy as np
 
 from _tutorial import FAST, exercise, pick, show
 from minift import LoRAConfig, attach_lora
-from minift.bench import count_flops
-from minift.cli import main as minift_main
+from minift.measure.bench import count_flops
+from minift.app.cli import main as minift_main
 from minift.data import task_source
-from minift.finetune import load_task_splits
-from minift.lens import activations, format_module, full_and_lora_grads, gradient_from_record, lens, lora_step
+from minift.training.finetune import load_task_splits
+from minift.measure.lens import activations, format_module, full_and_lora_grads, gradient_from_record, lens, lora_step
 from minift.optim import SGD
-from minift.pretrain import load_base
-from minift.train import TrainConfig, train
+from minift.training.pretrain import load_base
+from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 print("fast mode" if FAST else "normal mode")
@@ -542,7 +542,7 @@ print(f"all 16 linears: full {tot_full / 1e6:.0f} MFLOP, LoRA {tot_lora / 1e6:.0
 att = bench_full["attention"]
 print(f"with attention ({att / 1e6:.0f} MFLOP in both): full {(tot_full + att) / 1e6:.0f}, "
       f"LoRA {(tot_lora + att) / 1e6:.0f} MFLOP per step ({(tot_lora + att) / (tot_full + att):.1%})")
-print(f"minift.bench.count_flops: linear {bench_full['linear'] / 1e6:.0f} (full) vs "
+print(f"minift.measure.bench.count_flops: linear {bench_full['linear'] / 1e6:.0f} (full) vs "
       f"{bench_lora['linear'] / 1e6:.0f} + adapters {bench_lora['lora'] / 1e6:.0f} (LoRA) MFLOP")
 
 # %% [markdown]
@@ -732,7 +732,7 @@ exercise("Exercise 2 (best rank-k share)", check_best_share, my_best_share, solu
 # %% [markdown]
 # **Exercise 3 — FLOPs of one linear.** Return the matmul FLOPs of one training step (forward + backward) of a
 # linear $[I, O]$ over $N$ token positions, for `method` `"full"` (W trains) or `"lora"` (W frozen, an adapter of
-# rank $R$). The check sums your count over the linears of a model and compares with `minift.bench.count_flops`.
+# rank $R$). The check sums your count over the linears of a model and compares with `minift.measure.bench.count_flops`.
 
 # %%
 def my_linear_flops(N, I, O, R, method):

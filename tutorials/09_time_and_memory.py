@@ -34,7 +34,7 @@
 #
 # **You will learn**
 # 1. to count a training step's FLOPs from the shapes, and why LoRA's step costs at least $2/3$ of full fine-tuning's
-#    (`minift.bench.count_flops`): time "70% less" is out of reach by arithmetic alone;
+#    (`minift.measure.bench.count_flops`): time "70% less" is out of reach by arithmetic alone;
 # 2. to time a step per method and split it by op (`run_bench`'s `OpProfiler` breakdown): matmuls, attention,
 #    GELU, LayerNorm, softmax + cross-entropy, optimizer — and why the measured ratio sits above even $2/3$ here;
 # 3. the four terms of training memory — parameters, gradients, AdamW's two moments, activations — and the
@@ -63,10 +63,10 @@ import numpy as np
 import minift.model
 from _tutorial import FAST, exercise, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora
-from minift.bench import blas_info, count_flops, run_bench
+from minift.measure.bench import blas_info, count_flops, run_bench
 from minift.config import BENCH_BATCH, PRESETS
-from minift.finetune import freeze_plan
-from minift.memory import block_activation_terms, format_memory, measure_memory, memory_saving, predict_memory
+from minift.training.finetune import freeze_plan
+from minift.measure.memory import block_activation_terms, format_memory, measure_memory, memory_saving, predict_memory
 from minift.model import param_shapes
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
@@ -115,7 +115,7 @@ print("  ".join(f"{name} {n / 1e6:,.1f}M" for name, n in n_params.items()))
 # the weight gradients are a third of the matmul work, and that third is all LoRA can skip. (With adapters in every
 # block, as here. LoRA on the top blocks only could also skip the whole backward below them — the mechanism of
 # section 3b — and go below $2/3$.) `count_flops` counts
-# exactly this (`minift/bench.py`). We write the formula out in NumPy only to compare, on every size, at the
+# exactly this (`minift/measure/bench.py`). We write the formula out in NumPy only to compare, on every size, at the
 # bench batch for the presets and one sequence of full context for the rest (the ratio does not depend on $B$).
 
 # %%
@@ -300,12 +300,12 @@ assert sum(bl["backward"].get(o, 0) for o in weight_ops) < sum(bf["backward"].ge
 #
 # $$L = \sum_i \frac{N_i}{N} L_i, \qquad \nabla L = \sum_i \frac{N_i}{N} \nabla L_i$$
 #
-# (weights $N_i/N$, not $1/2$: padding makes shards unequal). `minift/parallel.py` does exactly this with a thread
+# (weights $N_i/N$, not $1/2$: padding makes shards unequal). `minift/fast/parallel.py` does exactly this with a thread
 # pool (`--workers 2` on any training command or `minift bench`); NumPy and BLAS release Python's interpreter lock
 # inside their loops, so the threads run at once. The same gradient, up to the order of float32 sums:
 
 # %%
-from minift.parallel import split_loss_and_grads
+from minift.fast.parallel import split_loss_and_grads
 
 dp_model = GPT(SIZES["tiny"], seed=0)
 rng = np.random.default_rng(7)
@@ -346,7 +346,7 @@ assert abs(loss_2 - loss_1) < 1e-5 * abs(loss_1) and worst < 1e-4
 # Activations — what the forward caches for the backward — depend on tokens, and for full fine-tuning and LoRA on
 # every block not on what trains (freezing the *lowest* blocks is the exception, section 3b). minift's blocks
 # keep $20NC + 2N + BHT^2$ floats each (LayerNorm's $\hat x$, every linear's input, $q,k,v$, the $T\times T$
-# attention probabilities, GELU's input and tanh; `minift/memory.py` lists them op by op; for $T$ above the
+# attention probabilities, GELU's input and tanh; `minift/measure/memory.py` lists them op by op; for $T$ above the
 # attention block $b = 64$ only the blocks the queries see are kept, $BHT^2 \cdot (1 + b/T)/2$), plus $2NC + N$ for
 # `ln_f`, and with the LM head the logits and their softmax, $2NV$, and $17N$ bytes of loss indices (two int64
 # arrays and a bool mask: $8 + 8 + 1$ bytes per token). Workspace is

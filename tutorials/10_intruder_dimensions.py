@@ -38,7 +38,7 @@
 # fine-tuning's updates have a higher effective rank; higher-rank, rank-stabilised LoRA (rsLoRA) behaves more like full
 # fine-tuning; and when tasks are learned one after another (continual learning), LoRA's intruders accumulate.
 #
-# This tutorial reproduces those measurements in miniature, with `minift/analysis.py`, and says plainly which of
+# This tutorial reproduces those measurements in miniature, with `minift/measure/analysis.py`, and says plainly which of
 # them survive at width 128 and which do not.
 #
 # **You will learn**
@@ -70,16 +70,16 @@ import numpy as np
 
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import LoRAConfig
-from minift.analysis import (format_intruders, intruder_dimensions, intruder_sweep,
+from minift.measure.analysis import (format_intruders, intruder_dimensions, intruder_sweep,
                              linear_weight_names, model_intruders, random_baseline, scale_intruders,
                              singular_values, spectrum_compare)
 from minift.backend import to_numpy
 from minift.data import data_dir
 from minift.data.facts import ANSWERS
-from minift.evaluate import completion_metrics, lm_loss, split_metrics
-from minift.finetune import FinetuneConfig, finetune, load_task_splits
+from minift.training.evaluate import completion_metrics, lm_loss, split_metrics
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.generate import generate
-from minift.pretrain import heldout_world_ids, load_base
+from minift.training.pretrain import heldout_world_ids, load_base
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
 print("fast mode" if FAST else "normal mode")
@@ -107,7 +107,7 @@ K = 10                                                   # the paper's top-k sin
 # spectrum only — an intruder is a new direction that the layer now amplifies more than almost all the old ones.
 #
 # minift stores weights as GPT-2 does, $[\text{in}, \text{out}]$ ($y = xW$), the transpose, so there the
-# output-space directions are the *right* singular vectors. Every function in `minift/analysis.py` takes
+# output-space directions are the *right* singular vectors. Every function in `minift/measure/analysis.py` takes
 # `layout="in_out"` (minift's, the default) or `"out_in"` (the paper's) and compares output spaces either way.
 #
 # A toy first, where we know the answer. $W_0$ is a random $64\times 64$ matrix. We change it four ways:

@@ -46,7 +46,7 @@
 #    `resolve_device`, `$MINIFT_DEVICE`, `"auto"`), and how to install the GPU backend;
 # 2. to move a model to the GPU (`model.to(device=...)`) and check that logits and gradients agree with the CPU
 #    within float32 rounding, and to time a step (`minift bench --device gpu`);
-# 3. to load a Hugging Face GPT-2 folder (`GPT.from_pretrained`, `minift/hf.py`) and read its parameter names and
+# 3. to load a Hugging Face GPT-2 folder (`GPT.from_pretrained`, `minift/formats/hf.py`) and read its parameter names and
 #    layouts: Conv1D's $[\text{in}, \text{out}]$ weights, the LM head tied to `wte`; and its tokenizer;
 # 4. GPT-2's numbers from its config: 124,439,808 parameters, bytes for full fine-tuning against LoRA
 #    (`predict_memory`, `memory_saving`, one step measured), and the $6N$ FLOPs per token;
@@ -73,17 +73,17 @@ import numpy as np
 from _tutorial import FAST, exercise, out_dir, pick
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.backend import get_xp, gpu_available, resolve_device, to_device, to_numpy, xp_of
-from minift.bench import count_flops, run_bench
+from minift.measure.bench import count_flops, run_bench
 from minift.data import data_dir, task_source
-from minift.evaluate import split_metrics
-from minift.finetune import FinetuneConfig, finetune, load_task_splits
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.generate import generate, generate_ids
-from minift.io import load_safetensors
-from minift.memory import measure_memory, memory_saving, predict_memory
+from minift.formats.io import load_safetensors
+from minift.measure.memory import measure_memory, memory_saving, predict_memory
 from minift.model import param_shapes
 from minift.ops.gelu import GELU_FORWARD, gelu_forward
-from minift.pretrain import load_base
-from minift.tokenizer import Tokenizer
+from minift.training.pretrain import load_base
+from minift.formats.tokenizer import Tokenizer
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)
@@ -110,7 +110,7 @@ print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run o
 # is the same text for both, with one shortcut for speed: on a GPU every line of array code is a kernel launch
 # (a few microseconds of host time each, however small the array) and a pass over memory, so on CuPy the op hands
 # its nine in-place lines to **one fused CUDA kernel**, `GELU_FORWARD`, defined right above it: the same
-# operations in the same order, in a few lines of C. `minift/kernels.py` explains the mechanism and the rule that
+# operations in the same order, in a few lines of C. `minift/fast/kernels.py` explains the mechanism and the rule that
 # keeps it honest: the test suite runs the kernel's C on a CPU stand-in for CuPy and requires the nine lines' bits,
 # and on a GPU requires agreement with them to rounding. AdamW's update and LayerNorm's and the softmax's elementwise
 # steps are fused the same way; `MINIFT_FUSED=0` switches it off. `minift/backend.py` is the only file that imports
@@ -293,7 +293,7 @@ if HAVE_GPU:
 # `transformers` writes — with GPT-2 small's blocks (fast mode: two blocks of width 64) and one embedding row per
 # token of minift's tokenizer, the one it will be used with (section 4).
 #
-# The names are GPT-2's own, so loading is a renaming at most (`minift/hf.py`): keys may carry `transformer.`
+# The names are GPT-2's own, so loading is a renaming at most (`minift/formats/hf.py`): keys may carry `transformer.`
 # (a `GPT2LMHeadModel` state dict) or not (the hub's checkpoint); `h.{i}.attn.bias` is a stored causal mask, not a
 # parameter, and is skipped; there is no separate output matrix, because GPT-2's LM head is **tied** to the token
 # embedding: $\text{logits} = h\,W_\text{te}^\top$. And GPT-2 stores its linears as `Conv1D`: $W \in
@@ -363,7 +363,7 @@ del raw, rec
 #
 # GPT-2's tokenizer is byte-level BPE with 50,257 tokens, the last one `<|endoftext|>` (id 50256); its files are
 # `vocab.json` + `merges.txt` (or both in one `tokenizer.json`). `Tokenizer.load(folder)` reads either
-# (`minift/tokenizer.py`), with the `tokenizers` package, offline. A real folder's tokenizer is GPT-2's: "Hello
+# (`minift/formats/tokenizer.py`), with the `tokenizers` package, offline. A real folder's tokenizer is GPT-2's: "Hello
 # world" is `[15496, 995]`, as in every GPT-2 tutorial. The stand-in has no tokenizer files, and random weights
 # have no tokenizer of their own; it uses minift's shipped tokenizer (`data/tokenizer.json`, 2,048 tokens), which
 # section 3 sized its `wte` for. The two must match: a model can only predict ids it has rows for, and a tokenizer
@@ -469,7 +469,7 @@ del probe_model
 
 # %% [markdown]
 # Every term matches to within 2% or 64 KiB (the check below), the large ones to a fraction of a percent: the
-# prediction is read off the code (`minift/memory.py`'s docstring lists, op by op, what each forward caches and which
+# prediction is read off the code (`minift/measure/memory.py`'s docstring lists, op by op, what each forward caches and which
 # temporaries the backward holds at its peak), so the same arithmetic that printed the GPT-2 table above also
 # accounts for the step that really ran.
 #

@@ -3,10 +3,10 @@
 Corpora     World, world_corpus, pydoc_corpus, load_text_files
 Tasks       load_task, load_classification, load_generation, TaskSplit, TASK_NAMES (built-in: sentiment, facts)
 Batching    concat_documents, lm_windows, sequential_windows, classification_batch, completion_batch, BatchIterator
-Sources     LMSource, ClassificationSource, CompletionSource, task_source, encode_split (for minift.train)
+Sources     LMSource, ClassificationSource, CompletionSource, task_source, encode_split (for minift.training.train)
 Shipped     regenerate (also `python -m minift.data`), data_dir, checkout_data_dir
 
-The tokenizer lives in minift.tokenizer (Tokenizer).
+The tokenizer lives in minift.formats.tokenizer (Tokenizer).
 """
 from .batching import (IGNORE_INDEX, BatchIterator, classification_batch, completion_batch, concat_documents,
                        lm_windows, sequential_windows)

@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..formats.io import atomic_write_text
 from .pydoc_corpus import pydoc_corpus
 from .tasks import SIZES, TASK_NAMES, write_tasks
 from .world import WORLD_SEED, world_corpus
@@ -57,7 +57,7 @@ def tokenizer_corpus() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int = TOKENIZER_VOCAB):
-    from ..tokenizer import Tokenizer
+    from ..formats.tokenizer import Tokenizer
     return Tokenizer.train(tokenizer_corpus(), vocab_size=vocab_size)
 
 

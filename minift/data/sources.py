@@ -1,6 +1,6 @@
 """Batch sources for the training loop: an endless `next_batch()` and a position that can be saved and restored.
 
-minift.train.train() asks a source for `next_batch()` -> dict of host arrays that it passes straight on to
+minift.training.train.train() asks a source for `next_batch()` -> dict of host arrays that it passes straight on to
 `model.loss_and_grads(**batch)`, and checkpoints `source.state()` to continue later with `source.restore(state)`:
 
     LMSource(token_ids, block_size, batch_size, seed)             {"input_ids" (B,T), "targets" (B,T)}

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..errors import MiniftError
-from ..io import atomic_write_text
+from ..formats.io import atomic_write_text
 from .facts import FACTS_SEED, PROMPT, QUESTIONS, RELATIONS, make_facts, split_people
 from .sentiment import (KINDS, LABELS, NEGATORS, SENTIMENT_SEED, TEST_FRAMES, TRAIN_FRAMES, make_sentiment)
 from .world import WORLD_SEED, World

@@ -43,7 +43,7 @@ relative in float32.
 On a GPU every array line is a kernel launch, so the blocked path avoids lines that cost launches for nothing
 (`a[idx] += b` ends in a copy of the result back into a[idx]; adding through a view does not), and its softmax's
 `pre -= m; exp(pre)` runs as one fused CUDA kernel (SHIFTED_EXP: the same operations in the same order; the lines
-are the reference, what NumPy runs; minift/kernels.py).
+are the reference, what NumPy runs; minift/fast/kernels.py).
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ import numpy as np
 
 from ..backend import xp_of
 from ..errors import MiniftError
-from ..kernels import FusedKernel
+from ..fast.kernels import FusedKernel
 from .softmax import softmax_backward, softmax_forward
 
-# _softmax_rows_'s `pre -= m; exp(pre)` as one CUDA kernel, in place (minift/kernels.py)
+# _softmax_rows_'s `pre -= m; exp(pre)` as one CUDA kernel, in place (minift/fast/kernels.py)
 SHIFTED_EXP = FusedKernel("minift_shifted_exp", "T m", "T e", """
     e = exp(e - m);
 """)

@@ -14,14 +14,14 @@ Backward, with t = tanh u (cached by the forward) and d(tanh u)/du = 1 - t²:
 Constants are Python floats (math.sqrt, not np.sqrt): a NumPy float64 scalar would promote float32 arrays to float64.
 The element-wise chains below work in place on one buffer: each line is one step of the formula on its right. On a
 GPU each line would be a kernel launch; there the same steps, in the same order, run as one fused CUDA kernel
-(GELU_FORWARD and GELU_BACKWARD below; why and how they are checked: minift/kernels.py).
+(GELU_FORWARD and GELU_BACKWARD below; why and how they are checked: minift/fast/kernels.py).
 """
 from __future__ import annotations
 
 import math
 
 from ..backend import xp_of
-from ..kernels import FusedKernel
+from ..fast.kernels import FusedKernel
 
 GELU_K = math.sqrt(2.0 / math.pi)    # k = sqrt(2/π), a Python float
 GELU_A = 0.044715                    # a, the cubic coefficient

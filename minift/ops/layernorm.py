@@ -17,12 +17,12 @@ Backward, with upstream gradient dy (llm.c `doc/layernorm/layernorm.md` derives 
   (the scale cannot change), then undo the scaling by rstd. The formula is exact for any eps.
 
 On a GPU the elementwise lines after the row reductions run as one fused CUDA kernel each way (LAYERNORM_AFFINE,
-LAYERNORM_DX: the same operations in the same order; minift/kernels.py); the means stay CuPy's reductions.
+LAYERNORM_DX: the same operations in the same order; minift/fast/kernels.py); the means stay CuPy's reductions.
 """
 from __future__ import annotations
 
 from ..backend import xp_of
-from ..kernels import FusedKernel
+from ..fast.kernels import FusedKernel
 
 # x̂ = (x − μ) · rstd and y = w ⊙ x̂ + b in one pass (x̂'s buffer holds x − μ on entry and is updated in place).
 LAYERNORM_AFFINE = FusedKernel("minift_layernorm_affine", "T rstd, T w, T b", "T xhat, T y", """

@@ -23,15 +23,15 @@ so  dx = p ⊙ (dp - Σ_K dp ⊙ p): a weighted "subtract the mean". Only p is n
 Entries with p = 0 (masked, or a fully masked row) get dx = 0 exactly.
 
 On a GPU the backward's last two lines run as one fused CUDA kernel (SOFTMAX_DX: the same operations in the same
-order; minift/kernels.py); the lines themselves are the reference, and what NumPy runs. The model's attention uses
+order; minift/fast/kernels.py); the lines themselves are the reference, and what NumPy runs. The model's attention uses
 its own in-place softmax over query blocks (attention.py, `_softmax_rows_`), whose shifted exp is fused the same way.
 """
 from __future__ import annotations
 
 from ..backend import xp_of
-from ..kernels import FusedKernel
+from ..fast.kernels import FusedKernel
 
-# softmax_backward's last two lines as one CUDA kernel on CuPy (minift/kernels.py)
+# softmax_backward's last two lines as one CUDA kernel on CuPy (minift/fast/kernels.py)
 SOFTMAX_DX = FusedKernel("minift_softmax_dx", "T dp, T dot, T p", "T dx", """
     dx = (dp - dot) * p;
 """)

@@ -46,9 +46,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import MiniftError
-from .io import TEMP_GLOB, save_json
-from .train import PARTIAL_GLOB, latest_checkpoint
+from ..errors import MiniftError
+from ..formats.io import TEMP_GLOB, save_json
+from ..training.train import PARTIAL_GLOB, latest_checkpoint
 
 try:
     import fcntl                       # POSIX; on Windows --out is not locked

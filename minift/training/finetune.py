@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MiniftError
+from ..errors import MiniftError
 
 METHODS = ("full", "freeze", "head", "lora")
 HEAD = "score.weight"     # the classification head (model.add_classification_head)
@@ -68,7 +68,7 @@ def setup_method(model, method: str, lora_config=None, seed: int = 0, **freeze_o
     if model.adapters:
         raise MiniftError("this model already has adapters attached; start from a fresh base model")
     if method == "lora":
-        from .lora import LoRAConfig, attach_lora
+        from ..lora import LoRAConfig, attach_lora
         return attach_lora(model, lora_config or LoRAConfig(), seed=seed)
     if lora_config is not None:
         raise MiniftError(f"LoRA options were given but method is {method!r}; use method 'lora'")
@@ -113,7 +113,7 @@ class FinetuneConfig:
     save_every: int = 0              # checkpoint every this many steps (0: only at the end and when stopped)
     seed: int = 0
     lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
-    workers: int = 1                 # >1: each batch split across CPU threads (minift/parallel.py)
+    workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
     merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
     head: str = "auto"               # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
 
@@ -196,7 +196,7 @@ def check_base_fits_task(base, task, train_split) -> None:
 def load_task_splits(task, train_size=None, eval_size=None):
     """(train, validation, test) TaskSplits of a task; train cut to train_size and validation/test to eval_size
     examples (labels kept balanced)."""
-    from .data import load_task
+    from ..data import load_task
     train = load_task(task, "train")
     splits = [train] + [load_task(task, name, labels=train.label_names or None) for name in ("validation", "test")]
     one_file = splits[0].path == splits[1].path
@@ -263,8 +263,8 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     and the task: what finetune() does before its first step (checkpoints, resume: where a resumed run's warmup is
     read from). compare calls it for every planned run before the
     first one trains, so that a bad option is found in seconds, not after an hour of other runs."""
-    from .data.sources import task_source
-    from .memory import check_fits
+    from ..data.sources import task_source
+    from ..measure.memory import check_fits
     from .train import TrainConfig, resumed_warmup
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
@@ -351,8 +351,8 @@ def _start(base, lora, head: str = "new") -> str:
 def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, base_dir=None):
     """out_dir/adapter (LoRA: PEFT's files) and/or out_dir/model (a whole model folder: full fine-tuning's result,
     or LoRA's merged into the base with merge=True, with the base's pretrain.json), and finetune.json."""
-    from .io import save_json
-    from .outdir import drop_summary
+    from ..formats.io import save_json
+    from ..app.outdir import drop_summary
     from .pretrain import base_pretraining
     drop_summary(out_dir, "finetune.json")      # written again last: then the folder is complete
     if lora is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_write
+from ..formats.io import atomic_write
 
 MiB = 1024 * 1024
 
@@ -167,7 +167,7 @@ def write_report(results) -> str:
         "",
         main_table(results),
         "",
-        "Peak training memory (MiB), measured with tracemalloc during one step, and predicted by minift.memory:",
+        "Peak training memory (MiB), measured with tracemalloc during one step, and predicted by minift.measure.memory:",
         "",
         memory_table(results),
         "",
@@ -190,14 +190,14 @@ def write_report(results) -> str:
         "fine-tuning minus before; classification models are measured through their tied LM head.",
         "- intruders: the paper's Algorithm 1 on the effective weight W0 + ΔW of every adapted matrix, output "
         "space, top-10 singular vectors; 'random' is the expected count for random directions against the same "
-        "W0 basis sizes (minift.analysis.random_baseline).",
+        "W0 basis sizes (minift.measure.analysis.random_baseline).",
         "- memory: one training step of the batch shape shown in results.json, float32, AdamW.",
         "- must save: the adapter folder (LoRA), the whole model (full), or the trained tensors (head/freeze).",
         *(["- freeze: the embeddings and the first half of the blocks frozen (finetune.freeze_plan's default), the "
            "rest trained."] if "freeze" in cfg["methods"] else []),
         f"- one seed ({cfg['seed']}) per method. Small models trained for a few hundred steps are sensitive to the "
         "seed and even to floating-point order: for example, on the sentiment task LoRA r=8's validation "
-        "accuracy at the default settings was 0.896 / 0.902 / 0.852 for seeds 0 / 1 / 2 (minift/finetune.py). "
+        "accuracy at the default settings was 0.896 / 0.902 / 0.852 for seeds 0 / 1 / 2 (minift/training/finetune.py). "
         "Rerun with `--seed` before reading a difference of a few points.",
         "",
         "Plots: " + ", ".join(f"`{p}`" for p in results.get("plots", [])) if results.get("plots") else

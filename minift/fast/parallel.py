@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import MiniftError
+from ..errors import MiniftError
 
 IGNORE_INDEX = -100
 SHARDS_PER_WORKER = 2       # each thread takes two smaller shards in turn (why: split_loss_and_grads' docstring)

@@ -48,9 +48,9 @@ import re
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import MiniftError
-from .model import LINEAR_MODULES
+from ..backend import to_numpy
+from ..errors import MiniftError
+from ..model import LINEAR_MODULES
 
 LAYOUTS = ("in_out", "out_in")
 EPS_VALUES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

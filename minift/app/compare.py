@@ -5,7 +5,7 @@ order, seed and step budget. For each run we measure what the article claims and
 
     trainable parameters        count and share of the total                         article §3.2 "90% fewer"
     memory                      parameters / gradients / optimizer / activations,    article §5.1 "~80% less"
-                                measured (tracemalloc) and predicted (minift.memory)
+                                measured (tracemalloc) and predicted (minift.measure.memory)
     time                        ms per step and tokens/s                             article §5.1 "~70% less"
     accuracy                    validation and test (test uses held-out templates)   article §3.2 "comparable"
     forgetting                  change of the LM loss on held-out pretraining text   MIT paper §5
@@ -33,15 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline, \
+from ..measure.analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline, \
     scale_intruders, singular_values
-from .backend import to_numpy
-from .errors import MiniftError
-from .evaluate import lm_loss, split_metrics
-from .finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits, setup_run
-from .io import atomic_write, save_json
-from .lora import MODEL_CARD_FILE
-from .memory import measure_memory, predict_memory
+from ..backend import to_numpy
+from ..errors import MiniftError
+from ..training.evaluate import lm_loss, split_metrics
+from ..training.finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits, setup_run
+from ..formats.io import atomic_write, save_json
+from ..lora import MODEL_CARD_FILE
+from ..measure.memory import measure_memory, predict_memory
 from .outdir import drop_summary
 
 K_TOP = 10                 # the paper's top-k singular vectors
@@ -72,7 +72,7 @@ class CompareConfig:
     head_lr: dict = field(default_factory=dict)   # method -> the head's rate (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
     seeds: tuple = ()              # extra seeds: every run again; accuracy, forgetting, intruders over all seeds
-    workers: int = 1               # >1: each training batch split across CPU threads (minift/parallel.py)
+    workers: int = 1               # >1: each training batch split across CPU threads (minift/fast/parallel.py)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -117,7 +117,7 @@ def lora_label(rank: int, rslora=False, dora=False) -> str:
 
 
 def _lora_config(ccfg: CompareConfig, rank: int, alpha: float):
-    from .lora import LoRAConfig
+    from ..lora import LoRAConfig
     return LoRAConfig(r=rank, alpha=alpha, targets=ccfg.targets, rslora=ccfg.rslora, use_dora=ccfg.dora)
 
 
@@ -149,7 +149,7 @@ def _spectral(base_w: dict, tuned_w: dict, names) -> dict:
 
 def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     """What must be kept to reproduce this fine-tune on top of the base: written to disk and measured."""
-    from .io import save_safetensors
+    from ..formats.io import save_safetensors
     if method == "lora":
         lora.save_peft(out / "adapter")          # weights and config; its README.md (a model card) is not needed
         return sum(f.stat().st_size for f in (out / "adapter").iterdir() if f.name != MODEL_CARD_FILE)
@@ -187,7 +187,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
             out: Path, progress=True, resume=False) -> dict:
     """Fine-tune one method and measure everything in the table. Its files go to out/<label>/ (checkpoints/ while
     it trains: with resume, a run stopped earlier continues there, and a finished one is only re-measured)."""
-    from .data.sources import task_source
+    from ..data.sources import task_source
     label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
     run_dir = out / (f"lorar{rank}" if method == "lora" else method)
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
@@ -215,7 +215,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
 
 
 def _modules(ccfg):
-    from .lora import _normalise_targets
+    from ..lora import _normalise_targets
     return None if ccfg.targets == "all-linear" else _normalise_targets(ccfg.targets)
 
 
@@ -244,13 +244,13 @@ def _spectrum_example(base_w, tuned_w, names) -> dict:
 def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=False) -> dict:
     """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
     run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
-    from .pretrain import heldout_for_base, load_base
+    from ..training.pretrain import heldout_for_base, load_base
     t0, cpu0 = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base, tok = load_base(ccfg.base, device=ccfg.device)
     if ccfg.preset is not None:
-        from .config import GPTConfig
+        from ..config import GPTConfig
         want = GPTConfig.preset(ccfg.preset)
         if (want.n_embd, want.n_layer, want.n_head) != (base.cfg.n_embd, base.cfg.n_layer, base.cfg.n_head):
             raise MiniftError(f"--preset {ccfg.preset} does not match the base model {ccfg.base or 'data/base-demo'} "

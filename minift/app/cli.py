@@ -15,8 +15,8 @@ import sys
 import threading
 import warnings
 
-from .errors import MiniftError
-from .train import StartMismatch, TrainingInterrupted
+from ..errors import MiniftError
+from ..training.train import StartMismatch, TrainingInterrupted
 
 
 def _int_at_least(lo: int, what: str):
@@ -76,7 +76,7 @@ def _add_run_options(p, out_default):
                         "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="split each batch across this many CPU threads, each with one BLAS thread (data "
-                        "parallelism, minift/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's "
+                        "parallelism, minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's "
                         "elementwise ops run on one core; needs dropout 0")
     _add_device(p)
     p.set_defaults(prepare=_prepare_training)
@@ -85,10 +85,10 @@ def _add_run_options(p, out_default):
 def _prepare_training(a):
     """Before a training command: the BLAS thread count asked for, and freed memory kept for the next step.
 
-    reuse_freed_memory (minift/bench.py) stops glibc handing each step's large activations back to the OS only to
+    reuse_freed_memory (minift/measure/bench.py) stops glibc handing each step's large activations back to the OS only to
     fault them in again on the next step (16-25% of a demo step's time went to those page faults).
     """
-    from .bench import reuse_freed_memory, set_blas_threads
+    from ..measure.bench import reuse_freed_memory, set_blas_threads
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
@@ -109,8 +109,8 @@ def _prepare_training(a):
 def cmd_pretrain(a):
     from pathlib import Path
 
-    from .pretrain import pretrain
-    from .train import TrainConfig, resumed_warmup
+    from ..training.pretrain import pretrain
+    from ..training.train import TrainConfig, resumed_warmup
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
     if a.chars is not None and (a.files or a.corpus == "pydoc"):
@@ -153,15 +153,15 @@ def add_pretrain(sub):
 # ---- generate ----------------------------------------------------------------------------------------------------
 
 def cmd_generate(a):
-    from .generate import generate
-    from .pretrain import load_base
+    from ..generate import generate
+    from ..training.pretrain import load_base
     try:
         a.prompt.encode("utf-8")
     except UnicodeEncodeError:         # bytes the shell passed that are not UTF-8 arrive as lone surrogates
         raise MiniftError("--prompt holds bytes that are not UTF-8 text; give the prompt in UTF-8") from None
     model, tok = load_base(a.model, device=a.device)
     if a.adapter is not None:
-        from .lora import load_peft
+        from ..lora import load_peft
         load_peft(model, a.adapter)                     # on top of --model, the base it was trained on; eval mode
         if model.head == "classification":
             raise MiniftError(f"the adapter {a.adapter} was trained for classification (labels {model.labels}): it "
@@ -197,7 +197,7 @@ METHOD_HELP = ("what trains: every weight (full); all but the embeddings and the
 
 
 def _lora_from_args(a):
-    from .lora import LoRAConfig
+    from ..lora import LoRAConfig
     targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
     return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank, targets=targets,
                       rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
@@ -230,8 +230,8 @@ def _shown(value) -> str:
 
 
 def cmd_finetune(a):
-    from .finetune import FinetuneConfig, finetune
-    from .pretrain import load_base, shipped_base_dir
+    from ..training.finetune import FinetuneConfig, finetune
+    from ..training.pretrain import load_base, shipped_base_dir
     changed = _started_with(a, START_OPTIONS) if a.resume else {}      # read before the defaults are filled in
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
@@ -343,7 +343,7 @@ def cmd_compare(a):
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
     if a.methods is None:             # head-only needs a classification task; a generation task compares the other two
-        from .data import load_task
+        from ..data import load_task
         a.methods = "full,lora,head" if load_task(a.task, "train").type == "classification" else "full,lora"
     methods = tuple(m.strip() for m in a.methods.split(","))
     kw = dict(task=a.task, methods=methods, ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
@@ -406,8 +406,8 @@ def add_compare(sub):
 # ---- memory ------------------------------------------------------------------------------------------------------
 
 def cmd_memory(a):
-    from .config import GPTConfig
-    from .memory import format_memory, predict_memory
+    from ..config import GPTConfig
+    from ..measure.memory import format_memory, predict_memory
     cfg = GPTConfig.preset(a.preset)
     if a.n_embd or a.n_layer or a.n_head or a.n_ctx:
         from dataclasses import replace
@@ -477,12 +477,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from . import __version__
+    from .. import __version__
     parser = _Parser(prog="minift", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from .bench import add_bench
-    from .lens import add_inspect
+    from ..measure.bench import add_bench
+    from ..measure.lens import add_inspect
     for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_bench, add_memory):
         add(sub)
     for command in sub.choices.values():

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import resolve_device
-from .config import GPTConfig
-from .data import concat_documents, data_dir, load_text_files, pydoc_corpus, world_corpus
-from .data.sources import LMSource
-from .errors import MiniftError
+from ..backend import resolve_device
+from ..config import GPTConfig
+from ..data import concat_documents, data_dir, load_text_files, pydoc_corpus, world_corpus
+from ..data.sources import LMSource
+from ..errors import MiniftError
 from .evaluate import lm_loss
-from .io import load_json, save_json
-from .memory import available_host_bytes, check_fits
-from .model import GPT
-from .outdir import drop_summary
-from .tokenizer import Tokenizer
+from ..formats.io import load_json, save_json
+from ..measure.memory import available_host_bytes, check_fits
+from ..model import GPT
+from ..app.outdir import drop_summary
+from ..formats.tokenizer import Tokenizer
 from .train import TrainConfig, train
 
 CORPORA = ("world", "pydoc", "both")

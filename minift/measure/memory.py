@@ -68,7 +68,7 @@ and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins 
 to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
 the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
 optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
-tensor (on a GPU its fused kernel, minift/kernels.py, needs none: the prediction keeps the scratch, which can only
+tensor (on a GPU its fused kernel, minift/fast/kernels.py, needs none: the prediction keeps the scratch, which can only
 overstate that moment, and it is the peak only when the caches are tiny). The forward of a block below the
 backward's floor (above). And when no block is visited but ln_f trains, ln_f's backward: dlogits, dh, and dx̂ with
 a temporary, N·V + 3·N·C. workspace is the largest of these, counted above the four persistent terms.
@@ -103,12 +103,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .backend import resolve_dtype
-from .config import GPTConfig
-from .errors import MiniftError
-from .finetune import METHODS, freeze_plan
-from .model import ATTENTION_BLOCK, backward_floor, param_shapes
-from .ops.attention import query_blocks
+from ..backend import resolve_dtype
+from ..config import GPTConfig
+from ..errors import MiniftError
+from ..training.finetune import METHODS, freeze_plan
+from ..model import ATTENTION_BLOCK, backward_floor, param_shapes
+from ..ops.attention import query_blocks
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEADS = ("lm", "classification")
@@ -121,7 +121,7 @@ MiB = 2 ** 20
 
 def lora_modules(cfg: GPTConfig, targets="all-linear") -> list:
     """The adapted linears, e.g. ["h.0.attn.c_attn", ...], by the same suffix rule attach_lora uses."""
-    from .lora import resolve_modules
+    from ..lora import resolve_modules
     return resolve_modules(cfg.n_layer, targets)
 
 
@@ -333,7 +333,7 @@ def check_fits(cfg: GPTConfig, method: str, batch: int, seq: int, device: str = 
     need, have = predict_memory(cfg, method, batch, seq, **options)["total"], available_host_bytes()
     if have is not None and need > have:
         raise MiniftError(f"a training step with batch {batch} x {seq} tokens needs about {need / 2**30:.1f} GiB "
-                          f"(minift.memory.predict_memory), but only {have / 2**30:.1f} GiB is available: "
+                          f"(minift.measure.memory.predict_memory), but only {have / 2**30:.1f} GiB is available: "
                           "lower --batch")
 
 
@@ -421,7 +421,7 @@ def _batch_arrays(model, batch) -> dict:
 
 def _forward_half(model, input_ids, targets, attention_mask=None, rng=None):
     """What GPT.loss_and_grads holds when its backward starts: the same calls, results kept alive and returned."""
-    from .ops import cross_entropy_forward
+    from ..ops import cross_entropy_forward
     ids = model._as_ids(input_ids)
     mask = model._as_mask(attention_mask, ids)
     targets = model._check_targets(targets, ids)
@@ -432,7 +432,7 @@ def _forward_half(model, input_ids, targets, attention_mask=None, rng=None):
 
 
 def _make_optimizer(model, optimizer):
-    from .optim import SGD, AdamW
+    from ..optim import SGD, AdamW
     params = model.trainable_params()
     if optimizer == "adamw":
         return AdamW(params)
@@ -452,13 +452,13 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     The trainable weights and the adapters' dropout generator are restored afterwards: measuring leaves the model
     exactly as it was.
     """
-    from .optim import clip_grad_norm
+    from ..optim import clip_grad_norm
     if not model.trainable_params():
         raise MiniftError("nothing to measure: every parameter is frozen and no adapter is attached")
     arrays = _batch_arrays(model, batch)
     rng = np.random.default_rng(0) if model.cfg.dropout > 0 else None   # dropout on, as train() does
     saved = {k: v.copy() for k, v in model.trainable_params().items()}
-    from .train import adapter_rng
+    from ..training.train import adapter_rng
     rng_a = adapter_rng(model)                        # adapter dropout draws from it in train mode
     rng_a_state = rng_a.bit_generator.state if rng_a is not None else None
     gc.collect()

@@ -73,9 +73,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import MiniftError
-from .train import find_nonfinite
+from ..backend import to_numpy
+from ..errors import MiniftError
+from ..training.train import find_nonfinite
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
 DEFAULT_STEPS = 20         # CLI: LoRA training steps before the lens looks, so that B ≠ 0
@@ -442,12 +442,12 @@ def format_module(report: LensReport, module: str) -> str:
 def _prepare(a):
     """(model, lora, batch): the base with the task's head and LoRA attached, trained a.steps steps, and the next
     batch of the task's training data."""
-    from .data import load_task
-    from .data.sources import task_source
-    from .finetune import FinetuneConfig, check_base_fits_task, task_head
-    from .lora import LoRAConfig, attach_lora
-    from .pretrain import load_base
-    from .train import TrainConfig, train
+    from ..data import load_task
+    from ..data.sources import task_source
+    from ..training.finetune import FinetuneConfig, check_base_fits_task, task_head
+    from ..lora import LoRAConfig, attach_lora
+    from ..training.pretrain import load_base
+    from ..training.train import TrainConfig, train
     model, tok = load_base(a.base, dtype=a.dtype, device=a.device)
     split = load_task(a.task, "train")
     check_base_fits_task(model, a.task, split)
@@ -493,7 +493,7 @@ def cmd_inspect(a):
 
 def add_inspect(sub):
     """Register `minift inspect` on an argparse subparsers object (cli.build_parser calls it)."""
-    from .cli import _add_device, _int_at_least, _learning_rate, _positive_int, _seed
+    from ..app.cli import _add_device, _int_at_least, _learning_rate, _positive_int, _seed
     p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")

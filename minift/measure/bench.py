@@ -61,8 +61,8 @@ Process conditions, reported in the output because they change the numbers a lot
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
     threads          the thread count numpy's BLAS reports (OpenBLAS/MKL/BLIS, read through threadpoolctl), null if
                      unknown
-    workers          threads the batch was split across (1: the one-thread path; see minift/parallel.py)
-    fused            true when the GPU ran minift's fused elementwise kernels (minift/kernels.py; --no-fused or
+    workers          threads the batch was split across (1: the one-thread path; see minift/fast/parallel.py)
+    fused            true when the GPU ran minift's fused elementwise kernels (minift/fast/kernels.py; --no-fused or
                      MINIFT_FUSED=0 runs the reference lines instead, to measure what fusion buys); false on the CPU
     blas             the BLAS numpy was built with (name and version);  numpy: its version
     loss             the last timed step's loss (a sanity check: finite, about ln V at init)
@@ -86,11 +86,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model as model_module
-from .backend import resolve_device
-from .config import BENCH_BATCH, PRESETS, GPTConfig
-from .errors import MiniftError
-from .kernels import fused_enabled, use_fused
+from .. import model as model_module
+from ..backend import resolve_device
+from ..config import BENCH_BATCH, PRESETS, GPTConfig
+from ..errors import MiniftError
+from ..fast.kernels import fused_enabled, use_fused
 
 METHODS = ("full", "lora")
 PEAK_SIZES = (512, 1024, 2048)
@@ -145,7 +145,7 @@ def matmul_peak(xp=np, sizes=PEAK_SIZES, reps: int = 3, sync=lambda: None, clock
                 copies: int = 1) -> tuple[float, int]:
     """(GFLOP/s, n): the best float32 n×n matmul rate over `sizes`, timed as gemm_peak.py does (one untimed call,
     then the fastest of `reps`). copies > 1: that many products at once, one per thread (the peak of `workers`
-    threads with one BLAS thread each, see minift/parallel.py), their FLOPs added."""
+    threads with one BLAS thread each, see minift/fast/parallel.py), their FLOPs added."""
     from concurrent.futures import ThreadPoolExecutor
     rng = np.random.default_rng(0)
     best = (0.0, 0)
@@ -319,10 +319,10 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
                workers: int = 1):
     """The model, a `step()` that runs one training step (forward, backward, AdamW) on fixed seeded random tokens,
     and a dict whose "optimizer" entry is the last step's optimizer time. workers > 1: the step's forward and
-    backward run on that many row shards at once (minift/parallel.py); `step(split=False)` runs the one-thread path."""
-    from .lora import LoRAConfig, attach_lora
-    from .optim import AdamW
-    from .parallel import check_splittable, split_loss_and_grads
+    backward run on that many row shards at once (minift/fast/parallel.py); `step(split=False)` runs the one-thread path."""
+    from ..lora import LoRAConfig, attach_lora
+    from ..optim import AdamW
+    from ..fast.parallel import check_splittable, split_loss_and_grads
     _check_model_args(preset, method, rank)
     cfg = GPTConfig.preset(preset)
     model = model_module.GPT(cfg, seed=seed, dtype="float32", device=device)
@@ -392,10 +392,10 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
               fused: bool | None = None) -> dict:
     """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
     peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU).
-    workers: > 1 splits each step's batch across that many CPU threads (minift/parallel.py), with one BLAS thread
+    workers: > 1 splits each step's batch across that many CPU threads (minift/fast/parallel.py), with one BLAS thread
     each unless `threads` says otherwise; the peak is then measured with `workers` matmuls at once, the most those
     threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave).
-    fused: False runs the reference lines on a GPU instead of the fused kernels (minift/kernels.py), True the
+    fused: False runs the reference lines on a GPU instead of the fused kernels (minift/fast/kernels.py), True the
     kernels; None (default) leaves the process's setting ($MINIFT_FUSED, on unless it says 0)."""
     _check_model_args(preset, method, rank)
     if clock not in CLOCKS:
@@ -516,7 +516,7 @@ def cmd_bench(a):
 
 
 def add_bench(sub):
-    from .cli import _seed
+    from ..app.cli import _seed
     p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
     p.add_argument("--preset", default="demo",
                    help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
@@ -534,18 +534,18 @@ def add_bench(sub):
     p.add_argument("--malloc", default="reuse", help="reuse (default): keep freed memory mapped between steps "
                    "(glibc mallopt, see reuse_freed_memory) | system: leave malloc as it is")
     p.add_argument("--workers", type=int, default=1, help="split each step's batch across this many CPU threads, "
-                   "one BLAS thread each unless --threads says otherwise (minift/parallel.py); the breakdown is "
+                   "one BLAS thread each unless --threads says otherwise (minift/fast/parallel.py); the breakdown is "
                    "of the one-thread path")
     p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
     p.add_argument("--no-fused", action="store_true", help="on a GPU, run the reference lines instead of the fused "
-                   "elementwise kernels (minift/kernels.py), to measure what fusion buys")
-    p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/bench.py)")
+                   "elementwise kernels (minift/fast/kernels.py), to measure what fusion buys")
+    p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/measure/bench.py)")
     p.set_defaults(func=cmd_bench)
 
 
 def main(argv=None) -> int:
-    """`python -m minift.bench ...`: the same as `minift bench ...` (one error handler, in minift.cli)."""
-    from .cli import main as cli_main
+    """`python -m minift.measure.bench ...`: the same as `minift bench ...` (one error handler, in minift.app.cli)."""
+    from ..app.cli import main as cli_main
     return cli_main(["bench"] + list(sys.argv[1:] if argv is None else argv))
 
 

@@ -14,10 +14,10 @@ import contextlib
 
 import numpy as np
 
-from .backend import to_numpy
-from .data.batching import IGNORE_INDEX, classification_batch, completion_batch, sequential_windows
-from .data.sources import encode_split
-from .ops.cross_entropy import cross_entropy_forward
+from ..backend import to_numpy
+from ..data.batching import IGNORE_INDEX, classification_batch, completion_batch, sequential_windows
+from ..data.sources import encode_split
+from ..ops.cross_entropy import cross_entropy_forward
 
 
 def classification_metrics(model, token_lists, label_ids, pad_id, max_len, batch_size=64) -> dict:

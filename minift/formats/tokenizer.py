@@ -29,7 +29,7 @@ import json
 import operator
 from pathlib import Path
 
-from .errors import MiniftError
+from ..errors import MiniftError
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -5,7 +5,7 @@ flushed and fsync'ed, and only then renamed over the target (`os.replace` is ato
 folder is fsync'ed so that the rename itself survives a power cut. A crash or Ctrl-C in the middle of a save
 therefore leaves either the old file or the new one in place, never half of one. What a process killed outright
 (SIGKILL, a power cut) can leave is the temporary file itself, named TEMP_GLOB; the next command on that output folder
-removes it (`minift/outdir.py: settle`).
+removes it (`minift/app/outdir.py: settle`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiniftError
+from ..errors import MiniftError
 
 TEMP_GLOB = ".*.tmp"          # atomic_write's temporary files: "." + the target's name + a random part + ".tmp"
 

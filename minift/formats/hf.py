@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import get_xp, resolve_device, resolve_dtype, to_numpy
-from .config import GPTConfig
-from .errors import MiniftError
+from ..backend import get_xp, resolve_device, resolve_dtype, to_numpy
+from ..config import GPTConfig
+from ..errors import MiniftError
 from .io import check_folder_target, check_weights, load_json, load_safetensors, save_json, save_safetensors
 
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -40,7 +40,7 @@ def _normalise_keys(tensors: dict, where="model.safetensors") -> dict:
 
 def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     """A folder with config.json and model.safetensors -> a GPT of class `cls`."""
-    from .model import param_shapes
+    from ..model import param_shapes
     path = Path(path)
     if path.is_file():
         raise MiniftError(f"{path} is a file; give the model's folder (config.json and model.safetensors)")
@@ -93,7 +93,7 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
 def _labels_from_config(hf: dict, k: int, where) -> list:
     """config.json's id2label as a list (ids 0..k-1 must all be there, names as model.check_labels wants them), else
     LABEL_0 ... LABEL_{k-1}."""
-    from .model import check_labels
+    from ..model import check_labels
     id2label = hf.get("id2label")
     if not id2label:
         return [f"LABEL_{i}" for i in range(k)]

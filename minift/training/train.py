@@ -52,11 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy, xp_of
-from .errors import MiniftError
-from .io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
-from .optim import AdamW, clip_grad_norm, lr_schedule
-from .parallel import check_splittable, check_workers, split_loss_and_grads
+from ..backend import to_numpy, xp_of
+from ..errors import MiniftError
+from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
+from ..optim import AdamW, clip_grad_norm, lr_schedule
+from ..fast.parallel import check_splittable, check_workers, split_loss_and_grads
 from .progress import progress_bar
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
@@ -88,7 +88,7 @@ class TrainConfig:
     save_every: int = 0             # 0: save only at the end (and on interruption)
     seed: int = 0                   # dropout generator
     lr_scale: dict | None = None    # name -> factor: those parameters step at factor · lr (optim.py), e.g. a fresh head
-    workers: int = 1                # >1: each batch split across that many CPU threads (minift/parallel.py)
+    workers: int = 1                # >1: each batch split across that many CPU threads (minift/fast/parallel.py)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -538,5 +538,5 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
 
 
 def _norm(grads) -> float:
-    from .optim import global_grad_norm
+    from ..optim import global_grad_norm
     return global_grad_norm(grads)

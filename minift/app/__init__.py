@@ -1,0 +1,1 @@
+"""The application: the `minift` command, `compare` and its report, run folders."""
