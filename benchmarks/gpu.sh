@@ -59,6 +59,6 @@ ROUNDS=${ROUNDS:-2} DEVICE=gpu THREADS=1 PRESETS=${PRESETS:-"demo small gpt2"} M
 cat "$OUT/bench.txt"
 
 echo "== where the time goes on the device (demo, full fine-tuning; each op synchronised)"
-timeout "${PROFILE_S:-40}" "$PYTHON" -m minift.measure.bench --preset demo --device gpu --steps 5 --profile-steps 5 \
+timeout "${PROFILE_S:-40}" "$PYTHON" -m minift bench --preset demo --device gpu --steps 5 --profile-steps 5 \
   > "$OUT/profile.txt" 2>&1
 cat "$OUT/profile.txt"

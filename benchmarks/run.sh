@@ -52,14 +52,14 @@ for t in $THREADS; do
     for p in $PRESETS; do
       for m in $METHODS; do
         echo "threads $t, round $r: $p $m" >&2
-        run "$t" "$r" minift "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
+        run "$t" "$r" minift "$PYTHON" -m minift bench --preset "$p" --method "$m" --steps "$STEPS" --profile-steps 0 \
           --json "${MINIFT_DEVICE_ARGS[@]}"
         if [ "$t" -gt 1 ] && [ "$DEVICE" = cpu ]; then   # the batch split across t threads, one BLAS thread each
-          run "$t" "$r" minift-workers "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" \
+          run "$t" "$r" minift-workers "$PYTHON" -m minift bench --preset "$p" --method "$m" --steps "$STEPS" \
             --profile-steps 0 --json --workers "$t" --threads 1
         fi
         if [ "$DEVICE" = gpu ] && [[ " $NOFUSED " == *" $p "* ]]; then   # the same step without fused kernels
-          run "$t" "$r" minift-nofused "$PYTHON" -m minift.measure.bench --preset "$p" --method "$m" --steps "$STEPS" \
+          run "$t" "$r" minift-nofused "$PYTHON" -m minift bench --preset "$p" --method "$m" --steps "$STEPS" \
             --profile-steps 0 --json --no-fused "${MINIFT_DEVICE_ARGS[@]}"
         fi
         run "$t" "$r" torch-sdpa "${TORCH[@]}" --config "$p" --mode "$m" --steps "$STEPS"

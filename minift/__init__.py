@@ -3,10 +3,9 @@ from .backend import get_xp, gpu_available, resolve_device, to_numpy
 from .config import GPTConfig
 from .errors import MiniftError
 from .gradcheck import GradReport, check_function, check_op
-from .model import GPT
 from .lora import LoRA, LoRAConfig, attach_lora, load_peft
-
-__version__ = "0.1.0"
+from .model import GPT
+from .version import __version__
 
 __all__ = ["GPT", "GPTConfig", "MiniftError", "GradReport", "check_function", "check_op", "get_xp", "gpu_available",
            "resolve_device", "to_numpy", "__version__",

@@ -1,10 +1,12 @@
-"""GPTConfig: the model's dimensions, with GPT-2's field names, and the presets everyone shares.
+"""GPTConfig: the model's dimensions, with GPT-2's field names, and the presets everyone shares; the parameter
+shapes a config implies (`param_shapes`) and the labels a classification head may have (`check_labels`).
 
 The presets are fixed in ../shared/DESIGN.md and mirrored by the PyTorch benchmark reference
 (../shared/bench/torch_ref.py), so "demo" means the same model in both.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import MiniftError
@@ -17,6 +19,7 @@ PRESETS = {
     "gpt2":  dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_ctx=1024),
 }
 BENCH_BATCH = {"tiny": 16, "demo": 16, "small": 8, "gpt2": 8}
+HEAD = "score.weight"     # a classification head's weight [K, C] (GPT2ForSequenceClassification's name)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class GPTConfig:
                 raise MiniftError(f"GPTConfig.{name}={value!r} must be a positive integer")
         if self.n_embd % self.n_head:
             raise MiniftError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        for name in ("layer_norm_epsilon", "dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise MiniftError(f"GPTConfig.{name}={value!r} must be a finite number")
         if not 0.0 <= self.dropout < 1.0:
             raise MiniftError(f"GPTConfig.dropout={self.dropout!r} must be in [0, 1)")
         if not self.layer_norm_epsilon > 0:
@@ -45,7 +52,7 @@ class GPTConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
         """One of "tiny" | "demo" | "small" | "gpt2", optionally with fields overridden."""
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise MiniftError(f"preset {name!r} is not one of {sorted(PRESETS)}")
         return replace(cls(**PRESETS[name]), **overrides)
 
@@ -67,13 +74,17 @@ class GPTConfig:
     @classmethod
     def from_hf(cls, hf: dict, where="config.json") -> "GPTConfig":
         """Read a Hugging Face GPT-2 config.json dict; refuse features minift's GPT-2 does not implement."""
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise MiniftError(f"{where}: model_type={hf['model_type']!r} is not a GPT-2 (minift reads GPT-2 folders)")
         try:
             n_ctx = hf.get("n_positions", hf.get("n_ctx"))
             cfg = cls(vocab_size=hf["vocab_size"], n_ctx=n_ctx, n_embd=hf["n_embd"], n_layer=hf["n_layer"],
                       n_head=hf["n_head"], layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-                      dropout=float(hf.get("resid_pdrop", 0.0)))
+                      dropout=hf.get("resid_pdrop", 0.0))
         except KeyError as e:
             raise MiniftError(f"{where} lacks the GPT-2 field {e.args[0]!r}") from None
+        except MiniftError as e:                  # a field out of range: say which file holds it
+            raise MiniftError(f"{where}: {e}") from None
         n_inner = hf.get("n_inner")
         if n_inner not in (None, 4 * cfg.n_embd):
             raise MiniftError(f"{where}: n_inner={n_inner} is not supported (minift's MLP is 4 * n_embd wide)")
@@ -93,3 +104,39 @@ class GPTConfig:
         if unknown:
             raise MiniftError(f"GPTConfig got unknown fields {sorted(unknown)}")
         return cls(**d)
+
+
+def param_shapes(cfg: GPTConfig) -> dict:
+    """name -> shape for every parameter, in the order Hugging Face's GPT-2 lists them."""
+    C, V, F = cfg.n_embd, cfg.vocab_size, 4 * cfg.n_embd
+    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.n_ctx, C)}
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
+            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+    return shapes
+
+
+def check_labels(labels, where="labels") -> list:
+    """A classification head's labels as a list: at least 2, each a non-empty string, no two the same. Row k of
+    score.weight is the class labels[k], and config.json's id2label / label2id map both ways, so a label given twice
+    would make two rows for one class (and label2id keep only one of them). `where` names the input in the error."""
+    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+        raise MiniftError(f"{where} must be a list of label names, got {labels!r}")
+    labels = list(labels)
+    if len(labels) < 2:
+        raise MiniftError(f"a classification head needs at least 2 labels, got {where} {labels!r}")
+    bad = next((i for i, x in enumerate(labels) if not isinstance(x, str) or not x), None)
+    if bad is not None:
+        raise MiniftError(f"{where} {labels!r}: every label must be a non-empty string, got {labels[bad]!r}")
+    twice = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+    if twice is not None:
+        raise MiniftError(f"{where} {labels!r}: the label {twice!r} appears twice; each class needs a name of its own")
+    return labels

@@ -14,8 +14,8 @@ import numpy as np
 
 from .backend import make_rng, to_numpy
 from .errors import MiniftError
-from .ops.softmax import softmax
 from .formats.tokenizer import as_token_ids
+from .ops.softmax import softmax
 
 
 def sample_next(logits, rng, temperature=1.0, top_k=None) -> int:

@@ -19,6 +19,9 @@ Gradients are only computed for trainable parameters: a frozen weight never pays
 And the backward goes only as far down as something trains (`backward_floor`): below the lowest trainable tensor no
 gradient is wanted, so those blocks run their forward without keeping caches and have no backward at all.
 
+LayerNorm, attention and GELU come through minift/dispatch.py, which runs their fast twins (minift/fast) or, with
+MINIFT_REFERENCE=1, the reference ops (minift/ops) alone; the other ops are called from minift/ops directly.
+
 Parameters are a flat dict with Hugging Face GPT-2's names (without the "transformer." prefix) and layouts: linear
 weights are [in, out] (GPT-2's Conv1D), so loading a real checkpoint is a direct mapping (see `hf.py`).
 """
@@ -30,36 +33,15 @@ import math
 import numpy as np
 
 from .backend import get_xp, make_rng, randn, resolve_device, resolve_dtype, to_numpy
-from .config import GPTConfig
+from .config import GPTConfig, check_labels, param_shapes
+from .dispatch import (attention_backward, attention_forward, gelu_backward, gelu_forward, layernorm_backward,
+                       layernorm_forward)
 from .errors import MiniftError
-from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
-                  dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward,
-                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward,
-                  pool_last_backward, pool_last_forward)
+from .ops import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
+                  embedding_forward, linear_backward, linear_forward, pool_last_backward, pool_last_forward)
 
 LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # the four linears of a block
 HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (see add_classification_head)
-# Attention takes the queries this many at a time against the keys they can see (ops/attention.py, "Blocked"):
-# the same result as the whole T×T square, with about half the work once T > 64. None: the square (the reference).
-ATTENTION_BLOCK = 64
-
-
-def param_shapes(cfg: GPTConfig) -> dict:
-    """name -> shape for every parameter, in the order Hugging Face's GPT-2 lists them."""
-    C, V, F = cfg.n_embd, cfg.vocab_size, 4 * cfg.n_embd
-    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.n_ctx, C)}
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
-            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
-        })
-    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-    return shapes
 
 
 def init_params(cfg: GPTConfig, rng, dtype, xp) -> dict:
@@ -102,24 +84,6 @@ def backward_floor(trainable, n_layer: int) -> int:
     return floor
 
 
-def check_labels(labels, where="labels") -> list:
-    """A classification head's labels as a list: at least 2, each a non-empty string, no two the same. Row k of
-    score.weight is the class labels[k], and config.json's id2label / label2id map both ways, so a label given twice
-    would make two rows for one class (and label2id keep only one of them). `where` names the input in the error."""
-    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
-        raise MiniftError(f"{where} must be a list of label names, got {labels!r}")
-    labels = list(labels)
-    if len(labels) < 2:
-        raise MiniftError(f"a classification head needs at least 2 labels, got {where} {labels!r}")
-    bad = next((i for i, x in enumerate(labels) if not isinstance(x, str) or not x), None)
-    if bad is not None:
-        raise MiniftError(f"{where} {labels!r}: every label must be a non-empty string, got {labels[bad]!r}")
-    twice = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
-    if twice is not None:
-        raise MiniftError(f"{where} {labels!r}: the label {twice!r} appears twice; each class needs a name of its own")
-    return labels
-
-
 class GPT:
     """A GPT-2 model with hand-written forward and backward passes.
 
@@ -128,7 +92,7 @@ class GPT:
     loss, grads = model.loss_and_grads(input_ids, targets)    grads: name -> array, for trainable parameters only
 
     Which parameters train is `model.frozen` (a set of names; see minift/training/finetune.py for the methods that fill it).
-    Adapters (LoRA, DoRA: minift/lora.py) live in `model.adapters`, module name -> adapter; an adapted linear calls
+    Adapters (LoRA, DoRA: minift/lora/) live in `model.adapters`, module name -> adapter; an adapted linear calls
     the adapter's forward/backward instead of the plain one, and the adapter's gradients join `grads`.
     """
 
@@ -201,7 +165,10 @@ class GPT:
     # ---- input checks -----------------------------------------------------------------------------------------
 
     def _as_ids(self, input_ids, name="input_ids"):
-        ids = self.xp.asarray(input_ids)
+        try:
+            ids = self.xp.asarray(input_ids)
+        except (ValueError, TypeError) as e:          # ragged lists, objects NumPy cannot make an array of
+            raise MiniftError(f"{name} must be a 2-D integer array (B, T): {e}") from None
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise MiniftError(f"{name} must be a 2-D integer array (B, T), got shape {ids.shape} dtype {ids.dtype}")
         if ids.shape[1] > self.cfg.n_ctx:
@@ -267,7 +234,7 @@ class GPT:
         P, p, H = self.params, f"h.{i}.", self.cfg.n_head
         a, c_ln1 = layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
         qkv, c_qkv = self._linear_forward(p + "attn.c_attn", a)          # (B, T, 3C)
-        att, c_att = attention_forward(qkv, H, mask, block=ATTENTION_BLOCK)  # (B, T, C)
+        att, c_att = attention_forward(qkv, H, mask)                     # (B, T, C)
         o, c_o = self._linear_forward(p + "attn.c_proj", att)            # (B, T, C)
         o, c_do = self._dropout(o, rng)                                  # (B, T, C)
         x = x + o                                                        # (B, T, C) residual 1

@@ -62,8 +62,9 @@ import math
 import numpy as np
 
 from .backend import DTYPES, to_numpy, xp_of
+from .dispatch import Op
 from .errors import MiniftError
-from .fast.kernels import FusedKernel
+from .fast.adamw import adamw_update as fast_adamw_update
 
 SCHEDULES = ("cosine", "linear", "constant")
 CLIP_EPS = 1e-6   # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6)
@@ -225,16 +226,19 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {len(self.decay)} decayed, {hp}, t={self.t})"
 
 
-# AdamW._update's lines as one CUDA kernel (minift/fast/kernels.py): the same operations in the same order, p, m and v
-# updated in place. decay = 1 − η λ (exactly 1 without decay, where p · 1 = p leaves p's bits unchanged).
-ADAMW_STEP = FusedKernel(
-    "minift_adamw_step",
-    "T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T sqrt_bc2, T eps, T step_size", "T p, T m, T v", """
-    p = p * decay;                                         // decoupled decay
-    m = m * b1 + g * one_minus_b1;                         // first moment
-    v = v * b2 + g * g * one_minus_b2;                     // second moment
-    p = p - m / (sqrt(v) / sqrt_bc2 + eps) * step_size;    // the Adam step
-""")
+def adamw_update(p, g, m, v, lr, weight_decay, betas, eps, t):
+    """One AdamW step on p [...] with its moments m, v [...], all in place: the module docstring's lines."""
+    b1, b2 = betas
+    p -= lr * weight_decay * p                             # p ← p − η λ p            (decoupled decay)
+    m[...] = b1 * m + (1.0 - b1) * g                       # m ← β1 m + (1 − β1) g
+    v[...] = b2 * v + (1.0 - b2) * g * g                   # v ← β2 v + (1 − β2) g²
+    m_hat = m / (1.0 - b1 ** t)                            # m̂ = m / (1 − β1^t)
+    v_hat = v / (1.0 - b2 ** t)                            # v̂ = v / (1 − β2^t)
+    p -= lr * m_hat / (xp_of(p).sqrt(v_hat) + eps)         # p ← p − η m̂ / (√v̂ + ε)
+
+
+# What AdamW runs for each parameter: adamw_update above, or its fast twin (minift/fast/adamw.py; minift/dispatch.py).
+ADAMW_UPDATE = Op(adamw_update, fast_adamw_update)
 
 
 class AdamW(Optimizer):
@@ -263,31 +267,8 @@ class AdamW(Optimizer):
         return ("m", "v")
 
     def _update(self, p, g, s, lr, wd):
-        """One AdamW step on one parameter, in place: the lines below use one scratch array the size of p; on CuPy
-        they run as the ADAMW_STEP kernel above, which needs none."""
-        xp, (b1, b2), t = xp_of(p), self.betas, self.t
-        m, v = s["m"], s["v"]
-        decay, sqrt_bc2, step_size = 1.0 - lr * wd, math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t)
-        fused = ADAMW_STEP.get(xp)
-        if fused is not None:                                  # CuPy: the lines below as one kernel, p m v in place
-            fused(g, *ADAMW_STEP.scalars(p, decay, b1, 1.0 - b1, b2, 1.0 - b2, sqrt_bc2, self.eps, step_size),
-                  p, m, v)
-            return
-        tmp = xp.empty_like(p)
-        if wd:
-            p *= decay                                         # p ← p − η λ p        (decoupled decay)
-        m *= b1                                                # m ← β1 m + (1 − β1) g
-        m += xp.multiply(g, 1.0 - b1, out=tmp)
-        v *= b2                                                # v ← β2 v + (1 − β2) g²
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        xp.sqrt(v, out=tmp)                                    # √v̂ + ε = √v / √(1 − β2^t) + ε
-        tmp /= sqrt_bc2
-        tmp += self.eps
-        xp.divide(m, tmp, out=tmp)                             # η m̂ / (√v̂ + ε), with m̂ = m / (1 − β1^t)
-        tmp *= step_size
-        p -= tmp                                               # p ← p − η m̂ / (√v̂ + ε)
+        """One AdamW step on one parameter, in place (adamw_update)."""
+        ADAMW_UPDATE(p, g, s["m"], s["v"], lr, wd, self.betas, self.eps, self.t)
 
 
 class SGD(Optimizer):

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from minift import backend  # noqa: E402
+from minift import backend, dispatch  # noqa: E402
 from minift.fast import kernels  # noqa: E402
 from minift.backend import gpu_available  # noqa: E402
 
@@ -60,3 +60,10 @@ def fused_kernels_on(monkeypatch):
     """Every test sees minift's default, fused GPU kernels on (minift/fast/kernels.py), whatever $MINIFT_FUSED says:
     the tests are there to check those kernels; the variable is for runs and benchmarks."""
     monkeypatch.setattr(kernels, "_enabled", True)
+
+
+@pytest.fixture(autouse=True)
+def fast_twins_on(monkeypatch):
+    """Every test sees minift's default, the fast twins (minift/dispatch.py), whatever $MINIFT_REFERENCE says; the
+    tests that want the reference ops say so (dispatch.use_reference)."""
+    monkeypatch.setattr(dispatch, "_reference", False)

@@ -158,7 +158,7 @@ def test_save_pretrained_and_save_peft_onto_a_file_are_refused(tmp_path):
 
 
 def test_save_pretrained_with_a_tokenizer_writes_a_complete_folder(tmp_path):
-    from minift.training.pretrain import load_base
+    from minift.base import load_base
     tok = shipped_tokenizer()
     tiny(vocab_size=2048).save_pretrained(tmp_path / "m", tok)
     _, loaded = load_base(tmp_path / "m")
@@ -204,3 +204,28 @@ def test_training_sources_refuse_float_ids_instead_of_truncating_them():
     with pytest.raises(MiniftError, match="ClassificationSource: label_ids must be integers"):
         ClassificationSource([[1, 2], [3]], [0.0, 1.0], pad_id=0, max_len=8, batch_size=2)
     assert LMSource(list(range(200)), block_size=8, batch_size=2).token_ids.dtype == np.int64
+
+
+# ---- a second round: arguments of the wrong kind -----------------------------------------------------------------
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: GPTConfig.preset(["tiny"]), "preset ['tiny']"),
+    (lambda: tiny().forward([[1, 2], [3]]), "input_ids must be a 2-D integer array"),
+    (lambda: attach_lora(tiny(), LoRAConfig(), seed=-1), "seed=-1"),
+    (lambda: attach_lora(None, LoRAConfig()), "model must be a minift.GPT"),
+    (lambda: load_peft(None, "."), "model must be a minift.GPT"),
+    (lambda: GPT.from_pretrained(None), "model folder None"),
+    (lambda: tiny().save_pretrained(""), "model folder ''"),
+])
+def test_arguments_of_the_wrong_kind_are_named(call, says):
+    with pytest.raises(MiniftError, match=None) as e:
+        call()
+    assert says in str(e.value)
+
+
+def test_an_adapter_config_that_is_not_an_object_is_named(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(MiniftError, match="adapter_config.json holds a JSON list"):
+        load_peft(tiny(), tmp_path)
+    with pytest.raises(MiniftError, match="is a file"):
+        load_peft(tiny(), tmp_path / "adapter_config.json")

@@ -73,7 +73,7 @@ def test_generate_with_a_fine_tuned_adapter(pretrained, tmp_path, capsys):
     in Python samples; a run folder given where a model folder is meant says where the result is."""
     from minift.generate import generate
     from minift.lora import load_peft
-    from minift.training.pretrain import load_base
+    from minift.base import load_base
     run = tmp_path / "facts"
     assert main(["finetune", "--method", "lora", "--rank", "2", "--task", "facts", "--base", str(pretrained / "model"),
                  "--steps", "2", "--batch", "4", "--train-size", "16", "--out", str(run), "--quiet"]) == 0
@@ -362,7 +362,8 @@ def test_a_finished_finetune_extends_with_more_steps(pretrained, tmp_path):
 def test_forgetting_text_follows_what_the_base_read(pretrained, tmp_path, capsys):
     """Forgetting is measured on text like the base's own pretraining text: a base pretrained on the user's files is
     scored on the part of them its pretraining held out, not on the world corpus it never saw."""
-    from minift.training.pretrain import base_pretraining, heldout_for_base, load_base
+    from minift.base import base_pretraining, load_base
+    from minift.training.pretrain import heldout_for_base
     _, tok = load_base(pretrained / "model")
     assert "world text" in heldout_for_base(pretrained / "model", tok, n_chars=20_000)[1]
     assert base_pretraining()["corpus"] == "world"                        # the shipped base: in its own folder
@@ -413,7 +414,7 @@ def test_what_a_killed_write_leaves_is_removed_and_the_run_resumes(pretrained, t
 def test_outputs_are_complete_when_the_summary_is_there(pretrained, tmp_path, monkeypatch, capsys):
     """The summary is removed before the outputs are rewritten and written last: a failure in between leaves no
     finetune.json beside an adapter of another step."""
-    import minift.lora as lora_module
+    import minift.lora.peft_files as lora_files
     ft = ["finetune", "--method", "lora", "--rank", "2", "--base", str(pretrained / "model"), "--batch", "4",
           "--train-size", "16", "--quiet"]
     run = tmp_path / "run"
@@ -421,7 +422,7 @@ def test_outputs_are_complete_when_the_summary_is_there(pretrained, tmp_path, mo
 
     def disk_full(*args, **kw):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(lora_module, "save_safetensors", disk_full)
+    monkeypatch.setattr(lora_files, "save_safetensors", disk_full)
     assert main(ft + ["--steps", "3", "--out", str(run), "--resume"]) == 1
     assert "No space left" in capsys.readouterr().err and not (run / "finetune.json").exists()
     monkeypatch.undo()

@@ -41,3 +41,22 @@ def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_built(tmp_pa
     assert main(["pretrain", "--files", str(text), "--quiet", "--out", str(tmp_path / "p")]) == 1
     assert "--files: building and tokenising 2,200 characters" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("argv", [["--method", "lora", "--rank", "2", "--lr", "1e12"],
+                                  ["--method", "lora", "--rank", "2", "--lr", "1e12", "--dora"],
+                                  ["--method", "lora", "--rank", "2", "--alpha", "1e12", "--rslora"]])
+def test_a_run_whose_numbers_overflow_fails_even_when_layernorm_hides_it_from_the_loss(tmp_path, capsys, argv):
+    """LoRA's adapters thrown to 1e12: LayerNorm turns x / sqrt(inf) into a finite 0, and the loss stays near log 2;
+    the overflow itself is the sign."""
+    out = tmp_path / "run"
+    assert main(["finetune", *argv, *SMALL, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "floating-point overflow" in err[0] and "the run has diverged" in err[0]
+    assert not out.exists()
+
+
+def test_more_blas_threads_than_cores_are_refused_before_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", *SMALL, "--threads", "1000", "--out", str(out)]) == 1
+    assert "--threads 1000 x --workers 1 = 1000 BLAS threads" in capsys.readouterr().err and not out.exists()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from minift.app.cli import main
-from minift.training.pretrain import shipped_base_dir
+from minift.base import shipped_base_dir
 
 pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shipped base model is missing")
 

@@ -1,4 +1,4 @@
-"""DoRA (minift/dora.py): exact gradients of m, A, B and x, the detached variant, init, merge, counts.
+"""DoRA (minift/lora/dora.py): exact gradients of m, A, B and x, the detached variant, init, merge, counts.
 
 Tolerances as in test_lora.py: op-level TOL = 1e-6 (a correct float64 backward scores ~1e-9), whole model
 MODEL_TOL = 1e-4. Gradient checks use the EXACT backward (dora_norm="exact"): the detached one (DoRA §4.3, PEFT)
@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 
 from minift import LoRAConfig, MiniftError, attach_lora
 from minift.backend import to_numpy
-from minift.dora import column_norm, dora_backward, dora_forward
+from minift.lora.dora import column_norm, dora_backward, dora_forward
 from minift.gradcheck import check_function, check_op
 
 from helpers import rand, to_torch, torch_or_skip

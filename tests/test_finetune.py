@@ -6,7 +6,8 @@ import pytest
 
 from minift import GPT, GPTConfig, MiniftError
 from minift.app.cli import main
-from minift.training.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method
+from minift.methods import freeze_plan, setup_method
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.formats.tokenizer import Tokenizer
 from minift.data import data_dir
 
@@ -104,7 +105,7 @@ def test_finetune_command_on_a_user_file_full_and_lora(tmp_path):
 def test_a_classifier_fine_tuned_again_on_its_labels_keeps_its_head(tmp_path):
     """Continual improvement (article §1.2): a model fine-tuned on a task, trained on with more data, starts from
     its trained head -- its rows put in the task's label order -- and not from a fresh one; other labels, a new head."""
-    from minift.training.finetune import task_head
+    from minift.methods import task_head
     from minift.data import load_task
     _, base = tiny_base(tmp_path)
     split = load_task("sentiment", "train")                                   # labels negative, positive

@@ -18,7 +18,7 @@ from minift.backend import device_of, to_numpy
 from minift.app.cli import main
 from minift.fast.kernels import fused_enabled
 from minift.optim import AdamW
-from minift.training.pretrain import shipped_base_dir
+from minift.base import shipped_base_dir
 
 from fakecupy import HostArrayError
 
@@ -170,7 +170,7 @@ def test_lora_finetune_on_the_device_saves_a_peft_adapter_that_loads_back(fake_g
     assert main(["finetune", "--method", "lora", "--rank", "4", "--steps", "3", "--batch", "4", "--train-size", "32",
                  "--eval-every", "2", "--out", str(tmp_path), "--quiet", "--device", "gpu"]) == 0
     adapter = next(p.parent for p in tmp_path.rglob("adapter_config.json"))
-    from minift.training.pretrain import load_base
+    from minift.base import load_base
     ids = np.random.default_rng(0).integers(0, 2048, (2, 7))
     logits = []
     for device in ("cpu", "gpu"):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from minift import LoRAConfig, MiniftError, attach_lora
-from minift.measure.lens import (LINEAR_INPUTS, activations, add_inspect, format_lens, format_module, gradient_from_record,
-                         lens, lora_step)
+from minift.app.cli import add_inspect
+from minift.measure.lens import (LINEAR_INPUTS, activations, format_lens, format_module, gradient_from_record, lens,
+                                 lora_step)
 from minift.optim import SGD
-from minift.training.pretrain import shipped_base_dir
+from minift.base import shipped_base_dir
 
 from test_lora import batch as lm_batch, host, randomize, tiny_model
 

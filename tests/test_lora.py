@@ -1,4 +1,4 @@
-"""LoRA (minift/lora.py): the op's gradient, the adapted model's gradients and invariants, merge, inits, files.
+"""LoRA (minift/lora/): the op's gradient, the adapted model's gradients and invariants, merge, inits, files.
 
 Tolerances (float64): op-level centered differences score ~1e-9 for a correct backward, so TOL = 1e-6 (as the
 linear op's test); whole-model checks go through ~20 ops, MODEL_TOL = 1e-4 (as tests/test_model.py). Identities that

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minift import GPT, GPTConfig, MiniftError, gpu_available
-from minift.training.finetune import setup_method
+from minift.methods import setup_method
 from minift.measure.memory import format_memory, measure_memory, memory_saving, predict_memory
 
 # Measured vs predicted. parameters and gradients are nbytes on both sides: exact. activations (what the forward
@@ -176,7 +176,7 @@ def test_predicted_matches_measured_below_the_floor(method, head, dropout, optio
 @pytest.mark.parametrize("dora", [False, True])
 def test_measured_lora_matches_prediction(dora):
     """DoRA caches z = x_d V [N, out] per adapter where LoRA caches x·Aᵀ [N, R]: many times more here."""
-    lora = pytest.importorskip("minift.lora", reason="minift/lora.py not available yet")
+    lora = pytest.importorskip("minift.lora", reason="minift/lora/ not available yet")
     cfg = GPTConfig.preset("tiny")
     model = GPT(cfg, seed=0)
     lora.attach_lora(model, lora.LoRAConfig(r=4, alpha=8, targets=("c_attn", "c_fc"), use_dora=dora), seed=0)
@@ -192,12 +192,12 @@ def test_measured_lora_matches_prediction(dora):
 
 def test_blocked_attention_holds_less_than_the_reference(monkeypatch):
     """The workspace follows the attention path the model takes: with blocks off, the reference's T×T temporaries."""
-    import minift.model
+    import minift.fast.attention
     cfg = GPTConfig.preset("demo")
     blocked = predict_memory(cfg, "full", 4, 128)["workspace"]
     reference = predict_memory(cfg, "full", 4, 128, block=None)["workspace"]
     assert reference - blocked == 4 * (5 * 512 * 128 + 2 * 4 * 4 * (128 * 128 - 64 * 128))
-    monkeypatch.setattr(minift.model, "ATTENTION_BLOCK", None)
+    monkeypatch.setattr(minift.fast.attention, "ATTENTION_BLOCK", None)
     model = GPT(cfg, seed=0)
     measured = measure_memory(model, lm_batch(cfg, 4, 128))
     assert_close(measured["total"], predict_memory(cfg, "full", 4, 128, block=None)["total"], TOTAL_RTOL, "total")

@@ -10,7 +10,7 @@ from minift import GPT, GPTConfig, MiniftError
 from minift.app.cli import main
 from minift.data import data_dir
 from minift.formats.io import load_safetensors
-from minift.training.pretrain import load_base
+from minift.base import load_base
 from minift.formats.tokenizer import Tokenizer
 
 
@@ -205,3 +205,25 @@ def test_finetune_on_a_base_without_a_tokenizer_is_refused_and_leaves_nothing(tm
     assert main(["finetune", "--base", str(folder), "--steps", "2", "--out", str(out), "--quiet"]) == 1
     assert f"{folder} has no tokenizer.json" in _one_error_line(capsys)
     assert not out.exists()
+
+
+# ---- config.json and pretrain.json against the weights (a second round of attacks) --------------------------------
+
+@pytest.mark.parametrize("key, value, says", [("n_head", True, "n_head=True"), ("n_layer", 4.0, "n_layer=4.0"),
+                                              ("n_embd", -128, "n_embd=-128"), ("layer_norm_epsilon", "x", "epsilon"),
+                                              ("model_type", "llama", "model_type='llama'")])
+def test_a_bad_config_json_is_named(tmp_path, key, value, says):
+    folder = model_folder(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MiniftError, match="config.json") as e:
+        load_base(folder)
+    assert says in str(e.value)
+
+
+def test_a_pretrain_json_that_records_another_model_is_refused(tmp_path):
+    folder = model_folder(tmp_path / "m")
+    write_pretrain_json(folder, model_config=dict(GPTConfig.preset("tiny", vocab_size=2048, n_layer=7).to_dict()))
+    with pytest.raises(MiniftError, match="pretrain.json records a model of another shape"):
+        load_base(folder)

@@ -113,3 +113,61 @@ def test_a_failed_command_leaves_no_folder_it_made(tmp_path, capsys):
     (tmp_path / "a" / "keep.txt").write_text("x")
     assert main(["finetune", "--steps", "3", "--quiet", "--task", "nosuch", "--out", str(out)]) == 1
     assert sorted(os.listdir(tmp_path / "a")) == ["keep.txt"]  # a parent that was there stays
+
+
+def _a_run(folder, command="finetune"):
+    """A minift run folder with a checkpoint (what has_something counts), made by hand."""
+    (folder / "checkpoints" / "step-000002").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    (folder / "checkpoints" / "latest").write_text("step-000002\n")
+    (folder / "run.json").write_text(json.dumps(marker(command, [])))
+    return folder
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]])
+def test_a_planted_set_aside_folder_is_refused_not_removed_or_moved_up(tmp_path, capsys, flags):
+    run = _a_run(tmp_path / "run")
+    (run / ASIDE).mkdir()
+    (run / ASIDE / "notes.txt").write_text("precious")
+    only_aside = tmp_path / "only"                     # the marker only inside, beside a user's files
+    (only_aside / ASIDE / "photos").mkdir(parents=True)
+    (only_aside / ASIDE / "run.json").write_text(json.dumps(marker("finetune", [])))
+    (only_aside / ASIDE / "thesis.tex").write_text("mine")
+    for folder in (run, only_aside):
+        before = _tree(folder)
+        assert main(["finetune", "--steps", "2", "--quiet", "--task", "nosuch", "--out", str(folder), *flags]) == 1
+        assert "minift did not write" in capsys.readouterr().err and _tree(folder) == before
+
+
+def test_nothing_is_written_or_deleted_through_a_link(tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "README.md").write_text("my own readme")
+    run = _a_run(tmp_path / "run")
+    (run / "adapter").symlink_to(outside, target_is_directory=True)
+    before, outside_before = _tree(run), _tree(outside)
+    assert main(["finetune", "--steps", "4", "--quiet", "--out", str(run), "--resume"]) == 1
+    assert "adapter" in capsys.readouterr().err
+    assert _tree(run) == before and _tree(outside) == outside_before
+
+
+@pytest.mark.parametrize("planted", ["holiday.png", "seed-list.csv", "lorarama.txt", "model/my_weights.bin",
+                                     "checkpoints/step-000002/notes.md", "README.md"])
+def test_only_the_exact_names_minift_writes_count_as_its_own(tmp_path, capsys, planted):
+    run = _a_run(tmp_path / "run")
+    (run / planted).parent.mkdir(parents=True, exist_ok=True)
+    (run / planted).write_text("mine")
+    before = _tree(run)
+    assert main(["finetune", "--steps", "2", "--quiet", "--out", str(run), "--overwrite"]) == 1
+    assert planted in capsys.readouterr().err and _tree(run) == before
+
+
+def test_a_refusal_of_a_minift_folder_leaves_even_its_leftovers(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "seed-3").mkdir(parents=True)                       # a leftover: a folder with no file in it
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")  # a file of a run that saved no result
+    (run / "run.json").write_text(json.dumps(marker("finetune", [])))
+    before = _tree(run)
+    assert main(["finetune", "--steps", "2", "--quiet", "--out", str(run)]) == 1
+    assert "saved no result" in capsys.readouterr().err and _tree(run) == before

@@ -122,7 +122,7 @@ def test_bench_with_workers():
     assert r["breakdown"]["backward"]["linear"] > 0         # profiled on the one-thread path
 
 
-@pytest.mark.skipif(not __import__("minift.training.pretrain").training.pretrain.shipped_base_dir().is_dir(),
+@pytest.mark.skipif(not __import__("minift.base").base.shipped_base_dir().is_dir(),
                     reason="the shipped base model is missing")
 def test_the_workers_option_of_the_commands(tmp_path, capsys):
     from minift.measure.bench import blas_info, set_blas_threads

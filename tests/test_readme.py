@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from minift.training.pretrain import shipped_base_dir
+from minift.base import shipped_base_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -82,7 +82,7 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 #
 # | column | what it is | computed by |
 # |---|---|---|
-# | trainable | parameters that receive gradients and optimizer state | `minift.training.finetune.trainable_summary` |
+# | trainable | parameters that receive gradients and optimizer state | `minift.methods.trainable_summary` |
 # | ms/step, tokens/s | wall time of forward + backward + AdamW, averaged over the run | `minift.training.train.train` |
 # | val acc, test acc | sentiment accuracy; the test split uses review templates never seen in training | `minift.training.evaluate` |
 # | forgetting ΔLM | next-token loss on held-out text like the pretraining text (32 windows of 128 tokens of world documents from another seed of the generator), after minus before | `minift.training.evaluate.lm_loss` |

@@ -48,9 +48,21 @@ import numpy as np
 
 from _tutorial import exercise, show
 from minift.gradcheck import check_op
-from minift.ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
-                        gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
-                        linear_forward, softmax, softmax_backward, softmax_forward)
+from minift.ops import (
+    attention_backward,
+    attention_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+    softmax,
+    softmax_backward,
+    softmax_forward,
+)
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)        # one seeded generator: every number below is the same on every run

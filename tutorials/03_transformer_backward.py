@@ -45,8 +45,14 @@ import numpy as np
 import minift
 from _tutorial import FAST, exercise, pick
 from minift.gradcheck import check_function
-from minift.ops import (embedding_backward, embedding_forward, layernorm_backward, layernorm_forward,
-                        linear_backward, linear_forward)
+from minift.ops import (
+    embedding_backward,
+    embedding_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+)
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)

@@ -48,12 +48,13 @@ import numpy as np
 
 import minift
 from _tutorial import FAST, exercise, out_dir, pick, show
+from minift.base import load_base, shipped_base_dir
 from minift.data import LMSource, World, concat_documents, data_dir, world_corpus
-from minift.training.evaluate import lm_loss
-from minift.generate import generate
 from minift.formats.io import load_json
-from minift.training.pretrain import heldout_world_ids, load_base, pretrain, shipped_base_dir
 from minift.formats.tokenizer import Tokenizer
+from minift.generate import generate
+from minift.training.evaluate import lm_loss
+from minift.training.pretrain import heldout_world_ids, pretrain
 from minift.training.train import TrainConfig, latest_checkpoint
 
 print("fast mode" if FAST else "normal mode")

@@ -33,9 +33,9 @@
 #
 # **You will learn**
 # 1. what the sentiment task contains, and why word counting cannot solve it;
-# 2. to load the base (`minift.training.pretrain.load_base`) and add a classification head (`add_classification_head`), the
+# 2. to load the base (`minift.base.load_base`) and add a classification head (`add_classification_head`), the
 #    layer Hugging Face's `GPT2ForSequenceClassification` adds, which reads the last real token;
-# 3. to freeze parameters (`minift.training.finetune.freeze_plan`, `setup_method`) and see that a frozen weight gets no
+# 3. to freeze parameters (`minift.methods.freeze_plan`, `setup_method`) and see that a frozen weight gets no
 #    gradient at all — its weight-gradient matmul is never run;
 # 4. to train with `minift.training.train.train` and a `ClassificationSource`, and with `minift.training.finetune.finetune`;
 # 5. to pick a learning rate by validation accuracy (never by test accuracy), and to read per-kind test accuracy.
@@ -55,14 +55,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from _tutorial import FAST, exercise, pick, show
+from minift.base import load_base
 from minift.data import ClassificationSource, TaskSplit, encode_split, read_records
 from minift.data.batching import classification_batch
 from minift.data.lexicon import adjective_polarity
 from minift.data.sentiment import rule_label
-from minift.training.evaluate import split_metrics
-from minift.training.finetune import FinetuneConfig, finetune, freeze_plan, load_task_splits, setup_method, trainable_summary
+from minift.methods import freeze_plan, setup_method, trainable_summary
 from minift.ops import last_token_index
-from minift.training.pretrain import load_base
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)

@@ -56,13 +56,13 @@ import numpy as np
 
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig
+from minift.base import load_base
 from minift.data import task_source
-from minift.training.evaluate import split_metrics
-from minift.training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, HEAD, FinetuneConfig, finetune, load_task_splits, \
-    setup_method
 from minift.measure.memory import format_memory, predict_memory
+from minift.methods import HEAD, setup_method
 from minift.model import param_shapes
-from minift.training.pretrain import load_base
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig, finetune, load_task_splits
 from minift.training.train import TrainConfig, TrainingDiverged, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)

@@ -57,14 +57,14 @@ import numpy as np
 import minift
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
+from minift.base import load_base
 from minift.data import task_source
-from minift.dora import column_norm
-from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
-from minift.gradcheck import check_op
 from minift.formats.io import load_safetensors
+from minift.gradcheck import check_op
 from minift.lora import LoRALinear, lora_backward, lora_forward
+from minift.lora.dora import column_norm
 from minift.model import param_shapes
-from minift.training.pretrain import load_base
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
@@ -80,10 +80,10 @@ train_split, val_split, test_split = load_task_splits("sentiment", eval_size=pic
 # $h = W_0 x$) as $\Delta W = s\,BA$ with $B \in \mathbb R^{d\times r}$, $A \in \mathbb R^{r\times k}$, $s = \alpha/r$.
 # PEFT stores exactly those: `lora_A.weight` $[r, \text{in}]$, `lora_B.weight` $[\text{out}, r]$. GPT-2 stores its
 # linears transposed, $[\text{in}, \text{out}]$ with $y = xW + b$ (its `Conv1D`), so in minift the same update is the
-# transpose, and the article's $A', B'$ have the scale folded in. `minift/lora.py` says it in its docstring:
+# transpose, and the article's $A', B'$ have the scale folded in. `minift/lora/op.py` says it in its docstring:
 
 # %%
-doc = minift.lora.__doc__
+doc = minift.lora.op.__doc__
 print(doc[doc.index("One update, three notations"):doc.index("minift stores A and B exactly")])
 
 # %% [markdown]
@@ -554,7 +554,7 @@ assert np.allclose(got, top, rtol=1e-4)
 # PyTorch's [out, in] weight over the input axis, which in minift's [in, out] layout is a column. Its authors measured
 # that LoRA's updates change magnitude and direction together (positively correlated, over training steps and layers),
 # while full fine-tuning's changed them in opposite senses (negatively correlated); DoRA's learned $m$ lets the two move
-# separately, for $O$ more numbers per matrix (`minift/dora.py` has its backward written out).
+# separately, for $O$ more numbers per matrix (`minift/lora/dora.py` has its backward written out).
 # `LoRAConfig(use_dora=True)`.
 #
 # **Check.** At init the output equals the base's; after $B$ is moved away from 0, every column of the effective

@@ -63,13 +63,13 @@ import numpy as np
 
 from _tutorial import FAST, exercise, pick, show
 from minift import LoRAConfig, attach_lora
-from minift.measure.bench import count_flops
 from minift.app.cli import main as minift_main
+from minift.base import load_base
 from minift.data import task_source
-from minift.training.finetune import load_task_splits
+from minift.measure.bench import count_flops
 from minift.measure.lens import activations, format_module, full_and_lora_grads, gradient_from_record, lens, lora_step
 from minift.optim import SGD
-from minift.training.pretrain import load_base
+from minift.training.finetune import load_task_splits
 from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)

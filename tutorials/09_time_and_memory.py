@@ -60,13 +60,13 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minift.model
+import minift.fast.attention
 from _tutorial import FAST, exercise, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora
-from minift.measure.bench import blas_info, count_flops, run_bench
 from minift.config import BENCH_BATCH, PRESETS
-from minift.training.finetune import freeze_plan
+from minift.measure.bench import blas_info, count_flops, run_bench
 from minift.measure.memory import block_activation_terms, format_memory, measure_memory, memory_saving, predict_memory
+from minift.methods import freeze_plan
 from minift.model import param_shapes
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
@@ -388,8 +388,8 @@ for name in ("tiny", "demo"):
 #   gradients and AdamW state, 12 MiB on demo — is small next to the activations.
 #
 # The totals agree within 1% on both. The workspace depends on which attention the model runs: with $T = 128$ it takes
-# its fast path, 64 query rows at a time (`ATTENTION_BLOCK` in `minift/model.py`, `_blocked_backward` in
-# `minift/ops/attention.py`), whose backward never holds the whole $T\times T$ gradients $d\,\text{att}$ and
+# its fast path, 64 query rows at a time (`ATTENTION_BLOCK` and `blocked_attention_backward` in
+# `minift/fast/attention.py`), whose backward never holds the whole $T\times T$ gradients $d\,\text{att}$ and
 # $d\,\text{pre}$ at once (at most $2BHbT$ instead of $2BHT^2$ floats, with $b = 64$). `predict_memory(...,
 # block=...)` follows the model's setting; below we also run the reference attention (`ATTENTION_BLOCK = None`, the
 # whole square) and predict it with `block=None`: about 9 MiB more workspace on demo, and prediction and measurement
@@ -407,7 +407,7 @@ for name in ("tiny", "demo"):
 def activations_formula(cfg, B, T, method):
     """Bytes the forward caches, float32, LM head: the formula of this section written out."""
     N, C, V, H, L = B * T, cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.n_layer
-    b = minift.model.ATTENTION_BLOCK
+    b = minift.fast.attention.ATTENTION_BLOCK
     seen = T * T if b is None or b >= T else T * T * (1 + b / T) / 2   # the blocks' probabilities (b divides T here)
     floats = L * (20 * N * C + 2 * N + B * H * seen) + 2 * N * C + N + 2 * N * V
     if method == "lora":
@@ -424,14 +424,14 @@ gap = {k: measured[k]["total"] / predicted[k]["total"] - 1 for k in measured}
 print("measured ÷ predicted total − 1:", {f"{n} {m}": f"{g:+.2%}" for (n, m), g in gap.items()})
 assert all(abs(g) < 0.01 for g in gap.values())
 
-block = minift.model.ATTENTION_BLOCK
+block = minift.fast.attention.ATTENTION_BLOCK
 try:
-    minift.model.ATTENTION_BLOCK = None                  # the reference attention: the whole T×T square at once
+    minift.fast.attention.ATTENTION_BLOCK = None         # the reference attention: the whole T×T square at once
     B, T, V = *step_shape("demo"), SIZES["demo"].vocab_size
     rng = np.random.default_rng(0)                       # the same batch as above
     reference = measure_memory(GPT(SIZES["demo"], seed=0), (rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))))
 finally:
-    minift.model.ATTENTION_BLOCK = block
+    minift.fast.attention.ATTENTION_BLOCK = block
 predicted_reference = predict_memory(SIZES["demo"], "full", B, T, rank=R, block=None)
 gap_reference = reference["total"] / predicted_reference["total"] - 1
 print(f"demo, full, reference attention: workspace measured {reference['workspace'] / MiB:.2f} MiB, predicted "

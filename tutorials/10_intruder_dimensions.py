@@ -70,16 +70,25 @@ import numpy as np
 
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import LoRAConfig
-from minift.measure.analysis import (format_intruders, intruder_dimensions, intruder_sweep,
-                             linear_weight_names, model_intruders, random_baseline, scale_intruders,
-                             singular_values, spectrum_compare)
 from minift.backend import to_numpy
+from minift.base import load_base
 from minift.data import data_dir
 from minift.data.facts import ANSWERS
+from minift.generate import generate
+from minift.measure.analysis import (
+    format_intruders,
+    intruder_dimensions,
+    intruder_sweep,
+    linear_weight_names,
+    model_intruders,
+    random_baseline,
+    scale_intruders,
+    singular_values,
+    spectrum_compare,
+)
 from minift.training.evaluate import completion_metrics, lm_loss, split_metrics
 from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
-from minift.generate import generate
-from minift.training.pretrain import heldout_world_ids, load_base
+from minift.training.pretrain import heldout_world_ids
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
 print("fast mode" if FAST else "normal mode")

@@ -73,17 +73,18 @@ import numpy as np
 from _tutorial import FAST, exercise, out_dir, pick
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.backend import get_xp, gpu_available, resolve_device, to_device, to_numpy, xp_of
-from minift.measure.bench import count_flops, run_bench
+from minift.base import load_base
 from minift.data import data_dir, task_source
-from minift.training.evaluate import split_metrics
-from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
-from minift.generate import generate, generate_ids
+from minift.fast.gelu import GELU_FORWARD
 from minift.formats.io import load_safetensors
+from minift.formats.tokenizer import Tokenizer
+from minift.generate import generate, generate_ids
+from minift.measure.bench import count_flops, run_bench
 from minift.measure.memory import measure_memory, memory_saving, predict_memory
 from minift.model import param_shapes
-from minift.ops.gelu import GELU_FORWARD, gelu_forward
-from minift.training.pretrain import load_base
-from minift.formats.tokenizer import Tokenizer
+from minift.ops.gelu import gelu_forward
+from minift.training.evaluate import split_metrics
+from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)
@@ -106,15 +107,18 @@ print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run o
 #
 # $$y = \tfrac12\,x\,\bigl(1 + \tanh u\bigr), \qquad u = \sqrt{2/\pi}\,\bigl(x + 0.044715\,x^3\bigr),$$
 #
-# and its first line is `xp = xp_of(x)`: `numpy` for a NumPy array, `cupy` for a CuPy array. Everything after it
-# is the same text for both, with one shortcut for speed: on a GPU every line of array code is a kernel launch
-# (a few microseconds of host time each, however small the array) and a pass over memory, so on CuPy the op hands
-# its nine in-place lines to **one fused CUDA kernel**, `GELU_FORWARD`, defined right above it: the same
-# operations in the same order, in a few lines of C. `minift/fast/kernels.py` explains the mechanism and the rule that
-# keeps it honest: the test suite runs the kernel's C on a CPU stand-in for CuPy and requires the nine lines' bits,
-# and on a GPU requires agreement with them to rounding. AdamW's update and LayerNorm's and the softmax's elementwise
-# steps are fused the same way; `MINIFT_FUSED=0` switches it off. `minift/backend.py` is the only file that imports
-# CuPy, lazily, so minift imports on a machine without it. Its vocabulary:
+# in three lines of formula. The arithmetic (`*`, `+`, `**`) is the arrays' own, and for `tanh` it asks with
+# `xp_of(x)`: `numpy` for a NumPy array, `cupy` for a CuPy array. The text is the same for both. That is the
+# reference; what the model runs is its fast twin in `minift/fast/gelu.py` (`minift/dispatch.py` lists which op
+# runs which). On a GPU every line of array code is a kernel launch (a few microseconds of host time each, however
+# small the array) and a pass over memory, so on CuPy the twin hands its nine in-place lines to **one fused CUDA
+# kernel**, `GELU_FORWARD`, defined right above them: the same operations in the same order, in a few lines of C.
+# `minift/fast/kernels.py` explains the mechanism and the rule that keeps it honest: the test suite runs the kernel's
+# C on a CPU stand-in for CuPy and requires the nine lines' bits, and on a GPU requires agreement with them to
+# rounding. AdamW's update and LayerNorm's and the softmax's elementwise steps are fused the same way;
+# `MINIFT_FUSED=0` switches the kernels off, and `MINIFT_REFERENCE=1` runs the reference ops alone.
+# `minift/backend.py` is the only file that imports CuPy, lazily, so minift imports on a machine without it. Its
+# vocabulary:
 #
 # | call | does |
 # |---|---|
@@ -129,8 +133,8 @@ print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run o
 # `export MINIFT_DEVICE=gpu` for both.
 
 # %%
-print(inspect.getsource(gelu_forward).split("\n    t = ")[0])          # the signature, xp = xp_of(x), the shortcut
-print("GELU_FORWARD's body (CUDA C):" + GELU_FORWARD.body.rstrip())
+print(inspect.getsource(gelu_forward).rstrip())                        # the reference: the formula, line by line
+print("its fast twin's kernel, GELU_FORWARD (CUDA C):" + GELU_FORWARD.body.rstrip())
 print(f"gpu_available() = {HAVE_GPU}; resolve_device('auto') = {resolve_device('auto')!r}; "
       f"get_xp('cpu') is numpy: {get_xp('cpu') is np}")
 saved_env = os.environ.get("MINIFT_DEVICE")
@@ -586,6 +590,7 @@ print(f"{loaded}: adapter {adapter_bytes / 2**20:.2f} MiB vs model.safetensors {
       f"({adapter_bytes / model_bytes:.1%}); reloaded logits identical: {np.array_equal(tuned_logits, loaded_logits)}")
 if HAVE_PEFT:
     import warnings
+
     import peft
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                  # PEFT warns about the extra "minift" key in the config

@@ -92,12 +92,13 @@ def _prepare_training(a):
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if a.threads is not None and cores and a.threads * a.workers > cores:
+        raise MiniftError(f"--threads {a.threads} x --workers {a.workers} = {a.threads * a.workers} BLAS threads on "
+                          f"{cores} cores: they would wait for each other at every matmul (slower, not faster); give "
+                          f"at most {cores} in all")
     a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if cores and a.threads * a.workers > cores:
-            print(f"minift: warning: {a.threads * a.workers} BLAS threads (--threads x --workers) on {cores} cores: "
-                  "they will wait for each other at every matmul (slower, not faster)", file=sys.stderr)
         set_blas_threads(a.threads)
     elif a.workers > 1:
         set_blas_threads(1)          # the cores go to the workers: one BLAS thread each
@@ -153,8 +154,8 @@ def add_pretrain(sub):
 # ---- generate ----------------------------------------------------------------------------------------------------
 
 def cmd_generate(a):
+    from ..base import load_base
     from ..generate import generate
-    from ..training.pretrain import load_base
     try:
         a.prompt.encode("utf-8")
     except UnicodeEncodeError:         # bytes the shell passed that are not UTF-8 arrive as lone surrogates
@@ -230,8 +231,8 @@ def _shown(value) -> str:
 
 
 def cmd_finetune(a):
+    from ..base import load_base, shipped_base_dir
     from ..training.finetune import FinetuneConfig, finetune
-    from ..training.pretrain import load_base, shipped_base_dir
     changed = _started_with(a, START_OPTIONS) if a.resume else {}      # read before the defaults are filled in
     if a.method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
@@ -403,6 +404,129 @@ def add_compare(sub):
     p.set_defaults(func=cmd_compare)
 
 
+# ---- inspect -----------------------------------------------------------------------------------------------------
+
+def _inspect_setup(a):
+    """(model, lora, batch): the base with the task's head and LoRA attached, trained a.steps steps, and the next
+    batch of the task's training data."""
+    from ..base import load_base
+    from ..data import load_task
+    from ..data.sources import task_source
+    from ..lora import LoRAConfig, attach_lora
+    from ..methods import check_base_fits_task, task_head
+    from ..training.finetune import FinetuneConfig
+    from ..training.train import TrainConfig, train
+    model, tok = load_base(a.base, dtype=a.dtype, device=a.device)
+    split = load_task(a.task, "train")
+    check_base_fits_task(model, a.task, split)
+    task_head(model, split, seed=a.seed)                                  # as finetune does
+    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
+    lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
+                                         targets=targets), seed=a.seed)
+    if a.module is not None and a.module not in lora.modules:            # before the training steps, not after
+        raise MiniftError(f"--module {a.module!r} is not one of the adapted matrices of this {model.cfg.n_layer}-"
+                          f"block model: {', '.join(lora.modules[:4])}, ... (see --targets)")
+    max_len = min(FinetuneConfig.max_len, model.cfg.n_ctx)
+    source = task_source(split, tok, max_len=max_len, batch_size=a.batch, seed=a.seed)
+    if a.steps:
+        train(model, source, TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.train_lr, warmup=0,
+                                         schedule="constant", seed=a.seed),
+              progress=not a.quiet, desc=f"LoRA warm-up ({a.steps} steps)")
+    return model, lora, source.next_batch()
+
+
+def cmd_inspect(a):
+    import json
+
+    from ..measure.lens import DEFAULT_TRAIN_LR, format_lens, format_module, lens, module_spectra
+    if a.train_lr is not None and a.steps == 0:
+        raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
+    a.train_lr = a.train_lr or DEFAULT_TRAIN_LR
+    model, lora, batch = _inspect_setup(a)
+    report = lens(model, lora, batch, lr=a.lr)
+    trained = (f"after {a.steps} LoRA training steps (AdamW, lr {a.train_lr:g}, so B ≠ 0)" if a.steps
+               else "at init (--steps 0: B = 0)")
+    if a.json:
+        out = {"task": a.task, "steps": a.steps, **report.to_dict()}
+        if a.module is not None:
+            out["module_detail"] = module_spectra(report, a.module)
+        print(json.dumps(out, indent=2))
+        return
+    print(f"minift inspect: task {a.task}, {trained}")
+    print(format_lens(report))
+    if a.module is not None:
+        print()
+        print(format_module(report, a.module))
+
+
+def add_inspect(sub):
+    from ..measure.lens import DEFAULT_LR, DEFAULT_STEPS, DEFAULT_TRAIN_LR
+    p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
+    p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
+    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
+    p.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
+    p.add_argument("--targets", default="all-linear",
+                   help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    p.add_argument("--steps", type=_int_at_least(0, "a number of steps >= 0"), default=DEFAULT_STEPS,
+                   help=f"train LoRA this many steps first, so B ≠ 0 (default {DEFAULT_STEPS}; 0 = look at init)")
+    p.add_argument("--train-lr", type=_learning_rate, default=None,
+                   help=f"AdamW learning rate of those steps (default {DEFAULT_TRAIN_LR:g})")
+    p.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
+                                                                f"(default {DEFAULT_LR:g})")
+    p.add_argument("--batch", type=_positive_int, default=8)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="float64: the identity errors drop to ~1e-15")
+    p.add_argument("--module", default=None, help="show one matrix in detail, e.g. h.0.attn.c_attn")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar for the training steps")
+    _add_device(p)
+    p.set_defaults(func=cmd_inspect)
+
+
+# ---- bench -------------------------------------------------------------------------------------------------------
+
+def cmd_bench(a):
+    import json
+
+    from ..measure.bench import format_report, run_bench
+    if a.rank is not None and a.method != "lora":
+        raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
+    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup,
+                  device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
+                  threads=a.threads, workers=a.workers, fused=False if a.no_fused else None)
+    print(json.dumps(r) if a.json else format_report(r))
+
+
+def add_bench(sub):
+    from ..config import BENCH_BATCH
+    p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
+    p.add_argument("--preset", default="demo",
+                   help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
+                        + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
+    p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--profile-steps", type=int, default=3, help="extra steps timed op by op (0: no breakdown)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads for this run (default: as the "
+                   "environment says, OPENBLAS_NUM_THREADS or all cores)")
+    p.add_argument("--clock", default="wall", help="wall (default) | cpu: process CPU time, steadier on a shared "
+                   "machine with OPENBLAS_NUM_THREADS=1")
+    p.add_argument("--malloc", default="reuse", help="reuse (default): keep freed memory mapped between steps "
+                   "(glibc mallopt, see reuse_freed_memory) | system: leave malloc as it is")
+    p.add_argument("--workers", type=int, default=1, help="split each step's batch across this many CPU threads, "
+                   "one BLAS thread each unless --threads says otherwise (minift/fast/parallel.py); the breakdown is "
+                   "of the one-thread path")
+    p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
+    p.add_argument("--no-fused", action="store_true", help="on a GPU, run the reference lines instead of the fused "
+                   "elementwise kernels (minift/fast/kernels.py), to measure what fusion buys")
+    p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/measure/bench.py)")
+    p.set_defaults(func=cmd_bench)
+
+
 # ---- memory ------------------------------------------------------------------------------------------------------
 
 def cmd_memory(a):
@@ -477,12 +601,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from .. import __version__
+    from ..version import __version__
     parser = _Parser(prog="minift", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from ..measure.bench import add_bench
-    from ..measure.lens import add_inspect
     for add in (add_pretrain, add_finetune, add_compare, add_generate, add_inspect, add_bench, add_memory):
         add(sub)
     for command in sub.choices.values():

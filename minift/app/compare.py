@@ -33,16 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..measure.analysis import EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline, \
-    scale_intruders, singular_values
 from ..backend import to_numpy
 from ..errors import MiniftError
-from ..training.evaluate import lm_loss, split_metrics
-from ..training.finetune import FinetuneConfig, METHODS, check_task_fits, finetune, load_task_splits, setup_run
-from ..formats.io import atomic_write, save_json
+from ..formats.io import atomic_write, drop_summary, save_json
 from ..lora import MODEL_CARD_FILE
+from ..measure.analysis import (EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline,
+                                scale_intruders, singular_values)
 from ..measure.memory import measure_memory, predict_memory
-from .outdir import drop_summary
+from ..methods import METHODS, check_task_fits
+from ..training.evaluate import lm_loss, split_metrics
+from ..training.finetune import FinetuneConfig, finetune, load_task_splits, setup_run
+from .report import lora_label
 
 K_TOP = 10                 # the paper's top-k singular vectors
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
@@ -108,12 +109,6 @@ def sweep_alpha(ccfg: CompareConfig, r: int) -> float:
     """α for rank r in the sweep. Plain LoRA keeps the main run's s = α/r (α = 2r by default, as the MIT paper ran
     it); rsLoRA keeps α itself, so s = α/√r follows its rank-stable rule (Kalajdzievski 2023)."""
     return ccfg.alpha if ccfg.rslora else ccfg.alpha / ccfg.rank * r
-
-
-def lora_label(rank: int, rslora=False, dora=False) -> str:
-    """A LoRA run's name in tables and results.json: "lora r=8", with the variant when there is one."""
-    variant = ", ".join(name for name, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
-    return f"lora r={rank}" + (f" ({variant})" if variant else "")
 
 
 def _lora_config(ccfg: CompareConfig, rank: int, alpha: float):
@@ -215,8 +210,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
 
 
 def _modules(ccfg):
-    from ..lora import _normalise_targets
-    return None if ccfg.targets == "all-linear" else _normalise_targets(ccfg.targets)
+    return None if ccfg.targets == "all-linear" else normalise_targets(ccfg.targets)
 
 
 def _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, test_split) -> dict:
@@ -244,7 +238,8 @@ def _spectrum_example(base_w, tuned_w, names) -> dict:
 def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=False) -> dict:
     """Run every method (and the rank sweep), write results.json, report.md and plots into `out`. With resume, each
     run continues from its checkpoints in `out` (a stopped comparison picks up where it was)."""
-    from ..training.pretrain import heldout_for_base, load_base
+    from ..base import load_base
+    from ..training.pretrain import heldout_for_base
     t0, cpu0 = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

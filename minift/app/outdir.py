@@ -27,7 +27,7 @@ files are removed and the earlier run is moved back. A process killed outright l
 command on this --out settles it by the same rule before doing anything else.
 
 A command's summary (pretrain.json, finetune.json, results.json) is written last, after the model, adapter and report
-files, and is removed before they are rewritten (`drop_summary`): a folder whose summary is there holds outputs
+files, and is removed before they are rewritten (`formats.io.drop_summary`): a folder whose summary is there holds outputs
 that belong together, even if a process was killed while saving them (then --resume saves them again from the final
 checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same folder is
 refused instead of tidying away the first one's files. The lock is `flock` on the folder's own descriptor, not a
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -49,19 +50,23 @@ from pathlib import Path
 from ..errors import MiniftError
 from ..formats.io import TEMP_GLOB, save_json
 from ..training.train import PARTIAL_GLOB, latest_checkpoint
+from .report import PLOTS
 
 try:
-    import fcntl                       # POSIX; on Windows --out is not locked
+    import fcntl  # POSIX; on Windows --out is not locked
 except ImportError:                    # pragma: no cover
     fcntl = None
 
-# What minift writes directly inside --out; --overwrite moves these and nothing else.
-NAMES = ("run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "checkpoints", "model", "adapter",
-         "full", "head", "freeze", "trainable.safetensors")
-PATTERNS = ("lorar*", "seed-*", "*.png")
+# What minift writes, by exact name. Directly inside --out (and so what --overwrite moves, and nothing else):
+TOP_FILES = {"run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "trainable.safetensors",
+             *PLOTS}
+# ...and anywhere below, in its folders (model/, adapter/, checkpoints/, and compare's run folders):
+INNER_FILES = {"config.json", "model.safetensors", "tokenizer.json", "pretrain.json", "adapter_config.json",
+               "adapter_model.safetensors", "README.md", "weights.safetensors", "optimizer.safetensors",
+               "state.json", "latest", "trainable.safetensors"}
+FOLDERS = re.compile(r"model|adapter|checkpoints|full|freeze|head|lorar\d+|seed-\d+|step-\d{6}|\.step-\d{6}\.partial")
 ASIDE = ".minift-replaced"
 SUMMARIES = {"pretrain.json": "pretrain", "finetune.json": "finetune", "results.json": "compare"}
-
 
 MARKER = "minift"                         # run.json's "written_by": this folder is a minift run folder
 LEGACY_KEYS = {"command", "started", "argv"}   # run.json before the marker: exactly these keys
@@ -89,32 +94,52 @@ def is_marker(path: Path) -> bool:
 
 def claim(out: Path) -> None:
     """Raise, having changed nothing, unless `out` is empty or provably minift's run folder (module docstring):
-    its run.json (or, after a kill during --overwrite, the set-aside run's) is minift's marker and every other entry
-    is a name minift writes. Only after this may a command clear, move or write anything in `out`."""
+    its run.json (or, after a kill during --overwrite, the set-aside run's) is minift's marker, and every entry,
+    all the way down (and in the set-aside run too), is a name minift writes there, not a link. Only after this may
+    a command clear, move or write anything in `out`."""
     items = list(out.iterdir())
     if all(e.match(".run.json.*.tmp") for e in items):    # empty, or a start killed while writing run.json
         return
-    top = out / "run.json"
-    marked = is_marker(top) if top.exists() else is_marker(out / ASIDE / "run.json")
-    others = entries(out)[1]
-    if marked and not others:
+    top, aside = out / "run.json", out / ASIDE
+    marked = is_marker(top) if top.exists() else is_marker(aside / "run.json")
+    if aside.exists():
+        marked = marked and not aside.is_symlink() and is_marker(aside / "run.json")
+    foreign = not_minifts(out) + (not_minifts(aside) if aside.is_dir() and not aside.is_symlink() else [])
+    if marked and not foreign:
         return
-    shown = others if marked else items
-    names = ", ".join(sorted(e.name for e in shown)[:3]) + (", ..." if len(shown) > 3 else "")
+    shown = [e.relative_to(out) for e in (foreign if marked else items)]
+    names = ", ".join(sorted(map(str, shown))[:3]) + (", ..." if len(shown) > 3 else "")
     if not marked:
         names += "; its run.json is not minift's" if top.exists() else "; no run.json of minift's marks it as a run"
     raise MiniftError(f"--out {out} holds files minift did not write ({names}); minift changed nothing in it: "
                       "choose a new or empty folder")
 
 
-def _ours(e: Path) -> bool:
-    return e.name in NAMES or any(e.match(p) for p in PATTERNS) or _is_temp_of_ours(e)
+def not_minifts(folder: Path, top: bool = True) -> list:
+    """Every entry under `folder` that minift would not have written there: a name it does not write at that depth,
+    or a link (minift never writes or deletes through one). The set-aside run (ASIDE) is checked on its own."""
+    found = []
+    for e in folder.iterdir():
+        if top and e.name == ASIDE:
+            continue
+        if e.is_symlink() or not _ours(e, top):
+            found.append(e)
+        elif e.is_dir():
+            found += not_minifts(e, top=False)
+    return found
 
 
-def _is_temp_of_ours(e: Path) -> bool:
+def _ours(e: Path, top: bool = True) -> bool:
+    """A name minift writes at this depth (exact names: module constants), or what a write of one left when killed."""
+    if e.is_dir():
+        return bool(FOLDERS.fullmatch(e.name))
+    return e.name in (TOP_FILES if top else INNER_FILES) or _is_temp_of_ours(e, top)
+
+
+def _is_temp_of_ours(e: Path, top: bool = True) -> bool:
     """".finetune.json.k2x9_a1b.tmp": what atomic_write was writing onto one of minift's names when it was killed."""
     target = e.name[1:-len(".tmp")].rsplit(".", 1)[0] if e.match(TEMP_GLOB) else ""
-    return bool(target) and _ours(e.with_name(target))
+    return bool(target) and target in (TOP_FILES if top else INNER_FILES)
 
 
 def entries(out: Path):
@@ -127,7 +152,7 @@ def has_something(out: Path) -> bool:
     """Whether out holds a result or a checkpoint: something a person would not want to lose."""
     def has_checkpoint(folder, depth):          # in folder/checkpoints, or one or two folders further down
         return _resumable(folder / "checkpoints") or depth > 0 and any(
-            has_checkpoint(sub, depth - 1) for sub in folder.iterdir() if sub.is_dir() and _ours(sub))
+            has_checkpoint(sub, depth - 1) for sub in folder.iterdir() if sub.is_dir() and FOLDERS.fullmatch(sub.name))
     # depth 2: compare's extra seeds keep theirs in seed-1/lorar4/checkpoints
     return out.is_dir() and (any((out / n).is_file() for n in SUMMARIES) or has_checkpoint(out, 2))
 
@@ -139,12 +164,6 @@ def _resumable(checkpoints: Path) -> bool:
         return True
 
 
-def drop_summary(out: Path, summary: str) -> None:
-    """Call before (re)writing a command's outputs in out: removes its summary file, written again last (module
-    docstring), so that a kill in between never leaves a summary beside outputs from another step."""
-    (Path(out) / summary).unlink(missing_ok=True)
-
-
 def made_by(out: Path) -> str | None:
     """The command whose run this folder holds: run.json's, else what its files say (None when they do not say)."""
     try:
@@ -154,7 +173,7 @@ def made_by(out: Path) -> str | None:
     for name, command in SUMMARIES.items():
         if (out / name).is_file():
             return command
-    if any((e.is_dir() and (e / "checkpoints").is_dir()) or e.match("seed-*") for e in entries(out)[0]):
+    if any((e.is_dir() and (e / "checkpoints").is_dir()) or e.name.startswith("seed-") for e in entries(out)[0]):
         return "compare"                          # a checkpoint folder per method
     return None
 
@@ -232,22 +251,30 @@ class RunFolder:
             self.made = [p for p in self.made if p.exists()]
             raise MiniftError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
         self._take_lock()                               # then nothing below races another command on this folder
-        claim(out)                                      # refused here, nothing in the folder was touched
+        claim(out)                                      # refused here or below: nothing in the folder was touched
+        self._check_state()
         self._claimed = True
         settle(out)
-        ours = entries(out)[0]
-        if self.resume:
-            self._check_resumable(ours)
-        elif ours and not self.overwrite:
-            if has_something(out):
-                raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite "
-                                  "to replace it, or another --out")
-            raise MiniftError(f"--out {out} holds files of a run that saved no result and no checkpoint (nothing "
-                              "to resume): --overwrite to replace them, or another --out")
-        elif ours:
+        if self.overwrite and (ours := entries(out)[0]):
             self._set_aside(ours)
         if not (out / "run.json").is_file():
             save_json(marker(self.command, self.argv), out / "run.json")
+
+    def _check_state(self) -> None:
+        """Refuse what the flags do not allow, reading the folder as settle() would leave it (the run in force: the
+        set-aside one if the new one has nothing), without changing it."""
+        out = self.out
+        held = out / ASIDE if (out / ASIDE).is_dir() and not has_something(out) else out
+        if self.resume:
+            self._check_resumable(held)
+        elif not self.overwrite and has_something(held):
+            raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
+                              "replace it, or another --out")
+        elif not self.overwrite and any(not _is_leftover(e) and not _is_temp_of_ours(e) for e in entries(held)[0]):
+            raise MiniftError(f"--out {out} holds files of a run that saved no result and no checkpoint (nothing "
+                              "to resume): --overwrite to replace them, or another --out")
+        elif self.overwrite:
+            self._check_inputs_outside([*entries(out)[0], out / ASIDE])
 
     def _take_lock(self) -> None:
         """An exclusive lock on the folder itself, held until close() (the system drops it if the process dies)."""
@@ -267,22 +294,25 @@ class RunFolder:
             return
         self._lock = fd
 
-    def _check_resumable(self, ours) -> None:
-        out, made = self.out, made_by(self.out) if ours else None
-        if not has_something(out):
+    def _check_resumable(self, held: Path) -> None:
+        out, made = self.out, made_by(held)
+        if not has_something(held):
             raise MiniftError(f"--resume: --out {out} holds no run to continue (no checkpoint, no result); leave out "
                               "--resume to start one there")
         if made is not None and made != self.command:
             raise MiniftError(f"--resume: --out {out} holds a `minift {made}` run, not a {self.command} run; "
                               f"continue it with `minift {made} ... --resume`, or give another --out")
 
-    def _set_aside(self, ours) -> None:
-        """--overwrite: refuse if the command would read its input from what is replaced; then move it aside."""
+    def _check_inputs_outside(self, replaced) -> None:
+        """--overwrite: refuse if the command would read its input from what it replaces."""
         for option, path in self.inputs.items():
             for p in ([path] if isinstance(path, (str, Path)) else path or []):
-                if p is not None and Path(p).exists() and _inside(Path(p), ours):
+                if p is not None and Path(p).exists() and _inside(Path(p), [e for e in replaced if e.exists()]):
                     raise MiniftError(f"{option} {p} lies inside --out {self.out}, which --overwrite would replace; "
                                       "copy it elsewhere first, or give another --out")
+
+    def _set_aside(self, ours) -> None:
+        """--overwrite: move the earlier run aside (settle() drops it once the new run has something)."""
         aside = self.out / ASIDE
         aside.mkdir()
         for e in ours:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from ..formats.io import atomic_write
 
+PLOTS = ("loss_curves.png", "accuracy_vs_trainable.png", "spectra.png", "intruders_vs_eps.png", "rank_sweep.png")
+
 MiB = 1024 * 1024
 
 
@@ -50,8 +52,13 @@ def _find(results, label):
     return next((r for r in results["runs"] if r["label"] == label), None)
 
 
+def lora_label(rank: int, rslora=False, dora=False) -> str:
+    """A LoRA run's name in tables and results.json: "lora r=8", with the variant when there is one."""
+    variant = ", ".join(name for name, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
+    return f"lora r={rank}" + (f" ({variant})" if variant else "")
+
+
 def _main_lora(cfg) -> str:
-    from .compare import lora_label
     return lora_label(cfg["rank"], cfg.get("rslora", False), cfg.get("dora", False))
 
 
@@ -193,7 +200,7 @@ def write_report(results) -> str:
         "W0 basis sizes (minift.measure.analysis.random_baseline).",
         "- memory: one training step of the batch shape shown in results.json, float32, AdamW.",
         "- must save: the adapter folder (LoRA), the whole model (full), or the trained tensors (head/freeze).",
-        *(["- freeze: the embeddings and the first half of the blocks frozen (finetune.freeze_plan's default), the "
+        *(["- freeze: the embeddings and the first half of the blocks frozen (methods.freeze_plan's default), the "
            "rest trained."] if "freeze" in cfg["methods"] else []),
         f"- one seed ({cfg['seed']}) per method. Small models trained for a few hundred steps are sensitive to the "
         "seed and even to floating-point order: for example, on the sentiment task LoRA r=8's validation "
@@ -233,6 +240,7 @@ def write_plots(results, out: Path) -> list:
     runs, names = results["runs"], []
 
     def save(fig, name):
+        assert name in PLOTS, name                  # the run folder's rules know each plot by name (outdir.py)
         fig.tight_layout()
         with atomic_write(out / name) as f:
             fig.savefig(f, format="png", dpi=110)

@@ -11,8 +11,8 @@ Template fields (filled by `_fields`): {S}/{s} the subject at/after the start of
 """
 from __future__ import annotations
 
-from ._rng import StableRandom
 from . import lexicon as lx
+from ._rng import StableRandom
 from .sentiment import opinion_sentence
 
 FACTS_3RD = {

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import MiniftError
 from ..formats.io import atomic_write_text
 from .facts import FACTS_SEED, PROMPT, QUESTIONS, RELATIONS, make_facts, split_people
-from .sentiment import (KINDS, LABELS, NEGATORS, SENTIMENT_SEED, TEST_FRAMES, TRAIN_FRAMES, make_sentiment)
+from .sentiment import KINDS, LABELS, NEGATORS, SENTIMENT_SEED, TEST_FRAMES, TRAIN_FRAMES, make_sentiment
 from .world import WORLD_SEED, World
 
 SPLITS = ("train", "validation", "test")

@@ -2,26 +2,28 @@
 
 Why. On a GPU every line of array code (`t *= a`, `t += 1.0`, ...) is a kernel launch that reads and writes the
 whole array. A demo training step (full fine-tuning, as `minift bench` runs it) makes 1,288 launches with the
-reference lines, 676 of them AdamW's (13 per parameter; 14 with weight decay), and 527 with the kernels of this
+fast twins' CPU lines, 676 of them AdamW's (13 per parameter; 14 with weight decay), and 527 with the kernels of this
 module, 52 of them AdamW's (counted on the test suite's CPU stand-in for CuPy: `python benchmarks/launches.py`).
 A launch costs CuPy several microseconds of host time whatever the array's size, so at demo size the GPU is
 expected to wait mostly for Python; at GPT-2 size each extra pass costs memory bandwidth instead.
 llm.c's CUDA code fuses its elementwise work for the same reasons. CuPy's `ElementwiseKernel` compiles a few lines
 of CUDA C into one kernel that reads each input once and writes each output once.
 
-The rule that keeps the fast path honest: a kernel performs exactly the operations of the reference lines it
-replaces, in the same order, with the same scalars (computed in Python as the reference computes them). The kernel
-is defined in the op's own module, beside those lines, and checked against them twice:
+The rule that keeps the fast path honest: a kernel performs exactly the operations of the CPU lines it replaces, in
+the same order, with the same scalars (computed in Python as those lines compute them). The kernel is defined in the
+fast twin's module (fast/gelu.py, layernorm.py, softmax.py, adamw.py), beside those lines, and checked against them
+twice:
   - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the kernel's body with NumPy, one
-    statement over whole arrays at a time: there the fused path must equal the reference **bit for bit** (the
+    statement over whole arrays at a time: there the fused path must equal the CPU lines **bit for bit** (the
     training, resume and compare tests on the fake compare the GPU path with the CPU path exactly);
   - on a real GPU (tests/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts
     `a * b + c` into one fused multiply-add and its tanh differs from NumPy's in the last bits.
 Reductions (means, sums over a row) stay CuPy's own; only the elementwise chains around them are fused.
 
-Where they run: on CuPy only (NumPy has no kernel fusion; the CPU path is the reference code itself). They are on
-by default there; `MINIFT_FUSED=0` in the environment, or `use_fused(False)`, runs the reference lines instead, to
-measure what fusion buys (`minift bench --no-fused`) or to rule it out when debugging.
+Where they run: on CuPy only (NumPy has no kernel fusion; on the CPU the twins run their lines). They are on by
+default there; `MINIFT_FUSED=0` in the environment, or `use_fused(False)`, runs those lines on CuPy instead, to
+measure what fusion buys (`minift bench --no-fused`) or to rule it out when debugging. MINIFT_REFERENCE=1
+(minift/dispatch.py) goes further: no twin at all, the reference ops of minift/ops.
 
 The body language (a subset of CUDA C that the fake can evaluate, enforced there):
   - one statement per `;`: `T name = expression;`, `name = expression;`, or `const T name = number;`; inputs
@@ -53,7 +55,7 @@ def fused_enabled() -> bool:
 
 @contextmanager
 def use_fused(on: bool):
-    """`with use_fused(False): ...` runs the reference lines on CuPy too; the previous setting comes back after."""
+    """`with use_fused(False): ...` runs the twins' CPU lines on CuPy too; the previous setting comes back after."""
     global _enabled
     before, _enabled = _enabled, bool(on)
     try:
@@ -74,7 +76,7 @@ class FusedKernel:
         REGISTRY[name] = self
 
     def get(self, xp):
-        """The kernel for arrays of module `xp`, or None where the caller should run its reference lines: on NumPy,
+        """The kernel for arrays of module `xp`, or None where the caller should run its CPU lines: on NumPy,
         on an array module without ElementwiseKernel, and when fusion is switched off."""
         make = getattr(xp, "ElementwiseKernel", None)
         if xp is np or make is None or not _enabled:
@@ -87,7 +89,7 @@ class FusedKernel:
     @staticmethod
     def scalars(like, *values):
         """Python numbers -> scalars of `like`'s dtype, as a T parameter needs them (NumPy would cast a Python float
-        to the array's dtype in the reference lines; this is the same rounding, done once on the host)."""
+        to the array's dtype in the CPU lines; this is the same rounding, done once on the host)."""
         return tuple(like.dtype.type(v) for v in values)
 
     def __repr__(self):

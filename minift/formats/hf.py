@@ -12,14 +12,12 @@ point or not finite (io.check_weights): each names the file and the tensor.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..backend import get_xp, resolve_device, resolve_dtype, to_numpy
-from ..config import GPTConfig
+from ..config import GPTConfig, check_labels, param_shapes
 from ..errors import MiniftError
-from .io import check_folder_target, check_weights, load_json, load_safetensors, save_json, save_safetensors
+from .io import as_path, check_folder_target, check_weights, load_json, load_safetensors, save_json, save_safetensors
 
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -40,8 +38,7 @@ def _normalise_keys(tensors: dict, where="model.safetensors") -> dict:
 
 def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     """A folder with config.json and model.safetensors -> a GPT of class `cls`."""
-    from ..model import param_shapes
-    path = Path(path)
+    path = as_path(path, "model folder")
     if path.is_file():
         raise MiniftError(f"{path} is a file; give the model's folder (config.json and model.safetensors)")
     if not path.is_dir():
@@ -91,9 +88,8 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
 
 
 def _labels_from_config(hf: dict, k: int, where) -> list:
-    """config.json's id2label as a list (ids 0..k-1 must all be there, names as model.check_labels wants them), else
+    """config.json's id2label as a list (ids 0..k-1 must all be there, names as config.check_labels wants them), else
     LABEL_0 ... LABEL_{k-1}."""
-    from ..model import check_labels
     id2label = hf.get("id2label")
     if not id2label:
         return [f"LABEL_{i}" for i in range(k)]
@@ -107,7 +103,7 @@ def _labels_from_config(hf: dict, k: int, where) -> list:
 def save_gpt2_folder(model, path, tokenizer=None):
     """Write config.json + model.safetensors that transformers loads as GPT2LMHeadModel (or
     GPT2ForSequenceClassification when the model has a classification head), and the tokenizer's tokenizer.json when
-    one is given: a model folder is only usable with the tokenizer it was trained with (pretrain.load_base refuses
+    one is given: a model folder is only usable with the tokenizer it was trained with (base.load_base refuses
     one without). Adapters are not included: merge them first (`lora.merge()`) to save a single deployable model, or
     save them apart with `save_peft`. `path` is a folder (made if need be); an existing file there is refused."""
     path = check_folder_target(path, "model folder")

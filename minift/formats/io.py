@@ -151,12 +151,26 @@ def check_weights(tensors: dict, path) -> None:
                               "or infinite; the file is corrupted or was saved from a run that diverged")
 
 
+def as_path(path, what="path") -> Path:
+    """`path` (a str or os.PathLike, not empty) as a Path, else a MiniftError naming `what`."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise MiniftError(f"{what} {path!r}: give the path of a folder")
+    return Path(path)
+
+
 def check_folder_target(path, what="output folder") -> Path:
     """`path` as a folder to write files into (made if need be), refused by name when it, or a folder above it, is an
     existing file: writing there would otherwise fail with a bare FileExistsError or NotADirectoryError."""
-    path = Path(path)
+    path = as_path(path, what)
     existing = next(p for p in (path, *path.parents) if p.exists())       # the root always exists
     if not existing.is_dir():
         where = "is a file" if existing == path else f"cannot be made: {existing} is a file"
         raise MiniftError(f"{what} {path} {where}; give a folder to write the files into")
     return path
+
+
+def drop_summary(out: Path, summary: str) -> None:
+    """Call before (re)writing a command's outputs in out: removes its summary file (pretrain.json, finetune.json,
+    results.json), written again last, so that a kill in between never leaves a summary beside outputs from another
+    step (minift/app/outdir.py says what that promises)."""
+    (Path(out) / summary).unlink(missing_ok=True)

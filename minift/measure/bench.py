@@ -13,7 +13,7 @@ FLOPs of one step (`count_flops`): matmuls only, 2 FLOPs per multiply-add, the u
 §2.1; PaLM's MFU, Chowdhery et al. 2022, appendix B). Elementwise work (softmax, GELU, LayerNorm, AdamW) is not
 counted: it is time without FLOPs, which is what lowers MFU.
     a linear [I, O]       forward 2·N·I·O; backward dx 2·N·I·O, dW 2·N·I·O only if W trains:
-                          6·N·I·O trained, 4·N·I·O frozen (LoRA skips the weight gradient, lora.py)
+                          6·N·I·O trained, 4·N·I·O frozen (LoRA skips the weight gradient, lora/op.py)
     per block             linears c_attn [C, 3C], attn.c_proj [C, C], c_fc [C, 4C], mlp.c_proj [4C, C]: 12·C² weights
     a LoRA adapter        h = x Aᵀ, h Bᵀ forward; dB, dh, dA, dx_d backward: 6·N·R·(I + O)
     attention             q kᵀ and att v: 2·2·B·H·T²·D forward, twice that backward (datt, dv, dq, dk):
@@ -74,11 +74,9 @@ Process conditions, reported in the output because they change the numbers a lot
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import platform
 import statistics
-import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -320,9 +318,9 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
     """The model, a `step()` that runs one training step (forward, backward, AdamW) on fixed seeded random tokens,
     and a dict whose "optimizer" entry is the last step's optimizer time. workers > 1: the step's forward and
     backward run on that many row shards at once (minift/fast/parallel.py); `step(split=False)` runs the one-thread path."""
+    from ..fast.parallel import check_splittable, split_loss_and_grads
     from ..lora import LoRAConfig, attach_lora
     from ..optim import AdamW
-    from ..fast.parallel import check_splittable, split_loss_and_grads
     _check_model_args(preset, method, rank)
     cfg = GPTConfig.preset(preset)
     model = model_module.GPT(cfg, seed=seed, dtype="float32", device=device)
@@ -502,52 +500,3 @@ def _format_breakdown(b: dict) -> str:
         rows.append(f"  {label:<16}{'':>9}{'':>10}{b[name]:>9.1f}{100 * b[name] / step:>7.1f}%")
     rows.append("  (other: what no op wrapper sees: residual adds, Python between the calls)")
     return "\n".join(rows)
-
-
-# ---- the command ---------------------------------------------------------------------------------------------------
-
-def cmd_bench(a):
-    if a.rank is not None and a.method != "lora":
-        raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
-    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup,
-                  device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
-                  threads=a.threads, workers=a.workers, fused=False if a.no_fused else None)
-    print(json.dumps(r) if a.json else format_report(r))
-
-
-def add_bench(sub):
-    from ..app.cli import _seed
-    p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
-    p.add_argument("--preset", default="demo",
-                   help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
-                        + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
-    p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--profile-steps", type=int, default=3, help="extra steps timed op by op (0: no breakdown)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads for this run (default: as the "
-                   "environment says, OPENBLAS_NUM_THREADS or all cores)")
-    p.add_argument("--clock", default="wall", help="wall (default) | cpu: process CPU time, steadier on a shared "
-                   "machine with OPENBLAS_NUM_THREADS=1")
-    p.add_argument("--malloc", default="reuse", help="reuse (default): keep freed memory mapped between steps "
-                   "(glibc mallopt, see reuse_freed_memory) | system: leave malloc as it is")
-    p.add_argument("--workers", type=int, default=1, help="split each step's batch across this many CPU threads, "
-                   "one BLAS thread each unless --threads says otherwise (minift/fast/parallel.py); the breakdown is "
-                   "of the one-thread path")
-    p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
-    p.add_argument("--no-fused", action="store_true", help="on a GPU, run the reference lines instead of the fused "
-                   "elementwise kernels (minift/fast/kernels.py), to measure what fusion buys")
-    p.add_argument("--json", action="store_true", help="print one JSON line (keys: see minift/measure/bench.py)")
-    p.set_defaults(func=cmd_bench)
-
-
-def main(argv=None) -> int:
-    """`python -m minift.measure.bench ...`: the same as `minift bench ...` (one error handler, in minift.app.cli)."""
-    from ..app.cli import main as cli_main
-    return cli_main(["bench"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

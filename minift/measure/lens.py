@@ -9,11 +9,11 @@ by tensor. For ONE batch and each adapted weight W, the lens puts next to each o
               (exact, and to first order), against full fine-tuning's SGD step −η G
     shares    how much of G lies where LoRA can reach it, and the most any rank-R update could hold
 
-Letters as in lora.py: N token positions (B·T), I in features, O out features, R the rank r; s the scale (α/R, or
+Letters as in lora/op.py: N token positions (B·T), I in features, O out features, R the rank r; s the scale (α/R, or
 α/√R with rsLoRA); η the SGD learning rate. Layout: minift's GPT-2 Conv1D [I, O] (y = x W); in PEFT's nn.Linear
 layout [O, I] every W-shaped matrix below is transposed (G_peft = Gᵀ).
 
-The identities (lora.py's docstring; with no dropout, and dA, dB, G from the SAME dy):
+The identities (lora/op.py's docstring; with no dropout, and dA, dB, G from the SAME dy):
 
     G  = xᵀ dy                                      [I, O]   full fine-tuning's gradient of W
     dB = s · Gᵀ Aᵀ                                  [O, R]   (PEFT: s · G_peft Aᵀ)
@@ -67,15 +67,13 @@ dy under "d" + that; LINEAR_INPUTS names its input x, so G = xᵀ dy can be rebu
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import find_nonfinite, to_numpy
 from ..errors import MiniftError
-from ..training.train import find_nonfinite
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
 DEFAULT_STEPS = 20         # CLI: LoRA training steps before the lens looks, so that B ≠ 0
@@ -163,7 +161,7 @@ def _check_inputs(model, lora, batch, lr):
     adapters = lora.adapters                                           # raises if detached
     if lora.config.use_dora:
         raise MiniftError("the lens explains plain LoRA; DoRA's gradients are not these projections of G "
-                          "(see minift/dora.py)")
+                          "(see minift/lora/dora.py)")
     if lora.merged:
         raise MiniftError("the adapters are merged: call lora.unmerge() before looking through the lens")
     if not isinstance(batch, dict) or "input_ids" not in batch or "targets" not in batch:
@@ -204,6 +202,14 @@ def full_and_lora_grads(model, lora, batch):
 
 def _f64(a) -> np.ndarray:
     return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+def module_spectra(report, module: str) -> dict:
+    """The top 2r singular values of one matrix's G, exact ΔW and first-order ΔW (`minift inspect --module --json`)."""
+    t = report.tensors[module]
+    return {key: np.linalg.svd(_f64(t[name]), compute_uv=False)[:2 * report.r].tolist()
+            for key, name in (("sv_G", "G"), ("sv_delta_exact", "delta_exact"),
+                              ("sv_delta_first_order", "delta_first_order"))}
 
 
 def _rel_err(x, ref) -> float:
@@ -437,86 +443,5 @@ def format_module(report: LensReport, module: str) -> str:
     return "\n".join(lines)
 
 
-# ---- the command: minift inspect ----------------------------------------------------------------------------------
-
-def _prepare(a):
-    """(model, lora, batch): the base with the task's head and LoRA attached, trained a.steps steps, and the next
-    batch of the task's training data."""
-    from ..data import load_task
-    from ..data.sources import task_source
-    from ..training.finetune import FinetuneConfig, check_base_fits_task, task_head
-    from ..lora import LoRAConfig, attach_lora
-    from ..training.pretrain import load_base
-    from ..training.train import TrainConfig, train
-    model, tok = load_base(a.base, dtype=a.dtype, device=a.device)
-    split = load_task(a.task, "train")
-    check_base_fits_task(model, a.task, split)
-    task_head(model, split, seed=a.seed)                                  # as finetune does
-    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
-    lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
-                                         targets=targets), seed=a.seed)
-    if a.module is not None and a.module not in lora.modules:            # before the training steps, not after
-        raise MiniftError(f"--module {a.module!r} is not one of the adapted matrices of this {model.cfg.n_layer}-"
-                          f"block model: {', '.join(lora.modules[:4])}, ... (see --targets)")
-    max_len = min(FinetuneConfig.max_len, model.cfg.n_ctx)
-    source = task_source(split, tok, max_len=max_len, batch_size=a.batch, seed=a.seed)
-    if a.steps:
-        train(model, source, TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.train_lr, warmup=0,
-                                         schedule="constant", seed=a.seed),
-              progress=not a.quiet, desc=f"LoRA warm-up ({a.steps} steps)")
-    return model, lora, source.next_batch()
-
-
-def cmd_inspect(a):
-    if a.train_lr is not None and a.steps == 0:
-        raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
-    a.train_lr = a.train_lr or DEFAULT_TRAIN_LR
-    model, lora, batch = _prepare(a)
-    report = lens(model, lora, batch, lr=a.lr)
-    trained = (f"after {a.steps} LoRA training steps (AdamW, lr {a.train_lr:g}, so B ≠ 0)" if a.steps
-               else "at init (--steps 0: B = 0)")
-    if a.json:
-        out = {"task": a.task, "steps": a.steps, **report.to_dict()}
-        if a.module is not None:
-            t = report.tensors[a.module]
-            out["module_detail"] = {k: np.linalg.svd(_f64(M), compute_uv=False)[:2 * report.r].tolist()
-                                    for k, M in (("sv_G", t["G"]), ("sv_delta_exact", t["delta_exact"]),
-                                                 ("sv_delta_first_order", t["delta_first_order"]))}
-        print(json.dumps(out, indent=2))
-        return
-    print(f"minift inspect: task {a.task}, {trained}")
-    print(format_lens(report))
-    if a.module is not None:
-        print()
-        print(format_module(report, a.module))
-
-
-def add_inspect(sub):
-    """Register `minift inspect` on an argparse subparsers object (cli.build_parser calls it)."""
-    from ..app.cli import _add_device, _int_at_least, _learning_rate, _positive_int, _seed
-    p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
-    p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
-    p.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
-    p.add_argument("--targets", default="all-linear",
-                   help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--steps", type=_int_at_least(0, "a number of steps >= 0"), default=DEFAULT_STEPS,
-                   help=f"train LoRA this many steps first, so B ≠ 0 (default {DEFAULT_STEPS}; 0 = look at init)")
-    p.add_argument("--train-lr", type=_learning_rate, default=None,
-                   help=f"AdamW learning rate of those steps (default {DEFAULT_TRAIN_LR:g})")
-    p.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
-                                                                f"(default {DEFAULT_LR:g})")
-    p.add_argument("--batch", type=_positive_int, default=8)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                   help="float64: the identity errors drop to ~1e-15")
-    p.add_argument("--module", default=None, help="show one matrix in detail, e.g. h.0.attn.c_attn")
-    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar for the training steps")
-    _add_device(p)
-    p.set_defaults(func=cmd_inspect)
-
-
-__all__ = ["LensReport", "LensRow", "LINEAR_INPUTS", "activations", "add_inspect", "cmd_inspect", "format_lens",
+__all__ = ["LensReport", "LensRow", "LINEAR_INPUTS", "activations", "module_spectra", "format_lens",
            "format_module", "full_and_lora_grads", "gradient_from_record", "lens", "lora_step"]

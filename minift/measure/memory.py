@@ -57,10 +57,11 @@ almost every gradient already exists. At that moment it holds
 dlogits (N·V, a copy of p), dh (N·C), the block's locals dx, dm, dx', datt (4·N·C) and dg, df (2·N·F), and inside
 attention_backward datt, dpre (2·B·H·T²) and dq, dk, dv, their stack and its merged copy (9·N·C):
     A = N·V + 22·N·C + 2·B·H·T²  −  the gradients not yet made (that block's c_attn and ln_1, wpe)
-That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b (minift/model.py),
-which never holds a T×T temporary: its backward holds dqkv (3·N·C), and for one query block of n rows against r1
-keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each), never all four at once: dv with datt
-and dpre, then dv with dk and dpre. So A = N·V + 16·N·C + max(B·r1·C + 2·B·H·n·r1, 2·B·r1·C + B·H·n·r1) − ...
+That is the reference attention. The model runs the blocked fast path when T > ATTENTION_BLOCK = b
+(minift/fast/attention.py), which never holds a T×T temporary: its backward holds dqkv (3·N·C), and for one query
+block of n rows against r1 keys its dv and dk parts (B·r1·C each) and its datt and dpre (B·H·n·r1 each), never all
+four at once: dv with datt and dpre, then dv with dk and dpre.
+So A = N·V + 16·N·C + max(B·r1·C + 2·B·H·n·r1, 2·B·r1·C + B·H·n·r1) − ...
 at the block where that is largest (attention_workspace); with heads of up to b dims the first term wins. Its cached
 att is the blocks only, B·H·T²·(1 + b/T)/2 (attention_cached).
 Five other moments can be higher. Right after attention, that block's ln_1 backward holds dqkv (3·N·C), da (N·C),
@@ -68,7 +69,7 @@ and dx̂ with one temporary (2·N·C): N·V + 19·N·C − (ln_1, wpe); it wins 
 to N·C (few, wide heads) and c_attn's gradient is large. The embedding backward when wte trains (dwte, its sum with
 the LM head's share, and np.add.at's int64 index array: E = N·V + 2·N·C + V·C + max(V·C, 8/f·N·C)). And the
 optimizer step, where the caches are gone but AdamW needs one scratch array as large as the largest trainable
-tensor (on a GPU its fused kernel, minift/fast/kernels.py, needs none: the prediction keeps the scratch, which can only
+tensor (on a GPU its fused kernel, minift/fast/adamw.py, needs none: the prediction keeps the scratch, which can only
 overstate that moment, and it is the peak only when the caches are tiny). The forward of a block below the
 backward's floor (above). And when no block is visited but ln_f trains, ln_f's backward: dlogits, dh, and dx̂ with
 a temporary, N·V + 3·N·C. workspace is the largest of these, counted above the four persistent terms.
@@ -106,9 +107,9 @@ import numpy as np
 from ..backend import resolve_dtype
 from ..config import GPTConfig
 from ..errors import MiniftError
-from ..training.finetune import METHODS, freeze_plan
-from ..model import ATTENTION_BLOCK, backward_floor, param_shapes
-from ..ops.attention import query_blocks
+from ..fast.attention import ATTENTION_BLOCK, query_blocks
+from ..methods import METHODS, freeze_plan
+from ..model import backward_floor, param_shapes
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEADS = ("lm", "classification")
@@ -161,7 +162,7 @@ def _block_areas(T: int, block) -> list:
 
 def attention_cached(T: int, block=ATTENTION_BLOCK) -> int:
     """Attention probabilities one (batch row, head) keeps: T² for the reference; for the blocked path each query
-    block's n rows against the r1 keys it sees, Σ n·r1 = (1 + b/T)/2 · T² when b divides T (ops/attention.py)."""
+    block's n rows against the r1 keys it sees, Σ n·r1 = (1 + b/T)/2 · T² when b divides T (fast/attention.py)."""
     return sum(_block_areas(T, block))
 
 
@@ -187,7 +188,7 @@ def block_activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32"
 def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
                      adapted=(), rank=0, block=ATTENTION_BLOCK, dora=False, floor=-1) -> dict:
     """name -> bytes of everything the forward caches for the backward (see the module docstring's table).
-    dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (dora.py).
+    dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (lora/dora.py).
     floor: the backward's floor (model.backward_floor): blocks below it, and ln_f when it is above ln_f, cache
     nothing."""
     f = resolve_dtype(dtype).itemsize
@@ -281,7 +282,7 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     dora: DoRA adapters (their magnitudes m and cache z = x_d V; the backward's transient V-sized temporaries are
     not counted).
     head: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
-    block: the attention block size the model runs with (model.ATTENTION_BLOCK; None: the reference attention).
+    block: the attention block size the model runs with (fast.attention.ATTENTION_BLOCK; None: the reference).
 
     Returns {"parameters", "gradients", "optimizer", "activations", "workspace", "total"} in bytes, plus
     "trainable" (parameter count), "activation_terms" and "workspace_phases" (name -> bytes) and "peak_phase".
@@ -458,7 +459,7 @@ def measure_memory(model, batch, optimizer="adamw", grad_clip=1.0) -> dict:
     arrays = _batch_arrays(model, batch)
     rng = np.random.default_rng(0) if model.cfg.dropout > 0 else None   # dropout on, as train() does
     saved = {k: v.copy() for k, v in model.trainable_params().items()}
-    from ..training.train import adapter_rng
+    from ..lora import adapter_rng
     rng_a = adapter_rng(model)                        # adapter dropout draws from it in train mode
     rng_a_state = rng_a.bit_generator.state if rng_a is not None else None
     gc.collect()

@@ -1,4 +1,7 @@
-"""Ops: adjacent forward/backward pairs, one module per op family.
+"""Ops: the reference forward/backward pairs, one module per op family, each written as its formulas.
+
+LayerNorm, attention and GELU have fast twins in minift/fast (in place, fused, blocked), tested against these;
+minift/dispatch.py chooses which one the model runs.
 
 Conventions shared by every op (see each module's docstring for its math):
   - `x_forward(inputs...) -> (out, cache)`; `x_backward(dout, cache, need_...=True) -> gradients`, in the order of

@@ -11,7 +11,7 @@ Backward, from y = x W + b with upstream gradient dy = dL/dy:
   dW = xᵀ dy                 summed over every leading position: [I, N] @ [N, O] -> [I, O]
   db = Σ_N dy                [O]
 Each is one matmul (or a sum) and each can be skipped: a frozen W never pays for its xᵀ dy — this skipped matmul is
-exactly where LoRA saves time (see minift/lora.py).
+exactly where LoRA saves time (see minift/lora/op.py).
 """
 from __future__ import annotations
 

@@ -22,19 +22,11 @@ Backward (the op pair, last axis), from p = softmax(x) with upstream gradient dp
 so  dx = p ⊙ (dp - Σ_K dp ⊙ p): a weighted "subtract the mean". Only p is needed, so the cache is p itself.
 Entries with p = 0 (masked, or a fully masked row) get dx = 0 exactly.
 
-On a GPU the backward's last two lines run as one fused CUDA kernel (SOFTMAX_DX: the same operations in the same
-order; minift/fast/kernels.py); the lines themselves are the reference, and what NumPy runs. The model's attention uses
-its own in-place softmax over query blocks (attention.py, `_softmax_rows_`), whose shifted exp is fused the same way.
+The fast twin (minift/fast/softmax.py) is an in-place softmax for the blocked attention and fused CUDA kernels.
 """
 from __future__ import annotations
 
 from ..backend import xp_of
-from ..fast.kernels import FusedKernel
-
-# softmax_backward's last two lines as one CUDA kernel on CuPy (minift/fast/kernels.py)
-SOFTMAX_DX = FusedKernel("minift_softmax_dx", "T dp, T dot, T p", "T dx", """
-    dx = (dp - dot) * p;
-""")
 
 
 def _shifted(x, axis):
@@ -48,11 +40,9 @@ def _shifted(x, axis):
 def softmax(x, axis=-1):
     """[..., K, ...] -> [..., K, ...]: exp(x - max) / Σ exp(x - max) along `axis`; an all -inf row gives zeros."""
     xp = xp_of(x)
-    e = _shifted(x, axis)                                  # (..., K, ...)
-    xp.exp(e, out=e)                                       # (..., K, ...)  in (0, 1], exactly 0 where x = -inf
+    e = xp.exp(_shifted(x, axis))                          # (..., K, ...)  in (0, 1], exactly 0 where x = -inf
     s = e.sum(axis=axis, keepdims=True)                    # (..., 1, ...)  >= 1, or 0 for a fully masked row
-    e /= xp.where(s > 0, s, xp.ones_like(s))               # (..., K, ...)  0 / 1 = 0 on a fully masked row
-    return e
+    return e / xp.where(s > 0, s, xp.ones_like(s))         # (..., K, ...)  0 / 1 = 0 on a fully masked row
 
 
 def log_softmax(x, axis=-1):
@@ -74,9 +64,4 @@ def softmax_backward(dp, cache):
     """dp [..., K] -> dx [..., K] = p ⊙ (dp - Σ_K dp ⊙ p) (derived in the module docstring)."""
     p = cache
     dot = (dp * p).sum(axis=-1, keepdims=True)             # (..., 1)  Σ_j dp_j p_j
-    fused = SOFTMAX_DX.get(xp_of(dp))
-    if fused is not None:                                  # CuPy: the next two lines as one kernel
-        return fused(dp, dot, p)
-    dx = dp - dot                                          # (..., K)
-    dx *= p                                                # (..., K)  0 wherever p = 0 (masked entries)
-    return dx
+    return (dp - dot) * p                                  # (..., K)  0 wherever p = 0 (masked entries)

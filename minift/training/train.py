@@ -52,11 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import to_numpy, xp_of
+from ..backend import find_nonfinite, first_nonfinite, to_numpy
 from ..errors import MiniftError
-from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
-from ..optim import AdamW, clip_grad_norm, lr_schedule
 from ..fast.parallel import check_splittable, check_workers, split_loss_and_grads
+from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
+from ..lora import adapter_rng
+from ..optim import AdamW, clip_grad_norm, lr_schedule
 from .progress import progress_bar
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
@@ -199,23 +200,6 @@ def option_of(name: str) -> str:
     if name in SETTING_HINTS:
         return SETTING_HINTS[name]
     return f" (--{name.replace('_', '-')})" if name in OPTION_FIELDS else ""
-
-
-def find_nonfinite(loss, grads) -> str | None:
-    """Name what is not finite: "loss" or the first gradient tensor with a NaN/inf, else None."""
-    return "loss" if not np.isfinite(loss) else first_nonfinite(grads)
-
-
-def first_nonfinite(arrays: dict) -> str | None:
-    """The name of the first array holding a NaN or inf, else None: one pass over each array, and the answers read
-    back together. On a GPU each read-back waits for all queued work; one per tensor (148 for GPT-2, every step)
-    would leave the device idle as often."""
-    if not arrays:
-        return None
-    xp = xp_of(next(iter(arrays.values())))
-    finite = to_numpy(xp.stack([xp.isfinite(a).all() for a in arrays.values()]))   # (n,) bool, one transfer
-    bad = np.flatnonzero(~finite)                                                   # indices of the failing arrays
-    return list(arrays)[bad[0]] if bad.size else None
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
@@ -364,11 +348,6 @@ def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig |
     return state
 
 
-def adapter_rng(model):
-    """The generator that draws the adapters' dropout masks (LoRA's handle gives all its adapters one), or None."""
-    return next((a.rng for a in model.adapters.values() if getattr(a, "rng", None) is not None), None)
-
-
 # ---- the loop ----------------------------------------------------------------------------------------------------
 
 def make_optimizer(model, tcfg: TrainConfig):
@@ -494,6 +473,27 @@ def _keep_checked(out_dir, broken_step: int) -> str:
     return f"no checkpoint was kept in {out_dir} (the run diverged before one it could check)"
 
 
+class Overflows:
+    """NumPy's floating-point errors during a step, noted instead of printed (np.errstate's "call" mode): an overflow
+    or an invalid operation means numbers left float32's range, and a LayerNorm downstream can hide it (x / √var
+    with var = inf is a finite 0), leaving a loss that looks sane from weights that are not. Not seen: work in the
+    `--workers` threads (NumPy's error state is per thread) and on a GPU (CuPy does not report them)."""
+
+    def __init__(self):
+        self.first = None                       # the first kind noted: "overflow" or "invalid value"
+
+    def __call__(self, kind, flag):
+        self.first = self.first or kind
+
+    def watching(self):
+        return np.errstate(over="call", invalid="call", call=self)
+
+    def said(self, where: str) -> str | None:
+        """What to say of the noted error, or None if there was none."""
+        return None if self.first is None else (f"went through a floating-point {self.first} in {where} (numbers "
+                                                "beyond float32's range): the run has diverged")
+
+
 def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir):
     """One training step: a batch, the loss and gradients, the non-finite guards, the update, the books."""
     lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
@@ -502,19 +502,21 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
     before = (source.state(), dropout_rng.bit_generator.state,             # to rewind a step that fails
               a_rng.bit_generator.state if a_rng is not None else None)
     batch = source.next_batch()
-    if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
-        loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
-    else:
-        loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
+    overflow = Overflows()
+    with overflow.watching():
+        if tcfg.workers > 1:      # the same loss and gradients, the batch's rows shared out to CPU threads
+            loss, grads = split_loss_and_grads(model, **batch, workers=tcfg.workers)
+        else:
+            loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
     norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
-    wrong = _diverged_loss(loss, result)
+    wrong = _diverged_loss(loss, result) or overflow.said("the forward or backward")
     if wrong or not np.isfinite(norm):
         source.restore(before[0])                       # as before this step: its batch and dropout not drawn
         dropout_rng.bit_generator.state = before[1]
         if a_rng is not None:
             a_rng.bit_generator.state = before[2]
         advice = "Try a lower lr" + (" (or check the inputs: a LoRA alpha, a learning-rate scale)" if step == 0 else
-                                     " in a new run (a checkpoint continues only with its own settings)" if out_dir
+                                     " in a new run (--overwrite or another --out: a checkpoint resumes only with its own settings)" if out_dir
                                      else "")
         if wrong:              # these weights are broken: keep only what an earlier step checked
             raise TrainingDiverged(f"step {step}: loss {wrong}; {_keep_checked(out_dir, step)}. {advice}.")
@@ -524,9 +526,12 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         checkpoint(step)       # a sane loss, checked just now: these weights are good, only this batch's gradient not
         raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss:.4g}, finite); the weights before this "
                                f"step were kept{' in ' + str(out_dir) if out_dir else ''}. {advice}.")
-    opt.step(grads, lr=lr)
-    if (bad := first_nonfinite(opt.params)) is not None:   # finite gradients, but a step that overflowed
-        raise TrainingDiverged(f"step {step}: the update made {bad} non-finite (lr={lr:g}); "
+    with overflow.watching():
+        opt.step(grads, lr=lr)
+    bad = first_nonfinite(opt.params)                       # finite gradients, but a step that overflowed
+    if bad is not None or overflow.first:
+        what = f"made {bad} non-finite" if bad is not None else overflow.said("it")
+        raise TrainingDiverged(f"step {step}: the update {what} (lr={lr:g}); "
                                f"{NOTHING_SAVED if step == 0 else _keep_checked(out_dir, step + 1)}. Try a lower lr.")
     dt = time.perf_counter() - t0
     ntok = int(np.asarray(batch["input_ids"]).size)

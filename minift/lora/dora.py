@@ -3,11 +3,11 @@
 Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation" (arXiv 2402.09353), eq. (5), as Hugging Face PEFT
 implements it (peft/tuners/lora/dora.py, DoraLinearLayer; LoraConfig(use_dora=True)). minift: LoRAConfig(use_dora=True).
 
-Letters as in lora.py: N token positions, I in features, O out features, R the rank.
+Letters as in minift/lora/op.py: N token positions, I in features, O out features, R the rank.
 
 DoRA splits the adapted weight into a direction and a learned magnitude per output feature:
 
-    V  = W0 + s · Aᵀ Bᵀ            [I, O]   the LoRA-updated weight (lora.py's ΔW, GPT-2's [in, out] layout)
+    V  = W0 + s · Aᵀ Bᵀ            [I, O]   the LoRA-updated weight (op.py's ΔW, GPT-2's [in, out] layout)
     n  = ‖V‖_c                     [O]      the norm of each output column over the input axis (axis 0 here;
                                             PEFT's dim=1 of the nn.Linear-layout [O, I] weight)
     W' = V · (m / n)               [I, O]   m [O] = lora_magnitude_vector, trained; each column of V rescaled
@@ -44,9 +44,9 @@ after merging, W0 can no longer be read off W, so n could not be recomputed).
 """
 from __future__ import annotations
 
-from .backend import xp_of
-from .lora import LoRALinear
-from .ops import dropout_backward, dropout_forward
+from ..backend import xp_of
+from ..ops import dropout_backward, dropout_forward
+from .layers import LoRALinear
 
 
 def column_norm(v):

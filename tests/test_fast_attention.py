@@ -1,13 +1,16 @@
-"""The blocked attention fast path (attention_forward(..., block=b), what the model calls) against the reference:
-the same outputs, cached probabilities and gradients; its own gradcheck; causality; dtype; and the model's loss and
-gradients with and without it."""
+"""minift/fast/attention.py: the blocked attention against the reference (ops/attention.py): the same outputs,
+cached probabilities and gradients (float64: to 1e-12, the rounding of scaling q instead of the scores); its own
+gradcheck; causality; dtype; which path the model's attention takes; and the model's loss and gradients with and
+without blocks."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import minift.model
 from minift import GPT, GPTConfig
 from minift.backend import to_numpy
+from minift.fast import attention as fast
+from minift.fast.attention import (blocked_attention_backward, blocked_attention_forward,
+                                   blocked_attention_probabilities)
 from minift.gradcheck import check_op
 from minift.ops import attention_backward, attention_forward, attention_probabilities
 
@@ -26,16 +29,16 @@ def test_blocked_equals_the_reference(xp, B, T, H, D, mask, block, seed):
     qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
     am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
     y, cache = attention_forward(qkv, H, am)
-    yb, cache_b = attention_forward(qkv, H, am, block=block)
+    yb, cache_b = blocked_attention_forward(qkv, H, am, block)
     dy = rand(xp, rng, B, T, H * D)
     np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-12, atol=1e-13)
     att = to_numpy(attention_probabilities(cache))
-    np.testing.assert_allclose(to_numpy(attention_probabilities(cache_b)), att, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(to_numpy(blocked_attention_probabilities(cache_b)), att, rtol=1e-12, atol=1e-13)
     # the blocked cache holds only what each block computed: B·H·Σ n·r1 numbers, never the square's upper corner
     held = sum(a.size for a in cache_b[3])
     assert held == B * H * sum((min(r0 + block, T) - r0) * min(r0 + block, T) for r0 in range(0, T, block))
-    np.testing.assert_allclose(to_numpy(attention_backward(dy, cache_b)), to_numpy(attention_backward(dy, cache)),
-                               rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(blocked_attention_backward(dy, cache_b)),
+                               to_numpy(attention_backward(dy, cache)), rtol=1e-11, atol=1e-12)
 
 
 @given(B=st.integers(1, 3), T=st.integers(2, 9), H=st.integers(1, 2), D=st.integers(1, 3), mask=masks,
@@ -46,9 +49,9 @@ def test_blocked_gradcheck(xp, B, T, H, D, mask, block, seed):
     am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
 
     def forward(qkv):
-        return attention_forward(qkv, H, attention_mask=am, block=min(block, T - 1))
+        return blocked_attention_forward(qkv, H, am, min(block, T - 1))
 
-    check_op(forward, attention_backward, [qkv], names=["qkv"], tol=TOL, seed=seed).assert_ok()
+    check_op(forward, blocked_attention_backward, [qkv], names=["qkv"], tol=TOL, seed=seed).assert_ok()
 
 
 @given(B=st.integers(1, 3), T=st.integers(3, 10), H=st.integers(1, 2), D=st.integers(1, 3),
@@ -59,7 +62,7 @@ def test_blocked_is_causal(xp, B, T, H, D, block, seed):
     qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
     future = qkv.copy()
     future[:, t + 1:] += rand(xp, rng, B, T - t - 1, 3 * H * D)
-    y, y_future = (to_numpy(attention_forward(a, H, block=block)[0]) for a in (qkv, future))
+    y, y_future = (to_numpy(blocked_attention_forward(a, H, None, block)[0]) for a in (qkv, future))
     np.testing.assert_array_equal(y[:, :t + 1], y_future[:, :t + 1])
 
 
@@ -67,8 +70,8 @@ def test_blocked_fully_masked_query_gives_zeros(xp):
     rng = np.random.default_rng(0)
     am = xp.asarray([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])   # row 0: queries 0-2 see only padding
     qkv = rand(xp, rng, 2, 6, 3 * 2 * 3)
-    y, cache = attention_forward(qkv, 2, am, block=2)
-    dqkv = to_numpy(attention_backward(rand(xp, rng, 2, 6, 6), cache))
+    y, cache = blocked_attention_forward(qkv, 2, am, 2)
+    dqkv = to_numpy(blocked_attention_backward(rand(xp, rng, 2, 6, 6), cache))
     y = to_numpy(y)
     assert not np.isnan(y).any() and not np.isnan(dqkv).any()
     assert (y[0, :3] == 0).all() and (dqkv[0, :3] == 0).all()
@@ -78,19 +81,31 @@ def test_blocked_keeps_float32_and_is_close_to_the_reference(xp):
     rng = np.random.default_rng(1)
     qkv = xp.asarray(rng.standard_normal((2, 40, 3 * 16)), dtype=np.float32)
     y, cache = attention_forward(qkv, 4)
-    yb, cache_b = attention_forward(qkv, 4, block=16)
+    yb, cache_b = blocked_attention_forward(qkv, 4, None, 16)
     dy = xp.asarray(rng.standard_normal(y.shape), dtype=np.float32)
-    dqkv, dqkv_b = attention_backward(dy, cache), attention_backward(dy, cache_b)
+    dqkv, dqkv_b = attention_backward(dy, cache), blocked_attention_backward(dy, cache_b)
     assert yb.dtype == np.float32 and dqkv_b.dtype == np.float32 and all(a.dtype == np.float32 for a in cache_b[3])
     np.testing.assert_allclose(to_numpy(yb), to_numpy(y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_numpy(dqkv_b), to_numpy(dqkv), rtol=1e-4, atol=1e-5)
 
 
-def test_block_of_at_least_T_is_the_reference(xp):
-    qkv = rand(xp, np.random.default_rng(2), 2, 5, 12)
-    y, cache = attention_forward(qkv, 2)
-    yb, cache_b = attention_forward(qkv, 2, block=5)
-    assert len(cache_b) == len(cache) and bool((yb == y).all())
+def test_the_model_attention_is_the_reference_up_to_the_block_and_blocked_above(xp, monkeypatch):
+    """fast.attention_forward: T <= ATTENTION_BLOCK runs the reference, longer sequences the blocked pair (the same
+    bits as calling them directly); the cache carries the backward that reads it; None keeps the square for every T."""
+    monkeypatch.setattr(fast, "ATTENTION_BLOCK", 5)
+    rng = np.random.default_rng(2)
+    for T, forward, backward in ((5, attention_forward, attention_backward),
+                                 (6, lambda qkv, H: blocked_attention_forward(qkv, H, None, 5),
+                                  blocked_attention_backward)):
+        qkv, dy = rand(xp, rng, 2, T, 12), rand(xp, rng, 2, T, 4)
+        y, cache = fast.attention_forward(qkv, 2)
+        y_direct, cache_direct = forward(qkv, 2)
+        assert cache[0] is backward
+        np.testing.assert_array_equal(to_numpy(y), to_numpy(y_direct))
+        np.testing.assert_array_equal(to_numpy(fast.attention_backward(dy, cache)),
+                                      to_numpy(backward(dy, cache_direct)))
+    monkeypatch.setattr(fast, "ATTENTION_BLOCK", None)
+    assert fast.attention_forward(rand(xp, rng, 2, 6, 12), 2)[1][0] is attention_backward
 
 
 def test_model_gives_the_same_loss_and_gradients_with_and_without_blocks(monkeypatch):
@@ -102,7 +117,7 @@ def test_model_gives_the_same_loss_and_gradients_with_and_without_blocks(monkeyp
     mask[1, 30:] = 0
     results = []
     for block in (None, 16):
-        monkeypatch.setattr(minift.model, "ATTENTION_BLOCK", block)
+        monkeypatch.setattr(fast, "ATTENTION_BLOCK", block)
         model = GPT(cfg, seed=0, dtype="float64")
         results.append(model.loss_and_grads(ids, targets, attention_mask=mask))
     (loss, grads), (loss_b, grads_b) = results

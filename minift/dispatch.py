@@ -1,0 +1,70 @@
+"""Which function runs each op: the reference (minift/ops: the formulas) or its fast twin (minift/fast).
+
+The model (model.py) and the optimizer (optim.py) call the ops that have a twin through an `Op` below. A call runs the
+fast twin, or the reference when MINIFT_REFERENCE=1 is in the environment (read once, at import) or inside
+`with use_reference():`. The reference path is the math alone (no blocked attention, no fused kernels, no in-place
+chains), for a learner who wants to step into it in a debugger; it is slower and holds more memory.
+
+    op               reference               fast twin               what the twin changes
+    layernorm        ops/layernorm.py        fast/layernorm.py       in place; fused kernels on CuPy (the same bits)
+    attention        ops/attention.py        fast/attention.py       T > 64: 64 queries at a time, against the keys
+                                                                     they can see (its softmax: fast/softmax.py)
+    gelu             ops/gelu.py             fast/gelu.py            in place, another order; one kernel on CuPy
+    AdamW's update   optim.adamw_update      fast/adamw.py           torch's order, one scratch; one kernel on CuPy
+                     (paired in optim.py, which imports this module)
+
+The other ops (linear, embedding, dropout, cross-entropy, pooling) have no twin: the model calls them from ops/.
+Each twin is tested against its reference (tests/test_fast_*.py: bitwise where the order of operations is the same,
+to a stated tolerance where not), and a short training run gives the same numbers both ways to that tolerance
+(tests/test_dispatch.py). Finer switches keep the rest fast: MINIFT_FUSED=0 (fast/kernels.py) runs the twins' CPU
+lines on CuPy instead of their kernels; fast.attention.ATTENTION_BLOCK = None keeps the attention square.
+Flip a switch between steps, not inside one: a forward's cache is read by the same implementation's backward.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from . import ops
+from .fast import attention, gelu, layernorm
+
+REFERENCE_ENV = "MINIFT_REFERENCE"
+_reference = os.environ.get(REFERENCE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def reference_only() -> bool:
+    """Whether every Op runs its reference ($MINIFT_REFERENCE=1 or use_reference(True)); default no."""
+    return _reference
+
+
+@contextmanager
+def use_reference(on: bool = True):
+    """`with use_reference(): ...` runs the reference ops; the previous setting comes back after."""
+    global _reference
+    before, _reference = _reference, bool(on)
+    try:
+        yield
+    finally:
+        _reference = before
+
+
+class Op:
+    """One op, two implementations: a call runs `fast`, or `reference` while reference_only()."""
+
+    def __init__(self, reference, fast):
+        self.reference, self.fast = reference, fast
+        self.__name__, self.__doc__ = reference.__name__, reference.__doc__
+
+    def __call__(self, *args, **kwargs):
+        return (self.reference if _reference else self.fast)(*args, **kwargs)
+
+    def __repr__(self):
+        return f"Op({self.__name__}: {self.reference.__module__} | {self.fast.__module__})"
+
+
+layernorm_forward = Op(ops.layernorm_forward, layernorm.layernorm_forward)
+layernorm_backward = Op(ops.layernorm_backward, layernorm.layernorm_backward)
+attention_forward = Op(ops.attention_forward, attention.attention_forward)
+attention_backward = Op(ops.attention_backward, attention.attention_backward)
+gelu_forward = Op(ops.gelu_forward, gelu.gelu_forward)
+gelu_backward = Op(ops.gelu_backward, gelu.gelu_backward)
