@@ -91,7 +91,7 @@ class GPT:
     logits = model.forward(input_ids)                         (B, T) int -> (B, T, V)
     loss, grads = model.loss_and_grads(input_ids, targets)    grads: name -> array, for trainable parameters only
 
-    Which parameters train is `model.frozen` (a set of names; see minift/training/finetune.py for the methods that fill it).
+    Which parameters train is `model.frozen` (a set of names; minift/methods.py has the methods that fill it).
     Adapters (LoRA, DoRA: minift/lora/) live in `model.adapters`, module name -> adapter; an adapted linear calls
     the adapter's forward/backward instead of the plain one, and the adapter's gradients join `grads`.
     """

@@ -168,8 +168,8 @@ def test_save_pretrained_with_a_tokenizer_writes_a_complete_folder(tmp_path):
 # ---- files that are there but cannot be read ---------------------------------------------------------------------
 
 def _deny(monkeypatch, path):
-    """Fault injection (tests run as root here, where chmod 000 does not stop a read): minift.formats.io's open() of `path`
-    fails as it would for a file without read permission."""
+    """Fault injection (tests run as root here, where chmod 000 does not stop a read): minift.formats.io's open() of
+    `path` fails as it would for a file without read permission."""
     def fake_open(file, *args, **kw):
         if str(file) == str(path):
             raise PermissionError(13, "Permission denied", str(file))

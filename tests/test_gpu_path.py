@@ -4,8 +4,8 @@ The op tests run on the fake through the `xp` fixture. These run what sits above
 classification head, the optimizer, the training loop with checkpoints and resume, generation, fine-tuning, PEFT
 files, `minift compare`, `minift inspect`, `minift bench`, memory measurement — with every array on the fake device.
 The fake does NumPy's arithmetic, so the GPU path must give *bitwise* the CPU path's numbers: any difference means
-the two paths compute different things. That includes minift's fused GPU kernels (minift/fast/kernels.py), which run here
-through the fake's evaluator of their CUDA C bodies. Where a GPU is present, the real CuPy variants (`xp` fixture,
+the two paths compute different things. That includes minift's fused GPU kernels (minift/fast/kernels.py), which run
+here through the fake's evaluator of their CUDA C bodies. Where a GPU is present, the real CuPy variants (`xp` fixture,
 test_bench.py, test_memory.py) check the kernels themselves.
 """
 import json

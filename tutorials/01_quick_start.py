@@ -35,8 +35,8 @@
 # 2. what each column measures and where in minift the number comes from;
 # 3. which of the article's claims held here, and why the time and memory claims depend on scale.
 #
-# **Time:** about 2–3 minutes normally (the default comparison, 600 steps per method: 134 s measured), about 40 s in fast mode
-# (`MINIFT_FAST=1`: the `--quick` budget), on 2 CPU cores. 15 minutes to read.
+# **Time:** about 2–3 minutes normally (the default comparison, 600 steps per method: 134 s measured), about 40 s in
+# fast mode (`MINIFT_FAST=1`: the `--quick` budget), on 2 CPU cores. 15 minutes to read.
 
 # %%
 import json

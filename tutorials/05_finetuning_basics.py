@@ -37,7 +37,8 @@
 #    layer Hugging Face's `GPT2ForSequenceClassification` adds, which reads the last real token;
 # 3. to freeze parameters (`minift.methods.freeze_plan`, `setup_method`) and see that a frozen weight gets no
 #    gradient at all — its weight-gradient matmul is never run;
-# 4. to train with `minift.training.train.train` and a `ClassificationSource`, and with `minift.training.finetune.finetune`;
+# 4. to train with `minift.training.train.train` and a `ClassificationSource`, and with
+#    `minift.training.finetune.finetune`;
 # 5. to pick a learning rate by validation accuracy (never by test accuracy), and to read per-kind test accuracy.
 #
 # **Time:** about 2 minutes normally (three 400-step runs on the `demo` base: 110 s measured, 3½ minutes while
@@ -314,8 +315,8 @@ print(f"linear probe: {probe_run.seconds:.0f} s, {1e3 * probe_run.seconds / step
       + ", ".join(f"{e['val_accuracy']:.3f}@{e['step']}" for e in probe_run.evals))
 
 # %% [markdown]
-# Then full fine-tuning, every parameter trained, with `minift.training.finetune.finetune`: the same five steps in one call
-# (it copies the base, adds the head, installs the method's plan, trains with the loop above, and evaluates on
+# Then full fine-tuning, every parameter trained, with `minift.training.finetune.finetune`: the same five steps in one
+# call (it copies the base, adds the head, installs the method's plan, trains with the loop above, and evaluates on
 # validation and test).
 
 # %%

@@ -33,8 +33,8 @@
 # **You will learn**
 # 1. to measure how far every weight tensor moved, $\lVert \Delta W\rVert / \lVert W\rVert$, and which entries did not
 #    move at all, and why;
-# 2. what a full fine-tuning step holds in memory (`minift.measure.memory.predict_memory`: 2 AdamW floats and 1 gradient per
-#    trained parameter) and how long it takes;
+# 2. what a full fine-tuning step holds in memory (`minift.measure.memory.predict_memory`: 2 AdamW floats and 1 gradient
+#    per trained parameter) and how long it takes;
 # 3. how large the saved model is (`save_pretrained`), against what LoRA will save;
 # 4. to watch full fine-tuning overfit 64 examples: training loss to 0, validation loss up;
 # 5. what "unstable training" looks like (a too-large learning rate) and when minift's divergence guard

@@ -379,9 +379,9 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 # $\Delta W = s\,A^\top B^\top$ grows like $s\cdot\eta$ (section 3), while the randomly initialised head moves at
 # $\eta$ alone. The adapters need a larger $s\cdot\eta$ than the head can take. So `finetune` trains them at
 # different rates, as torch's parameter groups do (`lr_scale` in `minift/optim.py`): the adapters at
-# $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in `minift/training/finetune.py`;
-# validation 0.896 / 0.902 / 0.852 over three seeds). Raising $\alpha$ instead does the same job for the adapters:
-# $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both reached 0.890 on validation
+# $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in
+# `minift/training/finetune.py`; validation 0.896 / 0.902 / 0.852 over three seeds). Raising $\alpha$ instead does the
+# same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both reached 0.890 on validation
 # (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
 
 # %%

@@ -46,8 +46,8 @@
 #    `resolve_device`, `$MINIFT_DEVICE`, `"auto"`), and how to install the GPU backend;
 # 2. to move a model to the GPU (`model.to(device=...)`) and check that logits and gradients agree with the CPU
 #    within float32 rounding, and to time a step (`minift bench --device gpu`);
-# 3. to load a Hugging Face GPT-2 folder (`GPT.from_pretrained`, `minift/formats/hf.py`) and read its parameter names and
-#    layouts: Conv1D's $[\text{in}, \text{out}]$ weights, the LM head tied to `wte`; and its tokenizer;
+# 3. to load a Hugging Face GPT-2 folder (`GPT.from_pretrained`, `minift/formats/hf.py`) and read its parameter names
+#    and layouts: Conv1D's $[\text{in}, \text{out}]$ weights, the LM head tied to `wte`; and its tokenizer;
 # 4. GPT-2's numbers from its config: 124,439,808 parameters, bytes for full fine-tuning against LoRA
 #    (`predict_memory`, `memory_saving`, one step measured), and the $6N$ FLOPs per token;
 # 5. to cross-check the loaded model against `transformers`' `GPT2LMHeadModel` (when it is installed);
@@ -473,8 +473,8 @@ del probe_model
 
 # %% [markdown]
 # Every term matches to within 2% or 64 KiB (the check below), the large ones to a fraction of a percent: the
-# prediction is read off the code (`minift/measure/memory.py`'s docstring lists, op by op, what each forward caches and which
-# temporaries the backward holds at its peak), so the same arithmetic that printed the GPT-2 table above also
+# prediction is read off the code (`minift/measure/memory.py`'s docstring lists, op by op, what each forward caches and
+# which temporaries the backward holds at its peak), so the same arithmetic that printed the GPT-2 table above also
 # accounts for the step that really ran.
 #
 # **Check.** The count from shapes is 124,439,808 for GPT-2 small, and the loaded model's count matches its own

@@ -27,10 +27,10 @@ files are removed and the earlier run is moved back. A process killed outright l
 command on this --out settles it by the same rule before doing anything else.
 
 A command's summary (pretrain.json, finetune.json, results.json) is written last, after the model, adapter and report
-files, and is removed before they are rewritten (`formats.io.drop_summary`): a folder whose summary is there holds outputs
-that belong together, even if a process was killed while saving them (then --resume saves them again from the final
-checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same folder is
-refused instead of tidying away the first one's files. The lock is `flock` on the folder's own descriptor, not a
+files, and is removed before they are rewritten (`formats.io.drop_summary`): a folder whose summary is there holds
+outputs that belong together, even if a process was killed while saving them (then --resume saves them again from the
+final checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same
+folder is refused instead of tidying away the first one's files. The lock is `flock` on the folder's own descriptor, not a
 lock file (`filelock` would need one): a lock file would be written into a folder before minift has proved the folder
 is its own, or outside --out, and would stay behind; the kernel drops this lock when the process dies. Windows has
 no such lock, and there --out is not locked.

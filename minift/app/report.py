@@ -174,7 +174,8 @@ def write_report(results) -> str:
         "",
         main_table(results),
         "",
-        "Peak training memory (MiB), measured with tracemalloc during one step, and predicted by minift.measure.memory:",
+        "Peak training memory (MiB), measured with tracemalloc during one step, and predicted by "
+        "minift.measure.memory:",
         "",
         memory_table(results),
         "",

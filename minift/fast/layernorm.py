@@ -8,6 +8,7 @@ minift/fast/kernels.py); the means stay CuPy's reductions.
 from __future__ import annotations
 
 from ..backend import xp_of
+from ..ops.layernorm import layernorm_backward as reference_backward
 from .kernels import FusedKernel
 
 # x̂ = (x − μ) · rstd and y = w ⊙ x̂ + b in one pass (x̂'s buffer holds x − μ on entry and is updated in place).
@@ -39,12 +40,10 @@ def layernorm_forward(x, w, b, eps=1e-5):
 
 
 def layernorm_backward(dy, cache, need_dx=True, need_dw=True, need_db=True):
-    """dy [..., C] -> (dx [..., C], dw [C], db [C]); a gradient not needed is returned as None."""
-    xhat, rstd, w = cache
-    C = w.shape[0]
-    db = dy.reshape(-1, C).sum(axis=0) if need_db else None             # (C,)  summed over every leading position
-    dw = (dy * xhat).reshape(-1, C).sum(axis=0) if need_dw else None    # (C,)
-    dx = _layernorm_dx(dy, xhat, rstd, w) if need_dx else None          # (..., C)
+    """dy [..., C] -> (dx [..., C], dw [C], db [C]): the reference's dw and db, and dx in place (one kernel on CuPy);
+    a gradient not needed is returned as None."""
+    _, dw, db = reference_backward(dy, cache, need_dx=False, need_dw=need_dw, need_db=need_db)
+    dx = _layernorm_dx(dy, *cache) if need_dx else None                 # (..., C)
     return dx, dw, db
 
 

@@ -1,1 +1,2 @@
-"""Measurement: the memory model (predicted and measured), step timing and FLOPs, the lens (one batch through both methods), intruder dimensions and spectra."""
+"""Measurement: the memory model (predicted and measured), step timing and FLOPs, the lens (one batch through both
+methods), intruder dimensions and spectra."""

@@ -317,7 +317,8 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
                workers: int = 1):
     """The model, a `step()` that runs one training step (forward, backward, AdamW) on fixed seeded random tokens,
     and a dict whose "optimizer" entry is the last step's optimizer time. workers > 1: the step's forward and
-    backward run on that many row shards at once (minift/fast/parallel.py); `step(split=False)` runs the one-thread path."""
+    backward run on that many row shards at once (minift/fast/parallel.py); `step(split=False)` runs the one-thread
+    path."""
     from ..fast.parallel import check_splittable, split_loss_and_grads
     from ..lora import LoRAConfig, attach_lora
     from ..optim import AdamW
