@@ -236,18 +236,18 @@ class GPT:
         qkv, c_qkv = self._linear_forward(p + "attn.c_attn", a)          # (B, T, 3C)
         att, c_att = attention_forward(qkv, H, mask)                     # (B, T, C)
         o, c_o = self._linear_forward(p + "attn.c_proj", att)            # (B, T, C)
-        o, c_do = self._dropout(o, rng)                                  # (B, T, C)
+        o, c_drop_o = self._dropout(o, rng)                              # (B, T, C)
         x = x + o                                                        # (B, T, C) residual 1
         m, c_ln2 = layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
         f, c_fc = self._linear_forward(p + "mlp.c_fc", m)                # (B, T, F)
         g, c_g = gelu_forward(f)                                         # (B, T, F)
         y, c_y = self._linear_forward(p + "mlp.c_proj", g)               # (B, T, C)
-        y, c_dy = self._dropout(y, rng)                                  # (B, T, C)
+        y, c_drop_y = self._dropout(y, rng)                              # (B, T, C)
         x = x + y                                                        # (B, T, C) residual 2
         for name, t in (("ln_1", a), ("attn.c_attn", qkv), ("attn", att), ("attn.c_proj", o), ("ln_2", m),
                         ("mlp.c_fc", f), ("mlp.gelu", g), ("mlp.c_proj", y), ("out", x)):
             self._keep(p + name, t)
-        return x, (c_ln1, c_qkv, c_att, c_o, c_do, c_ln2, c_fc, c_g, c_y, c_dy)
+        return x, (c_ln1, c_qkv, c_att, c_o, c_drop_o, c_ln2, c_fc, c_g, c_y, c_drop_y)
 
     def _body_forward(self, ids, mask, rng, floor):
         """(B, T) ids -> (B, T, C) final hidden states h = ln_f(x), and the caches of what the backward will visit:
@@ -353,16 +353,16 @@ class GPT:
     def _block_backward(self, i, dx, cache, grads):
         """The block's forward read bottom-up. dx is the gradient of the block's output (B, T, C)."""
         p = f"h.{i}."
-        c_ln1, c_qkv, c_att, c_o, c_do, c_ln2, c_fc, c_g, c_y, c_dy = cache
+        c_ln1, c_qkv, c_att, c_o, c_drop_o, c_ln2, c_fc, c_g, c_y, c_drop_y = cache
         self._keep("d" + p + "out", dx)
         # x = x + y: the residual passes dx through unchanged AND into the MLP branch; the two paths add up
-        dy = dropout_backward(dx, c_dy)                                          # (B, T, C)
+        dy = dropout_backward(dx, c_drop_y)                                      # (B, T, C)
         dg = self._linear_backward(p + "mlp.c_proj", dy, c_y, grads)             # (B, T, F)
         df = gelu_backward(dg, c_g)                                              # (B, T, F)
         dm = self._linear_backward(p + "mlp.c_fc", df, c_fc, grads)              # (B, T, C)
         dx = dx + self._layernorm_backward(p + "ln_2", dm, c_ln2, grads)         # (B, T, C) skip + branch
         # x = x + o: the same rule for the attention branch
-        do = dropout_backward(dx, c_do)                                          # (B, T, C)
+        do = dropout_backward(dx, c_drop_o)                                      # (B, T, C)
         datt = self._linear_backward(p + "attn.c_proj", do, c_o, grads)          # (B, T, C)
         dqkv = attention_backward(datt, c_att)                                   # (B, T, 3C)
         da = self._linear_backward(p + "attn.c_attn", dqkv, c_qkv, grads)        # (B, T, C)
