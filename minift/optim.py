@@ -92,6 +92,18 @@ def _integer(name, value, lo=0) -> int:
     return int(value)
 
 
+def check_lr(lr, name: str = "lr", option: str = "", finite: bool = True) -> float:
+    """A run's learning rate η as a float: a number > 0 and finite, else a MiniftError naming it (`option`: the
+    command-line option that set it, e.g. " (--lr)"). The one rule the run configurations (TrainConfig,
+    FinetuneConfig, CompareConfig) and the lens use; the optimizer itself, like torch's, also takes η = 0.
+    finite=False lets η = ∞ through: TrainConfig's, so that tutorial 06 can show the divergence guard catch it."""
+    number = isinstance(lr, (int, float, np.integer, np.floating)) and not isinstance(lr, bool)
+    if not number or not lr > 0 or (finite and not math.isfinite(lr)):          # NaN fails `lr > 0`
+        what = "a positive, finite number" if finite else "a positive number"
+        raise MiniftError(f"{name}={lr!r}{option} must be {what} (a learning rate)")
+    return float(lr)
+
+
 def _check_params(params) -> dict:
     """A shallow copy of the dict of trainable arrays (the arrays themselves are shared, never copied)."""
     if not isinstance(params, dict):

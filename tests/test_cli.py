@@ -31,7 +31,7 @@ def test_pretrain_writes_model_tokenizer_and_summary(pretrained):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (pretrained / "model" / name).is_file()
     assert summary["tokenizer_vocab"] <= 512                    # tiny's vocabulary: a tokenizer was trained to fit
-    from minift.formats.tokenizer import Tokenizer                      # load_base checks the folder's tokenizer against it:
+    from minift.formats.tokenizer import Tokenizer     # load_base checks the folder's tokenizer against it:
     assert summary["tokenizer_fingerprint"] == Tokenizer.load(pretrained / "model").fingerprint()
     run = json.loads((pretrained / "run.json").read_text())   # the command line a --resume repeats
     assert run["command"] == "pretrain" and run["argv"][:4] == ["minift", "pretrain", "--preset", "tiny"]
@@ -102,8 +102,10 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("minift: error: model folder not found") and "\n" not in err
-    with pytest.raises(SystemExit) as e:
-        main(["pretrain", "--steps", "-3"])
+    assert main(["pretrain", "--steps", "-3"]) == 1                 # TrainConfig refuses it, before any folder is made
+    assert capsys.readouterr().err == "minift: error: steps=-3 (--steps) must be positive\n"
+    with pytest.raises(SystemExit) as e:                             # text that is not a number: a usage error
+        main(["pretrain", "--steps", "many"])
     assert e.value.code == 2
 
 
@@ -213,9 +215,12 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("minift: error:") and message in err and "\n" not in err, (argv, err)
     for argv in (["inspect", "--train-lr", "0"], ["finetune", "--lr", "inf"], ["pretrain", "--lr", "nan"]):
-        with pytest.raises(SystemExit) as e:                 # argparse's own one-line usage error
-            main(argv)
-        assert e.value.code == 2 and "learning rate" in capsys.readouterr().err
+        assert main(argv) == 1, argv                         # refused by the configuration that owns the rate
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("minift: error:") and "learning rate" in err and "\n" not in err, (argv, err)
+    with pytest.raises(SystemExit) as e:                     # text that is not a number: argparse's usage error
+        main(["finetune", "--lr", "fast"])
+    assert e.value.code == 2 and "expected a number" in capsys.readouterr().err
     assert main(["memory", "--method", "head", "--preset", "tiny"]) == 0      # a linear probe: a 2-label head
     assert "classification head" in capsys.readouterr().out
 
@@ -460,7 +465,7 @@ def test_a_folder_without_a_result_or_checkpoint_is_not_offered_to_resume(tmp_pa
 
 def test_usage_errors_are_one_line_and_name_the_subcommand(capsys):
     for argv, says in ((["finetune", "--rnak", "4"], "unrecognized arguments: --rnak 4 (`minift finetune --help`"),
-                       (["finetune", "--rank", "0"], "argument --rank: expected a positive integer, got 0"),
+                       (["finetune", "--rank", "two"], "argument --rank: expected an integer, got 'two'"),
                        (["nosuch"], "invalid choice: 'nosuch'")):
         with pytest.raises(SystemExit) as e:
             main(argv)

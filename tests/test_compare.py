@@ -215,3 +215,13 @@ def test_the_time_claim_warns_when_the_machine_was_busy():
     assert busy_note({}) == busy_note({"cpu_per_wall": None}) == ""                # results from before the field
     note = busy_note({"cpu_per_wall": 0.43})
     assert "machine was busy" in note and "0.43 CPU seconds per second" in note
+
+
+def test_the_matrices_compare_measures_follow_its_lora_targets():
+    from minift import GPT, GPTConfig
+    from minift.app.compare import CompareConfig, _modules
+    from minift.measure.analysis import linear_weight_names
+    params = GPT(GPTConfig.preset("tiny"), seed=0).params
+    every = linear_weight_names(params, _modules(CompareConfig.quick_config()))      # all-linear: 4 per block
+    only = linear_weight_names(params, _modules(CompareConfig.quick_config(targets="c_attn")))
+    assert len(every) == 8 and only == ["h.0.attn.c_attn.weight", "h.1.attn.c_attn.weight"]

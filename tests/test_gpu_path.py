@@ -70,7 +70,7 @@ def _step(device, dtype="float32"):
     """One AdamW step of a tiny GPT with LoRA and a classification head; the loss, grads and weights on the host."""
     model = GPT(GPTConfig.preset("tiny"), seed=0, dtype=dtype, device=device)
     model.add_classification_head(["no", "yes", "maybe"], seed=1)
-    lora = attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1), seed=2)
+    lora = attach_lora(model, LoRAConfig(r=4, alpha=8, targets=("c_attn",), dropout=0.1), seed=2)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.cfg.vocab_size, (3, 9))
     mask = np.ones((3, 9), dtype=bool)

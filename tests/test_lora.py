@@ -240,7 +240,7 @@ def test_targets_and_trainable_parameter_count(targets, modules):
 def test_a_classification_head_keeps_training():
     model = tiny_model(perturb=False)
     model.add_classification_head(["no", "yes"])
-    lora = attach_lora(model, LoRAConfig(r=2))
+    lora = attach_lora(model, LoRAConfig(r=2, targets=("c_attn",)))
     assert "score.weight" not in model.frozen and model.frozen == set(model.params) - {"score.weight"}
     C = model.cfg.n_embd
     assert model.num_params(trainable_only=True) == 2 * 2 * (C + 3 * C) + 2 * C
@@ -516,7 +516,7 @@ def test_load_refuses_another_base_and_broken_files(tmp_path):
 
 def test_load_refuses_mismatched_tensors_and_unsupported_config(tmp_path):
     model = tiny_model()
-    attach_lora(model, LoRAConfig(r=2)).save_peft(tmp_path)
+    attach_lora(model, LoRAConfig(r=2, targets=("c_attn",))).save_peft(tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps(dict(cfg, target_modules=["c_fc"])))
     with pytest.raises(MiniftError, match="missing.*c_fc"):

@@ -40,7 +40,7 @@ def test_classification_head_lora_and_padding_split_equals_one_thread():
     cfg = GPTConfig.preset("tiny")
     model = GPT(cfg, seed=0, dtype="float64")
     model.add_classification_head(["a", "b", "c"], seed=1)
-    attach_lora(model, LoRAConfig(r=4, alpha=8), seed=2)
+    attach_lora(model, LoRAConfig(r=4, alpha=8, targets=("c_attn",)), seed=2)
     for name, a in model.adapters.items():                 # B ≠ 0, so the adapters' gradients are not trivial
         a.params[name + ".lora_B.weight"] += 0.1
     ids, _ = lm_batch(cfg, 4, 9)

@@ -77,7 +77,7 @@ base, tok = load_base()
 
 # %%
 steps = pick(400, 30)
-fcfg = FinetuneConfig(method="full", steps=steps, batch_size=16, lr=1e-3, eval_size=pick(None, 128))
+fcfg = FinetuneConfig(method="full", steps=steps, batch_size=16, lr=1e-3, eval_every=0, eval_size=pick(None, 128))
 model, _, summary = finetune(base, tok, fcfg, progress=not FAST)
 print(f"{summary['trainable']:,} trainable parameters ({summary['percent']:.0f}%), {steps} steps, "
       f"{summary['ms_per_step']:.0f} ms/step; validation accuracy {summary['val_accuracy']:.3f}, "

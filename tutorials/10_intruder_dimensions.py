@@ -302,7 +302,7 @@ def tuned_weights(model, lora):
 runs = {}
 for label, lcfg in PLAN.items():
     fcfg = FinetuneConfig(method="full" if lcfg is None else "lora", lora=lcfg, steps=STEPS, eval_size=EVAL,
-                          **({} if lcfg is None else RATES))
+                          eval_every=0, **({} if lcfg is None else RATES))
     model, lora, summary = finetune(base, tok, fcfg, progress=not FAST)
     Wt = tuned_weights(model, lora)
     spectra = [spectrum_compare(W0[n], Wt[n]) for n in NAMES]
@@ -722,7 +722,8 @@ def fact_loss(model):
 
 def stage_config(method, k):
     """Stage k's fine-tune: task k, 200 steps, seed k (a fresh adapter draw and data order at every stage)."""
-    return FinetuneConfig(**method, task=str(TASKS[k]), steps=STAGE_STEPS, eval_size=pick(100, 16), seed=k)
+    return FinetuneConfig(**method, task=str(TASKS[k]), steps=STAGE_STEPS, eval_size=pick(100, 16), eval_every=0,
+                          seed=k)
 
 
 def in_sequence(method):

@@ -1,13 +1,20 @@
 """The `minift` command: pretrain | finetune | compare | generate | inspect | bench | memory.
 
 Every subcommand is a thin layer over library functions a tutorial can call directly. Mistakes print one line,
-`minift: error: ...`, and exit non-zero: status 2 for an option the parser refuses (a value out of range, an unknown
-option: the usual status of a usage error), 1 for what is found once the command runs (a missing file, a bad task).
+`minift: error: ...`, and exit non-zero: status 2 for what the parser refuses (an unknown option, text that is not a
+number: the usual status of a usage error), 1 for a value the command's configuration refuses or what is found once
+the command runs (a missing file, a bad task).
+
+Defaults and checks are set once, in the configuration that owns the value (FinetuneConfig, LoRAConfig,
+CompareConfig, pretrain's PRETRAIN_DEFAULTS, the lens's DEFAULT_*), never here: an option for such a value has the
+argparse default None, the command passes on only the options given (_given), and the configuration fills in the
+rest and checks what it gets. `--help` shows the owner's default (_owned, _say_defaults).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -32,19 +39,44 @@ def _int_at_least(lo: int, what: str):
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
+_positive_int = _int_at_least(1, "a positive integer")     # for values no configuration owns (--threads, --chars)
 _seed = _int_at_least(0, "a seed, an integer >= 0")          # NumPy's generators take integers >= 0
 
 
-def _learning_rate(text):
-    """A learning rate on the command line: positive and finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a learning rate, a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a learning rate, a positive finite number, got {value}")
-    return value
+def _read_as(kind, what: str):
+    """An argparse type that only reads the text as `kind` (int or float): whether the value is in range is for the
+    configuration that owns it to say, in its own words."""
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    return parse
+
+
+_integer = _read_as(int, "an integer")
+_number = _read_as(float, "a number")
+
+
+def default_of(owner, name: str):
+    """The default of `name` where it is set once: a dataclass's field, or an entry of a table of defaults."""
+    if isinstance(owner, dict):
+        return owner[name]
+    field = owner.__dataclass_fields__[name]
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _owned(p, flag: str, owner, name: str | None = None, **kw):
+    """Add option `flag` for `owner`'s field `name` (default: the option's own name). Its argparse default is None,
+    so that only a value given reaches the owner, which fills in the rest; the help shows the owner's default."""
+    action = p.add_argument(flag, default=None, **kw)
+    action.owner_default = default_of(owner, name or action.dest)
+    return action
+
+
+def _given(**options) -> dict:
+    """The options given on the command line (not None), under the owner's field names."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _refuse_unused(given: dict, why: str) -> None:
@@ -59,72 +91,84 @@ def _add_device(p):
                    help="where to run (default: $MINIFT_DEVICE or cpu)")
 
 
-def _add_run_options(p, out_default):
+def _add_run_options(p, out_default, owner):
     """The options every training command shares: output folder (and what to do with an earlier run there), seed,
-    progress bar, device, BLAS threads, workers."""
+    progress bar, device, BLAS threads, workers. owner: the configuration whose seed and workers they set."""
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default}); it must be new or "
                                                       "empty, unless --resume or --overwrite")
     p.add_argument("--resume", action="store_true",
                    help="continue the run stopped in --out (Ctrl-C or SIGTERM saves a checkpoint after the step "
                         "under way), with the same settings; --steps may grow")
     p.add_argument("--overwrite", action="store_true", help="delete the earlier run in --out first")
-    p.add_argument("--seed", type=_seed, default=0)
+    _owned(p, "--seed", owner, type=_seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="numpy's BLAS threads (default: the environment's, e.g. OPENBLAS_NUM_THREADS); use 1 when "
                         "the cores are busy with other work: OpenBLAS's threads then wait for each other at every "
                         "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
-    p.add_argument("--workers", type=_positive_int, default=1,
+    _owned(p, "--workers", owner, type=_integer,
                    help="split each batch across this many CPU threads, each with one BLAS thread (data "
-                        "parallelism, minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's "
-                        "elementwise ops run on one core; needs dropout 0")
+                        "parallelism, minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since "
+                        "NumPy's elementwise ops run on one core; needs dropout 0")
     _add_device(p)
     p.set_defaults(prepare=_prepare_training)
 
 
 def _prepare_training(a):
-    """Before a training command: the BLAS thread count asked for, and freed memory kept for the next step.
+    """Before a training command (after its configuration is made: a.config): the output folder opened, the BLAS
+    thread count asked for, and freed memory kept for the next step.
 
-    reuse_freed_memory (minift/measure/bench.py) stops glibc handing each step's large activations back to the OS only to
-    fault them in again on the next step (16-25% of a demo step's time went to those page faults).
+    reuse_freed_memory (minift/measure/bench.py) stops glibc handing each step's large activations back to the OS only
+    to fault them in again on the next step (16-25% of a demo step's time went to those page faults).
     """
     from ..measure.bench import reuse_freed_memory, set_blas_threads
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if a.threads is not None and cores and a.threads * a.workers > cores:
-        raise MiniftError(f"--threads {a.threads} x --workers {a.workers} = {a.threads * a.workers} BLAS threads on "
+    workers = a.config.workers                                       # the command's configuration (configure)
+    if a.threads is not None and cores and a.threads * workers > cores:
+        raise MiniftError(f"--threads {a.threads} x --workers {workers} = {a.threads * workers} BLAS threads on "
                           f"{cores} cores: they would wait for each other at every matmul (slower, not faster); give "
                           f"at most {cores} in all")
     a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
         set_blas_threads(a.threads)
-    elif a.workers > 1:
+    elif workers > 1:
         set_blas_threads(1)          # the cores go to the workers: one BLAS thread each
     reuse_freed_memory()
 
 
 # ---- pretrain ----------------------------------------------------------------------------------------------------
 
-def cmd_pretrain(a):
+def pretrain_config_from_args(a):
+    """The TrainConfig of pretrain's options: those given, pretrain_config's defaults for the rest; and the corpus
+    options, checked against each other."""
     from pathlib import Path
 
-    from ..training.pretrain import pretrain
-    from ..training.train import TrainConfig, resumed_warmup
+    from ..training.pretrain import DEFAULT_CHARS, pretrain_config
+    from ..training.train import resumed_warmup
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
     if a.chars is not None and (a.files or a.corpus == "pydoc"):
         reader = "--files" if a.files else "--corpus pydoc"
         raise MiniftError(f"--chars sizes the generated world corpus, which {reader} does not read: drop --chars")
-    a.corpus, a.chars = a.corpus or "world", a.chars or 8_000_000
-    if a.warmup is not None and a.warmup > a.steps:      # before the corpus is built (train() checks it too)
-        raise MiniftError(f"--warmup {a.warmup} is longer than the run, --steps {a.steps}: give a smaller --warmup")
-    warmup = (resumed_warmup(Path(a.out) / "checkpoints", a.resume, min(100, a.steps // 10)) if a.warmup is None
-              else a.warmup)                    # derived from --steps once, when the run starts
-    tcfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=warmup, weight_decay=a.weight_decay,
-                       eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers)
-    _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, tcfg, a.out, a.tokenizer, a.device, a.seed,
+    a.corpus, a.chars = a.corpus or "world", a.chars or DEFAULT_CHARS
+    tcfg = pretrain_config(**_given(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=a.warmup,
+                                    weight_decay=a.weight_decay, eval_every=a.eval_every, save_every=a.save_every,
+                                    seed=a.seed, workers=a.workers))
+    if a.warmup is None:                 # derived from --steps once, when the run starts: a resumed run keeps its own
+        tcfg = dataclasses.replace(tcfg, warmup=resumed_warmup(Path(a.out) / "checkpoints", a.resume, tcfg.warmup))
+    elif tcfg.warmup > tcfg.steps:       # before the corpus is built (train() checks it too)
+        raise MiniftError(f"--warmup {tcfg.warmup} is longer than the run, --steps {tcfg.steps}: give a smaller "
+                          "--warmup")
+    return tcfg
+
+
+def cmd_pretrain(a):
+    from ..training.pretrain import pretrain
+    tcfg = a.config
+    _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, tcfg, a.out, a.tokenizer, a.device, tcfg.seed,
                          a.resume, progress=not a.quiet)
     print(f"pretrained {s['preset']} for {tcfg.steps} steps ({s['tokens_seen']:,} tokens) in "
           f"{s['train_seconds']:.0f} s: train loss {s['final_train_loss']:.3f}, validation loss {s['val_loss']:.3f}")
@@ -132,23 +176,26 @@ def cmd_pretrain(a):
 
 
 def add_pretrain(sub):
+    from ..training.pretrain import DEFAULT_CHARS, PRETRAIN_DEFAULTS
+    from ..training.train import TrainConfig
     p = sub.add_parser("pretrain", help="pretrain a GPT from scratch on the embedded corpus or your text files")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "small", "gpt2"])
     p.add_argument("--corpus", default=None, choices=["world", "pydoc", "both"],
                    help="embedded corpus: the generated world (default), the interpreter's docs, or both")
     p.add_argument("--files", nargs="+", default=None, help="your own UTF-8 text files instead of a corpus")
     p.add_argument("--chars", type=_positive_int, default=None,
-                   help="size of the generated world corpus in characters (default 8000000)")
-    p.add_argument("--steps", type=_positive_int, default=2000)
-    p.add_argument("--batch", type=_positive_int, default=16)
-    p.add_argument("--lr", type=_learning_rate, default=3e-3)
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(100, steps/10))")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--save-every", type=int, default=250)
+                   help=f"size of the generated world corpus in characters (default {DEFAULT_CHARS})")
+    _owned(p, "--steps", PRETRAIN_DEFAULTS, type=_integer)
+    _owned(p, "--batch", PRETRAIN_DEFAULTS, "batch_size", type=_integer)
+    _owned(p, "--lr", PRETRAIN_DEFAULTS, type=_number)
+    p.add_argument("--warmup", type=_integer, default=None,
+                   help="warmup steps (default: a tenth of --steps, at most 100: pretrain.default_warmup)")
+    _owned(p, "--weight-decay", PRETRAIN_DEFAULTS, type=_number)
+    _owned(p, "--eval-every", PRETRAIN_DEFAULTS, type=_integer)
+    _owned(p, "--save-every", PRETRAIN_DEFAULTS, type=_integer)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: data/tokenizer.json if it fits)")
-    _add_run_options(p, "runs/pretrain")
-    p.set_defaults(func=cmd_pretrain)
+    _add_run_options(p, "runs/pretrain", TrainConfig)
+    p.set_defaults(func=cmd_pretrain, configure=pretrain_config_from_args)
 
 
 # ---- generate ----------------------------------------------------------------------------------------------------
@@ -197,11 +244,21 @@ METHOD_HELP = ("what trains: every weight (full); all but the embeddings and the
                "classification head (head); low-rank adapters and the head (lora)")
 
 
+def _targets(text):
+    """--targets as LoRAConfig reads it: None (not given), "all-linear", or a tuple of module names."""
+    if text is None or text == "all-linear":
+        return text
+    if not text.strip(" ,"):
+        raise MiniftError("--targets is empty: name the linears to adapt (c_attn,attn.c_proj,c_fc,mlp.c_proj), or "
+                          "all-linear, or leave the option out")
+    return tuple(t.strip() for t in text.split(","))
+
+
 def _lora_from_args(a):
+    """The LoRAConfig of finetune's options: what was given, and LoRAConfig's defaults for the rest."""
     from ..lora import LoRAConfig
-    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
-    return LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank, targets=targets,
-                      rslora=a.rslora, use_dora=a.dora, init=a.init, dropout=a.lora_dropout)
+    return LoRAConfig(**_given(r=a.rank, alpha=a.alpha, targets=_targets(a.targets), init=a.init,
+                               dropout=a.lora_dropout), rslora=a.rslora, use_dora=a.dora)
 
 
 # finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start)
@@ -230,27 +287,31 @@ def _shown(value) -> str:
     return "(default)" if value is None else str(value)
 
 
-def cmd_finetune(a):
-    from ..base import load_base, shipped_base_dir
-    from ..training.finetune import FinetuneConfig, finetune
-    changed = _started_with(a, START_OPTIONS) if a.resume else {}      # read before the defaults are filled in
-    if a.method != "lora":
+def finetune_config_from_args(a):
+    """The FinetuneConfig of finetune's options: those given, FinetuneConfig's (and LoRAConfig's) defaults for the
+    rest. Options the method would ignore are refused by name."""
+    from ..training.finetune import FinetuneConfig
+    method = default_of(FinetuneConfig, "method") if a.method is None else a.method
+    if method != "lora":
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
                         "--init": a.init is not None, "--lora-dropout": a.lora_dropout is not None,
-                        "--merge": a.merge}, f"LoRA options, but --method is {a.method!r}")
-    if a.freeze_blocks is not None and a.method != "freeze":
-        raise MiniftError(f"--freeze-blocks needs --method freeze (got {a.method!r})")
-    if a.targets is not None and not a.targets.strip(" ,"):
-        raise MiniftError("--targets is empty: name the linears to adapt (c_attn,attn.c_proj,c_fc,mlp.c_proj), or "
-                          "all-linear, or leave the option out")
-    a.rank, a.targets, a.init = a.rank or 8, a.targets or "all-linear", a.init or "default"
-    a.lora_dropout = a.lora_dropout or 0.0
+                        "--merge": a.merge}, f"LoRA options, but --method is {method!r}")
+    if a.freeze_blocks is not None and method != "freeze":
+        raise MiniftError(f"--freeze-blocks needs --method freeze (got {method!r})")
+    return FinetuneConfig(**_given(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
+                                   head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
+                                   eval_every=a.eval_every, save_every=a.save_every, seed=a.seed,
+                                   workers=a.workers, head=a.head,
+                                   lora=_lora_from_args(a) if method == "lora" else None), merge=a.merge)
+
+
+def cmd_finetune(a):
+    from ..base import load_base, shipped_base_dir
+    from ..training.finetune import finetune
+    changed = _started_with(a, START_OPTIONS) if a.resume else {}
+    fcfg = a.config
     base, tok = load_base(a.base, device=a.device)
-    fcfg = FinetuneConfig(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                          head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
-                          eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, workers=a.workers,
-                          lora=_lora_from_args(a) if a.method == "lora" else None, merge=a.merge, head=a.head)
     try:
         _, _, s = finetune(base, tok, fcfg, out_dir=a.out, progress=not a.quiet, resume=a.resume,
                            base_dir=a.base or shipped_base_dir())
@@ -279,57 +340,67 @@ def cmd_finetune(a):
               f"{s['max_len']} tokens the model reads; {how.format(s['max_len'])}; evaluation cuts them the same way")
 
 
+def _rates_help(rates: dict) -> str:
+    """"full 0.001, lora 0.002, ...": a table of learning rates by method, for a help text."""
+    return ", ".join(f"{method} {rate:g}" for method, rate in rates.items())
+
+
 def add_finetune(sub):
+    from ..lora import LoRAConfig
+    from ..training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig
     p = sub.add_parser("finetune", help="fine-tune the base model on a task with one method")
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
-    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
+    _owned(p, "--method", FinetuneConfig, choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
+    _owned(p, "--task", FinetuneConfig, help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--steps", type=_positive_int, default=600)
-    p.add_argument("--batch", type=_positive_int, default=16)
-    p.add_argument("--lr", type=_learning_rate, default=None, help="default depends on the method")
-    p.add_argument("--head-lr", type=_learning_rate, default=None,
-                   help="the classification head's learning rate (default: depends on the method)")
-    p.add_argument("--train-size", type=_positive_int, default=None,
-                   help="train on only this many examples, labels kept balanced (default: all)")
-    p.add_argument("--freeze-blocks", type=int, default=None,
-                   help="method freeze: how many of the first blocks to freeze, besides the embeddings (default: "
-                        "half of them)")
-    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank r (default 8)")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="LoRA alpha; the update is scaled by s = alpha / r (default 2r, so s = 2; PEFT's own default "
-                        "is 8)")
-    p.add_argument("--targets", default=None,
-                   help="LoRA targets: all-linear (default) or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    _owned(p, "--steps", FinetuneConfig, type=_integer)
+    _owned(p, "--batch", FinetuneConfig, "batch_size", type=_integer)
+    _owned(p, "--lr", FinetuneConfig, type=_number, help=f"default by method: {_rates_help(DEFAULT_LR)}")
+    _owned(p, "--head-lr", FinetuneConfig, type=_number,
+           help=f"the classification head's learning rate (default: {_rates_help(DEFAULT_HEAD_LR)}; --lr for the "
+                "other methods)")
+    _owned(p, "--train-size", FinetuneConfig, type=_integer,
+           help="train on only this many examples, labels kept balanced (default: all)")
+    _owned(p, "--freeze-blocks", FinetuneConfig, type=_integer,
+           help="method freeze: how many of the first blocks to freeze, besides the embeddings (default: half of "
+                "them)")
+    _owned(p, "--rank", LoRAConfig, "r", type=_integer, help="LoRA rank r")
+    _owned(p, "--alpha", LoRAConfig, type=_number,
+           help="LoRA alpha; the update is scaled by s = alpha / r (default 2r, so s = 2; PEFT's own default is 8)")
+    _owned(p, "--targets", LoRAConfig,
+           help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
     p.add_argument("--dora", action="store_true", help="DoRA: learned magnitude and normalised direction")
-    p.add_argument("--init", default=None, choices=["default", "gaussian", "pissa"],
-                   help="LoRA initialisation (default: A random, B = 0)")
-    p.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    _owned(p, "--init", LoRAConfig, choices=["default", "gaussian", "pissa"],
+           help="LoRA initialisation (default: A random, B = 0)")
+    _owned(p, "--lora-dropout", LoRAConfig, "dropout", type=_number, help="dropout on the adapters' input")
     p.add_argument("--merge", action="store_true",
                    help="LoRA: also save the merged model (the adapters folded into the weights, W + s·BA; DoRA's "
                         "m·V/‖V‖) in --out/model, to deploy as one folder or to fine-tune on with --base (default: "
                         "the adapter only)")
-    p.add_argument("--head", default="auto", choices=["auto", "keep", "new"],
-                   help="a base that ends in a classification head over the task's labels: train on from it (auto, "
-                        "keep: keep refuses any other base) or start a fresh head (new)")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--save-every", type=int, default=0,
-                   help="checkpoint every N steps into --out/checkpoints (default 0: at the end, and when stopped)")
-    _add_run_options(p, "runs/finetune")
-    p.set_defaults(func=cmd_finetune)
+    _owned(p, "--head", FinetuneConfig, choices=["auto", "keep", "new"],
+           help="a base that ends in a classification head over the task's labels: train on from it (auto, keep: "
+                "keep refuses any other base) or start a fresh head (new)")
+    _owned(p, "--eval-every", FinetuneConfig, type=_integer,
+           help="validation accuracy every N steps (0: only at the end)")
+    _owned(p, "--save-every", FinetuneConfig, type=_integer,
+           help="checkpoint every N steps into --out/checkpoints (0: at the end, and when stopped)")
+    _add_run_options(p, "runs/finetune", FinetuneConfig)
+    p.set_defaults(func=cmd_finetune, configure=finetune_config_from_args)
 
 
 # ---- compare -----------------------------------------------------------------------------------------------------
 
-def _int_list(text, lo=1):
+def _int_list(text, lo=None):
+    """Comma-separated integers (at least lo, when the option's own rule says so)."""
     if "" in (items := [v.strip() for v in text.split(",")]) and text.strip():
         raise argparse.ArgumentTypeError(f"an empty item in {text!r}: give integers separated by single commas")
     try:
         values = tuple(int(v) for v in items if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < lo for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers ≥ {lo}, got {text!r}")
+    if not values or (lo is not None and any(v < lo for v in values)):
+        raise argparse.ArgumentTypeError(f"expected integers ≥ {lo}, got {text!r}" if values else
+                                         f"expected comma-separated integers, got {text!r}")
     return values
 
 
@@ -338,32 +409,9 @@ def _seed_list(text):
 
 
 def cmd_compare(a):
-    from .compare import CompareConfig, compare
+    from .compare import compare
     from .report import main_table, memory_table, seeds_table
-    if a.preset not in (None, "demo") and a.base is None:
-        raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
-                          f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
-    if a.methods is None:             # head-only needs a classification task; a generation task compares the other two
-        from ..data import load_task
-        a.methods = "full,lora,head" if load_task(a.task, "train").type == "classification" else "full,lora"
-    methods = tuple(m.strip() for m in a.methods.split(","))
-    kw = dict(task=a.task, methods=methods, ranks=a.ranks or (), rslora=a.rslora, dora=a.dora,
-              base=a.base, preset=a.preset, device=a.device, seed=a.seed, workers=a.workers)
-    for name in ("steps", "train_size", "batch", "alpha"):
-        if getattr(a, name) is not None:
-            kw["batch_size" if name == "batch" else name] = getattr(a, name)
-    if a.lora_lr is not None:
-        kw["lr"] = {"lora": a.lora_lr}
-    if a.lora_head_lr is not None:
-        kw["head_lr"] = {"lora": a.lora_head_lr}
-    if a.seeds:
-        kw["seeds"] = a.seeds
-    if "lora" not in kw["methods"] and not kw["ranks"]:
-        _refuse_unused({"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
-                        "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None},
-                       f"LoRA options, but --methods {a.methods} runs no LoRA (add lora, or --ranks)")
-    ccfg = CompareConfig.quick_config(**kw) if a.quick else CompareConfig(**kw)
-    results = compare(ccfg, out=a.out, progress=not a.quiet, resume=a.resume)
+    results = compare(a.config, out=a.out, progress=not a.quiet, resume=a.resume)
     print(main_table(results))
     print()
     print("Peak training memory, MiB (measured; predicted in the last column):")
@@ -374,80 +422,119 @@ def cmd_compare(a):
     print(f"\nreport: {a.out}/report.md   numbers: {a.out}/results.json   ({results['seconds']:.0f} s)")
 
 
+def compare_config_from_args(a):
+    """The CompareConfig of compare's options: those given, CompareConfig's defaults (--quick: QUICK's) for the
+    rest. LoRA options with no LoRA run to use them are refused by name."""
+    from .compare import CompareConfig
+    if a.preset not in (None, "demo") and a.base is None:
+        raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
+                          f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
+    methods = None if a.methods is None else tuple(m.strip() for m in a.methods.split(","))
+    given = _given(task=a.task, methods=methods, ranks=a.ranks, seeds=a.seeds, alpha=a.alpha, steps=a.steps,
+                   batch_size=a.batch, train_size=a.train_size, base=a.base, preset=a.preset, device=a.device,
+                   seed=a.seed, workers=a.workers,
+                   lr=None if a.lora_lr is None else {"lora": a.lora_lr},
+                   head_lr=None if a.lora_head_lr is None else {"lora": a.lora_head_lr})
+    ccfg = (CompareConfig.quick_config if a.quick else CompareConfig)(**given, rslora=a.rslora, dora=a.dora)
+    if "lora" not in ccfg.methods and not ccfg.ranks:
+        _refuse_unused({"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
+                        "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None},
+                       f"LoRA options, but --methods {','.join(ccfg.methods)} runs no LoRA (add lora, or --ranks)")
+    return ccfg
+
+
 def add_compare(sub):
+    from ..training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR
+    from .compare import QUICK, QUICK_TRAIN_SIZE, CompareConfig
     p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
-    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
-    p.add_argument("--methods", default=None,
-                   help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
-    p.add_argument("--ranks", type=_int_list, default=None, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha for the main rank (default 16 = 2r)")
-    p.add_argument("--seeds", type=_seed_list, default=None,
-                   help="extra seeds, e.g. 1,2: every run repeated, accuracy / forgetting / intruders over seeds")
-    p.add_argument("--lora-lr", type=_learning_rate, default=None,
-                   help="the LoRA runs' adapter learning rate (default 2e-3)")
-    p.add_argument("--lora-head-lr", type=_learning_rate, default=None,
-                   help="the LoRA runs' classification-head learning rate (default 3e-4)")
+    _owned(p, "--task", CompareConfig, help="sentiment | facts | a task folder | a JSONL/CSV file")
+    _owned(p, "--methods", CompareConfig,
+           help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
+    _owned(p, "--ranks", CompareConfig, type=_int_list, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
+    _owned(p, "--alpha", CompareConfig, type=_number,
+           help=f"LoRA alpha for the main rank (default 2r = {2 * default_of(CompareConfig, 'rank')})")
+    _owned(p, "--seeds", CompareConfig, type=_seed_list,
+           help="extra seeds, e.g. 1,2: every run repeated, accuracy / forgetting / intruders over seeds")
+    p.add_argument("--lora-lr", type=_number, default=None,
+                   help=f"the LoRA runs' adapter learning rate (default {DEFAULT_LR['lora']:g})")
+    p.add_argument("--lora-head-lr", type=_number, default=None,
+                   help=f"the LoRA runs' classification-head learning rate (default {DEFAULT_HEAD_LR['lora']:g})")
     p.add_argument("--rslora", action="store_true", help="the LoRA runs scale by alpha/sqrt(r) (rank-stabilised)")
     p.add_argument("--dora", action="store_true", help="the LoRA runs are DoRA (learned magnitude, normalised "
                                                        "direction)")
-    p.add_argument("--train-size", type=_positive_int, default=None,
-                   help="train every run on only this many examples (the small-data question; default: all, 64 "
-                        "with --quick)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="default 600 (8 with --quick)")
-    p.add_argument("--batch", type=_positive_int, default=None, help="batch size of every run (default 16, 8 with "
-                                                                      "--quick)")
-    p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--preset", default=None, choices=["tiny", "demo", "small", "gpt2"],
-                   help="model size: demo is shipped; for another, pretrain a base and pass --base")
+    _owned(p, "--train-size", CompareConfig, type=_integer,
+           help=f"train every run on only this many examples (the small-data question; default: all, "
+                f"{QUICK_TRAIN_SIZE} with --quick)")
+    _owned(p, "--steps", CompareConfig, type=_integer,
+           help=f"default {default_of(CompareConfig, 'steps')} ({QUICK['steps']} with --quick)")
+    _owned(p, "--batch", CompareConfig, "batch_size", type=_integer,
+           help=f"batch size of every run (default {default_of(CompareConfig, 'batch_size')}, "
+                f"{QUICK['batch_size']} with --quick)")
+    _owned(p, "--base", CompareConfig, help="model folder (default: the shipped data/base-demo)")
+    _owned(p, "--preset", CompareConfig, choices=["tiny", "demo", "small", "gpt2"],
+           help="model size: demo is shipped; for another, pretrain a base and pass --base")
     p.add_argument("--quick", action="store_true", help="a tiny budget: seconds, for tests and CI")
-    _add_run_options(p, "compare-report")
-    p.set_defaults(func=cmd_compare)
+    _add_run_options(p, "compare-report", CompareConfig)
+    p.set_defaults(func=cmd_compare, configure=compare_config_from_args)
 
 
 # ---- inspect -----------------------------------------------------------------------------------------------------
 
-def _inspect_setup(a):
-    """(model, lora, batch): the base with the task's head and LoRA attached, trained a.steps steps, and the next
+def _inspect_configs(a):
+    """(LoRAConfig, the warm-up's TrainConfig or None with --steps 0, the batch size, the lens's η): inspect's options
+    given, LoRAConfig's and INSPECT_DEFAULTS' defaults for the rest, each checked by its owner before any work."""
+    from ..lora import LoRAConfig
+    from ..measure.lens import INSPECT_DEFAULTS
+    from ..optim import check_lr
+    from ..training.train import TrainConfig
+    s = {**INSPECT_DEFAULTS, **_given(steps=a.steps, train_lr=a.train_lr, batch=a.batch, lr=a.lr)}
+    if a.train_lr is not None and s["steps"] == 0:
+        raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
+    lcfg = LoRAConfig(**_given(r=a.rank, alpha=a.alpha, targets=_targets(a.targets)))
+    tcfg = None
+    if s["steps"]:
+        tcfg = TrainConfig(steps=s["steps"], batch_size=s["batch"], lr=check_lr(s["train_lr"], "lr", " (--train-lr)"),
+                           warmup=0, schedule="constant", seed=a.seed)
+    return lcfg, tcfg, s["batch"], check_lr(s["lr"], "lr", " (--lr)")
+
+
+def _inspect_setup(a, lcfg, tcfg, batch_size):
+    """(model, lora, batch): the base with the task's head and LoRA attached, trained tcfg.steps steps, and the next
     batch of the task's training data."""
     from ..base import load_base
     from ..data import load_task
     from ..data.sources import task_source
-    from ..lora import LoRAConfig, attach_lora
+    from ..lora import attach_lora
     from ..methods import check_base_fits_task, task_head
     from ..training.finetune import FinetuneConfig
-    from ..training.train import TrainConfig, train
+    from ..training.train import train
     model, tok = load_base(a.base, dtype=a.dtype, device=a.device)
     split = load_task(a.task, "train")
     check_base_fits_task(model, a.task, split)
     task_head(model, split, seed=a.seed)                                  # as finetune does
-    targets = "all-linear" if a.targets == "all-linear" else tuple(t.strip() for t in a.targets.split(","))
-    lora = attach_lora(model, LoRAConfig(r=a.rank, alpha=a.alpha if a.alpha is not None else 2 * a.rank,
-                                         targets=targets), seed=a.seed)
+    lora = attach_lora(model, lcfg, seed=a.seed)
     if a.module is not None and a.module not in lora.modules:            # before the training steps, not after
         raise MiniftError(f"--module {a.module!r} is not one of the adapted matrices of this {model.cfg.n_layer}-"
                           f"block model: {', '.join(lora.modules[:4])}, ... (see --targets)")
     max_len = min(FinetuneConfig.max_len, model.cfg.n_ctx)
-    source = task_source(split, tok, max_len=max_len, batch_size=a.batch, seed=a.seed)
-    if a.steps:
-        train(model, source, TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.train_lr, warmup=0,
-                                         schedule="constant", seed=a.seed),
-              progress=not a.quiet, desc=f"LoRA warm-up ({a.steps} steps)")
+    source = task_source(split, tok, max_len=max_len, batch_size=batch_size, seed=a.seed)
+    if tcfg is not None:
+        train(model, source, tcfg, progress=not a.quiet, desc=f"LoRA warm-up ({tcfg.steps} steps)")
     return model, lora, source.next_batch()
 
 
 def cmd_inspect(a):
     import json
 
-    from ..measure.lens import DEFAULT_TRAIN_LR, format_lens, format_module, lens, module_spectra
-    if a.train_lr is not None and a.steps == 0:
-        raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
-    a.train_lr = a.train_lr or DEFAULT_TRAIN_LR
-    model, lora, batch = _inspect_setup(a)
-    report = lens(model, lora, batch, lr=a.lr)
-    trained = (f"after {a.steps} LoRA training steps (AdamW, lr {a.train_lr:g}, so B ≠ 0)" if a.steps
+    from ..measure.lens import format_lens, format_module, lens, module_spectra
+    lcfg, tcfg, batch_size, lr = _inspect_configs(a)
+    model, lora, batch = _inspect_setup(a, lcfg, tcfg, batch_size)
+    report = lens(model, lora, batch, lr=lr)
+    steps = tcfg.steps if tcfg is not None else 0
+    trained = (f"after {steps} LoRA training steps (AdamW, lr {tcfg.lr:g}, so B ≠ 0)" if steps
                else "at init (--steps 0: B = 0)")
     if a.json:
-        out = {"task": a.task, "steps": a.steps, **report.to_dict()}
+        out = {"task": a.task, "steps": steps, **report.to_dict()}
         if a.module is not None:
             out["module_detail"] = module_spectra(report, a.module)
         print(json.dumps(out, indent=2))
@@ -460,21 +547,20 @@ def cmd_inspect(a):
 
 
 def add_inspect(sub):
-    from ..measure.lens import DEFAULT_LR, DEFAULT_STEPS, DEFAULT_TRAIN_LR
+    from ..lora import LoRAConfig
+    from ..measure.lens import INSPECT_DEFAULTS
     p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
-    p.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2r)")
-    p.add_argument("--targets", default="all-linear",
-                   help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--steps", type=_int_at_least(0, "a number of steps >= 0"), default=DEFAULT_STEPS,
-                   help=f"train LoRA this many steps first, so B ≠ 0 (default {DEFAULT_STEPS}; 0 = look at init)")
-    p.add_argument("--train-lr", type=_learning_rate, default=None,
-                   help=f"AdamW learning rate of those steps (default {DEFAULT_TRAIN_LR:g})")
-    p.add_argument("--lr", type=_learning_rate, default=DEFAULT_LR, help=f"η of the SGD step the lens shows "
-                                                                f"(default {DEFAULT_LR:g})")
-    p.add_argument("--batch", type=_positive_int, default=8)
+    _owned(p, "--rank", LoRAConfig, "r", type=_integer, help="LoRA rank r")
+    _owned(p, "--alpha", LoRAConfig, type=_number, help="LoRA alpha (default 2r)")
+    _owned(p, "--targets", LoRAConfig,
+           help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    _owned(p, "--steps", INSPECT_DEFAULTS, type=_int_at_least(0, "a number of steps >= 0"),
+           help="train LoRA this many steps first, so B ≠ 0 (0 = look at init)")
+    _owned(p, "--train-lr", INSPECT_DEFAULTS, type=_number, help="AdamW learning rate of those steps")
+    _owned(p, "--lr", INSPECT_DEFAULTS, type=_number, help="η of the SGD step the lens shows")
+    _owned(p, "--batch", INSPECT_DEFAULTS, type=_integer)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: the identity errors drop to ~1e-15")
@@ -493,7 +579,9 @@ def cmd_bench(a):
     from ..measure.bench import format_report, run_bench
     if a.rank is not None and a.method != "lora":
         raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
-    r = run_bench(a.preset, a.method, rank=8 if a.rank is None else a.rank, steps=a.steps, warmup=a.warmup,
+    from ..lora import LoRAConfig
+    rank = default_of(LoRAConfig, "r") if a.rank is None else a.rank
+    r = run_bench(a.preset, a.method, rank=rank, steps=a.steps, warmup=a.warmup,
                   device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
                   threads=a.threads, workers=a.workers, fused=False if a.no_fused else None)
     print(json.dumps(r) if a.json else format_report(r))
@@ -501,12 +589,13 @@ def cmd_bench(a):
 
 def add_bench(sub):
     from ..config import BENCH_BATCH
+    from ..lora import LoRAConfig
     p = sub.add_parser("bench", help="time a training step (forward + backward + AdamW): ms, tokens/s, MFU, per op")
     p.add_argument("--preset", default="demo",
                    help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
                         + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
     p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8); --method lora only")
+    _owned(p, "--rank", LoRAConfig, "r", type=int, help="LoRA rank r; --method lora only")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--profile-steps", type=int, default=3, help="extra steps timed op by op (0: no breakdown)")
@@ -531,6 +620,7 @@ def add_bench(sub):
 
 def cmd_memory(a):
     from ..config import GPTConfig
+    from ..lora import LoRAConfig
     from ..measure.memory import format_memory, predict_memory
     cfg = GPTConfig.preset(a.preset)
     if a.n_embd or a.n_layer or a.n_head or a.n_ctx:
@@ -539,7 +629,7 @@ def cmd_memory(a):
                       n_head=a.n_head or cfg.n_head, n_ctx=a.n_ctx or cfg.n_ctx)
     if a.rank is not None and a.method != "lora":
         raise MiniftError(f"--rank is a LoRA option, but --method is {a.method!r}")
-    a.rank = a.rank or 8
+    a.rank = a.rank or default_of(LoRAConfig, "r")
     if a.method == "lora" and a.rank > cfg.n_embd:
         raise MiniftError(f"--rank {a.rank} is larger than the smallest side of the adapted matrices "
                           f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
@@ -566,10 +656,11 @@ def cmd_memory(a):
 
 
 def add_memory(sub):
+    from ..lora import LoRAConfig
     p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
     p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
     p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
-    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 8)")
+    _owned(p, "--rank", LoRAConfig, "r", type=_positive_int, help="LoRA rank")
     p.add_argument("--batch", type=_positive_int, default=8)
     p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
     p.add_argument("--n-embd", type=_positive_int, default=None, help="custom width")
@@ -614,14 +705,15 @@ def build_parser():
 
 
 def _say_defaults(parser):
-    """Each option's help ends with its default, unless the help already speaks of it or there is none to speak of
-    (None: decided later, from other options; False: a flag)."""
+    """Each option's help ends with its default -- its owner's (_owned), or argparse's -- unless the help already
+    speaks of it or there is none to speak of (None: decided later, from other options; False: a flag)."""
     for action in parser._actions:
-        default, text = action.default, action.help or ""
-        if (not action.option_strings or default is None or default is False or argparse.SUPPRESS in (default, text)
-                or "default" in text):
+        default, text = getattr(action, "owner_default", action.default), action.help or ""
+        if (not action.option_strings or default is None or default is False or default in ((), "")
+                or argparse.SUPPRESS in (default, text) or "default" in text):
             continue
-        action.help = f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        shown = (",".join(default) if isinstance(default, tuple) else str(default)).replace("%", "%%")
+        action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -689,6 +781,8 @@ class _FloatingPointWarnings:
 def _run(args):
     try:
         try:
+            if getattr(args, "configure", None) is not None:
+                args.config = args.configure(args)   # every value checked by its owner, before any folder or work
             if getattr(args, "prepare", None) is not None:
                 args.prepare(args)
             args.func(args)

@@ -37,6 +37,7 @@ from ..backend import to_numpy
 from ..errors import MiniftError
 from ..formats.io import atomic_write, drop_summary, save_json
 from ..lora import MODEL_CARD_FILE
+from ..lora.config import normalise_targets
 from ..measure.analysis import (EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline,
                                 scale_intruders, singular_values)
 from ..measure.memory import measure_memory, predict_memory
@@ -47,16 +48,20 @@ from .report import lora_label
 
 K_TOP = 10                 # the paper's top-k singular vectors
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
+QUICK = dict(steps=8, eval_size=64, batch_size=8)      # and --quick's other settings (quick_config)
 
 
 @dataclass
 class CompareConfig:
+    """The comparison `minift compare` runs. The defaults are that command's (the CLI reads them from here), so
+    CompareConfig() is the run it makes with no options. Every planned run is checked when the config is made, by the
+    FinetuneConfig and LoRAConfig it becomes (finetune_config)."""
     task: str = "sentiment"
-    methods: tuple = ("full", "lora", "head")
+    methods: tuple | None = None   # None: default_methods(task)
     steps: int = 600
     batch_size: int = 16
     rank: int = 8
-    alpha: float = 16
+    alpha: float | None = None     # the main rank's α (None: 2·rank, as LoRAConfig); the sweep keeps s (sweep_alpha)
     targets: str = "all-linear"
     ranks: tuple = ()              # extra LoRA ranks to sweep, at the main run's s = α/r
     rslora: bool = False
@@ -76,6 +81,8 @@ class CompareConfig:
     workers: int = 1               # >1: each training batch split across CPU threads (minift/fast/parallel.py)
 
     def __post_init__(self):
+        if self.methods is None:
+            self.methods = default_methods(self.task)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise MiniftError(f"--methods {','.join(self.methods)}: {', '.join(map(repr, unknown)) or 'none given'}: "
@@ -84,23 +91,35 @@ class CompareConfig:
             raise MiniftError(f"--methods {','.join(self.methods)}: a method is named twice")
         if len(set(self.ranks)) != len(self.ranks):
             raise MiniftError(f"--ranks {','.join(map(str, self.ranks))}: a rank is named twice")
-        if any(r <= 0 for r in self.ranks) or self.rank <= 0:
-            raise MiniftError(f"LoRA ranks must be positive, got rank={self.rank} ranks={self.ranks}")
-        if self.steps <= 0:
-            raise MiniftError(f"--steps {self.steps} must be positive")
         if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise MiniftError(f"--seeds {','.join(map(str, self.seeds))}: the extra seeds must differ from each "
                               f"other and from --seed {self.seed}")
-        for rank in (self.rank, *self.ranks) if "lora" in self.methods else self.ranks:
-            _lora_config(self, rank, self.alpha if rank == self.rank else sweep_alpha(self, rank))   # raises if bad
+        self.alpha = _lora_config(self, self.rank, self.alpha).alpha   # the main rank's, checked; None: LoRAConfig's 2r
+        for method in self.methods:                    # every planned run's settings, checked where they are owned
+            self._check_run(method, self.rank, self.alpha)
+        for rank in self.ranks:
+            self._check_run("lora", rank, sweep_alpha(self, rank))
+
+    def _check_run(self, method: str, rank: int, alpha: float) -> None:
+        """Make the run's FinetuneConfig (which checks its settings), and say which run a refusal is about."""
+        try:
+            finetune_config(self, method, rank, alpha, "classification")
+        except MiniftError as e:
+            raise MiniftError(f"the {lora_label(rank, self.rslora, self.dora) if method == 'lora' else method} run: "
+                              f"{e}") from None
 
     @classmethod
     def quick_config(cls, **kw):
-        """A tiny budget that still exercises every measurement (tests, CI): seconds, not minutes."""
-        kw.setdefault("steps", 8)                  # and at most QUICK_TRAIN_SIZE training examples (compare())
-        kw.setdefault("eval_size", 64)
-        kw.setdefault("batch_size", 8)
-        return cls(quick=True, **kw)
+        """A tiny budget that still exercises every measurement (tests, CI): seconds, not minutes. QUICK's settings
+        unless given, and at most QUICK_TRAIN_SIZE training examples (compare())."""
+        return cls(quick=True, **{**QUICK, **kw})
+
+
+def default_methods(task) -> tuple:
+    """Full, LoRA and head-only (a linear probe); head-only needs a classification head, so a generation task
+    compares full and LoRA."""
+    from ..data import load_task
+    return ("full", "lora", "head") if load_task(task, "train").type == "classification" else ("full", "lora")
 
 
 # ---- one run's measurements ----------------------------------------------------------------------------------
@@ -173,7 +192,7 @@ def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, t
     return FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
-                          seed=ccfg.seed, workers=ccfg.workers,
+                          seed=ccfg.seed, workers=ccfg.workers, eval_every=0,    # each run scored once, at the end
                           head="new" if task_type == "classification" else "auto",
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
 

@@ -8,7 +8,7 @@ the same size whatever R, so the learning rate need not change with the rank (Hu
 little. rsLoRA argues that with α/R the adapters' outputs and gradients collapse as R grows, measures that higher
 ranks then stop improving, and shows that s ∝ 1/√R is the scaling under which learning is stable in R
 ("rank-stabilised"); tutorial 07, section 3 measures both. PEFT's defaults differ from LoRAConfig's: lora_alpha 8
-there, alpha 16 (= 2r at r = 8, a common choice) here.
+there, alpha = 2r here (s = 2 at every rank, a common choice: 16 at the default r = 8).
 
 Which modules: targets names the linears of every block as PEFT does, by suffix of the module name:
 "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "all-linear" (all four). Bare "c_proj" is ambiguous in GPT-2 (the
@@ -40,7 +40,8 @@ class LoRAConfig:
     """What to adapt and how; PEFT's LoraConfig name of each field in brackets.
 
     r         rank R of the update, an integer > 0 and ≤ min(in, out) of every adapted matrix   [r]
-    alpha     α > 0; the update is scaled by s = α/r, or α/√r with rslora                      [lora_alpha]
+    alpha     α > 0; the update is scaled by s = α/r, or α/√r with rslora. None (the default)    [lora_alpha]
+              means 2r, so s = 2 whatever the rank; the config holds the number once made
     targets   module names matched by suffix (see the module docstring), or "all-linear"        [target_modules]
     rslora    scale α/√r instead of α/r (Kalajdzievski 2023)                                     [use_rslora]
     dropout   adapter-dropout probability in [0, 1) on the LoRA branch's input                  [lora_dropout]
@@ -48,10 +49,12 @@ class LoRAConfig:
     use_dora  DoRA instead of plain LoRA (minift/lora/dora.py)                                   [use_dora]
     dora_norm "exact" (the full derivative, the default) | "detached" (DoRA §4.3, PEFT): how the DoRA backward
               treats the column norm; the forward is the same
+
+    The defaults are `minift finetune`'s (the CLI reads them from here): r = 8, α = 2r, every linear of every block.
     """
     r: int = 8
-    alpha: float = 16
-    targets: tuple = ("c_attn",)
+    alpha: float | None = None          # None: 2r (resolved in __post_init__)
+    targets: tuple = (ALL_LINEAR,)
     rslora: bool = False
     dropout: float = 0.0
     init: str = "default"
@@ -61,6 +64,8 @@ class LoRAConfig:
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
             raise MiniftError(f"LoRA rank r={self.r!r} must be an integer > 0")
+        if self.alpha is None:                     # α = 2r: the frozen dataclass holds the number from here on
+            object.__setattr__(self, "alpha", 2 * int(self.r))
         if not _is_number(self.alpha) or not self.alpha > 0 or not math.isfinite(self.alpha):
             raise MiniftError(f"LoRA alpha={self.alpha!r} must be a number > 0")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:

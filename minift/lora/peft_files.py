@@ -178,6 +178,8 @@ def config_from_peft(peft: dict, where) -> LoRAConfig:
     if not isinstance(init, (bool, str)) or init not in inits:
         raise MiniftError(f"{where}: init_lora_weights={init!r} is not supported by minift "
                           f"(one of {list(inits)})")
+    if peft.get("lora_alpha") is None:      # LoRAConfig would read None as 2r: a file must say what it was trained with
+        raise MiniftError(f"{where}: lora_alpha is missing (PEFT's adapter config always states it)")
     targets = peft.get("target_modules")
     try:
         return LoRAConfig(r=peft.get("r"), alpha=peft.get("lora_alpha"), dropout=peft.get("lora_dropout", 0.0),

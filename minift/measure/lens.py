@@ -74,10 +74,12 @@ import numpy as np
 
 from ..backend import find_nonfinite, to_numpy
 from ..errors import MiniftError
+from ..optim import check_lr
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
-DEFAULT_STEPS = 20         # CLI: LoRA training steps before the lens looks, so that B ≠ 0
-DEFAULT_TRAIN_LR = 3e-3    # CLI: their AdamW learning rate
+# `minift inspect`'s settings (the CLI reads them from here; the adapters are LoRAConfig's defaults): the LoRA training
+# steps before the lens looks, so that B ≠ 0, their AdamW learning rate, the rows of the batch, and the lens's η
+INSPECT_DEFAULTS = dict(steps=20, train_lr=3e-3, batch=8, lr=DEFAULT_LR)
 CORNER = (4, 6)            # rows, columns of a matrix shown by the --module detail
 
 # linear module (suffix) -> the record name of its input x; its output is recorded under the module's own name and
@@ -167,9 +169,7 @@ def _check_inputs(model, lora, batch, lr):
     if not isinstance(batch, dict) or "input_ids" not in batch or "targets" not in batch:
         raise MiniftError("batch must be a dict with 'input_ids' and 'targets' (and optionally 'attention_mask'), "
                           "as a source's next_batch() returns")
-    number = isinstance(lr, (int, float, np.integer, np.floating)) and not isinstance(lr, bool)
-    if not number or not lr > 0 or not math.isfinite(lr):
-        raise MiniftError(f"lr={lr!r} must be a number > 0")
+    check_lr(lr)
     return adapters
 
 

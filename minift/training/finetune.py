@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MiniftError
+from ..lora import LoRAConfig
 from ..methods import (HEAD, HEAD_MODES, METHODS, check_base_fits_task, check_task_fits, setup_method, task_head,
                        trainable_summary)
+from ..optim import check_lr
+from .train import TrainConfig, resumed_warmup
 
 # Chosen on the sentiment task's validation split from the shipped demo base (tutorials 05-07), 600 steps.
 # LoRA's adapters and the fresh classification head want different rates, as torch parameter groups allow: with one
@@ -25,9 +27,12 @@ DEFAULT_HEAD_LR = {"lora": 3e-4}       # methods whose head trains at its own ra
 
 @dataclass
 class FinetuneConfig:
+    """One fine-tuning run. The defaults are `minift finetune`'s (the CLI reads them from here), so FinetuneConfig()
+    is the run that command makes with no options. Every value is checked here, when the config is made: the
+    training settings by the TrainConfig they become (train_config), LoRA's by its LoRAConfig."""
     method: str = "lora"
     task: str = "sentiment"          # a built-in task name, a task folder or a JSONL/CSV file
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16
     lr: float | None = None          # default: DEFAULT_LR[method]
     head_lr: float | None = None     # the classification head's rate (default: DEFAULT_HEAD_LR, else lr)
@@ -37,10 +42,10 @@ class FinetuneConfig:
     train_size: int | None = None    # use only this many training examples (the small-data question)
     eval_size: int | None = None     # evaluate on only this many validation/test examples (quick runs)
     freeze_blocks: int | None = None  # for method "freeze" (default: half of the blocks)
-    eval_every: int = 0
+    eval_every: int = 100            # validation accuracy every this many steps (0: only at the end)
     save_every: int = 0              # checkpoint every this many steps (0: only at the end and when stopped)
     seed: int = 0
-    lora: object = None              # a LoRAConfig for method "lora" (default LoRAConfig())
+    lora: LoRAConfig | None = None   # method "lora": its adapters (None: LoRAConfig(), filled in when made)
     workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
     merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
     head: str = "auto"               # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
@@ -49,17 +54,29 @@ class FinetuneConfig:
         if self.method not in METHODS:
             raise MiniftError(f"method {self.method!r} is not one of {METHODS}")
         for name in ("lr", "head_lr"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                raise MiniftError(f"{name}={value!r} must be a positive, finite learning rate")
-
+            if getattr(self, name) is not None:
+                check_lr(getattr(self, name), name)
+        self.train_config(self.lr or DEFAULT_LR[self.method])      # raises now, before any data is loaded
+        if self.method == "lora" and self.lora is None:
+            self.lora = LoRAConfig()
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise MiniftError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
         if self.head not in HEAD_MODES:
             raise MiniftError(f"head={self.head!r} is not one of {HEAD_MODES}")
         if self.merge and self.method != "lora":
             raise MiniftError(f"merge folds LoRA's adapters into the weights, and method {self.method!r} has none "
                               "(its whole model is saved already); drop it, or use method 'lora'")
         if self.train_size is not None and self.train_size <= 0:
-            raise MiniftError(f"train_size={self.train_size} must be positive")
+            raise MiniftError(f"train_size={self.train_size} (--train-size) must be positive")
+
+    def train_config(self, lr: float, head_lr: float | None = None, warmup: int | None = None) -> TrainConfig:
+        """The training loop's settings for this run, checked by TrainConfig (steps, batch size, rate, intervals,
+        workers). lr, head_lr: the rates learning_rates() picked; warmup: default min(warmup, steps / 5)."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=lr,
+                           warmup=min(self.warmup, self.steps // 5) if warmup is None else warmup,
+                           weight_decay=self.weight_decay, eval_every=self.eval_every, save_every=self.save_every,
+                           seed=self.seed, workers=self.workers,
+                           lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
 
 
 def learning_rates(model, fcfg: FinetuneConfig):
@@ -150,7 +167,6 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     first one trains, so that a bad option is found in seconds, not after an hour of other runs."""
     from ..data.sources import task_source
     from ..measure.memory import check_fits
-    from .train import TrainConfig, resumed_warmup
     train_split, val_split, test_split = load_task_splits(fcfg.task, fcfg.train_size, fcfg.eval_size)
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     check_base_fits_task(base, fcfg.task, train_split)
@@ -168,11 +184,7 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
     warmup = resumed_warmup(checkpoints, resume, min(fcfg.warmup, fcfg.steps // 5))   # fixed once the run starts
-    tcfg = TrainConfig(steps=fcfg.steps, batch_size=fcfg.batch_size, lr=lr,
-                       warmup=warmup, weight_decay=fcfg.weight_decay,
-                       eval_every=fcfg.eval_every, save_every=fcfg.save_every, seed=fcfg.seed,
-                       workers=fcfg.workers,
-                       lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
+    tcfg = fcfg.train_config(lr, head_lr, warmup)
     return Run(model, lora, head, source, tcfg, head_lr, max_len, train_split, val_split, test_split)
 
 

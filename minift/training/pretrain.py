@@ -25,14 +25,32 @@ from ..formats.io import drop_summary, save_json
 from ..formats.tokenizer import Tokenizer
 from ..measure.memory import available_host_bytes, check_fits
 from ..model import GPT
+from ..optim import check_lr
 from .evaluate import lm_loss
 from .train import TrainConfig, train
 
 CORPORA = ("world", "pydoc", "both")
 HELDOUT_SEED = 12345          # the world-document stream used for held-out text (forgetting, validation)
+DEFAULT_CHARS = 8_000_000     # size of the generated world corpus
+# The training settings of `minift pretrain` (the CLI reads them from here); warmup: default_warmup(steps)
+PRETRAIN_DEFAULTS = dict(steps=2000, batch_size=16, lr=3e-3, weight_decay=0.1, eval_every=250, save_every=250)
 
 
-def corpus_texts(corpus: str = "world", n_chars: int = 8_000_000, files=None, seed: int = 0) -> list:
+def default_warmup(steps: int) -> int:
+    """Pretraining's warmup when none is given: a tenth of the run, at most 100 steps."""
+    return min(100, steps // 10)
+
+
+def pretrain_config(**given) -> TrainConfig:
+    """The TrainConfig of a pretraining run: PRETRAIN_DEFAULTS and default_warmup, overridden by what is given
+    (TrainConfig's own field names). pretrain_config() is the run `minift pretrain` makes with no options."""
+    settings = {**PRETRAIN_DEFAULTS, **given}
+    check_lr(settings["lr"], "lr", " (--lr)")      # finite too (TrainConfig alone lets ∞ through: tutorial 06)
+    settings.setdefault("warmup", default_warmup(settings["steps"]))
+    return TrainConfig(**settings)
+
+
+def corpus_texts(corpus: str = "world", n_chars: int = DEFAULT_CHARS, files=None, seed: int = 0) -> list:
     """The pretraining texts: user files if given, else the world corpus, the pydoc corpus, or both."""
     if files:
         return load_text_files(files)
@@ -123,11 +141,11 @@ def tokenizer_for(cfg: GPTConfig, texts, tokenizer_path=None) -> Tokenizer:
     return Tokenizer.train(texts, vocab_size=cfg.vocab_size)
 
 
-def pretrain(preset="demo", corpus="world", files=None, n_chars=8_000_000, tcfg: TrainConfig | None = None,
+def pretrain(preset="demo", corpus="world", files=None, n_chars=DEFAULT_CHARS, tcfg: TrainConfig | None = None,
              out_dir="runs/pretrain", tokenizer_path=None, device="cpu", seed=0, resume=False, progress=True):
     """Pretrain a fresh GPT; returns (model, tokenizer, summary dict). Everything lands in out_dir."""
     cfg = GPTConfig.preset(preset) if isinstance(preset, str) else preset
-    tcfg = tcfg or TrainConfig(steps=2000, batch_size=16, lr=3e-3, warmup=100, weight_decay=0.1, seed=seed)
+    tcfg = tcfg or pretrain_config(seed=seed)
     check_fits(cfg, "full", tcfg.batch_size, cfg.n_ctx, device=resolve_device(device))   # before any long work
     check_corpus_fits(n_chars if not files and corpus != "pydoc" else 0, files)
     out_dir = Path(out_dir)

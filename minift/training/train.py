@@ -57,7 +57,7 @@ from ..errors import MiniftError
 from ..fast.parallel import check_splittable, check_workers, split_loss_and_grads
 from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from ..lora import adapter_rng
-from ..optim import AdamW, clip_grad_norm, lr_schedule
+from ..optim import AdamW, check_lr, clip_grad_norm, lr_schedule
 from .progress import progress_bar
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
@@ -95,8 +95,7 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be positive")
-        if not self.lr > 0:            # NaN fails this too; inf passes: tutorial 06 uses it to trip the guard
-            raise MiniftError(f"lr={self.lr}{option_of('lr')} must be a positive number")
+        check_lr(self.lr, "lr", option_of("lr"), finite=False)   # ∞ passes: tutorial 06 uses it to trip the guard
         for name in ("eval_every", "save_every", "warmup"):
             if getattr(self, name) < 0:
                 raise MiniftError(f"{name}={getattr(self, name)}{option_of(name)} must be >= 0")
@@ -516,8 +515,8 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         if a_rng is not None:
             a_rng.bit_generator.state = before[2]
         advice = "Try a lower lr" + (" (or check the inputs: a LoRA alpha, a learning-rate scale)" if step == 0 else
-                                     " in a new run (--overwrite or another --out: a checkpoint resumes only with its own settings)" if out_dir
-                                     else "")
+                                     " in a new run (--overwrite or another --out: a checkpoint resumes only with its "
+                                     "own settings)" if out_dir else "")
         if wrong:              # these weights are broken: keep only what an earlier step checked
             raise TrainingDiverged(f"step {step}: loss {wrong}; {_keep_checked(out_dir, step)}. {advice}.")
         bad = find_nonfinite(loss, grads) or "gradient norm"
