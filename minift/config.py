@@ -19,7 +19,7 @@ PRESETS = {
     "gpt2":  dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_ctx=1024),
 }
 BENCH_BATCH = {"tiny": 16, "demo": 16, "small": 8, "gpt2": 8}
-HEAD = "score.weight"     # a classification head's weight [K, C] (GPT2ForSequenceClassification's name)
+HEAD_WEIGHT = "score.weight"  # a classification head's weight [K, C] (GPT2ForSequenceClassification's name)
 
 
 @dataclass(frozen=True)

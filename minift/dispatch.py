@@ -6,7 +6,7 @@ fast twin, or the reference when MINIFT_REFERENCE=1 is in the environment (read 
 chains), for a learner who wants to step into it in a debugger; it is slower and holds more memory.
 
     op               reference               fast twin               what the twin changes
-    layernorm        ops/layernorm.py        fast/layernorm.py       in place; fused kernels on CuPy (the same bits)
+    layernorm        ops/layernorm.py        fast/layernorm.py       in place; fused kernels on CuPy (the same order)
     attention        ops/attention.py        fast/attention.py       T > 64: 64 queries at a time, against the keys
                                                                      they can see (its softmax: fast/softmax.py)
     gelu             ops/gelu.py             fast/gelu.py            in place, another order; one kernel on CuPy

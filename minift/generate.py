@@ -56,7 +56,7 @@ def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=No
     """Continue `prompt_ids` (a list of ints) by up to max_new_tokens tokens; returns only the new ids.
     n_tokens: the tokenizer's vocabulary size, when the model's vocab_size is larger (padded, as GPT-2's often is
     to a multiple of 64): ids from n_tokens up have no text and are never drawn."""
-    if model.head != "lm":
+    if model.head_kind != "lm":
         raise MiniftError("generation needs the language-model head; this model has a classification head")
     _check_sampling(max_new_tokens, temperature, top_k)
     ids, new = as_token_ids(prompt_ids, "prompt_ids"), []

@@ -74,13 +74,13 @@ class GradReport:
         raise KeyError(name)
 
     def __str__(self) -> str:
-        head = (f"gradient check, error = |analytic - numeric| / max(|analytic|, |numeric|, {self.floor:g})\n"
-                f"  {'input':<28} {'shape':<16} {'checked':>11} {'max error':>10}  {'tol':>7}  "
-                f"{'worst index':<16} {'analytic':>12} {'numeric':>12}")
+        header = (f"gradient check, error = |analytic - numeric| / max(|analytic|, |numeric|, {self.floor:g})\n"
+                  f"  {'input':<28} {'shape':<16} {'checked':>11} {'max error':>10}  {'tol':>7}  "
+                  f"{'worst index':<16} {'analytic':>12} {'numeric':>12}")
         rows = [f"  {e.name:<28} {str(e.shape):<16} {f'{e.checked}/{e.total}':>11} {e.max_error:>10.2e}  "
                 f"{e.tol:>7.0e}  {str(e.worst_index):<16} {e.analytic:>12.6g} {e.numeric:>12.6g}  "
                 f"{'ok' if e.ok else 'FAIL'}" for e in self.entries]
-        return "\n".join([head] + rows)
+        return "\n".join([header] + rows)
 
     def assert_ok(self) -> "GradReport":
         if not self.ok:

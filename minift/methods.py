@@ -6,7 +6,7 @@ arrays receive gradients and updates:
 
     method    trains                                                        frozen
     full      every parameter (+ the task head)                             nothing
-    freeze    the last blocks, ln_f and the head                            wte, wpe, the first k blocks (+ LayerNorms
+    freeze    the last blocks, ln_f and a classification head               wte, wpe, the first k blocks (+ LayerNorms
                                                                             if asked)
     head      only the classification head `score.weight` (a linear probe)  the whole transformer
     lora      the adapters' A and B (+ the head, as PEFT's modules_to_save) the whole transformer (minift/lora/)
@@ -18,7 +18,7 @@ no activations for them, "head" runs a forward and the head's backward only.
 """
 from __future__ import annotations
 
-from .config import HEAD
+from .config import HEAD_WEIGHT
 from .errors import MiniftError
 
 METHODS = ("full", "freeze", "head", "lora")
@@ -41,10 +41,10 @@ def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_emb
     if method == "full":
         return set()
     if method == "head":
-        if HEAD not in model.params:
+        if HEAD_WEIGHT not in model.params:
             raise MiniftError("method 'head' trains only a classification head, and this model has none "
                               "(the language-model head is tied to wte); use a classification task")
-        return names - {HEAD}
+        return names - {HEAD_WEIGHT}
     if method == "freeze":
         k = model.cfg.n_layer // 2 if freeze_blocks is None else freeze_blocks
         if not 0 <= k <= model.cfg.n_layer:
@@ -78,35 +78,36 @@ def trainable_summary(model) -> dict:
     return dict(trainable=trainable, total=total, percent=100.0 * trainable / total)
 
 
-HEAD_MODES = ("auto", "keep", "new")
+HEAD_MODES = ("auto", "keep", "new")     # FinetuneConfig.head_mode (--head): what task_head does with a base's head
 
 
-def task_head(model, train_split, seed: int = 0, mode: str = "auto") -> str:
+def task_head(model, train_split, seed: int = 0, head_mode: str = "auto") -> str:
     """Step 2 (article §1.1, "add a task-specific layer"): the head the task trains, on `model` in place.
 
     A classification task needs a head over its labels. A base that already ends in one over the same labels -- a
     model fine-tuned on this task before, now trained on with new data (article §1.2's "continual improvement") --
-    keeps its trained head by default (mode "auto"), its rows put in the task's label order: throwing it away would
-    start the task over. Any other base gets a fresh head. mode "new" always draws a fresh one (the same label names
-    can mean another task: "0"/"1"); mode "keep" refuses a base without a head over these labels. A generation task
-    trains the tied LM head. Returns which happened: "kept", "new" or "lm".
+    keeps its trained head by default (head_mode "auto"), its rows put in the task's label order: throwing it away
+    would start the task over. Any other base gets a fresh head. head_mode "new" always draws a fresh one (the same
+    label names can mean another task: "0"/"1"); head_mode "keep" refuses a base without a head over these labels. A
+    generation task trains the tied LM head. Returns where the head came from (the run's head origin): "kept", "new"
+    or "lm".
     """
-    if mode not in HEAD_MODES:
-        raise MiniftError(f"head={mode!r} is not one of {HEAD_MODES}")
+    if head_mode not in HEAD_MODES:
+        raise MiniftError(f"head_mode={head_mode!r} (--head) is not one of {HEAD_MODES}")
     if train_split.type != "classification":
-        if mode != "auto":
-            raise MiniftError(f"head={mode!r} chooses a classification head, and this is a {train_split.type} task "
-                              "(it trains the tied LM head); leave it at 'auto'")
+        if head_mode != "auto":
+            raise MiniftError(f"head_mode={head_mode!r} (--head) chooses a classification head, and this is a "
+                              f"{train_split.type} task (it trains the tied LM head); leave it at 'auto'")
         return "lm"
     labels = list(train_split.label_names)
-    matches = model.head == "classification" and sorted(model.labels) == sorted(labels)
-    if mode == "keep" and not matches:
-        has = f"a head over {model.labels}" if model.head == "classification" else "no classification head"
-        raise MiniftError(f"head='keep' (--head keep) trains on the base's head, but the base has {has} and the task's "
-                          f"labels are {labels}; use --head new (or auto)")
-    if matches and mode != "new":
+    matches = model.head_kind == "classification" and sorted(model.labels) == sorted(labels)
+    if head_mode == "keep" and not matches:
+        has = f"a head over {model.labels}" if model.head_kind == "classification" else "no classification head"
+        raise MiniftError(f"head_mode='keep' (--head keep) trains on the base's head, but the base has {has} and the "
+                          f"task's labels are {labels}; use --head new (or auto)")
+    if matches and head_mode != "new":
         rows = [model.labels.index(name) for name in labels]                 # the base's row of each task label
-        model.params[HEAD] = model.params[HEAD][rows]                        # [K, C] (indexing by a list copies)
+        model.params[HEAD_WEIGHT] = model.params[HEAD_WEIGHT][rows]          # [K, C] (indexing by a list copies)
         model.labels = labels
         return "kept"
     model.add_classification_head(labels, seed=seed)
@@ -115,7 +116,7 @@ def task_head(model, train_split, seed: int = 0, mode: str = "auto") -> str:
 
 def check_base_fits_task(base, task, train_split) -> None:
     """A generation task trains the language-model head, which a base ending in a classification head lacks."""
-    if train_split.type != "classification" and base.head == "classification":
+    if train_split.type != "classification" and base.head_kind == "classification":
         raise MiniftError(f"task {str(task)!r} is a {train_split.type} task, which trains the language-model head, "
                           f"but this base model ends in a classification head (labels {base.labels}); start from a "
                           "base without one, such as the pretrained model")

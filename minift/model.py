@@ -94,6 +94,8 @@ class GPT:
     Which parameters train is `model.frozen` (a set of names; minift/methods.py has the methods that fill it).
     Adapters (LoRA, DoRA: minift/lora/) live in `model.adapters`, module name -> adapter; an adapted linear calls
     the adapter's forward/backward instead of the plain one, and the adapter's gradients join `grads`.
+    What the model ends in is `model.head_kind`: "lm" (logits over the vocabulary from the tied wte) or
+    "classification" (`score.weight`, one logit per label of `model.labels`).
     """
 
     def __init__(self, cfg: GPTConfig, seed=0, dtype="float32", device="cpu", params: dict | None = None):
@@ -106,7 +108,7 @@ class GPT:
         self.params = params if params is not None else init_params(cfg, make_rng(seed), self.dtype, self.xp)
         self.frozen: set[str] = set()
         self.adapters: dict = {}
-        self.head = "lm"                 # "lm" (tied to wte) or "classification" (score.weight, see add_classification_head)
+        self.head_kind = "lm"            # "lm" (tied to wte) or "classification" (score.weight: add_classification_head)
         self.labels: list[str] | None = None
         self.record: dict | None = None  # name -> tensor, filled when a call is made with record=True
 
@@ -148,7 +150,7 @@ class GPT:
         labels = check_labels(labels)
         rng = np.random.default_rng([int(seed), HEAD_STREAM])
         self.params["score.weight"] = randn(rng, (len(labels), self.cfg.n_embd), self.dtype, self.xp, std=0.02)
-        self.head, self.labels = "classification", labels
+        self.head_kind, self.labels = "classification", labels
 
     def fingerprint(self) -> str:
         """A short hash of the model's own parameters (not adapters), to tell one base model from another."""
@@ -270,7 +272,7 @@ class GPT:
 
     def _head_forward(self, h, mask):
         """The head: LM logits (B, T, V) from the tied wte, or class logits (B, K) at the last real token."""
-        if self.head == "lm":
+        if self.head_kind == "lm":
             return linear_forward(h, self.params["wte.weight"].T)            # (B, T, V): h @ wteᵀ
         if mask is None:
             mask = self.xp.ones(h.shape[:2], dtype=bool)
@@ -291,9 +293,9 @@ class GPT:
 
     def _check_targets(self, targets, ids):
         t = self.xp.asarray(targets)
-        expected = ids.shape if self.head == "lm" else ids.shape[:1]
+        expected = ids.shape if self.head_kind == "lm" else ids.shape[:1]
         if t.shape != expected or not np.issubdtype(t.dtype, np.integer):
-            what = "next-token ids (B, T)" if self.head == "lm" else "class ids (B,)"
+            what = "next-token ids (B, T)" if self.head_kind == "lm" else "class ids (B,)"
             raise MiniftError(f"targets must be integer {what} of shape {expected}, got shape {t.shape} "
                               f"dtype {t.dtype}")
         return t
@@ -338,7 +340,7 @@ class GPT:
         return float(loss), grads
 
     def _head_backward(self, dlogits, cache, grads, need_dh=True):
-        if self.head == "lm":
+        if self.head_kind == "lm":
             need_dwte = self.trains("wte.weight")
             dh, dwte_t, _ = linear_backward(dlogits, cache, need_dx=need_dh, need_dw=need_dwte)   # dwte_t: (C, V)
             if need_dwte:
@@ -392,14 +394,14 @@ class GPT:
     # ---- conversions ------------------------------------------------------------------------------------------
 
     def to(self, dtype=None, device=None) -> "GPT":
-        """A copy of the model (parameters, head, frozen set) in another dtype and/or on another device.
+        """A copy of the model (parameters, head kind and labels, frozen set) in another dtype and/or on another device.
         Adapters are not copied: attach them to the copy."""
         dtype = resolve_dtype(dtype or self.dtype)
         device = resolve_device(device or self.device)
         xp = get_xp(device)
         params = {k: xp.asarray(to_numpy(v).astype(dtype)) for k, v in self.params.items()}
         other = GPT(self.cfg, dtype=dtype, device=device, params=params)
-        other.frozen, other.head, other.labels = set(self.frozen), self.head, self.labels
+        other.frozen, other.head_kind, other.labels = set(self.frozen), self.head_kind, self.labels
         return other
 
     @classmethod

@@ -48,7 +48,7 @@ def test_load_peft_refuses_an_adapter_with_a_bad_tensor_before_touching_the_mode
     before = model.fingerprint()
     with pytest.raises(MiniftError, match=rf"adapter_model\.safetensors: tensor {name.replace('.', '[.]')} "):
         load_peft(model, folder)
-    assert model.adapters == {} and model.head == "lm" and model.fingerprint() == before
+    assert model.adapters == {} and model.head_kind == "lm" and model.fingerprint() == before
 
 
 # ---- generate: its options ---------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_add_classification_head_refuses_bad_labels(labels, named):
     model = tiny()
     with pytest.raises(MiniftError, match=named):
         model.add_classification_head(labels)
-    assert model.head == "lm" and "score.weight" not in model.params       # refused before anything changed
+    assert model.head_kind == "lm" and "score.weight" not in model.params       # refused before anything changed
 
 
 # ---- saving onto a file ------------------------------------------------------------------------------------------

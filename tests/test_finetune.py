@@ -124,14 +124,14 @@ def test_a_classifier_fine_tuned_again_on_its_labels_keeps_its_head(tmp_path):
     np.testing.assert_array_equal(other.params["score.weight"], fresh.params["score.weight"])   # the seed's draw
     assert task_head(base.to(), load_task("facts", "train")) == "lm"
     again = clf.to()
-    assert task_head(again, split, seed=0, mode="new") == "new"                 # asked for: a fresh head
+    assert task_head(again, split, seed=0, head_mode="new") == "new"                 # asked for: a fresh head
     np.testing.assert_array_equal(again.params["score.weight"], fresh.params["score.weight"])
     with pytest.raises(MiniftError, match="the base has no classification head"):
-        task_head(base.to(), split, mode="keep")
+        task_head(base.to(), split, head_mode="keep")
     with pytest.raises(MiniftError, match="generation task"):
-        task_head(base.to(), load_task("facts", "train"), mode="new")
-    with pytest.raises(MiniftError, match="head='fresh' is not one of"):
-        FinetuneConfig(head="fresh")
+        task_head(base.to(), load_task("facts", "train"), head_mode="new")
+    with pytest.raises(MiniftError, match=r"head_mode='fresh' \(--head\) is not one of"):
+        FinetuneConfig(head_mode="fresh")
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
     _, _, summary = finetune(clf, tok, FinetuneConfig(method="head", steps=1, batch_size=4, train_size=8,
                                                       eval_size=4), progress=False)
@@ -199,7 +199,7 @@ def test_lora_merge_saves_a_model_the_next_fine_tune_starts_from(tmp_path, capsy
     assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "2", "--batch", "4",
                  "--out", str(second), "--quiet"]) == 0
     assert "trained classification head (labels bad, good) was kept" in capsys.readouterr().out
-    assert json.loads((second / "finetune.json").read_text())["head"] == "kept"
+    assert json.loads((second / "finetune.json").read_text())["head"] == "kept"      # the file's key is still "head"
     assert main(["finetune", "--task", str(path), "--base", str(first / "model"), "--steps", "3", "--batch", "4",
                  "--out", str(second), "--quiet", "--resume", "--head", "new"]) == 1     # it started from the kept head
     assert "resume with the --base, --head and LoRA options it was started with" in capsys.readouterr().err
@@ -244,7 +244,7 @@ def test_generation_task_trains_only_on_the_completion(tmp_path):
     tok = Tokenizer.load(data_dir() / "tokenizer.json")
     model, lora, summary = finetune(base, tok, FinetuneConfig(method="lora", task="facts", steps=2, batch_size=4,
                                                               train_size=8, eval_size=4), progress=False)
-    assert summary["task_type"] == "generation" and model.head == "lm"
+    assert summary["task_type"] == "generation" and model.head_kind == "lm"
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["test_loss"])
     assert all(np.array_equal(base.params[k], model.params[k]) for k in base.params)   # LoRA: base untouched
 

@@ -34,14 +34,14 @@ def classification_dict(cfg):
     return {"input_ids": ids, "targets": np.array([2, 0, 1]), "attention_mask": mask}
 
 
-def adapted(head="lm", r=3, targets="all-linear", dtype="float64", **lora_kw):
+def adapted(head_kind="lm", r=3, targets="all-linear", dtype="float64", **lora_kw):
     """(model, lora, batch): the perturbed tiny GPT with LoRA on `targets`, every A and B random (B ≠ 0)."""
     model = tiny_model(dtype=dtype)
-    if head == "classification":
+    if head_kind == "classification":
         model.add_classification_head(["a", "b", "c"], seed=2)
         model.params["score.weight"] *= 10                       # a head that matters: gradients are not tiny
     lora = randomize(attach_lora(model, LoRAConfig(r=r, alpha=5, targets=targets, **lora_kw)))
-    data = classification_dict(model.cfg) if head == "classification" else lm_dict(model.cfg)
+    data = classification_dict(model.cfg) if head_kind == "classification" else lm_dict(model.cfg)
     return model, lora, data
 
 
@@ -63,11 +63,11 @@ def test_identities_hold_to_rounding(looked):
         assert row.dA_norm > 0 and row.dB_norm > 0
 
 
-@pytest.mark.parametrize("head", ["lm", "classification"])
-def test_g_is_the_full_finetuning_gradient_of_the_merged_model(head):
+@pytest.mark.parametrize("head_kind", ["lm", "classification"])
+def test_g_is_the_full_finetuning_gradient_of_the_merged_model(head_kind):
     """A separate full fine-tuning backward of the same function — a copy of the model without adapters, weights
     W + ΔW (what lora.merge() writes), nothing frozen — gives the same dW as the lens's G."""
-    model, lora, data = adapted(head)
+    model, lora, data = adapted(head_kind)
     report = lens(model, lora, data, lr=ETA)
     full = model.to()                                            # a copy: params, head, frozen; no adapters
     for name, w_eff in lora.effective_weights().items():

@@ -468,12 +468,12 @@ def test_save_peft_writes_what_peft_writes_a_model_card_and_peft_version(tmp_pat
         assert fact in card, fact
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(use_dora=True, rslora=True, init="gaussian"), dict(head=True)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(use_dora=True, rslora=True, init="gaussian"), dict(with_head=True)])
 def test_save_and_load_round_trip(tmp_path, kwargs):
     kwargs = dict(kwargs)
-    head = kwargs.pop("head", False)
+    with_head = kwargs.pop("with_head", False)
     model = tiny_model(dtype="float32")
-    if head:
+    if with_head:
         model.add_classification_head(["neg", "pos", "mixed"], seed=1)
     lora = randomize(attach_lora(model, LoRAConfig(r=3, targets="all-linear", **kwargs)))
     ids, _ = batch(model.cfg)
@@ -484,7 +484,7 @@ def test_save_and_load_round_trip(tmp_path, kwargs):
     assert loaded.config == lora.config and not loaded.training            # eval mode, as PEFT's from_pretrained
     np.testing.assert_array_equal(fresh.forward(ids), out)
     assert set(fresh.trainable_params()) == set(model.trainable_params())
-    if head:
+    if with_head:
         assert fresh.labels == ["neg", "pos", "mixed"]
         tensors = load_safetensors(tmp_path / "adapter" / "adapter_model.safetensors")[0]
         assert PEFT_HEAD_KEY in tensors

@@ -125,17 +125,17 @@ CASES = [  # preset, method, head, batch, seq
 ]
 
 
-@pytest.mark.parametrize("preset,method,head,B,T", CASES)
-def test_predicted_matches_measured(preset, method, head, B, T):
+@pytest.mark.parametrize("preset,method,head_kind,B,T", CASES)
+def test_predicted_matches_measured(preset, method, head_kind, B, T):
     cfg = GPTConfig.preset(preset)
     model = GPT(cfg, seed=0)
     ids, targets = lm_batch(cfg, B, T)
-    if head == "classification":
+    if head_kind == "classification":
         model.add_classification_head(["no", "yes"])
         targets = np.array([0, 1] * (B // 2))
     setup_method(model, method)
     measured = measure_memory(model, (ids, targets))
-    predicted = predict_memory(cfg, method, B, T, head=head)
+    predicted = predict_memory(cfg, method, B, T, head_kind=head_kind)
     assert measured["parameters"] == predicted["parameters"]
     assert measured["gradients"] == predicted["gradients"]
     assert_close(measured["optimizer"], predicted["optimizer"], 0.01, "optimizer")
@@ -154,21 +154,21 @@ def test_few_wide_heads_peak_in_layernorm_backward():
     assert_close(measured["total"], predicted["total"], 0.015, "total")      # measured: 0.1%
 
 
-@pytest.mark.parametrize("method,head,dropout,options", [
+@pytest.mark.parametrize("method,head_kind,dropout,options", [
     ("freeze", "lm", 0.0, {"freeze_blocks": 4}),             # only ln_f trains: the backward ends in ln_f's
     ("freeze", "classification", 0.1, {"freeze_blocks": 2}),  # dropout masks of the visited blocks only
     ("head", "classification", 0.1, {}),                     # nothing visited: a block's forward is the peak
 ])
-def test_predicted_matches_measured_below_the_floor(method, head, dropout, options):
+def test_predicted_matches_measured_below_the_floor(method, head_kind, dropout, options):
     cfg = GPTConfig.preset("demo", dropout=dropout)
     model = GPT(cfg, seed=0)
     ids, targets = lm_batch(cfg, 4, 64)
-    if head == "classification":
+    if head_kind == "classification":
         model.add_classification_head(["no", "yes"])
         targets = np.array([0, 1, 0, 1])
     setup_method(model, method, **options)
     measured = measure_memory(model, (ids, targets))         # dropout on when the config has it, as train() does
-    predicted = predict_memory(cfg, method, 4, 64, head=head, **options)
+    predicted = predict_memory(cfg, method, 4, 64, head_kind=head_kind, **options)
     assert_close(measured["activations"], predicted["activations"], ACTIVATIONS_RTOL, "activations")
     assert_close(measured["total"], predicted["total"], TOTAL_RTOL, "total")
 

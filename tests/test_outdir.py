@@ -171,3 +171,98 @@ def test_a_refusal_of_a_minift_folder_leaves_even_its_leftovers(tmp_path, capsys
     before = _tree(run)
     assert main(["finetune", "--steps", "2", "--quiet", "--out", str(run)]) == 1
     assert "saved no result" in capsys.readouterr().err and _tree(run) == before
+
+
+# ---- a kill at any point of --overwrite's moves: the next command finishes them (settle's order) ----------------
+
+def _earlier_run(tmp_path):
+    run = _a_run(tmp_path / "run")
+    (run / "finetune.json").write_text('{"steps": 2}')
+    return run
+
+
+def _settled(run, **flags):
+    folder = RunFolder(run, "finetune", argv=[], **flags)
+    folder.open()
+    folder.close()
+
+
+def test_a_set_aside_cut_short_is_put_back(tmp_path):
+    """Killed while moving the earlier run aside: run.json moves last, so the top still holds it."""
+    run = _earlier_run(tmp_path)
+    before = _tree(run)
+    (run / ASIDE).mkdir()
+    (run / "checkpoints").rename(run / ASIDE / "checkpoints")             # one entry moved, then kill -9
+    _settled(run, resume=True)                                           # refused nothing, put everything back
+    assert _tree(run) == before
+
+
+def test_a_set_aside_finished_before_the_new_run_started_is_put_back(tmp_path):
+    run = _earlier_run(tmp_path)
+    before = _tree(run)
+    (run / ASIDE).mkdir()
+    for e in list(run.iterdir()):
+        if e.name != ASIDE:
+            e.rename(run / ASIDE / e.name)                               # everything aside, no new run.json yet
+    _settled(run, resume=True)
+    assert _tree(run) == before
+
+
+def test_dropping_the_earlier_run_cut_short_is_finished(tmp_path):
+    """The new run had something: the earlier one is renamed to DROPPED, then deleted; a kill during the delete
+    leaves part of it, which the next command removes."""
+    from minift.app.outdir import DROPPED
+    run = _earlier_run(tmp_path)
+    (run / DROPPED / "model").mkdir(parents=True)
+    (run / DROPPED / "model" / "config.json").write_text("{}")           # what the cut-short delete left
+    before = {k: v for k, v in _tree(run).items() if not k.startswith(DROPPED)}
+    _settled(run, resume=True)
+    assert _tree(run) == before
+
+
+def test_a_restore_cut_short_is_finished(tmp_path):
+    """The new run failed with nothing: it is moved into DROPPED (its run.json last), the earlier one back up (its
+    run.json last). A kill at either move is finished by the next command, the earlier run intact."""
+    from minift.app.outdir import DROPPED
+    for cut in ("dropping the new run", "putting the earlier back"):
+        earlier = _earlier_run(tmp_path / cut)
+        before = _tree(earlier)
+        (earlier / ASIDE).mkdir()
+        for e in list(earlier.iterdir()):
+            if e.name != ASIDE:
+                e.rename(earlier / ASIDE / e.name)
+        (earlier / "run.json").write_text(json.dumps(marker("finetune", [])))   # the new run: nothing saved
+        (earlier / "adapter").mkdir()
+        (earlier / DROPPED).mkdir()
+        (earlier / "adapter").rename(earlier / DROPPED / "adapter")          # its first entry dropped, then kill
+        if cut == "putting the earlier back":
+            (earlier / "run.json").rename(earlier / DROPPED / "run.json")
+            (earlier / ASIDE / "checkpoints").rename(earlier / "checkpoints")  # one entry back, then kill
+        _settled(earlier, resume=True)
+        assert _tree(earlier) == before, cut
+
+
+def test_a_planted_folder_inside_the_set_aside_run_is_refused(tmp_path, capsys):
+    run = _earlier_run(tmp_path)
+    (run / ASIDE / ASIDE).mkdir(parents=True)
+    (run / ASIDE / "run.json").write_text(json.dumps(marker("finetune", [])))
+    (run / ASIDE / ASIDE / "run.json").write_text(json.dumps(marker("finetune", [])))
+    (run / ASIDE / ASIDE / "thesis.tex").write_text("mine")
+    before = _tree(run)
+    assert main(["finetune", "--steps", "2", "--quiet", "--out", str(run), "--resume"]) == 1
+    assert "minift did not write" in capsys.readouterr().err and _tree(run) == before
+
+
+def test_a_run_killed_in_its_first_save_is_not_a_run_that_saved_nothing(tmp_path):
+    """A checkpoint folder cut short (.step-N.partial) or a temporary file is what settle() clears: the folder is
+    then empty of results, and a plain command reuses it rather than asking for --overwrite."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".step-000002.partial").mkdir(parents=True)
+    (run / "checkpoints" / ".step-000002.partial" / "weights.safetensors").write_text("half")
+    (run / "model").mkdir()
+    (run / "model" / ".config.json.abc123.tmp").write_text("half")
+    (run / "run.json").write_text(json.dumps(marker("finetune", [])))
+    folder = RunFolder(run, "finetune", argv=[])
+    folder.open()
+    assert sorted(os.listdir(run)) == ["run.json"]
+    folder.close()

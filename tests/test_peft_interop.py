@@ -92,7 +92,7 @@ def test_classification_head_travels_as_modules_to_save(tmp_path):
     ref = hf_gpt2(classes=3)
     ref.save_pretrained(tmp_path / "base", safe_serialization=True)
     model = GPT.from_pretrained(tmp_path / "base", dtype="float64")
-    assert model.head == "classification"
+    assert model.head_kind == "classification"
     lora = randomize(attach_lora(model, LoRAConfig(r=2, targets=("c_attn", "mlp.c_proj"))), seed=4)
     model.params["score.weight"] += np.random.default_rng(5).standard_normal(model.params["score.weight"].shape)
     lora.save_peft(tmp_path / "adapter")

@@ -89,22 +89,22 @@ def test_divergence_at_the_first_step_names_it_and_saves_nothing(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_the_checkpoint_kept_at_divergence_is_the_state_before_that_step(tmp_path):
-    """Its data position and dropout stream are those before the failed step: the batch that broke was not used."""
+def test_a_gradient_that_is_not_finite_saves_nothing_new_and_keeps_the_checked_checkpoint(tmp_path):
+    """A sane loss with a broken gradient: the weights of that step stay good, but no checkpoint is written for it
+    (it would count as a result, and --overwrite would then drop the earlier run for a run that failed; resuming it
+    would draw the same batch and fail again). The last saved checkpoint stays in force."""
     import minift.training.train as train_mod
     real, calls = train_mod.clip_grad_norm, []
 
     def fails_at_step_3(grads, max_norm):
         calls.append(1)
         return float("nan") if len(calls) == 4 else real(grads, max_norm)
-    tcfg = cfg(6)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(train_mod, "clip_grad_norm", fails_at_step_3)
-        with pytest.raises(TrainingDiverged, match="step 3: gradient norm"):
-            train(tiny_model(), LMSource(stream(), 16, 4, seed=2), tcfg, out_dir=tmp_path, progress=False)
-    kept = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
-    assert latest_checkpoint(tmp_path).name == "step-000003"       # written at the divergence
-    assert kept["data"]["step"] == 3                 # three batches drawn, not four
+        with pytest.raises(TrainingDiverged, match="step 3: the gradient norm is not finite .*step-000002, is intact"):
+            train(tiny_model(), LMSource(stream(), 16, 4, seed=2), cfg(6, save_every=2), out_dir=tmp_path,
+                  progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-000002" and not (tmp_path / "step-000003").exists()
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -144,12 +144,13 @@ print("balanced, templates held out, splits disjoint, rule_label 100% on all", s
 #
 # The shipped base: the `demo` preset (vocabulary 2,048, width $C = 128$, 4 blocks of 4 heads, context 128),
 # pretrained in tutorial 04 on world text — which includes people's opinions of films and meals, but no labels.
-# `load_base()` reads the Hugging Face GPT-2 folder and the tokenizer beside it.
+# `load_base()` reads the Hugging Face GPT-2 folder and the tokenizer beside it; `base.head_kind` names what the
+# model ends in: `"lm"` (logits over the vocabulary) until step 2 gives it a `"classification"` head.
 
 # %%
 base, tok = load_base()
 print(f"{base.num_params():,} parameters in {len(base.params)} tensors; {base.cfg}")
-print(f"head: {base.head!r} (the LM head, tied to wte); fingerprint {base.fingerprint()}")
+print(f"head: {base.head_kind!r} (the LM head, tied to wte); fingerprint {base.fingerprint()}")
 ids = np.asarray([tok.encode("The soup was")])                          # (1, 3)
 logits = base.forward(ids)                                               # (1, 3, V)
 print(f"LM logits {logits.shape}; after 'The soup was' it expects:",
@@ -159,7 +160,7 @@ print(f"LM logits {logits.shape}; after 'The soup was' it expects:",
 # **Check.** Language-model logits have one row per position and one column per vocabulary entry.
 
 # %%
-assert logits.shape == (1, ids.shape[1], base.cfg.vocab_size) and base.head == "lm"
+assert logits.shape == (1, ids.shape[1], base.cfg.vocab_size) and base.head_kind == "lm"
 
 # %% [markdown]
 # ## 3. Step 2 — add a task-specific layer (添加任务特定层)

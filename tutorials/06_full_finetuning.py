@@ -57,9 +57,10 @@ import numpy as np
 from _tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig
 from minift.base import load_base
+from minift.config import HEAD_WEIGHT
 from minift.data import task_source
 from minift.measure.memory import format_memory, predict_memory
-from minift.methods import HEAD, setup_method
+from minift.methods import setup_method
 from minift.model import param_shapes
 from minift.training.evaluate import split_metrics
 from minift.training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig, finetune, load_task_splits
@@ -156,8 +157,8 @@ assert np.array_equal(moved_rows, np.arange(longest))
 
 # %%
 B, T = seen[0]["input_ids"].shape
-full_mem = predict_memory(base.cfg, "full", B, T, head="classification")
-lora_mem = predict_memory(base.cfg, "lora", B, T, rank=8, targets="all-linear", head="classification")
+full_mem = predict_memory(base.cfg, "full", B, T, head_kind="classification")
+lora_mem = predict_memory(base.cfg, "lora", B, T, rank=8, targets="all-linear", head_kind="classification")
 print(f"one step, batch {B}×{T} tokens, float32 (MiB):")
 print(format_memory(full_mem, lora_mem, labels=("full", "LoRA r=8")))
 print(f"trained parameters: full {full_mem['trainable']:,}, LoRA {lora_mem['trainable']:,}")
@@ -303,7 +304,7 @@ small_lora.add_classification_head(small_train.label_names, seed=0)
 setup_method(small_lora, "lora", LoRAConfig(r=8, alpha=16, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")))
 lora_run = train(small_lora, task_source(small_train, tok, 128, 16, seed=0),
                  TrainConfig(steps=small_steps, batch_size=16, lr=DEFAULT_LR["lora"], warmup=20, eval_every=10,
-                             lr_scale={HEAD: DEFAULT_HEAD_LR["lora"] / DEFAULT_LR["lora"]}),
+                             lr_scale={HEAD_WEIGHT: DEFAULT_HEAD_LR["lora"] / DEFAULT_LR["lora"]}),
                  evaluate=both_splits, progress=not FAST)
 lora_end = lora_run.evals[-1]
 print(f"{small_lora.num_params(trainable_only=True):,} trainable parameters (full: {small.num_params():,})")
@@ -446,7 +447,7 @@ logits_tuned = model.forward(reviews["input_ids"], attention_mask=reviews["atten
 logits_deployed = deployed.forward(reviews["input_ids"], attention_mask=reviews["attention_mask"])   # (n, K)
 infer_ms = best_time(lambda: deployed.forward(reviews["input_ids"], attention_mask=reviews["attention_mask"]))
 tokens = int(reviews["attention_mask"].sum())
-print(f"reloaded: head {deployed.head!r}, labels {deployed.labels}; forward of {n_reviews} reviews "
+print(f"reloaded: head {deployed.head_kind!r}, labels {deployed.labels}; forward of {n_reviews} reviews "
       f"({reviews['input_ids'].shape[1]} positions each, {tokens:,} real tokens) in {infer_ms:.1f} ms = "
       f"{1e3 * n_reviews / infer_ms:,.0f} reviews/s on this CPU")
 

@@ -211,7 +211,7 @@ def cmd_generate(a):
     if a.adapter is not None:
         from ..lora import load_peft
         load_peft(model, a.adapter)                     # on top of --model, the base it was trained on; eval mode
-        if model.head == "classification":
+        if model.head_kind == "classification":
             raise MiniftError(f"the adapter {a.adapter} was trained for classification (labels {model.labels}): it "
                               "carries a classification head, and generation needs the language-model head")
     for i in range(a.samples):
@@ -261,7 +261,8 @@ def _lora_from_args(a):
                                dropout=a.lora_dropout), rslora=a.rslora, use_dora=a.dora)
 
 
-# finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start)
+# finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start), by
+# their argparse names, as typed (--head is FinetuneConfig.head_mode)
 START_OPTIONS = ("method", "head", "rank", "alpha", "targets", "rslora", "dora", "init", "lora_dropout")
 
 
@@ -302,7 +303,7 @@ def finetune_config_from_args(a):
     return FinetuneConfig(**_given(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
                                    head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
                                    eval_every=a.eval_every, save_every=a.save_every, seed=a.seed,
-                                   workers=a.workers, head=a.head,
+                                   workers=a.workers, head_mode=a.head,
                                    lora=_lora_from_args(a) if method == "lora" else None), merge=a.merge)
 
 
@@ -324,10 +325,11 @@ def cmd_finetune(a):
           f"{s['ms_per_step']:.0f} ms/step")
     print(f"validation accuracy {s['val_accuracy']:.3f}, test accuracy {s['test_accuracy']:.3f} "
           f"(loss {s['test_loss']:.3f}); saved to {a.out}")
-    if s["head"] == "kept":
+    head_origin = s["head"]              # the summary's (and finetune.json's) key for task_head's answer
+    if head_origin == "kept":
         print(f"the base's trained classification head (labels {', '.join(base.labels)}) was kept and trained "
               "further (--head new for a fresh one)")
-    elif s["head"] == "new" and base.head == "classification":
+    elif head_origin == "new" and base.head_kind == "classification":
         print(f"the base's classification head (labels {', '.join(base.labels)}) was replaced by a new one for the "
               f"task's labels ({', '.join(s['labels'])})")
     if a.merge:
@@ -377,7 +379,7 @@ def add_finetune(sub):
                    help="LoRA: also save the merged model (the adapters folded into the weights, W + s·BA; DoRA's "
                         "m·V/‖V‖) in --out/model, to deploy as one folder or to fine-tune on with --base (default: "
                         "the adapter only)")
-    _owned(p, "--head", FinetuneConfig, choices=["auto", "keep", "new"],
+    _owned(p, "--head", FinetuneConfig, "head_mode", choices=["auto", "keep", "new"],     # a.head -> head_mode
            help="a base that ends in a classification head over the task's labels: train on from it (auto, keep: "
                 "keep refuses any other base) or start a fresh head (new)")
     _owned(p, "--eval-every", FinetuneConfig, type=_integer,
@@ -635,13 +637,13 @@ def cmd_memory(a):
                           f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
     seq = a.seq or cfg.n_ctx
     # method head trains a classification head (a linear probe); the others are shown with the LM head
-    head = dict(head="classification", num_labels=2) if a.method == "head" else {}
-    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank, **head)
+    head_options = dict(head_kind="classification", num_labels=2) if a.method == "head" else {}
+    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank, **head_options)
     print(f"{a.preset} ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads), {a.method}"
-          f"{f' r={a.rank}' if a.method == 'lora' else ''}{' (2-label classification head)' if head else ''}, "
+          f"{f' r={a.rank}' if a.method == 'lora' else ''}{' (2-label classification head)' if head_options else ''}, "
           f"batch {a.batch} x {seq} tokens, float32, AdamW:")
     if a.method != "full":
-        full = predict_memory(cfg, "full", a.batch, seq, **head)
+        full = predict_memory(cfg, "full", a.batch, seq, **head_options)
         print(format_memory(d, full, labels=(a.method, "full")))
         saving = f"{a.method} needs {1 - d['total'] / full['total']:.0%} less than full fine-tuning here. "
         share = f"{full['activations'] / full['total']:.0%} of full's total"

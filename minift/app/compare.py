@@ -175,11 +175,11 @@ def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     return (out / "trainable.safetensors").stat().st_size
 
 
-def _memory(model, lora, method, rank, ccfg, batch, head, num_labels) -> dict:
+def _memory(model, lora, method, rank, ccfg, batch, head_kind, num_labels) -> dict:
     ids = batch["input_ids"]
     measured = measure_memory(model, batch)
     predicted = predict_memory(model.cfg, method, ids.shape[0], ids.shape[1], rank=rank, targets=ccfg.targets,
-                               head=head, num_labels=num_labels, dora=ccfg.dora and method == "lora")
+                               head_kind=head_kind, num_labels=num_labels, dora=ccfg.dora and method == "lora")
     keys = ("parameters", "gradients", "optimizer", "activations", "total")
     return dict(measured={k: int(measured[k]) for k in keys}, predicted={k: int(predicted[k]) for k in keys},
                 batch_shape=list(ids.shape), backend=measured["backend"])
@@ -193,7 +193,7 @@ def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, t
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size,
                           seed=ccfg.seed, workers=ccfg.workers, eval_every=0,    # each run scored once, at the end
-                          head="new" if task_type == "classification" else "auto",
+                          head_mode="new" if task_type == "classification" else "auto",
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
 
 
@@ -209,13 +209,12 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     model, lora, s = finetune(base, tok, fcfg, progress=progress, resume=resume, checkpoints=run_dir / "checkpoints")
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
                         seed=ccfg.seed).next_batch()
-    head = "classification" if model.head == "classification" else "lm"
     row = dict(label=label, method=method, rank=rank if method == "lora" else None,
                alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
                percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"],
                val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
                val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]])
-    row["memory"] = _memory(model, lora, method, rank, ccfg, batch, head, len(model.labels or []) or 2)
+    row["memory"] = _memory(model, lora, method, rank, ccfg, batch, model.head_kind, len(model.labels or []) or 2)
     row["forgetting"] = lm_loss(model, heldout, max_windows=None) - base_lm
     base_w = {k: to_numpy(v) for k, v in base.params.items()}
     tuned_w = _tuned_weights(model, lora)

@@ -30,10 +30,10 @@ A command's summary (pretrain.json, finetune.json, results.json) is written last
 files, and is removed before they are rewritten (`formats.io.drop_summary`): a folder whose summary is there holds
 outputs that belong together, even if a process was killed while saving them (then --resume saves them again from the
 final checkpoint). While a command runs it holds a lock on its --out (POSIX), so a second command given the same
-folder is refused instead of tidying away the first one's files. The lock is `flock` on the folder's own descriptor, not a
-lock file (`filelock` would need one): a lock file would be written into a folder before minift has proved the folder
-is its own, or outside --out, and would stay behind; the kernel drops this lock when the process dies. Windows has
-no such lock, and there --out is not locked.
+folder is refused instead of tidying away the first one's files. The lock is `flock` on the folder's own
+descriptor, not a lock file (`filelock` would need one): a lock file would be written into a folder before minift has
+proved the folder is its own, or outside --out, and would stay behind; the kernel drops this lock when the process
+dies. Windows has no such lock, and there --out is not locked.
 
 A command that fails leaves no trace: a folder it made for --out (and the parent folders it made for it) are
 removed again when they are empty.
@@ -65,7 +65,8 @@ INNER_FILES = {"config.json", "model.safetensors", "tokenizer.json", "pretrain.j
                "adapter_model.safetensors", "README.md", "weights.safetensors", "optimizer.safetensors",
                "state.json", "latest", "trainable.safetensors"}
 FOLDERS = re.compile(r"model|adapter|checkpoints|full|freeze|head|lorar\d+|seed-\d+|step-\d{6}|\.step-\d{6}\.partial")
-ASIDE = ".minift-replaced"
+ASIDE = ".minift-replaced"       # the earlier run, while --overwrite's new run has nothing yet
+DROPPED = ".minift-dropped"      # a run being deleted: the earlier one (the new has something) or a new one that failed
 SUMMARIES = {"pretrain.json": "pretrain", "finetune.json": "finetune", "results.json": "compare"}
 
 MARKER = "minift"                         # run.json's "written_by": this folder is a minift run folder
@@ -95,33 +96,47 @@ def is_marker(path: Path) -> bool:
 def claim(out: Path) -> None:
     """Raise, having changed nothing, unless `out` is empty or provably minift's run folder (module docstring):
     its run.json (or, after a kill during --overwrite, the set-aside run's) is minift's marker, and every entry,
-    all the way down (and in the set-aside run too), is a name minift writes there, not a link. Only after this may
-    a command clear, move or write anything in `out`."""
+    all the way down (in the set-aside and dropped runs too), is a name minift writes there, not a link. Only after
+    this may a command clear, move or write anything in `out`."""
     items = list(out.iterdir())
     if all(e.match(".run.json.*.tmp") for e in items):    # empty, or a start killed while writing run.json
         return
-    top, aside = out / "run.json", out / ASIDE
-    marked = is_marker(top) if top.exists() else is_marker(aside / "run.json")
-    if aside.exists():
-        marked = marked and not aside.is_symlink() and is_marker(aside / "run.json")
-    foreign = not_minifts(out) + (not_minifts(aside) if aside.is_dir() and not aside.is_symlink() else [])
+    foreign = [e for e in not_minifts(out) if e.name not in (ASIDE, DROPPED) or e.is_symlink() or not e.is_dir()]
+    for held in (out / ASIDE, out / DROPPED):
+        if held.is_dir() and not held.is_symlink():
+            foreign += not_minifts(held)
+    marked = _marked(out)
     if marked and not foreign:
         return
     shown = [e.relative_to(out) for e in (foreign if marked else items)]
     names = ", ".join(sorted(map(str, shown))[:3]) + (", ..." if len(shown) > 3 else "")
     if not marked:
-        names += "; its run.json is not minift's" if top.exists() else "; no run.json of minift's marks it as a run"
+        names += ("; its run.json is not minift's" if (out / "run.json").exists() else
+                  "; no run.json of minift's marks it as a run")
     raise MiniftError(f"--out {out} holds files minift did not write ({names}); minift changed nothing in it: "
                       "choose a new or empty folder")
 
 
+def _marked(out: Path) -> bool:
+    """Whether minift's marker proves `out` its own: the top run.json, or during --overwrite the set-aside run's. A
+    set-aside run without its run.json is a set-aside cut short (run.json moves last): then the top one must be the
+    marker and the two must share no name, as an unfinished move leaves them."""
+    top, aside = out / "run.json", out / ASIDE
+    if not aside.exists():
+        return is_marker(top)
+    if aside.is_symlink():
+        return False
+    if (aside / "run.json").exists():
+        return is_marker(aside / "run.json") and (not top.exists() or is_marker(top))
+    return is_marker(top) and not {e.name for e in aside.iterdir()} & {e.name for e in out.iterdir()}
+
+
 def not_minifts(folder: Path, top: bool = True) -> list:
     """Every entry under `folder` that minift would not have written there: a name it does not write at that depth,
-    or a link (minift never writes or deletes through one). The set-aside run (ASIDE) is checked on its own."""
+    or a link (minift never writes or deletes through one). ASIDE and DROPPED are reported, not entered: claim()
+    checks them on their own."""
     found = []
     for e in folder.iterdir():
-        if top and e.name == ASIDE:
-            continue
         if e.is_symlink() or not _ours(e, top):
             found.append(e)
         elif e.is_dir():
@@ -143,8 +158,8 @@ def _is_temp_of_ours(e: Path, top: bool = True) -> bool:
 
 
 def entries(out: Path):
-    """(minift's entries in out, everything else), the folder set aside by --overwrite counted in neither."""
-    items = [e for e in out.iterdir() if e.name != ASIDE]
+    """(minift's entries in out, everything else), the set-aside and dropped runs counted in neither."""
+    items = [e for e in out.iterdir() if e.name not in (ASIDE, DROPPED)]
     return [e for e in items if _ours(e)], [e for e in items if not _ours(e)]
 
 
@@ -178,9 +193,26 @@ def made_by(out: Path) -> str | None:
     return None
 
 
-def _is_leftover(e: Path) -> bool:
-    """run.json, or a folder with no file anywhere inside: what a run that failed before saving anything leaves."""
-    return e.name == "run.json" or (e.is_dir() and not e.is_symlink() and not any(p.is_file() for p in e.rglob("*")))
+def _holds_nothing(e: Path) -> bool:
+    """run.json, a killed write, or a folder holding no file but killed writes (temporary files, checkpoint folders
+    cut short): what a run that failed before saving anything leaves, once settle() has cleared killed writes."""
+    if e.name == "run.json" or _is_temp_of_ours(e):
+        return True
+    if not e.is_dir() or e.is_symlink():
+        return False
+    return all(not f.is_file() or f.match(TEMP_GLOB) or any(d.match(PARTIAL_GLOB) for d in f.relative_to(e).parents)
+               for f in e.rglob("*"))
+
+
+def settled_parts(out: Path) -> list:
+    """The folders whose entries settle() leaves in `out` (read-only): the set-aside run when it goes back, beside
+    what is at the top when a cut-short move is finished, or in its place when the new run is dropped."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return [out]
+    if not (aside / "run.json").is_file() or not (out / "run.json").is_file():
+        return [out, aside]                    # a move cut short: the two halves of one run
+    return [out] if has_something(out) else [aside]
 
 
 def _remove(e: Path) -> None:
@@ -205,24 +237,42 @@ def _remove_killed_writes(out: Path) -> None:
 def settle(out: Path) -> bool:
     """After a command (and before one, for a run killed outright): remove what killed writes left; keep the earlier
     run set aside by --overwrite if the new one has nothing yet, else drop it; then clear leftovers that hold nothing.
-    True when the earlier run was put back."""
+    True when the earlier run was put back.
+
+    Every move is a rename that a kill can interrupt, so each is ordered to be finished by the next settle():
+    run.json moves last (a set-aside or restore under way is the one whose run.json has not moved yet), and a run
+    is deleted by renaming it into DROPPED first, then removing that."""
     _remove_killed_writes(out)
-    aside, restored = out / ASIDE, False
+    aside, dropped, restored = out / ASIDE, out / DROPPED, False
+    if dropped.is_dir() and (out / "run.json").is_file() and aside.is_dir() and is_marker(aside / "run.json"):
+        _move_all(entries(out)[0], dropped)               # a restore cut short while dropping the new run
     if aside.is_dir():
-        if has_something(out):
-            shutil.rmtree(aside)
-        else:
-            for e in entries(out)[0]:
-                _remove(e)
-            for e in aside.iterdir():
-                e.rename(out / e.name)
+        if not (aside / "run.json").is_file() or not (out / "run.json").is_file():
+            _move_all(list(aside.iterdir()), out)         # a set-aside or a restore cut short: finish putting back
             aside.rmdir()
             restored = True
+        elif has_something(out):
+            aside.rename(dropped)                         # the new run replaces the earlier one
+        else:
+            _move_all(entries(out)[0], dropped)           # the new run has nothing: drop it, put the earlier back
+            _move_all(list(aside.iterdir()), out)
+            aside.rmdir()
+            restored = True
+    if dropped.is_dir():
+        shutil.rmtree(dropped)
+    _remove_killed_writes(out)                            # (those of a run just put back)
     if out.is_dir() and not has_something(out):
         for e in entries(out)[0]:
-            if _is_leftover(e):
+            if _holds_nothing(e):
                 _remove(e)
     return restored
+
+
+def _move_all(items, folder: Path) -> None:
+    """Rename each of `items` into `folder` (made if need be), run.json last (see settle)."""
+    folder.mkdir(exist_ok=True)
+    for e in sorted(items, key=lambda e: e.name == "run.json"):
+        e.rename(folder / e.name)
 
 
 class RunFolder:
@@ -261,16 +311,15 @@ class RunFolder:
             save_json(marker(self.command, self.argv), out / "run.json")
 
     def _check_state(self) -> None:
-        """Refuse what the flags do not allow, reading the folder as settle() would leave it (the run in force: the
-        set-aside one if the new one has nothing), without changing it."""
+        """Refuse what the flags do not allow, reading the folder as settle() would leave it, without changing it."""
         out = self.out
-        held = out / ASIDE if (out / ASIDE).is_dir() and not has_something(out) else out
+        parts = settled_parts(out)
         if self.resume:
-            self._check_resumable(held)
-        elif not self.overwrite and has_something(held):
+            self._check_resumable(parts)
+        elif not self.overwrite and any(has_something(part) for part in parts):
             raise MiniftError(f"--out {out} already holds a previous run: --resume to continue it, --overwrite to "
                               "replace it, or another --out")
-        elif not self.overwrite and any(not _is_leftover(e) and not _is_temp_of_ours(e) for e in entries(held)[0]):
+        elif not self.overwrite and not all(_holds_nothing(e) for part in parts for e in entries(part)[0]):
             raise MiniftError(f"--out {out} holds files of a run that saved no result and no checkpoint (nothing "
                               "to resume): --overwrite to replace them, or another --out")
         elif self.overwrite:
@@ -294,9 +343,9 @@ class RunFolder:
             return
         self._lock = fd
 
-    def _check_resumable(self, held: Path) -> None:
-        out, made = self.out, made_by(held)
-        if not has_something(held):
+    def _check_resumable(self, parts) -> None:
+        out, made = self.out, next((m for m in map(made_by, parts) if m is not None), None)
+        if not any(has_something(part) for part in parts):
             raise MiniftError(f"--resume: --out {out} holds no run to continue (no checkpoint, no result); leave out "
                               "--resume to start one there")
         if made is not None and made != self.command:
@@ -312,11 +361,9 @@ class RunFolder:
                                       "copy it elsewhere first, or give another --out")
 
     def _set_aside(self, ours) -> None:
-        """--overwrite: move the earlier run aside (settle() drops it once the new run has something)."""
-        aside = self.out / ASIDE
-        aside.mkdir()
-        for e in ours:
-            e.rename(aside / e.name)
+        """--overwrite: move the earlier run aside, run.json last (settle() drops it once the new run has
+        something)."""
+        _move_all(ours, self.out / ASIDE)
 
     def close(self) -> str | None:
         """Settle --out and release it; returns a note for the user when the earlier run was put back."""

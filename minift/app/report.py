@@ -23,9 +23,9 @@ def intruders_at(run, eps=0.5):
 
 def main_table(results) -> str:
     """The one table: per method, the article's and the paper's measurements."""
-    head = ("| method | trainable (% of total) | ms/step | tokens/s | val acc | test acc | forgetting ΔLM | "
-            "intruders ε=0.5 (random) | eff. rank ΔW | must save |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| method | trainable (% of total) | ms/step | tokens/s | val acc | test acc | forgetting ΔLM | "
+              "intruders ε=0.5 (random) | eff. rank ΔW | must save |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in results["runs"]:
         n, rnd = intruders_at(r)
@@ -33,19 +33,19 @@ def main_table(results) -> str:
                     f"{r['tokens_per_s']:,.0f} | {r['val_accuracy']:.3f} | {r['test_accuracy']:.3f} | "
                     f"{r['forgetting']:+.4f} | {n} ({rnd:.1f}) | {r['spectral']['effective_rank_dW']:.1f} | "
                     f"{_fmt_bytes(r['saved_bytes'])} |")
-    return "\n".join([head] + rows)
+    return "\n".join([header] + rows)
 
 
 def memory_table(results) -> str:
-    head = ("| method | parameters | gradients | optimizer | activations | total measured | total predicted |\n"
-            "|---|---|---|---|---|---|---|")
+    header = ("| method | parameters | gradients | optimizer | activations | total measured | total predicted |\n"
+              "|---|---|---|---|---|---|---|")
     rows = []
     for r in results["runs"]:
         m, p = r["memory"]["measured"], r["memory"]["predicted"]
         rows.append(f"| {r['label']} | {m['parameters'] / MiB:.2f} | {m['gradients'] / MiB:.2f} | "
                     f"{m['optimizer'] / MiB:.2f} | {m['activations'] / MiB:.2f} | {m['total'] / MiB:.2f} | "
                     f"{p['total'] / MiB:.2f} |")
-    return "\n".join([head] + rows)
+    return "\n".join([header] + rows)
 
 
 def _find(results, label):
@@ -152,15 +152,15 @@ def seeds_table(results) -> str:
     if not spread:
         return ""
     seeds = spread["seeds"]
-    head = ("| method | " + " | ".join(f"test acc, seed {s}" for s in seeds) + " | test acc mean (min–max) | "
-            "val acc mean | forgetting mean | intruders ε=0.5 mean |\n|---|" + "---|" * (len(seeds) + 4))
+    header = ("| method | " + " | ".join(f"test acc, seed {s}" for s in seeds) + " | test acc mean (min–max) | "
+              "val acc mean | forgetting mean | intruders ε=0.5 mean |\n|---|" + "---|" * (len(seeds) + 4))
     rows = []
     for label, v in spread["runs"].items():
         t, n = v["test_accuracy"], len(seeds)
         rows.append(f"| {label} | " + " | ".join(f"{a:.3f}" for a in t) +
                     f" | {sum(t) / n:.3f} ({min(t):.3f}–{max(t):.3f}) | {sum(v['val_accuracy']) / n:.3f} | "
                     f"{sum(v['forgetting']) / n:+.4f} | {sum(v['intruders']) / n:.1f} |")
-    return "\n".join([head] + rows)
+    return "\n".join([header] + rows)
 
 
 def write_report(results) -> str:

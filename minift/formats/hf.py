@@ -80,7 +80,7 @@ def load_gpt2_folder(cls, path, dtype="float32", device="cpu"):
     if "score.weight" in tensors:
         labels = _labels_from_config(hf, tensors["score.weight"].shape[0], path / "config.json")
         model.params["score.weight"] = xp.asarray(np.asarray(tensors["score.weight"], dtype=dtype))
-        model.head, model.labels = "classification", labels
+        model.head_kind, model.labels = "classification", labels
         if tensors["score.weight"].shape != (len(labels), cfg.n_embd):
             raise MiniftError(f"{path}: score.weight has shape {tensors['score.weight'].shape}, "
                               f"expected ({len(labels)}, {cfg.n_embd})")
@@ -109,7 +109,7 @@ def save_gpt2_folder(model, path, tokenizer=None):
     path = check_folder_target(path, "model folder")
     hf = model.cfg.to_hf()
     tensors = {k: to_numpy(v) for k, v in model.params.items()}
-    if model.head == "classification":
+    if model.head_kind == "classification":
         hf["architectures"] = ["GPT2ForSequenceClassification"]
         hf["id2label"] = {str(i): label for i, label in enumerate(model.labels)}
         hf["label2id"] = {label: i for i, label in enumerate(model.labels)}

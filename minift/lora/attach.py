@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import HEAD
+from ..config import HEAD_WEIGHT
 from ..errors import MiniftError
 from ..formats.io import as_path, load_json
 from ..model import GPT
@@ -88,7 +88,7 @@ def _attach(model, config, modules, seed, replace_base) -> "LoRA":
     original = model.fingerprint()
     for m in modules:
         model.adapters[m] = _make_adapter(model, m, config, init_rng, dropout_rng, replace_base)
-    froze = set(model.params) - {HEAD} - model.frozen
+    froze = set(model.params) - {HEAD_WEIGHT} - model.frozen
     model.frozen |= froze
     return LoRA(model, config, modules, froze, dropout_rng, base_fingerprint=model.fingerprint(),
                 original_fingerprint=original)
@@ -129,8 +129,8 @@ class LoRA:
     def trainable_params(self) -> dict:
         """The adapter parameters and, when it trains, the classification head (what an optimizer should get)."""
         out = self.params
-        if HEAD in self.model.params and self.model.trains(HEAD):
-            out[HEAD] = self.model.params[HEAD]
+        if HEAD_WEIGHT in self.model.params and self.model.trains(HEAD_WEIGHT):
+            out[HEAD_WEIGHT] = self.model.params[HEAD_WEIGHT]
         return out
 
     @property
@@ -232,21 +232,21 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
     modules = resolve_modules(model.cfg.n_layer, config.targets)
     _check_attachable(model, config, modules)
     make_residual = check_base(model, meta, config, path)
-    found, head = read_tensors(path, model, config)
+    found, head_weight = read_tensors(path, model, config)
     labels = meta.get("labels")
-    if head is not None and labels and len(labels) != head.shape[0]:
+    if head_weight is not None and labels and len(labels) != head_weight.shape[0]:
         raise MiniftError(f"{path}: {CONFIG_FILE} records {len(labels)} labels ({labels}) but the head in "
-                          f"{WEIGHTS_FILE} has {head.shape[0]} rows")
-    if head is not None:                     # the file's head, with its labels, in place of the model's
-        same_shape = HEAD in model.params and model.params[HEAD].shape == head.shape
+                          f"{WEIGHTS_FILE} has {head_weight.shape[0]} rows")
+    if head_weight is not None:              # the file's head, with its labels, in place of the model's
+        same_shape = HEAD_WEIGHT in model.params and model.params[HEAD_WEIGHT].shape == head_weight.shape
         model.add_classification_head(labels or (model.labels if same_shape else None)
-                                      or [f"LABEL_{i}" for i in range(head.shape[0])])
+                                      or [f"LABEL_{i}" for i in range(head_weight.shape[0])])
     lora = _attach(model, config, modules, seed, replace_base=make_residual)
     arrays = lora.params
     for name, value in found.items():
         arrays[name][...] = model.xp.asarray(np.asarray(value, dtype=model.dtype))   # in place
-    if head is not None:
-        model.params[HEAD][...] = model.xp.asarray(np.asarray(head, dtype=model.dtype))
+    if head_weight is not None:
+        model.params[HEAD_WEIGHT][...] = model.xp.asarray(np.asarray(head_weight, dtype=model.dtype))
     lora.base_fingerprint = meta.get("base_fingerprint", lora.base_fingerprint)       # as recorded at training
     lora.original_fingerprint = meta.get("original_base_fingerprint", lora.original_fingerprint)
     return lora.eval()

@@ -87,21 +87,23 @@ def dora_backward(dy, cache, need_dw=True, need_db=True, detach_norm=False):
     dk = (dy2 * z).sum(axis=0)                                         # (O,)
     dm = dk / n                                                        # (O,) k = m / n
     # n = ‖V‖_c: dV gets V ⊙ (dn / n), the norm path (left out when the norm is detached)
-    Vn = None if detach_norm else V * (-dk * m / n ** 2 / n)           # (I, O) V ⊙ (dn / n), dn = −dk m / n²
-    # z = x_d V with V = W0 + s Aᵀ Bᵀ: dA = s Bᵀ dVᵀ, dB = s dVᵀ Aᵀ, never forming dV = x_dᵀ dz + Vn
+    dV_norm = None if detach_norm else V * (-dk * m / n ** 2 / n)      # (I, O) V ⊙ (dn / n), dn = −dk m / n²
+    # z = x_d V with V = W0 + s Aᵀ Bᵀ: dA = s Bᵀ dVᵀ, dB = s dVᵀ Aᵀ, never forming dV = x_dᵀ dz + dV_norm
     dzB = dz @ B                                                       # (N, R)
     dA = s * (dzB.T @ xd)                                              # (R, I) s (dz B)ᵀ x_d
     dB = s * (dz.T @ (xd @ A.T))                                       # (O, R) s dzᵀ (x_d Aᵀ); x_d Aᵀ is (N, R)
-    if Vn is not None:
-        dA += s * (B.T @ Vn.T)                                         # (R, I) s Bᵀ (V ⊙ dn/n)ᵀ
-        dB += s * (Vn.T @ A.T)                                         # (O, R) s (V ⊙ dn/n)ᵀ Aᵀ
-    dx = dz @ V.T                                                      # (N, I) through x_d
-    if mask is not None:
+    if dV_norm is not None:
+        dA += s * (B.T @ dV_norm.T)                                    # (R, I) s Bᵀ (V ⊙ dn/n)ᵀ
+        dB += s * (dV_norm.T @ A.T)                                    # (O, R) s (V ⊙ dn/n)ᵀ Aᵀ
+    dxd = dz @ V.T                                                     # (N, I) through x_d (z = x_d V)
+    if mask is None:
+        dx = dxd                                                       # (N, I) no dropout: x_d is x
+    else:
         dyw = dy2 @ w.T                                                # (N, I) the (x − x_d) W0 term
-        dx = dyw + dropout_backward(dx - dyw, mask)                    # (N, I) x directly, and through x_d
+        dx = dyw + dropout_backward(dxd - dyw, mask)                   # (N, I) x directly, and through x_d
     dw = None
     if need_dw:
-        dw = xd.T @ dz + (Vn if Vn is not None else 0)                 # (I, O) dV
+        dw = xd.T @ dz + (dV_norm if dV_norm is not None else 0)       # (I, O) dV
         if mask is not None:
             dw += (x2 - xd).T @ dy2                                    # (I, O) the (x − x_d) W0 term
     db = dy2.sum(axis=0) if (has_b and need_db) else None              # (O,)

@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 
 from ..backend import to_numpy
-from ..config import HEAD
+from ..config import HEAD_WEIGHT
 from ..errors import MiniftError
 from ..formats.io import (atomic_write_text, check_folder_target, check_weights, load_safetensors, save_json,
                           save_safetensors)
@@ -55,9 +55,9 @@ def save_peft(lora, path, base_model_name_or_path=None):
     refused). lora.save_peft(path) calls this."""
     path = check_folder_target(path, "adapter folder")
     tensors = {PEFT_PREFIX + k: to_numpy(v) for k, v in lora.params.items()}
-    has_head = lora.model.head == "classification" and HEAD in lora.model.params
+    has_head = lora.model.head_kind == "classification" and HEAD_WEIGHT in lora.model.params
     if has_head:
-        tensors[PEFT_HEAD_KEY] = to_numpy(lora.model.params[HEAD])
+        tensors[PEFT_HEAD_KEY] = to_numpy(lora.model.params[HEAD_WEIGHT])
     save_safetensors(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
     config = peft_config(lora, has_head, base_model_name_or_path)
     save_json(config, path / CONFIG_FILE)
@@ -215,11 +215,11 @@ def _expected_shapes(model, config: LoRAConfig) -> dict:
 
 
 def read_tensors(path: Path, model, config) -> tuple[dict, object]:
-    """(minift name -> host array, head array or None), every name and shape checked, and every value: floating
-    point and finite (io.check_weights), so that a NaN in the file is refused before it reaches the model."""
+    """(minift name -> host array, the head's weight [K, C] or None), every name and shape checked, and every value:
+    floating point and finite (io.check_weights), so that a NaN in the file is refused before it reaches the model."""
     tensors, _ = load_safetensors(path / WEIGHTS_FILE, "adapter weights")
     check_weights(tensors, path / WEIGHTS_FILE)
-    head = tensors.pop(PEFT_HEAD_KEY, None)
+    head_weight = tensors.pop(PEFT_HEAD_KEY, None)
     found = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
     expected = _expected_shapes(model, config)
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -229,7 +229,7 @@ def read_tensors(path: Path, model, config) -> tuple[dict, object]:
     for name, shape in expected.items():
         if tuple(found[name].shape) != shape:
             raise MiniftError(f"{path / WEIGHTS_FILE}: {name} has shape {tuple(found[name].shape)}, expected {shape}")
-    if head is not None and head.shape[1:] != (model.cfg.n_embd,):
-        raise MiniftError(f"{path / WEIGHTS_FILE}: the head score.weight has shape {head.shape}, "
+    if head_weight is not None and head_weight.shape[1:] != (model.cfg.n_embd,):
+        raise MiniftError(f"{path / WEIGHTS_FILE}: the head score.weight has shape {head_weight.shape}, "
                           f"expected (labels, {model.cfg.n_embd})")
-    return found, head
+    return found, head_weight

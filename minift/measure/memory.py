@@ -112,7 +112,7 @@ from ..methods import METHODS, freeze_plan
 from ..model import backward_floor, param_shapes
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
-HEADS = ("lm", "classification")
+HEAD_KINDS = ("lm", "classification")   # GPT.head_kind
 TERMS = ("parameters", "gradients", "optimizer", "activations", "workspace", "total")
 INDEX_BYTES = 8                                           # int64: NumPy's default integer (arange, argmax, where)
 MiB = 2 ** 20
@@ -126,12 +126,12 @@ def lora_modules(cfg: GPTConfig, targets="all-linear") -> list:
     return resolve_modules(cfg.n_layer, targets)
 
 
-def _shapes(cfg, method, rank, targets, head, num_labels, freeze_options, dora=False):
+def _shapes(cfg, method, rank, targets, head_kind, num_labels, freeze_options, dora=False):
     """(name -> shape of every parameter incl. adapters, set of trainable names, adapted modules)."""
-    if head not in HEADS:
-        raise MiniftError(f"head={head!r} is not one of {HEADS}")
+    if head_kind not in HEAD_KINDS:
+        raise MiniftError(f"head_kind={head_kind!r} is not one of {HEAD_KINDS}")
     shapes = param_shapes(cfg)
-    if head == "classification":
+    if head_kind == "classification":
         shapes["score.weight"] = (num_labels, cfg.n_embd)             # nn.Linear layout, no bias
     if method not in METHODS:
         raise MiniftError(f"method {method!r} is not one of {METHODS}")
@@ -185,7 +185,7 @@ def block_activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32"
     }
 
 
-def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head="lm", num_labels=2,
+def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head_kind="lm", num_labels=2,
                      adapted=(), rank=0, block=ATTENTION_BLOCK, dora=False, floor=-1) -> dict:
     """name -> bytes of everything the forward caches for the backward (see the module docstring's table).
     dora: DoRA adapters cache z = x_d V [N, out] (and the norm n [out]) where LoRA's cache x·Aᵀ [N, R] (lora/dora.py).
@@ -196,7 +196,7 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
     N, L = B * T, visited_blocks(cfg, floor)
     terms = {name: L * size for name, size in block_activation_terms(cfg, batch, seq, dtype, block).items()}
     terms["ln_f x̂, rstd and h"] = (2 * N * C + N if floor <= cfg.n_layer else N * C) * f   # h: the head's input
-    if head == "lm":
+    if head_kind == "lm":
         terms["logits and softmax p"] = 2 * N * V * f
         terms["loss indices (rows, targets, valid)"] = N * (2 * INDEX_BYTES + 1)
     else:
@@ -227,7 +227,7 @@ def attention_workspace(B: int, H: int, T: int, C: int, block=ATTENTION_BLOCK) -
 
 
 def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable: set, activations: int,
-                    dtype="float32", head="lm", num_labels=2, block=ATTENTION_BLOCK, floor=-1) -> dict:
+                    dtype="float32", head_kind="lm", num_labels=2, block=ATTENTION_BLOCK, floor=-1) -> dict:
     """Bytes above parameters + gradients + optimizer + activations at the candidate peaks (module docstring):
     "attention backward of block k" and "LayerNorm backward of block k's ln_1" for the lowest block k the backward
     visits (backward floor), "ln_f backward" (when it visits none but ln_f trains), "embedding backward", "forward
@@ -235,14 +235,14 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
     f = resolve_dtype(dtype).itemsize
     B, T, C, V, H = batch, seq, cfg.n_embd, cfg.vocab_size, cfg.n_head
     N = B * T
-    dlogits = N * V if head == "lm" else B * num_labels
+    dlogits = N * V if head_kind == "lm" else B * num_labels
     phases = {}
     if floor < cfg.n_layer:           # the backward visits block k and below it only what trains there
         k = max(floor, 0)
         late = {f"h.{k}.{name}" for name in ("attn.c_attn.weight", "attn.c_attn.bias", "ln_1.weight", "ln_1.bias",
                                              "attn.c_attn.lora_A.weight", "attn.c_attn.lora_B.weight")}
         late.add("wpe.weight")
-        if head != "lm":
+        if head_kind != "lm":
             late.add("wte.weight")    # no LM head: wte's gradient is made by the embedding backward only
         missing = sum(sizes[n] for n in late & trainable)
         phases[f"attention backward of block {k}"] = (dlogits + 13 * N * C + attention_workspace(B, H, T, C, block)
@@ -260,7 +260,7 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
         index = INDEX_BYTES * N * C                                   # np.add.at's flat int64 positions
         if "wte.weight" not in trainable:
             wte = 0
-        elif head == "lm":            # dwte beside the head's share, then their sum as a new array
+        elif head_kind == "lm":       # dwte beside the head's share, then their sum as a new array
             wte = V * C * f + max(V * C * f, index)
         else:                         # dwte *is* wte's gradient (counted in gradients); only the index array
             wte = index
@@ -273,7 +273,7 @@ def workspace_terms(cfg: GPTConfig, batch: int, seq: int, sizes: dict, trainable
 # ---- prediction ----------------------------------------------------------------------------------------------------
 
 def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int = 8, targets="all-linear",
-                   dtype="float32", optimizer="adamw", head="lm", num_labels=2, block=ATTENTION_BLOCK,
+                   dtype="float32", optimizer="adamw", head_kind="lm", num_labels=2, block=ATTENTION_BLOCK,
                    dora=False, **freeze_options) -> dict:
     """Bytes of one training step, term by term (module docstring), from arithmetic only: instant for any preset.
 
@@ -281,7 +281,7 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     go to its freeze_plan). rank, targets: LoRA's (targets: "all-linear" or module names, see lora_modules).
     dora: DoRA adapters (their magnitudes m and cache z = x_d V; the backward's transient V-sized temporaries are
     not counted).
-    head: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
+    head_kind: "lm" (tied to wte) or "classification" (score.weight [num_labels, C], read at the last token).
     block: the attention block size the model runs with (fast.attention.ATTENTION_BLOCK; None: the reference).
 
     Returns {"parameters", "gradients", "optimizer", "activations", "workspace", "total"} in bytes, plus
@@ -297,14 +297,14 @@ def predict_memory(cfg: GPTConfig, method: str, batch: int, seq: int, rank: int 
     if optimizer not in OPTIMIZERS:
         raise MiniftError(f"optimizer={optimizer!r} is not one of {tuple(OPTIMIZERS)}")
     f = resolve_dtype(dtype).itemsize
-    shapes, trainable, modules = _shapes(cfg, method, rank, targets, head, num_labels, freeze_options, dora)
+    shapes, trainable, modules = _shapes(cfg, method, rank, targets, head_kind, num_labels, freeze_options, dora)
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     n_train = sum(sizes[n] for n in trainable)
     floor = backward_floor(trainable, cfg.n_layer)
-    acts = activation_terms(cfg, batch, seq, dtype, head, num_labels, modules, rank, block, dora, floor)
+    acts = activation_terms(cfg, batch, seq, dtype, head_kind, num_labels, modules, rank, block, dora, floor)
     out = dict(parameters=sum(sizes.values()) * f, gradients=n_train * f, optimizer=OPTIMIZERS[optimizer] * n_train * f,
                activations=sum(acts.values()))
-    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head, num_labels, block,
+    phases = workspace_terms(cfg, batch, seq, sizes, trainable, out["activations"], dtype, head_kind, num_labels, block,
                              floor)
     peak_phase = max(phases, key=phases.get)
     out["workspace"] = max(0, phases[peak_phase])
@@ -510,12 +510,12 @@ def _measure_step(model, arrays, rng, optimizer, grad_clip, tracker, clip_grad_n
 def format_memory(d: dict, other: dict | None = None, labels=("predicted", "measured")) -> str:
     """A table in MiB of the terms of one result (predict_memory or measure_memory), or of two side by side."""
     cols = [d] if other is None else [d, other]
-    head = (["MiB"] + list(labels[:2])) if other is not None else ["term", "MiB"]
+    header = (["MiB"] + list(labels[:2])) if other is not None else ["term", "MiB"]
     rows = [[t] + [f"{c[t] / MiB:,.2f}" for c in cols] for t in TERMS if all(t in c for c in cols)]
     if other is not None and d.get("total"):            # each total divided by the first column's
         rows.append([f"total/{labels[0]}"] + ["1.00", f"{other['total'] / d['total']:.3f}"])
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
 
     def line(r):
         return "  ".join(x.ljust(widths[i]) if i == 0 else x.rjust(widths[i]) for i, x in enumerate(r))
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

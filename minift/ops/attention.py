@@ -25,8 +25,9 @@ Backward: the forward's steps in reverse; each step quotes the forward line it d
   2.  scores = q kᵀ / √D      ->  dq = dpre k / √D,      dk = dpreᵀ q / √D
   1.  split                   ->  dqkv = [dq | dk | dv], heads merged back
 
-The model runs this square for T <= 64 and a blocked twin for longer sequences (minift/fast/attention.py: the
-queries a block at a time against the keys they can see, half the work; tested against this one).
+Its fast twin (minift/fast/attention.py, chosen by minift/dispatch.py) runs this square for T <= 64 and, for longer
+sequences, the queries a block at a time against the keys they can see: half the work, tested against this one.
+With MINIFT_REFERENCE=1 the model runs this square at every length.
 """
 from __future__ import annotations
 

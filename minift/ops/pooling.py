@@ -8,8 +8,9 @@ Shapes:  B = batch, T = time, C = channels.
 The last real token of a row is found by HF's rule (transformers `modeling_gpt2.py`,
 GPT2ForSequenceClassification.forward: `(token_indices * non_pad_mask).argmax(-1)`), applied to attention_mask: multiply
 each position index by the mask and take the argmax. (HF builds its mask from `input_ids != pad_token_id` instead, so
-the two differ when a real token is the pad id, as GPT-2's eos often is; minift's batches always carry the mask.) That is the largest index whose mask is 1, for right padding, left padding, or any
-pattern of holes. A row with no real token has nothing to read: HF silently picks position 0, minift raises.
+the two differ when a real token is the pad id, as GPT-2's eos often is; minift's batches always carry the mask.)
+That is the largest index whose mask is 1, for right padding, left padding, or any pattern of holes. A row with no
+real token has nothing to read: HF silently picks position 0, minift raises.
 
 Backward: pooling copies one row per sequence, so dx is zero everywhere except dx[b, last[b]] = dpooled[b].
 """

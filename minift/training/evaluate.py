@@ -76,11 +76,11 @@ def lm_loss(model, token_ids, block_size=None, max_windows=32, batch_size=16) ->
     this is how forgetting is measured after fine-tuning a classifier — the body changed, did it forget the corpus?
     """
     x, y = sequential_windows(token_ids, block_size or model.cfg.n_ctx, max_windows)   # (W, T), (W, T)
-    head, model.head = model.head, "lm"
+    head_kind, model.head_kind = model.head_kind, "lm"
     try:
         with adapters_in_eval_mode(model):
             losses = [model.loss(x[s:s + batch_size], y[s:s + batch_size]) * len(x[s:s + batch_size])
                       for s in range(0, len(x), batch_size)]
     finally:
-        model.head = head
+        model.head_kind = head_kind
     return float(np.sum(losses) / len(x))

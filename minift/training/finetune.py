@@ -8,9 +8,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import HEAD_WEIGHT
 from ..errors import MiniftError
 from ..lora import LoRAConfig
-from ..methods import (HEAD, HEAD_MODES, METHODS, check_base_fits_task, check_task_fits, setup_method, task_head,
+from ..methods import (HEAD_MODES, METHODS, check_base_fits_task, check_task_fits, setup_method, task_head,
                        trainable_summary)
 from ..optim import check_lr
 from .train import TrainConfig, resumed_warmup
@@ -48,7 +49,8 @@ class FinetuneConfig:
     lora: LoRAConfig | None = None   # method "lora": its adapters (None: LoRAConfig(), filled in when made)
     workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
     merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
-    head: str = "auto"               # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
+    head_mode: str = "auto"          # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
+                                     # (HEAD_MODES; the CLI's --head)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -61,8 +63,8 @@ class FinetuneConfig:
             self.lora = LoRAConfig()
         if self.lora is not None and not isinstance(self.lora, LoRAConfig):
             raise MiniftError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
-        if self.head not in HEAD_MODES:
-            raise MiniftError(f"head={self.head!r} is not one of {HEAD_MODES}")
+        if self.head_mode not in HEAD_MODES:
+            raise MiniftError(f"head_mode={self.head_mode!r} (--head) is not one of {HEAD_MODES}")
         if self.merge and self.method != "lora":
             raise MiniftError(f"merge folds LoRA's adapters into the weights, and method {self.method!r} has none "
                               "(its whole model is saved already); drop it, or use method 'lora'")
@@ -76,14 +78,14 @@ class FinetuneConfig:
                            warmup=min(self.warmup, self.steps // 5) if warmup is None else warmup,
                            weight_decay=self.weight_decay, eval_every=self.eval_every, save_every=self.save_every,
                            seed=self.seed, workers=self.workers,
-                           lr_scale={HEAD: head_lr / lr} if head_lr is not None and head_lr != lr else None)
+                           lr_scale={HEAD_WEIGHT: head_lr / lr} if head_lr is not None and head_lr != lr else None)
 
 
 def learning_rates(model, fcfg: FinetuneConfig):
     """(lr, head_lr): the rate of the method's trainable weights, and the classification head's (None when there is
     no trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
     lr = fcfg.lr or DEFAULT_LR[fcfg.method]
-    if HEAD not in model.trainable_params():
+    if HEAD_WEIGHT not in model.trainable_params():
         if fcfg.head_lr is not None:
             raise MiniftError(f"head_lr={fcfg.head_lr} is the classification head's rate, but task {fcfg.task!r} "
                               "trains no classification head (a generation task uses the tied LM head); drop it")
@@ -150,7 +152,7 @@ class Run:
     """One fine-tune, set up and checked, before its first step (setup_run)."""
     model: object
     lora: object
-    head: str                # "kept" | "new" | "lm" (task_head)
+    head_origin: str         # where the head came from (task_head): "kept" | "new" | "lm"
     source: object
     tcfg: object             # the TrainConfig
     head_lr: float | None
@@ -171,12 +173,12 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     check_task_fits(fcfg.method, fcfg.task, train_split, fcfg.batch_size)
     check_base_fits_task(base, fcfg.task, train_split)
     model = base.to()                                                      # 1. a private copy of the base
-    head = task_head(model, train_split, seed=fcfg.seed, mode=fcfg.head)   # 2. the task head
+    head_origin = task_head(model, train_split, seed=fcfg.seed, head_mode=fcfg.head_mode)   # 2. the task head
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
                         **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
     check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
-               head="classification" if model.head == "classification" else "lm",
+               head_kind=model.head_kind,
                num_labels=len(model.labels or []) or 2,
                **({"rank": lora.config.r, "targets": lora.config.targets, "dora": lora.config.use_dora}
                   if lora is not None else {}),
@@ -185,7 +187,7 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     lr, head_lr = learning_rates(model, fcfg)
     warmup = resumed_warmup(checkpoints, resume, min(fcfg.warmup, fcfg.steps // 5))   # fixed once the run starts
     tcfg = fcfg.train_config(lr, head_lr, warmup)
-    return Run(model, lora, head, source, tcfg, head_lr, max_len, train_split, val_split, test_split)
+    return Run(model, lora, head_origin, source, tcfg, head_lr, max_len, train_split, val_split, test_split)
 
 
 def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True, resume=False, checkpoints=None,
@@ -213,9 +215,10 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
         return {prefix + k: v for k, v in split_metrics(m, split, tokenizer, run.max_len).items()}
 
     result = train(model, run.source, run.tcfg, out_dir=checkpoints, progress=progress, evaluate=evaluate,   # 4.
-                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora, run.head))
+                   resume=resume, desc=f"finetune {fcfg.method}", start_fingerprint=_start(base, lora, run.head_origin))
     test = evaluate(model, run.test_split, prefix="")                                         # 5. evaluate
-    summary = dict(method=fcfg.method, task=fcfg.task, task_type=run.train_split.type, head=run.head,
+    summary = dict(method=fcfg.method, task=fcfg.task, task_type=run.train_split.type,
+                   head=run.head_origin,        # finetune.json's key "head" (kept: files written before the rename)
                    labels=model.labels, train_examples=len(run.train_split),
                    max_len=run.max_len, train_examples_cut=run.source.cut_examples(),
                    **trainable_summary(model), steps=fcfg.steps, lr=run.tcfg.lr, head_lr=run.head_lr,
@@ -231,12 +234,12 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
     return model, lora, summary
 
 
-def _start(base, lora, head: str = "new") -> str:
+def _start(base, lora, head_origin: str = "new") -> str:
     """What a fine-tune starts from, for resume to check: the base's fingerprint (which leaves any classification
     head out), "+kept-head" when the base's trained head was kept (task_head), and the adapters' configuration (rank,
     alpha, rsLoRA, DoRA, init, dropout, targets), which the checkpoint's weights alone do not all pin down. (A fresh
     head adds nothing: checkpoints made before heads could be kept still resume.)"""
-    start = base.fingerprint() + ("+kept-head" if head == "kept" else "")
+    start = base.fingerprint() + ("+kept-head" if head_origin == "kept" else "")
     if lora is None:
         return start
     config = lora.config

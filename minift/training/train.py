@@ -12,11 +12,11 @@ classification batches, prompt/completion batches) and which parameters train (m
 Divergence: a run stops with TrainingDiverged when a loss (a step's, or an evaluation's) is NaN or infinite or more
 than BLOWUP_NATS above the run's first step loss (the model then gives the right tokens e^-100 times the probability
 it gave at the start: weights thrown far off, never a model that is merely learning badly; tutorial 06 §6), when a
-gradient is not finite, or when an update leaves a weight that is not finite. What it keeps has been checked: a
+gradient is not finite, when a step's forward, backward or update overflows its dtype (`Overflows`), or when an
+update leaves a weight that is not finite. Nothing new is saved then, and what is kept has been checked: a
 checkpoint holds the weights after a step, which only the next step's loss (or an evaluation) checks, so the
 checkpoints of the weights found broken, and any after them, are removed, and the one left in force is a state whose
-loss was computed and was sane. (A gradient that is not finite on a sane loss is the batch's fault, not the
-weights': that state is saved, the batch not used.)
+loss was computed and was sane. (A gradient that is not finite on a sane loss leaves those weights in force.)
 
 Checkpoints (`out_dir/step-000100/`) hold the weights (model and adapters), the optimizer state, and `state.json`
 with the step, the data position, the dropout generators (model and adapters) and the history, plus each file's
@@ -247,7 +247,9 @@ def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcf
     a_rng = adapter_rng(model)
     state = dict(step=step, optimizer=sd, data=source.state(), dropout_rng=dropout_rng.bit_generator.state,
                  adapter_rng=a_rng.bit_generator.state if a_rng is not None else None,
-                 train_config=asdict(tcfg), model_config=model.cfg.to_dict(), head=model.head, labels=model.labels,
+                 train_config=asdict(tcfg), model_config=model.cfg.to_dict(),
+                 head=model.head_kind,       # the key stays "head", as in checkpoints written before the rename
+                 labels=model.labels,
                  frozen=sorted(model.frozen), start_fingerprint=start_fingerprint,
                  history=result.history, evals=result.evals, seconds=result.seconds, tokens=result.tokens,
                  sha256={name: _sha256(folder / name) for name in ("weights.safetensors", "optimizer.safetensors")})
@@ -401,7 +403,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
         try:
             for step in bar:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guards in _step check
-                    _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir)
+                    _step(model, source, opt, tcfg, step, dropout_rng, result, bar, out_dir)
                 done = step + 1
                 if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
                     result.evals.append(evaluated(done))
@@ -487,13 +489,16 @@ class Overflows:
     def watching(self):
         return np.errstate(over="call", invalid="call", call=self)
 
-    def said(self, where: str) -> str | None:
+    MEANING = {"overflow": "a number beyond its dtype's range",
+               "invalid value": "a NaN from an undefined operation such as inf - inf"}
+
+    def said(self) -> str | None:
         """What to say of the noted error, or None if there was none."""
-        return None if self.first is None else (f"went through a floating-point {self.first} in {where} (numbers "
-                                                "beyond float32's range): the run has diverged")
+        return None if self.first is None else (f"went through a floating-point {self.first} "
+                                                f"({self.MEANING.get(self.first, 'NumPy says')}): the run has diverged")
 
 
-def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, out_dir):
+def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, out_dir):
     """One training step: a batch, the loss and gradients, the non-finite guards, the update, the books."""
     lr = lr_schedule(step, tcfg.lr, tcfg.steps, tcfg.warmup, tcfg.schedule, tcfg.min_lr)
     t0 = time.perf_counter()
@@ -508,8 +513,8 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         else:
             loss, grads = model.loss_and_grads(**batch, rng=dropout_rng if model.cfg.dropout > 0 else None)
     norm = clip_grad_norm(grads, tcfg.grad_clip) if tcfg.grad_clip else _norm(grads)
-    wrong = _diverged_loss(loss, result) or overflow.said("the forward or backward")
-    if wrong or not np.isfinite(norm):
+    broken = _diverged_loss(loss, result)
+    if broken or overflow.first or not np.isfinite(norm):
         source.restore(before[0])                       # as before this step: its batch and dropout not drawn
         dropout_rng.bit_generator.state = before[1]
         if a_rng is not None:
@@ -517,19 +522,17 @@ def _step(model, source, opt, tcfg, step, dropout_rng, result, bar, checkpoint, 
         advice = "Try a lower lr" + (" (or check the inputs: a LoRA alpha, a learning-rate scale)" if step == 0 else
                                      " in a new run (--overwrite or another --out: a checkpoint resumes only with its "
                                      "own settings)" if out_dir else "")
-        if wrong:              # these weights are broken: keep only what an earlier step checked
-            raise TrainingDiverged(f"step {step}: loss {wrong}; {_keep_checked(out_dir, step)}. {advice}.")
-        bad = find_nonfinite(loss, grads) or "gradient norm"
-        if step == 0:          # nothing trained yet: the start is no state worth a checkpoint
-            raise TrainingDiverged(f"step 0: {bad} is not finite (loss={loss}) {NOTHING_SAVED}. {advice}.")
-        checkpoint(step)       # a sane loss, checked just now: these weights are good, only this batch's gradient not
-        raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss:.4g}, finite); the weights before this "
-                               f"step were kept{' in ' + str(out_dir) if out_dir else ''}. {advice}.")
+        if broken or overflow.first:   # these weights are broken: keep only what an earlier step checked
+            what = f"loss {broken}" if broken else f"the forward or backward {overflow.said()}"
+            raise TrainingDiverged(f"step {step}: {what}; {_keep_checked(out_dir, step)}. {advice}.")
+        bad = find_nonfinite(loss, grads) or "the gradient norm"      # a sane loss: these weights stay in force
+        kept = NOTHING_SAVED if step == 0 else _keep_checked(out_dir, step + 1)
+        raise TrainingDiverged(f"step {step}: {bad} is not finite (loss={loss:.4g}); {kept}. {advice}.")
     with overflow.watching():
         opt.step(grads, lr=lr)
     bad = first_nonfinite(opt.params)                       # finite gradients, but a step that overflowed
     if bad is not None or overflow.first:
-        what = f"made {bad} non-finite" if bad is not None else overflow.said("it")
+        what = f"made {bad} non-finite" if bad is not None else overflow.said()
         raise TrainingDiverged(f"step {step}: the update {what} (lr={lr:g}); "
                                f"{NOTHING_SAVED if step == 0 else _keep_checked(out_dir, step + 1)}. Try a lower lr.")
     dt = time.perf_counter() - t0
