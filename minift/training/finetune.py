@@ -58,7 +58,7 @@ class FinetuneConfig:
         for name in ("lr", "head_lr"):
             if getattr(self, name) is not None:
                 check_lr(getattr(self, name), name)
-        self.train_config(self.lr or DEFAULT_LR[self.method])      # raises now, before any data is loaded
+        self.train_config(self.method_lr)                          # raises now, before any data is loaded
         if self.method == "lora" and self.lora is None:
             self.lora = LoRAConfig()
         if self.lora is not None and not isinstance(self.lora, LoRAConfig):
@@ -71,11 +71,21 @@ class FinetuneConfig:
         if self.train_size is not None and self.train_size <= 0:
             raise MiniftError(f"train_size={self.train_size} (--train-size) must be positive")
 
+    @property
+    def method_lr(self) -> float:
+        """lr, or the method's default rate (DEFAULT_LR)."""
+        return self.lr or DEFAULT_LR[self.method]
+
+    @property
+    def derived_warmup(self) -> int:
+        """The warmup a run starts with: `warmup` steps, at most a fifth of the run."""
+        return min(self.warmup, self.steps // 5)
+
     def train_config(self, lr: float, head_lr: float | None = None, warmup: int | None = None) -> TrainConfig:
         """The training loop's settings for this run, checked by TrainConfig (steps, batch size, rate, intervals,
         workers). lr, head_lr: the rates learning_rates() picked; warmup: default min(warmup, steps / 5)."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=lr,
-                           warmup=min(self.warmup, self.steps // 5) if warmup is None else warmup,
+                           warmup=self.derived_warmup if warmup is None else warmup,
                            weight_decay=self.weight_decay, eval_every=self.eval_every, save_every=self.save_every,
                            seed=self.seed, workers=self.workers,
                            lr_scale={HEAD_WEIGHT: head_lr / lr} if head_lr is not None and head_lr != lr else None)
@@ -84,7 +94,7 @@ class FinetuneConfig:
 def learning_rates(model, fcfg: FinetuneConfig):
     """(lr, head_lr): the rate of the method's trainable weights, and the classification head's (None when there is
     no trainable head). The head is the only trainable tensor of method "head", so there it takes lr itself."""
-    lr = fcfg.lr or DEFAULT_LR[fcfg.method]
+    lr = fcfg.method_lr
     if HEAD_WEIGHT not in model.trainable_params():
         if fcfg.head_lr is not None:
             raise MiniftError(f"head_lr={fcfg.head_lr} is the classification head's rate, but task {fcfg.task!r} "
@@ -174,18 +184,18 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     check_base_fits_task(base, fcfg.task, train_split)
     model = base.to()                                                      # 1. a private copy of the base
     head_origin = task_head(model, train_split, seed=fcfg.seed, head_mode=fcfg.head_mode)   # 2. the task head
+    freeze = {"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}
     lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
-                        **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))  # 3.
+                        **freeze)                                                                 # 3. freeze
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
     check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
                head_kind=model.head_kind,
                num_labels=len(model.labels or []) or 2,
                **({"rank": lora.config.r, "targets": lora.config.targets, "dora": lora.config.use_dora}
-                  if lora is not None else {}),
-               **({"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}))
+                  if lora is not None else {}), **freeze)
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
-    warmup = resumed_warmup(checkpoints, resume, min(fcfg.warmup, fcfg.steps // 5))   # fixed once the run starts
+    warmup = resumed_warmup(checkpoints, resume, fcfg.derived_warmup)           # fixed once the run starts
     tcfg = fcfg.train_config(lr, head_lr, warmup)
     return Run(model, lora, head_origin, source, tcfg, head_lr, max_len, train_split, val_split, test_split)
 
