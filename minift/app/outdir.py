@@ -244,20 +244,18 @@ def settle(out: Path) -> bool:
     is deleted by renaming it into DROPPED first, then removing that."""
     _remove_killed_writes(out)
     aside, dropped, restored = out / ASIDE, out / DROPPED, False
-    if dropped.is_dir() and (out / "run.json").is_file() and aside.is_dir() and is_marker(aside / "run.json"):
-        _move_all(entries(out)[0], dropped)               # a restore cut short while dropping the new run
     if aside.is_dir():
-        if not (aside / "run.json").is_file() or not (out / "run.json").is_file():
-            _move_all(list(aside.iterdir()), out)         # a set-aside or a restore cut short: finish putting back
-            aside.rmdir()
-            restored = True
-        elif has_something(out):
-            aside.rename(dropped)                         # the new run replaces the earlier one
-        else:
-            _move_all(entries(out)[0], dropped)           # the new run has nothing: drop it, put the earlier back
+        parts = settled_parts(out)                        # the one decision, shared with RunFolder's checks
+        if parts == [aside]:                              # the new run has nothing: drop it (its run.json last)
+            _move_all(entries(out)[0], dropped)
+        if aside in parts:                                # put the earlier run back, or finish a move cut short
             _move_all(list(aside.iterdir()), out)
             aside.rmdir()
             restored = True
+        else:                                             # the new run replaces the earlier one
+            if dropped.is_dir():
+                shutil.rmtree(dropped)
+            aside.rename(dropped)
     if dropped.is_dir():
         shutil.rmtree(dropped)
     _remove_killed_writes(out)                            # (those of a run just put back)
