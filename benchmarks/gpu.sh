@@ -38,7 +38,7 @@ print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', 
 cat "$OUT/env.txt"
 
 echo "== fused kernels (minift/fast/kernels.py) against the reference lines, on the device"
-if timeout "${KERNELS_S:-60}" "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -rs \
+if timeout "${KERNELS_S:-60}" "$PYTHON" -m pytest tests/fast/test_kernels.py -q -p no:cacheprovider -rs \
     -k "cupy and not fakecupy" > "$OUT/kernels.txt" 2>&1 && grep -q " passed" "$OUT/kernels.txt"; then
   echo "they agree (kernels.txt)"
 else

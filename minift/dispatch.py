@@ -14,7 +14,7 @@ chains), for a learner who wants to step into it in a debugger; it is slower and
                      (paired in optim.py, which imports this module)
 
 The other ops (linear, embedding, dropout, cross-entropy, pooling) have no twin: the model calls them from ops/.
-Each twin is tested against its reference (tests/test_fast_*.py: bitwise where the order of operations is the same,
+Each twin is tested against its reference (tests/fast/: bitwise where the order of operations is the same,
 to a stated tolerance where not), and a short training run gives the same numbers both ways to that tolerance
 (tests/test_dispatch.py). Finer switches keep the rest fast: MINIFT_FUSED=0 (fast/kernels.py) runs the twins' CPU
 lines on CuPy instead of their kernels; fast.attention.ATTENTION_BLOCK = None keeps the attention square.

@@ -141,3 +141,21 @@ def test_the_checker_reads_lazy_and_relative_imports():
     found = imports_of("minift.ops.gelu", source)
     assert found == {"minift.app.cli", "minift.fast.kernels"}
     assert all(floor_of(t) < floor_of("minift.ops.gelu") for t in found)     # both would be refused
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_the_tests_mirror_the_package():
+    """Each subpackage has its tests in the folder of the same name, each test file sits in the folder of the code it
+    tests (or in tests/ itself for top-level modules and whole-project checks), and no test imports another test file:
+    what tests share lives in tests/helpers.py."""
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert folders == subpackages, f"tests/ folders {sorted(folders)} vs minift/ subpackages {sorted(subpackages)}"
+    for path in TESTS.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0].startswith("test_") for n in names), \
+                f"{path.relative_to(TESTS)} imports another test file: move what it shares to tests/helpers.py"

@@ -423,7 +423,7 @@ for bw_name, bw in (("minift's layernorm_backward", layernorm_backward), ("broke
 # $g$ makes $L$ depend on $x$ (in every direction LayerNorm does not remove: a shift of a row, and up to
 # $\varepsilon$ its scale, still change nothing), and the error jumps to order 1.
 #
-# Two rules follow, and minift's tests follow both (`tests/test_gradcheck.py` and every `tests/test_op_*.py`): the
+# Two rules follow, and minift's tests follow both (`tests/test_gradcheck.py` and every test in `tests/ops/`): the
 # upstream gradient is random, never `ones_like`; and parameters are moved away from neutral values (1, 0) before
 # checking. Either a random $g$ or a gain $w$ away from 1 alone catches this bug (moving $b$ alone would not: $b$
 # never reaches $\bar x$) — the last line shows all-ones $g$ with a random gain $w$:

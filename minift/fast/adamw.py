@@ -3,7 +3,7 @@ as one fused CUDA kernel on CuPy (ADAMW_STEP; minift/fast/kernels.py).
 
 The reference writes the bias corrections as m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t), a new array per step of the
 formula. This computes the same update rearranged as torch does, p ← p − (η / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε):
-two scalars and one pass over one scratch array, so the two agree to rounding (tests/test_fast_ops.py).
+two scalars and one pass over one scratch array, so the two agree to rounding (tests/fast/test_fast_ops.py).
 """
 from __future__ import annotations
 

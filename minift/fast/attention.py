@@ -12,7 +12,7 @@ square's (75% for T = 128, b = 64).
                         blocks, since every block's queries read those keys and values.
 The cache keeps each block's probabilities as they are, [B, H, n, r1], not a T×T square padded with zeros:
 B·H·Σ n·r1 numbers, (1 + b/T)/2 of the square (measure/memory.py counts it so). Scaling q (T·D numbers) instead
-of the scores (T·T) changes rounding only: ~1e-7 relative in float32 (tests/test_fast_attention.py).
+of the scores (T·T) changes rounding only: ~1e-7 relative in float32 (tests/fast/test_fast_attention.py).
 On a GPU every array line is a kernel launch, so this path avoids lines that cost launches for nothing (`a[idx] += b`
 ends in a copy back into a[idx]; adding through a view does not), and its softmax runs fused (fast/softmax.py).
 

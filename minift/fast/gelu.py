@@ -4,7 +4,7 @@ Each line of the chains below is one step of the formula on its right, working i
 forward allocates two arrays (y and t, both needed) instead of one per step. On CuPy each line would be a kernel
 launch; there the same steps, in the same order, run as one kernel (GELU_FORWARD, GELU_BACKWARD; why and how they
 are checked: minift/fast/kernels.py). The order differs from the reference's, u = k x (1 + a x²) rather than
-k (x + a x³), so the two agree to rounding (tests/test_fast_ops.py states the tolerance), not bit for bit.
+k (x + a x³), so the two agree to rounding (tests/fast/test_fast_ops.py states the tolerance), not bit for bit.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ twice:
   - in every test run, on tests/fakecupy.py, whose `ElementwiseKernel` evaluates the kernel's body with NumPy, one
     statement over whole arrays at a time: there the fused path must equal the CPU lines **bit for bit** (the
     training, resume and compare tests on the fake compare the GPU path with the CPU path exactly);
-  - on a real GPU (tests/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts
+  - on a real GPU (tests/fast/test_kernels.py's `cupy` cases, and every op test's), to float rounding: CUDA contracts
     `a * b + c` into one fused multiply-add and its tanh differs from NumPy's in the last bits.
 Reductions (means, sums over a row) stay CuPy's own; only the elementwise chains around them are fused.
 

@@ -1,7 +1,7 @@
 """LayerNorm's fast twin: ops/layernorm.py's steps in the same order, reusing buffers, with fused CUDA kernels.
 
 On the CPU the forward turns x - μ into x̂ in place and the backward turns dx̂ into dx in place: two fewer arrays of
-the input's size each way, and the reference's bits (tests/test_fast_ops.py). On CuPy the elementwise lines after
+the input's size each way, and the reference's bits (tests/fast/test_fast_ops.py). On CuPy the elementwise lines after
 the row means run as one kernel each way (LAYERNORM_AFFINE, LAYERNORM_DX: the same operations in the same order;
 minift/fast/kernels.py); the means stay CuPy's reductions.
 """

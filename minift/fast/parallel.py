@@ -20,7 +20,7 @@ rounding (the sums are grouped differently), and is reproducible: shards are fix
 What it needs: a step that draws no random numbers (dropout 0, adapter dropout 0), since shards sharing one
 generator would draw in an order the threads decide; and the CPU (on a GPU one stream already runs every op on all
 its cores). Call `check_splittable` first; `train(..., TrainConfig(workers=2))` and `minift ... --workers 2` do.
-The readable path is `GPT.loss_and_grads`; tests/test_parallel.py checks this one against it.
+The readable path is `GPT.loss_and_grads`; tests/fast/test_parallel.py checks this one against it.
 """
 from __future__ import annotations
 

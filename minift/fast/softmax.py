@@ -3,7 +3,7 @@ each one's elementwise chain is one CUDA kernel (SHIFTED_EXP, SOFTMAX_DX; minift
 
 The math is ops/softmax.py's. `softmax_rows_` writes into the scores' own buffer (the blocked attention's scores are
 made for it alone), and takes the two guards for fully masked rows as clamps rather than `where`s: the same numbers,
-one pass each. `softmax_backward` gives the reference's bits on the CPU (tests/test_fast_ops.py).
+one pass each. `softmax_backward` gives the reference's bits on the CPU (tests/fast/test_fast_ops.py).
 """
 from __future__ import annotations
 

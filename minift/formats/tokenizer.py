@@ -16,7 +16,7 @@ Special tokens: `<|endoftext|>` separates documents (GPT-2's name for it) and `<
 tokenizer has both, at ids 0 and 1. GPT-2's has only `<|endoftext|>` (id 50256), and, as Hugging Face does, minift
 pads with it there: padding is masked out anyway, so its id never matters.
 
-Determinism: training is deterministic for the same texts (checked across processes in tests/test_tokenizer.py).
+Determinism: training is deterministic for the same texts (checked across processes in tests/formats/test_tokenizer.py).
 The `tokenizers` BPE trainer counts words in parallel hash maps, but sums are order-free; the base alphabet is sorted;
 merges are chosen by (count, pair ids), so ties break the same way every time. The one known source of run-to-run
 differences in that trainer is the lazily numbered continuing-subword tokens (huggingface/tokenizers#1794), which

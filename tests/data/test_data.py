@@ -302,7 +302,7 @@ def installed_at(monkeypatch, site):
 def test_data_dir_in_a_checkout_and_in_an_installed_package(tmp_path, monkeypatch, capsys):
     from minift.data import checkout_data_dir
     from minift.data.__main__ import main as regenerate_main
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert checkout_data_dir() == root / "data" and data_dir() == root / "data"        # this checkout
     installed_at(monkeypatch, tmp_path)
     assert checkout_data_dir() is None

@@ -167,11 +167,11 @@ def test_inconsistent_options_are_one_line_errors(capsys, tmp_path):
 
 def test_a_stopped_comparison_resumes_to_the_same_results(tmp_path, monkeypatch, capsys):
     from minift.data.sources import ClassificationSource
-    from test_cli import _signal_at_batch
+    from helpers import signal_at_batch
     run = ["compare", "--quick", "--methods", "head,lora", "--quiet"]
     assert main(run + ["--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as m:      # head: 8 steps + 1 batch for the memory measurement; then LoRA's 4th step
-        _signal_at_batch(m, ClassificationSource, at=12)
+        signal_at_batch(m, ClassificationSource, at=12)
         assert main(run + ["--out", str(tmp_path / "stopped")]) == 130
     assert "after 4 steps" in capsys.readouterr().err
     assert not (tmp_path / "stopped" / "results.json").exists()

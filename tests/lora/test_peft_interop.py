@@ -12,7 +12,7 @@ import pytest
 
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora, load_peft
 
-from test_lora import randomize
+from helpers import randomize
 
 torch = pytest.importorskip("torch", reason="torch not installed: PEFT cross-check skipped")
 transformers = pytest.importorskip("transformers", reason="transformers not installed: PEFT cross-check skipped")

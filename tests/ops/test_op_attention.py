@@ -8,7 +8,7 @@ from minift.errors import MiniftError
 from minift.gradcheck import check_op
 from minift.ops import attention_backward, attention_forward
 
-from helpers import rand, to_torch, torch_or_skip
+from helpers import padding_mask, rand, to_torch, torch_or_skip
 
 TOL = 1e-6  # float64 centered differences: a correct backward scores ~1e-8 here; a wrong one ~1e-1
 
@@ -19,19 +19,6 @@ SCALE = 1.0
 batch, time, heads, head_size = st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.integers(1, 4)
 
 
-def _padding_mask(rng, B, T, kind):
-    """(B, T) int mask, 1 = real token: "left" / "right" padding of a random length per row, or a "random" pattern.
-
-    Left padding makes queries that see no key at all (every key up to them is padding): the fully masked case.
-    """
-    if kind == "random":
-        return (rng.random((B, T)) < 0.7).astype(np.int64)
-    n_pad = rng.integers(0, T, size=B)                     # every row keeps at least one real token
-    pos = np.arange(T)[None, :]                            # (1, T)
-    pad = pos < n_pad[:, None] if kind == "left" else pos >= T - n_pad[:, None]
-    return (~pad).astype(np.int64)
-
-
 masks = st.sampled_from([None, "left", "right", "random"])
 
 
@@ -39,7 +26,7 @@ masks = st.sampled_from([None, "left", "right", "random"])
 def test_attention_gradcheck(xp, B, T, H, D, mask, seed):
     rng = np.random.default_rng(seed)
     qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
-    am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
+    am = None if mask is None else xp.asarray(padding_mask(rng, B, T, mask))
 
     def forward(qkv):
         return attention_forward(qkv, H, attention_mask=am)
@@ -53,7 +40,7 @@ def test_attention_is_causal(xp, B, T, H, D, mask, seed):
     rng = np.random.default_rng(seed)
     t = int(rng.integers(0, T - 1))
     qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
-    am = None if mask is None else xp.asarray(_padding_mask(rng, B, T, mask))
+    am = None if mask is None else xp.asarray(padding_mask(rng, B, T, mask))
     future = qkv.copy()
     future[:, t + 1:] += rand(xp, rng, B, T - t - 1, 3 * H * D)
     y, y_future = (to_numpy(attention_forward(a, H, am)[0]) for a in (qkv, future))
@@ -67,7 +54,7 @@ def test_attention_is_causal(xp, B, T, H, D, mask, seed):
 def test_real_positions_ignore_padded_keys(xp, B, T, H, D, kind, seed):
     """Outputs at real positions do not depend on anything stored at padded positions (q, k or v)."""
     rng = np.random.default_rng(seed)
-    am = _padding_mask(rng, B, T, kind)
+    am = padding_mask(rng, B, T, kind)
     qkv = rand(xp, rng, B, T, 3 * H * D, scale=SCALE)
     junk = qkv.copy()
     pad = xp.asarray(am == 0)                              # (B, T)

@@ -6,6 +6,8 @@ import pytest
 from minift.app.cli import main
 from minift.errors import MiniftError
 
+from helpers import signal_at_batch
+
 
 def shipped_tokenizer():
     """data/tokenizer.json: a model folder carries the tokenizer it was trained with (load_base refuses one without)."""
@@ -142,22 +144,6 @@ def test_out_must_be_new_empty_or_a_run_named_by_resume_or_overwrite(pretrained,
     assert e.value.code == 2
 
 
-def _signal_at_batch(monkeypatch, source_class, at):
-    """Send this process SIGINT (Ctrl-C) while `source_class` hands out its batch number `at`, counted over every
-    instance (the evaluation never draws from a source)."""
-    import os
-    import signal
-    calls = [0]
-    real = source_class.next_batch
-
-    def next_batch(self):
-        if calls[0] == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        calls[0] += 1
-        return real(self)
-    monkeypatch.setattr(source_class, "next_batch", next_batch)
-
-
 def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkeypatch, capsys):
     from minift import GPT, GPTConfig
     from minift.data.sources import ClassificationSource
@@ -167,7 +153,7 @@ def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkey
            "--batch", "4", "--train-size", "32", "--eval-every", "2", "--quiet"]
     assert main(run + ["--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as m:
-        _signal_at_batch(m, ClassificationSource, at=2)
+        signal_at_batch(m, ClassificationSource, at=2)
         assert main(run + ["--out", str(tmp_path / "stopped")]) == 128 + 2
     err = capsys.readouterr().err
     assert "stopped by Ctrl-C after 3 steps" in err and "--resume" in err

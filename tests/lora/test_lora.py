@@ -13,54 +13,17 @@ from hypothesis import given, strategies as st
 
 import minift
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
-from minift.backend import to_numpy
 from minift.gradcheck import check_function, check_op
 from minift.formats.io import load_safetensors
 from minift.lora import PEFT_HEAD_KEY, PEFT_PREFIX, lora_backward, lora_forward, resolve_modules
 from minift.model import LINEAR_MODULES
 from minift.optim import SGD, AdamW
 
-from helpers import rand
+from helpers import batch, host, rand, randomize, tiny_model
 
 TOL = 1e-6
 MODEL_TOL = 1e-4
 dims = st.integers(1, 5)
-
-
-# ---- helpers (test_dora.py uses them too) ------------------------------------------------------------------------
-
-def tiny_model(xp=np, dtype="float64", seed=0, perturb=True):
-    """The tiny preset, moved off GPT-2's neutral init (LayerNorm gains 1 and biases 0 hide bugs)."""
-    model = GPT(GPTConfig.preset("tiny"), seed=seed, dtype=dtype, device="cpu" if xp is np else "gpu")
-    if perturb:
-        rng = np.random.default_rng(seed + 100)
-        for v in model.params.values():
-            v += model.xp.asarray(rng.standard_normal(v.shape) * 0.1).astype(v.dtype)
-    return model
-
-
-def batch(cfg, B=2, T=6, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, cfg.vocab_size, (B, T))
-    targets = rng.integers(0, cfg.vocab_size, (B, T))
-    targets[0, :2] = -100                                  # some positions without a loss
-    return ids, targets
-
-
-def randomize(lora, seed=1, scale=0.3):
-    """Every adapter array to random values, in place (B ≠ 0: the adapter matters and dA is not hidden)."""
-    rng = np.random.default_rng(seed)
-    for name, a in lora.params.items():
-        noise = lora.model.xp.asarray(rng.standard_normal(a.shape) * scale).astype(a.dtype)
-        if name.endswith("lora_magnitude_vector"):
-            a *= 1 + noise                                 # a magnitude stays near the column norms it started at
-        else:
-            a[...] = noise
-    return lora
-
-
-def host(a):
-    return np.asarray(to_numpy(a))
 
 
 # ---- the op ---------------------------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ from minift.backend import to_numpy
 from minift.lora.dora import column_norm, dora_backward, dora_forward
 from minift.gradcheck import check_function, check_op
 
-from helpers import rand, to_torch, torch_or_skip
-from test_lora import batch, randomize, tiny_model
+from helpers import batch, rand, randomize, tiny_model, to_torch, torch_or_skip
 
 TOL = 1e-6
 MODEL_TOL = 1e-4

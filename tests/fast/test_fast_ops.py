@@ -5,7 +5,7 @@ backward and the blocked attention's in-place softmax. To a stated tolerance whe
 u = k x (1 + a x²), the reference k (x + a x³)) and AdamW (the twin takes torch's rearranged step, one scratch array;
 the reference writes m̂ and v̂ out). On a real GPU every twin runs a fused kernel, which CUDA compiles with fused
 multiply-adds and its own tanh and exp: there every comparison is to the tolerance. The fused kernels against the
-twins' CPU lines: tests/test_kernels.py; the blocked attention: tests/test_fast_attention.py.
+twins' CPU lines: tests/fast/test_kernels.py; the blocked attention: tests/fast/test_fast_attention.py.
 """
 import numpy as np
 import pytest

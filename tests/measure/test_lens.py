@@ -18,7 +18,7 @@ from minift.measure.lens import (LINEAR_INPUTS, activations, format_lens, format
 from minift.optim import SGD
 from minift.base import shipped_base_dir
 
-from test_lora import batch as lm_batch, host, randomize, tiny_model
+from helpers import batch as lm_batch, host, randomize, tiny_model
 
 ETA = 0.05
 
