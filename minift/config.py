@@ -20,6 +20,7 @@ PRESETS = {
 }
 BENCH_BATCH = {"tiny": 16, "demo": 16, "small": 8, "gpt2": 8}
 HEAD_WEIGHT = "score.weight"  # a classification head's weight [K, C] (GPT2ForSequenceClassification's name)
+LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # the four linears of a block
 
 
 @dataclass(frozen=True)

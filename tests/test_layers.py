@@ -159,3 +159,10 @@ def test_the_tests_mirror_the_package():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0].startswith("test_") for n in names), \
                 f"{path.relative_to(TESTS)} imports another test file: move what it shares to tests/helpers.py"
+
+
+def test_the_lora_config_needs_no_model():
+    """LoRAConfig names the linears it may adapt from minift.config (LINEAR_MODULES lives there, one floor down; the
+    model re-exports it), so reading a configuration does not import the model."""
+    assert "minift.model" not in GRAPH["minift.lora.config"]
+    assert "minift.config" in GRAPH["minift.lora.config"]

@@ -51,6 +51,7 @@ from minift.gradcheck import check_op
 from minift.ops import (
     attention_backward,
     attention_forward,
+    attention_probabilities,
     cross_entropy_backward,
     cross_entropy_forward,
     gelu_backward,
@@ -346,7 +347,7 @@ assert report.ok and report.max_error < 1e-7, report
 B, T, C, H = 2, 5, 8, 2                                  # batch, time, channels, heads (head size D = 4)
 qkv = rng.standard_normal((B, T, 3 * C))                 # (B, T, 3C) what c_attn would produce
 att_y, att_cache = attention_forward(qkv, H)             # (B, T, C)
-A = att_cache[3]                                         # (B, H, T, T) the attention weights, cached
+A = attention_probabilities(att_cache)                   # (B, H, T, T) the attention weights, cached
 print("attention weights of batch 0, head 0 (row t = query, column s = key):")
 print(A[0, 0])
 

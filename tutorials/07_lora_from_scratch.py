@@ -288,7 +288,7 @@ Bm = rng.standard_normal((O, R)) * 0.5                   # (O, R)  B ≠ 0: a ze
 s = 2.0
 y, cache = lora_forward(x, W, b, A, Bm, s)               # (N, O)
 dy = rng.standard_normal(y.shape)                        # (N, O) a random upstream gradient
-dx, dW, db, dA, dB = lora_backward(dy, cache, need_dw=False)
+dx, dW, db, dA, dB = lora_backward(dy, cache)            # need_dw=False, the default: W is frozen
 print(f"y {y.shape}; dx {dx.shape}, dW {dW}, db {db.shape}, dA {dA.shape} = A's, dB {dB.shape} = B's")
 
 # %% [markdown]
@@ -308,7 +308,8 @@ errors = {"dx": np.abs(dx - (dy @ W.T + s * dy @ Bm @ A)).max(), "dB": np.abs(dB
           "dB = s Gᵀ Aᵀ": np.abs(dB - s * G.T @ A.T).max(), "dA = s Bᵀ Gᵀ": np.abs(dA - s * Bm.T @ G.T).max()}
 print({k: f"{v:.1e}" for k, v in errors.items()})
 assert dW is None and max(errors.values()) < 1e-12
-report = check_op(lora_forward, lora_backward, [x, W, b, A, Bm, s], names=["x", "W", "b", "A", "B"])
+report = check_op(lora_forward, lambda dy, cache: lora_backward(dy, cache, need_dw=True),   # W too: all five
+                  [x, W, b, A, Bm, s], names=["x", "W", "b", "A", "B"])
 print(report)
 assert report.ok and report.max_error < 1e-7, report
 

@@ -117,13 +117,3 @@ def blocked_attention_backward(dy, cache):
             dv_seen += dv_b
     return dqkv.reshape(B, T, 3 * H * D)                   # (B, T, 3C)
 
-
-def blocked_attention_probabilities(cache):
-    """The attention weights [B, H, T, T] a blocked cache holds, as one array (a copy): row t is query t's
-    distribution over keys, 0 where it cannot look."""
-    q, atts, b = cache[0], cache[3], cache[5]
-    B, H, T, _ = q.shape
-    att = xp_of(q).zeros((B, H, T, T), dtype=q.dtype)      # (B, H, T, T)
-    for (r0, r1), a in zip(query_blocks(T, b), atts):
-        att[:, :, r0:r1, :r1] = a
-    return att

@@ -5,9 +5,9 @@ Read in this order; each module imports only those above it (PEFT's config / lay
 
     config.py      LoRAConfig (r, alpha, targets, rslora, dropout, init, use_dora) and which modules it adapts
     op.py          lora_forward / lora_backward: dA, dB, dx, and the dW a frozen W skips; the notation table
-                   (the paper's and PEFT's s·BA, minift's s·AᵀBᵀ, the article's W + ABᵀ)
+                   (the paper's and PEFT's s·BA, minift's s·AᵀBᵀ, the article's W + ABᵀ); and LoRALinear, the
+                   adapter of one linear that runs them: forward, backward, delta_weight, merge / unmerge
     inits.py       how A and B start: PEFT's default and gaussian inits, PiSSA (Meng et al. 2024)
-    layers.py      LoRALinear, the adapter of one linear: forward, backward, delta_weight, merge / unmerge
     dora.py        DoRALinear and its op: magnitude and direction (Liu et al. 2024)
     peft_files.py  PEFT's adapter folder: what save_peft writes, the model card, what load_peft checks
     attach.py      attach_lora, load_peft, and the LoRA handle they return (merge, merged_model, train/eval, ...)
@@ -16,8 +16,7 @@ from .attach import LoRA, adapter_rng, attach_lora, load_peft
 from .config import ALL_LINEAR, LoRAConfig, resolve_modules
 from .dora import DoRALinear
 from .inits import init_factors, pissa_factors
-from .layers import LoRALinear
-from .op import lora_backward, lora_forward
+from .op import LoRALinear, lora_backward, lora_forward
 from .peft_files import MODEL_CARD_FILE, PEFT_FORMAT_VERSION, PEFT_HEAD_KEY, PEFT_PREFIX
 
 __all__ = ["LoRA", "LoRAConfig", "LoRALinear", "DoRALinear", "attach_lora", "load_peft", "adapter_rng",

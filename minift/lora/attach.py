@@ -27,7 +27,7 @@ from . import peft_files
 from .config import LoRAConfig, resolve_modules
 from .dora import DoRALinear
 from .inits import init_factors
-from .layers import LoRALinear
+from .op import LoRALinear
 from .peft_files import CONFIG_FILE, WEIGHTS_FILE, check_base, config_from_peft, read_tensors
 
 

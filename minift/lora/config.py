@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import LINEAR_MODULES
 from ..errors import MiniftError
-from ..model import LINEAR_MODULES
 
 ALL_LINEAR = "all-linear"
 SHORT_TARGETS = ("c_attn", "attn.c_attn", "c_proj", "attn.c_proj", "c_fc", "mlp.c_fc", "mlp.c_proj")

@@ -36,7 +36,7 @@ The norm: exact or detached. DoRA §4.3 proposes to treat n = ‖V‖_c as a con
 the gradient graph") to save training memory, and PEFT does so (weight_norm.detach()). That drops the terms with dn:
 dm is unchanged, but dA and dB lose the norm path, so the detached backward is NOT the derivative of the forward —
 finite differences disagree with it by design. minift's default (LoRAConfig(dora_norm="exact")) is the exact
-derivative: it is what the gradient checks verify (tests/test_dora.py), and a learner can compare the two.
+derivative: it is what the gradient checks verify (tests/lora/test_dora.py), and a learner can compare the two.
 dora_norm="detached" gives PEFT's training gradients. Both run the same forward.
 
 merge(): W ← (W0 + ΔW) · (m/n), remembering n; unmerge(): W ← W · (n/m) − ΔW (PEFT caches the norm the same way:
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from ..backend import xp_of
 from ..ops import dropout_backward, dropout_forward
-from .layers import LoRALinear
+from .op import LoRALinear
 
 
 def column_norm(v):
@@ -73,10 +73,11 @@ def dora_forward(x, w, b, A, B, m, s, p=0.0, rng=None):
     return y.reshape(*x.shape[:-1], O), (x2, xd, mask, z, n, w, A, B, m, s, b is not None, x.shape)
 
 
-def dora_backward(dy, cache, need_dw=True, need_db=True, detach_norm=False):
+def dora_backward(dy, cache, need_dw=False, need_db=True, detach_norm=False):
     """dy [..., O] -> (dx [..., I], dW0 [I, O] or None, db [O] or None, dA [R, I], dB [O, R], dm [O]), in the order
-    of dora_forward's array inputs. detach_norm=True treats n = ‖V‖_c as a constant (DoRA §4.3, PEFT): not the
-    exact derivative, see the module docstring."""
+    of dora_forward's array inputs. need_dw=False, the default, is DoRA's case: W0 is frozen, no dW0 is computed (as
+    lora_backward). detach_norm=True treats n = ‖V‖_c as a constant (DoRA §4.3, PEFT): not the exact derivative, see
+    the module docstring."""
     x2, xd, mask, z, n, w, A, B, m, s, has_b, x_shape = cache
     O = w.shape[1]
     dy2 = dy.reshape(-1, O)                                            # (N, O)

@@ -1,4 +1,5 @@
-"""The LoRA op: the forward and the backward of one adapted linear, written out (dA, dB, dx, and the skipped dW).
+"""The LoRA op: the forward and the backward of one adapted linear, written out (dA, dB, dx, and the skipped dW);
+and LoRALinear, the adapter that runs them for one module of the model (its A and B, merge and unmerge).
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv 2106.09685), §4.1, as Hugging Face PEFT
 implements it (peft/tuners/lora/layer.py). The article minift is read with (README.md: 微调与LoRA, "Fine-tuning and
@@ -32,13 +33,17 @@ Backward (lora_backward), from y = x W + b + s · h Bᵀ with h = x_d Aᵀ and x
 With G = xᵀ dy, the full fine-tuning gradient of W, and no dropout: dB = s · Gᵀ Aᵀ and dA = s · Bᵀ Gᵀ: LoRA's
 gradients are the full gradient read through the adapter's r input directions (A's rows) and r output directions
 (B's columns) -- coordinates of projections onto those subspaces when the directions are orthonormal
-(tests/test_lora.py checks the identities).
+(tests/lora/test_lora.py checks the identities).
 
 Adapter dropout (PEFT's lora_dropout) drops the branch's input only, never the base path's.
+
+The layer (LoRALinear, below the op) is PEFT's LoraLayer / Linear (peft/tuners/lora/layer.py): the model calls its
+forward and backward in place of the plain linear's, and one delta_weight helper serves merge and unmerge.
 """
 from __future__ import annotations
 
-from ..ops import dropout_backward, dropout_forward
+from ..errors import MiniftError
+from ..ops import dropout_backward, dropout_forward, linear_forward
 
 
 def lora_forward(x, w, b, A, B, s, p=0.0, rng=None):
@@ -61,9 +66,11 @@ def lora_forward(x, w, b, A, B, s, p=0.0, rng=None):
     return y.reshape(*x.shape[:-1], O), (x2, xd, mask, hs, w, A, B, s, b is not None, x.shape)
 
 
-def lora_backward(dy, cache, need_dw=True, need_db=True):
+def lora_backward(dy, cache, need_dw=False, need_db=True):
     """dy [..., O] -> (dx [..., I], dW [I, O] or None, db [O] or None, dA [R, I], dB [O, R]),
-    in the order of lora_forward's array inputs (x, W, b, A, B)."""
+    in the order of lora_forward's array inputs (x, W, b, A, B). need_dw=False, the default, is LoRA's case:
+    W is frozen and its xᵀ dy is not computed (dW comes back None); need_dw=True also trains W (a gradient
+    check of all five, or W unfrozen beside the adapter)."""
     x2, xd, mask, hs, w, A, B, s, has_b, x_shape = cache
     O = w.shape[1]
     dy2 = dy.reshape(-1, O)                                            # (N, O)
@@ -80,3 +87,85 @@ def lora_backward(dy, cache, need_dw=True, need_db=True):
     dxd = dh @ A                                                       # (N, I)  s · dy B A
     dx += dropout_backward(dxd, mask)                                  # (N, I) x feeds both paths: gradients add
     return dx.reshape(x_shape), dw, db, dA, dB
+
+
+class LoRALinear:
+    """The adapter of one module ("h.0.attn.c_attn"): owns A and B and runs lora_forward / lora_backward.
+
+    The model calls forward(x, W, b) instead of linear_forward and backward(dy, cache, grads, need_dw, need_db)
+    instead of linear_backward (GPT._linear_forward / _linear_backward); the backward writes dA and dB into grads.
+
+    merge() / unmerge(): delta_weight() = s · Aᵀ Bᵀ [I, O] is added to W in place by merge and subtracted by
+    unmerge. While merged the adapter's forward is the plain linear (adding the branch again would count it twice),
+    and a backward is refused; a double merge is refused too. W after merge + unmerge equals the original up to
+    float rounding (W + Δ − Δ is exact only when no bit of W is lost in the addition): about one ulp of |W| + |Δ|.
+
+    Train or eval: the model does not tell an adapter whether a call is training (loss_and_grads) or evaluation
+    (forward, loss), so an adapter has a mode, `training`, which the handle sets (minift/lora/attach.py). Adapter
+    dropout is applied only when dropout > 0 and in train mode; forward(..., train=True/False) overrides the mode.
+    """
+
+    def __init__(self, module: str, A, B, scale: float, dropout: float, rng):
+        self.module, self.scale, self.dropout, self.rng = module, scale, dropout, rng
+        self.params = {module + ".lora_A.weight": A, module + ".lora_B.weight": B}
+        self.training = True
+        self.merged = False
+
+    @property
+    def A(self):
+        return self.params[self.module + ".lora_A.weight"]            # (R, I)
+
+    @property
+    def B(self):
+        return self.params[self.module + ".lora_B.weight"]            # (O, R)
+
+    def trainable_params(self) -> dict:
+        return dict(self.params)
+
+    def _rng(self, train):
+        """The dropout generator in a training call, None otherwise (then the branch sees x itself)."""
+        active = self.training if train is None else train
+        return self.rng if (active and self.dropout > 0) else None
+
+    def forward(self, x, w, b, train=None):
+        if self.merged:                   # the branch is inside W now: adding it again would count it twice
+            return linear_forward(x, w, b)
+        return lora_forward(x, w, b, self.A, self.B, self.scale, self.dropout, self._rng(train))
+
+    def backward(self, dy, cache, grads, need_dw, need_db):
+        self._refuse_if_merged()
+        dx, dw, db, dA, dB = lora_backward(dy, cache, need_dw=need_dw, need_db=need_db)
+        grads[self.module + ".lora_A.weight"] = dA
+        grads[self.module + ".lora_B.weight"] = dB
+        return dx, dw, db
+
+    def _refuse_if_merged(self):
+        if self.merged:
+            raise MiniftError(f"the adapter of {self.module} is merged into its base weight, so it has no gradient "
+                              "of its own: call lora.unmerge() before training")
+
+    def delta_weight(self):
+        """ΔW = s · Aᵀ Bᵀ [I, O]: PEFT's get_delta_weight (s · B A, [O, I]) in GPT-2's layout."""
+        return self.scale * (self.A.T @ self.B.T)                      # (I, O)
+
+    def effective_weight(self, w):
+        """The weight the adapted linear computes with, W + ΔW [I, O] (W itself while merged)."""
+        return w if self.merged else w + self.delta_weight()           # (I, O)
+
+    def merge(self, w):
+        if self.merged:
+            raise MiniftError(f"the adapter of {self.module} is already merged (merging twice would add ΔW twice)")
+        self._merge(w)
+        self.merged = True
+
+    def unmerge(self, w):
+        if not self.merged:
+            raise MiniftError(f"the adapter of {self.module} is not merged: nothing to unmerge")
+        self._unmerge(w)
+        self.merged = False
+
+    def _merge(self, w):
+        w += self.delta_weight()                                       # (I, O) in place: W + s Aᵀ Bᵀ
+
+    def _unmerge(self, w):
+        w -= self.delta_weight()                                       # (I, O) in place: back to W, up to rounding

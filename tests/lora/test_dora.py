@@ -63,7 +63,7 @@ def test_dora_matches_torch_autograd_exact_and_detached(p):
         ty = tx @ tw + tb + (tm / n - 1) * (txd @ tw) + (tm / n) * s * (txd @ tA.T @ tB.T)   # PEFT's forward
         (ty * torch.tensor(dy)).sum().backward()
         np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
-        mine = dora_backward(dy, cache, detach_norm=detach)
+        mine = dora_backward(dy, cache, need_dw=True, detach_norm=detach)
         for g, t in zip(mine, (tx, tw, tb, tA, tB, tm)):
             np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-9, atol=1e-12)
 
@@ -74,6 +74,7 @@ def test_detached_norm_changes_only_the_factors_gradients():
     _, cache = dora_forward(x, w, b, A, B, m, 1.0)
     dy = rng.standard_normal((2, 3, 5))
     exact, detached = dora_backward(dy, cache), dora_backward(dy, cache, detach_norm=True)
+    assert exact[1] is None and detached[1] is None                           # bare: W0 frozen, no dW0 (DoRA's case)
     np.testing.assert_array_equal(exact[5], detached[5])                      # dm: m never went through n
     assert not np.allclose(exact[3], detached[3]) and not np.allclose(exact[4], detached[4])   # dA, dB
 

@@ -16,7 +16,7 @@ from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_pe
 from minift.gradcheck import check_function, check_op
 from minift.formats.io import load_safetensors
 from minift.lora import PEFT_HEAD_KEY, PEFT_PREFIX, lora_backward, lora_forward, resolve_modules
-from minift.model import LINEAR_MODULES
+from minift.config import LINEAR_MODULES
 from minift.optim import SGD, AdamW
 
 from helpers import batch, host, rand, randomize, tiny_model
@@ -56,9 +56,21 @@ def test_lora_backward_skips_dw_for_a_frozen_w(xp):
     dy = rand(xp, rng, *y.shape)
     dx, dw, db, dA, dB = lora_backward(dy, cache, need_dw=False, need_db=False)
     assert dw is None and db is None
-    full = lora_backward(dy, cache)
+    full = lora_backward(dy, cache, need_dw=True)
     for mine, ref in zip((dx, dA, dB), (full[0], full[3], full[4])):
         np.testing.assert_array_equal(host(mine), host(ref))
+
+
+def test_lora_backward_called_bare_is_loras_case():
+    """The default is a frozen W: a learner calling lora_backward(dy, cache) gets no dW and pays no xᵀ dy."""
+    rng = np.random.default_rng(0)
+    x, w, b, A, B = (rng.standard_normal(s) for s in ((3, 4), (4, 5), (5,), (2, 4), (5, 2)))
+    y, cache = lora_forward(x, w, b, A, B, 2.0)
+    dy = rng.standard_normal(y.shape)
+    bare, trained = lora_backward(dy, cache), lora_backward(dy, cache, need_dw=True)
+    assert bare[1] is None and trained[1] is not None
+    for i in (0, 2, 3, 4):                                   # dx, db, dA, dB: the same either way
+        np.testing.assert_array_equal(bare[i], trained[i])
 
 
 def test_model_backward_returns_no_base_gradient():
