@@ -17,8 +17,14 @@ from .errors import MiniftError
 from .formats.tokenizer import as_token_ids
 from .ops.softmax import softmax
 
+# The sampling defaults, set here once: generate_ids and generate take them, and `minift generate` reads them from
+# generate's signature. T = 0.8 (nanoGPT's sample.py) trims the unlikely tail a small model puts too much weight on;
+# T = 1 samples the model's own distribution.
+MAX_NEW_TOKENS = 80
+TEMPERATURE = 0.8
 
-def sample_next(logits, rng, temperature=1.0, top_k=None) -> int:
+
+def sample_next(logits, rng, temperature=TEMPERATURE, top_k=None) -> int:
     """logits (V,) host array -> one token id. Logits that are not all finite (weights that overflow in float16,
     a model whose parameters were set to NaN in Python) are refused here, before NumPy's sampler fails on them."""
     if not np.isfinite(logits).all():
@@ -51,8 +57,8 @@ def _check_sampling(max_new_tokens, temperature, top_k) -> None:
         raise MiniftError(f"top_k={top_k!r} must be a positive integer (or None: all tokens)")
 
 
-def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=None, seed=0, stop_id=None,
-                 n_tokens=None) -> list:
+def generate_ids(model, prompt_ids, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=None, seed=0,
+                 stop_id=None, n_tokens=None) -> list:
     """Continue `prompt_ids` (a list of ints) by up to max_new_tokens tokens; returns only the new ids.
     n_tokens: the tokenizer's vocabulary size, when the model's vocab_size is larger (padded, as GPT-2's often is
     to a multiple of 64): ids from n_tokens up have no text and are never drawn."""
@@ -74,7 +80,8 @@ def generate_ids(model, prompt_ids, max_new_tokens=50, temperature=1.0, top_k=No
     return new
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens=50, temperature=1.0, top_k=None, seed=0) -> str:
+def generate(model, tokenizer, prompt: str, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_k=None,
+             seed=0) -> str:
     """Text in, text out: the prompt's continuation (stops early at the end-of-text token)."""
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, seed, stop_id=tokenizer.eot_id,

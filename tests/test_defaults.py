@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 
 import minift
-from minift.app.cli import (_inspect_configs, build_parser, compare_config_from_args, finetune_config_from_args, main,
-                            pretrain_config_from_args)
+from minift.app.cli import (_given, _inspect_configs, build_parser, compare_config_from_args, default_of,
+                            finetune_config_from_args, main, pretrain_config_from_args)
 from minift.app.compare import QUICK, CompareConfig, finetune_config
 from minift.errors import MiniftError
 from minift.lora import LoRAConfig
 from minift.measure.lens import INSPECT_DEFAULTS
 from minift.training.finetune import FinetuneConfig
-from minift.training.pretrain import pretrain_config
+from minift.generate import generate
+from minift.training.pretrain import PretrainConfig
 
 
 def parsed(*argv):
@@ -51,11 +52,36 @@ def test_compares_runs_are_finetunes_with_finetunes_defaults():
 
 
 def test_pretrain_and_inspect_read_their_owners_defaults():
-    assert pretrain_config_from_args(parsed("pretrain")) == pretrain_config()
+    assert pretrain_config_from_args(parsed("pretrain")) == PretrainConfig()
     lcfg, tcfg, batch, lr = _inspect_configs(parsed("inspect"))
     assert lcfg == LoRAConfig()
     assert (tcfg.steps, tcfg.lr, batch, lr) == tuple(INSPECT_DEFAULTS[k] for k in ("steps", "train_lr", "batch", "lr"))
     assert _inspect_configs(parsed("inspect", "--steps", "0"))[1] is None
+
+
+def test_generate_with_no_options_is_generates_own_defaults():
+    """`minift generate` passes on only the sampling options given: the rest are generate's signature's, which
+    generate_ids shares (one default each)."""
+    from minift.generate import MAX_NEW_TOKENS, TEMPERATURE, generate_ids
+    assert _given(parsed("generate"), generate) == {}
+    assert _given(parsed("generate", "--temperature", "0", "--top-k", "5"), generate) == dict(temperature=0.0, top_k=5)
+    for function in (generate, generate_ids):
+        assert (default_of(function, "max_new_tokens"), default_of(function, "temperature")) == (MAX_NEW_TOKENS,
+                                                                                                  TEMPERATURE)
+
+
+def test_each_option_names_its_owners_field_once():
+    """_owned notes (owner, field) on the parser where the option is added; _given reads the pairs back, so a
+    command never writes the mapping again. Every owned option maps to a field its owner has."""
+    from minift.training.finetune import FinetuneConfig
+    a = parsed("finetune", "--batch", "4", "--head", "new", "--rank", "2", "--targets", "c_attn,mlp.c_fc", "--seed", "3")
+    assert _given(a, FinetuneConfig) == dict(batch_size=4, head_mode="new", seed=3)
+    assert _given(a, LoRAConfig) == dict(r=2, targets=("c_attn", "mlp.c_fc"))        # --targets read by _targets
+    assert _given(a, LoRAConfig, r=5)["r"] == 5                                       # a value passed in wins
+    for command, parser in build_parser().commands.items():
+        for dest, (owner, field, _) in parser.get_default("owned").items():
+            default_of(owner, field)                              # raises for a field the owner does not have
+            assert any(action.dest == dest for action in parser._actions), (command, dest)
 
 
 def test_help_shows_the_owners_defaults():
@@ -67,7 +93,9 @@ def test_help_shows_the_owners_defaults():
     assert "default: all-linear" in help_of("finetune", "--targets")
     assert f"default: {LoRAConfig().r}" in help_of("finetune", "--rank")
     assert f"default {CompareConfig().steps} ({QUICK['steps']} with --quick)" in help_of("compare", "--steps")
-    assert f"default: {pretrain_config().steps}" in help_of("pretrain", "--steps")
+    assert f"default: {PretrainConfig().steps}" in help_of("pretrain", "--steps")
+    assert f"default: {default_of(generate, 'max_new_tokens')}" in help_of("generate", "--max-new-tokens")
+    assert f"default: {default_of(generate, 'temperature')}" in help_of("generate", "--temperature")
     assert f"default: {INSPECT_DEFAULTS['train_lr']}" in help_of("inspect", "--train-lr")
 
 

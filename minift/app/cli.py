@@ -6,15 +6,17 @@ number: the usual status of a usage error), 1 for a value the command's configur
 the command runs (a missing file, a bad task).
 
 Defaults and checks are set once, in the configuration that owns the value (FinetuneConfig, LoRAConfig,
-CompareConfig, pretrain's PRETRAIN_DEFAULTS, the lens's DEFAULT_*), never here: an option for such a value has the
-argparse default None, the command passes on only the options given (_given), and the configuration fills in the
-rest and checks what it gets. `--help` shows the owner's default (_owned, _say_defaults).
+CompareConfig, PretrainConfig, generate's signature, the lens's DEFAULT_*), never here: an option for such a value
+has the argparse default None, the command passes on only the options given (_given), and the configuration fills in
+the rest and checks what it gets. Each option names its owner and field once, where it is added (_owned, which notes
+the pair on the parser for _given to read back). `--help` shows the owner's default (_owned, _say_defaults).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import os
 import re
 import signal
@@ -59,24 +61,40 @@ _number = _read_as(float, "a number")
 
 
 def default_of(owner, name: str):
-    """The default of `name` where it is set once: a dataclass's field, or an entry of a table of defaults."""
+    """The default of `name` where it is set once: a dataclass's field, an entry of a table of defaults, or a
+    parameter of a function (generate's sampling options)."""
     if isinstance(owner, dict):
         return owner[name]
+    if not dataclasses.is_dataclass(owner):
+        return inspect.signature(owner).parameters[name].default
     field = owner.__dataclass_fields__[name]
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
-def _owned(p, flag: str, owner, name: str | None = None, **kw):
+def _owned(p, flag: str, owner, name: str | None = None, read=None, **kw):
     """Add option `flag` for `owner`'s field `name` (default: the option's own name). Its argparse default is None,
-    so that only a value given reaches the owner, which fills in the rest; the help shows the owner's default."""
+    so that only a value given reaches the owner, which fills in the rest; the help shows the owner's default.
+    The pair is written here only: the parser keeps it (its default `owned`: argparse name -> (owner, field, read))
+    and _given reads it back. read: turns the text given into the field's value inside the command, where a
+    MiniftError is one line (an argparse `type` would let it escape the parser as a traceback)."""
     action = p.add_argument(flag, default=None, **kw)
-    action.owner_default = default_of(owner, name or action.dest)
+    field = name or action.dest
+    action.owner_default = default_of(owner, field)
+    if p.get_default("owned") is None:
+        p.set_defaults(owned={})
+    p.get_default("owned")[action.dest] = (owner, field, read)
     return action
 
 
-def _given(**options) -> dict:
-    """The options given on the command line (not None), under the owner's field names."""
-    return {name: value for name, value in options.items() if value is not None}
+def _given(a=None, owner=None, /, **options) -> dict:
+    """The options given on the command line (not None), under the owner's field names: those _owned added for
+    `owner`, read from the parsed arguments `a`, and `options` (field=value: values the command reads itself)."""
+    given = {name: value for name, value in options.items() if value is not None}
+    for dest, (of, field, read) in (getattr(a, "owned", None) or {}).items():
+        value = getattr(a, dest)
+        if of is owner and value is not None and field not in given:
+            given[field] = read(value) if read is not None else value
+    return given
 
 
 def _refuse_unused(given: dict, why: str) -> None:
@@ -142,42 +160,31 @@ def _prepare_training(a):
 # ---- pretrain ----------------------------------------------------------------------------------------------------
 
 def pretrain_config_from_args(a):
-    """The TrainConfig of pretrain's options: those given, pretrain_config's defaults for the rest; and the corpus
-    options, checked against each other."""
-    from pathlib import Path
-
-    from ..training.pretrain import DEFAULT_CHARS, pretrain_config
-    from ..training.train import resumed_warmup
+    """The PretrainConfig of pretrain's options: those given, PretrainConfig's defaults for the rest; and the corpus
+    options, checked against each other. (A warmup derived from --steps is settled when the run starts, by pretrain:
+    a resumed run keeps its own.)"""
+    from ..training.pretrain import DEFAULT_CHARS, PretrainConfig
     if a.files and a.corpus:
         raise MiniftError(f"--files replaces the embedded corpus: drop --corpus {a.corpus}, or --files")
     if a.chars is not None and (a.files or a.corpus == "pydoc"):
         reader = "--files" if a.files else "--corpus pydoc"
         raise MiniftError(f"--chars sizes the generated world corpus, which {reader} does not read: drop --chars")
     a.corpus, a.chars = a.corpus or "world", a.chars or DEFAULT_CHARS
-    tcfg = pretrain_config(**_given(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup=a.warmup,
-                                    weight_decay=a.weight_decay, eval_every=a.eval_every, save_every=a.save_every,
-                                    seed=a.seed, workers=a.workers))
-    if a.warmup is None:                 # derived from --steps once, when the run starts: a resumed run keeps its own
-        tcfg = dataclasses.replace(tcfg, warmup=resumed_warmup(Path(a.out) / "checkpoints", a.resume, tcfg.warmup))
-    elif tcfg.warmup > tcfg.steps:       # before the corpus is built (train() checks it too)
-        raise MiniftError(f"--warmup {tcfg.warmup} is longer than the run, --steps {tcfg.steps}: give a smaller "
-                          "--warmup")
-    return tcfg
+    return PretrainConfig(**_given(a, PretrainConfig))
 
 
 def cmd_pretrain(a):
     from ..training.pretrain import pretrain
-    tcfg = a.config
-    _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, tcfg, a.out, a.tokenizer, a.device, tcfg.seed,
+    pcfg = a.config
+    _, tok, s = pretrain(a.preset, a.corpus, a.files, a.chars, pcfg, a.out, a.tokenizer, a.device, pcfg.seed,
                          a.resume, progress=not a.quiet)
-    print(f"pretrained {s['preset']} for {tcfg.steps} steps ({s['tokens_seen']:,} tokens) in "
+    print(f"pretrained {s['preset']} for {pcfg.steps} steps ({s['tokens_seen']:,} tokens) in "
           f"{s['train_seconds']:.0f} s: train loss {s['final_train_loss']:.3f}, validation loss {s['val_loss']:.3f}")
     print(f"model and tokenizer: {a.out}/model   summary: {a.out}/pretrain.json")
 
 
 def add_pretrain(sub):
-    from ..training.pretrain import DEFAULT_CHARS, PRETRAIN_DEFAULTS
-    from ..training.train import TrainConfig
+    from ..training.pretrain import DEFAULT_CHARS, PretrainConfig
     p = sub.add_parser("pretrain", help="pretrain a GPT from scratch on the embedded corpus or your text files")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo", "small", "gpt2"])
     p.add_argument("--corpus", default=None, choices=["world", "pydoc", "both"],
@@ -185,16 +192,17 @@ def add_pretrain(sub):
     p.add_argument("--files", nargs="+", default=None, help="your own UTF-8 text files instead of a corpus")
     p.add_argument("--chars", type=_positive_int, default=None,
                    help=f"size of the generated world corpus in characters (default {DEFAULT_CHARS})")
-    _owned(p, "--steps", PRETRAIN_DEFAULTS, type=_integer)
-    _owned(p, "--batch", PRETRAIN_DEFAULTS, "batch_size", type=_integer)
-    _owned(p, "--lr", PRETRAIN_DEFAULTS, type=_number)
-    p.add_argument("--warmup", type=_integer, default=None,
-                   help="warmup steps (default: a tenth of --steps, at most 100: pretrain.default_warmup)")
-    _owned(p, "--weight-decay", PRETRAIN_DEFAULTS, type=_number)
-    _owned(p, "--eval-every", PRETRAIN_DEFAULTS, type=_integer)
-    _owned(p, "--save-every", PRETRAIN_DEFAULTS, type=_integer)
+    _owned(p, "--steps", PretrainConfig, type=_integer)
+    _owned(p, "--batch", PretrainConfig, "batch_size", type=_integer)
+    _owned(p, "--lr", PretrainConfig, type=_number)
+    _owned(p, "--warmup", PretrainConfig, type=_integer,
+           help="warmup steps (default: a tenth of --steps, at most 100, PretrainConfig.derived_warmup; a resumed "
+                "run keeps the warmup it started with)")
+    _owned(p, "--weight-decay", PretrainConfig, type=_number)
+    _owned(p, "--eval-every", PretrainConfig, type=_integer)
+    _owned(p, "--save-every", PretrainConfig, type=_integer)
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: data/tokenizer.json if it fits)")
-    _add_run_options(p, "runs/pretrain", TrainConfig)
+    _add_run_options(p, "runs/pretrain", PretrainConfig)
     p.set_defaults(func=cmd_pretrain, configure=pretrain_config_from_args)
 
 
@@ -214,24 +222,26 @@ def cmd_generate(a):
         if model.head_kind == "classification":
             raise MiniftError(f"the adapter {a.adapter} was trained for classification (labels {model.labels}): it "
                               "carries a classification head, and generation needs the language-model head")
+    sampling = _given(a, generate)              # max_new_tokens, temperature, top_k: those given; generate's defaults
     for i in range(a.samples):
-        text = generate(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed + i)
+        text = generate(model, tok, a.prompt, seed=a.seed + i, **sampling)
         print(a.prompt + text)
         if i + 1 < a.samples:
             print("---")
 
 
 def add_generate(sub):
+    from ..generate import generate
     p = sub.add_parser("generate", help="sample text from a model folder (default: the shipped demo base)")
     p.add_argument("--model", default=None, help="model folder (default: data/base-demo)")
     p.add_argument("--adapter", default=None,
                    help="a LoRA adapter folder (finetune's --out/adapter), applied to --model, the base it was "
                         "trained on")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=80)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=_positive_int, default=None,
-                   help="sample only among the k likeliest tokens (default: all)")
+    _owned(p, "--max-new-tokens", generate, type=_positive_int)
+    _owned(p, "--temperature", generate, type=_number, help="T < 1 sharpens the distribution, T > 1 flattens it; "
+                                                           "0: always the likeliest token")
+    _owned(p, "--top-k", generate, type=_positive_int, help="sample only among the k likeliest tokens (default: all)")
     p.add_argument("--samples", type=_positive_int, default=1)
     p.add_argument("--seed", type=_seed, default=0)
     _add_device(p)
@@ -257,8 +267,7 @@ def _targets(text):
 def _lora_from_args(a):
     """The LoRAConfig of finetune's options: what was given, and LoRAConfig's defaults for the rest."""
     from ..lora import LoRAConfig
-    return LoRAConfig(**_given(r=a.rank, alpha=a.alpha, targets=_targets(a.targets), init=a.init,
-                               dropout=a.lora_dropout), rslora=a.rslora, use_dora=a.dora)
+    return LoRAConfig(**_given(a, LoRAConfig), rslora=a.rslora, use_dora=a.dora)
 
 
 # finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start), by
@@ -300,11 +309,8 @@ def finetune_config_from_args(a):
                         "--merge": a.merge}, f"LoRA options, but --method is {method!r}")
     if a.freeze_blocks is not None and method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {method!r})")
-    return FinetuneConfig(**_given(method=a.method, task=a.task, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                                   head_lr=a.head_lr, train_size=a.train_size, freeze_blocks=a.freeze_blocks,
-                                   eval_every=a.eval_every, save_every=a.save_every, seed=a.seed,
-                                   workers=a.workers, head_mode=a.head,
-                                   lora=_lora_from_args(a) if method == "lora" else None), merge=a.merge)
+    return FinetuneConfig(**_given(a, FinetuneConfig, lora=_lora_from_args(a) if method == "lora" else None),
+                          merge=a.merge)
 
 
 def cmd_finetune(a):
@@ -368,7 +374,7 @@ def add_finetune(sub):
     _owned(p, "--rank", LoRAConfig, "r", type=_integer, help="LoRA rank r")
     _owned(p, "--alpha", LoRAConfig, type=_number,
            help="LoRA alpha; the update is scaled by s = alpha / r (default 2r, so s = 2; PEFT's own default is 8)")
-    _owned(p, "--targets", LoRAConfig,
+    _owned(p, "--targets", LoRAConfig, read=_targets,
            help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(r) (rank-stabilised LoRA)")
     p.add_argument("--dora", action="store_true", help="DoRA: learned magnitude and normalised direction")
@@ -410,6 +416,11 @@ def _seed_list(text):
     return _int_list(text, lo=0)
 
 
+def _names(text):
+    """Comma-separated names, each stripped: which they may be is for the configuration to say."""
+    return tuple(name.strip() for name in text.split(","))
+
+
 def cmd_compare(a):
     from .compare import compare
     from .report import main_table, memory_table, seeds_table
@@ -431,10 +442,7 @@ def compare_config_from_args(a):
     if a.preset not in (None, "demo") and a.base is None:
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
-    methods = None if a.methods is None else tuple(m.strip() for m in a.methods.split(","))
-    given = _given(task=a.task, methods=methods, ranks=a.ranks, seeds=a.seeds, alpha=a.alpha, steps=a.steps,
-                   batch_size=a.batch, train_size=a.train_size, base=a.base, preset=a.preset, device=a.device,
-                   seed=a.seed, workers=a.workers,
+    given = _given(a, CompareConfig, device=a.device,
                    lr=None if a.lora_lr is None else {"lora": a.lora_lr},
                    head_lr=None if a.lora_head_lr is None else {"lora": a.lora_head_lr})
     ccfg = (CompareConfig.quick_config if a.quick else CompareConfig)(**given, rslora=a.rslora, dora=a.dora)
@@ -450,7 +458,7 @@ def add_compare(sub):
     from .compare import QUICK, QUICK_TRAIN_SIZE, CompareConfig
     p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
     _owned(p, "--task", CompareConfig, help="sentiment | facts | a task folder | a JSONL/CSV file")
-    _owned(p, "--methods", CompareConfig,
+    _owned(p, "--methods", CompareConfig, type=_names,
            help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
     _owned(p, "--ranks", CompareConfig, type=_int_list, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
     _owned(p, "--alpha", CompareConfig, type=_number,
@@ -525,10 +533,90 @@ def _inspect_setup(a, lcfg, tcfg, batch_size):
     return model, lora, source.next_batch()
 
 
+_LENS_PLAIN = dict(task="sentiment", dtype="float32", seed=0)     # the lens's options with plain argparse defaults
+
+
+def _run_weights(run, base, base_name):
+    """(label, name -> tuned weight as a host array, LoRA rank or None) of a folder `minift finetune --out` wrote,
+    fine-tuned from `base` (named `base_name` in errors): LoRA's adapter/ loaded onto a copy of the base and folded in
+    (effective_weights: W0 + ΔW, the rest the base's), else its model/ as it is (full, freeze, head)."""
+    from pathlib import Path
+
+    from ..backend import to_numpy
+    from ..formats.io import load_json
+    from ..lora import load_peft
+    from ..model import GPT
+    run = Path(run)
+    if not run.is_dir():
+        raise MiniftError(f"--compare: {run} is a file, not a run folder" if run.exists() else
+                          f"--compare: run folder not found: {run}")
+    if not (run / "finetune.json").is_file():
+        what = ("a model folder" if (run / "config.json").is_file() else "a pretrain run" if
+                (run / "pretrain.json").is_file() else "not a finished fine-tune (no finetune.json)")
+        raise MiniftError(f"--compare: {run} is {what}: give two folders `minift finetune --out` wrote")
+    summary = load_json(run / "finetune.json", "fine-tuning summary")
+    summary = summary if isinstance(summary, dict) else {}
+    recorded, fp = summary.get("base_fingerprint"), base.fingerprint()
+    if recorded is not None and recorded != fp:
+        raise MiniftError(f"--compare: {run} was fine-tuned from another base (fingerprint {recorded}) than "
+                          f"{base_name} (fingerprint {fp}): give the base it was trained on with --base")
+    if summary.get("method") == "lora":
+        model = base.to()                                           # a copy: PiSSA would replace its weights
+        lora = load_peft(model, run / "adapter")
+        weights, label, r = {**model.params, **lora.effective_weights()}, f"lora r={lora.config.r}", lora.config.r
+    else:
+        model = GPT.from_pretrained(run / "model", dtype=base.dtype, device=base.device)
+        weights, label, r = model.params, str(summary.get("method", "model")), None
+    return label, {k: to_numpy(v) for k, v in weights.items()}, r
+
+
+def _inspect_compare(a):
+    """inspect --compare RUN_A RUN_B: the two runs' updates ΔW = W_tuned − W0, matrix by matrix (analysis.py)."""
+    import json
+    import math
+
+    from ..backend import to_numpy
+    from ..base import load_base
+    from ..measure.analysis import SUBSPACE_K, compare_updates, format_update_comparison
+    _refuse_unused({"--task": a.task != _LENS_PLAIN["task"], "--rank": a.rank is not None,
+                    "--alpha": a.alpha is not None, "--targets": a.targets is not None, "--steps": a.steps is not None,
+                    "--train-lr": a.train_lr is not None, "--lr": a.lr is not None, "--batch": a.batch is not None,
+                    "--seed": a.seed != _LENS_PLAIN["seed"], "--dtype": a.dtype != _LENS_PLAIN["dtype"],
+                    "--module": a.module is not None, "--quiet": a.quiet},
+                   "options of the lens, which --compare does not run (it reads two finished runs)")
+    base, _ = load_base(a.base, dtype="float64", device=a.device)  # float64: W0 + ΔW − W0 leaves ΔW's rank alone
+    base_name = f"--base {a.base}" if a.base else "the shipped base data/base-demo (no --base)"
+    (label_a, tuned_a, r_a), (label_b, tuned_b, r_b) = (_run_weights(run, base, base_name) for run in a.compare)
+    columns = (label_a, label_b) if label_a != label_b else ("A " + label_a, "B " + label_b)
+    ranks = [r for r in (r_a, r_b) if r is not None]
+    k = a.k if a.k is not None else min(ranks) if ranks else SUBSPACE_K
+    rows = compare_updates({n: to_numpy(w) for n, w in base.params.items()}, tuned_a, tuned_b, k=k)
+    both = [r for r in rows if r["k"]]
+    if a.json:
+        plain = [{n: None if isinstance(v, float) and not math.isfinite(v) else v for n, v in r.items()}
+                 for r in rows]                                      # JSON has no NaN: "no update" is null
+        print(json.dumps({"run_a": str(a.compare[0]), "run_b": str(a.compare[1]), "label_a": label_a,
+                          "label_b": label_b, "k": k, "rows": plain}, indent=2))
+        return
+    print(f"minift inspect --compare: A = {a.compare[0]} ({label_a}), B = {a.compare[1]} ({label_b}), "
+          f"top-{k} output subspaces of ΔW = W_tuned − W0")
+    print(format_update_comparison(rows, *columns))
+    if not both:
+        print("No matrix was changed by both runs: there is no pair of updates to compare.")
+        return
+    mean, floor = (sum(r[key] for r in both) / len(both) for key in ("similarity", "random"))
+    print(f"mean similarity {mean:.3f} over the {len(both)} matrices both runs changed; random subspaces: {floor:.3f}, "
+          "the same output directions: 1")
+
+
 def cmd_inspect(a):
     import json
 
     from ..measure.lens import format_lens, format_module, lens, module_spectra
+    if a.compare is not None:
+        return _inspect_compare(a)
+    if a.k is not None:
+        raise MiniftError("--k is the subspace size of --compare RUN_A RUN_B, which was not given")
     lcfg, tcfg, batch_size, lr = _inspect_configs(a)
     model, lora, batch = _inspect_setup(a, lcfg, tcfg, batch_size)
     report = lens(model, lora, batch, lr=lr)
@@ -550,10 +638,18 @@ def cmd_inspect(a):
 
 def add_inspect(sub):
     from ..lora import LoRAConfig
+    from ..measure.analysis import SUBSPACE_K
     from ..measure.lens import INSPECT_DEFAULTS
-    p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1)")
+    p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1); "
+                       "with --compare, two finished runs' updates (§4.2)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
-    p.add_argument("--task", default="sentiment", help="sentiment | facts | a task folder | a JSONL/CSV file")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                   help="instead of the lens: two folders `minift finetune --out` wrote on --base (e.g. full and "
+                        "LoRA); print each matrix's ‖ΔW‖/‖W0‖, effective rank of ΔW, and how much the two updates' "
+                        "top-k output subspaces overlap (1 = the same, random subspaces ≈ k/dim)")
+    p.add_argument("--k", type=_positive_int, default=None,
+                   help=f"--compare's subspace size k (default: the LoRA run's r, else {SUBSPACE_K})")
+    p.add_argument("--task", default=_LENS_PLAIN["task"], help="sentiment | facts | a task folder | a JSONL/CSV file")
     _owned(p, "--rank", LoRAConfig, "r", type=_integer, help="LoRA rank r")
     _owned(p, "--alpha", LoRAConfig, type=_number, help="LoRA alpha (default 2r)")
     _owned(p, "--targets", LoRAConfig,
@@ -563,8 +659,8 @@ def add_inspect(sub):
     _owned(p, "--train-lr", INSPECT_DEFAULTS, type=_number, help="AdamW learning rate of those steps")
     _owned(p, "--lr", INSPECT_DEFAULTS, type=_number, help="η of the SGD step the lens shows")
     _owned(p, "--batch", INSPECT_DEFAULTS, type=_integer)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+    p.add_argument("--seed", type=_seed, default=_LENS_PLAIN["seed"])
+    p.add_argument("--dtype", default=_LENS_PLAIN["dtype"], choices=["float32", "float64"],
                    help="float64: the identity errors drop to ~1e-15")
     p.add_argument("--module", default=None, help="show one matrix in detail, e.g. h.0.attn.c_attn")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -582,7 +678,7 @@ def cmd_bench(a):
     if a.rank is not None and a.method != "lora":
         raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
     from ..lora import LoRAConfig
-    rank = default_of(LoRAConfig, "r") if a.rank is None else a.rank
+    rank = LoRAConfig(**_given(a, LoRAConfig)).r                   # --rank, or LoRAConfig's; checked there
     r = run_bench(a.preset, a.method, rank=rank, steps=a.steps, warmup=a.warmup,
                   device=a.device, seed=a.seed, profile_steps=a.profile_steps, clock=a.clock, malloc=a.malloc,
                   threads=a.threads, workers=a.workers, fused=False if a.no_fused else None)
@@ -631,7 +727,7 @@ def cmd_memory(a):
                       n_head=a.n_head or cfg.n_head, n_ctx=a.n_ctx or cfg.n_ctx)
     if a.rank is not None and a.method != "lora":
         raise MiniftError(f"--rank is a LoRA option, but --method is {a.method!r}")
-    a.rank = a.rank or default_of(LoRAConfig, "r")
+    a.rank = LoRAConfig(**_given(a, LoRAConfig)).r                 # --rank, or LoRAConfig's
     if a.method == "lora" and a.rank > cfg.n_embd:
         raise MiniftError(f"--rank {a.rank} is larger than the smallest side of the adapted matrices "
                           f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")

@@ -17,6 +17,11 @@ holding N_i of them has its own mean loss L_i, and
 same identity gradient accumulation rests on. The result equals one whole-batch `loss_and_grads` up to float
 rounding (the sums are grouped differently), and is reproducible: shards are fixed by row order and summed in order.
 
+Floating-point errors: NumPy keeps its error state (np.errstate: warn, raise, ignore or call on an overflow) per
+thread, and a pool's threads start with the default one. Each shard runs under the state of the thread that split
+the batch (_in_callers_errstate), so an overflow inside a worker is seen as one in that thread would be: the
+training loop's watch (train.py, Overflows) stops the run either way.
+
 What it needs: a step that draws no random numbers (dropout 0, adapter dropout 0), since shards sharing one
 generator would draw in an order the threads decide; and the CPU (on a GPU one stream already runs every op on all
 its cores). Call `check_splittable` first; `train(..., TrainConfig(workers=2))` and `minift ... --workers 2` do.
@@ -74,6 +79,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[workers]
 
 
+def _in_callers_errstate(fn):
+    """fn, wrapped to run in a worker thread under the floating-point error state of the thread calling this now
+    (np.geterr(): what to do on overflow, invalid, divide, underflow; np.geterrcall(): the function "call" calls)."""
+    state, call = np.geterr(), np.geterrcall()
+
+    def run(*args):
+        with np.errstate(**state, call=call):
+            return fn(*args)
+    return run
+
+
 def counted_targets(targets) -> int:
     """N: how many targets count in the loss (those not equal to ignore_index)."""
     return int((np.asarray(targets) != IGNORE_INDEX).sum())
@@ -106,8 +122,9 @@ def split_loss_and_grads(model, input_ids, targets, attention_mask=None, workers
     if not parts:                                 # nothing counts anywhere: let the model raise its own error
         return model.loss_and_grads(input_ids, targets, attention_mask=attention_mask)
     n_total = sum(n for _, n in parts)
-    futures = [_pool(workers).submit(model.loss_and_grads, input_ids[r], targets[r],
-                                     None if mask is None else mask[r]) for r, _ in parts]
+    shard = _in_callers_errstate(model.loss_and_grads)              # an overflow in a shard reaches the caller
+    futures = [_pool(workers).submit(shard, input_ids[r], targets[r], None if mask is None else mask[r])
+               for r, _ in parts]
     loss = 0.0
     grads = {}
     for (_, n), future in zip(parts, futures):   # in shard order, so the sum is reproducible

@@ -40,6 +40,15 @@ Two summaries of an update ΔW = W_tuned − W0:
     effective_rank(M) = exp(H(p)),  p_i = σ_i / Σ σ,  H = −Σ p_i ln p_i    (Roy & Vetterli 2007)
     stable_rank(M)    = ‖M‖_F² / ‖M‖_2² = Σ σ_i² / σ_1²
 A rank-r matrix with r equal singular values has both equal to r; full fine-tuning's updates have the higher ones.
+
+Are two updates the same kind of change (the paper's "illusion of equivalence": equal accuracy, different updates)?
+The normalised subspace similarity of the LoRA paper (Hu et al. 2021, §7.2), between the top-k left singular
+vectors U1, U2 [out, k] of two updates ΔW1, ΔW2 (output space, as above):
+    φ = ‖U1ᵀ U2‖_F² / k      1: the same subspace, 0: orthogonal ones
+Only directions an update has count: k is clipped to each update's rank (singular values above RANK_RTOL · σ_1), so a
+rank-r LoRA update at k > r is not padded with arbitrary null-space directions; a zero update has no subspace (nan).
+Two independent uniformly random k-dim subspaces of R^d give E φ = k/d (random_subspace_similarity): far below 1
+at GPT-2's width, but not at minift's small ones (8/128 = 0.06).
 """
 from __future__ import annotations
 
@@ -54,6 +63,8 @@ from ..model import LINEAR_MODULES
 
 LAYOUTS = ("in_out", "out_in")
 EPS_VALUES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+RANK_RTOL = 1e-9           # σ_i ≤ RANK_RTOL · σ_1 is float64 rounding of W0 + ΔW − W0, not a direction of ΔW
+SUBSPACE_K = 8             # `minift inspect --compare`'s k when neither run is LoRA (else the LoRA run's r)
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------------
@@ -98,7 +109,10 @@ def singular_values(W) -> np.ndarray:
 
 def effective_rank(M) -> float:
     """exp of the entropy of σ / Σσ (Roy & Vetterli 2007): r for r equal singular values, 0 for M = 0."""
-    s = singular_values(M)
+    return _effective_rank(singular_values(M))
+
+
+def _effective_rank(s) -> float:
     total = s.sum()
     if total == 0:
         return 0.0
@@ -197,14 +211,56 @@ def scale_intruders(W0, W_tuned, k=10, eps=0.5, lam=0.75, layout="in_out"):
     return new.astype(dtype)
 
 
+# ---- are two updates alike? ----------------------------------------------------------------------------------------
+
+def _left_svd(d):
+    """(U [out, m], S (m,)) of the thin SVD of an [out, in] update: its output-space directions, largest σ first."""
+    U, S, _ = np.linalg.svd(d, full_matrices=False)                     # (out, m), (m,)  m = min(out, in)
+    return U, S
+
+
+def _rank(S) -> int:
+    """How many of an update's singular values are directions of it: above RANK_RTOL · σ_1 (0 for a zero update)."""
+    return int((S > RANK_RTOL * S[0]).sum()) if S[0] > 0 else 0
+
+
+def _similarity(U1, S1, U2, S2, k):
+    """(φ, the k used): ‖U1ᵀ U2‖_F² / k over the top-k left singular vectors, k clipped to both ranks; (nan, 0) when
+    an update is zero."""
+    k = min(k, _rank(S1), _rank(S2))
+    if k == 0:
+        return math.nan, 0
+    return float(((U1[:, :k].T @ U2[:, :k]) ** 2).sum() / k), k         # (k, k) cosines between the two bases
+
+
+def subspace_similarity(dW1, dW2, k, layout="in_out") -> float:
+    """φ = ‖U1ᵀ U2‖_F² / k between the top-k output-space singular subspaces of two same-shape updates (Hu et al.
+    2021 §7.2; module docstring): 1 for the same subspace, 0 for orthogonal ones, k/dim expected for random ones.
+    k is clipped to min(out, in) and to each update's rank; nan when either update is zero (it has no subspace)."""
+    a, b = _out_in(dW1, layout, "dW1"), _out_in(dW2, layout, "dW2")
+    if a.shape != b.shape:
+        raise MiniftError(f"dW1 {a.shape} and dW2 {b.shape} must have the same shape")
+    return _similarity(*_left_svd(a), *_left_svd(b), _top_k(k, min(a.shape)))[0]
+
+
+def random_subspace_similarity(dim, k) -> float:
+    """E φ for two independent uniformly random k-dim subspaces of R^dim: exactly k/dim. With P1, P2 their orthogonal
+    projections ‖U1ᵀ U2‖_F² = tr(P1 P2), and E[P2] = (k/dim) I gives tr(P1) · k/dim = k²/dim; divided by k."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise MiniftError(f"dim={dim!r} must be a positive integer")
+    return _top_k(k, dim) / dim
+
+
 # ---- a whole model -------------------------------------------------------------------------------------------------
+
+_BLOCK_WEIGHT = re.compile(r"h\.(\d+)\.(.+)\.weight$")             # block, module
+
 
 def linear_weight_names(params: dict, modules=None) -> list:
     """The names of the block linears' weights in `params`, in layer order. modules: None (all four linears) or
     module names matched as suffixes ("attn.c_attn", "c_proj") or exact parameter names."""
-    pattern = re.compile(r"h\.(\d+)\.(.+)\.weight$")
     found = sorted(((int(m.group(1)), LINEAR_MODULES.index(m.group(2)), n) for n in params
-                    if (m := pattern.match(n)) and m.group(2) in LINEAR_MODULES))
+                    if (m := _BLOCK_WEIGHT.match(n)) and m.group(2) in LINEAR_MODULES))
     names = [n for _, _, n in found]
     if modules is None:
         return names
@@ -238,4 +294,65 @@ def format_intruders(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"{r['name']:<28} {str(r['shape']):>12} {r['count']:>9} {float(r['max_cos'].min()):>12.3f}")
     lines.append(f"{'total (k=%d, eps=%.2f)' % (result['k'], result['eps']):<28} {'':>12} {result['total']:>9}")
+    return "\n".join(lines)
+
+
+def _update(W0, tuned, name, tag, layout):
+    """(‖ΔW‖_F / ‖W0‖_F, U, S of ΔW) for one run's tuned weight of matrix `name`; W0 in [out, in]."""
+    if name not in tuned:
+        raise MiniftError(f"tuned_{tag} has no {name!r} (fold LoRA adapters into the weights first: "
+                          "lora.effective_weights())")
+    W = _out_in(tuned[name], layout, f"tuned_{tag}[{name!r}]")                          # (out, in)
+    if W.shape != W0.shape:
+        raise MiniftError(f"tuned_{tag}[{name!r}] has shape {tuple(tuned[name].shape)}, the base's is "
+                          f"{W0.shape[::-1] if layout == 'in_out' else W0.shape}: not fine-tuned from this base")
+    d = W - W0                                                                          # (out, in) ΔW
+    norm0 = np.linalg.norm(W0)
+    return (float(np.linalg.norm(d) / norm0) if norm0 > 0 else math.inf), *_left_svd(d)
+
+
+def compare_updates(base_params: dict, tuned_a: dict, tuned_b: dict, k, modules=None, layout="in_out") -> list:
+    """Are two fine-tunes' updates of the same base the same kind of change? One row per chosen block linear:
+    name, block, module, shape (as stored), rel_norm_a/_b (‖ΔW‖_F / ‖W0‖_F), eff_rank_a/_b (effective_rank of ΔW,
+    0 for a zero update), k (the k compared: clipped to both updates' ranks, 0 when one is zero), similarity (φ of
+    the top-k output subspaces; nan when an update is zero: "no update") and random (k/dim, the output dim's).
+    tuned_a, tuned_b: name -> weight, with any LoRA adapters folded in (lora.effective_weights())."""
+    rows = []
+    for name in linear_weight_names(base_params, modules):
+        W0 = _out_in(base_params[name], layout, f"base_params[{name!r}]")              # (out, in)
+        rel_a, Ua, Sa = _update(W0, tuned_a, name, "a", layout)
+        rel_b, Ub, Sb = _update(W0, tuned_b, name, "b", layout)
+        phi, k_used = _similarity(Ua, Sa, Ub, Sb, _top_k(k, min(W0.shape)))
+        m = _BLOCK_WEIGHT.match(name)
+        rows.append(dict(name=name, block=int(m.group(1)), module=m.group(2), shape=tuple(base_params[name].shape),
+                         rel_norm_a=rel_a, rel_norm_b=rel_b, eff_rank_a=_effective_rank(Sa),
+                         eff_rank_b=_effective_rank(Sb), k=k_used, similarity=phi,
+                         random=random_subspace_similarity(W0.shape[0], k_used) if k_used else math.nan))
+    return rows
+
+
+def format_update_comparison(rows: list, label_a: str, label_b: str) -> str:
+    """compare_updates' rows as a table, and their means (similarity and random over the matrices both runs
+    changed; "no update" where one did not)."""
+    a, b = label_a[:10], label_b[:10]
+
+    def line(name, shape, rel_a, rel_b, rank_a, rank_b, k, phi, rnd):
+        right = f"{k:>4} {phi:>10.3f} {rnd:>10.3f}" if k is not None else f"{'no update':>26}"
+        return f"{name:<24} {shape:>11}  {rel_a:>10.4f} {rel_b:>10.4f}  {rank_a:>10.1f} {rank_b:>10.1f}  {right}"
+
+    lines = [f"{'':<24} {'':>11}  {'‖ΔW‖/‖W0‖':^21}  {'eff. rank ΔW':^21}  {'top-k output subspaces':>25}",
+             f"{'matrix':<24} {'shape':>11}  {a:>10} {b:>10}  {a:>10} {b:>10}  {'k':>4} {'similarity':>10} "
+             f"{'random':>10}"]
+    for r in rows:
+        lines.append(line(r["name"], str(r["shape"]), r["rel_norm_a"], r["rel_norm_b"], r["eff_rank_a"],
+                          r["eff_rank_b"], r["k"] or None, r["similarity"], r["random"]))
+    if rows:
+        both = [r for r in rows if r["k"]]
+
+        def mean(key, of=rows):
+            return float(np.mean([r[key] for r in of])) if of else math.nan
+
+        lines.append(line(f"mean ({len(rows)} matrices)", "", mean("rel_norm_a"), mean("rel_norm_b"),
+                          mean("eff_rank_a"), mean("eff_rank_b"), "" if both else None,
+                          mean("similarity", both), mean("random", both)))
     return "\n".join(lines)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +27,48 @@ from ..measure.memory import available_host_bytes, check_fits
 from ..model import GPT
 from ..optim import check_lr
 from .evaluate import lm_loss
-from .train import TrainConfig, train
+from .train import TrainConfig, resumed_warmup, train
 
 CORPORA = ("world", "pydoc", "both")
 HELDOUT_SEED = 12345          # the world-document stream used for held-out text (forgetting, validation)
 DEFAULT_CHARS = 8_000_000     # size of the generated world corpus
-# The training settings of `minift pretrain` (the CLI reads them from here); warmup: default_warmup(steps)
-PRETRAIN_DEFAULTS = dict(steps=2000, batch_size=16, lr=3e-3, weight_decay=0.1, eval_every=250, save_every=250)
 
 
-def default_warmup(steps: int) -> int:
-    """Pretraining's warmup when none is given: a tenth of the run, at most 100 steps."""
-    return min(100, steps // 10)
+@dataclass
+class PretrainConfig:
+    """The training settings of a pretraining run. The defaults are `minift pretrain`'s (the CLI reads them from
+    here), so PretrainConfig() is the run that command makes with no options. Every value is checked here, when the
+    config is made: the rate finite too, the rest by the TrainConfig it becomes (train_config)."""
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int | None = None        # None: derived from steps (derived_warmup), and kept by a resumed run
+    weight_decay: float = 0.1
+    eval_every: int = 250
+    save_every: int = 250
+    seed: int = 0
+    workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
 
+    def __post_init__(self):
+        check_lr(self.lr, "lr", " (--lr)")     # finite too (TrainConfig alone lets ∞ through: tutorial 06)
+        self.train_config()                    # raises now, before any corpus is built
+        if self.warmup is not None and self.warmup > self.steps:
+            raise MiniftError(f"warmup={self.warmup} (--warmup) is longer than the run, steps={self.steps} (--steps): "
+                              "give a smaller warmup")
 
-def pretrain_config(**given) -> TrainConfig:
-    """The TrainConfig of a pretraining run: PRETRAIN_DEFAULTS and default_warmup, overridden by what is given
-    (TrainConfig's own field names). pretrain_config() is the run `minift pretrain` makes with no options."""
-    settings = {**PRETRAIN_DEFAULTS, **given}
-    check_lr(settings["lr"], "lr", " (--lr)")      # finite too (TrainConfig alone lets ∞ through: tutorial 06)
-    settings.setdefault("warmup", default_warmup(settings["steps"]))
-    return TrainConfig(**settings)
+    @property
+    def derived_warmup(self) -> int:
+        """The warmup a run starts with when none is given: a tenth of the run, at most 100 steps."""
+        return min(100, self.steps // 10)
+
+    def train_config(self, checkpoints=None, resume: bool = False) -> TrainConfig:
+        """The training loop's settings for this run. A warmup derived from steps is fixed when the run starts: resumed
+        from a checkpoint in `checkpoints`, the run keeps the one it started with (resumed_warmup), so that a larger
+        steps extends the run instead of changing its start. A warmup given is used as it is."""
+        warmup = self.warmup if self.warmup is not None else resumed_warmup(checkpoints, resume, self.derived_warmup)
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=warmup,
+                           weight_decay=self.weight_decay, eval_every=self.eval_every, save_every=self.save_every,
+                           seed=self.seed, workers=self.workers)
 
 
 def corpus_texts(corpus: str = "world", n_chars: int = DEFAULT_CHARS, files=None, seed: int = 0) -> list:
@@ -141,14 +162,20 @@ def tokenizer_for(cfg: GPTConfig, texts, tokenizer_path=None) -> Tokenizer:
     return Tokenizer.train(texts, vocab_size=cfg.vocab_size)
 
 
-def pretrain(preset="demo", corpus="world", files=None, n_chars=DEFAULT_CHARS, tcfg: TrainConfig | None = None,
-             out_dir="runs/pretrain", tokenizer_path=None, device="cpu", seed=0, resume=False, progress=True):
-    """Pretrain a fresh GPT; returns (model, tokenizer, summary dict). Everything lands in out_dir."""
+def pretrain(preset="demo", corpus="world", files=None, n_chars=DEFAULT_CHARS,
+             tcfg: PretrainConfig | TrainConfig | None = None, out_dir="runs/pretrain", tokenizer_path=None,
+             device="cpu", seed=0, resume=False, progress=True):
+    """Pretrain a fresh GPT; returns (model, tokenizer, summary dict). Everything lands in out_dir.
+
+    tcfg: a PretrainConfig (default PretrainConfig(seed=seed)), whose warmup is settled here (a resumed run keeps
+    its own: PretrainConfig.train_config), or a TrainConfig, used as it is."""
     cfg = GPTConfig.preset(preset) if isinstance(preset, str) else preset
-    tcfg = tcfg or pretrain_config(seed=seed)
+    out_dir = Path(out_dir)
+    tcfg = tcfg or PretrainConfig(seed=seed)
+    if isinstance(tcfg, PretrainConfig):
+        tcfg = tcfg.train_config(out_dir / "checkpoints", resume)
     check_fits(cfg, "full", tcfg.batch_size, cfg.n_ctx, device=resolve_device(device))   # before any long work
     check_corpus_fits(n_chars if not files and corpus != "pydoc" else 0, files)
-    out_dir = Path(out_dir)
     t0 = time.time()
     texts = corpus_texts(corpus, n_chars, files, seed)
     tok = tokenizer_for(cfg, texts, tokenizer_path)

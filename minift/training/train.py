@@ -477,8 +477,9 @@ def _keep_checked(out_dir, broken_step: int) -> str:
 class Overflows:
     """NumPy's floating-point errors during a step, noted instead of printed (np.errstate's "call" mode): an overflow
     or an invalid operation means numbers left float32's range, and a LayerNorm downstream can hide it (x / √var
-    with var = inf is a finite 0), leaving a loss that looks sane from weights that are not. Not seen: work in the
-    `--workers` threads (NumPy's error state is per thread) and on a GPU (CuPy does not report them)."""
+    with var = inf is a finite 0), leaving a loss that looks sane from weights that are not. The `--workers` threads
+    are watched too (NumPy's error state is per thread: split_loss_and_grads runs each shard under this one's); not
+    seen: work on a GPU (CuPy does not report them)."""
 
     def __init__(self):
         self.first = None                       # the first kind noted: "overflow" or "invalid value"

@@ -488,7 +488,7 @@ def test_messages_name_the_option_and_the_item(tmp_path, capsys):
                        (["finetune", "--method", "freeze", "--freeze-blocks", "-1", "--out", str(tmp_path / "x")],
                         "(--freeze-blocks)"),
                        (["pretrain", "--preset", "tiny", "--steps", "2", "--warmup", "100", "--out",
-                         str(tmp_path / "x")], "--warmup 100 is longer than the run, --steps 2")):
+                         str(tmp_path / "x")], "warmup=100 (--warmup) is longer than the run, steps=2 (--steps)")):
         assert main(argv) == 1, argv
         assert says in capsys.readouterr().err, argv
     with pytest.raises(SystemExit):
@@ -569,3 +569,74 @@ def test_resume_with_defaults_spelled_out_is_the_same_run(tmp_path, capsys):
            "--train-size", "16", "--quiet", "--out", str(tmp_path / "run")]
     assert main(run + ["--steps", "2"]) == 0
     assert main(run + ["--steps", "3", "--resume", "--alpha", "4", "--head", "new", "--targets", "all-linear"]) == 0
+
+
+# ---- inspect --compare: two finished runs' updates, matrix by matrix ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny base and three short fine-tunes of it (full, LoRA r=2, head-only): the folders finetune --out wrote."""
+    from minift import GPT, GPTConfig
+    root = tmp_path_factory.mktemp("runs")
+    GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(root / "base", shipped_tokenizer())
+    for method, extra in (("full", []), ("lora", ["--rank", "2"]), ("head", [])):
+        assert main(["finetune", "--method", method, *extra, "--base", str(root / "base"), "--steps", "2",
+                     "--batch", "4", "--train-size", "16", "--out", str(root / method), "--quiet"]) == 0
+    return root
+
+
+def _compare_json(root, capsys, a, b, *extra):
+    capsys.readouterr()
+    assert main(["inspect", "--compare", str(root / a), str(root / b), "--base", str(root / "base"), "--json",
+                 *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_inspect_compare_full_and_lora_matrix_by_matrix(tiny_runs, capsys):
+    """Every block linear of the tiny model (2 blocks x 4): both runs changed it, k defaults to LoRA's r = 2, the
+    similarity is a share in [0, 1] next to its random level k/out; a run against itself gives 1 everywhere."""
+    capsys.readouterr()
+    assert main(["inspect", "--compare", str(tiny_runs / "full"), str(tiny_runs / "lora"),
+                 "--base", str(tiny_runs / "base")]) == 0
+    out = capsys.readouterr().out
+    assert "(full)" in out and "(lora r=2)" in out and "top-2 output subspaces" in out
+    assert out.count(".weight ") == 8 and "mean similarity" in out and "no update" not in out
+    result = _compare_json(tiny_runs, capsys, "full", "lora")
+    assert result["k"] == 2 and len(result["rows"]) == 8
+    for r in result["rows"]:
+        assert r["k"] == 2 and -1e-12 <= r["similarity"] <= 1 + 1e-12 and r["random"] == 2 / r["shape"][1]
+        assert r["eff_rank_a"] > 2 and 1 <= r["eff_rank_b"] <= 2 + 1e-9 and r["rel_norm_a"] > 0 < r["rel_norm_b"]
+    for run, k in (("full", 8), ("lora", 2)):          # --k 5 is clipped to LoRA's rank 2
+        same = _compare_json(tiny_runs, capsys, run, run, *(["--k", "5"] if run == "lora" else []))
+        assert all(r["k"] == k and abs(r["similarity"] - 1) < 1e-9 for r in same["rows"])
+
+
+def test_inspect_compare_says_no_update_where_a_run_changed_nothing(tiny_runs, capsys):
+    """Head-only trains no block linear: every ΔW is 0, so there is no subspace to compare (null in JSON)."""
+    result = _compare_json(tiny_runs, capsys, "full", "head")
+    assert result["label_b"] == "head" and result["k"] == 8
+    assert all(r["similarity"] is None and r["k"] == 0 and r["rel_norm_b"] == 0 for r in result["rows"])
+    assert main(["inspect", "--compare", str(tiny_runs / "full"), str(tiny_runs / "head"),
+                 "--base", str(tiny_runs / "base")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("no update") == 9 and "No matrix was changed by both runs" in out
+
+
+def test_inspect_compare_bad_input_is_one_line_naming_it(tiny_runs, capsys):
+    full, lora, base = (str(tiny_runs / name) for name in ("full", "lora", "base"))
+    cases = [
+        (["--compare", full, str(tiny_runs / "missing"), "--base", base], "run folder not found"),
+        (["--compare", full, base, "--base", base], "base is a model folder"),
+        (["--compare", full, str(tiny_runs / "full" / "finetune.json"), "--base", base], "is a file"),
+        (["--compare", full, lora], "was fine-tuned from another base"),          # the shipped demo base
+        (["--compare", lora, full], "than the shipped base"),
+        (["--compare", full, lora, "--base", base, "--steps", "3", "--task", "facts"], "--task, --steps: options"),
+        (["--k", "3"], "--k is the subspace size of --compare"),
+    ]
+    for argv, message in cases:
+        assert main(["inspect", *argv]) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("minift: error:") and message in err and "\n" not in err, (argv, err)
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", "--compare", full, lora, "--k", "0"])
+    assert e.value.code == 2

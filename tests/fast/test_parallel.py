@@ -62,6 +62,22 @@ def test_a_shard_without_counted_targets_is_skipped():
         split_loss_and_grads(model, ids, targets, workers=2)
 
 
+def test_the_shards_run_under_the_callers_floating_point_error_state():
+    """NumPy's error state is per thread, and a pool's threads start with the default one: each shard runs under the
+    caller's, so an overflow in a worker raises, or reaches the caller's "call" function, as it would in the caller."""
+    model = GPT(GPTConfig.preset("tiny"), seed=0)                    # float32
+    model.params["wte.weight"] *= np.float32(1e30)                   # finite, but LayerNorm's x² overflows
+    ids, targets = lm_batch(model.cfg, 4, 8)
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError, match="overflow"):
+            split_loss_and_grads(model, ids, targets, workers=2)
+    noted = []
+    with np.errstate(over="call", invalid="call", call=lambda kind, flag: noted.append(kind)):
+        split_loss_and_grads(model, ids, targets, workers=2)
+    assert "overflow" in noted
+    assert np.geterrcall() is None                                  # the caller's own state is as it was
+
+
 def test_what_cannot_be_split_is_a_clear_error(fake_gpu):
     cfg = GPTConfig.preset("tiny")
     with pytest.raises(MiniftError, match="dropout=0.1"):

@@ -1,14 +1,19 @@
 """Spectral analysis (the MIT paper's measurements): intruder dimensions on constructed matrices, the random
-baseline, effective/stable rank, the λ-scaling mitigation, and the per-model table."""
+baseline, effective/stable rank, the λ-scaling mitigation, the per-model table, and the subspace similarity of two
+updates (are full fine-tuning's and LoRA's the same kind of change?)."""
 import math
 
 import numpy as np
 import pytest
 
+import minift
 from minift import GPT, GPTConfig, MiniftError
-from minift.measure.analysis import (effective_rank, format_intruders, intruder_dimensions, intruder_sweep,
-                             linear_weight_names, model_intruders, random_baseline, scale_intruders,
-                             singular_values, spectrum_compare, stable_rank)
+from minift.measure.analysis import (compare_updates, effective_rank, format_intruders, format_update_comparison,
+                                     intruder_dimensions, intruder_sweep, linear_weight_names, model_intruders,
+                                     random_baseline, random_subspace_similarity, scale_intruders, singular_values,
+                                     spectrum_compare, stable_rank, subspace_similarity)
+
+from helpers import randomize, tiny_model
 
 
 def orthonormal(rng, n, m):
@@ -202,3 +207,110 @@ def test_model_intruders_finds_the_one_edited_matrix():
     del tuned[name]
     with pytest.raises(MiniftError, match="tuned_params has no"):
         model_intruders(base, tuned)
+
+
+# ---- are two updates alike? ----------------------------------------------------------------------------------------
+
+def test_same_output_subspace_gives_one():
+    """Identical, rescaled and right-rotated updates (paper layout [out, in]: ΔW R keeps the left singular vectors
+    and values) span the same top-k output subspace; so do two rank-4 updates U B1, U B2 with one column space, where
+    k = 10 is clipped to their rank 4 (a null-space direction would be arbitrary)."""
+    rng = np.random.default_rng(0)
+    dW = rng.standard_normal((48, 32))                                  # full rank: the top-5 subspace is unique
+    for other in (dW, -3.0 * dW, dW @ orthonormal(rng, 32, 32)):
+        assert subspace_similarity(dW, other, k=5, layout="out_in") == pytest.approx(1.0, abs=1e-12)
+    U = rng.standard_normal((48, 4))
+    low_a, low_b = U @ rng.standard_normal((4, 32)), U @ rng.standard_normal((4, 32))
+    assert subspace_similarity(low_a, low_b, k=10, layout="out_in") == pytest.approx(1.0, abs=1e-12)
+
+
+def test_orthogonal_output_subspaces_give_zero_and_a_zero_update_none():
+    rng = np.random.default_rng(1)
+    Q = orthonormal(rng, 48, 8)                                         # Q[:, :4] ⟂ Q[:, 4:]
+    a, b = Q[:, :4] @ rng.standard_normal((4, 32)), Q[:, 4:] @ rng.standard_normal((4, 32))
+    assert subspace_similarity(a, b, k=4, layout="out_in") == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(subspace_similarity(a, np.zeros_like(a), k=4, layout="out_in"))   # no update: no subspace
+
+
+def test_truncated_update_keeps_its_top_k_subspace():
+    """A rank-k truncation of an update (what the best rank-k LoRA could hold, Eckart–Young) shares its top-k
+    subspace: φ = 1 at that k, and less at a larger k that the truncation cannot fill."""
+    rng = np.random.default_rng(2)
+    dW = rng.standard_normal((64, 40))                                  # minift layout [in, out]
+    U, S, Vt = np.linalg.svd(dW, full_matrices=False)
+    top3 = (U[:, :3] * S[:3]) @ Vt[:3]
+    assert subspace_similarity(dW, top3, k=3) == pytest.approx(1.0, abs=1e-12)
+    assert subspace_similarity(dW, top3, k=8) == pytest.approx(1.0, abs=1e-12)   # k clipped to the truncation's 3
+
+
+def test_independent_random_updates_sit_near_k_over_dim():
+    """Gaussian rank-k updates have uniformly random column spaces: φ's mean over 50 pairs is k/dim = 1/16; one φ
+    has a standard deviation of about sqrt(2)/dim = 0.022, the mean of 50 about 0.003 (tolerance: 5 of those)."""
+    dim, k = 64, 4
+    phis = []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        a, b = (rng.standard_normal((dim, k)) @ rng.standard_normal((k, 24)) for _ in range(2))
+        phis.append(subspace_similarity(a, b, k=k, layout="out_in"))
+    assert random_subspace_similarity(dim, k) == k / dim
+    assert np.mean(phis) == pytest.approx(k / dim, abs=0.015)
+
+
+def test_random_expectation_matches_monte_carlo():
+    rng = np.random.default_rng(3)
+    dim, k, trials = 32, 5, 4000
+    Q1, Q2 = (np.linalg.qr(rng.standard_normal((trials, dim, k)))[0] for _ in range(2))   # (trials, dim, k)
+    phi = (np.einsum("tdi,tdj->tij", Q1, Q2) ** 2).sum(axis=(1, 2)) / k                   # (trials,)
+    assert phi.mean() == pytest.approx(random_subspace_similarity(dim, k), abs=0.004)   # std of the mean ≈ 0.0007
+    assert random_subspace_similarity(dim, 99) == 1.0                                   # k clipped to dim
+
+
+def test_layout_compares_output_spaces():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((40, 24)), rng.standard_normal((40, 24))
+    a += 3 * b                                                         # related, so φ is not near its floor
+    mine = subspace_similarity(a, b, k=3)                               # minift's [in, out]
+    assert mine == pytest.approx(subspace_similarity(a.T, b.T, k=3, layout="out_in"), abs=1e-12)
+    assert mine != pytest.approx(subspace_similarity(a, b, k=3, layout="out_in"), abs=1e-6)   # the input space
+
+
+def test_bad_inputs_to_the_similarity_are_named():
+    ok = np.ones((4, 3))
+    with pytest.raises(MiniftError, match="same shape"):
+        subspace_similarity(ok, np.ones((3, 4)), k=1)
+    with pytest.raises(MiniftError, match="k=0"):
+        subspace_similarity(ok, ok, k=0)
+    with pytest.raises(MiniftError, match="dW2 has NaN"):
+        subspace_similarity(ok, np.full((4, 3), np.inf), k=1)
+    with pytest.raises(MiniftError, match="dW1 must be"):
+        subspace_similarity(np.ones(4), ok, k=1)
+    with pytest.raises(MiniftError, match="layout"):
+        subspace_similarity(ok, ok, k=1, layout="nn.Linear")
+    with pytest.raises(MiniftError, match="dim=0"):
+        random_subspace_similarity(0, 1)
+    with pytest.raises(MiniftError, match="k=2.5"):
+        random_subspace_similarity(8, 2.5)
+
+
+def test_compare_updates_of_a_run_with_itself_and_with_lora():
+    base = tiny_model().params                                          # float64
+    rng = np.random.default_rng(5)
+    full = {n: w + 0.01 * rng.standard_normal(w.shape) for n, w in base.items()}
+    rows = compare_updates(base, full, full, k=4)
+    assert [r["name"] for r in rows] == linear_weight_names(base) and rows[0]["module"] == "attn.c_attn"
+    for r in rows:
+        assert r["similarity"] == pytest.approx(1.0, abs=1e-12) and r["k"] == 4
+        assert r["random"] == 4 / r["shape"][1] and r["rel_norm_a"] == r["rel_norm_b"] > 0   # output dim: [in, out]
+    model = tiny_model()
+    lora = randomize(minift.attach_lora(model, minift.LoRAConfig(r=2, targets=("c_attn",)), seed=0))
+    tuned = {**model.params, **lora.effective_weights()}                # LoRA folded in; the rest is the base
+    rows = compare_updates(base, full, tuned, k=4, modules="attn.c_attn")
+    assert [(r["block"], r["k"]) for r in rows] == [(0, 2), (1, 2)]     # k clipped to LoRA's rank 2
+    assert all(r["eff_rank_b"] <= 2 + 1e-9 and 0 <= r["similarity"] < 0.5 for r in rows)
+    rows = compare_updates(base, full, tuned, k=4)
+    untouched = [r for r in rows if r["module"] != "attn.c_attn"]
+    assert all(r["k"] == 0 and math.isnan(r["similarity"]) and r["eff_rank_b"] == 0 for r in untouched)
+    table = format_update_comparison(rows, "full", "lora r=2")
+    assert table.count("no update") == len(untouched) and "mean (8 matrices)" in table
+    with pytest.raises(MiniftError, match="tuned_b has no 'h.0.attn.c_proj.weight'"):
+        compare_updates(base, full, lora.effective_weights(), k=2)

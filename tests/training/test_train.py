@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minift.training.train as train_mod
-from minift import GPT, GPTConfig, MiniftError
+from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora
 from minift.data.sources import ClassificationSource, LMSource
 from minift.training.train import TrainConfig, TrainingDiverged, latest_checkpoint, train
 
@@ -116,6 +116,20 @@ def test_an_update_that_overflows_is_caught_before_it_is_saved(tmp_path):
         train(model, LMSource(stream(), 16, 4), TrainConfig(steps=3, batch_size=4, lr=1e39, warmup=0),
               out_dir=tmp_path, progress=False)
     assert latest_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_overflow_that_layernorm_hides_stops_the_run_in_a_worker_thread_too(workers):
+    """LoRA at lr 1e12: after step 0 the adapters overflow float32, LayerNorm turns x / √inf into a finite 0 and the
+    loss stays sane; only the overflow tells. With workers=2 it happens in the pool's threads, whose NumPy error
+    state is their own: they run under the loop's watch (parallel.py), so the run stops there as with one thread
+    (without that, it ran all its steps at a flat loss)."""
+    model = tiny_model()
+    attach_lora(model, LoRAConfig(r=2))
+    with pytest.raises(TrainingDiverged, match=r"step 1: the forward or backward went through a floating-point "
+                                               r"overflow .*the run has diverged"):
+        train(model, LMSource(stream(), 16, 4), TrainConfig(steps=6, batch_size=4, lr=1e12, warmup=0,
+                                                            workers=workers), progress=False)
 
 
 def test_nonfinite_gradient_is_named():
