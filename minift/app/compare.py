@@ -20,7 +20,8 @@ s = α/r (α = 2r by default, so s = 2 at every rank); with --rslora it keeps α
 LoRA's default is r = 8 on all linear layers with α = 2r = 16 (a common choice; PEFT's default α is 8), the adapters
 at lr 2e-3 and the fresh classification head at 3e-4 (finetune.DEFAULT_LR / DEFAULT_HEAD_LR): with one rate shared
 by adapters and head, α = 16 stayed near chance on this small base, because a rate large enough for the adapters
-makes the random head collapse (tutorial 07). The report folder gets results.json, report.md and PNG plots.
+makes the random head collapse (tutorial 07). The report folder gets results.json, report.md and its figures
+(app/figures.py), each explained in report.md with this run's numbers.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ from ..errors import MiniftError
 from ..formats.io import atomic_write, drop_summary, save_json
 from ..lora import MODEL_CARD_FILE
 from ..lora.config import normalise_targets
-from ..measure.analysis import (EPS_VALUES, effective_rank, intruder_sweep, linear_weight_names, random_baseline,
-                                scale_intruders, singular_values)
+from ..measure.analysis import (compare_updates, effective_rank, intruder_sweep, linear_weight_names,
+                                random_baseline, scale_intruders, singular_values)
 from ..measure.memory import measure_memory, predict_memory
 from ..methods import METHODS, check_task_fits
 from ..training.evaluate import lm_loss, split_metrics
@@ -47,6 +48,9 @@ from ..training.finetune import FinetuneConfig, finetune, load_task_splits, setu
 from .report import lora_label
 
 K_TOP = 10                 # the paper's top-k singular vectors
+SWEEP_EPS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))   # ε = 0.1, 0.15, ..., 0.9: fine where random
+#                           directions cross from never to always counted at the demo's width (report.intruder_range)
+EVALS = 6                  # validation points per run (the training figure's curve), the last at the final step
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
 QUICK = dict(steps=8, eval_size=64, batch_size=8)      # and --quick's other settings (quick_config)
 
@@ -144,21 +148,33 @@ def _tuned_weights(model, lora) -> dict:
 
 
 def _spectral(base_w: dict, tuned_w: dict, names) -> dict:
-    """Intruder counts over ε (summed over matrices), the random baseline for the same shapes, and the mean
-    effective rank of ΔW."""
-    counts = np.zeros(len(EPS_VALUES), dtype=int)
-    baseline = np.zeros(len(EPS_VALUES))
-    ranks = []
+    """Intruder counts over ε (summed over matrices) and the random baseline for the same shapes: k = K_TOP
+    directions of each matrix, so `possible` = K_TOP × matrices is the most either can be."""
+    counts = np.zeros(len(SWEEP_EPS), dtype=int)
+    baseline = np.zeros(len(SWEEP_EPS))
     for name in names:
         W0, Wt = base_w[name], tuned_w[name]
-        counts += intruder_sweep(W0, Wt, k=K_TOP, eps_values=EPS_VALUES)["counts"]
+        counts += intruder_sweep(W0, Wt, k=K_TOP, eps_values=SWEEP_EPS)["counts"]
         d_out, d_in = W0.shape[1], W0.shape[0]                     # minift's [in, out]: outputs are columns
-        rb = random_baseline(d_out, k=K_TOP, trials=200, seed=0, basis_dim=min(d_out, d_in), eps_values=EPS_VALUES)
-        baseline += np.array([rb["false_intruders"][float(e)] for e in EPS_VALUES])
-        delta = Wt.astype(np.float64) - W0.astype(np.float64)
-        ranks.append(effective_rank(delta) if np.any(delta) else 0.0)
-    return dict(eps=list(EPS_VALUES), intruders=counts.tolist(), random_baseline=baseline.round(2).tolist(),
-                matrices=len(names), effective_rank_dW=float(np.mean(ranks)) if ranks else 0.0)
+        rb = random_baseline(d_out, k=K_TOP, trials=200, seed=0, basis_dim=min(d_out, d_in), eps_values=SWEEP_EPS)
+        baseline += np.array([rb["false_intruders"][float(e)] for e in SWEEP_EPS])
+    return dict(eps=list(SWEEP_EPS), intruders=counts.tolist(), random_baseline=baseline.round(2).tolist(),
+                matrices=len(names), k=K_TOP, possible=K_TOP * len(names))
+
+
+def _updates(base_w: dict, tuned_w: dict, names) -> list:
+    """Per adapted matrix, where the update ΔW = W_tuned − W0 lives: its size relative to W0 (Frobenius norms),
+    its effective rank, and its singular values (largest first)."""
+    rows = []
+    for name in names:
+        W0 = base_w[name].astype(np.float64)
+        delta = tuned_w[name].astype(np.float64) - W0
+        block, module = name.split(".", 2)[1], name.split(".", 2)[2][:-len(".weight")]
+        rows.append(dict(name=name, block=int(block), module=module,
+                         rel_norm=float(np.linalg.norm(delta) / np.linalg.norm(W0)),
+                         eff_rank=effective_rank(delta) if np.any(delta) else 0.0,
+                         singular_values=[float(f"{v:.6g}") for v in singular_values(delta)]))   # (6 digits)
+    return rows
 
 
 def _saved_bytes(model, lora, method, out: Path, tok) -> int:
@@ -191,16 +207,17 @@ def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, t
     measure something else)."""
     return FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
-                          train_size=ccfg.train_size, eval_size=ccfg.eval_size,
-                          seed=ccfg.seed, workers=ccfg.workers, eval_every=0,    # each run scored once, at the end
+                          train_size=ccfg.train_size, eval_size=ccfg.eval_size, seed=ccfg.seed,
+                          workers=ccfg.workers, eval_every=max(1, ccfg.steps // EVALS),   # (not timed as steps)
                           head_mode="new" if task_type == "classification" else "auto",
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
 
 
 def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,
-            out: Path, progress=True, resume=False) -> dict:
-    """Fine-tune one method and measure everything in the table. Its files go to out/<label>/ (checkpoints/ while
-    it trains: with resume, a run stopped earlier continues there, and a finished one is only re-measured)."""
+            out: Path, progress=True, resume=False) -> tuple:
+    """Fine-tune one method and measure everything in the table; returns (its row of results.json, its tuned
+    weights by name). Its files go to out/<label>/ (checkpoints/ while it trains: with resume, a run stopped earlier
+    continues there, and a finished one is only re-measured)."""
     from ..data.sources import task_source
     label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
     run_dir = out / (f"lorar{rank}" if method == "lora" else method)
@@ -213,18 +230,20 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
                alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
                percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"],
                val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
-               val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]])
+               val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]],
+               evals=[{k: e[k] for k in ("step", "val_accuracy", "val_loss")} for e in s["evals"]])
     row["memory"] = _memory(model, lora, method, rank, ccfg, batch, model.head_kind, len(model.labels or []) or 2)
     row["forgetting"] = lm_loss(model, heldout, max_windows=None) - base_lm
     base_w = {k: to_numpy(v) for k, v in base.params.items()}
     tuned_w = _tuned_weights(model, lora)
     names = linear_weight_names(base_w, _modules(ccfg))
     row["spectral"] = _spectral(base_w, tuned_w, names)
+    row["updates"] = _updates(base_w, tuned_w, names)
+    row["spectral"]["effective_rank_dW"] = float(np.mean([u["eff_rank"] for u in row["updates"]])) if names else 0.0
     row["saved_bytes"] = _saved_bytes(model, lora, method, run_dir, tok)
     if method == "lora":
         row["mitigation"] = _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, test_split)
-    row["spectra_example"] = _spectrum_example(base_w, tuned_w, names)
-    return row
+    return row, tuned_w
 
 
 def _modules(ccfg):
@@ -242,13 +261,6 @@ def _mitigate(model, lora, base_w, tuned_w, names, ccfg, heldout, base_lm, tok, 
     test = split_metrics(fixed, test_split, tok, fixed.cfg.n_ctx)
     return dict(lam=ccfg.lam, eps=ccfg.mitigation_eps, test_accuracy=test["accuracy"],
                 forgetting=lm_loss(fixed, heldout, max_windows=None) - base_lm)
-
-
-def _spectrum_example(base_w, tuned_w, names) -> dict:
-    name = names[-1] if names else None
-    if name is None:
-        return {}
-    return dict(name=name, base=singular_values(base_w[name]).tolist(), tuned=singular_values(tuned_w[name]).tolist())
 
 
 # ---- the whole comparison -----------------------------------------------------------------------------------
@@ -281,21 +293,38 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
     heldout = heldout[:(8 if ccfg.quick else 32) * base.cfg.n_ctx + 1]      # the windows every model is scored on
     base_lm = lm_loss(base, heldout, max_windows=None)
     drop_summary(out, "results.json")          # written again last, when every run's files are in place
-    runs = []
+    runs, tuned = [], {}
     for method, rank, alpha in plan:
-        runs.append(run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume))
+        row, tuned[len(runs)] = run_one(base, tok, ccfg, method, rank, alpha, heldout, base_lm, out, progress, resume)
+        runs.append(row)
     spread = _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) if ccfg.seeds else None
     results = dict(config=asdict(ccfg), base=str(ccfg.base or "data/base-demo"), base_config=base.cfg.to_dict(),
                    base_lm_loss=base_lm, forgetting_text=heldout_text, runs=runs, seeds=spread,
+                   similarity=_similarity(base, runs, tuned, ccfg),
                    machine=_machine(cpu_per_wall=(time.process_time() - cpu0) / max(time.time() - t0, 1e-9)),
                    seconds=round(time.time() - t0, 1))
-    from .report import write_plots, write_report
-    plots = write_plots(results, out)
+    from .figures import write_figures
+    from .report import summarize, write_report
+    results = _jsonable(results)
+    results["summary"] = summarize(results)
+    results["plots"] = write_figures(results, out)
     with atomic_write(out / "report.md", "w") as f:
-        f.write(write_report({**results, "plots": plots}))
-    save_json(_jsonable(results), out / "results.json")
-    results["plots"] = plots
+        f.write(write_report(results))
+    save_json(results, out / "results.json")
     return results
+
+
+def _similarity(base, runs, tuned, ccfg) -> dict | None:
+    """Are full fine-tuning's and LoRA's updates alike? Per matrix, how much their top-r output directions overlap
+    (measure.analysis.compare_updates), with what two random subspaces would share. None unless both ran."""
+    full = next((i for i, r in enumerate(runs) if r["method"] == "full"), None)
+    lora = next((i for i, r in enumerate(runs) if r["method"] == "lora" and r["rank"] == ccfg.rank), None)
+    if full is None or lora is None:
+        return None
+    base_w = {k: to_numpy(v) for k, v in base.params.items()}
+    rows = compare_updates(base_w, tuned[full], tuned[lora], k=ccfg.rank, modules=_modules(ccfg))
+    return dict(a=runs[full]["label"], b=runs[lora]["label"], k=ccfg.rank,
+                rows=[{k: row[k] for k in ("name", "block", "module", "similarity", "random")} for row in rows])
 
 
 def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, resume) -> dict:
@@ -312,7 +341,8 @@ def _over_seeds(runs, ccfg, plan, base, tok, heldout, base_lm, out, progress, re
     for seed in ccfg.seeds:
         sub = dataclasses.replace(ccfg, seed=seed, seeds=())
         for method, rank, alpha in plan:
-            r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress, resume)
+            r = run_one(base, tok, sub, method, rank, alpha, heldout, base_lm, out / f"seed-{seed}", progress,
+                        resume)[0]
             for k, v in values(r).items():
                 per[r["label"]][k].append(v)
     return dict(seeds=[ccfg.seed, *ccfg.seeds], runs=per)

@@ -50,7 +50,7 @@ from pathlib import Path
 from ..errors import MiniftError
 from ..formats.io import TEMP_GLOB, save_json
 from ..training.train import PARTIAL_GLOB, latest_checkpoint
-from .report import PLOTS
+from .figures import FIGURES, OLD_FIGURES
 
 try:
     import fcntl  # POSIX; on Windows --out is not locked
@@ -59,7 +59,7 @@ except ImportError:                    # pragma: no cover
 
 # What minift writes, by exact name. Directly inside --out (and so what --overwrite moves, and nothing else):
 TOP_FILES = {"run.json", "pretrain.json", "finetune.json", "results.json", "report.md", "trainable.safetensors",
-             *PLOTS}
+             *FIGURES, *OLD_FIGURES}
 # ...and anywhere below, in its folders (model/, adapter/, checkpoints/, and compare's run folders):
 INNER_FILES = {"config.json", "model.safetensors", "tokenizer.json", "pretrain.json", "adapter_config.json",
                "adapter_model.safetensors", "README.md", "weights.safetensors", "optimizer.safetensors",

@@ -1,13 +1,14 @@
-"""Turning `minift compare` results into tables, a reading of the article's claims, and plots."""
+"""Turning `minift compare` results into tables, a reading of the article's claims, and what its pictures show.
+
+`summarize` computes, once, every number the figures' titles and report.md's sentences quote; results.json keeps it
+(as "summary"), so the pictures, the report and the file agree. The pictures themselves: app/figures.py.
+"""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..formats.io import atomic_write
-
-PLOTS = ("loss_curves.png", "accuracy_vs_trainable.png", "spectra.png", "intruders_vs_eps.png", "rank_sweep.png")
+import numpy as np
 
 MiB = 1024 * 1024
+SMOOTH_STEPS = 20          # the training curves' moving average covers 1/SMOOTH_STEPS of the run (at least 1 step)
 
 
 def _fmt_bytes(n) -> str:
@@ -23,15 +24,17 @@ def intruders_at(run, eps=0.5):
 
 def main_table(results) -> str:
     """The one table: per method, the article's and the paper's measurements."""
+    possible = results["runs"][0]["spectral"].get("possible")
+    of = f" of {possible}" if possible else ""
     header = ("| method | trainable (% of total) | ms/step | tokens/s | val acc | test acc | forgetting ΔLM | "
-              "intruders ε=0.5 (random) | eff. rank ΔW | must save |\n"
+              f"intruders ε=0.5{of} (random) | eff. rank ΔW | must save |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in results["runs"]:
         n, rnd = intruders_at(r)
         rows.append(f"| {r['label']} | {r['trainable']:,} ({r['percent']:.2f}%) | {r['ms_per_step']:.0f} | "
                     f"{r['tokens_per_s']:,.0f} | {r['val_accuracy']:.3f} | {r['test_accuracy']:.3f} | "
-                    f"{r['forgetting']:+.4f} | {n} ({rnd:.1f}) | {r['spectral']['effective_rank_dW']:.1f} | "
+                    f"{r['forgetting']:+.4f} | {n} ({rnd:.0f}) | {r['spectral']['effective_rank_dW']:.1f} | "
                     f"{_fmt_bytes(r['saved_bytes'])} |")
     return "\n".join([header] + rows)
 
@@ -120,7 +123,7 @@ def paper_findings(results) -> list:
         out.append(f"Intruder dimensions at ε = 0.5 (top-{10} singular vectors of each of "
                    f"{lora['spectral']['matrices']} matrices): full {fn}, LoRA {ln}; random directions would give "
                    f"{lrnd:.1f}. The paper finds LoRA ≫ full; at this width the random baseline is high, so read the "
-                   "ε sweep in `intruders_vs_eps.png` rather than one threshold.")
+                   "ε sweep in `intruders.png` rather than one threshold.")
         out.append(f"Forgetting (held-out pretraining LM loss minus the base's {results['base_lm_loss']:.4f}): "
                    f"full {full['forgetting']:+.4f}, LoRA {lora['forgetting']:+.4f}.")
         bound = ("not bounded by r: DoRA's magnitudes rescale every column of W, so ΔW = W' − W0 is in general "
@@ -208,8 +211,8 @@ def write_report(results) -> str:
         "accuracy at the default settings was 0.896 / 0.902 / 0.852 for seeds 0 / 1 / 2 (minift/training/finetune.py). "
         "Rerun with `--seed` before reading a difference of a few points.",
         "",
-        "Plots: " + ", ".join(f"`{p}`" for p in results.get("plots", [])) if results.get("plots") else
-        "Plots: not drawn (install the plot extra: `pip install 'minift[plot]'`).",
+        *(picture_notes(results) if results.get("plots") else
+          ["Pictures: not drawn (install the plot extra: `pip install 'minift[plot]'`)."]),
         "",
     ]
     return "\n".join(parts)
@@ -230,73 +233,174 @@ def busy_note(machine: dict) -> str:
             "an idle machine, or with `OPENBLAS_NUM_THREADS=1` for steadier times.")
 
 
-def write_plots(results, out: Path) -> list:
-    """PNG plots into `out`; returns their file names (empty without matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    runs, names = results["runs"], []
+# ---- what the pictures show: every number they quote, computed once -------------------------------------------------
 
-    def save(fig, name):
-        assert name in PLOTS, name                  # the run folder's rules know each plot by name (outdir.py)
-        fig.tight_layout()
-        with atomic_write(out / name) as f:
-            fig.savefig(f, format="png", dpi=110)
-        plt.close(fig)
-        names.append(name)
+def smooth(values, steps=None):
+    """The trailing moving average of `values` over `steps` points (default: 1/SMOOTH_STEPS of them): point i is the
+    mean of the last `steps` values up to i (fewer at the start)."""
+    v = np.asarray(values, dtype=np.float64)
+    n = steps or max(1, len(v) // SMOOTH_STEPS)
+    c = np.cumsum(np.concatenate([[0.0], v]))
+    i = np.arange(1, len(v) + 1)
+    return (c[i] - c[np.maximum(i - n, 0)]) / np.minimum(i, n)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        ax.plot(r["losses"], label=r["label"], lw=1)
-    ax.set(xlabel="step", ylabel="training loss", title="Loss curves")
-    ax.legend()
-    save(fig, "loss_curves.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        ax.scatter(r["trainable"], r["test_accuracy"])
-        ax.annotate(r["label"], (r["trainable"], r["test_accuracy"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.margins(x=0.25, y=0.1)                          # room for the labels of the points at the edges
-    ax.set(xscale="log", xlabel="trainable parameters", ylabel="test accuracy", title="Accuracy vs trainable")
-    save(fig, "accuracy_vs_trainable.png")
+def energy_in_top(singular_values, r) -> float:
+    """Share of ‖ΔW‖_F² in its top r singular values: 1 for an update of rank ≤ r (0 for no update)."""
+    s2 = np.square(np.asarray(singular_values, dtype=np.float64))
+    return float(s2[:r].sum() / s2.sum()) if s2.sum() > 0 else 0.0
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    shown = False
-    for r in runs:
-        ex = r.get("spectra_example") or {}
-        if ex:
-            if not shown:
-                ax.semilogy(ex["base"], "k-", lw=2, label="W0 (base)")
-                shown = True
-            ax.semilogy(ex["tuned"], lw=1, label=r["label"])
-    ax.set(xlabel="index", ylabel="singular value",
-           title=f"Spectra of {runs[0].get('spectra_example', {}).get('name', '')}")
-    ax.legend()
-    save(fig, "spectra.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        ax.plot(r["spectral"]["eps"], r["spectral"]["intruders"], marker="o", label=r["label"])
-    ax.plot(runs[0]["spectral"]["eps"], runs[0]["spectral"]["random_baseline"], "k--", label="random directions")
-    ax.set(xlabel="ε", ylabel="intruder dimensions (summed)", title="Intruders vs ε")
-    ax.legend()
-    save(fig, "intruders_vs_eps.png")
+def intruder_range(spectral, low=0.05, high=0.95):
+    """The ε where random directions go from rarely (< low of them) to nearly always (> high) counted as intruders:
+    only there does a count tell a new direction from an old one. (first ε above low, last ε below high), or None."""
+    share = np.asarray(spectral["random_baseline"]) / spectral["possible"]
+    inside = [e for e, f in zip(spectral["eps"], share) if low <= f <= high]
+    return (inside[0], inside[-1]) if inside else None
 
-    sweep = sorted((r for r in runs if r["method"] == "lora"), key=lambda r: r["rank"])
+
+def summarize(results) -> dict:
+    """Every number the figures' titles and report.md's picture notes quote, from the results themselves."""
+    cfg, runs = results["config"], results["runs"]
+    r = cfg["rank"]
+    out = dict(rank=r, smooth_steps=max(1, len(runs[0]["losses"]) // SMOOTH_STEPS), training={}, updates={},
+               intruders={})
+    for run in runs:
+        last = run["evals"][-1] if run.get("evals") else {}
+        out["training"][run["label"]] = dict(smoothed_loss=float(smooth(run["losses"])[-1]),
+                                             val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"))
+        ups = run.get("updates") or []
+        if ups and any(u["rel_norm"] > 0 for u in ups):
+            big = max(ups, key=lambda u: u["rel_norm"])
+            out["updates"][run["label"]] = dict(
+                rel_norm_mean=float(np.mean([u["rel_norm"] for u in ups])), rel_norm_max=big["rel_norm"],
+                rel_norm_max_at=big["name"][:-len(".weight")],
+                eff_rank_mean=float(np.mean([u["eff_rank"] for u in ups])),
+                eff_rank_max=float(max(u["eff_rank"] for u in ups)),
+                energy_top_r=float(np.median([energy_in_top(u["singular_values"], r) for u in ups])),
+                max_rank=min(len(u["singular_values"]) for u in ups))
+        sp = run["spectral"]
+        if "possible" in sp:
+            out["intruders"][run["label"]] = [n / sp["possible"] for n in sp["intruders"]]
+    sp = runs[0]["spectral"]
+    if "possible" in sp:
+        out["intruders"]["random"] = [n / sp["possible"] for n in sp["random_baseline"]]
+        out["intruder_range"] = intruder_range(sp)
+        if out["intruder_range"]:               # the ε where random directions are counted about half the time
+            mid = min((e for e in sp["eps"] if out["intruder_range"][0] <= e <= out["intruder_range"][1]),
+                      key=lambda e: abs(out["intruders"]["random"][sp["eps"].index(e)] - 0.5))
+            out["intruder_mid"] = dict(eps=mid, **{k: v[sp["eps"].index(mid)] for k, v in out["intruders"].items()})
+    sim = results.get("similarity")
+    if sim:
+        rows = [row for row in sim["rows"] if np.isfinite(row["similarity"])]     # (nan: a matrix one left alone)
+        scores, randoms = [row["similarity"] for row in rows], [row["random"] for row in rows]
+        out["similarity"] = dict(a=sim["a"], b=sim["b"], k=sim["k"], mean=float(np.mean(scores)),
+                                 min=float(min(scores)), max=float(max(scores)), random=float(np.mean(randoms)),
+                                 above_twice_random=sum(s > 2 * q for s, q in zip(scores, randoms)),
+                                 matrices=len(scores))
+    lora = _find(results, _main_lora(cfg))
+    if lora and "mitigation" in lora:
+        m = lora["mitigation"]
+        out["mitigation"] = dict(lam=m["lam"], eps=m["eps"], test_before=lora["test_accuracy"],
+                                 test_after=m["test_accuracy"], forgetting_before=lora["forgetting"],
+                                 forgetting_after=m["forgetting"])
+    return out
+
+
+# ---- what to look at in each picture --------------------------------------------------------------------------------
+
+def picture_notes(results) -> list:
+    """report.md's "Pictures" section: each figure drawn, with what to look at and what this run shows."""
+    sm, cfg = results["summary"], results["config"]
+    r, main = sm["rank"], _main_lora(cfg)
+    notes = {}
+    tr = sm["training"]
+    runs = [x for x in results["runs"] if x["method"] != "lora" or x["label"] == main]
+    every = runs[0]["evals"][0]["step"] if runs[0].get("evals") else None
+    notes["training.png"] = (
+        "Training, read properly",
+        f"Left, the training loss: faint, every step; bold, the mean of the last {sm['smooth_steps']} steps, which is "
+        "what to compare. Right, validation accuracy at each evaluation"
+        + (f" (every {every} steps)" if every else "") + ". The last points: "
+        + "; ".join(f"{x['label']} {tr[x['label']]['smoothed_loss']:.3f} smoothed loss, "
+                    f"{tr[x['label']]['val_accuracy']:.3f} validation accuracy" for x in runs) + ".")
+    up = sm["updates"]
+    full, lora = up.get("full"), up.get(main)
+    if full and lora:
+        notes["update_by_layer.png"] = (
+            "Where the update lives, layer by layer",
+            "Each cell is one adapted matrix (a block's row, a linear layer's column). Top row, how far fine-tuning "
+            "moved it: ‖ΔW‖/‖W0‖; bottom row, the effective rank of ΔW. Full fine-tuning moved its matrices by "
+            f"{100 * full['rel_norm_mean']:.1f}% on average (most: {full['rel_norm_max_at']}, "
+            f"{100 * full['rel_norm_max']:.1f}%), LoRA r={r} by {100 * lora['rel_norm_mean']:.1f}% (most: "
+            f"{lora['rel_norm_max_at']}, {100 * lora['rel_norm_max']:.1f}%). LoRA's effective ranks stay at or below "
+            f"r = {r} (at most {lora['eff_rank_max']:.1f}) by construction; full fine-tuning's average "
+            f"{full['eff_rank_mean']:.1f} of a possible {full['max_rank']}.")
+        notes["update_spectra.png"] = (
+            "The spectra of the updates",
+            "The singular values of ΔW, largest first: the line is the median over the adapted matrices, the band "
+            + (f"the 10–90% range. DoRA's magnitudes rescale every column of W, so its ΔW is not held to rank r = {r}: "
+               if cfg.get("dora") else
+               f"the 10–90% range. LoRA's stop at r = {r} (the dotted line: ΔW = s·BA has rank ≤ r, and what is left "
+               "is rounding): ")
+            + f"{100 * lora['energy_top_r']:.0f}% of ‖ΔW‖² lies in its top {r} directions. Full fine-tuning's "
+            f"decay without a cliff: {100 * full['energy_top_r']:.0f}% in its top {r}, the rest spread over the other "
+            "directions.")
+    s = sm.get("similarity")
+    if s:
+        verdict = ("about what two random subspaces share: the two methods reach their accuracy through different "
+                   "directions, the MIT paper's \"illusion of equivalence\"" if s["mean"] < 2 * s["random"] else
+                   "well above random, yet far from the same subspace: the two updates overlap only in part"
+                   if s["mean"] < 0.5 else "most of their main directions are the same")
+        notes["similarity.png"] = (
+            "Are the two solutions alike?",
+            f"Per matrix, how much the top-{s['k']} output directions of full fine-tuning's ΔW and of LoRA's overlap "
+            f"(φ = ‖U_fullᵀ U_LoRA‖²_F / {s['k']}, the LoRA paper's subspace similarity, §7): 1 would be the same "
+            f"subspace, {s['random']:.3f} is what two random {s['k']}-dimensional subspaces share. Here the mean is "
+            f"{s['mean']:.2f} (from {s['min']:.2f} to {s['max']:.2f}), {s['above_twice_random']} of {s['matrices']} "
+            f"matrices above twice random: {verdict}.")
+    if sm["intruders"]:
+        span, text = sm.get("intruder_range"), ""
+        if span:
+            mid = sm["intruder_mid"]
+            text = (f"Random directions go from rarely to nearly always counted between ε = {span[0]:g} and "
+                    f"{span[1]:g} (the shaded band): only there does a count separate a new direction from an old "
+                    f"one. At ε = {mid['eps']:g}, where half of random directions would count, "
+                    + ", ".join(f"{x['label']} has {100 * mid[x['label']]:.0f}%" for x in runs)
+                    + f" of its top directions as intruders (random: {100 * mid['random']:.0f}%). "
+                    + ("No method has a top direction as new as a random one: here fine-tuning turns W0's directions "
+                       "rather than adding new ones. " if max(mid[x["label"]] for x in runs) < 0.05 else ""))
+        m = sm.get("mitigation")
+        if m:
+            text += (f"The paper's mitigation, LoRA's intruders at ε = {m['eps']:g} scaled by λ = {m['lam']:g}, is a "
+                     f"trade: forgetting {m['forgetting_before']:+.3f} → {m['forgetting_after']:+.3f} nats, test "
+                     f"accuracy {m['test_before']:.3f} → {m['test_after']:.3f} "
+                     f"({100 * (m['test_after'] - m['test_before']):+.1f} points).")
+        notes["intruders.png"] = (
+            "Intruders, honestly scaled",
+            "The share of each method's top singular directions that the paper's Algorithm 1 calls intruders (no "
+            "close match among W0's), against the threshold ε, with what random directions would score. " + text)
+    f, lo = _find(results, "full"), _find(results, main)
+    if f and lo:
+        notes["accuracy_vs_trainable.png"] = (
+            "Accuracy against what is trained",
+            f"Each point is one run. LoRA r={r} trains {100 * lo['trainable'] / f['trainable']:.1f}% of full "
+            f"fine-tuning's parameters for test accuracy {lo['test_accuracy']:.3f} against {f['test_accuracy']:.3f}.")
+    sweep = sorted((x for x in results["runs"] if x["method"] == "lora"), key=lambda x: x["rank"])
     if len(sweep) > 1:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-        ranks = [r["rank"] for r in sweep]
-        a1.plot(ranks, [intruders_at(r)[0] for r in sweep], marker="o")
-        a1.set(xscale="log", xlabel="rank r", ylabel="intruders (ε=0.5)", title="Intruders vs rank")
-        a2.plot(ranks, [r["forgetting"] for r in sweep], marker="o", label="LoRA")
-        full = _find(results, "full")
-        if full:
-            a2.axhline(full["forgetting"], color="k", ls="--", label="full")
-        a2.set(xscale="log", xlabel="rank r", ylabel="Δ LM loss", title="Forgetting vs rank")
-        a2.legend()
-        save(fig, "rank_sweep.png")
-    return names
+        a, b = sweep[0], sweep[-1]
+        best = max(sweep, key=lambda x: x["test_accuracy"])
+        notes["rank_sweep.png"] = (
+            "The rank sweep",
+            f"LoRA at r = {', '.join(str(x['rank']) for x in sweep)}, "
+            + ("with the same α (rsLoRA: s = α/√r)" if cfg.get("rslora") else "at the same scale s = α/r")
+            + f" (the dashed lines: full fine-tuning). Test accuracy peaks at r = {best['rank']} ({best['test_accuracy']:.3f}); from "
+            f"r = {a['rank']} to {b['rank']} forgetting goes {a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
+            f"the effective rank of ΔW {a['spectral']['effective_rank_dW']:.1f} → "
+            f"{b['spectral']['effective_rank_dW']:.1f}.")
+    out = ["## Pictures", ""]
+    for name in results["plots"]:
+        if name in notes:
+            heading, text = notes[name]
+            out += [f"### {heading}", "", f"![{heading}]({name})", "", text, ""]
+    return out[:-1]

@@ -98,10 +98,95 @@ def test_report_reads_the_claims_and_has_plots(report):
     for claim in ("90% fewer parameters", "~70% less time", "~80% less memory", "comparable accuracy",
                   "overfits less on small data"):
         assert claim in text
-    for png in ("loss_curves.png", "accuracy_vs_trainable.png", "spectra.png", "intruders_vs_eps.png",
-                "rank_sweep.png"):
-        assert (out / png).stat().st_size > 1000
     assert results["machine"]["cpu_count"] >= 1 and results["machine"]["cpu_per_wall"] > 0
+
+
+def test_every_figure_is_written_and_explained(report):
+    """The quick run has full, LoRA, head-only and a sweep: every figure has its data, is drawn, and report.md shows
+    it with its note."""
+    from minift.app.figures import FIGURES
+    out, results = report
+    text = (out / "report.md").read_text()
+    assert results["plots"] == list(FIGURES)
+    for name in FIGURES:
+        assert (out / name).stat().st_size > 10_000, name
+        assert f"]({name})" in text, name
+    assert text.count("### ") == len(FIGURES)
+
+
+def _numbers(obj):
+    """Every number in a JSON value, nested."""
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+def test_the_pictures_notes_quote_only_numbers_from_results_json(report):
+    """No number in report.md's picture notes is typed: each is one of results.json's numbers as printed (at some
+    precision, or as a percentage), or one of the few constants the notes state (the 10–90% band, §7)."""
+    import re
+    out, results = report
+    notes = (out / "report.md").read_text().split("## Pictures", 1)[1]
+    notes = re.sub(r"\(([a-z_]+\.png)\)|r=\d+|r = \d+", "", notes)        # file names; ranks are config numbers too
+    printed = {"10", "90", "7"}
+    for v in _numbers(results):
+        for d in range(5):
+            printed |= {f"{v:.{d}f}", f"{100 * v:.{d}f}", f"{abs(v):.{d}f}", f"{100 * abs(v):.{d}f}"}
+        printed.add(f"{v:g}")
+    quoted = re.findall(r"(?<![\w.])\d+(?:\.\d+)?", notes)
+    assert quoted and all(q in printed for q in quoted), [q for q in quoted if q not in printed]
+    sm = results["summary"]
+    assert f"{sm['similarity']['mean']:.2f}" in notes and f"{sm['similarity']['random']:.3f}" in notes
+    assert f"{100 * sm['updates']['full']['rel_norm_mean']:.1f}%" in notes
+    m = sm["mitigation"]
+    assert f"{m['test_before']:.3f} → {m['test_after']:.3f}" in notes
+
+
+def test_each_run_is_evaluated_along_the_way(report):
+    """The training figure's validation points: every steps // EVALS steps and at the end, not timed as steps."""
+    from minift.app.compare import EVALS
+    _, results = report
+    steps = results["config"]["steps"]
+    for r in results["runs"]:
+        assert [e["step"] for e in r["evals"]] == list(range(max(1, steps // EVALS), steps + 1, max(1, steps // EVALS)))
+        assert r["evals"][-1]["val_accuracy"] == r["val_accuracy"] and len(r["losses"]) == steps
+
+
+def test_the_update_measurements(report):
+    """Per matrix: LoRA's ΔW has rank ≤ r (its singular values past r are rounding), full's does not; the
+    similarity of full's and LoRA's updates lies between 0 and 1 with its random expectation k/d beside it."""
+    _, results = report
+    for label, r in (("lora r=8", 8), ("lora r=2", 2)):
+        for u in run(results, label)["updates"]:
+            s = u["singular_values"]
+            assert s[r] < 1e-4 * s[0] and u["eff_rank"] <= r + 1e-3, (label, u["name"])   # (+ float32 rounding)
+    full = run(results, "full")["updates"]
+    assert len(full) == 16 and all(u["singular_values"][8] > 1e-3 * u["singular_values"][0] for u in full)
+    assert all(u["rel_norm"] == 0 for u in run(results, "head")["updates"])
+    sim = results["similarity"]
+    assert (sim["a"], sim["b"], sim["k"]) == ("full", "lora r=8", 8) and len(sim["rows"]) == 16
+    d = results["base_config"]["n_embd"]
+    assert all(0 < row["similarity"] <= 1 for row in sim["rows"])
+    out = {"attn.c_attn": 3 * d, "attn.c_proj": d, "mlp.c_fc": 4 * d, "mlp.c_proj": d}      # output dims
+    assert all(row["random"] == 8 / out[row["module"]] for row in sim["rows"])
+
+
+def test_figures_follow_what_the_run_has(report, tmp_path):
+    """Without full fine-tuning there is nothing to compare LoRA's update with: no similarity figure, and the
+    others still drawn; without a sweep, no rank-sweep figure."""
+    from minift.app.figures import write_figures
+    from minift.app.report import summarize, write_report
+    _, results = report
+    only = {**results, "runs": [r for r in results["runs"] if r["label"] in ("lora r=8", "head")],
+            "similarity": None}
+    only["summary"] = summarize(only)
+    only["plots"] = write_figures(only, tmp_path)
+    assert "similarity.png" not in only["plots"] and "rank_sweep.png" not in only["plots"]
+    assert {"training.png", "update_by_layer.png", "intruders.png"} <= set(only["plots"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(only["plots"])
+    assert "### Are the two solutions alike?" not in write_report(only)
 
 
 

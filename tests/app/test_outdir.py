@@ -266,3 +266,14 @@ def test_a_run_killed_in_its_first_save_is_not_a_run_that_saved_nothing(tmp_path
     folder.open()
     assert sorted(os.listdir(run)) == ["run.json"]
     folder.close()
+
+
+def test_an_earlier_versions_figures_are_still_minifts(tmp_path, capsys):
+    """compare's pictures were renamed; a report folder an earlier version wrote (loss_curves.png, spectra.png,
+    intruders_vs_eps.png) is still minift's to replace."""
+    run = _a_run(tmp_path / "run", command="compare")
+    for name in ("loss_curves.png", "spectra.png", "intruders_vs_eps.png", "report.md"):
+        (run / name).write_bytes(b"earlier")
+    assert main(["finetune", "--steps", "2", "--quiet", "--task", "nosuch", "--out", str(run), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "minift did not write" not in err and "nosuch" in err

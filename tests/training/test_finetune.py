@@ -289,3 +289,18 @@ def test_metrics_do_not_depend_on_the_adapters_mode():
     assert lora.training and in_train[0] == in_train[1] == lm_loss(model, ids, max_windows=2)
     lora.eval()
     assert lm_loss(model, ids, max_windows=2) == in_train[0]
+
+
+def test_evaluating_along_the_way_does_not_change_the_training(tmp_path):
+    """compare evaluates every run EVALS times to draw its curve: an evaluation draws no random numbers and changes
+    no state, so the losses and the final weights are bitwise those of a run scored only at the end."""
+    base_dir, base = tiny_base(tmp_path)
+    tok = Tokenizer.load(data_dir() / "tokenizer.json")
+    runs = []
+    for every in (0, 2):
+        fcfg = FinetuneConfig(method="full", steps=4, batch_size=4, train_size=16, eval_size=8, eval_every=every)
+        model, _, s = finetune(base, tok, fcfg, progress=False)
+        runs.append(([h["loss"] for h in s["history"]], model.params, [e["step"] for e in s["evals"]]))
+    (loss0, params0, at0), (loss2, params2, at2) = runs
+    assert (at0, at2) == ([4], [2, 4]) and loss0 == loss2
+    assert all(np.array_equal(params0[k], params2[k]) for k in params0)

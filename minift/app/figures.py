@@ -1,0 +1,283 @@
+"""The pictures of `minift compare`'s report, drawn with matplotlib alone.
+
+One style everywhere: each method keeps its colour in every figure (`colour`), the random-direction expectation is
+always a black dashed line, titles say what this run shows, axes carry units. Every number a title quotes comes
+from results["summary"] (report.summarize), which results.json keeps, so figures, report.md and the file agree.
+"""
+from __future__ import annotations
+
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..formats.io import atomic_write
+from .report import _find, _main_lora, smooth
+
+FIGURES = ("training.png", "update_by_layer.png", "update_spectra.png", "similarity.png", "intruders.png",
+           "accuracy_vs_trainable.png", "rank_sweep.png")
+OLD_FIGURES = ("loss_curves.png", "spectra.png", "intruders_vs_eps.png")   # earlier versions' names, still minift's
+
+COLOURS = {"full": "#1f5fa8", "lora": "#e8710a", "head": "#7a7a7a", "freeze": "#2e8b57"}
+RANDOM = dict(color="black", ls="--", lw=1.2, label="random directions")
+STYLE = {"font.size": 10, "axes.titlesize": 10.5, "figure.titlesize": 11.5, "axes.spines.top": False,
+         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
+         "legend.fontsize": 9, "savefig.dpi": 130, "figure.constrained_layout.use": True}
+
+
+def colour(run, main_rank) -> str:
+    """The method's colour; a swept LoRA rank gets a lighter or darker orange than the main one."""
+    if run["method"] != "lora" or run["rank"] == main_rank:
+        return COLOURS[run["method"]]
+    import matplotlib
+    shade = 0.35 + 0.6 * min(1.0, np.log2(run["rank"]) / 7)            # r = 1 light ... r = 128 dark
+    return matplotlib.colors.to_hex(matplotlib.colormaps["Oranges"](shade))
+
+
+@contextmanager
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with plt.rc_context(STYLE):
+        yield plt
+
+
+def _main_runs(results) -> list:
+    """The runs of --methods (full, freeze, head, LoRA at the main rank): the rank sweep has its own figure."""
+    main = _main_lora(results["config"])
+    return [r for r in results["runs"] if r["method"] != "lora" or r["label"] == main]
+
+
+def _wrap(text: str, width=78) -> str:
+    """A title in lines of at most `width` characters (a title says a finding, which can take two lines)."""
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.0f}%"
+
+
+# ---- 1. training ---------------------------------------------------------------------------------------------------
+
+def training(plt, results):
+    sm, runs = results["summary"], _main_runs(results)
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r in runs:
+        c = colour(r, sm["rank"])
+        steps = np.arange(1, len(r["losses"]) + 1)
+        loss.plot(steps, r["losses"], color=c, lw=0.6, alpha=0.25)
+        loss.plot(steps, smooth(r["losses"]), color=c, lw=2, label=r["label"])
+        ev = r.get("evals") or []
+        acc.plot([e["step"] for e in ev], [e["val_accuracy"] for e in ev], "o-", color=c, label=r["label"])
+    loss.set(xlabel="step", ylabel="training loss (nats per token)",
+             title=f"Training loss (faint: each step; bold: mean of the last {sm['smooth_steps']})")
+    acc.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy at each evaluation", ylim=(0, 1.02))
+    acc.legend(loc="lower right")
+    said = ", ".join(f"{r['label']} {sm['training'][r['label']]['val_accuracy']:.3f}" for r in runs)
+    fig.suptitle(_wrap(f"After {len(runs[0]['losses'])} steps, validation accuracy: {said}", 100))
+    return fig
+
+
+# ---- 2. where the update lives, layer by layer ---------------------------------------------------------------------
+
+def _grid(run, key):
+    """(blocks × linears) array of one per-matrix measurement, and the linears' names."""
+    ups = run["updates"]
+    modules = list(dict.fromkeys(u["module"] for u in ups))
+    a = np.full((max(u["block"] for u in ups) + 1, len(modules)), np.nan)
+    for u in ups:
+        a[u["block"], modules.index(u["module"])] = u[key]
+    return a, modules
+
+
+def _heatmap(ax, a, modules, vmax, fmt, cmap):
+    im = ax.imshow(a, vmin=0, vmax=vmax, cmap=cmap, aspect="auto")
+    ax.set(xticks=range(len(modules)), xticklabels=modules, yticks=range(a.shape[0]),
+           yticklabels=[f"block {b}" for b in range(a.shape[0])])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(False)
+    for (i, j), v in np.ndenumerate(a):
+        if np.isfinite(v):
+            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=8,
+                    color="white" if v > 0.6 * vmax else "black")
+    return im
+
+
+def update_by_layer(plt, results):
+    sm = results["summary"]
+    runs = [r for r in _main_runs(results) if r["label"] in sm["updates"]]
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.4 * len(runs) + 1, 6.4), squeeze=False)
+    rows = (("rel_norm", "‖ΔW‖ / ‖W0‖", lambda v: f"{100 * v:.1f}%", "Blues"),
+            ("eff_rank", "effective rank of ΔW", lambda v: f"{v:.1f}", "Purples"))
+    for i, (key, what, fmt, cmap) in enumerate(rows):
+        grids = [_grid(r, key) for r in runs]
+        vmax = max(float(np.nanmax(g)) for g, _ in grids) or 1.0
+        for j, (r, (g, modules)) in enumerate(zip(runs, grids)):
+            im = _heatmap(axes[i, j], g, modules, vmax, fmt, cmap)
+            axes[i, j].set_title(f"{r['label']}: {what}")
+        fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.85)
+    full, lora = sm["updates"].get("full"), sm["updates"].get(_main_lora(results["config"]))
+    if full and lora:
+        title = (f"Full fine-tuning moves each matrix by {100 * full['rel_norm_mean']:.1f}% on average, "
+                 f"LoRA r={sm['rank']} by {100 * lora['rel_norm_mean']:.1f}%; LoRA's updates have effective rank ≤ "
+                 f"{lora['eff_rank_max']:.1f} (r = {sm['rank']}), full's {full['eff_rank_mean']:.1f} on average")
+    else:
+        title = "Where each method's update lives: size and effective rank of ΔW per matrix"
+    fig.suptitle(_wrap(title, 90))
+    return fig
+
+
+# ---- 3. the spectra of the updates ---------------------------------------------------------------------------------
+
+def update_spectra(plt, results):
+    sm = results["summary"]
+    runs = [r for r in _main_runs(results) if r["label"] in sm["updates"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    top = 0.0
+    for r in runs:
+        n = sm["updates"][r["label"]]["max_rank"]
+        s = np.array([u["singular_values"][:n] for u in r["updates"]])          # (matrices, n)
+        lo, mid, hi = np.quantile(s, (0.1, 0.5, 0.9), axis=0)
+        i = np.arange(1, n + 1)
+        c = colour(r, sm["rank"])
+        ax.fill_between(i, lo, hi, color=c, alpha=0.2, lw=0)
+        ax.plot(i, mid, color=c, lw=2, label=f"{r['label']} (median over {len(s)} matrices, band 10–90%)")
+        top = max(top, float(hi[0]))
+    ax.axvline(sm["rank"], color="black", ls=":", lw=1)
+    ax.text(sm["rank"], top, f" r = {sm['rank']}", va="top", fontsize=9)
+    ax.set(yscale="log", ylim=(top * 1e-4, top * 2), xlabel="index i of the singular value (largest first)",
+           ylabel="σᵢ(ΔW)  (below the axis: zero up to rounding)")
+    ax.legend(loc="upper right")
+    full, lora = sm["updates"].get("full"), sm["updates"].get(_main_lora(results["config"]))
+    if full and lora:
+        ax.set_title(_wrap(f"LoRA r={sm['rank']} puts {_pct(lora['energy_top_r'])} of ‖ΔW‖² in its top {sm['rank']} "
+                           f"directions, full fine-tuning {_pct(full['energy_top_r'])} (medians over matrices)", 70))
+    else:
+        ax.set_title("Singular values of each method's update ΔW")
+    return fig
+
+
+# ---- 4. are the two solutions alike? -------------------------------------------------------------------------------
+
+def similarity(plt, results):
+    sim, s = results["similarity"], results["summary"]["similarity"]
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    blocks = max(row["block"] for row in sim["rows"]) + 1
+    modules = list(dict.fromkeys(row["module"] for row in sim["rows"]))
+    a = np.full((blocks, len(modules)), np.nan)
+    for row in sim["rows"]:
+        a[row["block"], modules.index(row["module"])] = row["similarity"]
+    im = _heatmap(ax, a, modules, 1.0, lambda v: f"{v:.2f}", "viridis")
+    bar = fig.colorbar(im, ax=ax)
+    bar.ax.axhline(s["random"], color="white", lw=2)
+    bar.set_label(f"subspace similarity φ (white line: random, {s['random']:.3f})")
+    ax.set_title(_wrap(f"Full fine-tuning's and LoRA's updates share {s['mean']:.2f} of their top-{s['k']} "
+                       f"directions on average (two random subspaces: {s['random']:.3f}); {s['above_twice_random']} "
+                       f"of {s['matrices']} matrices above twice random", 62))
+    return fig
+
+
+# ---- 5. intruders, honestly scaled ---------------------------------------------------------------------------------
+
+def intruders(plt, results):
+    sm, runs = results["summary"], _main_runs(results)
+    eps = runs[0]["spectral"]["eps"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in runs:
+        ax.plot(eps, sm["intruders"][r["label"]], "o-", ms=3.5, color=colour(r, sm["rank"]), label=r["label"])
+    ax.plot(eps, sm["intruders"]["random"], **RANDOM)
+    k, n = runs[0]["spectral"]["k"], runs[0]["spectral"]["matrices"]
+    ax.set(xlabel="ε (a top direction is an intruder when its best |cos| with W0's directions is below ε)",
+           ylabel=f"share of the top-{k} directions of {n} matrices", ylim=(-0.02, 1.02))
+    span = sm.get("intruder_range")
+    if span:
+        ax.axvspan(span[0], span[1], color="gold", alpha=0.2, lw=0, label="ε where random is neither ~0 nor ~all")
+        mid = sm["intruder_mid"]
+        said = ", ".join(f"{r['label']} {_pct(mid[r['label']])}" for r in runs)
+        ax.set_title(_wrap(f"Only ε in {span[0]:g}–{span[1]:g} tells a new direction from an old one at this width; "
+                           f"at ε = {mid['eps']:g}: {said}, random {_pct(mid['random'])}", 70))
+    else:
+        ax.set_title("Intruder dimensions against ε, as a share of the possible")
+    ax.legend(loc="center right")
+    return fig
+
+
+# ---- 6. accuracy against trainable parameters; 7. the rank sweep --------------------------------------------------
+
+def accuracy_vs_trainable(plt, results):
+    sm = results["summary"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in results["runs"]:
+        ax.scatter(r["trainable"], r["test_accuracy"], s=40, color=colour(r, sm["rank"]), zorder=3)
+        ax.annotate(r["label"], (r["trainable"], r["test_accuracy"]), fontsize=8, xytext=(5, 4),
+                    textcoords="offset points")
+    ax.margins(x=0.25, y=0.1)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy")
+    full, lora = _find(results, "full"), _find(results, _main_lora(results["config"]))
+    if full and lora:
+        ax.set_title(_wrap(f"LoRA r={sm['rank']}: test accuracy {lora['test_accuracy']:.3f} with "
+                           f"{100 * lora['trainable'] / full['trainable']:.1f}% of full fine-tuning's trainable "
+                           f"parameters ({full['test_accuracy']:.3f})", 62))
+    else:
+        ax.set_title("Test accuracy against trainable parameters")
+    return fig
+
+
+def rank_sweep(plt, results):
+    sm = results["summary"]
+    sweep = sorted((r for r in results["runs"] if r["method"] == "lora"), key=lambda r: r["rank"])
+    ranks = [r["rank"] for r in sweep]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    panels = ((lambda r: r["test_accuracy"], "test accuracy", "Test accuracy"),
+              (lambda r: r["forgetting"], "Δ LM loss on pretraining text (nats)", "Forgetting"),
+              (lambda r: r["spectral"]["effective_rank_dW"], "effective rank of ΔW (mean)", "Effective rank"))
+    full = _find(results, "full")
+    for ax, (value, ylabel, title) in zip(axes, panels):
+        ax.plot(ranks, [value(r) for r in sweep], "o-", color=COLOURS["lora"], label="LoRA")
+        if full:
+            ax.axhline(value(full), color=COLOURS["full"], ls="--", label="full")
+        ax.set(xscale="log", xlabel="rank r", ylabel=ylabel, title=title, xticks=ranks, xticklabels=ranks)
+        ax.minorticks_off()
+    axes[0].legend()
+    a, b = sweep[0], sweep[-1]
+    best = max(sweep, key=lambda r: r["test_accuracy"])
+    fig.suptitle(_wrap(f"Test accuracy peaks at r = {best['rank']} ({best['test_accuracy']:.3f}); forgetting goes from "
+                       f"{a['forgetting']:+.3f} nats at r = {a['rank']} to {b['forgetting']:+.3f} at r = {b['rank']}",
+                       100))
+    return fig
+
+
+# ---- all of them ----------------------------------------------------------------------------------------------------
+
+def drawable(results) -> list:
+    """The figures this run has the data for, in FIGURES' order."""
+    sm = results["summary"]
+    have = {"training.png": True, "accuracy_vs_trainable.png": True,
+            "update_by_layer.png": bool(sm["updates"]), "update_spectra.png": bool(sm["updates"]),
+            "similarity.png": "similarity" in sm, "intruders.png": bool(sm["intruders"]),
+            "rank_sweep.png": sum(r["method"] == "lora" for r in results["runs"]) > 1}
+    return [name for name in FIGURES if have[name]]
+
+
+def write_figures(results, out: Path) -> list:
+    """The PNG figures into `out`; returns their file names (empty without matplotlib). An earlier version's figures
+    left in `out` (OLD_FIGURES) are removed, so the folder shows this run only."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    draw = {"training.png": training, "update_by_layer.png": update_by_layer, "update_spectra.png": update_spectra,
+            "similarity.png": similarity, "intruders.png": intruders,
+            "accuracy_vs_trainable.png": accuracy_vs_trainable, "rank_sweep.png": rank_sweep}
+    names = drawable(results)
+    with _pyplot() as plt:
+        for name in names:
+            fig = draw[name](plt, results)
+            with atomic_write(out / name) as f:
+                fig.savefig(f, format="png")
+            plt.close(fig)
+    for name in OLD_FIGURES:
+        (out / name).unlink(missing_ok=True)
+    return names
