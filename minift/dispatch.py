@@ -19,6 +19,11 @@ to a stated tolerance where not), and a short training run gives the same number
 (tests/test_dispatch.py). Finer switches keep the rest fast: MINIFT_FUSED=0 (fast/kernels.py) runs the twins' CPU
 lines on CuPy instead of their kernels; fast.attention.ATTENTION_BLOCK = None keeps the attention square.
 Flip a switch between steps, not inside one: a forward's cache is read by the same implementation's backward.
+
+The step as a whole has a twin too: `workers_for` decides whether a training batch is split across CPU threads
+(fast/parallel.py). workers="auto", every configuration's default, takes the fastest configuration measured
+(benchmarks/RESULTS.md) where it applies, and the plain path (the whole batch in one `loss_and_grads`) elsewhere,
+always with the reference ops.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ from contextlib import contextmanager
 
 from . import ops
 from .fast import attention, gelu, layernorm
+from .fast.parallel import AUTO, cpu_cores, uses_randomness
+
+# Measured on 2 cores (benchmarks/RESULTS.md, run G): a demo step with two workers of one BLAS thread each took
+# 0.68x the time of the whole batch on two BLAS threads, 0.56x that on one (full fine-tuning and LoRA alike).
+AUTO_WORKERS = 2
 
 REFERENCE_ENV = "MINIFT_REFERENCE"
 _reference = os.environ.get(REFERENCE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
@@ -68,3 +78,14 @@ attention_forward = Op(ops.attention_forward, attention.attention_forward)
 attention_backward = Op(ops.attention_backward, attention.attention_backward)
 gelu_forward = Op(ops.gelu_forward, gelu.gelu_forward)
 gelu_backward = Op(ops.gelu_backward, gelu.gelu_backward)
+
+
+def workers_for(workers, model, rows: int | None = None) -> int:
+    """How many CPU threads share each training batch. A number is kept as given; "auto" is AUTO_WORKERS where a
+    step can be split that way (the CPU, at least AUTO_WORKERS cores, no random numbers drawn in the step, a batch of
+    at least AUTO_WORKERS rows), and 1 otherwise or on the reference path (one thread to step through)."""
+    if workers != AUTO:
+        return workers
+    splittable = (model.device == "cpu" and cpu_cores() >= AUTO_WORKERS and uses_randomness(model) is None
+                  and (rows is None or rows >= AUTO_WORKERS) and not _reference)
+    return AUTO_WORKERS if splittable else 1

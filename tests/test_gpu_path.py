@@ -144,8 +144,11 @@ def test_a_training_step_reads_back_from_the_device_a_fixed_few_times(fake_gpu):
 # ---- the commands, with --device gpu ---------------------------------------------------------------------------
 
 def _pretrain(out, device, steps):
+    """(--workers 1: the device computes each batch whole, so the CPU must too for the same bits; auto would split
+    it on 2+ cores.)"""
     return main(["pretrain", "--preset", "tiny", "--chars", "200000", "--steps", str(steps), "--batch", "4",
-                 "--eval-every", "3", "--save-every", "3", "--out", str(out), "--quiet", "--device", device]
+                 "--eval-every", "3", "--save-every", "3", "--out", str(out), "--quiet", "--device", device,
+                 "--workers", "1"]
                 + (["--resume"] if steps > 6 else []))
 
 
@@ -185,7 +188,7 @@ def test_compare_quick_on_the_device_matches_the_cpu(fake_gpu, tmp_path):
     runs = {}
     for device in ("cpu", "gpu"):
         assert main(["compare", "--quick", "--methods", "full,lora,head", "--steps", "4", "--out",
-                     str(tmp_path / device), "--quiet", "--device", device]) == 0
+                     str(tmp_path / device), "--quiet", "--device", device, "--workers", "1"]) == 0   # (_pretrain)
         runs[device] = json.loads((tmp_path / device / "results.json").read_text())["runs"]
     for c, g in zip(runs["cpu"], runs["gpu"]):
         assert g["label"] == c["label"]

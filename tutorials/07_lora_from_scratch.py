@@ -387,9 +387,11 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 
 # %%
 lora_steps = pick(600, 30)
+# (workers=1: the whole batch in one thread, the path the numbers quoted below come from on any machine; the
+# default, "auto", splits it across 2 threads where that is faster and changes the last bits.)
 lora_model, lora_handle, lora_run = finetune(
     base, tok, FinetuneConfig(method="lora", lora=lcfg, steps=lora_steps, eval_every=pick(100, 10),
-                              eval_size=pick(None, 128)), progress=not FAST)
+                              eval_size=pick(None, 128), workers=1), progress=not FAST)
 print(f"adapters at lr {lora_run['lr']:g}, head at {lora_run['head_lr']:g}")
 print(f"{lora_run['trainable']:,} trainable ({lora_run['percent']:.1f}%), {lora_run['ms_per_step']:.0f} ms/step; "
       "validation accuracy " + ", ".join(f"{e['val_accuracy']:.3f}@{e['step']}" for e in lora_run["evals"]))

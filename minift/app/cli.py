@@ -60,6 +60,11 @@ _integer = _read_as(int, "an integer")
 _number = _read_as(float, "a number")
 
 
+def _workers(text):
+    """--workers: "auto" or an integer (its range is the configuration's to check)."""
+    return text if text == "auto" else _read_as(int, "an integer or 'auto'")(text)
+
+
 def default_of(owner, name: str):
     """The default of `name` where it is set once: a dataclass's field, an entry of a table of defaults, or a
     parameter of a function (generate's sampling options)."""
@@ -124,10 +129,11 @@ def _add_run_options(p, out_default, owner):
                    help="numpy's BLAS threads (default: the environment's, e.g. OPENBLAS_NUM_THREADS); use 1 when "
                         "the cores are busy with other work: OpenBLAS's threads then wait for each other at every "
                         "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
-    _owned(p, "--workers", owner, type=_integer,
-                   help="split each batch across this many CPU threads, each with one BLAS thread (data "
-                        "parallelism, minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since "
-                        "NumPy's elementwise ops run on one core; needs dropout 0")
+    _owned(p, "--workers", owner, type=_workers,
+           help="split each batch across this many CPU threads, each with one BLAS thread (data parallelism, "
+                "minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's elementwise "
+                "ops run on one core; needs dropout 0. auto: 2 where that applies (the CPU, 2+ cores, no dropout, "
+                "no --threads), else 1")
     _add_device(p)
     p.set_defaults(prepare=_prepare_training)
 
@@ -144,6 +150,8 @@ def _prepare_training(a):
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if a.threads is not None and a.config.workers == "auto":         # --threads chooses BLAS threading instead
+        a.config = dataclasses.replace(a.config, workers=1)
     workers = a.config.workers                                       # the command's configuration (configure)
     if a.threads is not None and cores and a.threads * workers > cores:
         raise MiniftError(f"--threads {a.threads} x --workers {workers} = {a.threads * workers} BLAS threads on "
@@ -151,9 +159,7 @@ def _prepare_training(a):
                           f"at most {cores} in all")
     a.run_folder.open()                   # before any work: --out checked, an earlier run set aside by --overwrite
     if a.threads is not None:
-        set_blas_threads(a.threads)
-    elif workers > 1:
-        set_blas_threads(1)          # the cores go to the workers: one BLAS thread each
+        set_blas_threads(a.threads)       # (with workers and no --threads, train shares the cores out itself)
     reuse_freed_memory()
 
 
@@ -704,9 +710,10 @@ def add_bench(sub):
                    "machine with OPENBLAS_NUM_THREADS=1")
     p.add_argument("--malloc", default="reuse", help="reuse (default): keep freed memory mapped between steps "
                    "(glibc mallopt, see reuse_freed_memory) | system: leave malloc as it is")
-    p.add_argument("--workers", type=int, default=1, help="split each step's batch across this many CPU threads, "
-                   "one BLAS thread each unless --threads says otherwise (minift/fast/parallel.py); the breakdown is "
-                   "of the one-thread path")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="split each step's batch across this many CPU threads, one BLAS thread each unless --threads "
+                        "says otherwise (minift/fast/parallel.py); auto (default): as training does, 2 where that "
+                        "applies and --threads is not given; the breakdown is of the one-thread path")
     p.add_argument("--device", default=None, help="cpu | gpu (CuPy) | auto (default: $MINIFT_DEVICE or cpu)")
     p.add_argument("--no-fused", action="store_true", help="on a GPU, run the reference lines instead of the fused "
                    "elementwise kernels (minift/fast/kernels.py), to measure what fusion buys")

@@ -82,7 +82,8 @@ class CompareConfig:
     head_lr: dict = field(default_factory=dict)   # method -> the head's rate (else finetune.DEFAULT_HEAD_LR)
     quick: bool = False
     seeds: tuple = ()              # extra seeds: every run again; accuracy, forgetting, intruders over all seeds
-    workers: int = 1               # >1: each training batch split across CPU threads (minift/fast/parallel.py)
+    workers: int | str = "auto"    # >1: each batch split across CPU threads (fast/parallel.py);
+                                   # "auto": where it is the fastest measured (dispatch.workers_for)
 
     def __post_init__(self):
         if self.methods is None:
@@ -228,7 +229,7 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
                         seed=ccfg.seed).next_batch()
     row = dict(label=label, method=method, rank=rank if method == "lora" else None,
                alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
-               percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"],
+               percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"], workers=s["workers"],
                val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
                val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]],
                evals=[{k: e[k] for k in ("step", "val_accuracy", "val_loss")} for e in s["evals"]])

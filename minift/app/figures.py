@@ -100,8 +100,9 @@ def _heatmap(ax, a, modules, vmax, fmt, cmap):
     ax.grid(False)
     for (i, j), v in np.ndenumerate(a):
         if np.isfinite(v):
-            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=8,
-                    color="white" if v > 0.6 * vmax else "black")
+            r, g, b, _ = im.cmap(im.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5              # the cell's luminance
+            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     return im
 
 
@@ -109,15 +110,16 @@ def update_by_layer(plt, results):
     sm = results["summary"]
     runs = [r for r in _main_runs(results) if r["label"] in sm["updates"]]
     fig, axes = plt.subplots(2, len(runs), figsize=(3.4 * len(runs) + 1, 6.4), squeeze=False)
-    rows = (("rel_norm", "‖ΔW‖ / ‖W0‖", lambda v: f"{100 * v:.1f}%", "Blues"),
-            ("eff_rank", "effective rank of ΔW", lambda v: f"{v:.1f}", "Purples"))
-    for i, (key, what, fmt, cmap) in enumerate(rows):
+    from matplotlib.ticker import PercentFormatter
+    rows = (("rel_norm", "‖ΔW‖ / ‖W0‖", lambda v: f"{100 * v:.1f}%", "Blues", PercentFormatter(1.0)),
+            ("eff_rank", "effective rank of ΔW", lambda v: f"{v:.1f}", "Purples", None))
+    for i, (key, what, fmt, cmap, ticks) in enumerate(rows):
         grids = [_grid(r, key) for r in runs]
         vmax = max(float(np.nanmax(g)) for g, _ in grids) or 1.0
         for j, (r, (g, modules)) in enumerate(zip(runs, grids)):
             im = _heatmap(axes[i, j], g, modules, vmax, fmt, cmap)
             axes[i, j].set_title(f"{r['label']}: {what}")
-        fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.85)
+        fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.85, format=ticks, label=what)
     full, lora = sm["updates"].get("full"), sm["updates"].get(_main_lora(results["config"]))
     if full and lora:
         title = (f"Full fine-tuning moves each matrix by {100 * full['rel_norm_mean']:.1f}% on average, "
@@ -226,7 +228,6 @@ def accuracy_vs_trainable(plt, results):
 
 
 def rank_sweep(plt, results):
-    sm = results["summary"]
     sweep = sorted((r for r in results["runs"] if r["method"] == "lora"), key=lambda r: r["rank"])
     ranks = [r["rank"] for r in sweep]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))

@@ -194,6 +194,7 @@ def write_report(results) -> str:
         "",
         "## Method and caveats",
         "",
+        workers_note(results),
         f"- Machine: {machine['platform']}, {machine['cpu_count']} CPUs, Python {machine['python']}, NumPy "
         f"{machine['numpy']}; total wall time {results['seconds']:.0f} s. Times are from this machine only; on a "
         "shared machine they vary from run to run, so compare ratios, not absolute milliseconds.",
@@ -216,6 +217,17 @@ def write_report(results) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def workers_note(results) -> str:
+    """How each run's steps were computed: the batch whole, or split across CPU threads (--workers)."""
+    used = sorted({r.get("workers", 1) for r in results["runs"]})
+    asked = results["config"].get("workers", 1)
+    how = ("each step's batch computed whole (BLAS threads as the environment sets)" if used == [1] else
+           f"each step's batch split across {' or '.join(map(str, used))} CPU threads of one BLAS thread each ("
+           + ("`--workers auto`, the default: the fastest configuration measured" if asked == "auto" else
+              f"`--workers {asked}`") + "); the gradient is the whole batch's up to float rounding")
+    return f"- Steps: {how}."
 
 
 BUSY_BELOW = 0.8      # CPU seconds per wall second under which the comparison did not even get one core
@@ -394,8 +406,8 @@ def picture_notes(results) -> list:
             "The rank sweep",
             f"LoRA at r = {', '.join(str(x['rank']) for x in sweep)}, "
             + ("with the same α (rsLoRA: s = α/√r)" if cfg.get("rslora") else "at the same scale s = α/r")
-            + f" (the dashed lines: full fine-tuning). Test accuracy peaks at r = {best['rank']} ({best['test_accuracy']:.3f}); from "
-            f"r = {a['rank']} to {b['rank']} forgetting goes {a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
+            + f" (the dashed lines: full fine-tuning). Test accuracy peaks at r = {best['rank']} "
+            f"({best['test_accuracy']:.3f}); from r = {a['rank']} to {b['rank']} forgetting goes {a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
             f"the effective rank of ΔW {a['spectral']['effective_rank_dW']:.1f} → "
             f"{b['spectral']['effective_rank_dW']:.1f}.")
     out = ["## Pictures", ""]

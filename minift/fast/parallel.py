@@ -29,13 +29,16 @@ The readable path is `GPT.loss_and_grads`; tests/fast/test_parallel.py checks th
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import MiniftError
 
 IGNORE_INDEX = -100
+AUTO = "auto"               # workers="auto": the fastest configuration measured (dispatch.workers_for)
 SHARDS_PER_WORKER = 2       # each thread takes two smaller shards in turn (why: split_loss_and_grads' docstring)
 _POOLS: dict = {}           # workers -> a ThreadPoolExecutor kept for the process (threads are reused every step)
 
@@ -65,12 +68,37 @@ def check_splittable(model, workers: int, rows: int | None = None, rows_option: 
 
 
 def check_workers(workers, rows: int | None = None, rows_option: str = "--batch") -> None:
-    """workers is a positive integer, and no more than the rows of a batch (each worker takes at least one)."""
+    """workers is "auto" (dispatch.workers_for decides) or a positive integer, and no more than the rows of a batch
+    (each worker takes at least one)."""
+    if workers == AUTO:
+        return
     if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
-        raise MiniftError(f"workers={workers!r} must be a positive integer")
+        raise MiniftError(f"workers={workers!r} must be a positive integer or {AUTO!r}")
     if rows is not None and workers > rows:
         raise MiniftError(f"workers={workers} (--workers) is more than the {rows} rows of a batch ({rows_option}): "
                           "each worker takes rows of the batch, so some would have none")
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def blas_threads_shared(workers: int):
+    """While the block runs, at most cpu_cores() // workers BLAS threads per worker, when there are more: `workers`
+    threads each calling a BLAS that starts a thread per core would put several threads on every core, which wait
+    for each other at every matmul. A setting that already fits (one BLAS thread, or --threads) is left alone."""
+    if workers <= 1:
+        yield
+        return
+    from threadpoolctl import threadpool_info, threadpool_limits
+    share = max(1, cpu_cores() // workers)
+    if max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"), default=1) <= share:
+        yield
+        return
+    with threadpool_limits(limits=share, user_api="blas"):
+        yield
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -61,7 +61,9 @@ Process conditions, reported in the output because they change the numbers a lot
     trainable, total parameter counts (total includes adapters, as torch_ref counts them)
     threads          the thread count numpy's BLAS reports (OpenBLAS/MKL/BLIS, read through threadpoolctl), null if
                      unknown
-    workers          threads the batch was split across (1: the one-thread path; see minift/fast/parallel.py)
+    workers          threads the batch was split across (1: the one-thread path; see minift/fast/parallel.py): what
+                     --workers asked, or what auto (the default) decided
+    reference        true when every op ran its reference (MINIFT_REFERENCE=1: dispatch.py), false for the fast twins
     fused            true when the GPU ran minift's fused elementwise kernels (minift/fast/kernels.py; --no-fused or
                      MINIFT_FUSED=0 runs the reference lines instead, to measure what fusion buys); false on the CPU
     blas             the BLAS numpy was built with (name and version);  numpy: its version
@@ -88,7 +90,9 @@ from .. import model as model_module
 from ..backend import resolve_device
 from ..config import BENCH_BATCH, PRESETS, GPTConfig
 from ..errors import MiniftError
+from ..dispatch import reference_only
 from ..fast.kernels import fused_enabled, use_fused
+from ..fast.parallel import blas_threads_shared
 
 METHODS = ("full", "lora")
 PEAK_SIZES = (512, 1024, 2048)
@@ -314,11 +318,12 @@ def _check_model_args(preset, method, rank):
 
 
 def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "cpu", seed: int = 0,
-               workers: int = 1):
+               workers: int | str = 1):
     """The model, a `step()` that runs one training step (forward, backward, AdamW) on fixed seeded random tokens,
     and a dict whose "optimizer" entry is the last step's optimizer time. workers > 1: the step's forward and
-    backward run on that many row shards at once (minift/fast/parallel.py); `step(split=False)` runs the one-thread
-    path."""
+    backward run on that many row shards at once (minift/fast/parallel.py), "auto" as training decides
+    (dispatch.workers_for; step.workers says what it decided); `step(split=False)` runs the one-thread path."""
+    from ..dispatch import workers_for
     from ..fast.parallel import check_splittable, split_loss_and_grads
     from ..lora import LoRAConfig, attach_lora
     from ..optim import AdamW
@@ -328,6 +333,7 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
     if method == "lora":
         attach_lora(model, LoRAConfig(r=rank, alpha=2 * rank, targets="all-linear"), seed=seed)
     B, T = BENCH_BATCH[preset], cfg.n_ctx
+    workers = workers_for(workers, model, rows=B)
     check_splittable(model, workers, rows=B, rows_option=f"{preset}'s bench batch")
     opt = AdamW(model.trainable_params(), lr=1e-3, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -347,6 +353,7 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
         timer["optimizer"] = clock() - t0
         return loss
 
+    step.workers = workers
     return model, step, timer
 
 
@@ -387,13 +394,15 @@ def _profile_steps(model, step, timer, n, sync, clock):
 
 def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10, warmup: int = 2,
               device: str | None = "cpu", seed: int = 0, profile_steps: int = 3, peak_sizes=None,
-              clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int = 1,
+              clock: str = "wall", malloc: str = "reuse", threads: int | None = None, workers: int | str = "auto",
               fused: bool | None = None) -> dict:
     """Benchmark one preset and method; returns the dict that --json prints (keys in the module docstring).
     peak_sizes: the n of the n×n matmuls that measure the peak (default PEAK_SIZES, GPU_PEAK_SIZES on a GPU).
     workers: > 1 splits each step's batch across that many CPU threads (minift/fast/parallel.py), with one BLAS thread
-    each unless `threads` says otherwise; the peak is then measured with `workers` matmuls at once, the most those
-    threads together could do, and the per-op breakdown is of the one-thread path (ops of two threads interleave).
+    each on 2 cores (cores // workers: fast.parallel.blas_threads_shared) unless `threads` says otherwise; "auto"
+    (default) decides as training does (dispatch.workers_for), 1 when `threads` is given. The peak is then measured
+    with `workers` matmuls at once, the most those threads together could do, and the per-op breakdown is of the
+    one-thread path (ops of two threads interleave).
     fused: False runs the reference lines on a GPU instead of the fused kernels (minift/fast/kernels.py), True the
     kernels; None (default) leaves the process's setting ($MINIFT_FUSED, on unless it says 0)."""
     _check_model_args(preset, method, rank)
@@ -404,10 +413,11 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     _check_count("steps", steps, 1)
     _check_count("warmup", warmup, 0)
     _check_count("profile_steps", profile_steps, 0)
-    _check_count("workers", workers, 1)
+    if workers == "auto" and threads is not None:
+        workers = 1                     # --threads chooses BLAS threading, as in training
+    if workers != "auto":
+        _check_count("workers", workers, 1)
     device = resolve_device(device)
-    if workers > 1 and threads is None:
-        threads = 1
     if peak_sizes is None:
         peak_sizes = GPU_PEAK_SIZES if device == "gpu" else PEAK_SIZES
     before = blas_info()["threads"]
@@ -428,6 +438,15 @@ def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_
     """run_bench's work, its arguments checked."""
     reused = reuse_freed_memory() if malloc == "reuse" else False
     model, step, timer = build_step(preset, method, rank, device, seed, workers)
+    with blas_threads_shared(step.workers):
+        return _measure(preset, method, rank, steps, warmup, device, profile_steps, peak_sizes, clock, reused,
+                        model, step, timer)
+
+
+def _measure(preset, method, rank, steps, warmup, device, profile_steps, peak_sizes, clock, reused, model, step,
+             timer) -> dict:
+    """_run's timing and its result, with the BLAS threads the workers leave."""
+    workers = step.workers
     sync = _synchroniser(model)
     read = CLOCKS[clock]
     first_peak = matmul_peak(model.xp, peak_sizes, sync=sync, clock=read, copies=workers)
@@ -453,7 +472,7 @@ def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_
         "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2), "peak_n": peak_n,
         "mfu": round(achieved / peak, 4), "trainable": model.num_params(trainable_only=True),
         "total": model.num_params(), "threads": info["threads"], "workers": workers,
-        "fused": device == "gpu" and fused_enabled(), "blas": info["blas"],
+        "fused": device == "gpu" and fused_enabled(), "reference": reference_only(), "blas": info["blas"],
         "numpy": np.__version__,
         "loss": round(float(loss), 4), "breakdown": breakdown,
     }
@@ -464,11 +483,13 @@ def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_
 def format_report(r: dict) -> str:
     """The human-readable summary of run_bench's result."""
     what = "full fine-tuning" if r["method"] == "full" else f"LoRA r={r['rank']} alpha={r['alpha']} all-linear"
-    threads = f", {r['threads']} BLAS threads" if r["threads"] else ""
+    threads = f", {r['threads']} BLAS thread{'s' if r['threads'] > 1 else ''}" if r["threads"] else ""
     if r.get("workers", 1) > 1:
         threads += f", batch split across {r['workers']} worker threads"
     if r["device"] == "gpu":
         threads += ", fused elementwise kernels" if r.get("fused") else ", no fused kernels (reference lines)"
+    if r.get("reference"):
+        threads += ", reference ops only (MINIFT_REFERENCE=1)"
     clock = "" if r["clock"] == "wall" else " (process CPU time)"
     f, total = r["flops"], r["flops_per_step"]
     split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in f.items() if v)

@@ -47,7 +47,8 @@ class FinetuneConfig:
     save_every: int = 0              # checkpoint every this many steps (0: only at the end and when stopped)
     seed: int = 0
     lora: LoRAConfig | None = None   # method "lora": its adapters (None: LoRAConfig(), filled in when made)
-    workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
+    workers: int | str = "auto"      # >1: each batch split across CPU threads (fast/parallel.py);
+                                     # "auto": where it is the fastest measured (dispatch.workers_for)
     merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
     head_mode: str = "auto"          # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
                                      # (HEAD_MODES; the CLI's --head)
@@ -232,7 +233,7 @@ def finetune(base, tokenizer, fcfg: FinetuneConfig, out_dir=None, progress=True,
                    labels=model.labels, train_examples=len(run.train_split),
                    max_len=run.max_len, train_examples_cut=run.source.cut_examples(),
                    **trainable_summary(model), steps=fcfg.steps, lr=run.tcfg.lr, head_lr=run.head_lr,
-                   ms_per_step=1e3 * result.seconds / max(1, len(result.history)),
+                   ms_per_step=1e3 * result.seconds / max(1, len(result.history)), workers=result.workers,
                    tokens_per_s=result.tokens / max(result.seconds, 1e-9),
                    final_train_loss=result.final_loss, history=result.history, evals=result.evals,
                    val_accuracy=result.evals[-1]["val_accuracy"], val_loss=result.evals[-1]["val_loss"],

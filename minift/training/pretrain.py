@@ -47,7 +47,8 @@ class PretrainConfig:
     eval_every: int = 250
     save_every: int = 250
     seed: int = 0
-    workers: int = 1                 # >1: each batch split across CPU threads (minift/fast/parallel.py)
+    workers: int | str = "auto"      # >1: each batch split across CPU threads (fast/parallel.py);
+                                     # "auto": where it is the fastest measured (dispatch.workers_for)
 
     def __post_init__(self):
         check_lr(self.lr, "lr", " (--lr)")     # finite too (TrainConfig alone lets ∞ through: tutorial 06)

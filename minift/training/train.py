@@ -47,14 +47,15 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import find_nonfinite, first_nonfinite, to_numpy
 from ..errors import MiniftError
-from ..fast.parallel import check_splittable, check_workers, split_loss_and_grads
+from ..dispatch import workers_for
+from ..fast.parallel import blas_threads_shared, check_splittable, check_workers, split_loss_and_grads
 from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from ..lora import adapter_rng
 from ..optim import AdamW, check_lr, clip_grad_norm, lr_schedule
@@ -89,7 +90,9 @@ class TrainConfig:
     save_every: int = 0             # 0: save only at the end (and on interruption)
     seed: int = 0                   # dropout generator
     lr_scale: dict | None = None    # name -> factor: those parameters step at factor · lr (optim.py), e.g. a fresh head
-    workers: int = 1                # >1: each batch split across that many CPU threads (minift/fast/parallel.py)
+    workers: int | str = 1          # >1: each batch split across that many CPU threads (minift/fast/parallel.py);
+    #                                 "auto": the fastest measured where it applies (dispatch.workers_for), the
+    #                                 default of every configuration above this loop (FinetuneConfig, ...)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -111,6 +114,7 @@ class TrainResult:
     steps_done: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    workers: int = 1                                # the threads that shared each batch (this call's steps)
 
     @property
     def final_loss(self) -> float:
@@ -370,6 +374,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
     """
     if not model.trainable_params():
         raise MiniftError("nothing to train: every parameter is frozen and no adapter is attached")
+    tcfg = replace(tcfg, workers=workers_for(tcfg.workers, model, tcfg.batch_size))    # "auto" decided
     check_splittable(model, tcfg.workers)
     opt = make_optimizer(model, tcfg)
     dropout_rng = np.random.default_rng(tcfg.seed)
@@ -380,6 +385,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
         start = state["step"]
         result = TrainResult(state["history"], state["evals"], start, state["seconds"], state["tokens"])
         saved[start] = folder
+    result.workers = tcfg.workers
     if tcfg.warmup > tcfg.steps:      # after the resume checks: a checkpoint beyond --steps is the clearer message
         more = "this run's warmup was fixed when it started" if start else "or a smaller warmup"
         raise MiniftError(f"warmup={tcfg.warmup} is longer than the run, steps={tcfg.steps}: give --steps "
@@ -399,7 +405,7 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
             return dict(step=step, **_evaluated(evaluate, model, step, out_dir, result))
 
     bar = progress_bar(range(start, tcfg.steps), total=tcfg.steps, initial=start, desc=desc, disable=not progress)
-    with stop:
+    with stop, blas_threads_shared(tcfg.workers):
         try:
             for step in bar:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guards in _step check

@@ -149,10 +149,83 @@ def test_the_workers_option_of_the_commands(tmp_path, capsys):
                    "--workers", "2", "--out", str(tmp_path), "--quiet"])
         assert rc == 0 and "lora on sentiment" in capsys.readouterr().out
         if before is not None:
-            assert blas_info()["threads"] == 1              # the cores go to the workers
+            assert blas_info()["threads"] == before         # shared out to the workers while training, then back
         rc = main(["finetune", "--method", "lora", "--lora-dropout", "0.1", "--steps", "2", "--workers", "2",
                    "--out", str(tmp_path / "dropout"), "--quiet"])
         assert rc == 1 and "LoRA dropout" in capsys.readouterr().err
+    finally:
+        if before is not None:
+            set_blas_threads(before)
+
+
+def test_auto_splits_where_that_is_fastest_and_nowhere_else(monkeypatch):
+    """workers="auto" (every configuration's default): dispatch.AUTO_WORKERS on a CPU with that many cores, a step
+    without random numbers and rows to share; one thread on one core, with dropout, for a one-row batch, and on the
+    reference path a learner steps through. A number is kept as given."""
+    from minift import dispatch
+    model = GPT(GPTConfig.preset("tiny"), seed=0)
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 2)
+    assert dispatch.workers_for("auto", model, rows=16) == dispatch.AUTO_WORKERS == 2
+    assert dispatch.workers_for(3, model, rows=16) == 3
+    assert dispatch.workers_for("auto", model, rows=1) == 1
+    with dispatch.use_reference():
+        assert dispatch.workers_for("auto", model, rows=16) == 1
+    dropout = GPT(GPTConfig.preset("tiny", dropout=0.1), seed=0)
+    assert dispatch.workers_for("auto", dropout, rows=16) == 1
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 1)
+    assert dispatch.workers_for("auto", model, rows=16) == 1
+
+
+def test_training_on_auto_is_the_run_with_two_workers(monkeypatch):
+    """train resolves "auto" once, says what it ran (TrainResult.workers), and computes what workers=2 computes."""
+    from minift import dispatch
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 2)
+    cfg = GPTConfig.preset("tiny")
+    runs = {}
+    for workers in ("auto", 2):
+        model = GPT(cfg, seed=0, dtype="float64")
+        result = train(model, Batches(cfg), TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup=1, workers=workers),
+                       progress=False)
+        runs[workers] = ([h["loss"] for h in result.history], result.workers)
+    assert runs["auto"] == runs[2] and runs["auto"][1] == 2
+
+
+def test_workers_share_the_cores_instead_of_piling_blas_threads_on_them(monkeypatch):
+    """With 2 workers on 2 cores a BLAS of 2 threads would put 4 threads on 2 cores: while training, each worker's
+    BLAS gets cores // workers threads, and the setting comes back after; a setting that fits is left alone."""
+    from minift.fast import parallel
+    from minift.measure.bench import blas_info, set_blas_threads
+    before = blas_info()["threads"]
+    if before is None:
+        pytest.skip("numpy's BLAS thread count cannot be read here")
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    try:
+        set_blas_threads(2)
+        with parallel.blas_threads_shared(2):
+            assert blas_info()["threads"] == 1
+        assert blas_info()["threads"] == 2
+        with parallel.blas_threads_shared(1):
+            assert blas_info()["threads"] == 2
+    finally:
+        set_blas_threads(before)
+
+
+@pytest.mark.skipif(not __import__("minift.base").base.shipped_base_dir().is_dir(),
+                    reason="the shipped base model is missing")
+def test_the_commands_default_to_auto_and_threads_choose_blas_threading(tmp_path, monkeypatch):
+    """With no option a command splits its batches where that is fastest, and finetune.json says how many threads
+    did; --threads asks for BLAS threading instead, so auto means one worker then."""
+    import json
+    from minift import dispatch
+    from minift.app.cli import main
+    from minift.measure.bench import blas_info, set_blas_threads
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 2)
+    before = blas_info()["threads"]
+    run = ["finetune", "--method", "lora", "--steps", "2", "--batch", "4", "--train-size", "16", "--quiet"]
+    try:
+        for extra, workers in (([], 2), (["--threads", "1"], 1)):
+            assert main(run + extra + ["--out", str(tmp_path / str(workers))]) == 0
+            assert json.loads((tmp_path / str(workers) / "finetune.json").read_text())["workers"] == workers
     finally:
         if before is not None:
             set_blas_threads(before)
