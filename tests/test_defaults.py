@@ -10,7 +10,7 @@ from minift.app.cli import (_given, _inspect_configs, build_parser, compare_conf
 from minift.app.compare import QUICK, CompareConfig, finetune_config
 from minift.errors import MiniftError
 from minift.lora import LoRAConfig
-from minift.measure.lens import INSPECT_DEFAULTS
+from minift.measure.lens import InspectConfig
 from minift.training.finetune import FinetuneConfig
 from minift.generate import generate
 from minift.training.pretrain import PretrainConfig
@@ -55,7 +55,8 @@ def test_pretrain_and_inspect_read_their_owners_defaults():
     assert pretrain_config_from_args(parsed("pretrain")) == PretrainConfig()
     lcfg, tcfg, batch, lr = _inspect_configs(parsed("inspect"))
     assert lcfg == LoRAConfig()
-    assert (tcfg.steps, tcfg.lr, batch, lr) == tuple(INSPECT_DEFAULTS[k] for k in ("steps", "train_lr", "batch", "lr"))
+    want = InspectConfig()
+    assert (tcfg.steps, tcfg.lr, batch, lr) == (want.steps, want.train_lr, want.batch, want.lr)
     assert _inspect_configs(parsed("inspect", "--steps", "0"))[1] is None
 
 
@@ -96,7 +97,7 @@ def test_help_shows_the_owners_defaults():
     assert f"default: {PretrainConfig().steps}" in help_of("pretrain", "--steps")
     assert f"default: {default_of(generate, 'max_new_tokens')}" in help_of("generate", "--max-new-tokens")
     assert f"default: {default_of(generate, 'temperature')}" in help_of("generate", "--temperature")
-    assert f"default: {INSPECT_DEFAULTS['train_lr']}" in help_of("inspect", "--train-lr")
+    assert f"default: {InspectConfig.train_lr}" in help_of("inspect", "--train-lr")
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -117,6 +118,8 @@ def test_help_shows_the_owners_defaults():
     (["inspect", "--train-lr", "0"], "lr=0.0 (--train-lr) must be a positive, finite number"),
     (["inspect", "--lr", "nan"], "lr=nan (--lr) must be a positive, finite number"),
     (["inspect", "--rank", "0"], "LoRA rank r=0 must be an integer > 0"),
+    (["inspect", "--steps", "-1"], "steps=-1 (--steps) must be >= 0"),
+    (["inspect", "--batch", "0"], "batch=0 (--batch) must be positive"),
 ])
 def test_each_check_reaches_the_cli_as_one_line_before_any_work(argv, says, tmp_path, capsys):
     out = [] if argv[0] == "inspect" else ["--out", str(tmp_path / "run")]

@@ -498,20 +498,19 @@ def add_compare(sub):
 
 def _inspect_configs(a):
     """(LoRAConfig, the warm-up's TrainConfig or None with --steps 0, the batch size, the lens's η): inspect's options
-    given, LoRAConfig's and INSPECT_DEFAULTS' defaults for the rest, each checked by its owner before any work."""
+    given, LoRAConfig's and InspectConfig's defaults for the rest, each checked by its owner before any work."""
     from ..lora import LoRAConfig
-    from ..measure.lens import INSPECT_DEFAULTS
-    from ..optim import check_lr
+    from ..measure.lens import InspectConfig
     from ..training.train import TrainConfig
-    s = {**INSPECT_DEFAULTS, **_given(steps=a.steps, train_lr=a.train_lr, batch=a.batch, lr=a.lr)}
-    if a.train_lr is not None and s["steps"] == 0:
+    s = InspectConfig(**_given(a, InspectConfig))
+    if a.train_lr is not None and s.steps == 0:
         raise MiniftError("--train-lr is the learning rate of the --steps training steps, and --steps is 0")
-    lcfg = LoRAConfig(**_given(r=a.rank, alpha=a.alpha, targets=_targets(a.targets)))
+    lcfg = LoRAConfig(**_given(a, LoRAConfig))
     tcfg = None
-    if s["steps"]:
-        tcfg = TrainConfig(steps=s["steps"], batch_size=s["batch"], lr=check_lr(s["train_lr"], "lr", " (--train-lr)"),
-                           warmup=0, schedule="constant", seed=a.seed)
-    return lcfg, tcfg, s["batch"], check_lr(s["lr"], "lr", " (--lr)")
+    if s.steps:
+        tcfg = TrainConfig(steps=s.steps, batch_size=s.batch, lr=s.train_lr, warmup=0, schedule="constant",
+                           seed=a.seed)
+    return lcfg, tcfg, s.batch, s.lr
 
 
 def _inspect_setup(a, lcfg, tcfg, batch_size):
@@ -645,7 +644,7 @@ def cmd_inspect(a):
 def add_inspect(sub):
     from ..lora import LoRAConfig
     from ..measure.analysis import SUBSPACE_K
-    from ..measure.lens import INSPECT_DEFAULTS
+    from ..measure.lens import InspectConfig
     p = sub.add_parser("inspect", help="one batch, full fine-tuning's gradient vs LoRA's, matrix by matrix (§4.1); "
                        "with --compare, two finished runs' updates (§4.2)")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
@@ -658,13 +657,13 @@ def add_inspect(sub):
     p.add_argument("--task", default=_LENS_PLAIN["task"], help="sentiment | facts | a task folder | a JSONL/CSV file")
     _owned(p, "--rank", LoRAConfig, "r", type=_integer, help="LoRA rank r")
     _owned(p, "--alpha", LoRAConfig, type=_number, help="LoRA alpha (default 2r)")
-    _owned(p, "--targets", LoRAConfig,
+    _owned(p, "--targets", LoRAConfig, read=_targets,
            help="LoRA targets: all-linear or a comma list of c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    _owned(p, "--steps", INSPECT_DEFAULTS, type=_int_at_least(0, "a number of steps >= 0"),
+    _owned(p, "--steps", InspectConfig, type=_integer,
            help="train LoRA this many steps first, so B ≠ 0 (0 = look at init)")
-    _owned(p, "--train-lr", INSPECT_DEFAULTS, type=_number, help="AdamW learning rate of those steps")
-    _owned(p, "--lr", INSPECT_DEFAULTS, type=_number, help="η of the SGD step the lens shows")
-    _owned(p, "--batch", INSPECT_DEFAULTS, type=_integer)
+    _owned(p, "--train-lr", InspectConfig, type=_number, help="AdamW learning rate of those steps")
+    _owned(p, "--lr", InspectConfig, type=_number, help="η of the SGD step the lens shows")
+    _owned(p, "--batch", InspectConfig, type=_integer)
     p.add_argument("--seed", type=_seed, default=_LENS_PLAIN["seed"])
     p.add_argument("--dtype", default=_LENS_PLAIN["dtype"], choices=["float32", "float64"],
                    help="float64: the identity errors drop to ~1e-15")

@@ -77,9 +77,24 @@ from ..errors import MiniftError
 from ..optim import check_lr
 
 DEFAULT_LR = 1e-2          # η of the lens's SGD step (cos, shares and identities do not depend on it)
-# `minift inspect`'s settings (the CLI reads them from here; the adapters are LoRAConfig's defaults): the LoRA training
-# steps before the lens looks, so that B ≠ 0, their AdamW learning rate, the rows of the batch, and the lens's η
-INSPECT_DEFAULTS = dict(steps=20, train_lr=3e-3, batch=8, lr=DEFAULT_LR)
+
+
+@dataclass
+class InspectConfig:
+    """`minift inspect`'s own settings (the CLI reads their defaults from here; the adapters are LoRAConfig's), each
+    checked when the config is made."""
+    steps: int = 20               # LoRA training steps before the lens looks, so that B ≠ 0 (0: look at init)
+    train_lr: float = 3e-3        # their AdamW learning rate
+    batch: int = 8                # the rows of each batch
+    lr: float = DEFAULT_LR        # η of the SGD step the lens shows
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise MiniftError(f"steps={self.steps} (--steps) must be >= 0")
+        if self.batch < 1:
+            raise MiniftError(f"batch={self.batch} (--batch) must be positive")
+        check_lr(self.train_lr, "train_lr", " (--train-lr)")
+        check_lr(self.lr, "lr", " (--lr)")
 CORNER = (4, 6)            # rows, columns of a matrix shown by the --module detail
 
 # linear module (suffix) -> the record name of its input x; its output is recorded under the module's own name and
