@@ -42,7 +42,7 @@
 import json
 
 import minift
-from _tutorial import FAST, exercise, out_dir, pick
+from minift.app.tutorial import FAST, exercise, out_dir, pick
 from minift.app.compare import CompareConfig, compare
 from minift.app.report import claims, main_table, memory_table
 

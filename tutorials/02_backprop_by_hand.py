@@ -46,7 +46,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import exercise, show
+from minift.app.tutorial import exercise, show
 from minift.gradcheck import check_op
 from minift.ops import (
     attention_backward,

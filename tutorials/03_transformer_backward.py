@@ -43,7 +43,7 @@
 import numpy as np
 
 import minift
-from _tutorial import FAST, exercise, pick
+from minift.app.tutorial import FAST, exercise, pick
 from minift.gradcheck import check_function
 from minift.ops import (
     embedding_backward,

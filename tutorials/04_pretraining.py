@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minift
-from _tutorial import FAST, exercise, out_dir, pick, show
+from minift.app.tutorial import FAST, exercise, out_dir, pick, show
 from minift.base import load_base, shipped_base_dir
 from minift.data import LMSource, World, concat_documents, data_dir, world_corpus
 from minift.formats.io import load_json

@@ -55,7 +55,7 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import FAST, exercise, pick, show
+from minift.app.tutorial import FAST, exercise, pick, show
 from minift.base import load_base
 from minift.data import ClassificationSource, TaskSplit, encode_split, read_records
 from minift.data.batching import classification_batch

@@ -54,7 +54,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import FAST, exercise, out_dir, pick, show
+from minift.app.tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig
 from minift.base import load_base
 from minift.config import HEAD_WEIGHT

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minift
-from _tutorial import FAST, exercise, out_dir, pick, show
+from minift.app.tutorial import FAST, exercise, out_dir, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.base import load_base
 from minift.data import task_source

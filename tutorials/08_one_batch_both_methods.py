@@ -61,7 +61,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import FAST, exercise, pick, show
+from minift.app.tutorial import FAST, exercise, pick, show
 from minift import LoRAConfig, attach_lora
 from minift.app.cli import main as minift_main
 from minift.base import load_base

@@ -61,7 +61,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minift.fast.attention
-from _tutorial import FAST, exercise, pick, show
+from minift.app.tutorial import FAST, exercise, pick, show
 from minift import GPT, GPTConfig, LoRAConfig, attach_lora
 from minift.config import BENCH_BATCH, PRESETS
 from minift.measure.bench import blas_info, count_flops, run_bench

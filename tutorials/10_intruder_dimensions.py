@@ -68,7 +68,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from _tutorial import FAST, exercise, out_dir, pick, show
+from minift.app.tutorial import FAST, exercise, out_dir, pick, show
 from minift import LoRAConfig
 from minift.backend import to_numpy
 from minift.base import load_base

@@ -70,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _tutorial import FAST, exercise, out_dir, pick
+from minift.app.tutorial import FAST, exercise, out_dir, pick
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.backend import get_xp, gpu_available, resolve_device, to_device, to_numpy, xp_of
 from minift.base import load_base

@@ -1,11 +1,12 @@
-"""Plumbing shared by the tutorials — not part of minift, and no math lives here.
+"""Plumbing shared by the tutorials — no math lives here.
 
-Every tutorial starts with `from _tutorial import FAST, pick, out_dir, show, exercise`:
+Every tutorial imports what it needs of `from minift.app.tutorial import FAST, pick, out_dir, show, exercise`, from
+the installed package, so a tutorial runs the same as a script, as a notebook opened on its own, or in Colab:
 
     MINIFT_FAST=1             fast mode: tiny sizes and few steps, so a tutorial runs in well under a minute
                               (the test suite runs every tutorial this way: tests/test_tutorials.py)
-    MINIFT_TUTORIAL_OUT=dir   where figures (dir/figures/*.png) and training runs go;
-                              default tutorials/out/, which git ignores
+    MINIFT_TUTORIAL_OUT=dir   where figures (dir/figures/*.png) and training runs go; default out/ beside the
+                              script that runs (tutorials/out/, which git ignores), or in the notebook's folder
 
     pick(normal, fast)        the value for the current mode
     out_dir("runs", "x")      a folder under the output directory, created if needed
@@ -13,18 +14,24 @@ Every tutorial starts with `from _tutorial import FAST, pick, out_dir, show, exe
     exercise(name, check, yours, reference)
                               run check(yours); while `yours` still raises NotImplementedError, run the check on
                               the reference solution instead, so the check itself is known to work
-
-The import works when a tutorial runs as `python tutorials/NN_name.py` (Python puts the script's folder on sys.path)
-and in Jupyter / VS Code, whose kernels start in the notebook's folder.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 FAST = os.environ.get("MINIFT_FAST", "").strip() not in ("", "0", "false", "no")
-HERE = Path(__file__).resolve().parent
-OUT = Path(os.environ.get("MINIFT_TUTORIAL_OUT") or HERE / "out")
+
+
+def _default_out() -> Path:
+    """out/ beside the script being run (`python tutorials/NN_name.py`), else in the current folder (a notebook's
+    kernel starts in the notebook's folder)."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else None
+    return (script.resolve().parent if script is not None and script.is_file() else Path.cwd()) / "out"
+
+
+OUT = Path(os.environ.get("MINIFT_TUTORIAL_OUT") or _default_out())
 
 
 def pick(normal, fast):
