@@ -35,3 +35,58 @@ def test_one_lora_step_from_the_cli_to_dA_is_five_files():
         assert re.search(rf"^(def|class) {name}\b", source, flags=re.M), (path, name)
         assert not method or re.search(rf"^    def {method}\b", source, flags=re.M), (path, name, method)
     assert steps[0][0] == "app/cli.py" and "dA = dh.T @ xd" in (package / steps[-1][0]).read_text(encoding="utf-8")
+
+
+README_ZH = README.with_name("README.zh.md")
+FENCE = re.compile(r"^```.*?^```[ \t]*$", flags=re.DOTALL | re.MULTILINE)
+
+
+def _tables(text):
+    """Each Markdown table outside code blocks as a list of its lines, header and separator included."""
+    tables, current = [], None
+    for line in FENCE.sub("", text).splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables.append(current)
+            current.append(line)
+        else:
+            current = None
+    return tables
+
+
+def test_readme_zh_is_the_chinese_twin_of_readme():
+    """README.zh.md, the README in Chinese (issue 22, point 3), stays in step with README.md: each links to the other
+    on its first line; the same headings level by level, in the same order; the same fenced code blocks, byte for byte
+    and in order, so no command drifts between the languages; the same images; the same five files from the CLI to dA;
+    and the tables of measured numbers (every cell after the first holds a digit) copied row for row."""
+    en, zh = README.read_text(encoding="utf-8"), README_ZH.read_text(encoding="utf-8")
+    assert en.splitlines()[0] == "中文版: [README.zh.md](README.zh.md)"
+    assert zh.splitlines()[0] == "English: [README.md](README.md)"
+
+    def levels(text):
+        return [len(hashes) for hashes in re.findall(r"^(#+) ", FENCE.sub("", text), flags=re.MULTILINE)]
+    assert levels(zh) == levels(en), "README.zh.md's headings differ from README.md's in number or level"
+
+    en_blocks, zh_blocks = FENCE.findall(en), FENCE.findall(zh)
+    assert len(zh_blocks) == len(en_blocks), (len(zh_blocks), len(en_blocks))
+    for i, (a, b) in enumerate(zip(en_blocks, zh_blocks)):
+        assert a == b, f"code block {i + 1} differs between README.md and README.zh.md:\n{a}\n---\n{b}"
+
+    def images(text):
+        return re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    assert images(zh) == images(en), (images(zh), images(en))
+
+    def steps(text):
+        return re.findall(r"^\d\. `([\w/]+\.py)`: `(\w+)\.?(\w*)`", text, flags=re.MULTILINE)
+    assert steps(zh) == steps(en), (steps(zh), steps(en))
+
+    en_tables, zh_tables = _tables(en), _tables(zh)
+    assert len(zh_tables) == len(en_tables)
+    measured = 0
+    for a, b in zip(en_tables, zh_tables):
+        assert len(a) == len(b), (a[0], b[0])
+        if all(all(re.search(r"\d", cell) for cell in row.strip("|").split("|")[1:]) for row in a[2:]):
+            assert b[2:] == a[2:], f"the measured rows under {b[0]} are not README.md's"
+            measured += 1
+    assert measured >= 4, measured

@@ -194,7 +194,7 @@ for name in timed_presets:
     steps, profile = pick((10, 3), (5, 3)) if name != "small" else (3, 2)     # small: 1–2 s a step
     for method in ("full", "lora"):
         bench[name, method] = run_bench(name, method, rank=R, steps=steps, warmup=1, profile_steps=profile,
-                                        peak_sizes=(512, 1024), clock=clock)
+                                        peak_sizes=(512, 1024), clock=clock, workers=1)   # whole batches; split: below
 print(f"BLAS threads: {blas_info()['threads']}, clock: {clock}")
 print(f"{'preset':<7}{'full ms':>9}{'LoRA ms':>9}{'time ratio':>12}{'FLOP ratio':>12}{'MFU full':>10}{'MFU LoRA':>10}")
 for name in timed_presets:
