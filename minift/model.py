@@ -301,7 +301,9 @@ class GPT:
         return t
 
     def loss(self, input_ids, targets, attention_mask=None) -> float:
-        """Mean cross-entropy of the targets (-100 = ignored), forward only."""
+        """Mean cross-entropy of the targets (-100 = ignored), forward only. Records nothing: a record kept from an
+        earlier call with record=True is let go, not written into (as forward and loss_and_grads do)."""
+        self.record = None
         ids = self._as_ids(input_ids)
         mask = self._as_mask(attention_mask, ids)
         h, _ = self._body_forward(ids, mask, rng=None, floor=self.cfg.n_layer + 1)   # no backward: no caches

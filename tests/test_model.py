@@ -352,3 +352,16 @@ def test_a_padded_row_classifies_as_the_unpadded_sequence_does():
     junk = ids.copy()
     junk[~mask] = (junk[~mask] + 7) % cfg.vocab_size
     np.testing.assert_array_equal(model.forward(junk, attention_mask=mask), logits)
+
+
+def test_a_later_loss_call_leaves_a_kept_record_alone():
+    """loss_and_grads(record=True) fills model.record; a later forward-only loss() (a gradient check's) must not write
+    its own activations into that dict, which a reader is still using to rebuild gradients."""
+    model = GPT(GPTConfig.preset("tiny"), seed=0, dtype="float64")
+    ids = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (2, 5))
+    model.loss_and_grads(ids, ids, record=True)
+    kept = model.record
+    before = {k: np.array(v, copy=True) for k, v in kept.items()}
+    model.loss(np.roll(ids, 1), ids)
+    assert model.record is None and kept.keys() == before.keys()
+    assert all(np.array_equal(kept[k], before[k]) for k in before)
