@@ -22,8 +22,9 @@ Flip a switch between steps, not inside one: a forward's cache is read by the sa
 
 The step as a whole has a twin too: `workers_for` decides whether a training batch is split across CPU threads
 (fast/parallel.py). workers="auto", every configuration's default, takes the fastest configuration measured
-(benchmarks/RESULTS.md) where it applies, and the plain path (the whole batch in one `loss_and_grads`) elsewhere,
-always with the reference ops.
+(benchmarks/RESULTS.md) where it applies, and the plain path (the whole batch in one `loss_and_grads`) elsewhere
+and always on the reference path (one thread for a debugger to step through). Each shard runs the model's ordinary
+`loss_and_grads`, so the ops it calls are chosen as above.
 """
 from __future__ import annotations
 

@@ -130,7 +130,8 @@ def _add_run_options(p, out_default, owner):
                         "the cores are busy with other work: OpenBLAS's threads then wait for each other at every "
                         "matmul (measured 3-15x slower with 2 threads on a loaded 2-core machine)")
     _owned(p, "--workers", owner, type=_workers,
-           help="split each batch across this many CPU threads, each with one BLAS thread (data parallelism, "
+           help="split each batch across this many CPU threads, each with cores // workers BLAS threads (one on 2 "
+                "cores) unless --threads says otherwise (data parallelism, "
                 "minift/fast/parallel.py): on 2+ cores faster than BLAS threads alone, since NumPy's elementwise "
                 "ops run on one core; needs dropout 0. auto: 2 where that applies (the CPU, 2+ cores, no dropout, "
                 "no --threads), else 1")
@@ -149,7 +150,8 @@ def _prepare_training(a):
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from ..fast.parallel import cpu_cores
+    cores = cpu_cores()
     if a.threads is not None and a.config.workers == "auto":         # --threads chooses BLAS threading instead
         a.config = dataclasses.replace(a.config, workers=1)
     workers = a.config.workers                                       # the command's configuration (configure)

@@ -50,7 +50,8 @@ from .report import lora_label
 K_TOP = 10                 # the paper's top-k singular vectors
 SWEEP_EPS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))   # ε = 0.1, 0.15, ..., 0.9: fine where random
 #                           directions cross from never to always counted at the demo's width (report.intruder_range)
-EVALS = 6                  # validation points per run (the training figure's curve), the last at the final step
+EVALS = 6                  # at most this many validation points per run (the training figure's curve), the last at
+#                           the final step: every ceil(steps / EVALS) steps (eval_every)
 QUICK_TRAIN_SIZE = 64      # --quick trains on at most this many examples
 QUICK = dict(steps=8, eval_size=64, batch_size=8)      # and --quick's other settings (quick_config)
 
@@ -209,9 +210,15 @@ def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, t
     return FinetuneConfig(method=method, task=ccfg.task, steps=ccfg.steps, batch_size=ccfg.batch_size,
                           lr=ccfg.lr.get(method), head_lr=ccfg.head_lr.get(method),
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size, seed=ccfg.seed,
-                          workers=ccfg.workers, eval_every=max(1, ccfg.steps // EVALS),   # (not timed as steps)
+                          workers=ccfg.workers, eval_every=eval_every(ccfg.steps),   # (not timed as steps)
                           head_mode="new" if task_type == "classification" else "auto",
                           lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+
+
+def eval_every(steps: int) -> int:
+    """Evaluate every this many steps: at most EVALS evaluations in a run of `steps`, the final one included
+    (floor(steps / EVALS) would give 8 for --quick's 8 steps, and 7 for 601)."""
+    return -(-steps // EVALS)
 
 
 def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float, heldout, base_lm: float,

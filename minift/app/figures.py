@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.io import atomic_write
-from .report import _find, _main_lora, smooth
+from .report import _find, _main_lora, changed_updates, smooth
 
 FIGURES = ("training.png", "update_by_layer.png", "update_spectra.png", "similarity.png", "intruders.png",
            "accuracy_vs_trainable.png", "rank_sweep.png")
@@ -35,13 +35,22 @@ def colour(run, main_rank) -> str:
     return matplotlib.colors.to_hex(matplotlib.colormaps["Oranges"](shade))
 
 
+class _Figures:
+    """Figures from matplotlib's object API, without pyplot: no backend is switched and no figure is registered, so
+    a notebook that runs compare() keeps showing its own figures inline."""
+
+    @staticmethod
+    def subplots(nrows=1, ncols=1, figsize=None, **kw):
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+
 @contextmanager
-def _pyplot():
+def _figures():
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with plt.rc_context(STYLE):
-        yield plt
+    with matplotlib.rc_context(STYLE):
+        yield _Figures()
 
 
 def _main_runs(results) -> list:
@@ -61,9 +70,9 @@ def _pct(x) -> str:
 
 # ---- 1. training ---------------------------------------------------------------------------------------------------
 
-def training(plt, results):
+def training(figs, results):
     sm, runs = results["summary"], _main_runs(results)
-    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (loss, acc) = figs.subplots(1, 2, figsize=(10, 3.8))
     for r in runs:
         c = colour(r, sm["rank"])
         steps = np.arange(1, len(r["losses"]) + 1)
@@ -106,10 +115,10 @@ def _heatmap(ax, a, modules, vmax, fmt, cmap):
     return im
 
 
-def update_by_layer(plt, results):
+def update_by_layer(figs, results):
     sm = results["summary"]
     runs = [r for r in _main_runs(results) if r["label"] in sm["updates"]]
-    fig, axes = plt.subplots(2, len(runs), figsize=(3.4 * len(runs) + 1, 6.4), squeeze=False)
+    fig, axes = figs.subplots(2, len(runs), figsize=(3.4 * len(runs) + 1, 6.4), squeeze=False)
     from matplotlib.ticker import PercentFormatter
     rows = (("rel_norm", "‖ΔW‖ / ‖W0‖", lambda v: f"{100 * v:.1f}%", "Blues", PercentFormatter(1.0)),
             ("eff_rank", "effective rank of ΔW", lambda v: f"{v:.1f}", "Purples", None))
@@ -122,9 +131,12 @@ def update_by_layer(plt, results):
         fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.85, format=ticks, label=what)
     full, lora = sm["updates"].get("full"), sm["updates"].get(_main_lora(results["config"]))
     if full and lora:
+        bound = (f"DoRA's updates reach effective rank {lora['eff_rank_max']:.1f} (not held to r = {sm['rank']})"
+                 if results["config"].get("dora") else
+                 f"LoRA's updates have effective rank ≤ {lora['eff_rank_max']:.1f} (r = {sm['rank']})")
         title = (f"Full fine-tuning moves each matrix by {100 * full['rel_norm_mean']:.1f}% on average, "
-                 f"LoRA r={sm['rank']} by {100 * lora['rel_norm_mean']:.1f}%; LoRA's updates have effective rank ≤ "
-                 f"{lora['eff_rank_max']:.1f} (r = {sm['rank']}), full's {full['eff_rank_mean']:.1f} on average")
+                 f"LoRA r={sm['rank']} by {100 * lora['rel_norm_mean']:.1f}%; {bound}, full's "
+                 f"{full['eff_rank_mean']:.1f} on average")
     else:
         title = "Where each method's update lives: size and effective rank of ΔW per matrix"
     fig.suptitle(_wrap(title, 90))
@@ -133,19 +145,20 @@ def update_by_layer(plt, results):
 
 # ---- 3. the spectra of the updates ---------------------------------------------------------------------------------
 
-def update_spectra(plt, results):
+def update_spectra(figs, results):
     sm = results["summary"]
     runs = [r for r in _main_runs(results) if r["label"] in sm["updates"]]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = figs.subplots(figsize=(7, 4.2))
     top = 0.0
     for r in runs:
         n = sm["updates"][r["label"]]["max_rank"]
-        s = np.array([u["singular_values"][:n] for u in r["updates"]])          # (matrices, n)
+        s = np.array([u["singular_values"][:n] for u in changed_updates(r)])    # (matrices, n)
         lo, mid, hi = np.quantile(s, (0.1, 0.5, 0.9), axis=0)
         i = np.arange(1, n + 1)
         c = colour(r, sm["rank"])
         ax.fill_between(i, lo, hi, color=c, alpha=0.2, lw=0)
-        ax.plot(i, mid, color=c, lw=2, label=f"{r['label']} (median over {len(s)} matrices, band 10–90%)")
+        changed = "" if len(s) == len(r["updates"]) else f" it changed, of {len(r['updates'])}"
+        ax.plot(i, mid, color=c, lw=2, label=f"{r['label']} (median over {len(s)} matrices{changed}, band 10–90%)")
         top = max(top, float(hi[0]))
     ax.axvline(sm["rank"], color="black", ls=":", lw=1)
     ax.text(sm["rank"], top, f" r = {sm['rank']}", va="top", fontsize=9)
@@ -163,9 +176,9 @@ def update_spectra(plt, results):
 
 # ---- 4. are the two solutions alike? -------------------------------------------------------------------------------
 
-def similarity(plt, results):
+def similarity(figs, results):
     sim, s = results["similarity"], results["summary"]["similarity"]
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = figs.subplots(figsize=(6.2, 4.4))
     blocks = max(row["block"] for row in sim["rows"]) + 1
     modules = list(dict.fromkeys(row["module"] for row in sim["rows"]))
     a = np.full((blocks, len(modules)), np.nan)
@@ -183,10 +196,10 @@ def similarity(plt, results):
 
 # ---- 5. intruders, honestly scaled ---------------------------------------------------------------------------------
 
-def intruders(plt, results):
+def intruders(figs, results):
     sm, runs = results["summary"], _main_runs(results)
     eps = runs[0]["spectral"]["eps"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = figs.subplots(figsize=(7, 4.2))
     for r in runs:
         ax.plot(eps, sm["intruders"][r["label"]], "o-", ms=3.5, color=colour(r, sm["rank"]), label=r["label"])
     ax.plot(eps, sm["intruders"]["random"], **RANDOM)
@@ -195,7 +208,7 @@ def intruders(plt, results):
            ylabel=f"share of the top-{k} directions of {n} matrices", ylim=(-0.02, 1.02))
     span = sm.get("intruder_range")
     if span:
-        ax.axvspan(span[0], span[1], color="gold", alpha=0.2, lw=0, label="ε where random is neither ~0 nor ~all")
+        ax.axvspan(span[0], span[1], color="gold", alpha=0.2, lw=0, label="ε where random rises from ~0 to ~all")
         mid = sm["intruder_mid"]
         said = ", ".join(f"{r['label']} {_pct(mid[r['label']])}" for r in runs)
         ax.set_title(_wrap(f"Only ε in {span[0]:g}–{span[1]:g} tells a new direction from an old one at this width; "
@@ -208,9 +221,9 @@ def intruders(plt, results):
 
 # ---- 6. accuracy against trainable parameters; 7. the rank sweep --------------------------------------------------
 
-def accuracy_vs_trainable(plt, results):
+def accuracy_vs_trainable(figs, results):
     sm = results["summary"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figs.subplots(figsize=(6.4, 4.2))
     for r in results["runs"]:
         ax.scatter(r["trainable"], r["test_accuracy"], s=40, color=colour(r, sm["rank"]), zorder=3)
         ax.annotate(r["label"], (r["trainable"], r["test_accuracy"]), fontsize=8, xytext=(5, 4),
@@ -220,17 +233,17 @@ def accuracy_vs_trainable(plt, results):
     full, lora = _find(results, "full"), _find(results, _main_lora(results["config"]))
     if full and lora:
         ax.set_title(_wrap(f"LoRA r={sm['rank']}: test accuracy {lora['test_accuracy']:.3f} with "
-                           f"{100 * lora['trainable'] / full['trainable']:.1f}% of full fine-tuning's trainable "
+                           f"{100 * sm['trainable_share']:.1f}% of full fine-tuning's trainable "
                            f"parameters ({full['test_accuracy']:.3f})", 62))
     else:
         ax.set_title("Test accuracy against trainable parameters")
     return fig
 
 
-def rank_sweep(plt, results):
+def rank_sweep(figs, results):
     sweep = sorted((r for r in results["runs"] if r["method"] == "lora"), key=lambda r: r["rank"])
     ranks = [r["rank"] for r in sweep]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    fig, axes = figs.subplots(1, 3, figsize=(11, 3.6))
     panels = ((lambda r: r["test_accuracy"], "test accuracy", "Test accuracy"),
               (lambda r: r["forgetting"], "Δ LM loss on pretraining text (nats)", "Forgetting"),
               (lambda r: r["spectral"]["effective_rank_dW"], "effective rank of ΔW (mean)", "Effective rank"))
@@ -255,8 +268,9 @@ def rank_sweep(plt, results):
 def drawable(results) -> list:
     """The figures this run has the data for, in FIGURES' order."""
     sm = results["summary"]
+    updates = any(r["label"] in sm["updates"] for r in _main_runs(results))   # what those two draw (no sweep)
     have = {"training.png": True, "accuracy_vs_trainable.png": True,
-            "update_by_layer.png": bool(sm["updates"]), "update_spectra.png": bool(sm["updates"]),
+            "update_by_layer.png": updates, "update_spectra.png": updates,
             "similarity.png": "similarity" in sm, "intruders.png": bool(sm["intruders"]),
             "rank_sweep.png": sum(r["method"] == "lora" for r in results["runs"]) > 1}
     return [name for name in FIGURES if have[name]]
@@ -273,12 +287,11 @@ def write_figures(results, out: Path) -> list:
             "similarity.png": similarity, "intruders.png": intruders,
             "accuracy_vs_trainable.png": accuracy_vs_trainable, "rank_sweep.png": rank_sweep}
     names = drawable(results)
-    with _pyplot() as plt:
+    with _figures() as figs:
         for name in names:
-            fig = draw[name](plt, results)
+            fig = draw[name](figs, results)
             with atomic_write(out / name) as f:
                 fig.savefig(f, format="png")
-            plt.close(fig)
     for name in OLD_FIGURES:
         (out / name).unlink(missing_ok=True)
     return names

@@ -203,7 +203,9 @@ def write_report(results) -> str:
         "- intruders: the paper's Algorithm 1 on the effective weight W0 + ΔW of every adapted matrix, output "
         "space, top-10 singular vectors; 'random' is the expected count for random directions against the same "
         "W0 basis sizes (minift.measure.analysis.random_baseline).",
-        "- memory: one training step of the batch shape shown in results.json, float32, AdamW.",
+        "- memory: one training step of the batch shape shown in results.json, float32, AdamW, with the batch "
+        "computed whole: split across `--workers` threads the shards are in flight at once, each with its own "
+        "activations, so the peak of a split step differs.",
         "- must save: the adapter folder (LoRA), the whole model (full), or the trained tensors (head/freeze).",
         *(["- freeze: the embeddings and the first half of the blocks frozen (methods.freeze_plan's default), the "
            "rest trained."] if "freeze" in cfg["methods"] else []),
@@ -224,7 +226,8 @@ def workers_note(results) -> str:
     used = sorted({r.get("workers", 1) for r in results["runs"]})
     asked = results["config"].get("workers", 1)
     how = ("each step's batch computed whole (BLAS threads as the environment sets)" if used == [1] else
-           f"each step's batch split across {' or '.join(map(str, used))} CPU threads of one BLAS thread each ("
+           f"each step's batch split across {' or '.join(map(str, used))} CPU threads, the cores' BLAS threads "
+           "shared out among them (one each on 2 cores; "
            + ("`--workers auto`, the default: the fastest configuration measured" if asked == "auto" else
               f"`--workers {asked}`") + "); the gradient is the whole batch's up to float rounding")
     return f"- Steps: {how}."
@@ -263,12 +266,25 @@ def energy_in_top(singular_values, r) -> float:
     return float(s2[:r].sum() / s2.sum()) if s2.sum() > 0 else 0.0
 
 
+def changed_updates(run) -> list:
+    """The run's per-matrix updates (results.json's "updates") of the matrices it changed (‖ΔW‖ > 0)."""
+    return [u for u in run.get("updates") or [] if u["rel_norm"] > 0]
+
+
 def intruder_range(spectral, low=0.05, high=0.95):
-    """The ε where random directions go from rarely (< low of them) to nearly always (> high) counted as intruders:
-    only there does a count tell a new direction from an old one. (first ε above low, last ε below high), or None."""
-    share = np.asarray(spectral["random_baseline"]) / spectral["possible"]
-    inside = [e for e, f in zip(spectral["eps"], share) if low <= f <= high]
-    return (inside[0], inside[-1]) if inside else None
+    """The ε where random directions go from rarely (≤ low of them) to nearly always (≥ high) counted as intruders:
+    only there does a count tell a new direction from an old one. (the last ε of the sweep at or below low, the first
+    at or above high): the grid points that bracket the rise, so the band holds all of it. Where the sweep starts
+    above low or ends below high, its first or last ε (report the shares at the ends: `intruder_ends`); None when
+    random directions are never counted more than `low` or never less than `high` across the sweep."""
+    eps, share = spectral["eps"], np.asarray(spectral["random_baseline"]) / spectral["possible"]
+    if share.max() <= low or share.min() >= high:
+        return None
+    below = [i for i, f in enumerate(share) if f <= low]
+    above = [i for i, f in enumerate(share) if f >= high]
+    start = below[-1] if below else 0
+    end = next((i for i in above if i > start), len(eps) - 1)
+    return eps[start], eps[end]
 
 
 def summarize(results) -> dict:
@@ -282,15 +298,16 @@ def summarize(results) -> dict:
         out["training"][run["label"]] = dict(smoothed_loss=float(smooth(run["losses"])[-1]),
                                              val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"))
         ups = run.get("updates") or []
-        if ups and any(u["rel_norm"] > 0 for u in ups):
+        changed = changed_updates(run)            # spectra: of the matrices it changed (freeze leaves some alone)
+        if changed:
             big = max(ups, key=lambda u: u["rel_norm"])
             out["updates"][run["label"]] = dict(
                 rel_norm_mean=float(np.mean([u["rel_norm"] for u in ups])), rel_norm_max=big["rel_norm"],
                 rel_norm_max_at=big["name"][:-len(".weight")],
                 eff_rank_mean=float(np.mean([u["eff_rank"] for u in ups])),
                 eff_rank_max=float(max(u["eff_rank"] for u in ups)),
-                energy_top_r=float(np.median([energy_in_top(u["singular_values"], r) for u in ups])),
-                max_rank=min(len(u["singular_values"]) for u in ups))
+                energy_top_r=float(np.median([energy_in_top(u["singular_values"], r) for u in changed])),
+                max_rank=min(len(u["singular_values"]) for u in changed), changed=len(changed))
         sp = run["spectral"]
         if "possible" in sp:
             out["intruders"][run["label"]] = [n / sp["possible"] for n in sp["intruders"]]
@@ -299,13 +316,16 @@ def summarize(results) -> dict:
         out["intruders"]["random"] = [n / sp["possible"] for n in sp["random_baseline"]]
         out["intruder_range"] = intruder_range(sp)
         if out["intruder_range"]:               # the ε where random directions are counted about half the time
+            rnd = out["intruders"]["random"]
+            out["intruder_ends"] = [rnd[sp["eps"].index(e)] for e in out["intruder_range"]]   # random's share there
             mid = min((e for e in sp["eps"] if out["intruder_range"][0] <= e <= out["intruder_range"][1]),
-                      key=lambda e: abs(out["intruders"]["random"][sp["eps"].index(e)] - 0.5))
+                      key=lambda e: abs(rnd[sp["eps"].index(e)] - 0.5))
             out["intruder_mid"] = dict(eps=mid, **{k: v[sp["eps"].index(mid)] for k, v in out["intruders"].items()})
     sim = results.get("similarity")
     if sim:
-        rows = [row for row in sim["rows"] if np.isfinite(row["similarity"])]     # (nan: a matrix one left alone)
-        scores, randoms = [row["similarity"] for row in rows], [row["random"] for row in rows]
+        rows = [row for row in sim["rows"] if row["similarity"] is not None and np.isfinite(row["similarity"])]
+        scores, randoms = [row["similarity"] for row in rows], [row["random"] for row in rows]  # (nan: one left it)
+    if sim and rows:
         out["similarity"] = dict(a=sim["a"], b=sim["b"], k=sim["k"], mean=float(np.mean(scores)),
                                  min=float(min(scores)), max=float(max(scores)), random=float(np.mean(randoms)),
                                  above_twice_random=sum(s > 2 * q for s, q in zip(scores, randoms)),
@@ -313,9 +333,14 @@ def summarize(results) -> dict:
     lora = _find(results, _main_lora(cfg))
     if lora and "mitigation" in lora:
         m = lora["mitigation"]
-        out["mitigation"] = dict(lam=m["lam"], eps=m["eps"], test_before=lora["test_accuracy"],
-                                 test_after=m["test_accuracy"], forgetting_before=lora["forgetting"],
-                                 forgetting_after=m["forgetting"])
+        sp = lora["spectral"]
+        scaled = sp["intruders"][sp["eps"].index(m["eps"])] if m["eps"] in sp["eps"] else None   # what it scales
+        out["mitigation"] = dict(lam=m["lam"], eps=m["eps"], intruders=scaled, test_before=lora["test_accuracy"],
+                                 test_after=m["test_accuracy"], test_change=m["test_accuracy"] - lora["test_accuracy"],
+                                 forgetting_before=lora["forgetting"], forgetting_after=m["forgetting"])
+    full = _find(results, "full")
+    if full and lora:
+        out["trainable_share"] = lora["trainable"] / full["trainable"]       # LoRA's trainable parameters, of full's
     return out
 
 
@@ -345,9 +370,12 @@ def picture_notes(results) -> list:
             "moved it: ‖ΔW‖/‖W0‖; bottom row, the effective rank of ΔW. Full fine-tuning moved its matrices by "
             f"{100 * full['rel_norm_mean']:.1f}% on average (most: {full['rel_norm_max_at']}, "
             f"{100 * full['rel_norm_max']:.1f}%), LoRA r={r} by {100 * lora['rel_norm_mean']:.1f}% (most: "
-            f"{lora['rel_norm_max_at']}, {100 * lora['rel_norm_max']:.1f}%). LoRA's effective ranks stay at or below "
-            f"r = {r} (at most {lora['eff_rank_max']:.1f}) by construction; full fine-tuning's average "
-            f"{full['eff_rank_mean']:.1f} of a possible {full['max_rank']}.")
+            f"{lora['rel_norm_max_at']}, {100 * lora['rel_norm_max']:.1f}%). "
+            + (f"DoRA's effective ranks are not held to r = {r}, since its magnitudes rescale every column of W "
+               f"(at most {lora['eff_rank_max']:.1f})" if cfg.get("dora") else
+               f"LoRA's effective ranks stay at or below r = {r} (at most {lora['eff_rank_max']:.1f}) by "
+               "construction")
+            + f"; full fine-tuning's average {full['eff_rank_mean']:.1f} of a possible {full['max_rank']}.")
         notes["update_spectra.png"] = (
             "The spectra of the updates",
             "The singular values of ΔW, largest first: the line is the median over the adapted matrices, the band "
@@ -358,6 +386,21 @@ def picture_notes(results) -> list:
             + f"{100 * lora['energy_top_r']:.0f}% of ‖ΔW‖² lies in its top {r} directions. Full fine-tuning's "
             f"decay without a cliff: {100 * full['energy_top_r']:.0f}% in its top {r}, the rest spread over the other "
             "directions.")
+    elif any(x["label"] in up for x in runs):   # the figures are drawn for any method that changed a matrix
+        up = {x["label"]: up[x["label"]] for x in runs if x["label"] in up}      # (the sweep has its own figure)
+        notes["update_by_layer.png"] = (
+            "Where the update lives, layer by layer",
+            "Each cell is one adapted matrix (a block's row, a linear layer's column). Top row, how far fine-tuning "
+            "moved it: ‖ΔW‖/‖W0‖; bottom row, the effective rank of ΔW. "
+            + "; ".join(f"{label} moved its matrices by {100 * u['rel_norm_mean']:.1f}% on average (most: "
+                        f"{u['rel_norm_max_at']}, {100 * u['rel_norm_max']:.1f}%), effective rank "
+                        f"{u['eff_rank_mean']:.1f} on average" for label, u in up.items()) + ".")
+        notes["update_spectra.png"] = (
+            "The spectra of the updates",
+            "The singular values of ΔW, largest first: the line is the median over the matrices a method changed, "
+            f"the band the 10–90% range; the dotted line marks r = {r}. "
+            + "; ".join(f"{label} has {100 * u['energy_top_r']:.0f}% of ‖ΔW‖² in its top {r} directions"
+                        for label, u in up.items()) + ".")
     s = sm.get("similarity")
     if s:
         verdict = ("about what two random subspaces share: the two methods reach their accuracy through different "
@@ -375,19 +418,26 @@ def picture_notes(results) -> list:
         span, text = sm.get("intruder_range"), ""
         if span:
             mid = sm["intruder_mid"]
+            ends = sm.get("intruder_ends")
+            shares = f" ({100 * ends[0]:.0f}% and {100 * ends[1]:.0f}% of them)" if ends else ""
             text = (f"Random directions go from rarely to nearly always counted between ε = {span[0]:g} and "
-                    f"{span[1]:g} (the shaded band): only there does a count separate a new direction from an old "
-                    f"one. At ε = {mid['eps']:g}, where half of random directions would count, "
+                    f"{span[1]:g}{shares}, the shaded band: only there does a count separate a new direction from an "
+                    f"old one. At ε = {mid['eps']:g}, where random directions come closest to half counted, "
                     + ", ".join(f"{x['label']} has {100 * mid[x['label']]:.0f}%" for x in runs)
                     + f" of its top directions as intruders (random: {100 * mid['random']:.0f}%). "
                     + ("No method has a top direction as new as a random one: here fine-tuning turns W0's directions "
                        "rather than adding new ones. " if max(mid[x["label"]] for x in runs) < 0.05 else ""))
         m = sm.get("mitigation")
-        if m:
-            text += (f"The paper's mitigation, LoRA's intruders at ε = {m['eps']:g} scaled by λ = {m['lam']:g}, is a "
-                     f"trade: forgetting {m['forgetting_before']:+.3f} → {m['forgetting_after']:+.3f} nats, test "
-                     f"accuracy {m['test_before']:.3f} → {m['test_after']:.3f} "
-                     f"({100 * (m['test_after'] - m['test_before']):+.1f} points).")
+        if m and m.get("intruders") == 0:
+            text += (f"The paper's mitigation scales LoRA's intruders at ε = {m['eps']:g} by λ = {m['lam']:g}; here "
+                     f"LoRA has none at that ε, so it changes nothing (test accuracy {m['test_before']:.3f}, "
+                     f"forgetting {m['forgetting_before']:+.3f} nats).")
+        elif m:
+            scaled = f" ({m['intruders']} of them)" if m.get("intruders") else ""
+            text += (f"The paper's mitigation, LoRA's intruders at ε = {m['eps']:g}{scaled} scaled by λ = "
+                     f"{m['lam']:g}, is a trade: forgetting {m['forgetting_before']:+.3f} → "
+                     f"{m['forgetting_after']:+.3f} nats, test accuracy {m['test_before']:.3f} → "
+                     f"{m['test_after']:.3f} ({100 * m['test_change']:+.1f} points).")
         notes["intruders.png"] = (
             "Intruders, honestly scaled",
             "The share of each method's top singular directions that the paper's Algorithm 1 calls intruders (no "
@@ -396,8 +446,14 @@ def picture_notes(results) -> list:
     if f and lo:
         notes["accuracy_vs_trainable.png"] = (
             "Accuracy against what is trained",
-            f"Each point is one run. LoRA r={r} trains {100 * lo['trainable'] / f['trainable']:.1f}% of full "
+            f"Each point is one run. LoRA r={r} trains {100 * sm['trainable_share']:.1f}% of full "
             f"fine-tuning's parameters for test accuracy {lo['test_accuracy']:.3f} against {f['test_accuracy']:.3f}.")
+    else:
+        notes["accuracy_vs_trainable.png"] = (
+            "Accuracy against what is trained",
+            "Each point is one run: "
+            + "; ".join(f"{x['label']} trains {x['percent']:.2f}% of its parameters for test accuracy "
+                        f"{x['test_accuracy']:.3f}" for x in results["runs"]) + ".")
     sweep = sorted((x for x in results["runs"] if x["method"] == "lora"), key=lambda x: x["rank"])
     if len(sweep) > 1:
         a, b = sweep[0], sweep[-1]
@@ -407,7 +463,8 @@ def picture_notes(results) -> list:
             f"LoRA at r = {', '.join(str(x['rank']) for x in sweep)}, "
             + ("with the same α (rsLoRA: s = α/√r)" if cfg.get("rslora") else "at the same scale s = α/r")
             + f" (the dashed lines: full fine-tuning). Test accuracy peaks at r = {best['rank']} "
-            f"({best['test_accuracy']:.3f}); from r = {a['rank']} to {b['rank']} forgetting goes {a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
+            f"({best['test_accuracy']:.3f}); from r = {a['rank']} to {b['rank']} forgetting goes "
+            f"{a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
             f"the effective rank of ΔW {a['spectral']['effective_rank_dW']:.1f} → "
             f"{b['spectral']['effective_rank_dW']:.1f}.")
     out = ["## Pictures", ""]

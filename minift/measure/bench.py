@@ -426,7 +426,7 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     try:
         with use_fused(fused) if fused is not None else nullcontext():
             result = _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock,
-                          malloc, workers)
+                          malloc, workers, threads)
     finally:
         if threads is not None and device == "cpu" and before:
             set_blas_threads(before)        # a library call leaves the process's BLAS as it found it
@@ -434,11 +434,11 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
 
 
 def _run(preset, method, rank, steps, warmup, device, seed, profile_steps, peak_sizes, clock, malloc,
-         workers) -> dict:
+         workers, threads=None) -> dict:
     """run_bench's work, its arguments checked."""
     reused = reuse_freed_memory() if malloc == "reuse" else False
     model, step, timer = build_step(preset, method, rank, device, seed, workers)
-    with blas_threads_shared(step.workers):
+    with blas_threads_shared(step.workers) if threads is None else nullcontext():     # --threads: as asked
         return _measure(preset, method, rank, steps, warmup, device, profile_steps, peak_sizes, clock, reused,
                         model, step, timer)
 

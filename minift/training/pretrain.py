@@ -196,6 +196,7 @@ def pretrain(preset="demo", corpus="world", files=None, n_chars=DEFAULT_CHARS,
                    train_tokens=int(train_ids.size), val_tokens=int(val_ids.size), train_config=asdict(tcfg),
                    final_train_loss=result.final_loss, val_loss=result.evals[-1]["val_loss"],
                    evals=result.evals, losses=[h["loss"] for h in result.history], tokens_seen=result.tokens,
+                   workers=result.workers,
                    train_seconds=round(result.seconds, 1),
                    wall_seconds=round(time.time() - t0, 1), tokenizer_vocab=tok.vocab_size,
                    tokenizer_fingerprint=tok.fingerprint())       # load_base checks the model folder's against it

@@ -114,7 +114,8 @@ class TrainResult:
     steps_done: int = 0
     seconds: float = 0.0
     tokens: int = 0
-    workers: int = 1                                # the threads that shared each batch (this call's steps)
+    workers: int = 1                                # the threads that shared each batch (this call's steps; a
+    #                                                 finished run only resumed: the workers its checkpoint saved)
 
     @property
     def final_loss(self) -> float:
@@ -386,6 +387,9 @@ def train(model, source, tcfg: TrainConfig, out_dir=None, evaluate=None, resume=
         result = TrainResult(state["history"], state["evals"], start, state["seconds"], state["tokens"])
         saved[start] = folder
     result.workers = tcfg.workers
+    if start >= tcfg.steps and start:         # a finished run, only resumed: its steps ran with the workers it saved
+        saved_workers = state["train_config"].get("workers", 1)
+        result.workers = saved_workers if isinstance(saved_workers, int) and saved_workers >= 1 else 1
     if tcfg.warmup > tcfg.steps:      # after the resume checks: a checkpoint beyond --steps is the clearer message
         more = "this run's warmup was fixed when it started" if start else "or a smaller warmup"
         raise MiniftError(f"warmup={tcfg.warmup} is longer than the run, steps={tcfg.steps}: give --steps "

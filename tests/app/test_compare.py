@@ -1,6 +1,7 @@
 """`minift compare --quick` end to end: the report's contents, not just the exit code."""
 import json
 
+import numpy as np
 import pytest
 
 from minift.app.cli import main
@@ -124,14 +125,20 @@ def _numbers(obj):
 
 
 def test_the_pictures_notes_quote_only_numbers_from_results_json(report):
-    """No number in report.md's picture notes is typed: each is one of results.json's numbers as printed (at some
-    precision, or as a percentage), or one of the few constants the notes state (the 10–90% band, §7)."""
+    """No number in report.md's picture notes is typed or worked out on the way: each is one of results.json's
+    summary, configuration or per-run scalars (not the thousands of losses and singular values, among which almost
+    any short number would be found) as printed (at some precision, or as a percentage), or one of the few constants
+    the notes state (the 10–90% band, §7)."""
     import re
     out, results = report
     notes = (out / "report.md").read_text().split("## Pictures", 1)[1]
     notes = re.sub(r"\(([a-z_]+\.png)\)|r=\d+|r = \d+", "", notes)        # file names; ranks are config numbers too
     printed = {"10", "90", "7"}
-    for v in _numbers(results):
+    sources = _numbers(results["summary"]) + _numbers(results["config"]) + [results["base_lm_loss"]]
+    for r in results["runs"]:
+        sources += [v for v in r.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        sources += [r["spectral"]["effective_rank_dW"]] + [e["step"] for e in r["evals"]]
+    for v in sources:
         for d in range(5):
             printed |= {f"{v:.{d}f}", f"{100 * v:.{d}f}", f"{abs(v):.{d}f}", f"{100 * abs(v):.{d}f}"}
         printed.add(f"{v:g}")
@@ -141,17 +148,24 @@ def test_the_pictures_notes_quote_only_numbers_from_results_json(report):
     assert f"{sm['similarity']['mean']:.2f}" in notes and f"{sm['similarity']['random']:.3f}" in notes
     assert f"{100 * sm['updates']['full']['rel_norm_mean']:.1f}%" in notes
     m = sm["mitigation"]
-    assert f"{m['test_before']:.3f} → {m['test_after']:.3f}" in notes
+    if m["intruders"]:                                     # a trade, both numbers
+        assert f"{m['test_before']:.3f} → {m['test_after']:.3f}" in notes
+    else:                                                  # nothing to scale: nothing changed
+        assert f"so it changes nothing (test accuracy {m['test_before']:.3f}" in notes
 
 
 def test_each_run_is_evaluated_along_the_way(report):
-    """The training figure's validation points: every steps // EVALS steps and at the end, not timed as steps."""
-    from minift.app.compare import EVALS
+    """The training figure's validation points: every ceil(steps / EVALS) steps and at the end, at most EVALS of
+    them (--quick's 8 steps: 2, 4, 6, 8), not timed as steps."""
+    from minift.app.compare import EVALS, eval_every
     _, results = report
     steps = results["config"]["steps"]
     for r in results["runs"]:
-        assert [e["step"] for e in r["evals"]] == list(range(max(1, steps // EVALS), steps + 1, max(1, steps // EVALS)))
+        assert [e["step"] for e in r["evals"]] == [2, 4, 6, 8] == list(range(eval_every(steps), steps + 1, 2))
         assert r["evals"][-1]["val_accuracy"] == r["val_accuracy"] and len(r["losses"]) == steps
+    for steps in (1, 5, 6, 7, 8, 13, 600, 601, 605):         # the evaluations train() runs: every n-th, and the last
+        n = eval_every(steps)
+        assert len(set(range(n, steps + 1, n)) | {steps}) <= EVALS, steps
 
 
 def test_the_update_measurements(report):
@@ -186,7 +200,90 @@ def test_figures_follow_what_the_run_has(report, tmp_path):
     assert "similarity.png" not in only["plots"] and "rank_sweep.png" not in only["plots"]
     assert {"training.png", "update_by_layer.png", "intruders.png"} <= set(only["plots"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(only["plots"])
-    assert "### Are the two solutions alike?" not in write_report(only)
+    text = write_report(only)
+    assert "### Are the two solutions alike?" not in text
+    assert text.count("### ") == len(only["plots"])                 # every figure drawn is shown and explained
+    assert all(f"]({name})" in text for name in only["plots"])
+
+
+def test_every_figure_drawn_is_explained_without_the_main_pair(report, tmp_path):
+    """--methods full,freeze (or LoRA only at another rank) draws the update figures and the accuracy plot too:
+    report.md shows each with a note from the run's numbers, not only when full and the main LoRA both ran."""
+    from minift.app.figures import write_figures
+    from minift.app.report import summarize, write_report
+    _, results = report
+    pair = {**results, "runs": [r for r in results["runs"] if r["label"] in ("full", "lora r=2")],
+            "similarity": None}
+    pair["summary"] = summarize(pair)
+    pair["plots"] = write_figures(pair, tmp_path)
+    assert {"update_by_layer.png", "update_spectra.png", "accuracy_vs_trainable.png"} <= set(pair["plots"])
+    text = write_report(pair)
+    assert text.count("### ") == len(pair["plots"]) and all(f"]({name})" in text for name in pair["plots"])
+    up = pair["summary"]["updates"]["full"]                   # the figure shows --methods' runs, the sweep its own
+    assert f"full moved its matrices by {100 * up['rel_norm_mean']:.1f}% on average" in text
+    assert "lora r=2 moved" not in text
+
+
+def test_the_spectra_summarise_the_matrices_a_method_changed(report):
+    """freeze leaves half its blocks alone: their ΔW = 0 is no spectrum, so the median of the energy share (and the
+    spectra figure) is over the matrices it changed, not pulled down by zeros."""
+    from minift.app.report import changed_updates, energy_in_top, summarize
+    _, results = report
+    full = run(results, "full")
+    half = [dict(u, rel_norm=0.0, eff_rank=0.0, singular_values=[0.0] * len(u["singular_values"]))
+            if u["block"] < 2 else u for u in full["updates"]]
+    frozen = {**full, "label": "freeze", "method": "freeze", "updates": half}
+    sm = summarize({**results, "runs": [full, frozen], "similarity": None})
+    assert len(changed_updates(frozen)) == 8 and sm["updates"]["freeze"]["changed"] == 8
+    want = float(np.median([energy_in_top(u["singular_values"], 8) for u in half if u["block"] >= 2]))
+    assert sm["updates"]["freeze"]["energy_top_r"] == want > 0.1
+
+
+def test_the_band_of_eps_brackets_the_rise_of_random_directions():
+    """The band is where random directions go from rarely (≤ 5%) to nearly always (≥ 95%) counted: the grid points
+    on either side of the rise, so the whole rise is inside (not only the points that fall within it), and two
+    neighbours when the rise falls between them. No rise in the sweep: no band."""
+    from minift.app.report import intruder_range
+    eps = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
+
+    def band(*shares):
+        return intruder_range(dict(eps=eps, random_baseline=[100 * f for f in shares], possible=100))
+    assert band(0.01, 0.40, 0.51, 0.76, 0.97, 1.0) == (0.1, 0.3)      # the quick run's sweep at the demo's width
+    assert band(0.0, 0.0, 0.02, 1.0, 1.0, 1.0) == (0.2, 0.25)          # the rise between two grid points
+    assert band(0.3, 0.6, 0.99, 1.0, 1.0, 1.0) == (0.1, 0.2)           # already risen at the first ε: from there
+    assert band(0.0, 0.0, 0.0, 0.01, 0.02, 0.03) is None
+    assert band(0.96, 0.97, 0.98, 1.0, 1.0, 1.0) is None
+
+
+def test_the_notes_say_what_the_band_and_the_mitigation_did(report):
+    """The intruder note quotes random's share at both ends of the band; a mitigation that found no intruder at its
+    ε changed nothing, and is not called a trade; one that did says how many it scaled. DoRA's updates are not said
+    to be held to rank r."""
+    from minift.app.report import picture_notes, summarize
+    _, results = report
+    sm = results["summary"]
+    text = "\n".join(picture_notes(results))
+    lo, hi = sm["intruder_ends"]
+    assert f"({100 * lo:.0f}% and {100 * hi:.0f}% of them)" in text and lo <= 0.05 and hi >= 0.95
+    lora = run(results, "lora r=8")
+    i = lora["spectral"]["eps"].index(lora["mitigation"]["eps"])
+    for count in (0, 3):
+        counts = list(lora["spectral"]["intruders"])
+        counts[i] = count
+        runs = [dict(r, spectral=dict(r["spectral"], intruders=counts)) if r is lora else r for r in results["runs"]]
+        changed = {**results, "runs": runs}
+        changed["summary"] = summarize(changed)
+        note = "\n".join(picture_notes(changed))
+        assert changed["summary"]["mitigation"]["intruders"] == count
+        assert ("so it changes nothing" in note) == (count == 0) and ("is a trade" in note) == (count > 0)
+        assert (f"({count} of them)" in note) == (count > 0)
+    label = "lora r=8 (DoRA)"                                  # what compare calls the main run with --dora
+    dora = {**results, "config": dict(results["config"], dora=True),
+            "runs": [dict(r, label=label) if r["label"] == "lora r=8" else r for r in results["runs"]]}
+    dora["summary"] = summarize(dora)
+    text = "\n".join(picture_notes(dora))
+    assert "### Where the update lives, layer by layer" in text and "LoRA r=8 by" in text
+    assert "stay at or below r" not in text and "not held to r = 8" in text
 
 
 
@@ -310,3 +407,41 @@ def test_the_matrices_compare_measures_follow_its_lora_targets():
     every = linear_weight_names(params, _modules(CompareConfig.quick_config()))      # all-linear: 4 per block
     only = linear_weight_names(params, _modules(CompareConfig.quick_config(targets="c_attn")))
     assert len(every) == 8 and only == ["h.0.attn.c_attn.weight", "h.1.attn.c_attn.weight"]
+
+
+def test_a_similarity_with_no_matrix_both_changed_is_not_summarised(report):
+    """Every row "no update" (nan in the run, null once read back from JSON): no mean to quote, no figure drawn."""
+    from minift.app.figures import drawable
+    from minift.app.report import summarize
+    _, results = report
+    for missing in (float("nan"), None):
+        sim = dict(results["similarity"], rows=[dict(r, similarity=missing) for r in results["similarity"]["rows"]])
+        changed = {**results, "similarity": sim}
+        changed["summary"] = summarize(changed)
+        assert "similarity" not in changed["summary"] and "similarity.png" not in drawable(changed)
+
+
+def test_a_sweep_without_the_main_methods_draws_what_it_has(report, tmp_path):
+    """--methods head --ranks 2: head-only changes no matrix and the sweep has its own figure, so the update
+    figures (which show --methods' runs) have nothing to draw; they are left out instead of failing on no column."""
+    from minift.app.figures import write_figures
+    from minift.app.report import summarize, write_report
+    _, results = report
+    sweep = {**results, "runs": [r for r in results["runs"] if r["label"] in ("head", "lora r=2")], "similarity": None}
+    sweep["summary"] = summarize(sweep)
+    sweep["plots"] = write_figures(sweep, tmp_path)
+    assert "update_by_layer.png" not in sweep["plots"] and "update_spectra.png" not in sweep["plots"]
+    assert {"training.png", "intruders.png", "accuracy_vs_trainable.png"} <= set(sweep["plots"])
+    assert write_report(sweep).count("### ") == len(sweep["plots"])
+
+
+def test_drawing_the_figures_leaves_pyplot_alone(report, tmp_path):
+    """The report's figures come from matplotlib's object API: the backend stays what it was and no figure is left
+    open, so a notebook that runs compare() still shows its own figures inline afterwards."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from minift.app.figures import write_figures
+    _, results = report
+    backend, open_before = matplotlib.get_backend(), plt.get_fignums()
+    assert write_figures(results, tmp_path)
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == open_before

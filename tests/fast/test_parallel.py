@@ -229,3 +229,16 @@ def test_the_commands_default_to_auto_and_threads_choose_blas_threading(tmp_path
     finally:
         if before is not None:
             set_blas_threads(before)
+
+
+def test_bench_keeps_the_blas_threads_that_threads_asks_for(monkeypatch):
+    """run_bench(threads=2, workers=2) measures two workers of two BLAS threads each, as its docstring and
+    `minift bench --threads` promise: sharing the cores out is for when --threads is not given."""
+    from minift.fast import parallel
+    from minift.measure.bench import blas_info, run_bench
+    if blas_info()["threads"] is None:
+        pytest.skip("numpy's BLAS thread count cannot be read here")
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    kw = dict(steps=1, warmup=0, profile_steps=0, peak_sizes=(64,), malloc="system", workers=2)
+    assert run_bench("tiny", "lora", threads=2, **kw)["threads"] == 2
+    assert run_bench("tiny", "lora", **kw)["threads"] == 1                # no --threads: one each on 2 cores

@@ -214,3 +214,50 @@ def test_a_loss_that_rises_but_stays_within_the_rule_trains_on(monkeypatch):
     result = train(tiny_model(), LMSource(stream(), 16, 4, seed=2), cfg(6), progress=False)
     losses = [h["loss"] for h in result.history]
     assert result.steps_done == 6 and max(losses) > losses[0] + 1.0
+
+
+@pytest.mark.parametrize("stop", ["error", "ctrl-c"])
+def test_the_blas_threads_come_back_however_training_ends(monkeypatch, stop):
+    """With workers, train shares the BLAS threads out while it runs (fast.parallel.blas_threads_shared); an error
+    in a step or a Ctrl-C must give the process its own setting back, as a finished run does."""
+    import os
+    import signal
+
+    from minift import dispatch
+    from minift.fast import parallel
+    from minift.measure.bench import blas_info, set_blas_threads
+    from minift.training.train import TrainingInterrupted
+    before = blas_info()["threads"]
+    if before is None:
+        pytest.skip("numpy's BLAS thread count cannot be read here")
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(dispatch, "cpu_cores", lambda: 2)
+    source = LMSource(stream(), 16, 4, seed=0)
+    seen = []
+    real = source.next_batch
+
+    def next_batch():
+        seen.append(blas_info()["threads"])
+        if len(seen) == 3:
+            if stop == "error":
+                raise RuntimeError("a broken batch")
+            os.kill(os.getpid(), signal.SIGINT)
+        return real()
+    monkeypatch.setattr(source, "next_batch", next_batch)
+    try:
+        set_blas_threads(2)
+        with pytest.raises(RuntimeError if stop == "error" else TrainingInterrupted):
+            train(tiny_model(), source, cfg(6, workers="auto"), progress=False)
+        assert seen[0] == 1 and blas_info()["threads"] == 2          # one each while training, then as it was
+    finally:
+        set_blas_threads(before)
+
+
+def test_a_finished_run_resumed_reports_the_workers_its_steps_ran_with(tmp_path):
+    """--resume of a finished run trains no step: the workers it reports (finetune.json, results.json, report.md)
+    are the ones its checkpoint saved, not this call's (the default changed from 1 to auto)."""
+    source = LMSource(stream(), 16, 4, seed=0)
+    assert train(tiny_model(), source, cfg(3, workers=1), out_dir=tmp_path, progress=False).workers == 1
+    again = train(tiny_model(), LMSource(stream(), 16, 4, seed=0), cfg(3, workers=2), out_dir=tmp_path, resume=True,
+                  progress=False)
+    assert again.steps_done == 3 and again.workers == 1
