@@ -185,6 +185,6 @@ def check_function(loss_fn, arrays: dict, grads: dict, *, seed=0, eps=DEFAULT_EP
     for name, g in grads.items():
         if name not in arrays:
             raise MiniftError(f"gradient given for {name!r}, which is not among the checked arrays")
-        entries.append(_check_array(lambda: float(loss_fn()), float, arrays[name], g, name, eps=eps, floor=floor, tol=tol,
-                                    max_entries=max_entries, rng=rng))
+        entries.append(_check_array(lambda: float(loss_fn()), float, arrays[name], g, name, eps=eps, floor=floor,
+                                    tol=tol, max_entries=max_entries, rng=rng))
     return GradReport(entries, floor)

@@ -41,7 +41,7 @@ from .errors import MiniftError
 from .ops import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
                   embedding_forward, linear_backward, linear_forward, pool_last_backward, pool_last_forward)
 
-HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (see add_classification_head)
+HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (add_classification_head)
 
 
 def init_params(cfg: GPTConfig, rng, dtype, xp) -> dict:
@@ -108,7 +108,7 @@ class GPT:
         self.params = params if params is not None else init_params(cfg, make_rng(seed), self.dtype, self.xp)
         self.frozen: set[str] = set()
         self.adapters: dict = {}
-        self.head_kind = "lm"            # "lm" (tied to wte) or "classification" (score.weight: add_classification_head)
+        self.head_kind = "lm"            # "lm" (tied to wte) or "classification" (add_classification_head)
         self.labels: list[str] | None = None
         self.record: dict | None = None  # name -> tensor, filled when a call is made with record=True
 
@@ -234,13 +234,14 @@ class GPT:
     def _block_forward(self, i, x, mask, rng):
         """One pre-LN block: (B, T, C) -> (B, T, C), and the caches its backward needs."""
         P, p, H = self.params, f"h.{i}.", self.cfg.n_head
-        a, c_ln1 = layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
+        eps = self.cfg.layer_norm_epsilon
+        a, c_ln1 = layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"], eps)    # (B, T, C)
         qkv, c_qkv = self._linear_forward(p + "attn.c_attn", a)          # (B, T, 3C)
         att, c_att = attention_forward(qkv, H, mask)                     # (B, T, C)
         o, c_o = self._linear_forward(p + "attn.c_proj", att)            # (B, T, C)
         o, c_drop_o = self._dropout(o, rng)                              # (B, T, C)
         x = x + o                                                        # (B, T, C) residual 1
-        m, c_ln2 = layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"], self.cfg.layer_norm_epsilon)  # (B,T,C)
+        m, c_ln2 = layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"], eps)    # (B, T, C)
         f, c_fc = self._linear_forward(p + "mlp.c_fc", m)                # (B, T, F)
         g, c_g = gelu_forward(f)                                         # (B, T, F)
         y, c_y = self._linear_forward(p + "mlp.c_proj", g)               # (B, T, C)

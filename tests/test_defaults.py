@@ -75,7 +75,8 @@ def test_each_option_names_its_owners_field_once():
     """_owned notes (owner, field) on the parser where the option is added; _given reads the pairs back, so a
     command never writes the mapping again. Every owned option maps to a field its owner has."""
     from minift.training.finetune import FinetuneConfig
-    a = parsed("finetune", "--batch", "4", "--head", "new", "--rank", "2", "--targets", "c_attn,mlp.c_fc", "--seed", "3")
+    a = parsed("finetune", "--batch", "4", "--head", "new", "--rank", "2", "--targets", "c_attn,mlp.c_fc",
+               "--seed", "3")
     assert _given(a, FinetuneConfig) == dict(batch_size=4, head_mode="new", seed=3)
     assert _given(a, LoRAConfig) == dict(r=2, targets=("c_attn", "mlp.c_fc"))        # --targets read by _targets
     assert _given(a, LoRAConfig, r=5)["r"] == 5                                       # a value passed in wins

@@ -3,10 +3,10 @@
 minift.training.train.train() asks a source for `next_batch()` -> dict of host arrays that it passes straight on to
 `model.loss_and_grads(**batch)`, and checkpoints `source.state()` to continue later with `source.restore(state)`:
 
-    LMSource(token_ids, block_size, batch_size, seed)             {"input_ids" (B,T), "targets" (B,T)}
-    ClassificationSource(token_lists, label_ids, pad_id, ...)      {"input_ids" (B,T), "targets" (B,), "attention_mask"}
-    CompletionSource(prompt_lists, completion_lists, pad_id, ...)  {"input_ids" (B,T), "targets" (B,T), "attention_mask"}
-    task_source(split, tokenizer, max_len, batch_size, seed)       the right one of the last two for a TaskSplit
+    LMSource(token_ids, block_size, batch_size, seed)            {"input_ids" (B,T), "targets" (B,T)}
+    ClassificationSource(token_lists, label_ids, pad_id, ...)     {"input_ids" (B,T), "targets" (B,), "attention_mask"}
+    CompletionSource(prompt_lists, completion_lists, pad_id, ...) {"input_ids" (B,T), "targets" (B,T), "attention_mask"}
+    task_source(split, tokenizer, max_len, batch_size, seed)      the right one of the last two for a TaskSplit
 
 A state is a small JSON-friendly dict; restoring it gives exactly the batches the original would have given next.
 It carries a short hash of the source's token ids ("data"), so that a checkpoint is not resumed on other data (another

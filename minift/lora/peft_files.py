@@ -43,7 +43,8 @@ PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}   # init
 MODEL_CARD_FILE = "README.md"
 # The PEFT release whose save_pretrained files save_peft follows: adapter_config.json's keys and README.md's model
 # card. minift writes them itself and does not depend on peft, so adapter_config.json's peft_version records this
-# format version, not an installed PEFT. tests/lora/test_peft_interop.py loads the files with whatever PEFT is installed.
+# format version, not an installed PEFT. tests/lora/test_peft_interop.py loads the files with whatever PEFT is
+# installed.
 PEFT_FORMAT_VERSION = "0.21.2"
 
 
