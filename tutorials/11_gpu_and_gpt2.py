@@ -34,12 +34,12 @@
 #   3–8 run on the GPU. Without one (the machine these notes were written on), every GPU cell runs the same code
 #   on the CPU instead and says so: no GPU number printed below was measured unless the output says "gpu".
 # - **GPT-2's weights.** Nothing is downloaded at run time. Point `MINIFT_GPT2_DIR` at a local copy of the real
-#   `gpt2` checkpoint (section 3 says how to get one). Without it the tutorial writes a **stand-in**: a folder with
-#   the same files and layout, holding a GPT-2-shaped model with **random weights** — GPT-2 small's twelve blocks
-#   normally, a narrow 2-block version in fast mode — and an embedding sized for minift's own 2,048-token tokenizer
-#   (GPT-2's has 50,257 rows for GPT-2's tokenizer). Its numbers (loss, generated text) are those of a random
-#   model; the code path, the file layout and the blocks' shapes are GPT-2's, and section 5's arithmetic is for the
-#   real GPT-2 small either way.
+#   `gpt2` checkpoint (section 3 says how to get one). Without it the tutorial uses a **stand-in**: minift's own
+#   trained base, `data/base-demo` (the folder `minift.base.load_base()` loads; tutorial 04 pretrained it) — a
+#   folder with the same files and layout as GPT-2's, holding a GPT-2-architecture model that is much smaller (4
+#   blocks of width 128, 1M parameters) with its own 2,048-token tokenizer (GPT-2's has 50,257). Its weights are
+#   trained, so what it generates reads as text from its small world; the code path and the file layout are
+#   GPT-2's, and section 5's arithmetic is for the real GPT-2 small either way.
 #
 # **You will learn**
 # 1. how one function body runs on NumPy or CuPy (`minift.backend`: `get_xp`, `xp_of`, `to_device`, `to_numpy`,
@@ -53,10 +53,11 @@
 # 5. to cross-check the loaded model against `transformers`' `GPT2LMHeadModel` (when it is installed);
 # 6. to fine-tune the loaded model with LoRA, save the adapter in PEFT's layout, load it back, and generate.
 #
-# **Time:** on 2 CPU cores of a shared, busy machine, without a GPU and with the stand-in: 1–2 minutes normally
-# (the 12-block stand-in: 20 LoRA steps, one measured step, the `transformers` and PEFT cross-checks; 61 s and,
-# with other jobs on the cores, 100 s measured), about 15 s in fast mode (`MINIFT_FAST=1`; 13–17 s measured). The
-# real GPT-2 on a CPU: somewhat longer (its LM head is 25 times wider). 30 minutes to read.
+# **Time:** on 2 CPU cores of a shared machine, without a GPU and with the demo stand-in: 10–25 s, in normal and
+# in fast mode (`MINIFT_FAST=1`) alike (10 s each measured with the cores nearly free, 24–25 s with other jobs on
+# them; `transformers` and PEFT were installed for the cross-checks, and importing PyTorch is much of it). The real GPT-2 on a CPU takes far longer: its blocks are
+# a hundred times the stand-in's (not measured here: no GPT-2 weights on the machine these notes were written on).
+# 30 minutes to read.
 #
 # **Prerequisites:** tutorials 03 (the model's forward and backward), 07 (LoRA, PEFT files), 09 (memory) help.
 
@@ -73,10 +74,10 @@ import numpy as np
 from minift.app.tutorial import FAST, exercise, out_dir, pick
 from minift import GPT, GPTConfig, LoRAConfig, MiniftError, attach_lora, load_peft
 from minift.backend import get_xp, gpu_available, resolve_device, to_device, to_numpy, xp_of
-from minift.base import load_base
+from minift.base import load_base, shipped_base_dir
 from minift.data import data_dir, task_source
 from minift.fast.gelu import GELU_FORWARD
-from minift.formats.io import load_safetensors
+from minift.formats.io import load_json, load_safetensors
 from minift.formats.tokenizer import Tokenizer
 from minift.generate import generate, generate_ids
 from minift.measure.bench import count_flops, run_bench
@@ -96,7 +97,7 @@ HAVE_PEFT = HAVE_HF and importlib.util.find_spec("peft") is not None            
 print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run on it" if HAVE_GPU else
       "none here: every GPU cell runs on the CPU instead", "| GPT-2 weights:",
       f"MINIFT_GPT2_DIR={os.environ['MINIFT_GPT2_DIR']}" if os.environ.get("MINIFT_GPT2_DIR", "").strip() else
-      "MINIFT_GPT2_DIR not set, a stand-in with random weights (section 3)")
+      "MINIFT_GPT2_DIR not set, minift's trained demo base stands in (section 3)")
 
 # %% [markdown]
 # ## 1. One op, two array modules
@@ -293,9 +294,9 @@ if HAVE_GPU:
 #
 # (or point it at a snapshot already in your Hugging Face cache:
 # `~/.cache/huggingface/hub/models--openai-community--gpt2/snapshots/<commit>/`). minift reads safetensors only, not
-# `pytorch_model.bin`. Unset, the cell below writes the stand-in with `save_pretrained` — the same two files
-# `transformers` writes — with GPT-2 small's blocks (fast mode: two blocks of width 64) and one embedding row per
-# token of minift's tokenizer, the one it will be used with (section 4).
+# `pytorch_model.bin`. Unset, the cell below uses the stand-in: the shipped base `data/base-demo`, which
+# `minift pretrain` wrote with `save_pretrained` — the same two files `transformers` writes, plus the tokenizer it
+# was trained with (`tokenizer.json`, section 4) and a record of its pretraining (`pretrain.json`).
 #
 # The names are GPT-2's own, so loading is a renaming at most (`minift/formats/hf.py`): keys may carry `transformer.`
 # (a `GPT2LMHeadModel` state dict) or not (the hub's checkpoint); `h.{i}.attn.bias` is a stored causal mask, not a
@@ -310,15 +311,9 @@ if READER_DIR:
     folder = Path(READER_DIR).expanduser()
     print(f"MINIFT_GPT2_DIR={folder}: your checkpoint")
 else:
-    v = Tokenizer.load(data_dir() / "tokenizer.json").vocab_size        # 2048: minift's tokenizer (section 4)
-    standin_cfg = pick(GPTConfig.preset("gpt2", vocab_size=v),
-                       GPTConfig.preset("gpt2", vocab_size=v, n_embd=64, n_layer=2, n_head=4))
-    folder = out_dir("runs", "11_gpt2_standin")
-    t0 = time.perf_counter()
-    GPT(standin_cfg, seed=0).save_pretrained(folder)                    # GPT-2's init: N(0, 0.02²), random
-    print(f"MINIFT_GPT2_DIR is not set: wrote a STAND-IN with RANDOM weights to {folder} "
-          f"({time.perf_counter() - t0:.1f} s; {standin_cfg.n_layer} blocks of width {standin_cfg.n_embd}, "
-          f"vocabulary {v})")
+    folder = shipped_base_dir()                                         # what load_base() loads: trained weights
+    print(f"MINIFT_GPT2_DIR is not set: the STAND-IN is minift's trained demo base, {folder} "
+          f"(not GPT-2: a GPT-2-architecture model of {load_json(folder / 'config.json')['n_layer']} blocks)")
 print({f.name: f"{f.stat().st_size / 2**20:,.1f} MiB" for f in sorted(folder.iterdir()) if f.is_file()})
 t0 = time.perf_counter()
 gpt2 = GPT.from_pretrained(folder, device=DEVICE)                       # float32, on the GPU when there is one
@@ -368,10 +363,9 @@ del raw, rec
 # GPT-2's tokenizer is byte-level BPE with 50,257 tokens, the last one `<|endoftext|>` (id 50256); its files are
 # `vocab.json` + `merges.txt` (or both in one `tokenizer.json`). `Tokenizer.load(folder)` reads either
 # (`minift/formats/tokenizer.py`), with the `tokenizers` package, offline. A real folder's tokenizer is GPT-2's: "Hello
-# world" is `[15496, 995]`, as in every GPT-2 tutorial. The stand-in has no tokenizer files, and random weights
-# have no tokenizer of their own; it uses minift's shipped tokenizer (`data/tokenizer.json`, 2,048 tokens), which
-# section 3 sized its `wte` for. The two must match: a model can only predict ids it has rows for, and a tokenizer
-# can only decode ids it has entries for.
+# world" is `[15496, 995]`, as in every GPT-2 tutorial. The stand-in's folder holds the tokenizer it was pretrained
+# with, minift's own (2,048 tokens, one `wte` row each). The two must match: a model can only predict ids it has
+# rows for, and a tokenizer can only decode ids it has entries for.
 
 # %%
 tok_files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt") if (folder / f).is_file()]
@@ -505,7 +499,7 @@ assert abs(measured["total"] / predicted["total"] - 1) < tol_total, (measured["t
 # `GPT2LMHeadModel` — from the local path, `local_files_only=True`, nothing downloaded — and compare its logits with
 # minift's on a few tokens. Both are float32, different code and a different summation order, so agreement is to
 # float32 rounding: $\max|\Delta| \le 10^{-4}\cdot\max|\text{logit}|$. (Real GPT-2's logits are around $-100$;
-# the random stand-in's are small.) Not installed: the section says so and skips.
+# the demo stand-in's are smaller.) Not installed: the section says so and skips.
 
 # %%
 if HAVE_HF:
@@ -540,19 +534,20 @@ if HAVE_HF:
 # ## 7. LoRA on the loaded model: fine-tune, save in PEFT's layout, load back
 #
 # The task is minift's `facts` (tutorial 04's world): a prompt "Question: What work does Julia do?\nAnswer:" and a
-# one-sentence completion, with the loss on the completion tokens only. Neither GPT-2 nor the stand-in knows these
-# people, so what a few steps can teach is the *form* of an answer ("She is a …", "Her best friend is …"): the
-# completion loss on validation questions is the number to watch. LoRA's update is
+# one-sentence completion, with the loss on the completion tokens only. GPT-2 has never heard of these people, and
+# the demo stand-in read about them in its pretraining text (tutorial 04) but was never asked a question, so what a
+# few steps teach first is the *form* of an answer ("She is a …", "Her best friend is …"): the completion loss on
+# validation questions is the number to watch. LoRA's update is
 #
 # $$W' = W + s\,A^\top B^\top \quad (A \in \mathbb R^{r\times\text{in}},\ B \in \mathbb R^{\text{out}\times r},\
 # s = \alpha/r),$$
 #
 # the paper's $\Delta W = BA$ (scaled by $s$) transposed, because GPT-2 stores $W$ as [in, out] (tutorial 07);
-# here $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of the 12 blocks,
-# learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every base weight),
-# trains and evaluates — on the GPU when the model is there. On 2 shared CPU cores a step of 8 short sequences took
-# 1.4 s with the normal-mode stand-in (the real GPT-2's 50,257-wide LM head adds about half again: its $CV$ grows from
-# 1.6M to 38.6M weights, against 85M in the blocks), so normal mode runs only 20 steps.
+# here $r = 8$, $\alpha = 16$ (the common choice $2r$; PEFT's own default is 8), on all four linears of every block
+# (GPT-2 has 12), learning rate $2\times 10^{-3}$. `finetune` copies the base, attaches the adapters (freezing every
+# base weight), trains and evaluates — on the GPU when the model is there. GPT-2 small on a CPU is slow to train (85M
+# weights in its blocks and 38.6M in its LM head, against the demo stand-in's 1M in all), so normal mode runs only
+# 20 steps; the time per step is printed below.
 
 # %%
 ft_steps, ft_eval = pick(20, 10), pick(32, 16)
@@ -563,7 +558,7 @@ tuned, lora, run = finetune(gpt2, tok, FinetuneConfig(method="lora", task="facts
                                                       lr=2e-3, warmup=2, max_len=64, eval_size=ft_eval,
                                                       lora=lora_cfg), progress=not FAST)
 ft_s = time.perf_counter() - t0
-print(f"{'stand-in (random weights)' if not READER_DIR else 'your checkpoint'} on {tuned.device}: "
+print(f"{'stand-in (the demo base)' if not READER_DIR else 'your checkpoint'} on {tuned.device}: "
       f"{run['trainable']:,} trainable of {run['total']:,} ({run['percent']:.2f}%), {ft_steps} steps in {ft_s:.0f} s "
       f"({run['ms_per_step']:.0f} ms/step, {run['tokens_per_s']:,.0f} tokens/s)")
 print(f"validation completion loss: before {before['loss']:.3f} -> after {run['val_loss']:.3f}; exact match "
@@ -626,8 +621,10 @@ if HAVE_PEFT:
 # context) and picks the next token from the last position's logits: $\arg\max$ at temperature 0, else a draw from
 # $\operatorname{softmax}(z/\tau)$ restricted to the top $k$, from a seeded generator. With the real GPT-2, expect the
 # base to continue off-format and the tuned model to lean toward the one-sentence answer (not the right fact: these
-# people are not in GPT-2's training text, and 20 steps are few). The stand-in's random base produces noise; after
-# 20 steps the tuned stand-in produces answer-shaped fragments (" He …", "favourite").
+# people are not in GPT-2's training text, and 20 steps are few). The demo stand-in's base continues the prompt
+# the way its pretraining text goes on (tutorial 04's world: names, favourite colours, hobbies); after a few LoRA
+# steps it answers in the task's one-sentence form, though not always with the right fact (the check below
+# compares the expected answer's loss under the base and the tuned model).
 
 # %%
 question = val_split.prompts[0]
@@ -665,7 +662,7 @@ assert one_tuned < one_base
 # | numbers | 124,439,808 parameters; 475 MiB of float32 weights; $16N$ = 1.85 GiB for AdamW full fine-tuning |
 # | LoRA's saving | r = 8 trains 0.95%; predicted peak memory ~70% lower at 1 × 128 tokens, <10% at 8 × 1024 |
 # | cross-check | `transformers` logits to float32 rounding (when installed) |
-# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB, PEFT layout, reloads bitwise; with the real checkpoint 0.86% of the hub's 523 MiB `model.safetensors` (which also stores the 12 `attn.bias` masks), with the stand-in ~1.4% of its smaller file |
+# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB, PEFT layout, reloads bitwise; with the real checkpoint 0.86% of the hub's 523 MiB `model.safetensors` (which also stores the 12 `attn.bias` masks), with the demo stand-in a larger share of a far smaller file (printed in section 7) |
 #
 # ## Exercises
 #
