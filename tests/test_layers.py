@@ -23,7 +23,7 @@ FLOORS = [                      # top first; a module belongs to the floor of it
     ("training", ("minift.training",)),
     ("measure", ("minift.measure",)),
     ("learner", ("minift", "minift.model", "minift.lora", "minift.optim", "minift.gradcheck", "minift.methods",
-                 "minift.base", "minift.generate", "minift.dispatch")),
+                 "minift.base", "minift.generate", "minift.dispatch", "minift.quant")),
     ("fast", ("minift.fast",)),
     ("ops", ("minift.ops",)),
     ("data", ("minift.data",)),
