@@ -29,9 +29,9 @@
 # The article's formula has no scale and no initialisation, and its letters are not the LoRA paper's. This
 # tutorial fixes both (Hu et al. 2021, arXiv 2106.09685, as Hugging Face PEFT implements it), writes the
 # adapted linear's forward and backward out, counts parameters, and fine-tunes. On "comparable performance": at
-# this scale LoRA learns the task well above chance, but after 600 steps it is still several points below a full
-# fine-tune given the same steps, and it got there only once its adapters had their own learning rate — measured in
-# section 6.
+# this scale LoRA learns the task well above chance, but after 600 steps it ended several points below the README's
+# full fine-tune given the same steps, and it got there only once its adapters had their own learning rate — section
+# 6 prints the gap.
 #
 # **You will learn**
 # 1. how the article's $W + AB^\top$, the paper's $W + s\,BA$ and minift's GPT-2 layout map onto each other;
@@ -42,8 +42,9 @@
 # 6. a LoRA fine-tune on the sentiment task, then merge / unmerge, and `save_peft` / `load_peft`;
 # 7. two variants: PiSSA (initialise from the SVD of $W$) and DoRA (a learned magnitude per column).
 #
-# **Time:** about 1 minute normally (a 600-step LoRA fine-tune and eight 5-step runs: 64 s measured), about 12 s in
-# fast mode (`MINIFT_FAST=1`), on 2 CPU cores of a shared, busy machine. 40 minutes to read.
+# **Time:** about 1 minute normally (a 600-step LoRA fine-tune and eight 5-step runs: 52 and 58 s measured in two
+# runs), about 10 s in fast mode (`MINIFT_FAST=1`: 9.5 s measured), with `OPENBLAS_NUM_THREADS=1` on 2 CPU cores
+# shared with other jobs. 40 minutes to read.
 #
 # **Prerequisites:** tutorials 02 (the linear backward), 05 (the task and `finetune`), 06 (full fine-tuning's costs).
 
@@ -69,7 +70,8 @@ from minift.training.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 rng = np.random.default_rng(0)
-print("fast mode" if FAST else "normal mode")
+SMOKE = "(fast mode: a smoke run; these numbers are not findings)"
+print("fast mode " + SMOKE if FAST else "normal mode")
 base, tok = load_base()
 train_split, val_split, test_split = load_task_splits("sentiment", eval_size=pick(None, 128))
 
@@ -276,7 +278,8 @@ assert 1 / 1.5 < useful_r < 1.5 and 3 < useful_rs < 16
 # ($xW$) and $dx$'s $dy\,W^\top$ — only $x^\top dy$, one of the layer's three $2NIO$-FLOP matmuls, is skipped. That is
 # the whole of LoRA's compute saving in the backward (tutorial 09 measures it). One more could be had at the very
 # bottom: with the embeddings frozen, nothing needs $dx$ of block 0's first linear; PyTorch's autograd skips it,
-# minift computes it (`model.backward_floor` stops at whole blocks), a couple of percent of a demo step.
+# minift computes it (`model.backward_floor` stops at whole blocks): $2N\cdot 3C^2$ FLOPs, against $4N\cdot 12C^2$
+# per block for the frozen linears' forward and $dx$, so $6/192 \approx 3\%$ of those on the 4-block demo model.
 
 # %%
 N, I, O, R = 5, 6, 4, 2
@@ -350,16 +353,22 @@ for name, shapes, r, total in rows:
     print(f"{name:<36}{n:>14,}{total:>18,}{n / total:>10.4%}{total / n:>9,.0f}×")
 
 # %% [markdown]
-# Read the table ("compared with" is the matrix's own $I\cdot O$ in the first row, the whole model's parameter count
-# in the others). At GPT-3's size the article's "90%+" is an understatement: about 9,000× fewer trainable numbers
-# (the paper says "by 10,000 times"). At minift's demo size it depends on the rank: $r = 8$ on every linear trains
-# 6% (94% fewer), but $r = 64$ trains 49% — the rank is not "far below" the width 128 any more. For GPT-2 medium the
-# count from shapes is 0.39M; the LoRA paper's table prints 0.35M for this setting.
+# Read the table as printed above ("compared with" is the matrix's own $I\cdot O$ in the first row, the whole model's
+# parameter count in the others; these counts come from shapes alone, so they are the same on every run). At GPT-3's
+# size the article's "90%+" is an understatement: some 9,000× fewer trainable numbers (the paper says "by 10,000
+# times"). At minift's demo size it depends on the rank: $r = 8$ on every linear trains about 6% (94% fewer), but
+# $r = 64$ trains about half — the rank is not "far below" the width 128 any more. For GPT-2 medium the count from
+# shapes is 0.39M; the LoRA paper's table prints 0.35M for this setting.
 #
-# **Check.** `attach_lora` trains exactly $\sum r(I+O)$ adapter numbers plus the head, and at $r = 8$ on every
-# linear that is under 10% of the model.
+# **Check.** The rounded figures of the last paragraph against the table (to the digits quoted); `attach_lora`
+# trains exactly $\sum r(I+O)$ adapter numbers plus the head, and at $r = 8$ on every linear that is under 10% of the
+# model.
 
 # %%
+shares = {name: lora_count(shapes, r) / total for name, shapes, r, total in rows}
+assert 8_500 < 1 / shares["GPT-3 175B, Wq and Wv, r=4"] < 9_500
+assert round(shares["demo, all linears, r=8"], 2) == 0.06 and 0.45 < shares["demo, all linears, r=64"] < 0.55
+assert round(lora_count([(1024, 1024)] * 2 * 24, 4) / 1e6, 2) == 0.39
 adapter_numbers = sum(a.size for a in lora.params.values())
 assert adapter_numbers == lora_count(demo_all, 8)
 assert adapted.num_params(trainable_only=True) == adapter_numbers + adapted.params["score.weight"].size
@@ -374,16 +383,17 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 # `finetune(method="lora")` runs §3.2's steps: load (a copy of the base), introduce the low-rank matrices
 # (`attach_lora`, which also freezes every base weight; the new head trains too, as PEFT's `modules_to_save`), train,
 # evaluate. Its learning rates were chosen on the validation split, as tutorial 05 chose full fine-tuning's, and there
-# are two of them. With one rate for everything, $r = 8$, $\alpha = 16$ learned slowly (0.70 on validation after
-# 600 steps at $\eta = 10^{-3}$, against 0.90 below), and at larger rates the fresh head collapsed to one answer.
+# are two of them. When they were chosen (runs not repeated here), one rate for everything, $r = 8$, $\alpha = 16$,
+# learned slowly (0.70 on validation after 600 steps at $\eta = 10^{-3}$, well below the run below), and at larger
+# rates the fresh head collapsed to one answer.
 # The reason: with Adam each factor moves by about $\eta$ per step, so the adapter's update
 # $\Delta W = s\,A^\top B^\top$ grows like $s\cdot\eta$ (section 3), while the randomly initialised head moves at
 # $\eta$ alone. The adapters need a larger $s\cdot\eta$ than the head can take. So `finetune` trains them at
 # different rates, as torch's parameter groups do (`lr_scale` in `minift/optim.py`): the adapters at
 # $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in
-# `minift/training/finetune.py`; validation 0.896 / 0.902 / 0.852 over three seeds). Raising $\alpha$ instead does the
-# same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both reached 0.890 on validation
-# (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
+# `minift/training/finetune.py`; when they were chosen: validation 0.896 / 0.902 / 0.852 over three seeds). Raising
+# $\alpha$ instead does the same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both
+# reached 0.890 on validation in that search (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
 
 # %%
 lora_steps = pick(600, 30)
@@ -392,6 +402,8 @@ lora_steps = pick(600, 30)
 lora_model, lora_handle, lora_run = finetune(
     base, tok, FinetuneConfig(method="lora", lora=lcfg, steps=lora_steps, eval_every=pick(100, 10),
                               eval_size=pick(None, 128), workers=1), progress=not FAST)
+if FAST:
+    print(SMOKE)
 print(f"adapters at lr {lora_run['lr']:g}, head at {lora_run['head_lr']:g}")
 print(f"{lora_run['trainable']:,} trainable ({lora_run['percent']:.1f}%), {lora_run['ms_per_step']:.0f} ms/step; "
       "validation accuracy " + ", ".join(f"{e['val_accuracy']:.3f}@{e['step']}" for e in lora_run["evals"]))
@@ -401,8 +413,8 @@ print(f"test accuracy (held-out templates): {lora_run['test_accuracy']:.3f}")
 # **Check.** Every base weight is bitwise unchanged (frozen: no gradient, no update). In normal mode the run must
 # have learned while it trained: validation accuracy at the end at least 0.2 above the first evaluation's (step 100,
 # still on the plateau), at least 0.8 on validation and 0.7 on test — far above chance (0.5) and above what the head
-# alone reaches (0.55 validation, 0.47 test in the README's `minift compare` table). Fast mode's 30 steps stay on
-# the plateau.
+# alone reaches (0.55 validation, 0.47 test in the README's `minift compare` table). Fast mode's 30 steps are too
+# few to learn, so those checks are skipped there.
 
 # %%
 assert all(np.array_equal(lora_model.params[n], base.params[n]) for n in base.params)
@@ -412,14 +424,33 @@ if not FAST:
     assert lora_run["val_accuracy"] >= max(0.8, first_val + 0.2) and lora_run["test_accuracy"] >= 0.7, lora_run
 
 # %% [markdown]
-# Is that "comparable to full fine-tuning"? Compare like with like. On the run that wrote this, LoRA r = 8 ended at
-# 0.896 validation and 0.899 test after 600 steps, training 6% of the parameters. Tutorial 06's full fine-tune
-# (lr $10^{-3}$, 400 steps) reached 0.988 and 0.956; the README's `minift compare` run gives full fine-tuning the
-# same 600 steps as here and reached 0.994 and 0.976. So at an equal budget LoRA is about 8 points behind on the
-# held-out test templates (10 on validation), and behind full fine-tuning's shorter run too; over three seeds (the
-# README) the test means are 0.879 for full (one seed ended at 0.685) and 0.843 for LoRA. `minift compare`'s report
-# calls a gap under 3 points "comparable"; at this scale and budget the article's claim does not hold, though LoRA
-# gets most of the way.
+# Is that "comparable to full fine-tuning"? Compare like with like. This tutorial does not run full fine-tuning; the
+# README's `minift compare` run does, with the same 600 steps and data as here, and its table (cited, not measured
+# here) gives full fine-tuning 0.996 validation and 0.983 test accuracy. Tutorial 06 prints its own, shorter full
+# fine-tune (400 steps). Over three seeds (the README's seeds table) the test means are 0.879 for full (one seed
+# ended at 0.685) and 0.843 for LoRA. `minift compare`'s report calls a gap under 3 points "comparable". The cell
+# sets this run's LoRA accuracies beside the README's equal-budget full fine-tune and prints the gap and the
+# verdict.
+
+# %%
+full_cited = {"val_accuracy": 0.996, "test_accuracy": 0.983}            # README's minift compare, full FT, 600 steps
+gaps = {k: full_cited[k] - lora_run[k] for k in full_cited}
+if FAST:
+    print(SMOKE)
+print(f"LoRA r = 8 here: validation {lora_run['val_accuracy']:.3f}, test {lora_run['test_accuracy']:.3f} after "
+      f"{lora_steps} steps, training {lora_run['percent']:.1f}% of the parameters")
+print(f"full fine-tuning (README, 600 steps, cited): validation {full_cited['val_accuracy']:.3f}, "
+      f"test {full_cited['test_accuracy']:.3f}")
+print(f"gap: {100 * gaps['val_accuracy']:.1f} points on validation, {100 * gaps['test_accuracy']:.1f} on test → "
+      + ("comparable (under 3 points)" if max(gaps.values()) < 0.03 else "not comparable by compare's 3-point rule"))
+
+# %% [markdown]
+# In normal mode the gap printed above is several points (the check below holds it between 3 and 20 points on test):
+# at this scale and budget the article's claim does not hold, though LoRA gets most of the way.
+
+# %%
+if not FAST:                                             # 30 steps stay at chance: the gap only means something here
+    assert 0.03 < gaps["test_accuracy"] < 0.20 and gaps["val_accuracy"] > 0.03, gaps
 
 # %% [markdown]
 # ## 7. Merge and unmerge (§3.2 step 6, deployment)
@@ -454,17 +485,22 @@ except MiniftError as e:
     double = e
 print("merging twice:", double)
 lora_handle.unmerge()
+if FAST:
+    print(SMOKE)
 restored = lora_model.params["h.0.attn.c_attn.weight"]
 print(f"forward of {ids.shape[0]} reviews: unmerged {unmerged_ms:.1f} ms, merged {merged_ms:.1f} ms; "
       f"max |logit difference| {np.abs(merged_logits - unmerged_logits).max():.1e}; "
       f"after unmerge max |W − W_before| {np.abs(restored - W_before).max():.1e}")
+print(f"the unmerged forward took {unmerged_ms / merged_ms - 1:+.0%} longer than the merged one (fastest of "
+      f"{pick(10, 3)} each)")
 branch_share = lora_count(demo_all, lcfg.r) / sum(i * o for i, o in demo_all)     # Σ r(I+O) / Σ I·O
 print(f"the unmerged branches' FLOPs over the four linears' own: {lora_count(demo_all, lcfg.r):,} / "
       f"{sum(i * o for i, o in demo_all):,} = {branch_share:.1%}")
 
 # %% [markdown]
-# Expect the unmerged forward to be slower by about the branches' share, at the edge of a shared machine's noise (one
-# run here measured 12%): unmerged, each adapted linear adds the branch's $2NR(I+O)$ FLOPs to its $2NIO$. Over a block's
+# Expect the unmerged forward to be slower by about the branches' share, at the edge of a shared machine's noise (the
+# measured difference is printed above; it is not checked, since timings vary from run to run): unmerged, each
+# adapted linear adds the branch's $2NR(I+O)$ FLOPs to its $2NIO$. Over a block's
 # four linears $\sum (I+O) = 16C$ and $\sum IO = 12C^2$, so the branches add $16rC / 12C^2 = 4r/(3C)$ — 8.3% at $r = 8$,
 # $C = 128$ (per block $16{,}384 / 196{,}608$; section 5's 6% is a share of the whole model's *parameters*, embeddings
 # included), and the rank-8 matmuls run far below the BLAS's best rate (tutorial 09), so the measured gap can exceed the
@@ -584,8 +620,8 @@ assert np.allclose(column_norm(W_eff), d0.m, rtol=1e-5)
 # | init | $B = 0$: logits bitwise the base's; first step $dA = 0$ |
 # | scale | $\alpha/r$: $\lVert\Delta W\rVert \propto 1/\sqrt r$; rsLoRA $\alpha/\sqrt r$: flat in $r$ |
 # | backward | $dA$, $dB$ low-rank products; $dW$ not computed; gradient check at $10^{-7}$ |
-# | "90%+ fewer" | 94% fewer at $r = 8$ on the demo model, ~9,000× fewer on GPT-3; 51% fewer at $r = 64$ on the demo |
-# | accuracy | 0.90 on validation and test after 600 steps, once the adapters and the head get their own learning rates: far above chance, about 8 points below full fine-tuning at the same budget on test (10 on validation) |
+# | "90%+ fewer" | 94% fewer at $r = 8$ on the demo model, ~9,000× fewer on GPT-3; about half at $r = 64$ on the demo (from shapes) |
+# | accuracy | section 6's printout: far above chance after 600 steps, once the adapters and the head get their own learning rates, yet several points below the README's full fine-tune at the same budget |
 # | deployment | merge: plain model, same logits; adapter file a few % of the model |
 #
 # Tutorial 08 puts one batch through full fine-tuning and LoRA side by side; tutorial 10 asks what the MIT paper

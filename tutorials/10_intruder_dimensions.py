@@ -53,9 +53,9 @@
 # 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
 #    what does each method keep of the earlier tasks?
 #
-# **Time:** 3–5 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 177 s
-# measured on 2 quiet CPU cores, 261 s with `OPENBLAS_NUM_THREADS=1`, 305 s on a busy machine), about 30 s in fast
-# mode (`MINIFT_FAST=1`).
+# **Time:** 7–10 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 407 s
+# and 587 s measured with `OPENBLAS_NUM_THREADS=1` on 2 CPU cores shared with other jobs, so likely less on a quiet
+# machine), about 30 s in fast mode (`MINIFT_FAST=1`: 29 s and 33 s on the same shared machine).
 # 50 minutes to read.
 #
 # **Prerequisites:** tutorials 05 (the task, `finetune`), 06 (full fine-tuning) and 07 (LoRA, its scale $s$, rsLoRA).
@@ -91,7 +91,21 @@ from minift.training.finetune import FinetuneConfig, finetune, load_task_splits
 from minift.training.pretrain import heldout_world_ids
 
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
-print("fast mode" if FAST else "normal mode")
+print("fast mode: sections 3-7 and exercise 4 train for a few steps only, a smoke run" if FAST else "normal mode")
+
+
+def smoke():
+    """In fast mode, say that the numbers printed next are a smoke run's (sections 1 and 2 do not depend on FAST)."""
+    if FAST:
+        print("(fast mode: a smoke run; these numbers are not findings)")
+
+
+def verdict(claim, ok):
+    """Print a claim the prose makes about this run and whether it held; at full size it must hold."""
+    print(f"  {'holds' if ok else 'does NOT hold'}: {claim}")
+    assert ok or FAST, claim             # fast mode: a few training steps, so the claims are skipped, not checked
+
+
 base, tok = load_base()
 K = 10                                                   # the paper's top-k singular vectors
 
@@ -154,19 +168,20 @@ for name, res in toy.items():
     print(f"{name:<28}{rel:>10.3f}{res['count']:>10}  {str(res['indices'].tolist()):<10} {res['max_cos']}")
 
 # %% [markdown]
-# Read the rows. (a) Its top singular vector ($j = 0$, counting from 0) has $\max|\cos| \approx 0.3$ with every old
-# direction: the planted $u$, found. Its other nine top vectors are old ones, slightly rotated. (b) The small dense
-# perturbation keeps every top vector close to an old one (cosines 0.7–1.0: a random $W_0$ has nearly equal top
-# singular values, so even small noise rotates neighbours into each other a little — one reason $\varepsilon$ is not
-# set near 1). (c) The same size as (a), but along $u^0_4$: it becomes the top direction with $\cos = 1$ — size alone
-# does not make an intruder, novelty does. (d) Dense noise as large as (a) rotates the top vectors much more, some
-# towards $\varepsilon$, but none as far as the planted one.
+# Read the rows. (a) Its top singular vector ($j = 0$, counting from 0) has a $\max|\cos|$ with every old direction
+# far below $\varepsilon$ (the first number in its row): the planted $u$, found. Its other nine top vectors are old
+# ones, slightly rotated. (b) The small dense perturbation keeps every top vector close to an old one (all its cosines
+# above 0.7, though not all near 1: a random $W_0$ has nearly equal top singular values, so even small noise rotates
+# neighbours into each other a little — one reason $\varepsilon$ is not set near 1). (c) The same size as (a), but along
+# $u^0_4$: it becomes the top direction with $\cos = 1$ — size alone does not make an intruder, novelty does. (d) Dense
+# noise as large as (a) rotates the top vectors much more, some towards $\varepsilon$, but none as far as the planted
+# one.
 #
 # **Check.** (a) has exactly one intruder, at rank 0, whose $\max|\cos|$ is within 0.1 of the planted direction's
-# own $\max_i|{u^0_i}^\top u|$, and whose singular value is within 20% of $1.5\,\sigma^0_1$; (b) and (c) have none,
-# (c) with every cosine above 0.99; (d)'s lowest $\max|\cos|$ is above (a)'s intruder's. Then Algorithm 1 written out
-# in NumPy agrees with `intruder_dimensions` to $10^{-12}$, and minift's layout gives the same answer on the
-# transposed matrices ($\texttt{in\_out}$ on $W^\top$ = $\texttt{out\_in}$ on $W$), bit for bit.
+# own $\max_i|{u^0_i}^\top u|$, and whose singular value is within 20% of $1.5\,\sigma^0_1$; (b) and (c) have none, (b)
+# with every cosine above 0.7, (c) with every cosine above 0.99; (d)'s lowest $\max|\cos|$ is above (a)'s intruder's.
+# Then Algorithm 1 written out in NumPy agrees with `intruder_dimensions` to $10^{-12}$, and minift's layout gives the
+# same answer on the transposed matrices ($\texttt{in\_out}$ on $W^\top$ = $\texttt{out\_in}$ on $W$), bit for bit.
 
 # %%
 a = toy["(a) planted rank-1"]
@@ -178,7 +193,7 @@ print(f"(a): planted direction's max|cos| with W0's basis {own:.3f}; found intru
 assert a["count"] == 1 and a["indices"].tolist() == [0] and abs(a["max_cos"][0] - own) < 0.1
 assert abs(a["singular_values"][0] / (1.5 * S0[0]) - 1) < 0.2
 assert toy["(b) dense, 5%"]["count"] == 0 and toy["(c) rank-1, old direction"]["count"] == 0
-assert toy["(c) rank-1, old direction"]["max_cos"].min() > 0.99
+assert toy["(b) dense, 5%"]["max_cos"].min() > 0.7 and toy["(c) rank-1, old direction"]["max_cos"].min() > 0.99
 assert toy["(d) dense, as large as (a)"]["max_cos"].min() > a["max_cos"][0]
 
 Wt_a = W0_toy + dW_a
@@ -223,33 +238,40 @@ for dim in dims:
 
 # the four linears of a demo block, in minift's [in, out]: output dimension, and the basis W0 has there
 shapes = {n.split(".", 2)[2]: tuple(base.params[n].shape) for n in linear_weight_names(base.params)[:4]}
+rb_shapes = {}
 for name, (d_in, d_out) in shapes.items():
-    r = random_baseline(d_out, k=K, trials=1000, seed=0, basis_dim=min(d_in, d_out))
+    r = rb_shapes[name] = random_baseline(d_out, k=K, trials=1000, seed=0, basis_dim=min(d_in, d_out))
     print(f"  {name:<20} [{d_in}, {d_out}]: output space R^{d_out}, W0 spans {min(d_in, d_out)} of it; random "
           f"max|cos| {r['mean']:.3f} (5–95%: {r['quantiles'][0.05]:.3f}–{r['quantiles'][0.95]:.3f}), "
           f"formula √(2ln(2m)/d) = {r['formula']:.3f}")
 
 # %% [markdown]
-# Read the table. `mean`, `5%`, `95%`: the simulated max $|\cos|$ of a random direction; `numpy`: the same
-# measured directly on 2000 random unit vectors; `formula`: $\sqrt{2\ln(2d)/d}$, 14–20% above the mean (it bounds the
-# expected maximum from above); `floor`: $1/\sqrt d$, which no direction can beat. At $d = 64$ random directions sit
-# at 0.27–0.41, not far below the paper's $\varepsilon = 0.5$; at GPT-2's 768 they sit near 0.12; at the demo
-# model's width 128 near 0.25, and in the 384- and 512-wide output spaces of `c_attn` and `c_fc`, where $W_0$ spans
-# only 128 directions, near 0.15. The last column: at $\varepsilon \ge 0.5$ *every* random direction counts as an
-# intruder at these widths — which is what we want (a new direction is caught), but it also means a direction
-# only *half* new (a cosine of 0.45 with one old direction) is caught too, and in a narrow model the gap between
-# "random" and "0.5" is small. So we will not trust one threshold: we sweep $\varepsilon$ from 0.1 to 0.9 and draw
-# the random baseline beside every count.
+# Read the table. `mean`, `5%`, `95%`: the simulated max $|\cos|$ of a random direction; `numpy`: the same measured
+# directly on 2000 random unit vectors; `formula`: $\sqrt{2\ln(2d)/d}$, a little above the mean (it bounds the expected
+# maximum from above; the check prints the ratio); `floor`: $1/\sqrt d$, which no direction can beat. The random level
+# falls with the width: at $d = 64$ the 95% quantile is less than 0.15 below the paper's $\varepsilon = 0.5$, at GPT-2's
+# 768 it is under a third of it. The indented lines are the demo model's own output spaces: at its width 128 the level
+# of the $d = 128$ row, and in the 384- and 512-wide output spaces of `c_attn` and `c_fc`, where $W_0$ spans only 128
+# directions, lower still. The last column: at $\varepsilon \ge 0.5$ *every* random direction counts as an intruder at
+# these widths — which is what we want (a new direction is caught), but it also means a direction only *half* new (a
+# cosine of 0.45 with one old direction) is caught too, and in a narrow model the gap between "random" and "0.5" is
+# small. So we will not trust one threshold: we sweep $\varepsilon$ from 0.1 to 0.9 and draw the random baseline beside
+# every count.
 #
 # **Check.** For every $d$: floor < 5% quantile, mean < formula < 1.25 × mean, and the direct NumPy simulation within
 # 0.01 of `random_baseline`'s mean; at $\varepsilon = 0.5$ at least 9.9 of 10 random directions are false intruders,
-# and at $d = 64$ none at $\varepsilon = 0.1$, which is below the floor $1/\sqrt{64} = 0.125$.
+# and at $d = 64$ none at $\varepsilon = 0.1$, which is below the floor $1/\sqrt{64} = 0.125$. The levels the prose
+# reads off the table: $0.5 - {}$(95% at 64) $< 0.15$, 95% at 768 $< 0.5/3$, and the 384- and 512-wide output spaces
+# below the 128-wide ones.
 
 # %%
 for dim, r in rb.items():
     assert r["floor"] < r["quantiles"][0.05] and r["mean"] < r["formula"] < 1.25 * r["mean"], (dim, r["mean"])
     assert abs(direct[dim] - r["mean"]) < 0.01 and r["false_intruders"][0.5] >= 9.9
 assert random_baseline(64, k=K, eps_values=(0.1,))["false_intruders"][0.1] == 0
+assert 0.5 - rb[64]["quantiles"][0.95] < 0.15 and rb[768]["quantiles"][0.95] < 0.5 / 3
+wide = max(rb_shapes[n]["mean"] for n in ("attn.c_attn.weight", "mlp.c_fc.weight"))      # 384 and 512 wide
+assert wide < rb_shapes["attn.c_proj.weight"]["mean"], rb_shapes                                 # 128 wide
 print("formula / mean:", {dim: round(r["formula"] / r["mean"], 3) for dim, r in rb.items()})
 
 # %% [markdown]
@@ -317,7 +339,8 @@ for label, lcfg in PLAN.items():
 random_counts = sum(np.array(list(random_baseline(W0[n].shape[1], k=K, trials=200, seed=0,
                                                   basis_dim=min(W0[n].shape), eps_values=EPS)
                                   ["false_intruders"].values())) for n in NAMES)
-i3, i5, i7 = (int(np.flatnonzero(EPS == e)[0]) for e in (0.3, 0.5, 0.7))
+i3, i4, i5, i7 = (int(np.flatnonzero(EPS == e)[0]) for e in (0.3, 0.4, 0.5, 0.7))
+smoke()
 print(f"{'run':<12}{'trainable':>11}{'val acc':>8}{'test acc':>9}{'‖ΔW‖/‖W0‖':>11}{'erank ΔW':>9}"
       f"   intruders at ε = 0.3 / 0.5 / 0.7")
 for label, r in runs.items():
@@ -326,26 +349,44 @@ for label, r in runs.items():
           f"{r['erank'].mean():>9.1f}   {r['counts'][i3]:>4} / {r['counts'][i5]:>3} / {r['counts'][i7]:>3}")
 print(f"{'random':<12}{'':>56}   {random_counts[i3]:>4.0f} / {random_counts[i5]:>3.0f} / {random_counts[i7]:>3.0f}"
       f"   (of {K * len(NAMES)} top vectors)")
+acc = {label: r["summary"]["test_accuracy"] for label, r in runs.items()}
+size = {label: r["size"] for label, r in runs.items()}
+intr3, intr5 = ({label: int(r["counts"][i]) for label, r in runs.items()} for i in (i3, i5))
+lora_labels = [label for label in runs if label != "full"]
+verdict("full fine-tuning learned the task best (the highest test accuracy)",
+        all(acc["full"] > acc[label] for label in lora_labels))
+verdict("LoRA r=1 stayed near chance on the test split (within 0.05 of 0.5)", abs(acc["lora r=1"] - 0.5) < 0.05)
+verdict("with s fixed, LoRA's update grows with the rank (r=1 < r=8 < r=32), and rsLoRA's is the largest of all",
+        size["lora r=1"] < size["lora r=8"] < size["lora r=32"] < size["rslora r=32"] and
+        size["rslora r=32"] == max(size.values()))
+verdict("intruders at ε=0.5 rise with the rank (r=1 < r=8 < r=32), and rsLoRA r=32 has the most",
+        intr5["lora r=1"] < intr5["lora r=8"] < intr5["lora r=32"] and intr5["rslora r=32"] == max(intr5.values()))
+verdict("full fine-tuning has intruders at ε=0.5 too, and LoRA r=8 has at most 5 more",
+        0 < intr5["full"] and intr5["lora r=8"] <= intr5["full"] + 5)
+verdict("at ε=0.3 full fine-tuning and LoRA r ≤ 8 have none, the two rank-32 runs some",
+        intr3["full"] == intr3["lora r=1"] == intr3["lora r=8"] == 0 < min(intr3["lora r=32"], intr3["rslora r=32"]))
+verdict("the random row is all 160 from ε=0.4 up, and every run is below it there, under a quarter of it at ε=0.5",
+        all(random_counts[i4:] >= K * len(NAMES) - 0.5) and all(np.all(r["counts"][i4:] < random_counts[i4:])
+                                                                 for r in runs.values())
+        and max(intr5.values()) < random_counts[i5] / 4)
 
 # %% [markdown]
 # Read the table. `trainable`: parameters that received gradients (LoRA: adapters + the 256-number head). `val acc`,
-# `test acc`: accuracy on 500 validation and 500 test reviews (the test split uses review templates never seen in
-# training; chance is 0.5). `‖ΔW‖/‖W0‖`: how far the 16 matrices moved, on average. `erank ΔW`: the update's effective
-# rank, averaged. The intruder columns: of the $16 \times 10 = 160$ top singular vectors, how many have $\max|\cos| <
-# \varepsilon$ with every singular vector of the base matrix; the `random` row: how many 160 random directions would.
+# `test acc`: accuracy on `EVAL` validation and test reviews, 500 each (64 in fast mode; the test split uses review
+# templates never seen in training; chance is 0.5). `‖ΔW‖/‖W0‖`: how far the 16 matrices moved, on average. `erank ΔW`:
+# the update's effective rank, averaged. The intruder columns: of the $16 \times 10 = 160$ top singular vectors, how
+# many have $\max|\cos| < \varepsilon$ with every singular vector of the base matrix; the `random` row: how many 160
+# random directions would.
 #
-# In the measured normal-mode run (500 steps, `OPENBLAS_NUM_THREADS=1`): full fine-tuning learned best (test 0.99);
-# LoRA r=1 did not leave chance on the test split (0.49); r=8 and r=32 reached 0.73 and 0.75, rsLoRA r=32 only 0.63.
-# The update sizes differ more than the accuracies: with $s$ fixed at 8, LoRA's $\lVert\Delta W\rVert$ grows with
-# the rank (like $\sqrt r$, tutorial 07, section 3) — 0.11, 0.26, 0.41 for r=1, 8, 32, against full fine-tuning's
-# 0.21 — and rsLoRA's $s = 11.3$ makes it 0.60. Full fine-tuning's $\Delta W$ has an effective rank of 59 of a
-# possible 128; LoRA's is at most $r$ (1.0, 6.7, 19.2). Intruders at $\varepsilon = 0.5$: r=1 has 2, and the count
-# rises with the rank — 15 at r=8, 36 at r=32, 49 for rsLoRA r=32; full fine-tuning has 13 — the paper's full
-# fine-tunes had almost none — so LoRA r=8 has only a few more. At $\varepsilon = 0.3$, near the random level, full
-# fine-tuning and LoRA r ≤ 8 have none left, LoRA r=32 has 7 and rsLoRA 10: directions as unrelated to $W_0$ as
-# random ones. The random row is 160
-# from $\varepsilon \approx 0.4$ up: every real count is far below it, so most fine-tuned top directions are old ones,
-# moved.
+# Under the table, the claims this paragraph makes, each printed with whether it held in this run (normal mode
+# asserts them). Full fine-tuning learned the task best; LoRA r=1 did not leave chance on the test split. With $s$
+# fixed at 8, LoRA's $\lVert\Delta W\rVert$ grows with the rank (like $\sqrt r$, tutorial 07, section 3), and
+# rsLoRA's $s = 11.3$ makes its update the largest. Full fine-tuning's $\Delta W$ has a far higher effective rank
+# (of a possible 128) than LoRA's, which is at most $r$. Intruders at $\varepsilon = 0.5$ rise with the rank, rsLoRA
+# r=32 having the most; but full fine-tuning has some too — the paper's full fine-tunes had almost none — and LoRA r=8
+# only a few more. At $\varepsilon = 0.3$, near the random level, only the rank-32 runs keep intruders: directions as
+# unrelated to $W_0$ as random ones. The random row is all 160 from $\varepsilon = 0.4$ up, and every real count is
+# below it, at $\varepsilon = 0.5$ far below: most fine-tuned top directions are old ones, moved.
 
 # %%
 example = max(NAMES, key=lambda n: intruder_dimensions(W0[n], runs["lora r=8"]["W"][n], k=K)["count"])   # r=8's most
@@ -369,16 +410,20 @@ ax2.set(xlabel="ε", ylabel=f"intruders, summed over {len(NAMES)} matrices (of {
         title="intruders vs ε, with the random baseline")
 ax2.legend(fontsize=8)
 show(fig, "10_spectra_and_intruders")
+in_example = {label: intruder_dimensions(W0[example], runs[label]["W"][example], k=K)["count"] for label in runs}
+print(f"left plot: {example}; its intruders at ε=0.5: {in_example}")
+verdict("in this matrix LoRA's tuned spectra have intruders and full fine-tuning's has none",
+        in_example["full"] == 0 < in_example["lora r=8"])
 print(format_intruders(model_intruders(W0, runs["lora r=8"]["W"], k=K, eps=0.5)))
 
 # %% [markdown]
-# The left plot shows one matrix (the one where LoRA r=8 has the most intruders; in the measured run
-# `h.0.attn.c_attn`): the tuned spectra lie on the base's except near the top, where LoRA's bulge above it — and
-# most of the bulge is intruders, the crosses (full fine-tuning has none in this matrix). The right plot is
-# the whole sweep: every curve rises with $\varepsilon$ (a larger $\varepsilon$ calls more directions "new"), all far
-# below the random line above $\varepsilon \approx 0.35$. The table below it is `model_intruders` for LoRA r=8 at
-# $\varepsilon = 0.5$: intruders per matrix and the lowest $\max|\cos|$ among its top 10 (0.2–0.3 is "as new as
-# random").
+# The left plot shows one matrix, the one where LoRA r=8 has the most intruders (named under the plot, with every
+# run's count in it): the tuned spectra lie on the base's except near the top, where LoRA's bulge above it — and
+# most of the bulge is intruders, the crosses (full fine-tuning has none in this matrix: the verdict line). The right
+# plot is the whole sweep: every curve rises with $\varepsilon$ (a larger $\varepsilon$ calls more directions "new"),
+# all below the random line from $\varepsilon = 0.4$ up. The table below it is `model_intruders` for LoRA r=8 at
+# $\varepsilon = 0.5$: intruders per matrix and the lowest $\max|\cos|$ among its top 10 (compare with section 2's
+# random levels for these shapes: near them is "as new as random").
 #
 # **Check.** Deterministic facts first: every count is non-decreasing in $\varepsilon$; `model_intruders`' total at
 # $\varepsilon = 0.5$ equals the sweep's; LoRA's $\Delta W$ has effective rank at most $r$ in every matrix (1% for
@@ -394,11 +439,11 @@ for label, r in runs.items():
         assert r["erank"].max() <= 1.01 * PLAN[label].r, (label, r["erank"].max())
 assert random_counts[i5] >= 0.99 * K * len(NAMES)
 erank = {label: r["erank"].mean() for label, r in runs.items()}
-intr5 = {label: int(r["counts"][i5]) for label, r in runs.items()}
+smoke()
 print("mean effective rank of ΔW:", {k: round(float(v), 1) for k, v in erank.items()})
 print("intruders at ε=0.5:", intr5)
 assert erank["full"] > 4 * erank["lora r=8"]
-if not FAST:
+if not FAST:                                         # at full size only: 20 steps barely move the weights
     assert erank["full"] > 32
     assert intr5["lora r=32"] >= max(2 * intr5["lora r=1"], intr5["lora r=1"] + 10), intr5
 
@@ -420,6 +465,7 @@ heldout = heldout[:pick(32, 8) * base.cfg.n_ctx + 1]                        # th
 base_lm = lm_loss(base, heldout, max_windows=None)
 for label, r in runs.items():
     r["forgetting"] = lm_loss(r["model"], heldout, max_windows=None) - base_lm
+smoke()
 print(f"base model: LM loss {base_lm:.4f} nats/token on {len(heldout) - 1:,} held-out tokens")
 print(f"{'run':<12}{'ΔLM':>9}{'intruders ε=0.5':>17}{'‖ΔW‖/‖W0‖':>11}{'test acc':>9}")
 for label, r in runs.items():
@@ -427,23 +473,27 @@ for label, r in runs.items():
           f"{r['summary']['test_accuracy']:>9.3f}")
 
 # %% [markdown]
-# `ΔLM` is in nats per token (the base scores 0.83 on these 4,096 tokens: it predicts this generated world text
-# well). In the measured run LoRA r=1 forgot almost nothing (+0.03) — but it also barely learned the task; LoRA r=8
-# forgot +1.45, less than half of full fine-tuning's +3.86, as the paper (and Biderman et al.'s "LoRA learns less
-# and forgets less") would lead you to expect. But the order is not "LoRA < full" at every rank: r=32 (+7.14) and
-# rsLoRA r=32 (+7.29) forgot about twice as much as full fine-tuning. With $s$ fixed, a higher rank is a *larger*
-# update here (the `‖ΔW‖/‖W0‖` column), concentrated in a few new directions.
+# `ΔLM` is in nats per token (the base's own loss, printed above the table, is low: it predicts this generated world
+# text well). LoRA r=1 forgot almost nothing — but it also barely learned the task; LoRA r=8 forgot less than half of
+# what full fine-tuning did, as the paper (and Biderman et al.'s "LoRA learns less and forgets less") would lead you
+# to expect. But the order is not "LoRA < full" at every rank: both rank-32 runs forgot more than one and a half
+# times as much as full fine-tuning. With $s$ fixed, a higher rank is a *larger* update here (the `‖ΔW‖/‖W0‖`
+# column), concentrated in a few new directions.
 #
 # **Check.** Every model's loss is finite and no model is better than the base by more than 0.05 (fine-tuning on
 # reviews should not teach the world corpus); in normal mode, with wide margins: LoRA r=1 forgets less than 0.5 and
-# less than a quarter of full fine-tuning's; forgetting rises with the rank, r=1 < r=8 < r=32.
+# less than a quarter of full fine-tuning's; forgetting rises with the rank, r=1 < r=8 < r=32. The two comparisons
+# with full fine-tuning above are printed as verdicts.
 
 # %%
 forget = {label: r["forgetting"] for label, r in runs.items()}
 assert all(np.isfinite(v) and v > -0.05 for v in forget.values()), forget
-if not FAST:
+if not FAST:                                         # at full size only (fast mode: 20 steps)
     assert forget["lora r=1"] < min(0.5, forget["full"] / 4), forget
     assert forget["lora r=1"] < forget["lora r=8"] < forget["lora r=32"], forget
+verdict("LoRA r=8 forgot less than half of full fine-tuning's ΔLM", forget["lora r=8"] < forget["full"] / 2)
+verdict("both rank-32 runs forgot more than 1.5 × full fine-tuning's ΔLM",
+        min(forget["lora r=32"], forget["rslora r=32"]) > 1.5 * forget["full"])
 
 # %% [markdown]
 # ## 5. The mitigation: shrink the intruders
@@ -471,6 +521,7 @@ def mitigated(label, lam, eps=0.5):
 
 LAM = 0.75
 after = {label: mitigated(label, LAM) for label in runs}
+smoke()
 print(f"λ = {LAM}, ε = 0.5:  {'run':<12}{'ΔLM before':>11}{'after':>9}{'test acc before':>16}{'after':>7}")
 for label, (f_after, acc_after) in after.items():
     r = runs[label]
@@ -480,9 +531,18 @@ lams = (1.0, 0.75, 0.5, 0.25, 0.0)
 sweep = [mitigated("lora r=8", lam) for lam in lams]
 print("LoRA r=8, λ sweep:  " + "   ".join(f"λ={lam}: ΔLM {f:+.3f}, acc {acc:.3f}" for lam, (f, acc) in
                                        zip(lams, sweep)))
+f_sweep, acc_sweep = [f for f, _ in sweep], [a for _, a in sweep]
+verdict(f"λ = {LAM} lowered every run's forgetting", all(after[label][0] < forget[label] for label in runs))
+verdict(f"λ = {LAM} moved no run's test accuracy by more than 0.05",
+        all(abs(after[label][1] - acc[label]) <= 0.05 for label in runs))
+verdict("λ sweep: forgetting is lowest at an intermediate λ, and rises again at λ = 0",
+        min(f_sweep[1:-1]) < min(f_sweep[0], f_sweep[-1]) and f_sweep[-1] > min(f_sweep))
+verdict("λ sweep: accuracy falls at every step, to within 0.05 of chance at λ = 0",
+        bool(np.all(np.diff(acc_sweep) < 0)) and abs(acc_sweep[-1] - 0.5) < 0.05)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(lams, [f for f, _ in sweep], "o-", color="C1", label="forgetting ΔLM (left)")
-ax.set(xlabel="λ (intruders' singular values × λ)", ylabel="ΔLM, nats/token", title="LoRA r=8: scaling the intruders")
+ax.set(xlabel="λ (intruders' singular values × λ)", ylabel="ΔLM, nats/token",
+       title="LoRA r=8: scaling the intruders")
 ax.invert_xaxis()
 ax2 = ax.twinx()
 ax2.plot(lams, [acc for _, acc in sweep], "s--", color="C2", label="test accuracy (right)")
@@ -492,15 +552,14 @@ ax.legend(handles, [h.get_label() for h in handles], loc="upper center", fontsiz
 show(fig, "10_mitigation")
 
 # %% [markdown]
-# Read the first table: forgetting and test accuracy of each run before and after $\lambda = 0.75$. In the measured
-# run it lowered every run's forgetting — LoRA r=8 from +1.45 to +0.91, full fine-tuning's from +3.86 to +2.93,
-# LoRA r=32's from +7.14 to +5.99 — while test accuracy moved by 0.03 or less (r=8: 0.732 → 0.702). The λ
-# sweep on LoRA r=8 goes further. Forgetting falls to +0.58 at $\lambda = 0.25$, then *rises* again at
-# $\lambda = 0$ (+0.81): deleting those directions outright removes some of what the base knew too — at
-# $\varepsilon = 0.5$ an "intruder" can still be half an old direction. Accuracy falls steadily, to chance (0.51) at
-# $\lambda = 0$: the task *is* in those directions. The paper's $\lambda \approx 0.75$ is the mild end of the
-# trade. (The sweep alone does not show that intruders are special — shrinking any large new direction
-# might reduce forgetting too; that needs a control, such as scaling non-intruder directions of the same size.)
+# Read the first table: forgetting and test accuracy of each run before and after $\lambda = 0.75$. It lowered every
+# run's forgetting, while test accuracy moved by a few hundredths at most (the verdicts under the λ sweep). The sweep on
+# LoRA r=8 goes further. Forgetting falls at first, then *rises* again at $\lambda = 0$: deleting those directions
+# outright removes some of what the base knew too — at $\varepsilon = 0.5$ an "intruder" can still be half an old
+# direction. Accuracy falls at every step, to chance at $\lambda = 0$: the task *is* in those directions. The paper's
+# $\lambda \approx 0.75$ is the mild end of the trade. (The sweep alone does not show that intruders are special —
+# shrinking any large new direction might reduce forgetting too; that needs a control, such as scaling non-intruder
+# directions of the same size.)
 #
 # **Check.** Deterministic: $\lambda = 1$ gives $W_t$ back bit for bit; on the LoRA matrix with the most intruders
 # the new singular values are exactly the old ones with the intruders' multiplied by $\lambda$ ($10^{-5}$ of
@@ -526,7 +585,7 @@ W1 = runs["lora r=1"]["W"]
 clean = [n for n in NAMES if intruder_dimensions(W0[n], W1[n], k=K)["count"] == 0]          # matrices without any
 assert clean and all(np.array_equal(scale_intruders(W0[n], W1[n], k=K, lam=LAM), W1[n]) for n in clean)
 assert abs(sweep[0][0] - runs["lora r=8"]["forgetting"]) < 1e-3                # λ = 1: the unmitigated model
-if not FAST:
+if not FAST:                                         # at full size only (fast mode: 20 steps)
     (f1, acc1), (f075, acc075), f0 = sweep[0], sweep[1], sweep[-1][0]
     assert f075 < f1 - 0.1 and acc075 > acc1 - 0.1 and f0 < f1, sweep
 
@@ -565,6 +624,7 @@ rank_i, rank_f = average_ranks([intr5[k] for k in labels]), average_ranks([forge
 rho = pearson(rank_i, rank_f)
 closed = 1 - 6 * ((rank_i - rank_f) ** 2).sum() / (n * (n ** 2 - 1))           # exact only without ties
 ties = len(set(intr5.values())) < n or len(set(forget.values())) < n
+smoke()
 print(f"intruder ranks {rank_i.tolist()}, forgetting ranks {rank_f.tolist()}")
 print(f"Spearman ρ(intruders at ε=0.5, forgetting) over {n} runs = {rho:+.2f}; closed form {closed:+.2f}"
       f" ({'ties: the closed form does not apply' if ties else 'no ties: the two agree'})")
@@ -591,17 +651,17 @@ findings = [
     ("higher-rank rsLoRA looks like full fine-tuning",
      f"rsLoRA r=32: {intr5['rslora r=32']} intruders",
      "yes" if intr5["rslora r=32"] <= intr5["full"] else "no, not here")]
-for claim, here, verdict in findings:
-    print(f"  {claim:<58} {here:<36} {verdict}")
+for claim, here, found in findings:
+    print(f"  {claim:<58} {here:<36} {found}")
 
 # %% [markdown]
 # **Check.** `average_ranks` gives tied values the mean of their ranks (on a fixed example); $|\rho| \le 1$ and it
 # equals NumPy's Pearson correlation of the rank vectors; without ties, the closed form equals it; and in normal mode
-# $\rho$ is positive (measured: +0.90 — full fine-tuning is the run out of order: fewer intruders than LoRA r=8, more
-# forgetting).
+# $\rho$ is positive (printed above), with full fine-tuning the run out of order: fewer intruders than LoRA r=8, more
+# forgetting (the verdict below).
 #
 # The printed table: each finding of the paper, the numbers measured here, and a verdict computed from them (in fast
-# mode, 20 steps, the verdicts mean little).
+# mode, 20 steps, a smoke run: the verdicts mean nothing).
 
 # %%
 assert average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
@@ -610,8 +670,13 @@ if not math.isnan(rho):
     assert abs(rho) <= 1 and abs(rho - np.corrcoef(rank_i, rank_f)[0, 1]) < 1e-12
     if not ties:
         assert abs(closed - rho) < 1e-12
-if not FAST:
+if not FAST:                                         # at full size only (fast mode: 20 steps)
     assert rho > 0, rho
+verdict("full fine-tuning has fewer intruders than LoRA r=8 at ε=0.5, but forgets more",
+        intr5["full"] < intr5["lora r=8"] and forget["full"] > forget["lora r=8"])
+verdict("rsLoRA r=32 has the most forgetting, and the lowest test accuracy of the three larger LoRA runs",
+        forget["rslora r=32"] == max(forget.values()) and
+        acc["rslora r=32"] < min(acc["lora r=8"], acc["lora r=32"]))
 
 # %% [markdown]
 # What reproduces, in this 1-million-parameter model on a generated sentiment task:
@@ -628,12 +693,13 @@ if not FAST:
 #
 # - **Full fine-tuning has intruders too** at $\varepsilon = 0.5$, and LoRA r=8's lead over it is small. At width
 #   128 a direction needs only to rotate past 60° from every old one to count; full fine-tuning here moved the
-#   weights far (a relative change of 0.21 after 500 steps at lr $10^{-3}$, a large update for a small model), while
+#   weights far (its `‖ΔW‖/‖W0‖` in section 3's table, after 500 steps at lr $10^{-3}$: a large update for a small
+#   model), while
 #   the paper's full fine-tunes of RoBERTa and LLaMA moved them very little. Sweeping $\varepsilon$ shows the
 #   difference more clearly than one threshold: at $\varepsilon = 0.3$ only the rank-32 LoRA runs keep intruders.
 # - **Higher-rank rsLoRA does not behave like full fine-tuning here**: with $\alpha = 64$ at $r = 32$ its scale is
-#   11.3, its update the largest of all (0.60), and it has the most intruders (49) and the most forgetting (+7.29,
-#   just above r=32's +7.14), while it learned the task worst of the three larger LoRA runs (test 0.63).
+#   11.3, its update the largest of all, and it has the most intruders and the most forgetting, while it learned the
+#   task worst of the three larger LoRA runs (the verdicts in sections 3, 4 and above).
 #   The paper's claim concerns models hundreds of times wider, where even a high rank is a small fraction of the
 #   width; one run at a quarter of a toy model's width, with an $\alpha$ we chose, cannot settle it.
 # - **Accuracy is not matched.** The paper compares methods *at equal accuracy*; here full fine-tuning learned the
@@ -749,6 +815,7 @@ def in_sequence(method):
 
 base_task_loss = np.array([split_metrics(base, t, tok, 128)["loss"] for t in TESTS])
 seq = {label: in_sequence(method) for label, method in CL_PLAN.items()}
+smoke()
 print(f"{'':<21}{'test loss on task':^28}{'facts':>7}{'exact match':^16}")
 print(f"{'':<21}" + "".join(f"{j:>7}" for j in range(4)) + f"{'of 0':>7}{'task k':>8}{'task 0':>8}{'intruders':>11}"
       f"{'ΔLM':>8}")
@@ -758,6 +825,27 @@ for label, stages in seq.items():
         print(f"{label if k == 0 else '':<21}" + "".join(f"{v:>7.2f}" for v in st["loss"]) + f"{st['fact0']:>7.2f}"
               + f"{st['acc'][k]:>8.2f}{st['acc'][0]:>8.2f}{st['intruders']:>11}{st['forgetting']:>+8.2f}"
               + f"   after task {k}")
+base_fact0 = fact_loss(base)
+last = {label: stages[-1] for label, stages in seq.items()}
+verdict("every method learned each task as it came, in loss: the diagonal is below the base's loss on that task",
+        all(st["loss"][k] < base_task_loss[k] for stages in seq.values() for k, st in enumerate(stages)))
+verdict("in exact match only task 0 got anywhere: above 0.3 after stage 0, below 0.15 on tasks 1-3",
+        all(stages[0]["acc"][0] > 0.3 and all(st["acc"][k] < 0.15 for k, st in enumerate(stages) if k)
+            for stages in seq.values()))
+verdict("task 0's loss ended above the untrained base's for every method",
+        all(st["loss"][0] > base_task_loss[0] for st in last.values()))
+verdict("intruders grew at every stage for every method; LoRA r=8's and r=64's above full fine-tuning's throughout",
+        all(np.all(np.diff([st["intruders"] for st in stages]) > 0) for stages in seq.values()) and
+        all(min(a["intruders"], b["intruders"]) > f["intruders"]
+            for a, b, f in zip(seq["lora r=8"], seq["lora r=64"], seq["full"])))
+verdict("ΔLM grew at every stage for every method, and ended in the order LoRA r=1 < r=8 < r=64 < full",
+        all(np.all(np.diff([st["forgetting"] for st in stages]) > 0) for stages in seq.values()) and
+        last["lora r=1"]["forgetting"] < last["lora r=8"]["forgetting"] < last["lora r=64"]["forgetting"]
+        < last["full"]["forgetting"])
+verdict("facts of task 0: every method below the base after stage 0; after stage 3 LoRA r=1 within 0.5 of the "
+        "base, full fine-tuning above 4 × the base",
+        all(stages[0]["fact0"] < base_fact0 for stages in seq.values()) and
+        abs(last["lora r=1"]["fact0"] - base_fact0) < 0.5 and last["full"]["fact0"] > 4 * base_fact0)
 
 # %% [markdown]
 # Read a block of four rows: one method, stage by stage. The four loss columns are the completion loss (nats per
@@ -766,39 +854,43 @@ for label, stages in seq.items():
 # Exact match: on the task just trained, and on task 0. Intruders: against $W_0$, $\varepsilon = 0.5$, of
 # $16 \times 10 = 160$ top directions (section 3). ΔLM: section 4's forgetting of the pretraining text.
 #
-# In the measured normal-mode run (`OPENBLAS_NUM_THREADS=1`, as above) every method learned each task as it came,
-# in loss — the diagonal, 0.3–1.4, against the base's 2.4, 3.9, 1.6, 1.3 — though in exact match only task 0 got
-# anywhere (0.36–0.46; on tasks 1–3, pets' names and best friends among them, 0.00–0.11 after 200 steps). And every
-# method lost the earlier tasks. Task 0's loss, 0.3–0.5 right after it was trained, ended above the untrained base's
-# 2.41 for every method: 7.40 for full fine-tuning, 4.87 with the embeddings frozen, and 2.84, 3.63, 4.85 for LoRA
-# r = 1, 8, 64. Exact match on task 0 fell to 0.00–0.01 as soon as task 1 was trained. Intruders grew stage by stage
-# for every method, LoRA's fastest: r=1 from 5 to 18, r=8 from 10 to 43, r=64 from 25 to 124 of 160, full
-# fine-tuning 3, 5, 15, 25 (28 with the embeddings frozen). Forgetting of the pretraining text piled up too: ΔLM
-# after four tasks +0.49, +1.83, +4.21 for LoRA r = 1, 8, 64, +5.87 for full fine-tuning.
+# Under the table, what this paragraph claims, with whether it held in this run (normal mode asserts it). Every
+# method learned each task as it came, in loss — the diagonal lies below the base's loss on that task — though in
+# exact match only task 0 got anywhere (on tasks 1–3, pets' names and best friends among them, almost nothing after
+# 200 steps). And every method lost the earlier tasks: task 0's loss, low right after it was trained, ended above
+# the untrained base's for every method, and exact match on task 0 collapsed as soon as task 1 was trained (the
+# check below). Intruders grew at every stage for every method, LoRA r=8's and r=64's fastest; forgetting of the
+# pretraining text piled up too, least for LoRA r=1, most for full fine-tuning.
 #
-# The facts column tells two kinds of forgetting apart. The base scores 1.60 there, with the answer's form given.
-# How much of that is knowledge of the facts and how much a good guess among the world's towns, jobs and pets this
-# column cannot say (tutorial 04's greedy test, "⟨name⟩ lives in", found the base little better than guessing); it
-# is the yardstick. Training on task 0 brought it to 0.8–1.2. After four tasks LoRA r=1 is back near the base
-# (1.90) — it lost what task 0 taught it and little more — LoRA r=8 is at 3.44 and r=64 at 4.61, while full
-# fine-tuning ended at 11.12 nats: far worse than a model that had never been fine-tuned at all, so it lost more
-# than task 0's lesson.
+# The facts column tells two kinds of forgetting apart. The base's row gives its score there, with the answer's form
+# given. How much of that is knowledge of the facts and how much a good guess among the world's towns, jobs and pets
+# this column cannot say (tutorial 04's greedy test, "⟨name⟩ lives in", found the base little better than guessing);
+# it is the yardstick. Training on task 0 brought every method below it. After four tasks LoRA r=1 is back near the
+# base — it lost what task 0 taught it and little more — LoRA r=8 and r=64 are above it, and full fine-tuning ended
+# several times above it: far worse than a model that had never been fine-tuned at all, so it lost more than task
+# 0's lesson.
 #
 # What did the models forget? Ask two of them task 0's questions, before and after task 1.
 
 # %%
 question = list(zip(TESTS[0].prompts, TESTS[0].completions))[:3]
+same_form = {0: [], 1: []}                              # stage -> per answer: does it open as the true answer does?
+smoke()
 for label in ("full", "lora r=8"):
     for k in (0, 1):
         model = seq[label][k]["model"]
         print(f"{label}, after stage {k}:")
         for prompt, want in question:
             said = generate(model, tok, prompt, max_new_tokens=12, temperature=0).split("\n")[0]
-            print(f"    {prompt.splitlines()[0][len('Question: '):]:<34} → {said.strip():<28} (answer: {want.strip()})")
+            same_form[k].append(said.split()[:2] == want.split()[:2])          # "He lives", "He is": task 0's form
+            print(f"    {prompt.splitlines()[0][len('Question: '):]:<34} → {said.strip():<28} "
+                  f"(answer: {want.strip()})")
+verdict("after stage 0 every answer opens in task 0's form (its first two words), after stage 1 none does",
+        all(same_form[0]) and not any(same_form[1]))
 
 # %% [markdown]
-# Both models answer the old question in the new task's form: after task 1, "Where does Edwin live?" gets a pet sentence
-# ("He has a dog.", "He has a goldfish."). The four tasks share one prompt ("Question: … Answer:"), and each stage
+# Both models answer the old question in the new task's form: after task 1, "Where does Edwin live?" gets a pet
+# sentence (printed above). The four tasks share one prompt ("Question: … Answer:"), and each stage
 # trains on its own two relations and nothing else, so the quickest way to lower the new task's loss is to make
 # "Answer:" start the new task's sentence, whatever was asked. This is catastrophic forgetting at its plainest, and no
 # method escapes it here; the facts column above says how much knowledge went with the form. The usual remedies: mix
@@ -845,7 +937,7 @@ assert all(len(f) >= 1 for f in FACTS0[1]) and all(tok.decode(p + f) + "." == q 
 for label, stages in seq.items():
     print(f"{label:<21} task 0 loss: {stages[0]['loss'][0]:.2f} after stage 0 → {stages[-1]['loss'][0]:.2f} after "
           f"stage 3; intruders by stage {[st['intruders'] for st in stages]}")
-if not FAST:
+if not FAST:                                         # at full size only (fast mode: 10 steps a stage)
     for label, stages in seq.items():
         assert stages[-1]["loss"][0] > stages[0]["loss"][0] + 1.0, label
         assert stages[1]["acc"][0] < 0.1, label
@@ -856,22 +948,44 @@ if not FAST:
     assert seq["full, wte/wpe frozen"][-1]["loss"][0] < seq["full"][-1]["loss"][0] - 1.0
     assert max(seq[f"lora r={r}"][-1]["loss"][0] for r in (1, 8, 64)) < seq["full"][-1]["loss"][0] - 1.0
     assert max(seq[f"lora r={r}"][-1]["fact0"] for r in (1, 8, 64)) < seq["full"][-1]["fact0"] / 2
+smoke()
+loras = [f"lora r={r}" for r in (1, 8, 64)]
+verdict("LoRA r=1 ends with fewer intruders than full fine-tuning, LoRA r=64 with more than half of the 160",
+        last["lora r=1"]["intruders"] < last["full"]["intruders"] and last["lora r=64"]["intruders"] > 80)
+verdict("every LoRA run learned every task better than full fine-tuning (a lower diagonal at every stage)",
+        all(seq[lo][k]["loss"][k] < seq["full"][k]["loss"][k] for lo in loras for k in range(len(TASKS))))
+verdict("every LoRA run ends with lower task-0 loss, facts loss and ΔLM than full fine-tuning",
+        all(last[lo][key] < last["full"][key] for lo in loras for key in ("fact0", "forgetting")) and
+        all(last[lo]["loss"][0] < last["full"]["loss"][0] for lo in loras))
+frozen = last["full, wte/wpe frozen"]
+verdict("embeddings frozen: task 0's loss within 0.5 of LoRA r=64's, above r=1's and r=8's; facts below full's",
+        abs(frozen["loss"][0] - last["lora r=64"]["loss"][0]) < 0.5 and frozen["fact0"] < last["full"]["fact0"] and
+        frozen["loss"][0] > max(last["lora r=1"]["loss"][0], last["lora r=8"]["loss"][0]))
+verdict("within LoRA, r=1 < r=8 < r=64 in final intruders, task-0 loss and facts loss",
+        all(last["lora r=1"][key] < last["lora r=8"][key] < last["lora r=64"][key] for key in ("intruders", "fact0"))
+        and last["lora r=1"]["loss"][0] < last["lora r=8"]["loss"][0] < last["lora r=64"]["loss"][0])
+verdict("LoRA r=64 ends with more than 3 × full fine-tuning's intruders, yet a lower task-0 loss",
+        last["lora r=64"]["intruders"] > 3 * last["full"]["intruders"]
+        and last["lora r=64"]["loss"][0] < last["full"]["loss"][0])
 
 # %% [markdown]
 # What reproduces, and what does not:
 #
+# Each claim below is printed as a verdict by the check cell above (or under the table), from the numbers in the
+# table.
+#
 # - **Intruders accumulate, stage after stage** — for every method here, and for LoRA at $r \ge 8$ faster than for
-#   full fine-tuning at every stage (r=64 ends with 124 of the 160 top directions new, r=8 with 43, full fine-tuning
-#   with 25). LoRA r=1 accumulates fewer (18): the rank decides how fast. That much is the paper's finding.
+#   full fine-tuning at every stage (r=64 ends with most of the 160 top directions new). LoRA r=1 ends with fewer
+#   than full fine-tuning: the rank decides how fast. That much is the paper's finding.
 # - **"LoRA performs worse in continual learning" does not reproduce here.** Every LoRA run kept more of task 0 than
-#   full fine-tuning (loss 2.84–4.85 against 7.40; on the facts alone 1.90–4.61 against 11.12), learned every new
-#   task at least as well (the diagonal), and forgot less of the pretraining text. Part of full fine-tuning's loss is
-#   the tied embedding: `wte` is also the output layer, and full fine-tuning rewrites it for every task; with it
-#   frozen, task 0's loss ended at 4.87 instead of 7.40 and its facts at 5.56 instead of 11.12 — about where LoRA
-#   r=64 ended (4.85; facts 4.61), still worse than r=1 and r=8.
+#   full fine-tuning (in task 0's loss and on its facts alone), learned every new task better (the diagonal), and
+#   forgot less of the pretraining text. Part of full fine-tuning's loss is the tied embedding: `wte` is also the
+#   output layer, and full fine-tuning rewrites it for every task; with it frozen, task 0's loss ended more than a
+#   nat lower, and its facts' loss lower too — about where LoRA r=64 ended in task 0's loss (within half a nat),
+#   still worse than r=1 and r=8.
 # - **Intruders did not predict which method forgot the earlier task.** Within LoRA they go together — more rank,
-#   more intruders (18, 43, 124), more forgetting of task 0 (2.84 < 3.63 < 4.85; facts 1.90 < 3.44 < 4.61) — but
-#   LoRA r=64, with 124 intruders, kept task 0 better than full fine-tuning with 25.
+#   more intruders, more forgetting of task 0 (in loss and on the facts) — but LoRA r=64, with several times full
+#   fine-tuning's intruders, kept task 0 better than full fine-tuning.
 # - **Why the difference may be the setting.** The paper's tasks were different problems for much larger models,
 #   whose full fine-tunes move the weights very little (section 6); here four tasks compete for one answer form in a
 #   1-million-parameter model that full fine-tuning moves far (section 3), and the forgetting everyone shares is the
@@ -893,7 +1007,7 @@ def my_random_level(d):
 
 # %% jupyter={"source_hidden": true}
 def solution_random_level(d):
-    return math.sqrt(2 * math.log(2 * d) / d)            # the Gaussian-maximum estimate, 14-18% high here
+    return math.sqrt(2 * math.log(2 * d) / d)            # the Gaussian-maximum estimate, a little high (section 2)
 
 
 # %%
@@ -979,8 +1093,8 @@ exercise("Exercise 3 (mitigation by hand)", check_scale_intruders, my_scale_intr
 # `train.jsonl`, followed by `round(share × that many)` lines drawn without replacement (`rng.choice`) from the
 # training lines of tasks $0 … k-1$ together. Predict first: with 10% replay, how much of task 0's loss comes back?
 # The check writes your stage-1 task, trains section 7's LoRA r=8 stage-0 model on it for the same 200 steps, and
-# compares task 0's and task 1's test loss with section 7's stage 1 (measured: 100 replayed questions among 1,100
-# bring task 0's loss from 2.28 back to 0.39, near where stage 0 left it, and task 1's is 0.75 against 0.78).
+# compares task 0's and task 1's test loss with section 7's stage 1, and prints both; in normal mode task 0's loss
+# must come back by more than 1 nat while task 1's rises by at most 0.3.
 
 # %%
 def my_replay_lines(k, share, rng):
@@ -1012,10 +1126,11 @@ def check_replay(answer, share=0.1):
     tuned, lora, _ = finetune(seq["lora r=8"][0]["model"], tok, cfg, progress=False)
     loss = [split_metrics(lora.merged_model(), t, tok, 128)["loss"] for t in TESTS[:2]]
     before = seq["lora r=8"][1]["loss"][:2]
+    smoke()
     print(f"{len(extra)} task-0 examples among {len(lines)}: task 0 loss {before[0]:.2f} → {loss[0]:.2f}, "
           f"task 1 loss {before[1]:.2f} → {loss[1]:.2f} (section 7's stage 1 → with replay)")
     assert np.all(np.isfinite(loss))
-    if not FAST:
+    if not FAST:                                     # at full size only (fast mode: 10 steps)
         assert loss[0] < before[0] - 1.0 and loss[1] < before[1] + 0.3, (before, loss)
 
 
