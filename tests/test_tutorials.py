@@ -228,6 +228,37 @@ def test_core_tutorial_prose_fits_an_evening(path):
                                   f"issue 22 counts them); a core tutorial holds at most {PROSE_WORDS:,}")
 
 
+def typed_measurements(text: str) -> list:
+    """Numbers in a tutorial's prose that look like a measurement typed by hand: two or more decimals (0.899, 3.86),
+    outside inline code, LaTeX and quotations (the article's and the papers' own figures), and not an arXiv number.
+    A core tutorial prints its measurements and says "as printed above" instead (issue 22, point 2); a threshold the
+    prose states (0.8, 5%) has at most one decimal."""
+    import re
+    found = []
+    for kind, _, body in cells(text):
+        if kind != "markdown":
+            continue
+        lines = [line.lstrip("#").lstrip() for line in body.splitlines()]
+        md = "\n".join(line for line in lines if not line.startswith(">"))
+        for pattern in (r"`[^`]*`", r"\$\$.*?\$\$", r"\$[^$]*\$", r"arXiv[: ]*\d+\.\d+"):
+            md = re.sub(pattern, "", md, flags=re.S)
+        found += re.findall(r"(?<![\w.])\d+\.\d{2,}\b", md)
+    return found
+
+
+@pytest.mark.parametrize("path", CORE + CORE_ZH, ids=[_name(p) for p in CORE + CORE_ZH])
+def test_core_prose_types_no_measurement(path):
+    typed = typed_measurements(path.read_text(encoding="utf-8"))
+    assert not typed, (f"{_name(path)}'s prose types {typed}: print measurements from a cell and say \"as printed "
+                       "above\", or state a threshold that a check asserts")
+
+
+def test_typed_measurements_finds_what_it_should():
+    text = ("# ---\n# jupyter:\n# ---\n\n# %% [markdown]\n# LoRA reached 0.899 (as printed above); within 0.8;\n"
+            "# `x = 0.123`, $e = 2.718$, arXiv 2106.09685\n# > the article's 0.25\n\n# %%\nprint(0.899)\n")
+    assert typed_measurements(text) == ["0.899"]
+
+
 def test_prose_words_counts_the_markdown_only():
     text = ("# ---\n# jupyter:\n# ---\n\n# %% [markdown]\n# # Title\n#\n# two words\n\n"
             "# %%\nx = 1  # a comment of several words\n")
