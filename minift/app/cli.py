@@ -62,7 +62,8 @@ _number = _read_as(float, "a number")
 
 def _workers(text):
     """--workers: "auto" or an integer (its range is the configuration's to check)."""
-    return text if text == "auto" else _read_as(int, "an integer or 'auto'")(text)
+    from ..fast.parallel import AUTO
+    return text if text == AUTO else _read_as(int, f"an integer or {AUTO!r}")(text)
 
 
 def default_of(owner, name: str):
@@ -150,9 +151,9 @@ def _prepare_training(a):
     from .outdir import RunFolder
     inputs = {f"--{name}": getattr(a, name) for name in ("base", "task", "tokenizer", "files") if hasattr(a, name)}
     a.run_folder = RunFolder(a.out, a.command, a.resume, a.overwrite, inputs, argv=a.argv)
-    from ..fast.parallel import cpu_cores
+    from ..fast.parallel import AUTO, cpu_cores
     cores = cpu_cores()
-    if a.threads is not None and a.config.workers == "auto":         # --threads chooses BLAS threading instead
+    if a.threads is not None and a.config.workers == AUTO:         # --threads chooses BLAS threading instead
         a.config = dataclasses.replace(a.config, workers=1)
     workers = a.config.workers                                       # the command's configuration (configure)
     if a.threads is not None and cores and a.threads * workers > cores:

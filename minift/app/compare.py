@@ -39,8 +39,8 @@ from ..errors import MiniftError
 from ..formats.io import atomic_write, drop_summary, save_json
 from ..lora import MODEL_CARD_FILE
 from ..lora.config import normalise_targets
-from ..measure.analysis import (compare_updates, effective_rank, intruder_sweep, linear_weight_names,
-                                random_baseline, scale_intruders, singular_values)
+from ..measure.analysis import (compare_updates, intruder_sweep, linear_weight_names, matrix_position,
+                                random_baseline, scale_intruders, update_stats)
 from ..measure.memory import measure_memory, predict_memory
 from ..methods import METHODS, check_task_fits
 from ..training.evaluate import lm_loss, split_metrics
@@ -169,13 +169,10 @@ def _updates(base_w: dict, tuned_w: dict, names) -> list:
     its effective rank, and its singular values (largest first)."""
     rows = []
     for name in names:
-        W0 = base_w[name].astype(np.float64)
-        delta = tuned_w[name].astype(np.float64) - W0
-        block, module = name.split(".", 2)[1], name.split(".", 2)[2][:-len(".weight")]
-        rows.append(dict(name=name, block=int(block), module=module,
-                         rel_norm=float(np.linalg.norm(delta) / np.linalg.norm(W0)),
-                         eff_rank=effective_rank(delta) if np.any(delta) else 0.0,
-                         singular_values=[float(f"{v:.6g}") for v in singular_values(delta)]))   # (6 digits)
+        block, module = matrix_position(name)
+        u = update_stats(base_w[name], tuned_w[name])
+        rows.append(dict(name=name, block=block, module=module, rel_norm=u["rel_norm"], eff_rank=u["eff_rank"],
+                         singular_values=[float(f"{v:.6g}") for v in u["singular_values"]]))   # (6 digits)
     return rows
 
 
@@ -366,7 +363,7 @@ def _machine(cpu_per_wall=None) -> dict:
     try:
         import minift
         info["minift"] = minift.__version__
-    except Exception:  # noqa: the version is informative only
+    except Exception:  # noqa: BLE001 (the version is informative only)
         pass
     return info
 

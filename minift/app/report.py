@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fast.parallel import AUTO
+
 MiB = 1024 * 1024
 SMOOTH_STEPS = 20          # the training curves' moving average covers 1/SMOOTH_STEPS of the run (at least 1 step)
 
@@ -228,7 +230,7 @@ def workers_note(results) -> str:
     how = ("each step's batch computed whole (BLAS threads as the environment sets)" if used == [1] else
            f"each step's batch split across {' or '.join(map(str, used))} CPU threads, the cores' BLAS threads "
            "shared out among them (one each on 2 cores; "
-           + ("`--workers auto`, the default: the fastest configuration measured" if asked == "auto" else
+           + ("`--workers auto`, the default: the fastest configuration measured" if asked == AUTO else
               f"`--workers {asked}`") + "); the gradient is the whole batch's up to float rounding")
     return f"- Steps: {how}."
 
@@ -321,11 +323,11 @@ def summarize(results) -> dict:
             mid = min((e for e in sp["eps"] if out["intruder_range"][0] <= e <= out["intruder_range"][1]),
                       key=lambda e: abs(rnd[sp["eps"].index(e)] - 0.5))
             out["intruder_mid"] = dict(eps=mid, **{k: v[sp["eps"].index(mid)] for k, v in out["intruders"].items()})
-    sim = results.get("similarity")
-    if sim:
-        rows = [row for row in sim["rows"] if row["similarity"] is not None and np.isfinite(row["similarity"])]
-        scores, randoms = [row["similarity"] for row in rows], [row["random"] for row in rows]  # (nan: one left it)
-    if sim and rows:
+    rows = [row for row in (results.get("similarity") or {}).get("rows", [])     # (nan or None: one left it alone)
+            if row["similarity"] is not None and np.isfinite(row["similarity"])]
+    if rows:
+        sim = results["similarity"]
+        scores, randoms = [row["similarity"] for row in rows], [row["random"] for row in rows]
         out["similarity"] = dict(a=sim["a"], b=sim["b"], k=sim["k"], mean=float(np.mean(scores)),
                                  min=float(min(scores)), max=float(max(scores)), random=float(np.mean(randoms)),
                                  above_twice_random=sum(s > 2 * q for s, q in zip(scores, randoms)),

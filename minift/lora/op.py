@@ -135,9 +135,13 @@ class LoRALinear:
     def backward(self, dy, cache, grads, need_dw, need_db):
         self._refuse_if_merged()
         dx, dw, db, dA, dB = lora_backward(dy, cache, need_dw=need_dw, need_db=need_db)
+        self._keep_grads(grads, dA, dB)
+        return dx, dw, db
+
+    def _keep_grads(self, grads, dA, dB):
+        """dA and dB into the model's grads, under the adapter's parameter names."""
         grads[self.module + ".lora_A.weight"] = dA
         grads[self.module + ".lora_B.weight"] = dB
-        return dx, dw, db
 
     def _refuse_if_merged(self):
         if self.merged:

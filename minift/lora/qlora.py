@@ -124,8 +124,7 @@ class QLoRALinear(LoRALinear):
             raise MiniftError(f"the base weight of {self.module} is quantised and frozen: it has no gradient "
                               "(QLoRA trains A and B only)")
         dx, _, db, dA, dB = qlora_backward(dy, cache, need_db=need_db)
-        grads[self.module + ".lora_A.weight"] = dA
-        grads[self.module + ".lora_B.weight"] = dB
+        self._keep_grads(grads, dA, dB)
         return dx, None, db
 
     def merged_weight(self):

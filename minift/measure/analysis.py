@@ -126,14 +126,26 @@ def stable_rank(M) -> float:
     return float((s ** 2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
 
 
-def spectrum_compare(W0, W_tuned, layout="in_out") -> dict:
-    """Spectra of W0, W_tuned and ΔW = W_tuned − W0, and ΔW's size and ranks."""
-    a, b = _pair(W0, W_tuned, layout)
-    d = b - a
+def update_stats(W0, W_tuned) -> dict:
+    """Where an update ΔW = W_tuned − W0 lives, from one SVD (norms and singular values do not depend on the layout):
+    rel_norm ‖ΔW‖_F / ‖W0‖_F, eff_rank (0 for no update), singular_values of ΔW, largest first."""
+    a, b = _matrix(W0, "W0"), _matrix(W_tuned, "W_tuned")
+    if a.shape != b.shape:
+        raise MiniftError(f"W0 {a.shape} and W_tuned {b.shape} must have the same shape")
+    s = singular_values(b - a)
     norm0 = np.linalg.norm(a)
-    return dict(s0=singular_values(a), s_tuned=singular_values(b), s_delta=singular_values(d),
-                relative_change=float(np.linalg.norm(d) / norm0) if norm0 > 0 else math.inf,
-                effective_rank_delta=effective_rank(d), stable_rank_delta=stable_rank(d))
+    return dict(rel_norm=float(np.sqrt((s ** 2).sum()) / norm0) if norm0 > 0 else math.inf,
+                eff_rank=_effective_rank(s), singular_values=s)
+
+
+def spectrum_compare(W0, W_tuned, layout="in_out") -> dict:
+    """Spectra of W0, W_tuned and ΔW = W_tuned − W0, and ΔW's size and ranks (update_stats)."""
+    a, b = _pair(W0, W_tuned, layout)
+    u = update_stats(a, b)
+    s = u["singular_values"]
+    return dict(s0=singular_values(a), s_tuned=singular_values(b), s_delta=s, relative_change=u["rel_norm"],
+                effective_rank_delta=u["eff_rank"],
+                stable_rank_delta=float((s ** 2).sum() / s[0] ** 2) if s[0] > 0 else 0.0)
 
 
 # ---- intruder dimensions -------------------------------------------------------------------------------------------
@@ -256,6 +268,14 @@ def random_subspace_similarity(dim, k) -> float:
 _BLOCK_WEIGHT = re.compile(r"h\.(\d+)\.(.+)\.weight$")             # block, module
 
 
+def matrix_position(name: str) -> tuple:
+    """"h.3.mlp.c_fc.weight" -> (3, "mlp.c_fc"): a block linear's block and module."""
+    m = _BLOCK_WEIGHT.match(name)
+    if m is None:
+        raise MiniftError(f"{name!r} is not a block linear's weight (h.<block>.<module>.weight)")
+    return int(m.group(1)), m.group(2)
+
+
 def linear_weight_names(params: dict, modules=None) -> list:
     """The names of the block linears' weights in `params`, in layer order. modules: None (all four linears) or
     module names matched as suffixes ("attn.c_attn", "c_proj") or exact parameter names."""
@@ -323,8 +343,8 @@ def compare_updates(base_params: dict, tuned_a: dict, tuned_b: dict, k, modules=
         rel_a, Ua, Sa = _update(W0, tuned_a, name, "a", layout)
         rel_b, Ub, Sb = _update(W0, tuned_b, name, "b", layout)
         phi, k_used = _similarity(Ua, Sa, Ub, Sb, _top_k(k, min(W0.shape)))
-        m = _BLOCK_WEIGHT.match(name)
-        rows.append(dict(name=name, block=int(m.group(1)), module=m.group(2), shape=tuple(base_params[name].shape),
+        block, module = matrix_position(name)
+        rows.append(dict(name=name, block=block, module=module, shape=tuple(base_params[name].shape),
                          rel_norm_a=rel_a, rel_norm_b=rel_b, eff_rank_a=_effective_rank(Sa),
                          eff_rank_b=_effective_rank(Sb), k=k_used, similarity=phi,
                          random=random_subspace_similarity(W0.shape[0], k_used) if k_used else math.nan))

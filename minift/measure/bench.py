@@ -92,7 +92,7 @@ from ..config import BENCH_BATCH, PRESETS, GPTConfig
 from ..errors import MiniftError
 from ..dispatch import reference_only
 from ..fast.kernels import fused_enabled, use_fused
-from ..fast.parallel import blas_threads_shared
+from ..fast.parallel import AUTO, blas_threads_shared
 
 METHODS = ("full", "lora")
 PEAK_SIZES = (512, 1024, 2048)
@@ -413,9 +413,9 @@ def run_bench(preset: str, method: str = "full", rank: int = 8, steps: int = 10,
     _check_count("steps", steps, 1)
     _check_count("warmup", warmup, 0)
     _check_count("profile_steps", profile_steps, 0)
-    if workers == "auto" and threads is not None:
+    if workers == AUTO and threads is not None:
         workers = 1                     # --threads chooses BLAS threading, as in training
-    if workers != "auto":
+    if workers != AUTO:
         _check_count("workers", workers, 1)
     device = resolve_device(device)
     if peak_sizes is None:
