@@ -314,3 +314,18 @@ def test_compare_updates_of_a_run_with_itself_and_with_lora():
     assert table.count("no update") == len(untouched) and "mean (8 matrices)" in table
     with pytest.raises(MiniftError, match="tuned_b has no 'h.0.attn.c_proj.weight'"):
         compare_updates(base, full, lora.effective_weights(), k=2)
+
+
+def test_update_stats_is_the_update_spectrum_compare_reports():
+    """One SVD of ΔW gives its size, effective rank and spectrum, the same numbers spectrum_compare shows."""
+    from minift.measure.analysis import matrix_position, update_stats
+    rng = np.random.default_rng(3)
+    W0 = rng.standard_normal((12, 20))
+    Wt = W0 + np.outer(rng.standard_normal(12), rng.standard_normal(20))     # a rank-1 update
+    u, full = update_stats(W0, Wt), spectrum_compare(W0, Wt)
+    np.testing.assert_allclose(u["singular_values"], full["s_delta"], rtol=1e-12, atol=1e-12)   # (zeros: rounding)
+    assert u["rel_norm"] == pytest.approx(np.linalg.norm(Wt - W0) / np.linalg.norm(W0), rel=1e-12)
+    assert u["eff_rank"] == pytest.approx(1.0, abs=1e-9) and update_stats(W0, W0)["eff_rank"] == 0.0
+    assert matrix_position("h.3.mlp.c_fc.weight") == (3, "mlp.c_fc")
+    with pytest.raises(MiniftError, match="wte.weight"):
+        matrix_position("wte.weight")
