@@ -1,9 +1,10 @@
 """Which function runs each op: the reference (minift/ops: the formulas) or its fast twin (minift/fast).
 
-The model (model.py) and the optimizer (optim.py) call the ops that have a twin through an `Op` below. A call runs the
-fast twin, or the reference when MINIFT_REFERENCE=1 is in the environment (read once, at import) or inside
-`with use_reference():`. The reference path is the math alone (no blocked attention, no fused kernels, no in-place
-chains), for a learner who wants to step into it in a debugger; it is slower and holds more memory.
+The model (model.py), the optimizer (optim.py) and QLoRA's linear (lora/qlora.py) call the ops that have a twin
+through an `Op` below. A call runs the fast twin, or the reference when MINIFT_REFERENCE=1 is in the environment
+(read once, at import) or inside `with use_reference():`. The reference path is the math alone (no blocked
+attention, no fused kernels, no in-place chains), for a learner who wants to step into it in a debugger; it is
+slower and holds more memory.
 
     op               reference               fast twin               what the twin changes
     layernorm        ops/layernorm.py        fast/layernorm.py       in place; fused kernels on CuPy (the same order)
@@ -12,6 +13,8 @@ chains), for a learner who wants to step into it in a debugger; it is slower and
     gelu             ops/gelu.py             fast/gelu.py            in place, another order; one kernel on CuPy
     AdamW's update   optim.adamw_update      fast/adamw.py           torch's order, one scratch; one kernel on CuPy
                      (paired in optim.py, which imports this module)
+    dequantize       quant.dequantize        fast/dequant.py         W̃ alone, no temporary of W's size: a chunk of
+                     (QLoRA's W̃ = deq(W))                            blocks at a time; one kernel on CuPy
 
 The other ops (linear, embedding, dropout, cross-entropy, pooling) have no twin: the model calls them from ops/.
 Each twin is tested against its reference (tests/fast/: bitwise where the order of operations is the same,
@@ -31,8 +34,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-from . import ops
-from .fast import attention, gelu, layernorm
+from . import ops, quant
+from .fast import attention, dequant, gelu, layernorm
 from .fast.parallel import AUTO, cpu_cores, uses_randomness
 
 # Measured on 2 cores (benchmarks/RESULTS.md, run G): a demo step with two workers of one BLAS thread each took
@@ -79,6 +82,16 @@ attention_forward = Op(ops.attention_forward, attention.attention_forward)
 attention_backward = Op(ops.attention_backward, attention.attention_backward)
 gelu_forward = Op(ops.gelu_forward, gelu.gelu_forward)
 gelu_backward = Op(ops.gelu_backward, gelu.gelu_backward)
+
+
+def fast_dequantize(Qw, dtype=None):
+    """quant.dequantize's twin (fast/dequant.py), taking the same Quantized; the scales c̃ [NB] of a double-quantised
+    W (4 bytes a block of K weights) are dequantised by the reference first."""
+    c = Qw.absmax if Qw.scales is None else quant.dequantize_scales(Qw.scales, Qw.packed.shape[0])   # (NB,)
+    return dequant.dequantize(Qw.packed, quant.code_values(Qw.code), c, Qw.shape, dtype or Qw.dtype)
+
+
+dequantize = Op(quant.dequantize, fast_dequantize)
 
 
 def workers_for(workers, model, rows: int | None = None) -> int:

@@ -2,8 +2,7 @@
 
 Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs" (arXiv 2305.14314), §3 eq. (5): the frozen W
 is kept as a `Quantized` (minift/quant.py: 4-bit patterns and block scales) and dequantised, W̃ = deq(W), each time
-the layer computes with it; A and B are LoRA's (minift/lora/op.py), trained in the compute dtype. Not yet wired into
-attach_lora or training (issue 23, point 3).
+the layer computes with it; A and B are LoRA's (minift/lora/op.py), trained in the compute dtype.
 
 Letters as in minift/lora/op.py: N token positions, I in features, O out features, R the rank.
 
@@ -20,15 +19,21 @@ W; here that slot is emptied and the Quantized kept instead (~0.53 bytes a weigh
 What the memory holds, per adapted linear (b_w the compute dtype's bytes, 4 for float32):
     between forward and backward   x [N, I] (x_d too with dropout), s·h [N, R], the dropout mask; the Quantized.
                                    No array of W's size (the float W̃ is gone).
-    peak inside forward/backward   the above, y or dx, plus W̃ [I, O] and dequantize's temporaries. The reference
-                                   dequantize (quant.py) works on the whole tensor: unpacked patterns (1 byte a
-                                   weight), their int32 indices (4), gathered values v[q] and v[q]·c in float32
-                                   (4 each), then the cast to the compute dtype (b_w): tracemalloc measures a peak
-                                   of 2.4 float32 copies of W̃ (tests/lora/test_qlora.py, bound 3). A blockwise
-                                   or fused dequantisation (issue 23's GPU kernel) would bring that to W̃ alone.
+    peak inside forward/backward   the above, y or dx, plus W̃ [I, O] and the dequantisation's workspace.
+                                   dispatch.dequantize runs the fast twin (fast/dequant.py): W̃ written straight
+                                   into its one array, a chunk of blocks at a time (one CUDA kernel on CuPy), so
+                                   the workspace is at most 256 KiB (the gather's indices, a float32 chunk) plus,
+                                   with double quantisation, the scales c̃ (4 bytes a block). tracemalloc measures
+                                   1.07 float32 copies of W̃ for a 512 × 1024 W (1.08 with double quantisation;
+                                   tests/lora/test_qlora.py, bound W̃ + that workspace + W̃/20). The reference
+                                   (quant.dequantize, MINIFT_REFERENCE=1) works on the whole tensor: unpacked
+                                   patterns (1 byte a weight), their int32 indices (4), gathered values v[q] and
+                                   v[q]·c in float32 (4 each), then the cast to the compute dtype (b_w): 2.3 float32
+                                   copies of W̃ (bound 3).
 """
 from __future__ import annotations
 
+from .. import dispatch
 from ..errors import MiniftError
 from ..quant import BLOCK, Quantized, dequantize, quantize
 from .op import LoRALinear, lora_backward, lora_forward
@@ -42,7 +47,7 @@ def qlora_forward(x, Qw, b, A, B, s, p=0.0, rng=None):
 
     W̃ = deq(W) is made in x's dtype (the compute dtype), used for x W̃, and dropped when this returns."""
     check_qlora_inputs(x, Qw, b, A, B)
-    w = dequantize(Qw, dtype=x.dtype)                                  # (I, O) the transient W̃
+    w = dispatch.dequantize(Qw, dtype=x.dtype)                         # (I, O) the transient W̃
     y, cache = lora_forward(x, w, b, A, B, s, p, rng)                  # (..., O) LoRA's forward on W̃
     assert cache[W_SLOT] is w, "lora_forward's cache layout changed: update W_SLOT"
     cache = cache[:W_SLOT] + (None,) + cache[W_SLOT + 1:]              # W̃ is not kept to the backward
@@ -55,7 +60,7 @@ def qlora_backward(dy, cache, need_db=True):
     (lora_backward with need_dw=False); W̃ is dequantised again for dx = dy W̃ᵀ + the branch's s · dy B A."""
     lora_cache, Qw = cache
     x2 = lora_cache[0]                                                 # (N, I) the input, its dtype the compute one
-    w = dequantize(Qw, dtype=x2.dtype)                                 # (I, O) W̃ again, as the forward made it
+    w = dispatch.dequantize(Qw, dtype=x2.dtype)                        # (I, O) W̃ again, as the forward made it
     full = lora_cache[:W_SLOT] + (w,) + lora_cache[W_SLOT + 1:]
     dx, dw, db, dA, dB = lora_backward(dy, full, need_dw=False, need_db=need_db)   # dw is None: never computed
     return dx, dw, db, dA, dB
@@ -92,10 +97,10 @@ class QLoRALinear(LoRALinear):
     memory QLoRA exists to save, and which of the two computes would be ambiguous).
 
     Merging: a 4-bit W cannot take ΔW in place (ΔW is far below a code step, and the sum is not on the code's grid),
-    so merge() / unmerge() are refused. merged_weight() gives the float32 merged weight deq(W) + s · Aᵀ Bᵀ: the
-    dequantised base (W's quantisation error stays in it: it is not the original W + ΔW) plus ΔW, the sum rounded
-    once to float32 (each entry within half an ulp of deq(W) + ΔW, ΔW carrying its matmul's rounding), so it equals
-    the adapted forward's weight up to float32 reassociation. quantize(merged_weight()) is a 4-bit merged model at a
+    so merge() / unmerge() are refused. merged_weight() gives the merged weight deq(W) + s · Aᵀ Bᵀ in the compute
+    dtype: the dequantised base (W's quantisation error stays in it: it is not the original W + ΔW) plus ΔW, the sum
+    rounded once (each entry within half an ulp of deq(W) + ΔW, ΔW carrying its matmul's rounding), so it equals
+    the adapted forward's weight up to reassociation. quantize(merged_weight()) is a 4-bit merged model at a
     second quantisation error, which can round most of a small ΔW away.
     """
 
@@ -128,12 +133,11 @@ class QLoRALinear(LoRALinear):
         return dx, None, db
 
     def merged_weight(self):
-        """deq(W) + s · Aᵀ Bᵀ [I, O] float32: the dequantised base plus ΔW, rounded once to float32."""
-        w = self.dequantized_weight(self.A.dtype if self.A.dtype.itemsize > 4 else "float32")   # (I, O)
-        return (w + self.delta_weight()).astype("float32")             # (I, O)
+        """deq(W) + s · Aᵀ Bᵀ [I, O] in the compute dtype (A's; float32 in training): the dequantised base plus ΔW."""
+        return self.dequantized_weight(self.A.dtype) + self.delta_weight()   # (I, O)
 
     def effective_weight(self, w=None):
-        """The weight the adapted linear computes with: merged_weight() (float32)."""
+        """The weight the adapted linear computes with: merged_weight() (the compute dtype)."""
         self._check_w(w)
         return self.merged_weight()
 
