@@ -10,6 +10,7 @@ arrays receive gradients and updates:
                                                                             if asked)
     head      only the classification head `score.weight` (a linear probe)  the whole transformer
     lora      the adapters' A and B (+ the head, as PEFT's modules_to_save) the whole transformer (minift/lora/)
+    qlora     as lora                                                       as lora, the adapted W stored in 4 bits
 
 A frozen parameter is in `model.frozen`: the backward never computes its weight gradient (no xᵀ dy matmul), the
 optimizer is never given it, and its array is bitwise unchanged by training. Below the lowest trainable tensor the
@@ -18,10 +19,13 @@ no activations for them, "head" runs a forward and the head's backward only.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .config import HEAD_WEIGHT
 from .errors import MiniftError
 
-METHODS = ("full", "freeze", "head", "lora")
+METHODS = ("full", "freeze", "head", "lora", "qlora")
+ADAPTER_METHODS = ("lora", "qlora")      # the methods that attach adapters (attach_lora) instead of freezing
 
 
 def check_task_fits(method: str, task, train_split, batch_size: int, option="--method") -> None:
@@ -36,7 +40,7 @@ def check_task_fits(method: str, task, train_split, batch_size: int, option="--m
 
 def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_embeddings: bool = True,
                 freeze_layernorm: bool = False) -> set:
-    """The set of parameter names `method` freezes (LoRA's is made by attach_lora)."""
+    """The set of parameter names `method` freezes (LoRA's and QLoRA's is made by attach_lora)."""
     names = set(model.params)
     if method == "full":
         return set()
@@ -58,15 +62,35 @@ def freeze_plan(model, method: str, freeze_blocks: int | None = None, freeze_emb
     raise MiniftError(f"method {method!r} is not one of {METHODS}")
 
 
+def adapter_config(method: str, lora_config=None):
+    """The LoRAConfig of an adapter method: "lora" plain (no quant), "qlora" with a 4-bit base (quant "nf4" unless
+    the config names another code)."""
+    from .lora import LoRAConfig
+    config = lora_config or LoRAConfig()
+    if method == "qlora" and config.quant is None:
+        return replace(config, quant="nf4")
+    if method == "lora" and config.quant is not None:
+        raise MiniftError(f"the LoRA config quantises the base (quant={config.quant!r}): that is method 'qlora'")
+    return config
+
+
+def adapter_memory_options(config) -> dict:
+    """predict_memory's (minift/measure/memory.py) keywords for the adapters of a LoRAConfig."""
+    options = dict(rank=config.r, targets=config.targets, dora=config.use_dora)
+    if config.quant is not None:
+        options.update(quant=config.quant, double_quant=config.double_quant)
+    return options
+
+
 def setup_method(model, method: str, lora_config=None, seed: int = 0, **freeze_options):
-    """Prepare `model` for fine-tuning with `method`; returns the LoRA handle for "lora", else None."""
+    """Prepare `model` for fine-tuning with `method`; returns the LoRA handle for "lora" and "qlora", else None."""
     if model.adapters:
         raise MiniftError("this model already has adapters attached; start from a fresh base model")
-    if method == "lora":
-        from .lora import LoRAConfig, attach_lora
-        return attach_lora(model, lora_config or LoRAConfig(), seed=seed)
+    if method in ADAPTER_METHODS:
+        from .lora import attach_lora
+        return attach_lora(model, adapter_config(method, lora_config), seed=seed)
     if lora_config is not None:
-        raise MiniftError(f"LoRA options were given but method is {method!r}; use method 'lora'")
+        raise MiniftError(f"LoRA options were given but method is {method!r}; use method 'lora' or 'qlora'")
     model.frozen = freeze_plan(model, method, **freeze_options)
     return None
 

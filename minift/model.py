@@ -23,7 +23,9 @@ LayerNorm, attention and GELU come through minift/dispatch.py, which runs their 
 MINIFT_REFERENCE=1, the reference ops (minift/ops) alone; the other ops are called from minift/ops directly.
 
 Parameters are a flat dict with Hugging Face GPT-2's names (without the "transformer." prefix) and layouts: linear
-weights are [in, out] (GPT-2's Conv1D), so loading a real checkpoint is a direct mapping (see `hf.py`).
+weights are [in, out] (GPT-2's Conv1D), so loading a real checkpoint is a direct mapping (see `hf.py`). Under QLoRA
+an adapted linear's weight is a minift.quant.Quantized (4 bits a weight) instead of an array, and only its adapter
+computes with it (minift/lora/qlora.py).
 """
 from __future__ import annotations
 
@@ -40,8 +42,14 @@ from .dispatch import (attention_backward, attention_forward, gelu_backward, gel
 from .errors import MiniftError
 from .ops import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
                   embedding_forward, linear_backward, linear_forward, pool_last_backward, pool_last_forward)
+from .quant import Quantized, dequantize
 
 HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (add_classification_head)
+
+
+def as_float(p):
+    """A parameter as a float array: itself, or W̃ = deq(W) for a 4-bit Quantized weight (QLoRA's base)."""
+    return dequantize(p) if isinstance(p, Quantized) else p
 
 
 def init_params(cfg: GPTConfig, rng, dtype, xp) -> dict:
@@ -158,7 +166,7 @@ class GPT:
         for name in sorted(self.params):
             if name == "score.weight":
                 continue
-            a = np.ascontiguousarray(to_numpy(self.params[name]))
+            a = np.ascontiguousarray(to_numpy(as_float(self.params[name])))
             h.update(name.encode())
             h.update(str(a.shape).encode())
             h.update(a.astype(np.float32).tobytes())   # float32 view: the same base in float64 matches too
@@ -398,11 +406,12 @@ class GPT:
 
     def to(self, dtype=None, device=None) -> "GPT":
         """A copy of the model (parameters, head kind and labels, frozen set) in another dtype and/or on another device.
-        Adapters are not copied: attach them to the copy."""
+        Adapters are not copied: attach them to the copy. A 4-bit weight (QLoRA's) is copied dequantised, W̃ = deq(W):
+        without its adapter nothing could compute with the 4 bits."""
         dtype = resolve_dtype(dtype or self.dtype)
         device = resolve_device(device or self.device)
         xp = get_xp(device)
-        params = {k: xp.asarray(to_numpy(v).astype(dtype)) for k, v in self.params.items()}
+        params = {k: xp.asarray(to_numpy(as_float(v)).astype(dtype)) for k, v in self.params.items()}
         other = GPT(self.cfg, dtype=dtype, device=device, params=params)
         other.frozen, other.head_kind, other.labels = set(self.frozen), self.head_kind, self.labels
         return other
@@ -419,4 +428,9 @@ class GPT:
         its end-of-text and padding ids go into config.json (transformers' classifier needs the pad id to find each
         row's last token)."""
         from .formats.hf import save_gpt2_folder
+        four_bit = [k for k, v in self.params.items() if isinstance(v, Quantized)]
+        if four_bit:
+            raise MiniftError(f"this model holds {len(four_bit)} weights in 4 bits ({four_bit[0]}, ...: QLoRA's base), "
+                              "which a GPT-2 folder cannot: save the adapter (lora.save_peft), lora.merged_model() "
+                              "(the dequantised base + ΔW), or model.to() (the dequantised base)")
         save_gpt2_folder(self, path, tokenizer)

@@ -3,7 +3,8 @@ scaling, two codes packed per byte, and double quantisation of the scales.
 
 Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs" (arXiv 2305.14314), §3 ("4-bit NormalFloat
 Quantization", "Double Quantization"); the published NF4 table is the paper's Appendix E and bitsandbytes'
-`csrc/kernels.cu` (tests/test_quant.py checks ours against it). Not yet wired into LoRA or training (issue 23).
+`csrc/kernels.cu` (tests/test_quant.py checks ours against it). QLoRA (minift/lora/qlora.py) keeps each adapted
+linear's frozen W as a `Quantized`.
 
 Letters: N the number of weights (W.size), K the block size (64), NB = ⌈N / K⌉ blocks, L the block size of the
 second quantisation (256), ND = ⌈NB / L⌉ second-level blocks.
@@ -126,6 +127,11 @@ class Quantized:
     dtype: str          # W's dtype: what dequantize returns by default
     code: str           # "nf4" | "int4" | "fp4"
     block: int          # K
+
+    @property
+    def size(self) -> int:
+        """The number of weights it stores: W.size (as an array's, so parameter counts include it)."""
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -260,7 +260,9 @@ def add_generate(sub):
 # ---- finetune ----------------------------------------------------------------------------------------------------
 
 METHOD_HELP = ("what trains: every weight (full); all but the embeddings and the first blocks (freeze); only a "
-               "classification head (head); low-rank adapters and the head (lora)")
+               "classification head (head); low-rank adapters and the head (lora); the same on a base stored in "
+               "4 bits (qlora)")
+METHOD_CHOICES = ["full", "freeze", "head", "lora", "qlora"]
 
 
 def _targets(text):
@@ -276,12 +278,13 @@ def _targets(text):
 def _lora_from_args(a):
     """The LoRAConfig of finetune's options: what was given, and LoRAConfig's defaults for the rest."""
     from ..lora import LoRAConfig
-    return LoRAConfig(**_given(a, LoRAConfig), rslora=a.rslora, use_dora=a.dora)
+    return LoRAConfig(**_given(a, LoRAConfig), rslora=a.rslora, use_dora=a.dora, double_quant=a.double_quant)
 
 
 # finetune's options that decide what a run starts from (the checkpoint's start fingerprint, finetune._start), by
 # their argparse names, as typed (--head is FinetuneConfig.head_mode)
-START_OPTIONS = ("method", "head", "rank", "alpha", "targets", "rslora", "dora", "init", "lora_dropout")
+START_OPTIONS = ("method", "head", "rank", "alpha", "targets", "rslora", "dora", "init", "lora_dropout", "quant",
+                 "double_quant")
 
 
 def _started_with(a, names) -> dict:
@@ -310,15 +313,19 @@ def finetune_config_from_args(a):
     """The FinetuneConfig of finetune's options: those given, FinetuneConfig's (and LoRAConfig's) defaults for the
     rest. Options the method would ignore are refused by name."""
     from ..training.finetune import FinetuneConfig
+    from ..methods import ADAPTER_METHODS
     method = default_of(FinetuneConfig, "method") if a.method is None else a.method
-    if method != "lora":
+    if method not in ADAPTER_METHODS:
         _refuse_unused({"--rank": a.rank is not None, "--alpha": a.alpha is not None,
                         "--targets": a.targets is not None, "--rslora": a.rslora, "--dora": a.dora,
                         "--init": a.init is not None, "--lora-dropout": a.lora_dropout is not None,
                         "--merge": a.merge}, f"LoRA options, but --method is {method!r}")
+    if method != "qlora":
+        _refuse_unused({"--quant": a.quant is not None, "--double-quant": a.double_quant},
+                       f"QLoRA options (the 4-bit base), but --method is {method!r}; use --method qlora")
     if a.freeze_blocks is not None and method != "freeze":
         raise MiniftError(f"--freeze-blocks needs --method freeze (got {method!r})")
-    return FinetuneConfig(**_given(a, FinetuneConfig, lora=_lora_from_args(a) if method == "lora" else None),
+    return FinetuneConfig(**_given(a, FinetuneConfig, lora=_lora_from_args(a) if method in ADAPTER_METHODS else None),
                           merge=a.merge)
 
 
@@ -366,7 +373,7 @@ def add_finetune(sub):
     from ..lora import LoRAConfig
     from ..training.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig
     p = sub.add_parser("finetune", help="fine-tune the base model on a task with one method")
-    _owned(p, "--method", FinetuneConfig, choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
+    _owned(p, "--method", FinetuneConfig, choices=METHOD_CHOICES, help=METHOD_HELP)
     _owned(p, "--task", FinetuneConfig, help="sentiment | facts | a task folder | a JSONL/CSV file")
     p.add_argument("--base", default=None, help="model folder (default: the shipped data/base-demo)")
     _owned(p, "--steps", FinetuneConfig, type=_integer)
@@ -390,10 +397,14 @@ def add_finetune(sub):
     _owned(p, "--init", LoRAConfig, choices=["default", "gaussian", "pissa"],
            help="LoRA initialisation (default: A random, B = 0)")
     _owned(p, "--lora-dropout", LoRAConfig, "dropout", type=_number, help="dropout on the adapters' input")
+    _owned(p, "--quant", LoRAConfig, choices=["nf4", "int4", "fp4"],
+           help="qlora: the 4-bit code the frozen base is stored in (default nf4, QLoRA's NormalFloat)")
+    p.add_argument("--double-quant", action="store_true",
+                   help="qlora: quantise the block scales too (8 bits each: 4.127 bits a weight instead of 4.5)")
     p.add_argument("--merge", action="store_true",
                    help="LoRA: also save the merged model (the adapters folded into the weights, W + s·BA; DoRA's "
-                        "m·V/‖V‖) in --out/model, to deploy as one folder or to fine-tune on with --base (default: "
-                        "the adapter only)")
+                        "m·V/‖V‖; QLoRA's into the dequantised base, deq(W) + s·BA) in --out/model, to deploy as one "
+                        "folder or to fine-tune on with --base (default: the adapter only)")
     _owned(p, "--head", FinetuneConfig, "head_mode", choices=["auto", "keep", "new"],     # a.head -> head_mode
            help="a base that ends in a classification head over the task's labels: train on from it (auto, keep: "
                 "keep refuses any other base) or start a fresh head (new)")
@@ -452,13 +463,20 @@ def compare_config_from_args(a):
         raise MiniftError(f"only the demo base is shipped; for --preset {a.preset}, pretrain one (minift pretrain "
                           f"--preset {a.preset} --out runs/base-{a.preset}) and pass --base runs/base-{a.preset}/model")
     given = _given(a, CompareConfig, device=a.device,
-                   lr=None if a.lora_lr is None else {"lora": a.lora_lr},
-                   head_lr=None if a.lora_head_lr is None else {"lora": a.lora_head_lr})
-    ccfg = (CompareConfig.quick_config if a.quick else CompareConfig)(**given, rslora=a.rslora, dora=a.dora)
-    if "lora" not in ccfg.methods and not ccfg.ranks:
+                   lr=None if a.lora_lr is None else {"lora": a.lora_lr, "qlora": a.lora_lr},
+                   head_lr=None if a.lora_head_lr is None else {"lora": a.lora_head_lr, "qlora": a.lora_head_lr})
+    ccfg = (CompareConfig.quick_config if a.quick else CompareConfig)(**given, rslora=a.rslora, dora=a.dora,
+                                                                      double_quant=a.double_quant)
+    if not {"lora", "qlora"} & set(ccfg.methods) and not ccfg.ranks:
         _refuse_unused({"--alpha": a.alpha is not None, "--rslora": a.rslora, "--dora": a.dora,
                         "--lora-lr": a.lora_lr is not None, "--lora-head-lr": a.lora_head_lr is not None},
                        f"LoRA options, but --methods {','.join(ccfg.methods)} runs no LoRA (add lora, or --ranks)")
+    if "qlora" not in ccfg.methods:
+        _refuse_unused({"--quant": a.quant is not None, "--double-quant": a.double_quant},
+                       f"QLoRA options, but --methods {','.join(ccfg.methods)} runs no QLoRA (add qlora)")
+    if a.dora and "qlora" in ccfg.methods:
+        print("note: --dora applies to the lora run; the qlora run stays plain LoRA on its 4-bit base "
+              "(QLoRA with DoRA is not written in minift)", file=sys.stderr)
     return ccfg
 
 
@@ -468,7 +486,8 @@ def add_compare(sub):
     p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs head-only, measured (the article's question)")
     _owned(p, "--task", CompareConfig, help="sentiment | facts | a task folder | a JSONL/CSV file")
     _owned(p, "--methods", CompareConfig, type=_names,
-           help="comma list of full,freeze,head,lora (default full,lora,head; full,lora for a generation task)")
+           help="comma list of full,freeze,head,lora,qlora (default full,lora,head; full,lora for a generation "
+                "task)")
     _owned(p, "--ranks", CompareConfig, type=_int_list, help="LoRA rank sweep, e.g. 1,2,4,8,16,64")
     _owned(p, "--alpha", CompareConfig, type=_number,
            help=f"LoRA alpha for the main rank (default 2r = {2 * default_of(CompareConfig, 'rank')})")
@@ -481,6 +500,9 @@ def add_compare(sub):
     p.add_argument("--rslora", action="store_true", help="the LoRA runs scale by alpha/sqrt(r) (rank-stabilised)")
     p.add_argument("--dora", action="store_true", help="the LoRA runs are DoRA (learned magnitude, normalised "
                                                        "direction)")
+    _owned(p, "--quant", CompareConfig, choices=["nf4", "int4", "fp4"],
+           help="the qlora run's 4-bit code for the frozen base (default nf4)")
+    p.add_argument("--double-quant", action="store_true", help="the qlora run quantises the block scales too")
     _owned(p, "--train-size", CompareConfig, type=_integer,
            help=f"train every run on only this many examples (the small-data question; default: all, "
                 f"{QUICK_TRAIN_SIZE} with --quick)")
@@ -568,10 +590,11 @@ def _run_weights(run, base, base_name):
     if recorded is not None and recorded != fp:
         raise MiniftError(f"--compare: {run} was fine-tuned from another base (fingerprint {recorded}) than "
                           f"{base_name} (fingerprint {fp}): give the base it was trained on with --base")
-    if summary.get("method") == "lora":
+    if summary.get("method") in ("lora", "qlora"):
         model = base.to()                                           # a copy: PiSSA would replace its weights
         lora = load_peft(model, run / "adapter")
-        weights, label, r = {**model.params, **lora.effective_weights()}, f"lora r={lora.config.r}", lora.config.r
+        weights = {**base.params, **lora.tuned_weights(base.params)}
+        label, r = f"{summary['method']} r={lora.config.r}", lora.config.r
     else:
         model = GPT.from_pretrained(run / "model", dtype=base.dtype, device=base.device)
         weights, label, r = model.params, str(summary.get("method", "model")), None
@@ -683,7 +706,7 @@ def cmd_bench(a):
     import json
 
     from ..measure.bench import format_report, run_bench
-    if a.rank is not None and a.method != "lora":
+    if a.rank is not None and a.method not in ("lora", "qlora"):
         raise MiniftError(f"--rank {a.rank} is a LoRA option, but --method is {a.method!r}")
     from ..lora import LoRAConfig
     rank = LoRAConfig(**_given(a, LoRAConfig)).r                   # --rank, or LoRAConfig's; checked there
@@ -700,8 +723,9 @@ def add_bench(sub):
     p.add_argument("--preset", default="demo",
                    help="tiny | demo | small | gpt2; the batch is the preset's bench batch, rows of n_ctx tokens: "
                         + ", ".join(f"{name} {rows}" for name, rows in BENCH_BATCH.items()))
-    p.add_argument("--method", default="full", help="full | lora (r=--rank, alpha=2r, all linears)")
-    _owned(p, "--rank", LoRAConfig, "r", type=int, help="LoRA rank r; --method lora only")
+    p.add_argument("--method", default="full",
+                   help="full | lora (r=--rank, alpha=2r, all linears) | qlora (the same on an NF4 base)")
+    _owned(p, "--rank", LoRAConfig, "r", type=int, help="LoRA rank r; --method lora or qlora only")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--profile-steps", type=int, default=3, help="extra steps timed op by op (0: no breakdown)")

@@ -14,6 +14,10 @@ order, seed and step budget. For each run we measure what the article claims and
     effective rank of ΔW        Roy & Vetterli's entropy rank                        MIT paper §4
     what must be saved          full checkpoint vs adapter file                      article §2.2
 
+QLoRA (--methods ...,qlora) is LoRA on the base stored in 4 bits (--quant, --double-quant; minift/lora/qlora.py). Its
+update analysis (intruders, spectra, where the update lives) is of what it learned, ΔW = s·BA, on W0: the base's
+quantisation error is not part of the update (it shows in the run's accuracy, forgetting and loss).
+
 `--ranks` adds a LoRA rank sweep, which is where the paper's rank findings show. It keeps the main run's scale
 s = α/r (α = 2r by default, so s = 2 at every rank); with --rslora it keeps α, and s = α/√r (sweep_alpha).
 
@@ -42,7 +46,8 @@ from ..lora.config import normalise_targets
 from ..measure.analysis import (compare_updates, intruder_sweep, linear_weight_names, matrix_position,
                                 random_baseline, scale_intruders, update_stats)
 from ..measure.memory import measure_memory, predict_memory
-from ..methods import METHODS, check_task_fits
+from ..methods import ADAPTER_METHODS, METHODS, adapter_memory_options, check_task_fits
+from ..quant import Quantized
 from ..training.evaluate import lm_loss, split_metrics
 from ..training.finetune import FinetuneConfig, finetune, load_task_splits, setup_run
 from .report import lora_label
@@ -71,6 +76,8 @@ class CompareConfig:
     ranks: tuple = ()              # extra LoRA ranks to sweep, at the main run's s = α/r
     rslora: bool = False
     dora: bool = False
+    quant: str = "nf4"             # the qlora run's 4-bit code of the base (LoRAConfig.quant)
+    double_quant: bool = False     # and whether its block scales are quantised too
     train_size: int | None = None
     eval_size: int | None = None
     base: str | None = None        # model folder (default: the shipped data/base-demo)
@@ -111,8 +118,7 @@ class CompareConfig:
         try:
             finetune_config(self, method, rank, alpha, "classification")
         except MiniftError as e:
-            raise MiniftError(f"the {lora_label(rank, self.rslora, self.dora) if method == 'lora' else method} run: "
-                              f"{e}") from None
+            raise MiniftError(f"the {run_label(self, method, rank)} run: {e}") from None
 
     @classmethod
     def quick_config(cls, **kw):
@@ -136,16 +142,28 @@ def sweep_alpha(ccfg: CompareConfig, r: int) -> float:
     return ccfg.alpha if ccfg.rslora else ccfg.alpha / ccfg.rank * r
 
 
-def _lora_config(ccfg: CompareConfig, rank: int, alpha: float):
+def _lora_config(ccfg: CompareConfig, rank: int, alpha: float, method: str = "lora"):
     from ..lora import LoRAConfig
-    return LoRAConfig(r=rank, alpha=alpha, targets=ccfg.targets, rslora=ccfg.rslora, use_dora=ccfg.dora)
+    quant = dict(quant=ccfg.quant, double_quant=ccfg.double_quant) if method == "qlora" else {}
+    return LoRAConfig(r=rank, alpha=alpha, targets=ccfg.targets, rslora=ccfg.rslora, use_dora=ccfg.dora and
+                      method == "lora", **quant)
 
 
-def _tuned_weights(model, lora) -> dict:
-    """name -> the effective weight W0 + ΔW of every linear (adapters folded in), as host arrays."""
-    weights = {k: to_numpy(v) for k, v in model.params.items()}
+def run_label(ccfg: CompareConfig, method: str, rank: int) -> str:
+    """A run's name in tables and results.json: the method, or LoRA's and QLoRA's label with rank and variant."""
+    if method == "lora":
+        return lora_label(rank, ccfg.rslora, ccfg.dora)
+    if method == "qlora":
+        return lora_label(rank, ccfg.rslora, quant=ccfg.quant, double_quant=ccfg.double_quant)
+    return method
+
+
+def _tuned_weights(model, lora, base) -> dict:
+    """name -> the weight of every linear after tuning, as host arrays: W0 + ΔW (adapters folded in; for QLoRA on the
+    float W0, lora.tuned_weights)."""
+    weights = {k: to_numpy(v) for k, v in model.params.items() if not isinstance(v, Quantized)}
     if lora is not None:
-        weights.update({k: to_numpy(v) for k, v in lora.effective_weights().items()})
+        weights.update({k: to_numpy(v) for k, v in lora.tuned_weights(base.params).items()})
     return weights
 
 
@@ -179,7 +197,7 @@ def _updates(base_w: dict, tuned_w: dict, names) -> list:
 def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     """What must be kept to reproduce this fine-tune on top of the base: written to disk and measured."""
     from ..formats.io import save_safetensors
-    if method == "lora":
+    if lora is not None:                         # LoRA, QLoRA: the adapter (QLoRA quantises the float base again)
         lora.save_peft(out / "adapter")          # weights and config; its README.md (a model card) is not needed
         return sum(f.stat().st_size for f in (out / "adapter").iterdir() if f.name != MODEL_CARD_FILE)
     if method == "full":
@@ -190,11 +208,12 @@ def _saved_bytes(model, lora, method, out: Path, tok) -> int:
     return (out / "trainable.safetensors").stat().st_size
 
 
-def _memory(model, lora, method, rank, ccfg, batch, head_kind, num_labels) -> dict:
+def _memory(model, lora, method, ccfg, batch, head_kind, num_labels) -> dict:
     ids = batch["input_ids"]
     measured = measure_memory(model, batch)
-    predicted = predict_memory(model.cfg, method, ids.shape[0], ids.shape[1], rank=rank, targets=ccfg.targets,
-                               head_kind=head_kind, num_labels=num_labels, dora=ccfg.dora and method == "lora")
+    adapters = adapter_memory_options(lora.config) if lora is not None else {}
+    predicted = predict_memory(model.cfg, method, ids.shape[0], ids.shape[1], head_kind=head_kind,
+                               num_labels=num_labels, **adapters)
     keys = ("parameters", "gradients", "optimizer", "activations", "total")
     return dict(measured={k: int(measured[k]) for k in keys}, predicted={k: int(predicted[k]) for k in keys},
                 batch_shape=list(ids.shape), backend=measured["backend"])
@@ -209,7 +228,7 @@ def finetune_config(ccfg: CompareConfig, method: str, rank: int, alpha: float, t
                           train_size=ccfg.train_size, eval_size=ccfg.eval_size, seed=ccfg.seed,
                           workers=ccfg.workers, eval_every=eval_every(ccfg.steps),   # (not timed as steps)
                           head_mode="new" if task_type == "classification" else "auto",
-                          lora=_lora_config(ccfg, rank, alpha) if method == "lora" else None)
+                          lora=_lora_config(ccfg, rank, alpha, method) if method in ADAPTER_METHODS else None)
 
 
 def eval_every(steps: int) -> int:
@@ -224,23 +243,24 @@ def run_one(base, tok, ccfg: CompareConfig, method: str, rank: int, alpha: float
     weights by name). Its files go to out/<label>/ (checkpoints/ while it trains: with resume, a run stopped earlier
     continues there, and a finished one is only re-measured)."""
     from ..data.sources import task_source
-    label = lora_label(rank, ccfg.rslora, ccfg.dora) if method == "lora" else method
-    run_dir = out / (f"lorar{rank}" if method == "lora" else method)
+    label = run_label(ccfg, method, rank)
+    run_dir = out / (f"{method}r{rank}" if method in ADAPTER_METHODS else method)
     train_split, _, test_split = load_task_splits(ccfg.task, ccfg.train_size, ccfg.eval_size)
     fcfg = finetune_config(ccfg, method, rank, alpha, train_split.type)
     model, lora, s = finetune(base, tok, fcfg, progress=progress, resume=resume, checkpoints=run_dir / "checkpoints")
     batch = task_source(train_split, tok, max_len=model.cfg.n_ctx, batch_size=ccfg.batch_size,
                         seed=ccfg.seed).next_batch()
-    row = dict(label=label, method=method, rank=rank if method == "lora" else None,
-               alpha=alpha if method == "lora" else None, trainable=s["trainable"], total=s["total"],
+    adapted = method in ADAPTER_METHODS
+    row = dict(label=label, method=method, rank=rank if adapted else None,
+               alpha=alpha if adapted else None, trainable=s["trainable"], total=s["total"],
                percent=s["percent"], ms_per_step=s["ms_per_step"], tokens_per_s=s["tokens_per_s"], workers=s["workers"],
                val_accuracy=s["val_accuracy"], test_accuracy=s["test_accuracy"], final_train_loss=s["final_train_loss"],
                val_loss=s["val_loss"], lr=s["lr"], head_lr=s["head_lr"], losses=[h["loss"] for h in s["history"]],
                evals=[{k: e[k] for k in ("step", "val_accuracy", "val_loss")} for e in s["evals"]])
-    row["memory"] = _memory(model, lora, method, rank, ccfg, batch, model.head_kind, len(model.labels or []) or 2)
+    row["memory"] = _memory(model, lora, method, ccfg, batch, model.head_kind, len(model.labels or []) or 2)
     row["forgetting"] = lm_loss(model, heldout, max_windows=None) - base_lm
     base_w = {k: to_numpy(v) for k, v in base.params.items()}
-    tuned_w = _tuned_weights(model, lora)
+    tuned_w = _tuned_weights(model, lora, base)
     names = linear_weight_names(base_w, _modules(ccfg))
     row["spectral"] = _spectral(base_w, tuned_w, names)
     row["updates"] = _updates(base_w, tuned_w, names)

@@ -57,10 +57,12 @@ def _find(results, label):
     return next((r for r in results["runs"] if r["label"] == label), None)
 
 
-def lora_label(rank: int, rslora=False, dora=False) -> str:
-    """A LoRA run's name in tables and results.json: "lora r=8", with the variant when there is one."""
-    variant = ", ".join(name for name, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
-    return f"lora r={rank}" + (f" ({variant})" if variant else "")
+def lora_label(rank: int, rslora=False, dora=False, quant=None, double_quant=False) -> str:
+    """A LoRA run's name in tables and results.json: "lora r=8", with the variant when there is one; a QLoRA run
+    (quant given) "qlora r=8 (nf4)"."""
+    variant = ", ".join(name for name, on in ((quant, quant), ("double-quant", double_quant), ("rsLoRA", rslora),
+                                              ("DoRA", dora)) if on)
+    return f"{'qlora' if quant else 'lora'} r={rank}" + (f" ({variant})" if variant else "")
 
 
 def _main_lora(cfg) -> str:

@@ -14,6 +14,10 @@ call is training (loss_and_grads) or evaluation (forward, loss), so the handle h
 lora.train() (the mode after attach_lora, as after PEFT's get_peft_model) and lora.eval() (the mode after load_peft,
 as after PEFT's from_pretrained). Dropout is applied only when dropout > 0 and in train mode: call lora.eval() before
 evaluating. An adapter's forward also accepts train=True/False, which overrides the mode.
+
+QLoRA (config.quant set): each adapted W is quantised to 4 bits as its adapter is made (after PiSSA's residual, if
+any), and the model's parameter becomes that Quantized: model.params["h.0.attn.c_attn.weight"] is the 4-bit W, the
+float one is dropped. detach() puts W̃ = deq(W) back as floats; merged_model() gives W̃ + ΔW.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .config import LoRAConfig, resolve_modules
 from .dora import DoRALinear
 from .inits import init_factors
 from .op import LoRALinear
+from .qlora import QLoRALinear
 from .peft_files import CONFIG_FILE, WEIGHTS_FILE, check_base, config_from_peft, read_tensors
 
 
@@ -63,6 +68,11 @@ def _make_adapter(model, module, config, init_rng, dropout_rng, replace_base):
         w[...] = residual                                              # in place: the same array object
     if config.use_dora:
         return DoRALinear(module, A, B, w, config.scale, config.dropout, dropout_rng, norm=config.dora_norm)
+    if config.quant is not None:
+        adapter = QLoRALinear(module, w, A, B, config.scale, config.dropout, dropout_rng, code=config.quant,
+                              double_quant=config.double_quant)
+        model.params[module + ".weight"] = adapter.Qw                  # the model keeps the 4 bits, not the float W
+        return adapter
     return LoRALinear(module, A, B, config.scale, config.dropout, dropout_rng)
 
 
@@ -113,8 +123,10 @@ class LoRA:
 
     def __repr__(self):
         state = "detached" if self.detached else ("merged" if self.merged else "attached")
-        return (f"LoRA(r={self.config.r}, alpha={self.config.alpha}, scale={self.config.scale:g}, "
-                f"{'DoRA, ' if self.config.use_dora else ''}{len(self.modules)} modules, {state})")
+        c = self.config
+        kind = "DoRA, " if c.use_dora else f"{c.quant}{' double-quantised' if c.double_quant else ''} base, " \
+            if c.quant else ""
+        return (f"LoRA(r={c.r}, alpha={c.alpha}, scale={c.scale:g}, {kind}{len(self.modules)} modules, {state})")
 
     @property
     def adapters(self) -> dict:
@@ -166,6 +178,14 @@ class LoRA:
         P = self.model.params
         return {m + ".weight": a.effective_weight(P[m + ".weight"]) for m, a in self.adapters.items()}
 
+    def tuned_weights(self, base: dict) -> dict:
+        """"h.0.attn.c_attn.weight" -> each adapted linear's weight after tuning, to compare with the float base
+        `base` (name -> W0, on the model's device): effective_weights(), except under QLoRA, where it is W0 + ΔW:
+        the update learned, without the 4-bit base's quantisation error (deq(W) − W0), which is no part of it."""
+        if self.config.quant is None:
+            return self.effective_weights()
+        return {m + ".weight": base[m + ".weight"] + a.delta_weight() for m, a in self.adapters.items()}
+
     def merged_model(self):
         """A new model with each adapted W replaced by W + ΔW, and no adapters: PEFT's merge_and_unload, done on a
         copy, so this model and its adapters stay as they are. One set of weights to deploy (article §2.1), or the
@@ -173,7 +193,7 @@ class LoRA:
         task gets a fresh one: tutorial 10, section 7)."""
         merged = self.model.to()                          # parameters, head, frozen set; adapters are not copied
         for name, w in self.effective_weights().items():
-            merged.params[name][...] = w                  # [I, O]: W + ΔW (DoRA: m · V / ‖V‖_c)
+            merged.params[name][...] = w                  # [I, O]: W + ΔW (DoRA: m · V / ‖V‖_c; QLoRA: W̃ + ΔW)
         merged.frozen -= self._froze                      # what attach_lora froze trains again, as after detach()
         return merged
 
@@ -193,10 +213,13 @@ class LoRA:
 
     def detach(self):
         """Remove the adapters from the model and unfreeze what attach_lora froze. The base weights stay as they are:
-        merged weights if merged (PEFT's merge_and_unload), else the base (for PiSSA: the residual base)."""
+        merged weights if merged (PEFT's merge_and_unload), else the base (for PiSSA: the residual base; for QLoRA
+        the dequantised W̃ = deq(W) in the model's dtype, since the float W was dropped at attach)."""
         self._check_attached()
         for m in self.modules:
-            del self.model.adapters[m]
+            adapter = self.model.adapters.pop(m)
+            if isinstance(adapter, QLoRALinear):
+                self.model.params[m + ".weight"] = adapter.dequantized_weight(self.model.dtype)   # [I, O]
         self.model.frozen -= self._froze
         self.detached = True
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import LINEAR_MODULES
 from ..errors import MiniftError
+from ..quant import CODES
 
 ALL_LINEAR = "all-linear"
 SHORT_TARGETS = ("c_attn", "attn.c_attn", "c_proj", "attn.c_proj", "c_fc", "mlp.c_fc", "mlp.c_proj")
@@ -49,6 +50,11 @@ class LoRAConfig:
     use_dora  DoRA instead of plain LoRA (minift/lora/dora.py)                                   [use_dora]
     dora_norm "exact" (the full derivative, the default) | "detached" (DoRA §4.3, PEFT): how the DoRA backward
               treats the column norm; the forward is the same
+    quant     None (plain LoRA) | "nf4" | "int4" | "fp4": QLoRA, the adapted W kept in 4 bits     [bnb_4bit_quant_type]
+              with that code (minift/quant.py, minift/lora/qlora.py)
+    double_quant  QLoRA's double quantisation of the block scales (quant only)     [bnb_4bit_use_double_quant]
+
+    (quant and double_quant are bitsandbytes' settings of the base in transformers, not PEFT's LoraConfig.)
 
     The defaults are `minift finetune`'s (the CLI reads them from here): r = 8, α = 2r, every linear of every block.
     """
@@ -60,6 +66,8 @@ class LoRAConfig:
     init: str = "default"
     use_dora: bool = False
     dora_norm: str = "exact"
+    quant: str | None = None
+    double_quant: bool = False
 
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
@@ -74,7 +82,8 @@ class LoRAConfig:
             raise MiniftError(f"LoRA init={self.init!r} is not one of {INITS}")
         if self.dora_norm not in DORA_NORMS:
             raise MiniftError(f"dora_norm={self.dora_norm!r} is not one of {DORA_NORMS}")
-        for flag in ("rslora", "use_dora"):
+        self._check_quant()
+        for flag in ("rslora", "use_dora", "double_quant"):
             if not isinstance(getattr(self, flag), bool):
                 raise MiniftError(f"LoRA {flag}={getattr(self, flag)!r} must be True or False")
         object.__setattr__(self, "r", int(self.r))
@@ -82,6 +91,16 @@ class LoRAConfig:
             if isinstance(getattr(self, name), np.generic):
                 object.__setattr__(self, name, getattr(self, name).item())
         object.__setattr__(self, "targets", normalise_targets(self.targets))
+
+    def _check_quant(self):
+        if self.quant is not None and self.quant not in CODES:
+            raise MiniftError(f"LoRA quant={self.quant!r} is not one of {CODES} (or None: plain LoRA)")
+        if self.double_quant is True and self.quant is None:
+            raise MiniftError("LoRA double_quant=True quantises the scales of a 4-bit base: it needs quant "
+                              f"(one of {CODES})")
+        if self.quant is not None and self.use_dora:
+            raise MiniftError("QLoRA with DoRA (quant with use_dora) is not written in minift: DoRA's magnitude "
+                              "needs the column norms of W + ΔW; choose one")
 
     @property
     def scale(self) -> float:

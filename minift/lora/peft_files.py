@@ -21,6 +21,11 @@ PEFT reads init_lora_weights = "pissa" as "this adapter goes on the ORIGINAL bas
 on whatever base it is given and only then loads A and B. So give PEFT the original base (on the residual one it
 would subtract the top-R part twice); a PEFT-written PiSSA file, which records no fingerprint, is read by load_peft
 the same way.
+QLoRA's file is a plain LoRA file for PEFT (the 4 bits belong to the base: in transformers they are
+bitsandbytes' quantization_config, not the adapter's); "minift" records the code and double quantisation. Its base
+fingerprint is the dequantised base's; load_peft also takes the original float base, and quantises either again
+(the codes come back bit for bit; double-quantised scales are re-derived, within half their 8-bit step). The model
+card says how to use the adapter with PEFT and with bitsandbytes, and how exact each way is.
 """
 from __future__ import annotations
 
@@ -84,6 +89,7 @@ def peft_config(lora, has_head, base_model_name_or_path) -> dict:
             "pissa_residual_base": c.init == "pissa",
             "dora_norm": c.dora_norm,
             "labels": lora.model.labels if has_head else None,
+            "quant": c.quant, "double_quant": c.double_quant,
         },
     }
 
@@ -105,7 +111,7 @@ files in the layout of PEFT {peft_version}, without PEFT itself.
   initialisation {init}.
 - Adapted layers: {targets}.
 - {head}
-
+{qlora}
 What it was trained on, and how long, is not recorded here: these files hold what the adapter is. The run folder
 it came from (`minift finetune` or `minift compare --out`) has the rest.
 
@@ -128,6 +134,24 @@ model = PeftModel.from_pretrained({hf_class}.from_pretrained(BASE), ADAPTER)
 """
 
 
+QLORA_CARD = """- QLoRA: trained on the base quantised to 4 bits ({code}, blocks of 64{dq}); the fingerprint above is
+  the dequantised base's. The adapter belongs with that base:
+  - minift: `load_peft` quantises the base again (the same codes, bit for bit) and computes exactly as in training.
+  - PEFT, exactly: on the dequantised base, which minift writes with `lora.model.to().save_pretrained(DEQUANTISED)`
+    after `load_peft` (a copy of a 4-bit model is dequantised). On the original float base the adapter runs on a
+    base that differs from its own by the quantisation error.
+  - transformers + bitsandbytes (a CUDA GPU): {bnb} minift has not run bitsandbytes (it needs a CUDA GPU).
+"""
+BNB_NOTE = {"nf4": "load BASE with `quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
+                   "bnb_4bit_quant_type=\"nf4\", bnb_4bit_use_double_quant={dq})`, then the adapter with PEFT. "
+                   "bitsandbytes' NF4 has the same 16 values and blocks of 64, so the codes should agree but for "
+                   "ties; its double quantisation uses another 8-bit code, so those scales differ slightly: expect "
+                   "close, not identical, outputs.",
+            "int4": "bitsandbytes has no int4 type (only nf4 and fp4): it cannot rebuild this base.",
+            "fp4": "bitsandbytes' fp4 is not minift's OCP e2m1 table (its smallest value and its pattern order "
+                   "differ): it cannot rebuild this base."}
+
+
 def model_card(config: dict) -> str:
     """The README.md of an adapter folder, from its adapter_config.json contents: what PEFT's save_pretrained writes
     (YAML front matter with library_name, base_model, pipeline_tag, tags; a "Framework versions" list), filled with
@@ -144,7 +168,8 @@ def model_card(config: dict) -> str:
         pipeline="text-classification" if classifies else "text-generation",
         tags="\n".join(f"- {json.dumps(t)}" for t in ([f"base_model:adapter:{base}"] if base else [])
                        + ["lora", "minift"]),
-        method="DoRA" if config["use_dora"] else "LoRA", peft_version=config["peft_version"],
+        method="DoRA" if config["use_dora"] else "QLoRA" if extra.get("quant") else "LoRA",
+        peft_version=config["peft_version"],
         base=f"`{base}`" if base else "not recorded (save_peft's base_model_name_or_path names it)",
         fingerprint=extra["base_fingerprint"], r=config["r"], alpha=config["lora_alpha"],
         scale_rule="α/√r (rsLoRA)" if config["use_rslora"] else "α/r",
@@ -157,6 +182,9 @@ def model_card(config: dict) -> str:
         hf_class="GPT2ForSequenceClassification" if classifies else "GPT2LMHeadModel",
         pissa="\nPiSSA: give PEFT the original base; it subtracts the top-r part itself when it loads the adapter.\n"
         if config["init_lora_weights"] == "pissa" else "",
+        qlora=QLORA_CARD.format(code=extra["quant"], dq=", double-quantised scales" if extra.get("double_quant")
+                                else "", bnb=BNB_NOTE[extra["quant"]].format(dq=bool(extra.get("double_quant"))))
+        if extra.get("quant") else "",
         minift_version=__version__)
 
 
@@ -182,11 +210,13 @@ def config_from_peft(peft: dict, where) -> LoRAConfig:
     if peft.get("lora_alpha") is None:      # LoRAConfig would read None as 2r: a file must say what it was trained with
         raise MiniftError(f"{where}: lora_alpha is missing (PEFT's adapter config always states it)")
     targets = peft.get("target_modules")
+    meta = peft.get("minift") or {}
     try:
         return LoRAConfig(r=peft.get("r"), alpha=peft.get("lora_alpha"), dropout=peft.get("lora_dropout", 0.0),
                           targets=sorted(targets) if isinstance(targets, (list, set)) else targets,
                           rslora=bool(peft.get("use_rslora", False)), use_dora=bool(peft.get("use_dora", False)),
-                          init=inits[init], dora_norm=(peft.get("minift") or {}).get("dora_norm", "exact"))
+                          init=inits[init], dora_norm=meta.get("dora_norm", "exact"), quant=meta.get("quant"),
+                          double_quant=bool(meta.get("double_quant", False)))
     except MiniftError as e:
         raise MiniftError(f"{where}: {e}") from None
 
@@ -197,9 +227,9 @@ def check_base(model, meta: dict, config: LoRAConfig, where) -> bool:
         return config.init == "pissa"          # from which loading makes the residual (PEFT's pissa_init)
     fp = model.fingerprint()
     if fp == meta.get("base_fingerprint"):
-        return False          # the recorded base
-    if config.init == "pissa" and fp == meta.get("original_base_fingerprint"):
-        return True           # the original base: recompute the residual, as attach_lora did
+        return False          # the recorded base (QLoRA: the dequantised one, which quantises to the same codes)
+    if (config.init == "pissa" or config.quant is not None) and fp == meta.get("original_base_fingerprint"):
+        return config.init == "pissa"   # the original base: remake the residual and/or the 4 bits, as attach did
     raise MiniftError(f"{where} was trained on a different base model (fingerprint "
                       f"{meta.get('base_fingerprint')}; this model's is {fp}). Load the base it was made for.")
 

@@ -3,9 +3,10 @@
 A training step is what ../shared/bench/torch_ref.py times for the same model in eager PyTorch: forward, the
 hand-written backward and one AdamW step (lr 1e-3, weight decay 0), float32, on seeded random tokens at the preset's
 bench batch (config.BENCH_BATCH) and full context n_ctx. `--method lora` attaches LoRA with r = 8 (`--rank`),
-α = 2r, on all four linears of every block ("all-linear": torch_ref's c_attn, c_proj, c_fc, mlp_proj). The step
-time is the median of `--steps` timed steps after `--warmup` untimed ones (the median as torch_ref takes it: the
-middle one of the sorted times, the upper one for an even count).
+α = 2r, on all four linears of every block ("all-linear": torch_ref's c_attn, c_proj, c_fc, mlp_proj); `--method
+qlora` the same on an NF4 base (torch_ref has no twin: compare it with lora's step; the difference is the
+dequantising). The step time is the median of `--steps` timed steps after `--warmup` untimed ones (the median as
+torch_ref takes it: the middle one of the sorted times, the upper one for an even count).
 
 Letters: B batch, T time (n_ctx), N = B·T tokens, C channels, V vocab, L blocks, H heads, D = C/H, R LoRA rank.
 
@@ -49,7 +50,8 @@ Process conditions, reported in the output because they change the numbers a lot
 
 --json prints exactly one JSON line on stdout (and nothing else), with these keys:
     impl             "minift"
-    preset, method   as given ("full" | "lora");  rank: R for lora, null for full;  alpha: α or null
+    preset, method   as given ("full" | "lora" | "qlora": LoRA on an NF4 base);  rank: R for (q)lora, null for
+                     full;  alpha: α or null
     device           "cpu" | "gpu";  dtype "float32";  batch, seq: B and T;  steps, warmup
     clock            "wall" | "cpu";  malloc: "reuse" | "system" (what was in force)
     ms_per_step      the median step time, ms;  ms_min, ms_max: the fastest and slowest timed step
@@ -94,7 +96,7 @@ from ..dispatch import reference_only
 from ..fast.kernels import fused_enabled, use_fused
 from ..fast.parallel import AUTO, blas_threads_shared
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "qlora")
 PEAK_SIZES = (512, 1024, 2048)
 # A GPU reaches its float32 peak only on products big enough to fill all its multiprocessors (an H200 has 132):
 # n = 8192 is 1.1 TFLOP per product, tens of milliseconds even there. run_bench picks one of the two by device.
@@ -128,14 +130,15 @@ MODEL_METHODS = {
 
 def count_flops(cfg: GPTConfig, batch: int, seq: int, method: str = "full", rank: int = 8) -> dict:
     """Matmul FLOPs of one training step, split {"linear", "lora", "attention", "lm_head", "total"} (module
-    docstring). method "lora": every block linear and the tied LM head frozen, an adapter of rank R on each linear."""
+    docstring). method "lora": every block linear and the tied LM head frozen, an adapter of rank R on each linear;
+    "qlora" the same matmuls (its dequantisation is elementwise work, not counted)."""
     _check_method(method)
     N, C, V, L = batch * seq, cfg.n_embd, cfg.vocab_size, cfg.n_layer
     per_weight = 6 if method == "full" else 4                 # forward, dx, and dW only if the weight trains
     linears = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]    # c_attn, attn.c_proj, c_fc, mlp.c_proj: [I, O]
     flops = {
         "linear": L * sum(per_weight * N * I * O for I, O in linears),
-        "lora": L * sum(6 * N * rank * (I + O) for I, O in linears) if method == "lora" else 0,
+        "lora": L * sum(6 * N * rank * (I + O) for I, O in linears) if method != "full" else 0,
         "attention": L * 12 * batch * seq * seq * C,          # 2·2·B·H·T²·D forward, twice that backward
         "lm_head": per_weight * N * C * V,
     }
@@ -330,8 +333,9 @@ def build_step(preset: str, method: str = "full", rank: int = 8, device: str = "
     _check_model_args(preset, method, rank)
     cfg = GPTConfig.preset(preset)
     model = model_module.GPT(cfg, seed=seed, dtype="float32", device=device)
-    if method == "lora":
-        attach_lora(model, LoRAConfig(r=rank, alpha=2 * rank, targets="all-linear"), seed=seed)
+    if method in ("lora", "qlora"):
+        attach_lora(model, LoRAConfig(r=rank, alpha=2 * rank, targets="all-linear",
+                                      quant="nf4" if method == "qlora" else None), seed=seed)
     B, T = BENCH_BATCH[preset], cfg.n_ctx
     workers = workers_for(workers, model, rows=B)
     check_splittable(model, workers, rows=B, rows_option=f"{preset}'s bench batch")
@@ -462,8 +466,8 @@ def _measure(preset, method, rank, steps, warmup, device, profile_steps, peak_si
     achieved = flops["total"] / med / 1e9
     info = blas_info() if device == "cpu" else {"blas": "cuBLAS", "threads": None}
     return {
-        "impl": "minift", "preset": preset, "method": method, "rank": rank if method == "lora" else None,
-        "alpha": 2 * rank if method == "lora" else None, "device": device, "dtype": "float32",
+        "impl": "minift", "preset": preset, "method": method, "rank": rank if method != "full" else None,
+        "alpha": 2 * rank if method != "full" else None, "device": device, "dtype": "float32",
         "batch": B, "seq": T, "steps": steps, "warmup": warmup, "clock": clock,
         "malloc": "reuse" if reused else "system",
         "ms_per_step": round(med * 1e3, 2), "ms_min": round(min(times) * 1e3, 2), "ms_max": round(max(times) * 1e3, 2),
@@ -482,7 +486,8 @@ def _measure(preset, method, rank, steps, warmup, device, profile_steps, peak_si
 
 def format_report(r: dict) -> str:
     """The human-readable summary of run_bench's result."""
-    what = "full fine-tuning" if r["method"] == "full" else f"LoRA r={r['rank']} alpha={r['alpha']} all-linear"
+    what = "full fine-tuning" if r["method"] == "full" else \
+        f"{'QLoRA (NF4 base)' if r['method'] == 'qlora' else 'LoRA'} r={r['rank']} alpha={r['alpha']} all-linear"
     threads = f", {r['threads']} BLAS thread{'s' if r['threads'] > 1 else ''}" if r["threads"] else ""
     if r.get("workers", 1) > 1:
         threads += f", batch split across {r['workers']} worker threads"

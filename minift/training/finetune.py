@@ -11,8 +11,8 @@ from pathlib import Path
 from ..config import HEAD_WEIGHT
 from ..errors import MiniftError
 from ..lora import LoRAConfig
-from ..methods import (HEAD_MODES, METHODS, check_base_fits_task, check_task_fits, setup_method, task_head,
-                       trainable_summary)
+from ..methods import (ADAPTER_METHODS, HEAD_MODES, METHODS, adapter_config, adapter_memory_options,
+                       check_base_fits_task, check_task_fits, setup_method, task_head, trainable_summary)
 from ..optim import check_lr
 from .train import TrainConfig, resumed_warmup
 
@@ -22,8 +22,8 @@ from .train import TrainConfig, resumed_warmup
 # adapters made the random head collapse. Grid over adapters {1, 2, 3, 5}e-3 × head {3e-4, 1e-3}, seed 0, then
 # seeds 1 and 2 for the two best: adapters 2e-3 with the head at 3e-4 gave val 0.896 / 0.902 / 0.852 (test 0.899 /
 # 0.870 / 0.760); with the head at 1e-3, 0.872 / 0.652 / 0.948. One seed moves accuracy by several points here.
-DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 2e-3}
-DEFAULT_HEAD_LR = {"lora": 3e-4}       # methods whose head trains at its own rate; the others use lr for it too
+DEFAULT_LR = {"full": 1e-3, "freeze": 1e-3, "head": 1e-2, "lora": 2e-3, "qlora": 2e-3}
+DEFAULT_HEAD_LR = {"lora": 3e-4, "qlora": 3e-4}   # methods whose head trains at its own rate; the others use lr for it
 
 
 @dataclass
@@ -46,10 +46,12 @@ class FinetuneConfig:
     eval_every: int = 100            # validation accuracy every this many steps (0: only at the end)
     save_every: int = 0              # checkpoint every this many steps (0: only at the end and when stopped)
     seed: int = 0
-    lora: LoRAConfig | None = None   # method "lora": its adapters (None: LoRAConfig(), filled in when made)
+    lora: LoRAConfig | None = None   # methods "lora", "qlora": the adapters (None: LoRAConfig(), with quant "nf4" for
+                                     # qlora, filled in when made: methods.adapter_config)
     workers: int | str = "auto"      # >1: each batch split across CPU threads (fast/parallel.py);
                                      # "auto": where it is the fastest measured (dispatch.workers_for)
-    merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model
+    merge: bool = False              # LoRA: also save the merged model (W + ΔW, no adapters) in out_dir/model;
+                                     # QLoRA: deq(W) + ΔW in float32
     head_mode: str = "auto"          # a base's classification head over the task's labels: "auto"/"keep" it, or "new"
                                      # (HEAD_MODES; the CLI's --head)
 
@@ -60,15 +62,15 @@ class FinetuneConfig:
             if getattr(self, name) is not None:
                 check_lr(getattr(self, name), name)
         self.train_config(self.method_lr)                          # raises now, before any data is loaded
-        if self.method == "lora" and self.lora is None:
-            self.lora = LoRAConfig()
         if self.lora is not None and not isinstance(self.lora, LoRAConfig):
             raise MiniftError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
+        if self.method in ADAPTER_METHODS:
+            self.lora = adapter_config(self.method, self.lora)
         if self.head_mode not in HEAD_MODES:
             raise MiniftError(f"head_mode={self.head_mode!r} (--head) is not one of {HEAD_MODES}")
-        if self.merge and self.method != "lora":
+        if self.merge and self.method not in ADAPTER_METHODS:
             raise MiniftError(f"merge folds LoRA's adapters into the weights, and method {self.method!r} has none "
-                              "(its whole model is saved already); drop it, or use method 'lora'")
+                              "(its whole model is saved already); drop it, or use method 'lora' or 'qlora'")
         if self.train_size is not None and self.train_size <= 0:
             raise MiniftError(f"train_size={self.train_size} (--train-size) must be positive")
 
@@ -186,14 +188,13 @@ def setup_run(base, tokenizer, fcfg: FinetuneConfig, checkpoints=None, resume=Fa
     model = base.to()                                                      # 1. a private copy of the base
     head_origin = task_head(model, train_split, seed=fcfg.seed, head_mode=fcfg.head_mode)   # 2. the task head
     freeze = {"freeze_blocks": fcfg.freeze_blocks} if fcfg.method == "freeze" else {}
-    lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method == "lora" else None, seed=fcfg.seed,
+    lora = setup_method(model, fcfg.method, fcfg.lora if fcfg.method in ADAPTER_METHODS else None, seed=fcfg.seed,
                         **freeze)                                                                 # 3. freeze
     max_len = min(fcfg.max_len, model.cfg.n_ctx)
     check_fits(model.cfg, fcfg.method, fcfg.batch_size, max_len, device=model.device,
                head_kind=model.head_kind,
                num_labels=len(model.labels or []) or 2,
-               **({"rank": lora.config.r, "targets": lora.config.targets, "dora": lora.config.use_dora}
-                  if lora is not None else {}), **freeze)
+               **(adapter_memory_options(lora.config) if lora is not None else {}), **freeze)
     source = task_source(train_split, tokenizer, max_len=max_len, batch_size=fcfg.batch_size, seed=fcfg.seed)
     lr, head_lr = learning_rates(model, fcfg)
     warmup = resumed_warmup(checkpoints, resume, fcfg.derived_warmup)           # fixed once the run starts
@@ -256,7 +257,10 @@ def _start(base, lora, head_origin: str = "new") -> str:
     config = lora.config
     if float(config.alpha).is_integer():   # alpha=16 and 16.0 are one configuration (the CLI's default is 2r, an int;
         config = dataclasses.replace(config, alpha=int(config.alpha))   # an --alpha is a float): one fingerprint
-    return start + "+lora-" + hashlib.sha256(repr(config).encode()).hexdigest()[:8]
+    text = repr(config)
+    if config.quant is None:               # plain LoRA hashes as before quant existed: its checkpoints still resume
+        text = text.replace(", quant=None, double_quant=False", "")
+    return start + "+lora-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _save_result(model, lora, tokenizer, summary, out_dir: Path, merge=False, base_dir=None):

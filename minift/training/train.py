@@ -59,6 +59,7 @@ from ..fast.parallel import blas_threads_shared, check_splittable, check_workers
 from ..formats.io import atomic_write, load_json, load_safetensors, save_json, save_safetensors
 from ..lora import adapter_rng
 from ..optim import AdamW, check_lr, clip_grad_norm, lr_schedule
+from ..quant import Quantized
 from .progress import progress_bar
 
 CHECKPOINT_KEEP = 2      # how many checkpoint folders to keep (older ones are deleted after a newer one is in force)
@@ -244,9 +245,16 @@ def save_checkpoint(out_dir, model, opt, step, source, dropout_rng, result: Trai
     return folder
 
 
+def checkpoint_arrays(model) -> dict:
+    """What a checkpoint's weights file holds: every parameter and adapter array, but not a 4-bit base weight
+    (QLoRA's Quantized): it is frozen and made again, bit for bit, by quantising the same base, which the start
+    fingerprint pins."""
+    return {k: v for k, v in model.all_params().items() if not isinstance(v, Quantized)}
+
+
 def _write_checkpoint(folder, model, opt, step, source, dropout_rng, result, tcfg, start_fingerprint):
     """The three files of a checkpoint: weights, optimizer moments, and state.json with everything else."""
-    save_safetensors({k: to_numpy(v) for k, v in model.all_params().items()}, folder / "weights.safetensors")
+    save_safetensors({k: to_numpy(v) for k, v in checkpoint_arrays(model).items()}, folder / "weights.safetensors")
     sd = opt.state_dict()
     save_safetensors(sd.pop("arrays"), folder / "optimizer.safetensors")
     a_rng = adapter_rng(model)
@@ -334,7 +342,7 @@ def load_checkpoint(folder, model, opt, source, dropout_rng, tcfg: TrainConfig |
     if tcfg is not None:
         check_resumable(folder, state, tcfg, start_fingerprint)
     weights, _ = load_safetensors(folder / "weights.safetensors", "checkpoint weights")
-    arrays = model.all_params()
+    arrays = checkpoint_arrays(model)
     if set(weights) != set(arrays):
         raise MiniftError(f"checkpoint {folder} holds parameters {sorted(set(weights) ^ set(arrays))[:5]} that do "
                           "not match this model's (different method, adapters or head?)")

@@ -65,6 +65,25 @@ def test_minift_adapter_loads_in_peft(tmp_path, kwargs):
                                rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("code, double_quant", [("nf4", False), ("nf4", True), ("int4", False), ("fp4", True)])
+def test_qlora_adapter_loads_in_peft_over_the_dequantised_base(tmp_path, code, double_quant):
+    """A QLoRA adapter is a plain LoRA file for PEFT: on the dequantised base, which a copy of the 4-bit model writes
+    (GPT.to() dequantises), PEFT computes minift's QLoRA logits; load_peft on the original float base quantises it
+    again and gives the same logits bit for bit."""
+    hf_gpt2().save_pretrained(tmp_path / "base", safe_serialization=True)
+    model = GPT.from_pretrained(tmp_path / "base", dtype="float64")
+    config = LoRAConfig(r=4, alpha=8, quant=code, double_quant=double_quant)
+    lora = randomize(attach_lora(model, config), seed=2).eval()
+    lora.save_peft(tmp_path / "adapter")
+    model.to().save_pretrained(tmp_path / "dequantised")
+    ids = ids_batch()
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "dequantised").double().eval()
+    np.testing.assert_allclose(model.forward(ids), peft_logits(ref, tmp_path / "adapter", ids), rtol=RTOL, atol=ATOL)
+    again = load_peft(GPT.from_pretrained(tmp_path / "base", dtype="float64"), tmp_path / "adapter")
+    assert again.config == config
+    np.testing.assert_array_equal(again.model.forward(ids), model.forward(ids))
+
+
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_peft_adapter_loads_in_minift(tmp_path, use_dora):
     ref = hf_gpt2()

@@ -126,11 +126,21 @@ def test_human_report_has_the_numbers_and_the_table(capsys):
     assert "where the time goes" in out and "attention" in out and "optimizer" in out
 
 
+def test_qlora_runs_the_lora_step_on_an_nf4_base(capsys):
+    """The same matmuls as LoRA (the FLOP count agrees), the same trainable parameters, on a 4-bit base."""
+    r = json.loads(bench_cli(["--preset", "tiny", "--method", "qlora", "--steps", "1", "--warmup", "0",
+                              "--profile-steps", "0", "--malloc", "system", "--json"], capsys))
+    lora = json.loads(bench_cli(["--preset", "tiny", "--method", "lora", "--steps", "1", "--warmup", "0",
+                                 "--profile-steps", "0", "--malloc", "system", "--json"], capsys))
+    assert (r["method"], r["rank"], r["alpha"]) == ("qlora", 8, 16)
+    assert r["flops"] == lora["flops"] and r["trainable"] == lora["trainable"] and r["total"] == lora["total"]
+
+
 def test_bad_input_is_a_clear_error(capsys):
     with pytest.raises(MiniftError, match="preset 'huge' is not one of"):
         run_bench("huge")
-    with pytest.raises(MiniftError, match="method 'qlora' is not one of"):
-        run_bench("tiny", "qlora")
+    with pytest.raises(MiniftError, match="method 'dora' is not one of"):
+        run_bench("tiny", "dora")
     with pytest.raises(MiniftError, match="steps=0"):
         run_bench("tiny", steps=0)
     with pytest.raises(MiniftError, match="rank=0"):
@@ -145,9 +155,9 @@ def test_bad_input_is_a_clear_error(capsys):
 
 def test_cli_error_is_one_line_and_nonzero(capsys):
     from minift.app.cli import main
-    assert main(["bench", "--method", "qlora"]) == 1
+    assert main(["bench", "--method", "dora"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("minift: error: method 'qlora'") and "\n" not in err
+    assert err.startswith("minift: error: method 'dora'") and "\n" not in err
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the message shown where there is no GPU")
