@@ -19,7 +19,7 @@ FIGURES = ("training.png", "update_by_layer.png", "update_spectra.png", "similar
            "accuracy_vs_trainable.png", "rank_sweep.png")
 OLD_FIGURES = ("loss_curves.png", "spectra.png", "intruders_vs_eps.png")   # earlier versions' names, still minift's
 
-COLOURS = {"full": "#1f5fa8", "lora": "#e8710a", "head": "#7a7a7a", "freeze": "#2e8b57"}
+COLOURS = {"full": "#1f5fa8", "lora": "#e8710a", "qlora": "#8e44ad", "head": "#7a7a7a", "freeze": "#2e8b57"}
 RANDOM = dict(color="black", ls="--", lw=1.2, label="random directions")
 STYLE = {"font.size": 10, "axes.titlesize": 10.5, "figure.titlesize": 11.5, "axes.spines.top": False,
          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
@@ -295,3 +295,124 @@ def write_figures(results, out: Path) -> list:
     for name in OLD_FIGURES:
         (out / name).unlink(missing_ok=True)
     return names
+
+
+# ---- quantisation error (issue 23): `data` is minift.measure.quant_error.quant_error_report's -----------------------
+
+QUANT_FIGURES = ("quant_error.png", "quant_levels.png")
+CODE_COLOURS = {"nf4": "#8e44ad", "int4": "#c0392b", "fp4": "#16a085"}
+CODE_NAMES = {"nf4": "NF4", "int4": "int4", "fp4": "FP4"}
+
+
+def _versus(data, a="nf4", b="int4") -> str:
+    """What the per-matrix errors say about code a against code b, in words (both without double quantisation)."""
+    rel = {c: np.array([m["errors"][c]["rel_error"] for m in data["matrices"]]) for c in (a, b)}   # (matrices,)
+    cut = 1 - rel[a] / rel[b]                                       # (matrices,)  share of b's error a removes
+    if (cut > 0).all():
+        return (f"{CODE_NAMES[a]} reconstructs every matrix with {_pct(cut.min())}–{_pct(cut.max())} less error "
+                f"than {CODE_NAMES[b]}")
+    return f"{CODE_NAMES[a]} has less error than {CODE_NAMES[b]} on {int((cut > 0).sum())} of {cut.size} matrices"
+
+
+def _loss_words(loss, codes) -> str:
+    said = ", ".join(f"{CODE_NAMES[c]} {loss['quantised'][c]['delta']:+.4f}" for c in codes if c in loss["quantised"])
+    return f"before fine-tuning the LM loss ({loss['float']:.3f} nats) changes by {said}"
+
+
+def _matrix_panel(ax, data, codes):
+    rows = data["matrices"]
+    i = np.arange(len(rows))
+    for c in codes:
+        ax.plot(i, [100 * m["errors"][c]["rel_error"] for m in rows], "o-", ms=4, color=CODE_COLOURS[c],
+                label=CODE_NAMES[c])
+    ax.set_xticks(i, [f"h.{m['block']}.{m['module']}" for m in rows], rotation=60, ha="right", fontsize=8)
+    ax.set(xlabel="adapted matrix, in model order", ylabel="‖W − W̃‖_F / ‖W‖_F  (%)", ylim=(0, None),
+           title="Reconstruction error of each adapted matrix")
+    ax.legend(loc="lower right", ncol=len(codes))
+
+
+def _loss_panel(ax, data, codes):
+    loss, ticks, labels = data["loss"]["quantised"], [], []
+    for j, c in enumerate(codes):
+        for k, key in enumerate(v for v in (c, c + "+dq") if v in loss):
+            ticks.append(j + 0.38 * k)
+            labels.append(CODE_NAMES[c] + key[len(c):])
+            ax.bar(ticks[-1], loss[key]["delta"], width=0.34, color=CODE_COLOURS[c], alpha=1.0 - 0.45 * k,
+                   hatch="//" if k else None, edgecolor="white", yerr=loss[key]["delta_se"], capsize=3)
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(ylabel="Δ LM loss (nats per token)", xlabel="code (+dq: its scales double-quantised)",
+           title=_wrap(f"Δ loss with every adapted W → deq(quant(W))\n({data['loss']['tokens']:,} tokens; "
+                       "± one standard error over windows)", 60))
+
+
+def quant_error(figs, data):
+    """(a) The per-matrix reconstruction error of each code, and (when measured) the loss it costs the base."""
+    codes = [c for c in data["codes"] if c in data["variants"]]
+    has_loss = bool(data.get("loss"))
+    fig, axes = figs.subplots(1, 2 if has_loss else 1, figsize=(11.5 if has_loss else 7, 4.4), squeeze=False,
+                              gridspec_kw=dict(width_ratios=[1.7, 1]) if has_loss else None)
+    _matrix_panel(axes[0, 0], data, codes)
+    if has_loss:
+        _loss_panel(axes[0, 1], data, codes)
+    mean = ", ".join(f"{CODE_NAMES[c]} {100 * data['summary'][c]['rel_error_mean']:.1f}%" for c in codes)
+    said = [_versus(data) + f" (mean ‖W − W̃‖/‖W‖: {mean})"] if {"nf4", "int4"} <= set(codes) else []
+    said += [_loss_words(data["loss"], codes)] if has_loss else []
+    fig.suptitle(_wrap("; ".join(said) or "4-bit reconstruction error of each adapted matrix", 110))
+    return fig
+
+
+def _levels_panel(ax, fit, code, centres, widths):
+    u = fit["codes"][code]
+    ax.bar(centres, fit["density"], width=widths, color="#bbbbbb", lw=0, label=f"x / c of {fit['matrix']}")
+    ax.plot(centres, fit["gaussian_density"], color="black", lw=1.2, label="x / c of N(0, 1) blocks")
+    ax.axvspan(*fit["middle_90"], color="gold", alpha=0.15, lw=0, label="middle 90% of the weights")
+    top = 1.22 * max(fit["density"])
+    for v, share in zip(u["levels"], u["usage"]):
+        ax.axvline(v, color=CODE_COLOURS[code], lw=1.6)
+        ax.text(v, top, f"{100 * share:.0f}", ha="center", va="bottom", fontsize=7, color=CODE_COLOURS[code])
+    ax.plot([], [], color=CODE_COLOURS[code], lw=1.6, label=f"{CODE_NAMES[code]}'s {len(u['levels'])} levels\n"
+                                                             "(number above: % of weights rounded to it)")
+    g = u["gaussian_error"]
+    ax.set_title(f"{CODE_NAMES[code]}: {u['levels_in_middle_90']} levels in the middle 90%, levels used with "
+                 f"entropy {u['entropy_bits']:.2f} of 4 bits; on N(0, 1) blocks ‖W − W̃‖/‖W‖ = "
+                 f"{100 * g['rel_error']:.1f}%", loc="left", pad=14)
+    ax.set(ylabel="density (per unit of x / c)", xlim=(-1.04, 1.04), ylim=(0, top))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+
+
+def quant_levels(figs, data):
+    """(b) One real matrix's block-normalised weights x / c against each code's 16 levels."""
+    fit = data["code_fit"]
+    codes = list(fit["codes"])
+    edges = np.array(fit["edges"])                                  # (bins+1,)
+    centres, widths = (edges[1:] + edges[:-1]) / 2, np.diff(edges)  # (bins,), (bins,)
+    fig, axes = figs.subplots(len(codes), 1, figsize=(12, 2.8 * len(codes) + 0.8), sharex=True, squeeze=False)
+    for ax, code in zip(axes[:, 0], codes):
+        _levels_panel(ax, fit, code, centres, widths)
+    axes[-1, 0].set_xlabel(f"x / c: a weight divided by the absmax c of its block of {fit['block']} "
+                           "(the spikes at ±1 are each block's absmax itself)")
+    u = fit["codes"]
+    inside = ", ".join(f"{CODE_NAMES[c]} {u[c]['levels_in_middle_90']} of {len(u[c]['levels'])}" for c in codes)
+    busiest = ", ".join(f"{CODE_NAMES[c]}'s {100 * max(u[c]['usage']):.0f}%" for c in codes)
+    fig.suptitle(_wrap(f"After absmax scaling the weights of {fit['matrix']} crowd near 0 (std {fit['std']:.2f}). "
+                       f"Levels inside the middle 90% of them: {inside}; the busiest level takes {busiest} of the "
+                       f"weights (used equally, each would take {_pct(1 / 16)}–{_pct(1 / 15)})", 110))
+    return fig
+
+
+def write_quantization_figures(data, out: Path) -> list:
+    """quant_error.png and quant_levels.png into `out` from quant_error_report's data; returns their file names
+    (empty without matplotlib)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _figures() as figs:
+        for name, draw in zip(QUANT_FIGURES, (quant_error, quant_levels)):
+            fig = draw(figs, data)
+            with atomic_write(out / name) as f:
+                fig.savefig(f, format="png")
+    return list(QUANT_FIGURES)
