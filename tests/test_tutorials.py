@@ -17,6 +17,9 @@ a subprocess with
 
 so nothing a tutorial writes touches the repository. Exit status 0 is the test: every check cell asserts.
 
+Every tutorial's prose, English and Chinese, also types no measurement (issue 22, point 2): no number with two or more
+decimals outside code, LaTeX and quotations unless the tutorial's code holds it (`typed_measurements`).
+
 The core course, besides (issue 22):
   - every core tutorial has a Chinese twin of the same name in core/zh/, and the twins' code cells are the English
     ones once comments and blank lines are removed (comments may be translated; code, docstrings and printed
@@ -187,6 +190,60 @@ def test_tutorial_format(path):
     assert "assert " in text, "check cells assert on computed values"
 
 
+# ---- every tutorial: no measurement typed into the prose -------------------------------------------------------------
+
+def code_numbers(text: str) -> set:
+    """The values of the number literals in a tutorial's code cells, comments aside: the constants it sets (a
+    learning rate, an initial scale) and the tolerances its checks assert."""
+    values = set()
+    for kind, _, body in cells(text):
+        if kind != "code":
+            continue
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(body).readline):
+                if tok.type == tokenize.NUMBER:
+                    try:
+                        values.add(float(tok.string.replace("_", "")))
+                    except ValueError:                            # 0x1f, 3j: never a decimal the prose types
+                        pass
+        except (tokenize.TokenError, SyntaxError):                # not Python (a magic?): the literals read so far
+            pass
+    return values
+
+
+def typed_measurements(text: str) -> list:
+    """Numbers in a tutorial's prose that look like a measurement typed by hand: two or more decimals (0.899, 3.86),
+    outside inline code, LaTeX and quotations (the article's and the papers' own figures), not an arXiv number, and
+    not the value of a literal in the tutorial's own code — a constant the run sets (a learning rate of 0.02) or a
+    tolerance it asserts (a loss below 0.01), which the run itself holds. Measurements are printed by a cell, and the
+    prose says "as printed above" instead (issue 22, point 2)."""
+    held = code_numbers(text)
+    found = []
+    for kind, _, body in cells(text):
+        if kind != "markdown":
+            continue
+        lines = [line.lstrip("#").lstrip() for line in body.splitlines()]
+        md = "\n".join(line for line in lines if not line.startswith(">"))
+        for pattern in (r"`[^`]*`", r"\$\$.*?\$\$", r"\$[^$]*\$", r"arXiv[:\s]*\d+\.\d+"):
+            md = re.sub(pattern, "", md, flags=re.S)
+        found += [n for n in re.findall(r"(?<![\w.])\d+\.\d{2,}\b", md) if float(n) not in held]
+    return found
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[_name(p) for p in TUTORIALS])
+def test_prose_types_no_measurement(path):
+    typed = typed_measurements(path.read_text(encoding="utf-8"))
+    assert not typed, (f"{_name(path)}'s prose types {typed}: print measurements from a cell and say \"as printed "
+                       "above\", or state a constant or tolerance that the tutorial's code sets or asserts")
+
+
+def test_typed_measurements_finds_what_it_should():
+    text = ("# ---\n# jupyter:\n# ---\n\n# %% [markdown]\n# LoRA reached 0.899 (as printed above); within 0.8;\n"
+            "# `x = 0.123`, $e = 2.718$, arXiv\n# 2106.09685\n# > the article's 0.25\n# loss below 0.01, lr 0.020\n\n"
+            "# %%\nassert loss < 1e-2             # 0.899 in a comment holds nothing\nlr = 0.02\n")
+    assert typed_measurements(text) == ["0.899"]
+
+
 # ---- the core course: twins and length -----------------------------------------------------------------------------
 
 def test_every_core_tutorial_has_a_chinese_twin():
@@ -226,37 +283,6 @@ def test_core_tutorial_prose_fits_an_evening(path):
     words = prose_words(path.read_text(encoding="utf-8"))
     assert words <= PROSE_WORDS, (f"{_name(path)} has {words:,} words of prose in its markdown cells (counted as "
                                   f"issue 22 counts them); a core tutorial holds at most {PROSE_WORDS:,}")
-
-
-def typed_measurements(text: str) -> list:
-    """Numbers in a tutorial's prose that look like a measurement typed by hand: two or more decimals (0.899, 3.86),
-    outside inline code, LaTeX and quotations (the article's and the papers' own figures), and not an arXiv number.
-    A core tutorial prints its measurements and says "as printed above" instead (issue 22, point 2); a threshold the
-    prose states (0.8, 5%) has at most one decimal."""
-    import re
-    found = []
-    for kind, _, body in cells(text):
-        if kind != "markdown":
-            continue
-        lines = [line.lstrip("#").lstrip() for line in body.splitlines()]
-        md = "\n".join(line for line in lines if not line.startswith(">"))
-        for pattern in (r"`[^`]*`", r"\$\$.*?\$\$", r"\$[^$]*\$", r"arXiv[: ]*\d+\.\d+"):
-            md = re.sub(pattern, "", md, flags=re.S)
-        found += re.findall(r"(?<![\w.])\d+\.\d{2,}\b", md)
-    return found
-
-
-@pytest.mark.parametrize("path", CORE + CORE_ZH, ids=[_name(p) for p in CORE + CORE_ZH])
-def test_core_prose_types_no_measurement(path):
-    typed = typed_measurements(path.read_text(encoding="utf-8"))
-    assert not typed, (f"{_name(path)}'s prose types {typed}: print measurements from a cell and say \"as printed "
-                       "above\", or state a threshold that a check asserts")
-
-
-def test_typed_measurements_finds_what_it_should():
-    text = ("# ---\n# jupyter:\n# ---\n\n# %% [markdown]\n# LoRA reached 0.899 (as printed above); within 0.8;\n"
-            "# `x = 0.123`, $e = 2.718$, arXiv 2106.09685\n# > the article's 0.25\n\n# %%\nprint(0.899)\n")
-    assert typed_measurements(text) == ["0.899"]
 
 
 def test_prose_words_counts_the_markdown_only():

@@ -35,8 +35,9 @@
 # 2. what each column measures and where in minift the number comes from;
 # 3. which of the article's claims held here, and why the time and memory claims depend on scale.
 #
-# **Time:** about 2–3 minutes normally (the default comparison, 600 steps per method: 134 s measured), about 40 s in
-# fast mode (`MINIFT_FAST=1`: the `--quick` budget), on 2 CPU cores. 15 minutes to read.
+# **Time:** 1–2½ minutes normally (the default comparison, 600 steps per method: 72 s and 137 s measured on 2 shared
+# CPU cores at different loads), about 6 s in fast mode (`MINIFT_FAST=1`: the `--quick` budget, a smoke run). 15
+# minutes to read.
 
 # %%
 import json
@@ -46,7 +47,8 @@ from minift.app.tutorial import FAST, exercise, out_dir, pick
 from minift.app.compare import CompareConfig, compare
 from minift.app.report import claims, main_table, memory_table
 
-print("fast mode" if FAST else "normal mode", "· minift", minift.__version__)
+SMOKE = "(fast mode: a smoke run; these numbers are not findings)"
+print("fast mode " + SMOKE if FAST else "normal mode", "· minift", minift.__version__)
 
 # %% [markdown]
 # ## 1. Run the comparison
@@ -58,6 +60,8 @@ print("fast mode" if FAST else "normal mode", "· minift", minift.__version__)
 config = pick(CompareConfig(), CompareConfig.quick_config())
 report_dir = out_dir("compare")
 results = compare(config, out=report_dir, progress=not FAST)
+if FAST:
+    print(SMOKE)
 print(main_table(results))
 
 # %% [markdown]
@@ -91,10 +95,12 @@ print(f"LoRA r={r}: {expected_lora:,} trainable = {L} blocks × Σ r·(in+out) +
 # | must save | what has to be stored to reproduce the fine-tune on top of the base | `minift.app.compare` |
 #
 # The memory table (MiB) splits one training step's peak into its parts, measured with `tracemalloc` and predicted
-# term by term by `minift.measure.memory.predict_memory`: parameters, gradients, optimizer state and activations, plus the
-# backward's short-lived temporaries ("workspace", not a column: the total minus the four) — tutorial 09.
+# term by term by `minift.measure.memory.predict_memory`: parameters, gradients, optimizer state and activations,
+# plus the backward's short-lived temporaries ("workspace", not a column: the total minus the four) — tutorial 09.
 
 # %%
+if FAST:
+    print(SMOKE)
 print(memory_table(results))
 for r in results["runs"]:
     m, p = r["memory"]["measured"]["total"], r["memory"]["predicted"]["total"]
@@ -122,14 +128,15 @@ print(f"forgetting: head {runs['head']['forgetting']:+.4f}, full {runs['full']['
 #   $dy\,W^\top$; LoRA saves only the third, $x^\top dy$ (tutorial 09). So LoRA's matmul FLOPs are at least about
 #   2/3 of full fine-tuning's. The rest of a step shrinks too — gradient clipping and the AdamW update pass over every
 #   trained parameter — so the measured time can fall a little below 2/3. Wall time on a shared machine is noisy:
-#   on two of our runs LoRA's step took 0.64 (a busy machine) and 0.80 (the README's run) of full fine-tuning's.
-#   "~70% less time" is not expected.
+#   read this run's ms/step in the table above and its "~70% less time" line below. That saving is not expected.
 # - **Memory.** LoRA removes the gradients and the optimizer state of frozen weights — 3 floats per parameter with
 #   AdamW — but activations are about the same for both (LoRA adds its small $xA^\top$ caches) and grow with
 #   batch × sequence. The saving is large when
 #   parameters dominate (big models, small batches) and small otherwise: `minift memory` shows both regimes.
 
 # %%
+if FAST:
+    print(SMOKE)
 for line in claims(results):
     print("-", line.replace("**", ""))
 

@@ -33,9 +33,9 @@
 # 2. to verify the residual-stream sum and the tied-embedding sum numerically, from the model's own tensors;
 # 3. to check the whole model's gradient against finite differences with `minift.gradcheck.check_function`.
 #
-# **Time:** a few seconds to run normally (3–4 s measured on 2 quiet CPU cores, 7 s on a busy one; the final check
-# visits every one of the model's 7,616 parameters), about 1 s in fast mode (`MINIFT_FAST=1`: a sample of 8 entries
-# per tensor); 30 minutes to read.
+# **Time:** about 5 s to run normally (measured on 2 CPU cores; the final check visits every one of the model's
+# 7,616 parameters), about 1 s in fast mode (`MINIFT_FAST=1`: a sample of 8 entries per tensor); 30 minutes to
+# read.
 #
 # **Prerequisite:** tutorial 02.
 

@@ -136,7 +136,7 @@ print("round trips exact; <|endoftext|> =", tok.eot_id, " <|pad|> =", tok.pad_id
 #
 # The causal mask (tutorial 02, section 6) makes this one forward pass for all $T$ predictions. A model that knows
 # nothing spreads its probability evenly over the $V$ tokens and scores $\log V$ — for $V = 2048$,
-# $\log 2048 = 7.62$ nats. GPT-2's initialisation (weights of standard deviation 0.02) makes the logits nearly
+# $\log 2048 = 7.62$ nats. GPT-2's initialisation (weights of standard deviation $0.02$) makes the logits nearly
 # equal, so a fresh model starts close to it, a little above or below depending on the batch (the cell prints both).
 
 # %%

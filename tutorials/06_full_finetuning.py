@@ -424,7 +424,7 @@ show(fig, "06_learning_rates")
 # The lines printed above: at 1e-3 the loss stays on tutorial 05's plateau near $\log 2$ for these steps (tutorial
 # 05's validation accuracies show where a 400-step run leaves it). At 1e-2 it jumps around more. At 1e-1 single
 # batches reach losses many times $\log 2$ (the max): each step throws every weight about $0.1$ — five times GPT-2's
-# initial weight scale (0.02), more than the RMS of any trained matrix of the demo base (printed below) — in a new
+# initial weight scale ($0.02$), more than the RMS of any trained matrix of the demo base (printed below) — in a new
 # direction; by the end it settles near $\log 2$, a model that guesses. "Converges slowly" needs only a rate 3× too
 # large: on a separate run (the setup of section 1 with lr 3e-3, warmup and cosine decay, not in this tutorial's code:
 # `minift finetune --method full --steps 400 --lr 3e-3 --workers 1`), validation accuracy after 400 steps stayed far

@@ -384,16 +384,16 @@ assert adapted.num_params(trainable_only=True) < 0.1 * adapted.num_params()
 # (`attach_lora`, which also freezes every base weight; the new head trains too, as PEFT's `modules_to_save`), train,
 # evaluate. Its learning rates were chosen on the validation split, as tutorial 05 chose full fine-tuning's, and there
 # are two of them. When they were chosen (runs not repeated here), one rate for everything, $r = 8$, $\alpha = 16$,
-# learned slowly (0.70 on validation after 600 steps at $\eta = 10^{-3}$, well below the run below), and at larger
+# learned slowly (after 600 steps at $\eta = 10^{-3}$, well below the run below on validation), and at larger
 # rates the fresh head collapsed to one answer.
 # The reason: with Adam each factor moves by about $\eta$ per step, so the adapter's update
 # $\Delta W = s\,A^\top B^\top$ grows like $s\cdot\eta$ (section 3), while the randomly initialised head moves at
 # $\eta$ alone. The adapters need a larger $s\cdot\eta$ than the head can take. So `finetune` trains them at
 # different rates, as torch's parameter groups do (`lr_scale` in `minift/optim.py`): the adapters at
 # $\eta = 2\cdot10^{-3}$ and the head at $3\cdot10^{-4}$ (`DEFAULT_LR`, `DEFAULT_HEAD_LR` in
-# `minift/training/finetune.py`; when they were chosen: validation 0.896 / 0.902 / 0.852 over three seeds). Raising
-# $\alpha$ instead does the same job for the adapters: $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both
-# reached 0.890 on validation in that search (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
+# `minift/training/finetune.py`, chosen on validation over three seeds). Raising $\alpha$ instead does the same job
+# for the adapters: $\alpha = 64$ ($s = 8$) with one rate of $10^{-3}$ for both did about as well on validation in
+# that search (`minift finetune --alpha 64 --lr 1e-3 --head-lr 1e-3`).
 
 # %%
 lora_steps = pick(600, 30)
@@ -413,8 +413,8 @@ print(f"test accuracy (held-out templates): {lora_run['test_accuracy']:.3f}")
 # **Check.** Every base weight is bitwise unchanged (frozen: no gradient, no update). In normal mode the run must
 # have learned while it trained: validation accuracy at the end at least 0.2 above the first evaluation's (step 100,
 # still on the plateau), at least 0.8 on validation and 0.7 on test — far above chance (0.5) and above what the head
-# alone reaches (0.55 validation, 0.47 test in the README's `minift compare` table). Fast mode's 30 steps are too
-# few to learn, so those checks are skipped there.
+# alone reaches (the head row of the README's `minift compare` table). Fast mode's 30 steps are too few to learn,
+# so those checks are skipped there.
 
 # %%
 assert all(np.array_equal(lora_model.params[n], base.params[n]) for n in base.params)
@@ -427,10 +427,9 @@ if not FAST:
 # Is that "comparable to full fine-tuning"? Compare like with like. This tutorial does not run full fine-tuning; the
 # README's `minift compare` run does, with the same 600 steps and data as here, and its table (cited, not measured
 # here) gives full fine-tuning 0.996 validation and 0.983 test accuracy. Tutorial 06 prints its own, shorter full
-# fine-tune (400 steps). Over three seeds (the README's seeds table) the test means are 0.879 for full (one seed
-# ended at 0.685) and 0.843 for LoRA. `minift compare`'s report calls a gap under 3 points "comparable". The cell
-# sets this run's LoRA accuracies beside the README's equal-budget full fine-tune and prints the gap and the
-# verdict.
+# fine-tune (400 steps). The README's seeds table shows how far one seed moves either method's test accuracy.
+# `minift compare`'s report calls a gap under 3 points "comparable". The cell sets this run's LoRA accuracies beside
+# the README's equal-budget full fine-tune and prints the gap and the verdict.
 
 # %%
 full_cited = {"val_accuracy": 0.996, "test_accuracy": 0.983}            # README's minift compare, full FT, 600 steps

@@ -694,7 +694,7 @@ if not FAST:                                             # 2 training steps in f
 # | update of $W$ | $-\eta G$, any rank | $-\eta s^2(A^\top A G + G BB^\top) + O(\eta^2)$, dense, rank $\le 2r$ |
 # | direction (performance) | cos 1 | cos with $-G$ well below 1 per matrix, never negative (SGD, first order); span small, best-$r$ near 1 (sections 5–6) |
 # | compute (linears) | $6NIO$ | $4NIO + 6NR(I+O)$: ~75% here, $> 2/3$ always |
-# | parameters updated | all ~1.07 M | ~66 k (6%), yet every entry of $W_\text{eff}$ moves |
+# | parameters updated | all (section 8's printout) | under 7% (section 8), yet every entry of $W_\text{eff}$ moves |
 #
 # Tutorial 09 turns the compute column into measured time and memory; tutorial 10 follows the accumulated
 # updates to the MIT paper's intruder dimensions.

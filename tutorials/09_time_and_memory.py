@@ -29,8 +29,9 @@
 # reports is one model, GPT-3 175B: training memory **1.2 TB → 350 GB** ("we reduce that VRAM usage by up to 2/3 … as
 # we do not need to store the optimizer states for the frozen parameters": three copies of the weights — the weights
 # and AdamW's two moments — become one) and a **25% speedup** in training throughput (its footnote: 32.5 → 43.1
-# tokens/s per V100, 1.33× the throughput, 75% of the time per token). This tutorial measures where a step's time and
-# memory go, in minift's own code, and finds the regimes where each claim holds or cannot.
+# tokens/s per V100, $43.1/32.5 \approx 1.33\times$ the throughput, 75% of the time per token). This tutorial
+# measures where a step's time and memory go, in minift's own code, and finds the regimes where each claim holds or
+# cannot.
 #
 # **You will learn**
 # 1. to count a training step's FLOPs from the shapes, and why LoRA's step costs at least $2/3$ of full fine-tuning's
@@ -149,11 +150,11 @@ for name, cfg in SIZES.items():
 # $6NR\cdot 16LC$ is $4R/(3C)$ of the block linears' cost — 17% at $C = 64$ (tiny, where rank 8 is an eighth of the
 # width), 1.4% for GPT-2, 0.1% for GPT-3. At GPT-3 scale both are small and the ratio is within 0.01 of $2/3$.
 #
-# So a time saving of 70% (ratio 0.30) or even "full takes 70% longer" (ratio 0.59) is below the FLOP floor: in
-# arithmetic a LoRA step does at least 2/3 of a full step's work on the same batch. (Measured time can dip a little
-# below the FLOP ratio where full fine-tuning's non-matmul work — its optimizer over every weight, the weight
-# gradients' memory traffic — is large; it cannot dip far.) The LoRA paper's measured speedup on GPT-3 175B, 75% of
-# the time per token, is in the range the arithmetic allows.
+# So a time saving of 70% (ratio 0.3) or even "full takes 70% longer" (ratio $1/1.7 \approx 0.59$) is below the FLOP
+# floor: in arithmetic a LoRA step does at least 2/3 of a full step's work on the same batch. (Measured time can dip
+# a little below the FLOP ratio where full fine-tuning's non-matmul work — its optimizer over every weight, the
+# weight gradients' memory traffic — is large; it cannot dip far.) The LoRA paper's measured speedup on GPT-3 175B,
+# 75% of the time per token, is in the range the arithmetic allows.
 #
 # **Check.** `count_flops` equals the formula above exactly (integers) for every size and both methods; every ratio
 # is at least $2/3$; at GPT-3 175B it is within 0.015 of $2/3$; the ratio is the same at batch 1 and batch 8; and the
@@ -218,7 +219,7 @@ for name in timed_presets:
 # %% [markdown]
 # Read the time ratios and the verdict lines as printed above: they move from run to run on a shared machine (small
 # gets 3 timed steps of 1–2 s: the noisiest median; on tiny the noise is as large as the effect, and a run can even
-# find LoRA slower), so the check below holds them only loosely, far from the article's 0.30. Where the time ratio
+# find LoRA slower), so the check below holds them only loosely, far from the article's 0.3. Where the time ratio
 # sits above the FLOP ratio, MFU (achieved FLOP/s over this machine's measured float32 matmul peak) drops for LoRA:
 # the time that is *not* big matmuls does not shrink. The breakdown says where the time goes, op by op (ms per step,
 # median of the profiled steps; the softmaxes live inside `attention` and `cross_entropy`; the last column is the
@@ -298,7 +299,7 @@ show(fig, "09_time_breakdown")
 # gradient for the vast majority of the parameters".)
 #
 # **Check.** `run_bench`'s FLOP count is `count_flops`'s; every measured time ratio is far above the article's
-# 0.30 and above 0.5 (timings on a shared machine are noisy: loose bounds only, never absolute times); and LoRA's
+# 0.3 and above 0.5 (timings on a shared machine are noisy: loose bounds only, never absolute times); and LoRA's
 # backward through the weight ops (linear + LM head) takes less time than full fine-tuning's — the skipped
 # $dW$ is visible in the measurement. (In fast mode only tiny is timed, a smoke run.)
 
@@ -688,9 +689,9 @@ print(f"LoRA ÷ full: {paper_lora['total'] / paper_full['total']:.3f}; paper: 35
 # bytes, 37.7 MB, it is about the paper's 35 MB checkpoint ("350GB to 35MB"). One 2048-token sequence adds 137 GB of
 # activations in minift's accounting (no activation checkpointing; of each $T \times T$ attention matrix, the blocked
 # attention keeps the blocks the queries see, $(1 + b/T)/2$ of the square with $b = 64$), to both. The ratio, 0.32, is
-# above the paper's 0.29 (1.2 TB is also less than our 1.4 TB before activations: the paper does not give its
-# precision or batch). The fewer activations a setup keeps, the closer it gets to the weights-only floor and to the
-# paper's number.
+# above the paper's $350/1200 \approx 0.29$ (1.2 TB is also less than our 1.4 TB before activations: the paper does
+# not give its precision or batch). The fewer activations a setup keeps, the closer it gets to the weights-only floor
+# and to the paper's number.
 #
 # **Check.** Full fine-tuning's gradients and AdamW state are exactly $P$ and $2P$ floats; LoRA's trainable count is
 # $r(I + O)$ for 96 `c_attn` matrices $[C, 3C]$; the ratio lies between the floor $1/4$ and 0.5; and the figures
@@ -709,8 +710,8 @@ assert round(paper_lora["trainable"] / 1e6, 1) == 18.9 and round(paper_lora["tot
 #
 # | §5.1 claim | what decides it | measured / predicted here |
 # |---|---|---|
-# | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.81 (tiny); measured time ratios in section 2's printout, far above 0.30: attention, GELU, LayerNorm and the softmaxes do not shrink |
-# | full takes ~70% longer | same bound: in FLOPs full is at most 1.5× a LoRA step | the inverse of section 2's time ratios; the LoRA paper measured 1.33× throughput (32.5 → 43.1 tokens/s per V100) on GPT-3 175B |
+# | LoRA trains in ~30% of the time ("70% less") | LoRA skips only the weight-gradient matmuls: step FLOPs $\ge 2/3$ of full's | FLOP ratio 0.68 (GPT-3) to 0.81 (tiny); measured time ratios in section 2's printout, far above 0.3: attention, GELU, LayerNorm and the softmaxes do not shrink |
+# | full takes ~70% longer | same bound: in FLOPs full is at most 1.5× a LoRA step | the inverse of section 2's time ratios; the LoRA paper measured 32.5 → 43.1 tokens/s per V100 on GPT-3 175B |
 # | LoRA needs ~20% of the memory ("80% less") | saving = gradients + optimizer state of the frozen weights; activations are the same for both | tiny and demo at the bench batch, measured: 4–6% less; GPT-2 at 8×1024: 9%; a large model and one short sequence: up to the floor, 75% in one dtype (87.5% with mixed precision); LoRA paper: 71% on GPT-3 175B |
 # | — partial freezing (§1.1 step 3) | the backward stops at the lowest tensor that trains | demo, blocks 0–1 of 4 frozen: activations 126 → 80 MiB, forward + backward time in section 3b's printout; LoRA on every block keeps all the activations |
 # | — rank | adapters are tiny next to the frozen weights | by hundredths while $r \ll C$ (GPT-2 up to $r = 16$, GPT-3 at any $r \le 256$); at $r = 256$ GPT-2's ratio nearly doubles |

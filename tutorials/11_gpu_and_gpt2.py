@@ -53,11 +53,11 @@
 # 5. to cross-check the loaded model against `transformers`' `GPT2LMHeadModel` (when it is installed);
 # 6. to fine-tune the loaded model with LoRA, save the adapter in PEFT's layout, load it back, and generate.
 #
-# **Time:** on 2 CPU cores of a shared machine, without a GPU and with the demo stand-in: 10–25 s, in normal and
-# in fast mode (`MINIFT_FAST=1`) alike (10 s each measured with the cores nearly free, 24–25 s with other jobs on
-# them; `transformers` and PEFT were installed for the cross-checks, and importing PyTorch is much of it). The real GPT-2 on a CPU takes far longer: its blocks are
-# a hundred times the stand-in's (not measured here: no GPT-2 weights on the machine these notes were written on).
-# 30 minutes to read.
+# **Time:** on 2 CPU cores of a shared machine, without a GPU and with the demo stand-in: 6–8 s normally, 5–6 s in
+# fast mode (`MINIFT_FAST=1`), measured at different loads, with `transformers` and PEFT installed for the
+# cross-checks (importing PyTorch is much of it). The real GPT-2 on a CPU takes far longer: its blocks are a hundred
+# times the stand-in's (not measured here: no GPT-2 weights on the machine these notes were written on). 30 minutes
+# to read.
 #
 # **Prerequisites:** tutorials 03 (the model's forward and backward), 07 (LoRA, PEFT files), 09 (memory) help.
 
@@ -94,7 +94,8 @@ DEVICE = "gpu" if HAVE_GPU else "cpu"            # where sections 3-8 run
 GPT2 = GPTConfig.preset("gpt2")                   # GPT-2 small's shapes: the real checkpoint's config.json says these
 HAVE_HF = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))   # optional (section 6)
 HAVE_PEFT = HAVE_HF and importlib.util.find_spec("peft") is not None                        # optional (section 7)
-print("fast mode" if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run on it" if HAVE_GPU else
+SMOKE = "(fast mode: a smoke run; these numbers are not findings)"
+print("fast mode " + SMOKE if FAST else "normal mode", "| GPU:", "yes, sections 3-8 run on it" if HAVE_GPU else
       "none here: every GPU cell runs on the CPU instead", "| GPT-2 weights:",
       f"MINIFT_GPT2_DIR={os.environ['MINIFT_GPT2_DIR']}" if os.environ.get("MINIFT_GPT2_DIR", "").strip() else
       "MINIFT_GPT2_DIR not set, minift's trained demo base stands in (section 3)")
@@ -225,8 +226,8 @@ for name, (e_logits, e_grads) in errors.items():
 
 # %% [markdown]
 # **Check.** Every float32 run, on either device, is within $10^{-5}$ of float64 on the logits and $10^{-3}$ on the
-# worst gradient tensor (about thirty and a thousand times what the CPU shows, so that a GPU's different summation order
-# has room, and a wrong kernel has none); the same gradient keys come back from every device.
+# worst gradient tensor (far above the CPU row printed above, so that a GPU's different summation order has room,
+# and a wrong kernel has none); the same gradient keys come back from every device.
 
 # %%
 assert all(set(gr) == set(ref_grads) for _, gr in runs.values())
@@ -249,6 +250,8 @@ assert all(e_logits < 1e-5 and e_grads < 1e-3 for e_logits, e_grads in errors.va
 # %%
 bench_runs = [("demo", "cpu")] + ([("demo", "gpu"), ("gpt2", "gpu")] if HAVE_GPU else [])
 bench = {}
+if FAST:
+    print(SMOKE)
 for preset, device in bench_runs:
     bench[preset, device] = run_bench(preset, "full", steps=pick(3, 2), warmup=1, device=device, profile_steps=0,
                                       peak_sizes=(512, 1024) if device == "cpu" else None)
@@ -265,11 +268,8 @@ CPU_PEAK = bench["demo", "cpu"]["peak_gflops"]                          # used i
 # on random tokens starts at about $\ln V$ ($\ln 2048 = 7.62$, $\ln 50257 = 10.82$), but the reported loss is the
 # last timed step's, after a few AdamW updates at the bench's lr $10^{-3}$, and those need not lower it: AdamW moves
 # every weight by up to about lr per step whatever the size of its gradient, which on GPT-2 small's 768-wide
-# matrices overshoots within a few steps, even on one fixed batch. Measured with minift on the CPU (GPT-2 small,
-# random weights, one sequence of 256 random tokens, five steps of `minift bench`'s AdamW at lr $10^{-3}$):
-# 10.97, 9.71, 8.95, **13.55**, 11.03. (The first is $\ln V$ plus a little: random logits of standard deviation
-# $0.02\sqrt{C}$ add about $0.02^2 C/2 = 0.15$ nats.) A broken kernel gives NaN or
-# hundreds; $\ln V + 5$ separates the two.
+# matrices can overshoot within a few steps, even on one fixed batch. A broken kernel gives NaN or hundreds;
+# $\ln V + 5$ separates the two.
 
 # %%
 for (preset, device), r in bench.items():
@@ -408,14 +408,13 @@ if tok_files and HAVE_HF and (folder / "vocab.json").is_file():
 #
 # for GPT-2 small ($V = 50257$, $P = 1024$, $C = 768$, $L = 12$) — the "124M" in its name.
 #
-# **Bytes.** In float32 the weights alone are $4N \approx 475$ MiB. Full fine-tuning with AdamW adds a gradient and
-# two moment estimates per weight: $4N + 4N + 8N = 16N \approx 1.85$ GiB before a single activation. LoRA with rank
+# **Bytes.** In float32 the weights alone are $4N$ bytes. Full fine-tuning with AdamW adds a gradient and two moment
+# estimates per weight: $4N + 4N + 8N = 16N$ bytes before a single activation (both printed below). LoRA with rank
 # $r$ on all four linears of every block trains $r(\text{in} + \text{out})$ per matrix,
-# $L \cdot r \cdot (4C + 2C + 5C + 5C) = 16\,L\,r\,C = 1{,}179{,}648$ numbers at $r = 8$ (0.95% of GPT-2's
-# parameters; 0.94% of base + adapters, the convention of `minift compare`'s table), so its gradient and optimizer
-# state are tiny; but activations scale with the tokens per step, not the trainable count, and are about the same
-# for both methods (LoRA adds its small $xA^\top$ caches). `predict_memory` adds it all up (tutorial 09 checks it
-# against measurement term by term).
+# $L \cdot r \cdot (4C + 2C + 5C + 5C) = 16\,L\,r\,C = 1{,}179{,}648$ numbers at $r = 8$ (under 1% of GPT-2's
+# parameters: the share is printed below), so its gradient and optimizer state are tiny; but activations scale
+# with the tokens per step, not the trainable count, and are about the same for both methods (LoRA adds its small
+# $xA^\top$ caches). `predict_memory` adds it all up (tutorial 09 checks it against measurement term by term).
 #
 # **FLOPs.** A matmul weight costs $2$ FLOPs per token forward and $4$ backward ($dx$ and $dW$): the rule
 # "$6N$ per token" (Kaplan et al. 2020, whose $N$ is the non-embedding weights, $12LC^2$). Here $N$ also counts the
@@ -438,6 +437,8 @@ print(f"training FLOPs per token at T = 1024: full {per_token['full'] / 1e6:.0f}
 step_flops = count_flops(GPT2, 8, 1024, "full")["total"]
 print(f"one full step of 8 x 1024 tokens: {step_flops / 1e12:.1f} TFLOP = {step_flops / CPU_PEAK / 1e9:,.0f} s at "
       f"this CPU's measured matmul peak ({CPU_PEAK:.0f} GFLOP/s, 100% MFU: a lower bound)")
+lora_trainable = predict_memory(GPT2, "lora", 1, 1, rank=8)["trainable"]
+print(f"LoRA r=8 on all four linears: {lora_trainable:,} trainable = {lora_trainable / n_gpt2:.2%} of GPT-2 small")
 print(f"\n{'predicted peak, GiB':<22}{'full':>8}{'LoRA r=8':>10}{'saving':>8}   trainable (LoRA)")
 for batch, seq in ((1, 128), (8, 1024)):
     full, lora_pred = (predict_memory(GPT2, m, batch, seq, rank=8) for m in ("full", "lora"))
@@ -445,11 +446,13 @@ for batch, seq in ((1, 128), (8, 1024)):
           f"{1 - memory_saving(GPT2, batch, seq, rank=8):>8.0%}   {lora_pred['trainable']:,}")
 
 # %% [markdown]
-# The article's "about 80% less memory" (§5.1) is nearly right for GPT-2 at one short sequence (about 70%) and far
-# off at 8 × 1024 tokens (under 10%), where the activations — over 10 GiB, the same for both methods — dominate.
+# The article's "about 80% less memory" (§5.1) is nearly right for GPT-2 at one short sequence and far off at
+# 8 × 1024 tokens (the saving column above), where the activations — over 10 GiB, the same for both methods —
+# dominate.
 #
 # One LoRA step on the loaded model, **measured** (`measure_memory`: NumPy's allocations traced, or CuPy's memory
-# pool on a GPU) against the prediction, at a small batch from the task of section 7 (4 questions, ~26 tokens each):
+# pool on a GPU) against the prediction, at a small batch from the task of section 7 (4 questions, padded to the
+# longest; the batch's shape is printed):
 
 # %%
 lora_cfg = LoRAConfig(r=8, alpha=16, targets="all-linear")
@@ -460,6 +463,7 @@ mem_batch = task_source(facts_train, tok, 64, 4, seed=0).next_batch()  # 4 quest
 B, T = mem_batch["input_ids"].shape
 measured = measure_memory(probe_model, mem_batch)
 predicted = predict_memory(cfg, "lora", B, T, rank=8)
+print(f"one LoRA step on a batch of {B} × {T} tokens:")
 for term in ("parameters", "gradients", "optimizer", "activations", "workspace", "total"):
     print(f"  {term:<12} measured {measured[term] / 2**20:9.2f} MiB   predicted {predicted[term] / 2**20:9.2f} MiB")
 print(f"  measured ÷ predicted total: {measured['total'] / predicted['total']:.4f}")
@@ -474,9 +478,10 @@ del probe_model
 # **Check.** The count from shapes is 124,439,808 for GPT-2 small, and the loaded model's count matches its own
 # config (and is 124,439,808 when the folder holds GPT-2 small's config: the real checkpoint, not the stand-in);
 # the predicted weights are $4N$ bytes; full fine-tuning's matmul FLOPs are exactly $6 \cdot T \cdot (12LC^2 + CV)$;
-# LoRA saves 60–80% at 1 × 128 and under 15% at 8 × 1024; the measured step's parameters, gradients, optimizer and
-# activations are within 2% of the prediction (or 64 KiB: small Python objects the tracer also sees), and its total
-# within 2% (10% on a GPU, where CuPy's memory pool rounds every block up).
+# LoRA r = 8 trains under 1%; it saves 60–80% at 1 × 128 and under 15% at 8 × 1024, where the activations exceed
+# 10 GiB; the measured step's parameters, gradients, optimizer and activations are within 2% of the prediction (or
+# 64 KiB: small Python objects the tracer also sees), and its total within 2% (10% on a GPU, where CuPy's memory
+# pool rounds every block up).
 
 # %%
 assert n_gpt2 == 124_439_808
@@ -487,6 +492,7 @@ assert predict_memory(GPT2, "full", 1, 128)["parameters"] == 4 * n_gpt2
 fl = count_flops(GPT2, 1, 1024, "full")
 assert fl["linear"] + fl["lm_head"] == 6 * 1024 * matmul_weights
 assert 0.6 < 1 - memory_saving(GPT2, 1, 128) < 0.8 and 1 - memory_saving(GPT2, 8, 1024) < 0.15
+assert lora_trainable < 0.01 * n_gpt2 and predict_memory(GPT2, "lora", 8, 1024, rank=8)["activations"] > 10 * 2**30
 for term in ("parameters", "gradients", "optimizer", "activations"):       # 2%, or 64 KiB of allocator overhead
     assert abs(measured[term] - predicted[term]) < 0.02 * predicted[term] + 2**16, (term, measured[term])
 tol_total = 0.02 if gpt2.device == "cpu" else 0.10   # GPU: CuPy's pool rounds blocks up (not tried on one here)
@@ -498,8 +504,8 @@ assert abs(measured["total"] / predicted["total"] - 1) < tol_total, (measured["t
 # If PyTorch and `transformers` are installed (`pip install -e '.[oracle]'`), load the very same folder into
 # `GPT2LMHeadModel` — from the local path, `local_files_only=True`, nothing downloaded — and compare its logits with
 # minift's on a few tokens. Both are float32, different code and a different summation order, so agreement is to
-# float32 rounding: $\max|\Delta| \le 10^{-4}\cdot\max|\text{logit}|$. (Real GPT-2's logits are around $-100$;
-# the demo stand-in's are smaller.) Not installed: the section says so and skips.
+# float32 rounding: $\max|\Delta| \le 10^{-4}\cdot\max|\text{logit}|$, relative because the logits' scale depends on
+# the checkpoint (the cell prints their range). Not installed: the section says so and skips.
 
 # %%
 if HAVE_HF:
@@ -558,6 +564,8 @@ tuned, lora, run = finetune(gpt2, tok, FinetuneConfig(method="lora", task="facts
                                                       lr=2e-3, warmup=2, max_len=64, eval_size=ft_eval,
                                                       lora=lora_cfg), progress=not FAST)
 ft_s = time.perf_counter() - t0
+if FAST:
+    print(SMOKE)
 print(f"{'stand-in (the demo base)' if not READER_DIR else 'your checkpoint'} on {tuned.device}: "
       f"{run['trainable']:,} trainable of {run['total']:,} ({run['percent']:.2f}%), {ft_steps} steps in {ft_s:.0f} s "
       f"({run['ms_per_step']:.0f} ms/step, {run['tokens_per_s']:,.0f} tokens/s)")
@@ -609,7 +617,7 @@ assert run["val_loss"] < pick(0.9, 1.0) * before["loss"], (before, run["val_loss
 assert tuned.fingerprint() == gpt2.fingerprint()
 assert abs(adapter_bytes - 4 * run["trainable"]) < 16_384      # float32 A, B + a few KiB of JSON and header
 assert np.array_equal(tuned_logits, loaded_logits)
-if cfg.n_layer == 12:                                            # GPT-2 small's blocks (fast mode's 2 are too few)
+if cfg.n_layer == 12:                                            # GPT-2 small (the stand-in's 4 blocks: a larger share)
     assert adapter_bytes < 0.02 * model_bytes
 if HAVE_PEFT:
     assert peft_err < 1e-4
@@ -629,6 +637,8 @@ if HAVE_PEFT:
 # %%
 question = val_split.prompts[0]
 new_tokens = pick(12, 6)
+if FAST:
+    print(SMOKE, f"(the model of {ft_steps} LoRA steps)")
 outputs = {"base, greedy": generate(gpt2, tok, question, new_tokens, temperature=0),
            "LoRA-tuned, greedy": generate(tuned, tok, question, new_tokens, temperature=0),
            "LoRA-tuned, top-k 40 τ 0.8, seed 1": generate(tuned, tok, question, new_tokens, 0.8, top_k=40, seed=1)}
@@ -659,10 +669,10 @@ assert one_tuned < one_base
 # | backend | one op body for NumPy and CuPy (`xp = xp_of(x)`); `auto` / `$MINIFT_DEVICE`; a clear error without a GPU |
 # | CPU vs GPU | float32 on either device within $10^{-5}$ (logits) of float64; the GPU rows only where one exists |
 # | GPT-2 folder | `config.json` + `model.safetensors`, HF names, Conv1D $[\text{in}, \text{out}]$, head tied to `wte` |
-# | numbers | 124,439,808 parameters; 475 MiB of float32 weights; $16N$ = 1.85 GiB for AdamW full fine-tuning |
-# | LoRA's saving | r = 8 trains 0.95%; predicted peak memory ~70% lower at 1 × 128 tokens, <10% at 8 × 1024 |
+# | numbers | 124,439,808 parameters; $4N$ bytes of float32 weights; $16N$ for AdamW full fine-tuning (section 5) |
+# | LoRA's saving | r = 8 trains under 1%; predicted peak memory 60–80% lower at 1 × 128 tokens, under 15% at 8 × 1024 |
 # | cross-check | `transformers` logits to float32 rounding (when installed) |
-# | LoRA | completion loss down in 20 steps; adapter 4.5 MiB, PEFT layout, reloads bitwise; with the real checkpoint 0.86% of the hub's 523 MiB `model.safetensors` (which also stores the 12 `attn.bias` masks), with the demo stand-in a larger share of a far smaller file (printed in section 7) |
+# | LoRA | completion loss down in 20 steps; the adapter is 4 bytes per trained number plus a few KiB, in PEFT's layout, reloads bitwise; under 2% of the model's file with GPT-2's twelve blocks, a larger share of the stand-in's far smaller file (printed in section 7) |
 #
 # ## Exercises
 #
