@@ -750,50 +750,98 @@ def add_bench(sub):
 # ---- memory ------------------------------------------------------------------------------------------------------
 
 def cmd_memory(a):
-    from ..config import GPTConfig
+    from dataclasses import replace
     from ..lora import LoRAConfig
-    from ..measure.memory import format_memory, predict_memory
-    cfg = GPTConfig.preset(a.preset)
-    if a.n_embd or a.n_layer or a.n_head or a.n_ctx:
-        from dataclasses import replace
+    from ..measure import memory as M
+    from ..methods import ADAPTER_METHODS
+    if a.papers:
+        _refuse_unused({f"--{k.replace('_', '-')}": getattr(a, k) not in (None, False)
+                        for k in ("preset", "method", "rank", "batch", "seq", "precision", "quant", "double_quant",
+                                  "claim", "n_embd", "n_layer", "n_head", "n_ctx")},
+                       "--papers prints the papers' own settings, with no other option")
+        print(M.format_paper_checks(M.paper_checks()))
+        return
+    method = a.method or "lora"
+    if a.claim and a.method is not None:
+        raise MiniftError("--claim compares full, lora and qlora: leave --method out")
+    if a.rank is not None and method not in ADAPTER_METHODS and not a.claim:
+        raise MiniftError(f"--rank is a LoRA option, but --method is {method!r}")
+    if (a.quant is not None or a.double_quant) and method != "qlora" and not a.claim:
+        raise MiniftError(f"--quant and --double-quant describe QLoRA's 4-bit base, but --method is {method!r}; "
+                          "use --method qlora (or --claim)")
+    rank = LoRAConfig(**_given(a, LoRAConfig)).r                   # --rank, or LoRAConfig's
+    options = dict(_given(a, M.predict_memory), double_quant=a.double_quant)   # --precision, --quant
+    names = [a.preset] if a.preset else list(M.CLAIM_MODELS) if a.claim else ["gpt2"]
+    for name in names:
+        cfg = M.config_named(name)
         cfg = replace(cfg, n_embd=a.n_embd or cfg.n_embd, n_layer=a.n_layer or cfg.n_layer,
                       n_head=a.n_head or cfg.n_head, n_ctx=a.n_ctx or cfg.n_ctx)
-    if a.rank is not None and a.method != "lora":
-        raise MiniftError(f"--rank is a LoRA option, but --method is {a.method!r}")
-    a.rank = LoRAConfig(**_given(a, LoRAConfig)).r                 # --rank, or LoRAConfig's
-    if a.method == "lora" and a.rank > cfg.n_embd:
-        raise MiniftError(f"--rank {a.rank} is larger than the smallest side of the adapted matrices "
-                          f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
-    seq = a.seq or cfg.n_ctx
-    # method head trains a classification head (a linear probe); the others are shown with the LM head
-    head_options = dict(head_kind="classification", num_labels=2) if a.method == "head" else {}
-    d = predict_memory(cfg, a.method, a.batch, seq, rank=a.rank, **head_options)
-    print(f"{a.preset} ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads), {a.method}"
-          f"{f' r={a.rank}' if a.method == 'lora' else ''}{' (2-label classification head)' if head_options else ''}, "
-          f"batch {a.batch} x {seq} tokens, float32, AdamW:")
-    if a.method != "full":
-        full = predict_memory(cfg, "full", a.batch, seq, **head_options)
-        print(format_memory(d, full, labels=(a.method, "full")))
-        saving = f"{a.method} needs {1 - d['total'] / full['total']:.0%} less than full fine-tuning here. "
-        share = f"{full['activations'] / full['total']:.0%} of full's total"
-        if a.method == "lora":     # its backward runs through every block: the same activations as full's
-            print(saving + f"Activations, {share}, grow with batch x tokens and are the same for both: the saving "
-                  "grows as batch x tokens shrink" + (" (try --batch 1 --seq 128)." if a.batch * seq > 128 else "."))
-        else:                      # the backward stops above the frozen blocks, which keep no activations
-            print(saving + f"Activations ({share}) are kept only for the blocks the backward visits, from the "
-                  "lowest one that trains up: freezing the lowest blocks saves their activations too.")
-    else:
-        print(format_memory(d))
+        if rank > cfg.n_embd and (a.claim or method in ADAPTER_METHODS):
+            raise MiniftError(f"--rank {rank} is larger than the smallest side of the adapted matrices "
+                              f"(n_embd = {cfg.n_embd}): a rank-r update needs r <= min(in, out)")
+        if a.claim:
+            seqs = [a.seq] if a.seq else sorted({t for _, t in M.claim_shapes(cfg)})
+            batches = [a.batch] if a.batch else list(M.CLAIM_BATCHES)
+            table = M.saving_table(cfg, [(b, t) for t in seqs for b in batches], rank=rank, **options)
+            print(M.format_saving_table(table, title=name) + "\n")
+            continue
+        batch, seq = a.batch or M.DEFAULT_BATCH, a.seq or cfg.n_ctx
+        # method head trains a classification head (a linear probe); the others are shown with the LM head
+        head = dict(head_kind="classification", num_labels=2) if method == "head" else {}
+        shown = [method] + (["lora"] if method == "qlora" else []) + (["full"] if method != "full" else [])
+        ds = [M.predict_memory(cfg, m, batch, seq, rank=rank, **options, **head) for m in shown]
+        quant = f" ({options.get('quant', 'nf4')}{' double-quantised' if a.double_quant else ''} base)"
+        print(f"{name} ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads), {method}"
+              f"{f' r={rank}' if method in ADAPTER_METHODS else ''}{quant if method == 'qlora' else ''}"
+              f"{' (2-label classification head)' if head else ''}, batch {batch} x {seq} tokens, "
+              f"{ds[0]['precision']}, AdamW:")
+        print(M.format_memory(*ds, labels=shown, unit=M.unit_for(ds[-1]["total"])))
+        if method != "full":
+            full = ds[-1]
+            print(" ".join(f"{m} needs {1 - d['total'] / full['total']:.1%} less than full fine-tuning here."
+                           for m, d in zip(shown[:-1], ds)))
+            share = f"{full['activations'] / full['total']:.0%} of full's total"
+            if method in ADAPTER_METHODS:  # the backward runs through every block: the same activations as full's
+                print(f"Activations, {share}, grow with batch x tokens and are the same for both: the saving grows "
+                      "as batch x tokens shrink" + (" (try --batch 1 --seq 128)." if batch * seq > 128 else ".")
+                      + " --claim shows where the article's 80% holds.")
+            else:                          # the backward stops above the frozen blocks, which keep no activations
+                print(f"Activations ({share}) are kept only for the blocks the backward visits, from the lowest one "
+                      "that trains up: freezing the lowest blocks saves their activations too.")
+        note = M.predicted_only(ds[0]["precision"])
+        if note:
+            print(note)
 
 
 def add_memory(sub):
     from ..lora import LoRAConfig
-    p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size")
-    p.add_argument("--preset", default="gpt2", choices=["tiny", "demo", "small", "gpt2"])
-    p.add_argument("--method", default="lora", choices=["full", "freeze", "head", "lora"], help=METHOD_HELP)
+    from ..measure import memory as M
+    from ..config import PRESETS
+    p = sub.add_parser("memory", help="the analytic training-memory breakdown for any size, and where LoRA's and "
+                                      "QLoRA's savings reach the article's 80%%")
+    p.add_argument("--preset", default=None, choices=list(PRESETS) + list(M.PAPER_MODELS),
+                   help="the model (default gpt2; with --claim: " + ", ".join(M.CLAIM_MODELS) + "); gpt3-175b is "
+                        "GPT-3's shape, llama-65b a GPT-2-shaped stand-in for LLaMA-65B (predictions only)")
+    p.add_argument("--method", default=None, choices=METHOD_CHOICES, help=METHOD_HELP + " (default lora)")
     _owned(p, "--rank", LoRAConfig, "r", type=_positive_int, help="LoRA rank")
-    p.add_argument("--batch", type=_positive_int, default=8)
-    p.add_argument("--seq", type=_positive_int, default=None, help="tokens per sequence (default n_ctx)")
+    _owned(p, "--precision", M.predict_memory, choices=list(M.PRECISIONS),
+           help="bytes per term: float32/float64 (what minift runs), or a 16-bit convention, predicted only: "
+                "bf16-mixed/fp16-mixed (16-bit weights, activations and gradients, float32 master weights and AdamW "
+                "state), bf16-no-master (float32 AdamW state only), bf16-true (all 16-bit)")
+    _owned(p, "--quant", M.predict_memory, choices=list(M.CODES),
+           help="qlora: the 4-bit code of the frozen base (all cost 4.5 bits a weight)")
+    p.add_argument("--double-quant", action="store_true",
+                   help="qlora: quantise the block scales too (4.127 bits a weight)")
+    p.add_argument("--batch", type=_positive_int, default=None,
+                   help=f"sequences a step (default {M.DEFAULT_BATCH}; --claim: " +
+                        " and ".join(map(str, M.CLAIM_BATCHES)) + ")")
+    p.add_argument("--seq", type=_positive_int, default=None,
+                   help="tokens per sequence (default n_ctx; --claim: n_ctx/8 and n_ctx)")
+    p.add_argument("--claim", action="store_true",
+                   help="full vs LoRA vs QLoRA over batch x seq, each saving marked where it reaches the article's "
+                        "'~80%% less memory'")
+    p.add_argument("--papers", action="store_true",
+                   help="the LoRA paper's GPT-3 and the QLoRA paper's LLaMA-65B figures beside the predictions")
     p.add_argument("--n-embd", type=_positive_int, default=None, help="custom width")
     p.add_argument("--n-layer", type=_positive_int, default=None, help="custom depth")
     p.add_argument("--n-head", type=_positive_int, default=None, help="custom heads")
