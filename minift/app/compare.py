@@ -16,7 +16,9 @@ order, seed and step budget. For each run we measure what the article claims and
 
 QLoRA (--methods ...,qlora) is LoRA on the base stored in 4 bits (--quant, --double-quant; minift/lora/qlora.py). Its
 update analysis (intruders, spectra, where the update lives) is of what it learned, ΔW = s·BA, on W0: the base's
-quantisation error is not part of the update (it shows in the run's accuracy, forgetting and loss).
+quantisation error is not part of the update (it shows in the run's accuracy, forgetting and loss, and in
+"quantization": each code's error per matrix and its effect on the held-out loss before fine-tuning,
+measure/quant_error.py).
 
 `--ranks` adds a LoRA rank sweep, which is where the paper's rank findings show. It keeps the main run's scale
 s = α/r (α = 2r by default, so s = 2 at every rank); with --rslora it keeps α, and s = α/√r (sweep_alpha).
@@ -46,6 +48,7 @@ from ..lora.config import normalise_targets
 from ..measure.analysis import (compare_updates, intruder_sweep, linear_weight_names, matrix_position,
                                 random_baseline, scale_intruders, update_stats)
 from ..measure.memory import measure_memory, predict_memory
+from ..measure.quant_error import quant_error_report
 from ..methods import ADAPTER_METHODS, METHODS, adapter_memory_options, check_task_fits
 from ..quant import Quantized
 from ..training.evaluate import lm_loss, split_metrics
@@ -328,6 +331,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
                    similarity=_similarity(base, runs, tuned, ccfg),
                    machine=_machine(cpu_per_wall=(time.process_time() - cpu0) / max(time.time() - t0, 1e-9)),
                    seconds=round(time.time() - t0, 1))
+    if "qlora" in ccfg.methods:                # what the 4-bit base costs before any fine-tuning, on the same text
+        results["quantization"] = quant_error_report(base, heldout, max_windows=None, text=heldout_text)
     from .figures import write_figures
     from .report import summarize, write_report
     results = _jsonable(results)

@@ -16,7 +16,7 @@ from ..formats.io import atomic_write
 from .report import _find, _main_lora, changed_updates, smooth
 
 FIGURES = ("training.png", "update_by_layer.png", "update_spectra.png", "similarity.png", "intruders.png",
-           "accuracy_vs_trainable.png", "rank_sweep.png")
+           "accuracy_vs_trainable.png", "rank_sweep.png", "quant_error.png", "quant_levels.png")
 OLD_FIGURES = ("loss_curves.png", "spectra.png", "intruders_vs_eps.png")   # earlier versions' names, still minift's
 
 COLOURS = {"full": "#1f5fa8", "lora": "#e8710a", "qlora": "#8e44ad", "head": "#7a7a7a", "freeze": "#2e8b57"}
@@ -272,7 +272,8 @@ def drawable(results) -> list:
     have = {"training.png": True, "accuracy_vs_trainable.png": True,
             "update_by_layer.png": updates, "update_spectra.png": updates,
             "similarity.png": "similarity" in sm, "intruders.png": bool(sm["intruders"]),
-            "rank_sweep.png": sum(r["method"] == "lora" for r in results["runs"]) > 1}
+            "rank_sweep.png": sum(r["method"] == "lora" for r in results["runs"]) > 1,
+            "quant_error.png": "quantization" in results, "quant_levels.png": "quantization" in results}
     return [name for name in FIGURES if have[name]]
 
 
@@ -285,16 +286,23 @@ def write_figures(results, out: Path) -> list:
         return []
     draw = {"training.png": training, "update_by_layer.png": update_by_layer, "update_spectra.png": update_spectra,
             "similarity.png": similarity, "intruders.png": intruders,
-            "accuracy_vs_trainable.png": accuracy_vs_trainable, "rank_sweep.png": rank_sweep}
+            "accuracy_vs_trainable.png": accuracy_vs_trainable, "rank_sweep.png": rank_sweep,
+            "quant_error.png": lambda figs, r: quant_error(figs, r["quantization"]),
+            "quant_levels.png": lambda figs, r: quant_levels(figs, r["quantization"])}
     names = drawable(results)
-    with _figures() as figs:
-        for name in names:
-            fig = draw[name](figs, results)
-            with atomic_write(out / name) as f:
-                fig.savefig(f, format="png")
+    _save({name: draw[name] for name in names}, results, out)
     for name in OLD_FIGURES:
         (out / name).unlink(missing_ok=True)
     return names
+
+
+def _save(draw: dict, data, out: Path):
+    """Each figure draw[name](figs, data) saved as out/name (a PNG)."""
+    with _figures() as figs:
+        for name, fn in draw.items():
+            fig = fn(figs, data)
+            with atomic_write(out / name) as f:
+                fig.savefig(f, format="png")
 
 
 # ---- quantisation error (issue 23): `data` is minift.measure.quant_error.quant_error_report's -----------------------
@@ -410,9 +418,5 @@ def write_quantization_figures(data, out: Path) -> list:
         return []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _figures() as figs:
-        for name, draw in zip(QUANT_FIGURES, (quant_error, quant_levels)):
-            fig = draw(figs, data)
-            with atomic_write(out / name) as f:
-                fig.savefig(f, format="png")
+    _save(dict(zip(QUANT_FIGURES, (quant_error, quant_levels))), data, out)
     return list(QUANT_FIGURES)

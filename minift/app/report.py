@@ -152,6 +152,64 @@ def paper_findings(results) -> list:
     return out
 
 
+def _qlora_run(results):
+    return next((r for r in results["runs"] if r["method"] == "qlora"), None)
+
+
+def qlora_findings(results) -> list:
+    """What the QLoRA run shows beside LoRA's and full fine-tuning's: memory, time, accuracy, and what its 4-bit base
+    costs before any fine-tuning (results["quantization"]). Empty without a qlora run."""
+    q = _qlora_run(results)
+    if q is None:
+        return []
+    cfg = results["config"]
+    full, lora = _find(results, "full"), _find(results, _main_lora(cfg))
+    mem = {k: r["memory"]["measured"] for k, r in (("q", q), ("full", full), ("lora", lora)) if r}
+    out = []
+    versus = [f"{100 * (1 - mem['q']['total'] / mem[k]['total']):.0f}% less than {name}'s "
+              f"{mem[k]['total'] / MiB:.1f} MiB" for k, name in (("full", "full fine-tuning"), ("lora", "LoRA"))
+              if k in mem]
+    out.append(f"**Memory** — peak training memory {mem['q']['total'] / MiB:.1f} MiB"
+               + (f": {' and '.join(versus)}" if versus else "") + ". The adapted weights are kept in 4 bits "
+               f"(parameters {mem['q']['parameters'] / MiB:.2f} MiB"
+               + (f" against LoRA's {mem['lora']['parameters'] / MiB:.2f}" if "lora" in mem else "") + "); "
+               "gradients, optimizer state and activations are LoRA's." + _claim_verdict(mem))
+    if lora:
+        slower = q["ms_per_step"] / lora["ms_per_step"] - 1
+        out.append(f"**Time** — {q['ms_per_step']:.0f} vs LoRA's {lora['ms_per_step']:.0f} ms per step: "
+                   f"{100 * abs(slower):.0f}% {'slower' if slower >= 0 else 'faster'}. Every adapted W is dequantised "
+                   "twice a step (for the forward's x·W̃ and the backward's dy·W̃ᵀ)"
+                   + (f", by each of the {q['workers']} workers (each computes its rows of the batch with the whole "
+                      "W̃)" if q.get("workers", 1) > 1 else "")
+                   + ": work LoRA does not do. QLoRA trades time for memory." + busy_note(results.get("machine", {})))
+        out.append(f"**Accuracy and forgetting** — test accuracy {q['test_accuracy']:.3f} (QLoRA) vs "
+                   f"{lora['test_accuracy']:.3f} (LoRA); forgetting {q['forgetting']:+.4f} vs {lora['forgetting']:+.4f} "
+                   "nats (QLoRA's counts its 4-bit base's own change, below, as well as what it learned).")
+    quant = results.get("quantization")
+    if quant:
+        variant = cfg.get("quant", "nf4") + ("+dq" if cfg.get("double_quant") else "")
+        sm, loss = quant["summary"], quant["loss"]
+        others = ", ".join(f"{k} {100 * v['rel_error_mean']:.1f}%" for k, v in sm.items()
+                           if k != variant and "+dq" not in k)
+        d = loss["quantised"][variant]
+        out.append(f"**The 4-bit base itself** — {variant} reconstructs the adapted matrices with a relative error "
+                   f"‖W − W̃‖/‖W‖ of {100 * sm[variant]['rel_error_mean']:.1f}% on average ({others}), at "
+                   f"{sm[variant]['bits_per_parameter']:.3f} bits a weight. Before any fine-tuning, the base with its "
+                   f"4-bit weights changes the held-out loss by {d['delta']:+.4f} ± {d['delta_se']:.4f} nats "
+                   f"({loss['tokens']:,} tokens) against the float base's {loss['float']:.4f}.")
+    return out
+
+
+def _claim_verdict(mem) -> str:
+    """Whether the article's "~80% less memory" held for QLoRA against full fine-tuning, by the rule the claims
+    use for LoRA (at least 70% less)."""
+    if "full" not in mem:
+        return ""
+    less = 1 - mem["q"]["total"] / mem["full"]["total"]
+    return (f" The article's \"~80% less memory\", for QLoRA: {'held' if less >= 0.7 else 'did not hold'} "
+            "here.")
+
+
 def seeds_table(results) -> str:
     """Per run: test accuracy for each seed, then the mean (and range) of test and validation accuracy, forgetting
     and intruders at ε = 0.5 over the seeds. Empty without --seeds."""
@@ -192,6 +250,8 @@ def write_report(results) -> str:
         "",
         *[f"- {c}" for c in claims(results)],
         "",
+        *(["## QLoRA: the same adapters on a 4-bit base", "", *[f"- {c}" for c in qlora_findings(results)], ""]
+          if _qlora_run(results) else []),
         "## What the MIT paper found, in miniature",
         "",
         *[f"- {c}" for c in paper_findings(results)],
@@ -471,9 +531,37 @@ def picture_notes(results) -> list:
             f"{a['forgetting']:+.3f} → {b['forgetting']:+.3f} nats and "
             f"the effective rank of ΔW {a['spectral']['effective_rank_dW']:.1f} → "
             f"{b['spectral']['effective_rank_dW']:.1f}.")
+    notes.update(quantization_notes(results.get("quantization")))
     out = ["## Pictures", ""]
     for name in results["plots"]:
         if name in notes:
             heading, text = notes[name]
             out += [f"### {heading}", "", f"![{heading}]({name})", "", text, ""]
     return out[:-1]
+
+
+def quantization_notes(quant) -> dict:
+    """The notes of the two quantisation figures (drawn when the comparison has a qlora run)."""
+    if not quant:
+        return {}
+    sm, loss, fit = quant["summary"], quant["loss"], quant["code_fit"]
+    codes = [c for c in quant["codes"] if c in sm]
+    return {
+        "quant_error.png": (
+            "What 4 bits cost the base",
+            "Left, the relative error ‖W − W̃‖/‖W‖ of every adapted matrix of the base, for each 4-bit code (blocks of "
+            f"{quant['block']}, no double quantisation): on average "
+            + ", ".join(f"{c} {100 * sm[c]['rel_error_mean']:.1f}%" for c in codes)
+            + ". Right, the change of the held-out loss when every adapted W is replaced by its 4-bit version, "
+            f"before any fine-tuning ({loss['tokens']:,} tokens, ± one standard error over windows): "
+            + ", ".join(f"{c} {loss['quantised'][c]['delta']:+.4f}" for c in codes)
+            + f" nats on the float base's {loss['float']:.4f}."),
+        "quant_levels.png": (
+            "Why NormalFloat",
+            f"Each weight of {fit['matrix']} divided by the absmax of its block, x/c: what a 4-bit code has to "
+            "represent. The values crowd near 0, as for Gaussian weights (the black line); each code's levels are "
+            "the vertical lines, with the share of weights rounded to each above it. Levels inside the middle 90% "
+            "of the values: " + ", ".join(f"{c} {fit['codes'][c]['levels_in_middle_90']}" for c in codes if c in
+                                          fit["codes"])
+            + ". NF4 puts its levels where the weights are, so it uses them most evenly and errs least."),
+    }

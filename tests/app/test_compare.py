@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not shipped_base_dir().is_dir(), reason="the shi
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    rc = main(["compare", "--quick", "--ranks", "2", "--lora-lr", "1.5e-3", "--lora-head-lr", "5e-4", "--seeds", "1",
-               "--out", str(out), "--quiet"])
+    rc = main(["compare", "--quick", "--methods", "full,lora,qlora,head", "--ranks", "2", "--lora-lr", "1.5e-3",
+               "--lora-head-lr", "5e-4", "--seeds", "1", "--out", str(out), "--quiet"])
     assert rc == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -25,7 +25,7 @@ def run(results, label):
 
 def test_every_method_and_the_sweep_ran(report):
     _, results = report
-    assert [r["label"] for r in results["runs"]] == ["full", "lora r=8", "head", "lora r=2"]
+    assert [r["label"] for r in results["runs"]] == ["full", "lora r=8", "qlora r=8 (nf4)", "head", "lora r=2"]
 
 
 def test_learning_rates_reach_each_run(report):
@@ -103,8 +103,8 @@ def test_report_reads_the_claims_and_has_plots(report):
 
 
 def test_every_figure_is_written_and_explained(report):
-    """The quick run has full, LoRA, head-only and a sweep: every figure has its data, is drawn, and report.md shows
-    it with its note."""
+    """The quick run has full, LoRA, QLoRA, head-only and a sweep: every figure has its data, is drawn, and report.md
+    shows it with its note."""
     from minift.app.figures import FIGURES
     out, results = report
     text = (out / "report.md").read_text()
@@ -133,8 +133,12 @@ def test_the_pictures_notes_quote_only_numbers_from_results_json(report):
     out, results = report
     notes = (out / "report.md").read_text().split("## Pictures", 1)[1]
     notes = re.sub(r"\(([a-z_]+\.png)\)|r=\d+|r = \d+", "", notes)        # file names; ranks are config numbers too
+    notes = re.sub(r"(?<=\d),(?=\d{3})", "", notes)                      # 1,024 is the number 1024
     printed = {"10", "90", "7"}
     sources = _numbers(results["summary"]) + _numbers(results["config"]) + [results["base_lm_loss"]]
+    q = results["quantization"]                       # the quantisation figures' notes: its summary, loss and fit
+    sources += _numbers(q["summary"]) + _numbers(q["loss"]) + [q["block"]]
+    sources += [c["levels_in_middle_90"] for c in q["code_fit"]["codes"].values()]
     for r in results["runs"]:
         sources += [v for v in r.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         sources += [r["spectral"]["effective_rank_dW"]] + [e["step"] for e in r["evals"]]
@@ -445,3 +449,31 @@ def test_drawing_the_figures_leaves_pyplot_alone(report, tmp_path):
     backend, open_before = matplotlib.get_backend(), plt.get_fignums()
     assert write_figures(results, tmp_path)
     assert matplotlib.get_backend() == backend and plt.get_fignums() == open_before
+
+
+def test_the_qlora_run_keeps_its_base_in_4_bits_and_says_what_it_cost(report):
+    """QLoRA trains what LoRA trains, holds less (its adapted weights in 4 bits), saves only its adapter, and the
+    report's QLoRA section quotes its memory, time and the base's quantisation error from results.json."""
+    out, results = report
+    q, lora, full = run(results, "qlora r=8 (nf4)"), run(results, "lora r=8"), run(results, "full")
+    assert (q["trainable"], q["total"]) == (lora["trainable"], lora["total"])
+    assert q["memory"]["measured"]["parameters"] < 0.5 * lora["memory"]["measured"]["parameters"]
+    assert q["memory"]["measured"]["total"] < lora["memory"]["measured"]["total"]
+    assert abs(q["saved_bytes"] - lora["saved_bytes"]) < 100 and (out / "qlorar8" / "adapter").is_dir()   # config: "nf4"
+    assert 0 < q["spectral"]["effective_rank_dW"] <= 8 + 1e-9      # its update s·BA, analysed on the float W0
+    quant = results["quantization"]
+    assert quant["summary"]["nf4"]["rel_error_mean"] < quant["summary"]["int4"]["rel_error_mean"]
+    text = (out / "report.md").read_text()
+    section = text.split("## QLoRA: the same adapters on a 4-bit base", 1)[1].split("\n## ", 1)[0]
+    less = 1 - q["memory"]["measured"]["total"] / full["memory"]["measured"]["total"]
+    assert f"{100 * less:.0f}% less than full fine-tuning's" in section
+    assert f"{q['ms_per_step']:.0f} vs LoRA's {lora['ms_per_step']:.0f} ms per step" in section
+    assert f"{100 * quant['summary']['nf4']['rel_error_mean']:.1f}% on average" in section
+    assert f"{quant['loss']['quantised']['nf4']['delta']:+.4f}" in section
+
+
+def test_qlora_options_need_a_qlora_run(capsys, tmp_path):
+    for argv in (["--quant", "int4"], ["--double-quant"]):
+        assert main(["compare", "--quick", "--methods", "full,lora", *argv, "--out", str(tmp_path / "x")]) == 1
+        assert "runs no QLoRA (add qlora)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
