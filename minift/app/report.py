@@ -181,10 +181,12 @@ def qlora_findings(results) -> list:
                    "twice a step (for the forward's x·W̃ and the backward's dy·W̃ᵀ)"
                    + (f", by each of the {q['workers']} workers (each computes its rows of the batch with the whole "
                       "W̃)" if q.get("workers", 1) > 1 else "")
-                   + ": work LoRA does not do. QLoRA trades time for memory." + busy_note(results.get("machine", {})))
+                   + ": work LoRA does not do. QLoRA trades time for memory."
+                   + busy_note(results.get("machine", {})))
         out.append(f"**Accuracy and forgetting** — test accuracy {q['test_accuracy']:.3f} (QLoRA) vs "
-                   f"{lora['test_accuracy']:.3f} (LoRA); forgetting {q['forgetting']:+.4f} vs {lora['forgetting']:+.4f} "
-                   "nats (QLoRA's counts its 4-bit base's own change, below, as well as what it learned).")
+                   f"{lora['test_accuracy']:.3f} (LoRA); forgetting {q['forgetting']:+.4f} vs "
+                   f"{lora['forgetting']:+.4f} nats (QLoRA's counts its 4-bit base's own change, below, as well as "
+                   "what it learned).")
     quant = results.get("quantization")
     if quant:
         variant = cfg.get("quant", "nf4") + ("+dq" if cfg.get("double_quant") else "")
