@@ -47,7 +47,7 @@ from ..lora import MODEL_CARD_FILE
 from ..lora.config import normalise_targets
 from ..measure.analysis import (compare_updates, intruder_sweep, linear_weight_names, matrix_position,
                                 random_baseline, scale_intruders, update_stats)
-from ..measure.memory import measure_memory, predict_memory
+from ..measure.memory import measure_memory, predict_memory, saving_table
 from ..measure.quant_error import quant_error_report
 from ..methods import ADAPTER_METHODS, METHODS, adapter_memory_options, check_task_fits
 from ..quant import Quantized
@@ -331,6 +331,7 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
                    similarity=_similarity(base, runs, tuned, ccfg),
                    machine=_machine(cpu_per_wall=(time.process_time() - cpu0) / max(time.time() - t0, 1e-9)),
                    seconds=round(time.time() - t0, 1))
+    results["memory_claim"] = memory_claim(base.cfg, ccfg)
     if "qlora" in ccfg.methods:                # what the 4-bit base costs before any fine-tuning, on the same text
         results["quantization"] = quant_error_report(base, heldout, max_windows=None, text=heldout_text)
     from .figures import write_figures
@@ -342,6 +343,15 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
         f.write(write_report(results))
     save_json(results, out / "results.json")
     return results
+
+
+def memory_claim(cfg, ccfg: CompareConfig) -> list:
+    """Where the article's "~80% less memory" holds: full vs LoRA vs QLoRA predicted over a range of batch x sequence
+    (measure.memory.saving_table) for this base and for GPT-2's size, with this comparison's rank and targets."""
+    from ..config import GPTConfig
+    targets = _modules(ccfg) or "all-linear"
+    return [saving_table(c, rank=ccfg.rank, targets=targets, quant=ccfg.quant, double_quant=ccfg.double_quant)
+            for c in (cfg, GPTConfig.preset("gpt2"))]
 
 
 def _similarity(base, runs, tuned, ccfg) -> dict | None:

@@ -202,6 +202,21 @@ def qlora_findings(results) -> list:
     return out
 
 
+def memory_claim_section(results) -> list:
+    """report.md's lines on where "~80% less memory" holds, from results["memory_claim"] (predicted tables)."""
+    from ..measure.memory import format_saving_table
+    tables = results.get("memory_claim")
+    if not tables:
+        return []
+    return ["## Where \"~80% less memory\" holds", "",
+            "The claim depends on the model's size and on batch × sequence: predicted (minift.measure.memory, checked "
+            "against measurement at the sizes that fit, as in the table above) for this base and for GPT-2's size, "
+            "float32, AdamW. Activations are the same for every method and grow with the tokens of a step, so the "
+            "saving shrinks as they do. `minift memory --claim --precision bf16-mixed` gives the 16-bit tables, "
+            "`minift memory --papers` checks the LoRA and QLoRA papers' own figures.", "",
+            "```text", *("\n\n".join(format_saving_table(t) for t in tables)).split("\n"), "```", ""]
+
+
 def _claim_verdict(mem) -> str:
     """Whether the article's "~80% less memory" held for QLoRA against full fine-tuning, by the rule the claims
     use for LoRA (at least 70% less)."""
@@ -254,6 +269,7 @@ def write_report(results) -> str:
         "",
         *(["## QLoRA: the same adapters on a 4-bit base", "", *[f"- {c}" for c in qlora_findings(results)], ""]
           if _qlora_run(results) else []),
+        *memory_claim_section(results),
         "## What the MIT paper found, in miniature",
         "",
         *[f"- {c}" for c in paper_findings(results)],

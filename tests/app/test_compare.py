@@ -478,3 +478,15 @@ def test_qlora_options_need_a_qlora_run(capsys, tmp_path):
         assert main(["compare", "--quick", "--methods", "full,lora", *argv, "--out", str(tmp_path / "x")]) == 1
         assert "runs no QLoRA (add qlora)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_report_says_where_the_memory_claim_holds(report):
+    """results.json keeps the predicted tables for this base and GPT-2's size; report.md prints each saving."""
+    out, results = report
+    tables = results["memory_claim"]
+    assert [t["model"]["n_embd"] for t in tables] == [results["base_config"]["n_embd"], 768]
+    text = (out / "report.md").read_text().split('## Where "~80% less memory" holds', 1)[1].split("\n## ", 1)[0]
+    for t in tables:
+        for r in t["rows"]:
+            assert f"{r['batch']} x {r['seq']}" in text
+            assert f"{r['saving']['lora']:.1%}" in text and f"{r['saving']['qlora']:.1%}" in text
