@@ -1,10 +1,10 @@
 """Every tutorial runs as a script in fast mode and keeps the tutorial format; the core course also runs as notebooks,
 in English and Chinese, with the same code in both.
 
-Discovery: every `tutorials/[0-9][0-9]_*.py` (going further), `tutorials/core/[0-9][0-9]_*.py` (the core course) and
-`tutorials/core/zh/[0-9][0-9]_*.py` (its Chinese twins) is one test, named by its path under tutorials/, so a new
-tutorial is tested the moment it exists. Each runs the way a reader runs it, `python tutorials/.../NN_name.py`, in
-a subprocess with
+Discovery: every `tutorials/[0-9][0-9]_*.py` (going further), `tutorials/core/[0-9][0-9]_*.py` (the core course) and,
+in a `zh/` folder beside each, their Chinese twins (`tutorials/zh/`, `tutorials/core/zh/`) is one test, named by its
+path under tutorials/, so a new tutorial or twin is tested the moment it exists. Each runs the way a reader runs it,
+`python tutorials/.../NN_name.py`, in a subprocess with
 
     MINIFT_FAST=1                    tiny sizes, few steps (a tutorial must finish in well under a minute)
     MPLBACKEND=Agg                   no display; `show()` saves the PNG and closes the figure
@@ -20,10 +20,12 @@ so nothing a tutorial writes touches the repository. Exit status 0 is the test: 
 Every tutorial's prose, English and Chinese, also types no measurement (issue 22, point 2): no number with two or more
 decimals outside code, LaTeX and quotations unless the tutorial's code holds it (`typed_measurements`).
 
+Chinese twins (issue 22, point 3): a twin `<folder>/zh/NN_name.py` has an English original `<folder>/NN_name.py`,
+and its code cells are the original's once comments and blank lines are removed (comments may be translated; code,
+docstrings and printed strings may not), so code never drifts between the languages. One rule for both paths; the
+core course needs a twin for every tutorial, going further only for those translated so far (tutorials/README.md).
+
 The core course, besides (issue 22):
-  - every core tutorial has a Chinese twin of the same name in core/zh/, and the twins' code cells are the English
-    ones once comments and blank lines are removed (comments may be translated; code, docstrings and printed
-    strings may not), so code never drifts between the languages;
   - an English core tutorial holds at most PROSE_WORDS words of prose in its markdown cells;
   - each one, in both languages, is built as a notebook and executed in a Jupyter kernel in fast mode, by the
     documented command (`python -m minift.app.notebooks ... --execute --fast`): no cell fails, no widget warning is
@@ -47,8 +49,10 @@ TUT = ROOT / "tutorials"
 GLOB = "[0-9][0-9]_*.py"
 FURTHER = sorted(TUT.glob(GLOB))                   # going further: 01-11
 CORE = sorted((TUT / "core").glob(GLOB))           # the core course, English
-CORE_ZH = sorted((TUT / "core" / "zh").glob(GLOB))  # its Chinese twins
-TUTORIALS = FURTHER + CORE + CORE_ZH
+ENGLISH_FOLDERS = (TUT, TUT / "core")              # each keeps its Chinese twins in a zh/ folder of its own
+ZH = [p for folder in ENGLISH_FOLDERS for p in sorted((folder / "zh").glob(GLOB))]  # zh/…, core/zh/…
+CORE_ZH = [p for p in ZH if p.parent.parent == TUT / "core"]
+TUTORIALS = FURTHER + CORE + ZH
 MAX_CORE = 5               # the core course is at most five tutorials (DESIGN.md, "Tutorials")
 PROSE_WORDS = 2500         # words of prose per core tutorial, about 15 minutes of reading (issue 22, point 1)
 TIMEOUT_S = 120            # per tutorial, in fast mode; they take seconds on 2 CPU cores
@@ -67,6 +71,16 @@ def _tail(text: str) -> str:
 
 def _is_zh(path: Path) -> bool:
     return path.parent.name == "zh"
+
+
+def _twin(english: Path) -> Path:
+    """Where the Chinese twin of an English tutorial lives: zh/ beside it, same name."""
+    return english.parent / "zh" / english.name
+
+
+def _original(twin: Path) -> Path:
+    """The English original of a Chinese twin: the same name, one folder up."""
+    return twin.parent.parent / twin.name
 
 
 def _env(tmp_path: Path) -> dict:
@@ -244,21 +258,27 @@ def test_typed_measurements_finds_what_it_should():
     assert typed_measurements(text) == ["0.899"]
 
 
-# ---- the core course: twins and length -----------------------------------------------------------------------------
+# ---- Chinese twins (both paths), and the core course's length -------------------------------------------------------
 
 def test_every_core_tutorial_has_a_chinese_twin():
-    english, chinese = {p.name for p in CORE}, {p.name for p in CORE_ZH}
-    assert not english - chinese, f"no Chinese twin in tutorials/core/zh/ for: {sorted(english - chinese)}"
-    assert not chinese - english, f"a twin in tutorials/core/zh/ with no English original: {sorted(chinese - english)}"
+    missing = sorted(p.name for p in CORE if not _twin(p).is_file())
+    assert not missing, f"no Chinese twin in tutorials/core/zh/ for: {missing}"
 
 
-TWINS = [p for p in CORE if (p.parent / "zh" / p.name).is_file()]
+def test_every_twin_has_an_english_original():
+    """A twin translates a tutorial that exists: tutorials/zh/NN_name.py needs tutorials/NN_name.py, and
+    tutorials/core/zh/NN_name.py needs tutorials/core/NN_name.py."""
+    orphans = sorted(_name(p) for p in ZH if not _original(p).is_file())
+    assert not orphans, f"Chinese twins with no English original of the same name one folder up: {orphans}"
 
 
-@pytest.mark.parametrize("path", TWINS, ids=[_name(p) for p in TWINS])
-def test_twin_code_cells_are_identical(path):
+TWINS = [p for p in ZH if _original(p).is_file()]
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=[_name(p) for p in TWINS])
+def test_twin_code_cells_are_identical(twin):
     """The Chinese twin's code cells are the English ones, once comments and blank lines are removed."""
-    twin = path.parent / "zh" / path.name
+    path = _original(twin)
     diff = code_diff(path.read_text(encoding="utf-8"), twin.read_text(encoding="utf-8"),
                      (_name(path), _name(twin)))
     assert not diff, (f"the code cells of {_name(twin)} differ from {_name(path)} (comments and blank lines aside; "
@@ -401,10 +421,10 @@ def test_core_tutorial_runs_as_a_notebook(path, tmp_path):
 
 
 def test_the_tutorials_readme_links_every_tutorial():
-    """tutorials/README.md shows both paths: every tutorial, core (both languages) and going further, is linked, and
-    every link to a tutorial resolves."""
+    """tutorials/README.md shows both paths: every tutorial, core and going further, in both languages (every twin
+    there is), is linked, and every link to a tutorial resolves."""
     readme = (TUT / "README.md").read_text(encoding="utf-8")
-    links = set(re.findall(r"\]\(((?:core/(?:zh/)?)?[0-9][0-9]_[^)]*\.py)\)", readme))
+    links = set(re.findall(r"\]\(((?:core/)?(?:zh/)?[0-9][0-9]_[^)]*\.py)\)", readme))
     missing = sorted(_name(p) for p in TUTORIALS if _name(p) not in links)
     assert not missing, f"tutorials/README.md does not link: {missing}"
     dangling = sorted(link for link in links if not (TUT / link).is_file())

@@ -3,7 +3,7 @@
     python -m minift.app.notebooks [PATHS ...] [--out DIR] [--execute] [--fast] [--timeout S]
 
 PATHS are tutorial scripts or folders of them (a folder gives its `[0-9][0-9]_*.py`, not its subfolders); without
-PATHS, every tutorial of the checkout (tutorials/, tutorials/core/, tutorials/core/zh/). Each notebook is written
+PATHS, every tutorial of the checkout (tutorials/, tutorials/zh/, tutorials/core/, tutorials/core/zh/). Each notebook is written
 beside its script (git ignores `tutorials/**/*.ipynb`), or under DIR with the same relative layout
 (DIR/core/zh/01_backprop_by_hand.ipynb). `--execute` runs each one top to bottom in a fresh Jupyter kernel, started
 in the notebook's folder as Jupyter would, and saves it with its outputs; `--fast` runs it with MINIFT_FAST=1 (the
@@ -18,7 +18,8 @@ What the build adds to the script's cells, so that a notebook opened on its own 
   - on every reference solution (a cell marked `jupyter={"source_hidden": true}` in the script), Colab's folding
     too: `cellView: "form"` and a first line `# @title ... { display-mode: "form" }`, so Colab shows the title and
     hides the code until it is double-clicked, as JupyterLab does with `source_hidden`.
-A Chinese twin (tutorials/core/zh/) gets those two added lines' words in Chinese; the code is the same.
+A Chinese twin (tutorials/zh/, tutorials/core/zh/) gets those two added lines' words in Chinese; the code is the
+same.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def find_tutorials(paths=()) -> list[Path]:
             raise SystemExit("error: no tutorials given, and minift is not run from a checkout: name the scripts or "
                              "folders")
         base = root / "tutorials"
-        paths = [p for p in (base, base / "core", base / "core" / "zh") if p.is_dir()]
+        paths = [p for p in (base, base / "zh", base / "core", base / "core" / "zh") if p.is_dir()]
     found = []
     for p in map(Path, paths):
         if p.is_dir():
