@@ -3,8 +3,8 @@
     python -m minift.app.notebooks [PATHS ...] [--out DIR] [--execute] [--fast] [--timeout S]
 
 PATHS are tutorial scripts or folders of them (a folder gives its `[0-9][0-9]_*.py`, not its subfolders); without
-PATHS, every tutorial of the checkout (tutorials/, tutorials/zh/, tutorials/core/, tutorials/core/zh/). Each notebook is written
-beside its script (git ignores `tutorials/**/*.ipynb`), or under DIR with the same relative layout
+PATHS, every tutorial of the checkout (tutorials/, tutorials/zh/, tutorials/core/, tutorials/core/zh/). Each notebook
+is written beside its script (git ignores `tutorials/**/*.ipynb`), or under DIR with the same relative layout
 (DIR/core/zh/01_backprop_by_hand.ipynb). `--execute` runs each one top to bottom in a fresh Jupyter kernel, started
 in the notebook's folder as Jupyter would, and saves it with its outputs; `--fast` runs it with MINIFT_FAST=1 (the
 tutorials' smoke-run mode). A notebook that fails is saved up to the failing cell, its error is printed, the others
