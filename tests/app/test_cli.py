@@ -144,12 +144,15 @@ def test_out_must_be_new_empty_or_a_run_named_by_resume_or_overwrite(pretrained,
     assert e.value.code == 2
 
 
-def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("method", [["lora"], ["qlora", "--quant", "int4", "--double-quant"]])
+def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkeypatch, capsys, method):
+    """Stopped and resumed, a fine-tune ends bit for bit where an unstopped one does (QLoRA's checkpoint leaves its
+    4-bit base out: quantised again from the same base, it is the same)."""
     from minift import GPT, GPTConfig
     from minift.data.sources import ClassificationSource
     from minift.formats.io import load_safetensors
     GPT(GPTConfig.preset("tiny", vocab_size=2048), seed=0).save_pretrained(tmp_path / "base", shipped_tokenizer())
-    run = ["finetune", "--method", "lora", "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "6",
+    run = ["finetune", "--method", *method, "--rank", "2", "--base", str(tmp_path / "base"), "--steps", "6",
            "--batch", "4", "--train-size", "32", "--eval-every", "2", "--quiet"]
     assert main(run + ["--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as m:
@@ -167,6 +170,11 @@ def test_finetune_stopped_by_ctrl_c_resumes_to_the_same_adapter(tmp_path, monkey
     assert [h["loss"] for h in summaries[0]["history"]] == [h["loss"] for h in summaries[1]["history"]]
     assert main(run + ["--out", str(tmp_path / "stopped"), "--resume", "--lr", "1e-2"]) == 1
     assert "other settings (lr (--lr): 0.002 -> 0.01," in capsys.readouterr().err
+    if method[0] == "qlora":                  # another 4-bit code is another base: refused, the option named
+        assert main([*run[:3], "--quant", "nf4", *run[5:], "--out", str(tmp_path / "stopped"), "--resume"]) == 1
+        assert "--quant int4 -> nf4" in capsys.readouterr().err
+        assert json.loads((tmp_path / "stopped" / "adapter" / "adapter_config.json").read_text())["minift"][
+            "quant"] == "int4"
 
 
 def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
@@ -188,6 +196,8 @@ def test_more_bad_input_is_one_line_naming_it(tmp_path, capsys):
         (["memory", "--preset", "tiny", "--rank", "1000"], "--rank 1000"),
         (["bench", "--method", "full", "--rank", "4"], "LoRA option"),
         (["compare", "--methods", "full", "--rslora", "--out", str(tmp_path / "c")], "--rslora: LoRA options"),
+        (["finetune", "--method", "lora", "--quant", "fp4", "--out", str(tmp_path / "q")], "--quant: QLoRA options"),
+        (["finetune", "--method", "full", "--double-quant", "--out", str(tmp_path / "q")], "--double-quant: QLoRA"),
         (["pretrain", "--files", str(notes), "--corpus", "pydoc", "--out", str(tmp_path / "p")], "drop --corpus"),
         (["finetune", "--task", str(notes), "--out", str(tmp_path / "f1")], "notes.txt: unknown format"),
         (["finetune", "--task", str(one_label), "--out", str(tmp_path / "f2")], "one.jsonl: every example has"),
