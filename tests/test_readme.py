@@ -90,3 +90,26 @@ def test_readme_zh_is_the_chinese_twin_of_readme():
             assert b[2:] == a[2:], f"the measured rows under {b[0]} are not README.md's"
             measured += 1
     assert measured >= 4, measured
+
+
+def test_the_qlora_row_is_the_runs_own():
+    """README's QLoRA row and the sentences around it quote benchmarks/compare-qlora/results.json, in both languages."""
+    import json
+    results = json.loads((README.parent / "benchmarks" / "compare-qlora" / "results.json").read_text())
+    q = next(r for r in results["runs"] if r["method"] == "qlora")
+    lora = next(r for r in results["runs"] if r["label"] == "lora r=8")
+    mq, ml = q["memory"]["measured"], lora["memory"]["measured"]
+    full = next(r for r in results["runs"] if r["method"] == "full")["memory"]["measured"]
+    row = (f"| {q['label']} | {q['trainable']:,} ({q['percent']:.2f}%) | {q['ms_per_step']:.0f} "
+           f"({lora['ms_per_step']:.0f}) | {q['val_accuracy']:.3f} | {q['test_accuracy']:.3f} | "
+           f"{q['forgetting']:+.4f} | {q['spectral']['effective_rank_dW']:.1f} | {mq['parameters'] / 2**20:.2f} "
+           f"({ml['parameters'] / 2**20:.2f}) | {mq['total'] / 2**20:.2f} ({ml['total'] / 2**20:.2f}) |")
+    quant = results["quantization"]
+    for readme in (README, README_ZH):
+        text = readme.read_text(encoding="utf-8")
+        assert row in text, (readme.name, row)
+        assert f"{results['seconds']:.0f} s" in text
+        assert f"{1 - mq['total'] / ml['total']:.0%}" in text and f"{1 - mq['total'] / full['total']:.0%}" in text
+        assert f"{q['ms_per_step'] / lora['ms_per_step'] - 1:.0%}" in text
+        assert f"{quant['loss']['quantised']['nf4']['delta']:+.4f} nats" in text
+        assert all(f"{100 * quant['summary'][c]['rel_error_mean']:.1f}%" in text for c in ("nf4", "int4", "fp4"))
