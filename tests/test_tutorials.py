@@ -47,7 +47,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TUT = ROOT / "tutorials"
 GLOB = "[0-9][0-9]_*.py"
-FURTHER = sorted(TUT.glob(GLOB))                   # going further: 01-11
+FURTHER = sorted(TUT.glob(GLOB))                   # going further: 01-12
 CORE = sorted((TUT / "core").glob(GLOB))           # the core course, English
 ENGLISH_FOLDERS = (TUT, TUT / "core")              # each keeps its Chinese twins in a zh/ folder of its own
 ZH = [p for folder in ENGLISH_FOLDERS for p in sorted((folder / "zh").glob(GLOB))]  # zh/…, core/zh/…
