@@ -111,5 +111,6 @@ def test_the_qlora_row_is_the_runs_own():
         assert f"{results['seconds']:.0f} s" in text
         assert f"{1 - mq['total'] / ml['total']:.0%}" in text and f"{1 - mq['total'] / full['total']:.0%}" in text
         assert f"{q['ms_per_step'] / lora['ms_per_step'] - 1:.0%}" in text
-        assert f"{quant['loss']['quantised']['nf4']['delta']:+.4f} nats" in text
+        d = quant["loss"]["quantised"]["nf4"]
+        assert f"{d['delta']:+.4f} ± {d['delta_se']:.4f} nats" in text
         assert all(f"{100 * quant['summary'][c]['rel_error_mean']:.1f}%" in text for c in ("nf4", "int4", "fp4"))

@@ -333,7 +333,8 @@ def compare(ccfg: CompareConfig, out="compare-report", progress=True, resume=Fal
                    seconds=round(time.time() - t0, 1))
     results["memory_claim"] = memory_claim(base.cfg, ccfg)
     if "qlora" in ccfg.methods:                # what the 4-bit base costs before any fine-tuning, on the same text
-        results["quantization"] = quant_error_report(base, heldout, max_windows=None, text=heldout_text)
+        results["quantization"] = quant_error_report(base, heldout, max_windows=None, text=heldout_text,
+                                                     modules=_modules(ccfg))
     from .figures import write_figures
     from .report import summarize, write_report
     results = _jsonable(results)

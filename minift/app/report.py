@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fast.parallel import AUTO
+from ..fast.parallel import AUTO, SHARDS_PER_WORKER
+from ..measure.memory import CLAIM
 
 MiB = 1024 * 1024
 SMOOTH_STEPS = 20          # the training curves' moving average covers 1/SMOOTH_STEPS of the run (at least 1 step)
@@ -94,7 +95,7 @@ def claims(results) -> list:
     fm, lm = full["memory"]["measured"]["total"], lora["memory"]["measured"]["total"]
     less_mem = 1 - lm / fm
     out.append(f"**\"~80% less memory\"** — peak training memory {fm / MiB:.1f} vs {lm / MiB:.1f} MiB: "
-               f"{100 * less_mem:.0f}% less. {'Held' if less_mem >= 0.7 else 'Did not hold'}. The saving is "
+               f"{100 * less_mem:.0f}% less. {'Held' if less_mem >= CLAIM else 'Did not hold'}. The saving is "
                "gradients and optimizer state of frozen weights; activations are the same for both methods and "
                "grow with batch × sequence (see `minift memory` for how this changes with model size).")
     gap = lora["test_accuracy"] - full["test_accuracy"]
@@ -178,10 +179,8 @@ def qlora_findings(results) -> list:
         slower = q["ms_per_step"] / lora["ms_per_step"] - 1
         out.append(f"**Time** — {q['ms_per_step']:.0f} vs LoRA's {lora['ms_per_step']:.0f} ms per step: "
                    f"{100 * abs(slower):.0f}% {'slower' if slower >= 0 else 'faster'}. Every adapted W is dequantised "
-                   "twice a step (for the forward's x·W̃ and the backward's dy·W̃ᵀ)"
-                   + (f", by each of the {q['workers']} workers (each computes its rows of the batch with the whole "
-                      "W̃)" if q.get("workers", 1) > 1 else "")
-                   + ": work LoRA does not do. QLoRA trades time for memory."
+                   "twice for each piece of the batch computed on its own (for the forward's x·W̃ and the backward's "
+                   f"dy·W̃ᵀ): {_dequantisations(q, cfg)}, work LoRA does not do. QLoRA trades time for memory."
                    + busy_note(results.get("machine", {})))
         out.append(f"**Accuracy and forgetting** — test accuracy {q['test_accuracy']:.3f} (QLoRA) vs "
                    f"{lora['test_accuracy']:.3f} (LoRA); forgetting {q['forgetting']:+.4f} vs "
@@ -194,10 +193,11 @@ def qlora_findings(results) -> list:
         others = ", ".join(f"{k} {100 * v['rel_error_mean']:.1f}%" for k, v in sm.items()
                            if k != variant and "+dq" not in k)
         d = loss["quantised"][variant]
+        se = f" ± {d['delta_se']:.4f}" if d.get("delta_se") is not None else ""
         out.append(f"**The 4-bit base itself** — {variant} reconstructs the adapted matrices with a relative error "
                    f"‖W − W̃‖/‖W‖ of {100 * sm[variant]['rel_error_mean']:.1f}% on average ({others}), at "
                    f"{sm[variant]['bits_per_parameter']:.3f} bits a weight. Before any fine-tuning, the base with its "
-                   f"4-bit weights changes the held-out loss by {d['delta']:+.4f} ± {d['delta_se']:.4f} nats "
+                   f"4-bit weights changes the held-out loss by {d['delta']:+.4f}{se} nats "
                    f"({loss['tokens']:,} tokens) against the float base's {loss['float']:.4f}.")
     return out
 
@@ -217,13 +217,22 @@ def memory_claim_section(results) -> list:
             "```text", *("\n\n".join(format_saving_table(t) for t in tables)).split("\n"), "```", ""]
 
 
+def _dequantisations(run, cfg) -> str:
+    """How many times a step each adapted W of a QLoRA run was dequantised: twice per piece of the batch that was
+    computed on its own (the whole batch, or split_loss_and_grads' shards with --workers > 1)."""
+    workers = run.get("workers", 1)
+    pieces = min(SHARDS_PER_WORKER * workers, cfg["batch_size"]) if workers > 1 else 1
+    return f"{2 * pieces} times a step here" + (f" ({pieces} shards of the batch over {workers} workers)"
+                                                  if pieces > 1 else "")
+
+
 def _claim_verdict(mem) -> str:
     """Whether the article's "~80% less memory" held for QLoRA against full fine-tuning, by the rule the claims
-    use for LoRA (at least 70% less)."""
+    use for LoRA (measure.memory.CLAIM)."""
     if "full" not in mem:
         return ""
     less = 1 - mem["q"]["total"] / mem["full"]["total"]
-    return (f" The article's \"~80% less memory\", for QLoRA: {'held' if less >= 0.7 else 'did not hold'} "
+    return (f" The article's \"~80% less memory\", for QLoRA: {'held' if less >= CLAIM else 'did not hold'} "
             "here.")
 
 
@@ -581,5 +590,17 @@ def quantization_notes(quant) -> dict:
             "the vertical lines, with the share of weights rounded to each above it. Levels inside the middle 90% "
             "of the values: " + ", ".join(f"{c} {fit['codes'][c]['levels_in_middle_90']}" for c in codes if c in
                                           fit["codes"])
-            + ". NF4 puts its levels where the weights are, so it uses them most evenly and errs least."),
+            + ". " + _fit_verdict(fit, sm, codes)),
     }
+
+
+def _fit_verdict(fit, sm, codes) -> str:
+    """What the level counts and errors of this run say about NF4, in words that follow the numbers."""
+    if "nf4" not in codes or "nf4" not in fit["codes"]:
+        return ""
+    even = max(codes, key=lambda c: fit["codes"][c]["entropy_bits"] if c in fit["codes"] else -1)
+    best = min(codes, key=lambda c: sm[c]["rel_error_mean"])
+    if even == best == "nf4":
+        return "NF4 puts its levels where the weights are, so it uses them most evenly and errs least."
+    return (f"Here {even} uses its levels most evenly and {best} errs least (level entropy and mean error in "
+            "results.json).")

@@ -30,7 +30,7 @@ from ..model import GPT
 from . import peft_files
 from .config import LoRAConfig, resolve_modules
 from .dora import DoRALinear
-from .inits import init_factors
+from .inits import init_factors, pissa_factors
 from .op import LoRALinear
 from .qlora import QLoRALinear
 from .peft_files import CONFIG_FILE, WEIGHTS_FILE, check_base, config_from_peft, read_tensors
@@ -180,11 +180,18 @@ class LoRA:
 
     def tuned_weights(self, base: dict) -> dict:
         """"h.0.attn.c_attn.weight" -> each adapted linear's weight after tuning, to compare with the float base
-        `base` (name -> W0, on the model's device): effective_weights(), except under QLoRA, where it is W0 + ΔW:
-        the update learned, without the 4-bit base's quantisation error (deq(W) − W0), which is no part of it."""
+        `base` (name -> W0, on the model's device): effective_weights(), except under QLoRA, where it is the float
+        base the 4 bits were made from (W0, or PiSSA's residual W0 − s·B0A0, rebuilt by the same SVD) + ΔW: the
+        update learned, without the 4-bit base's quantisation error (deq(W) − W0), which is no part of it."""
         if self.config.quant is None:
             return self.effective_weights()
-        return {m + ".weight": base[m + ".weight"] + a.delta_weight() for m, a in self.adapters.items()}
+        c, out = self.config, {}
+        for m, a in self.adapters.items():
+            w0 = base[m + ".weight"]                                       # (I, O)
+            if c.init == "pissa":
+                w0 = pissa_factors(w0, c.r, c.scale)[2]                    # (I, O) the residual that was quantised
+            out[m + ".weight"] = w0 + a.delta_weight()                     # (I, O)
+        return out
 
     def merged_model(self):
         """A new model with each adapted W replaced by W + ΔW, and no adapters: PEFT's merge_and_unload, done on a
@@ -270,7 +277,8 @@ def load_peft(model, path, seed: int = 0) -> LoRA:
         arrays[name][...] = model.xp.asarray(np.asarray(value, dtype=model.dtype))   # in place
     if head_weight is not None:
         model.params[HEAD_WEIGHT][...] = model.xp.asarray(np.asarray(head_weight, dtype=model.dtype))
-    lora.base_fingerprint = meta.get("base_fingerprint", lora.base_fingerprint)       # as recorded at training
+    if config.quant is None:   # (QLoRA's own is exact from the float base, and tells the truth where it is not)
+        lora.base_fingerprint = meta.get("base_fingerprint", lora.base_fingerprint)   # as recorded at training
     lora.original_fingerprint = meta.get("original_base_fingerprint", lora.original_fingerprint)
     return lora.eval()
 

@@ -136,7 +136,9 @@ model = PeftModel.from_pretrained({hf_class}.from_pretrained(BASE), ADAPTER)
 
 QLORA_CARD = """- QLoRA: trained on the base quantised to 4 bits ({code}, blocks of 64{dq}); the fingerprint above is
   the dequantised base's. The adapter belongs with that base:
-  - minift: `load_peft` quantises the base again (the same codes, bit for bit) and computes exactly as in training.
+  - minift: `load_peft` on the original float base quantises it again, bit for bit, and computes exactly as in
+    training; on the dequantised base too, except that double-quantised scales are derived again (within half their
+    8-bit step: the outputs differ slightly).
   - PEFT, exactly: on the dequantised base, which minift writes with `lora.model.to().save_pretrained(DEQUANTISED)`
     after `load_peft` (a copy of a 4-bit model is dequantised). On the original float base the adapter runs on a
     base that differs from its own by the quantisation error.

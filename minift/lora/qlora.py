@@ -14,7 +14,8 @@ Letters as in minift/lora/op.py: N token positions, I in features, O out feature
 
 One mechanism: the op calls lora_forward / lora_backward on W̃, so dA, dB, dx are LoRA's exactly (bitwise those of
 LoRA run on deq(W), tests/lora/test_qlora.py). The only change is what the cache keeps: lora_forward's cache holds
-W; here that slot is emptied and the Quantized kept instead (~0.53 bytes a weight for NF4, 4 + 32/64 bits).
+W; here that slot is emptied and the Quantized kept instead (0.5625 bytes a weight, 4 + 32/64 bits; 0.516 with
+double quantisation).
 
 What the memory holds, per adapted linear (b_w the compute dtype's bytes, 4 for float32):
     between forward and backward   x [N, I] (x_d too with dropout), s·h [N, R], the dropout mask; the Quantized.
@@ -143,8 +144,8 @@ class QLoRALinear(LoRALinear):
 
     def merge(self, w=None):
         raise MiniftError(f"the QLoRA adapter of {self.module} cannot merge into its 4-bit base in place: "
-                          "merged_weight() returns deq(W) + ΔW in float32 (quantize it again for 4 bits, at a "
-                          "second rounding)")
+                          "merged_weight() returns deq(W) + ΔW in the compute dtype (quantize it again for 4 "
+                          "bits, at a second rounding)")
 
     def unmerge(self, w=None):
         raise MiniftError(f"the QLoRA adapter of {self.module} is never merged: nothing to unmerge")

@@ -60,6 +60,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..errors import MiniftError
 from ..model import LINEAR_MODULES
+from ..quant import Quantized
 
 LAYOUTS = ("in_out", "out_in")
 EPS_VALUES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -71,6 +72,9 @@ SUBSPACE_K = 8             # `minift inspect --compare`'s k when neither run is 
 
 def _matrix(W, name="W") -> np.ndarray:
     """A host float64 copy of a 2-D float array, or a MiniftError naming the input."""
+    if isinstance(W, Quantized):
+        raise MiniftError(f"{name} is a 4-bit weight (QLoRA's base): compare float weights, such as "
+                          "lora.tuned_weights(base.params) or lora.effective_weights()")
     a = np.asarray(to_numpy(W))
     if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating) or 0 in a.shape:
         raise MiniftError(f"{name} must be a non-empty 2-D floating-point matrix, got shape {a.shape} dtype {a.dtype}")

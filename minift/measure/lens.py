@@ -179,6 +179,9 @@ def _check_inputs(model, lora, batch, lr):
     if lora.config.use_dora:
         raise MiniftError("the lens explains plain LoRA; DoRA's gradients are not these projections of G "
                           "(see minift/lora/dora.py)")
+    if lora.config.quant is not None:
+        raise MiniftError("the lens explains plain LoRA on a float base: its full fine-tuning twin needs G = xᵀ dy "
+                          "for each W, which QLoRA's 4-bit base has none of; attach LoRA without quant to look")
     if lora.merged:
         raise MiniftError("the adapters are merged: call lora.unmerge() before looking through the lens")
     if not isinstance(batch, dict) or "input_ids" not in batch or "targets" not in batch:

@@ -81,9 +81,10 @@ def matrix_error(W, code: str = "nf4", double_quant: bool = False, block: int = 
                 mae_std=_g(np.abs(E).mean() / std) if std > 0 else 0.0)
 
 
-def matrix_errors(params: dict, codes=CODES, double_quant=DQ, block: int = BLOCK) -> list:
-    """Per adapted linear, in model order: {name, block, module, shape, std, errors: {variant: matrix_error}}."""
-    names = _linear_names(params)
+def matrix_errors(params: dict, codes=CODES, double_quant=DQ, block: int = BLOCK, modules=None) -> list:
+    """Per adapted linear, in model order: {name, block, module, shape, std, errors: {variant: matrix_error}}.
+    modules: the adapted linears (analysis.linear_weight_names' rule; None: all four of every block)."""
+    names = _linear_names(params, modules)
     rows = []
     for name in names:
         W = params[name]
@@ -110,11 +111,12 @@ def error_summary(rows: list, params: dict, codes=CODES, double_quant=DQ, block:
 
 # ---- 2. the effect on the loss, before any fine-tuning ------------------------------------------------------------
 
-def quantised_model(model: GPT, code: str = "nf4", double_quant: bool = False, block: int = BLOCK) -> GPT:
+def quantised_model(model: GPT, code: str = "nf4", double_quant: bool = False, block: int = BLOCK,
+                    modules=None) -> GPT:
     """A language model sharing `model`'s parameters except each adapted linear's W, replaced by deq(quant(W)).
     Its head is the LM head (the tied wte), as for forgetting: a classifier is measured through its body."""
     params = dict(model.params)
-    for name in _linear_names(model.params):
+    for name in _linear_names(model.params, modules):
         params[name] = reconstruct(model.params[name], code, double_quant, block)   # (in, out)  W̃, W's dtype
     return GPT(model.cfg, dtype=model.dtype, device=model.device, params=params)
 
@@ -128,7 +130,7 @@ def window_losses(model: GPT, token_ids, max_windows: int | None = 32) -> np.nda
 
 
 def loss_effect(model: GPT, token_ids, codes=CODES, double_quant=DQ, block: int = BLOCK,
-                max_windows: int | None = 32, text: str = "") -> dict:
+                max_windows: int | None = 32, text: str = "", modules=None) -> dict:
     """The LM loss of the float model and of each quantised one on the same windows of `token_ids` (`text` says
     what they are): {text, tokens, windows, float, quantised: {variant: {loss, delta, delta_se}}}, in nats per
     token; delta = loss − float, delta_se its standard error over the windows (the same windows for both, so
@@ -139,7 +141,7 @@ def loss_effect(model: GPT, token_ids, codes=CODES, double_quant=DQ, block: int 
     base = window_losses(lm, token_ids, max_windows)                                   # (NW,)
     quantised = {}
     for key, code, dq in variants(codes, double_quant):
-        d = window_losses(quantised_model(model, code, dq, block), token_ids, max_windows) - base   # (NW,)
+        d = window_losses(quantised_model(model, code, dq, block, modules), token_ids, max_windows) - base  # (NW,)
         se = _g(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None       # None: one window has no spread
         quantised[key] = dict(loss=_g(base.mean() + d.mean()), delta=_g(d.mean()), delta_se=se)
     return dict(text=text, tokens=int(base.size * model.cfg.n_ctx), windows=int(base.size), float=_g(base.mean()),
@@ -183,14 +185,14 @@ def gaussian_error(code: str, block: int = BLOCK, n_blocks: int = GAUSSIAN_BLOCK
 
 
 def code_fit(params: dict, matrix: str | None = None, codes=CODES, block: int = BLOCK, seed: int = 0,
-             bins: int = HIST_BINS) -> dict:
+             bins: int = HIST_BINS, modules=None) -> dict:
     """One real matrix's block-normalised values against each code's levels:
     {matrix, block, edges [bins+1], density [bins], gaussian_density [bins], std, middle_90 [2],
      codes: {code: code_usage + gaussian_error}}.
     density is the histogram of that matrix's x/c (per unit of x/c), gaussian_density the same for N(0, 1) blocks,
     std the spread of x/c and middle_90 its 5% and 95% quantiles.
     matrix: a linear's weight name (default: the first of the largest)."""
-    names = _linear_names(params)
+    names = _linear_names(params, modules)
     matrix = _pick_matrix(params, names, matrix)
     xhat = block_normalised(params[matrix], block)                  # (N,)
     gauss = block_normalised(np.random.default_rng(seed).standard_normal((GAUSSIAN_BLOCKS, block)), block)
@@ -208,16 +210,17 @@ def code_fit(params: dict, matrix: str | None = None, codes=CODES, block: int = 
 
 def quant_error_report(model: GPT, token_ids, codes=CODES, double_quant=DQ, block: int = BLOCK,
                        max_windows: int | None = 32, text: str = "", matrix: str | None = None,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, modules=None) -> dict:
     """Everything above for one base model, as plain data:
-    {block, dq_block, codes, variants, measures, matrices, summary, loss, code_fit}."""
+    {block, dq_block, codes, variants, measures, matrices, summary, loss, code_fit}; modules: the linears QLoRA
+    would quantise (None: every linear of every block)."""
     _check_model(model)
-    rows = matrix_errors(model.params, codes, double_quant, block)
+    rows = matrix_errors(model.params, codes, double_quant, block, modules)
     return dict(block=block, dq_block=DQ_BLOCK, codes=list(_check_codes(codes)),
                 variants=[k for k, _, _ in variants(codes, double_quant)], measures=dict(MEASURES), matrices=rows,
                 summary=error_summary(rows, model.params, codes, double_quant, block),
-                loss=loss_effect(model, token_ids, codes, double_quant, block, max_windows, text),
-                code_fit=code_fit(model.params, matrix, codes, block, seed))
+                loss=loss_effect(model, token_ids, codes, double_quant, block, max_windows, text, modules),
+                code_fit=code_fit(model.params, matrix, codes, block, seed, modules=modules))
 
 
 # ---- input checks -------------------------------------------------------------------------------------------------
@@ -255,10 +258,10 @@ def _check_tokens(token_ids, n_ctx: int) -> None:
                           "tokens: one window and its next-token targets")
 
 
-def _linear_names(params) -> list:
+def _linear_names(params, modules=None) -> list:
     if not isinstance(params, dict):
         raise MiniftError(f"params must be a dict name -> array (model.params), got {type(params).__name__}")
-    names = linear_weight_names(params)
+    names = linear_weight_names(params, modules)
     if not names:
         raise MiniftError("params has no adapted linear weight (names like 'h.0.attn.c_attn.weight')")
     return names

@@ -469,6 +469,9 @@ def test_the_qlora_run_keeps_its_base_in_4_bits_and_says_what_it_cost(report):
     less = 1 - q["memory"]["measured"]["total"] / full["memory"]["measured"]["total"]
     assert f"{100 * less:.0f}% less than full fine-tuning's" in section
     assert f"{q['ms_per_step']:.0f} vs LoRA's {lora['ms_per_step']:.0f} ms per step" in section
+    w, rows = q["workers"], results["config"]["batch_size"]         # each piece of the batch dequantises twice
+    pieces = min(2 * w, rows) if w > 1 else 1
+    assert f"{2 * pieces} times a step here" in section
     assert f"{100 * quant['summary']['nf4']['rel_error_mean']:.1f}% on average" in section
     assert f"{quant['loss']['quantised']['nf4']['delta']:+.4f}" in section
 

@@ -134,3 +134,32 @@ def test_a_4_bit_model_is_not_saved_as_a_gpt2_folder(tmp_path):
         qlora.model.save_pretrained(tmp_path / "model")
     assert not (tmp_path / "model").exists()
     qlora.merged_model().save_pretrained(tmp_path / "merged")           # floats: a plain GPT-2 folder
+
+
+@pytest.mark.parametrize("init", ["default", "pissa"])
+def test_tuned_weights_are_the_float_base_before_any_training(init):
+    """What QLoRA has learned is ΔW − ΔW at the start: nothing yet. tuned_weights gives W0 back (PiSSA's top-r part
+    and the quantisation error are no update), where effective_weights gives deq(W) + s·BA."""
+    base = tiny_model()
+    qlora = attach_lora(base.to(), LoRAConfig(r=3, init=init, quant="nf4", targets=("c_attn", "mlp.c_fc")))
+    for name, w in qlora.tuned_weights(base.params).items():
+        np.testing.assert_allclose(w, base.params[name], rtol=0, atol=1e-12, err_msg=name)
+        assert np.abs(qlora.effective_weights()[name] - base.params[name]).max() > 1e-3   # the 4-bit base's error
+
+
+def test_a_double_quantised_adapter_on_the_dequantised_base_says_which_base_it_sits_on(tmp_path):
+    """On the original base load_peft rebuilds the 4 bits exactly; on the dequantised one double-quantised scales
+    are derived again: the outputs differ by a little, and the handle keeps the model's own fingerprint."""
+    from minift import load_peft
+    base = tiny_model()
+    qlora = randomize(attach_lora(base.to(), LoRAConfig(r=3, quant="nf4", double_quant=True)))
+    qlora.save_peft(tmp_path / "adapter")
+    ids, _ = batch(base.cfg)
+    exact = load_peft(base.to(), tmp_path / "adapter")
+    np.testing.assert_array_equal(exact.model.forward(ids), qlora.model.forward(ids))
+    assert exact.base_fingerprint == qlora.base_fingerprint == exact.model.fingerprint()
+    again = load_peft(qlora.model.to(), tmp_path / "adapter")                  # the dequantised base
+    close, same = again.model.forward(ids), qlora.model.forward(ids)
+    np.testing.assert_allclose(close, same, rtol=0, atol=1e-2)       # logits of size ~1: scales within 8-bit steps
+    assert not np.array_equal(close, same)
+    assert again.base_fingerprint == again.model.fingerprint()

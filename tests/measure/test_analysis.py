@@ -106,6 +106,9 @@ def test_bad_inputs_are_named():
         intruder_dimensions(np.zeros(4), np.zeros(4))
     with pytest.raises(MiniftError, match="k="):
         intruder_dimensions(np.eye(3), np.eye(3), k=0)
+    from minift.quant import quantize
+    with pytest.raises(MiniftError, match=r"W_tuned is a 4-bit weight .*lora.tuned_weights"):
+        intruder_dimensions(np.ones((4, 64)), quantize(np.ones((4, 64))))
 
 
 # ---- the random baseline -------------------------------------------------------------------------------------------

@@ -217,6 +217,10 @@ def test_refusals():
     dora = attach_lora(dora_model, LoRAConfig(r=2, targets="c_attn", use_dora=True))
     with pytest.raises(MiniftError, match="DoRA"):
         lens(dora_model, dora, data)
+    q_model = tiny_model()
+    qlora = attach_lora(q_model, LoRAConfig(r=2, targets="c_attn", quant="nf4"))
+    with pytest.raises(MiniftError, match="QLoRA's 4-bit base"):
+        lens(q_model, qlora, data)
 
 
 def test_a_model_too_large_to_compute_with_is_named_not_an_svd_traceback():

@@ -125,6 +125,17 @@ def test_quantised_model_replaces_only_the_adapted_linears_and_window_losses_ave
     assert window_losses(qm, ids).mean() == pytest.approx(lm_loss(qm, ids, max_windows=None), rel=1e-6)
 
 
+def test_modules_restrict_every_measurement_to_the_linears_qlora_would_quantise():
+    """compare passes its LoRA targets: the errors, the quantised loss and the histogram are then of those only."""
+    model = tiny_model(dtype="float32")
+    r = quant_error_report(model, token_stream(model, windows=2), codes=("nf4",), double_quant=False,
+                           modules=("c_attn",))
+    assert [m["name"] for m in r["matrices"]] == [f"h.{i}.attn.c_attn.weight" for i in range(model.cfg.n_layer)]
+    assert r["code_fit"]["matrix"].endswith("attn.c_attn.weight")
+    qm = quantised_model(model, "nf4", modules=("c_attn",))
+    assert all((qm.params[n] is w) == (not n.endswith("c_attn.weight")) for n, w in model.params.items())
+
+
 def test_a_classifier_is_measured_through_its_lm_head():
     model = tiny_model(dtype="float32")
     ids = token_stream(model, windows=2)
