@@ -41,8 +41,8 @@
 #    `minift.training.finetune.finetune`;
 # 5. to pick a learning rate by validation accuracy (never by test accuracy), and to read per-kind test accuracy.
 #
-# **Time:** 3–4½ minutes normally (three 400-step runs on the `demo` base: 2 min 51 s to 4 min 21 s in three runs
-# with `OPENBLAS_NUM_THREADS=1` while other jobs competed for the cores; less on idle ones), 9–15 s in fast mode
+# **Time:** 1–4½ minutes normally (three 400-step runs on the `demo` base with `OPENBLAS_NUM_THREADS=1`: 59 s on an
+# idle machine, 2 min 51 s to 4 min 21 s in three runs while other jobs competed for the cores), 9–15 s in fast mode
 # (`MINIFT_FAST=1`: 30-step runs, 128 evaluation examples), measured on 2 CPU cores of a shared, busy machine. 30
 # minutes to read.
 #
