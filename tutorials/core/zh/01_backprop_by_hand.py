@@ -36,7 +36,7 @@
 #
 # **运行:** `python tutorials/core/zh/01_backprop_by_hand.py`,或作为 notebook 打开(见 `tutorials/README.md`)。
 #
-# **深入阅读:** [教程 02](../../02_backprop_by_hand.py)(进阶,英文)完整推导 LayerNorm 的反向计算,分析步长 $h$
+# **深入阅读:** [教程 02](../../zh/02_backprop_by_hand.py)(进阶)完整推导 LayerNorm 的反向计算,分析步长 $h$
 # 背后的舍入误差,并从前向、反向两个方向检验注意力的因果性。
 
 # %%

@@ -41,7 +41,7 @@
 # 快速模式(`MINIFT_FAST=1`)约 2 秒。时间几乎全花在 600 步的微调上;如果 CPU 核正被别的任务占用,可能要慢好几倍。
 #
 # **前置:** 核心 01(线性层的反向计算 $\bar W = x^\top\bar y$)和核心 02(每个权重的 $G = x^\top \bar y$)。
-# **深入阅读:** [教程 07](../../07_lora_from_scratch.py)(进阶,英文)——缩放系数 $\alpha/r$ 与 rsLoRA 的
+# **深入阅读:** [教程 07](../../zh/07_lora_from_scratch.py)(进阶)——缩放系数 $\alpha/r$ 与 rsLoRA 的
 # $\alpha/\sqrt r$ 对比、PEFT 适配器文件的保存与加载、PiSSA 和 DoRA。
 
 # %%
@@ -375,7 +375,7 @@ assert deployed_gap < 1e-4
 # - 部署前合并:$W + \Delta W$ 是一个普通的权重,输出不变,推理没有额外开销。
 #
 # 下一篇,核心 04 让同一个批次分别走一遍完全微调和 LoRA,逐个张量对照。**深入阅读:**
-# [教程 07](../../07_lora_from_scratch.py)(英文)测量秩增大时缩放系数起什么作用($\alpha/r$ 对比 rsLoRA 的
+# [教程 07](../../zh/07_lora_from_scratch.py)测量秩增大时缩放系数起什么作用($\alpha/r$ 对比 rsLoRA 的
 # $\alpha/\sqrt r$),保存并重新加载 PEFT 适配器(`save_peft` / `load_peft`),还试了 PiSSA(从 $W$ 最大的几个奇异
 # 方向出发)和 DoRA(每列单独学习一个幅度);教程 09 对比 LoRA 与完全微调每一步的耗时。
 #
