@@ -35,6 +35,8 @@
 # 2. what each column measures and where in minift the number comes from;
 # 3. which of the article's claims held here, and why the time and memory claims depend on scale.
 #
+# **中文:** [zh/01_quick_start.py](zh/01_quick_start.py).
+#
 # **Time:** 1–2½ minutes normally (the default comparison, 600 steps per method: 72 s and 137 s measured on 2 shared
 # CPU cores at different loads), about 6 s in fast mode (`MINIFT_FAST=1`: the `--quick` budget, a smoke run). 15
 # minutes to read.

@@ -35,6 +35,8 @@
 #    then minift's code, then a check;
 # 4. why the check needs a *random* upstream gradient: with an all-ones one, a wrong LayerNorm backward passes.
 #
+# **中文:** [zh/02_backprop_by_hand.py](zh/02_backprop_by_hand.py).
+#
 # **Time:** under a second to run (normal and fast mode are the same size here: every op is checked on small
 # arrays); 30–45 minutes to read.
 #

@@ -33,6 +33,8 @@
 # 2. to verify the residual-stream sum and the tied-embedding sum numerically, from the model's own tensors;
 # 3. to check the whole model's gradient against finite differences with `minift.gradcheck.check_function`.
 #
+# **中文:** [zh/03_transformer_backward.py](zh/03_transformer_backward.py).
+#
 # **Time:** about 5 s to run normally (measured on 2 CPU cores; the final check visits every one of the model's
 # 7,616 parameters), about 1 s in fast mode (`MINIFT_FAST=1`: a sample of 8 entries per tensor); 30 minutes to
 # read.

@@ -34,6 +34,8 @@
 # 3. to pretrain with `minift.training.pretrain.pretrain`, plot the loss curve, and compare samples before and after;
 # 4. to load the shipped base model `data/base-demo` (`load_base`) and measure it on held-out text.
 #
+# **中文:** [zh/04_pretraining.py](zh/04_pretraining.py).
+#
 # **Time:** 3–7 minutes normally (a 400-step run of the `demo` preset, 128 wide, 4 layers, plus 100 more in
 # exercise 3: 187 s and 418 s measured in two runs, as the other jobs' load varied), about 25 s in fast mode
 # (`MINIFT_FAST=1`: 150 steps of the `tiny` preset; 24 s measured), with `OPENBLAS_NUM_THREADS=1` on 2 CPU cores

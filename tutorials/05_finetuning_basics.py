@@ -41,6 +41,8 @@
 #    `minift.training.finetune.finetune`;
 # 5. to pick a learning rate by validation accuracy (never by test accuracy), and to read per-kind test accuracy.
 #
+# **中文:** [zh/05_finetuning_basics.py](zh/05_finetuning_basics.py).
+#
 # **Time:** 1–4½ minutes normally (three 400-step runs on the `demo` base with `OPENBLAS_NUM_THREADS=1`: 59 s on an
 # idle machine, 2 min 51 s to 4 min 21 s in three runs while other jobs competed for the cores), 9–15 s in fast mode
 # (`MINIFT_FAST=1`: 30-step runs, 128 evaluation examples), measured on 2 CPU cores of a shared, busy machine. 30

@@ -41,6 +41,8 @@
 #    (`TrainingDiverged`) fires;
 # 6. deployment: one self-contained model folder, reloaded bit for bit, and its inference speed.
 #
+# **中文:** [zh/06_full_finetuning.py](zh/06_full_finetuning.py).
+#
 # **Time:** 3–5 minutes normally (a 400-step fine-tune, two 200-step small-data runs, full and LoRA, three 150-step
 # runs: 3 min 16 s to 4 min 41 s in three runs with `OPENBLAS_NUM_THREADS=1` while other jobs competed for the cores;
 # less on idle ones), 15–26 s in fast mode (`MINIFT_FAST=1`), measured on 2 CPU cores of a shared, busy machine.

@@ -45,6 +45,8 @@
 # 6. which matmuls each method's backward runs, their FLOPs from the shapes, and how many parameters each updates;
 # 7. to read the same table from the command line, `minift inspect`.
 #
+# **中文:** [zh/08_one_batch_both_methods.py](zh/08_one_batch_both_methods.py).
+#
 # **Time:** 10–30 s normally (50 LoRA warm-up steps in float64, the lens, and `minift inspect` with its own 20 steps:
 # 13 s measured), about 6 s in fast mode (`MINIFT_FAST=1`: 10 and 2 steps; 5.8 s measured), with
 # `OPENBLAS_NUM_THREADS=1` on 2 CPU cores shared with other jobs. 40 minutes to read. Fast mode is a smoke run and

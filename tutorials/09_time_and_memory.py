@@ -45,6 +45,8 @@
 #    the demo model to a GPT-3-sized config: "80% less" needs a large model, few tokens per step *and* mixed precision;
 # 5. to read the LoRA paper's 1.2 TB → 350 GB and 25% against these formulas.
 #
+# **中文:** [zh/09_time_and_memory.py](zh/09_time_and_memory.py).
+#
 # **Time:** one to two minutes normally (six timed benchmarks on tiny, demo and small; five memory measurements; the
 # sweeps are arithmetic: 77 s measured), about 5 s in fast mode (`MINIFT_FAST=1`: only tiny is timed; 5.1 s
 # measured), with `OPENBLAS_NUM_THREADS=1` on 2 CPU cores shared with other jobs. 30 minutes to read.

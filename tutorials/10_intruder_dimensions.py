@@ -53,6 +53,8 @@
 # 7. continual learning: four tasks in sequence, each LoRA merged before the next — do intruders accumulate, and
 #    what does each method keep of the earlier tasks?
 #
+# **中文:** [zh/10_intruder_dimensions.py](zh/10_intruder_dimensions.py).
+#
 # **Time:** 7–10 minutes normally (five 500-step fine-tunes, then five methods through four 200-step stages: 407 s
 # and 587 s measured with `OPENBLAS_NUM_THREADS=1` on 2 CPU cores shared with other jobs, so likely less on a quiet
 # machine), about 30 s in fast mode (`MINIFT_FAST=1`: 29 s and 33 s on the same shared machine).

@@ -53,6 +53,8 @@
 # 5. to cross-check the loaded model against `transformers`' `GPT2LMHeadModel` (when it is installed);
 # 6. to fine-tune the loaded model with LoRA, save the adapter in PEFT's layout, load it back, and generate.
 #
+# **中文:** [zh/11_gpu_and_gpt2.py](zh/11_gpu_and_gpt2.py).
+#
 # **Time:** on 2 CPU cores of a shared machine, without a GPU and with the demo stand-in: 6–8 s normally, 5–6 s in
 # fast mode (`MINIFT_FAST=1`), measured at different loads, with `transformers` and PEFT installed for the
 # cross-checks (importing PyTorch is much of it). The real GPT-2 on a CPU takes far longer: its blocks are a hundred
@@ -261,7 +263,7 @@ for preset, device in bench_runs:
           f"{r['peak_gflops']:.0f} GFLOP/s, loss {r['loss']:.3f}")
 if not HAVE_GPU:
     print("  (no GPU here: no GPU timing was measured; run this cell on a machine with one)")
-CPU_PEAK = bench["demo", "cpu"]["peak_gflops"]                          # used in section 4
+CPU_PEAK = bench["demo", "cpu"]["peak_gflops"]                          # used in section 5
 
 # %% [markdown]
 # **Check.** Every step's loss is finite and within a few nats of $\ln V$, and every time is positive. A random model

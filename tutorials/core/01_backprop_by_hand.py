@@ -36,6 +36,8 @@
 # 3. how to check any backward with finite differences (`minift.check_op`), and read its report;
 # 4. why that check needs a *random* upstream gradient.
 #
+# **中文:** [zh/01_backprop_by_hand.py](zh/01_backprop_by_hand.py).
+#
 # **Time:** about 15 minutes to read; under 1 s to run in normal mode and under 1 s in fast mode (`MINIFT_FAST=1`),
 # measured on an idle 2-core Intel Xeon with `OPENBLAS_NUM_THREADS=1`; the arrays are tiny, so both modes run the same
 # sizes and print the same numbers.

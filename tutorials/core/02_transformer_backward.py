@@ -42,6 +42,8 @@
 # 3. that each weight's gradient $G = x^\top \bar y$ is built from two recorded tensors;
 # 4. to check the whole model's gradient against finite differences with `check_function`.
 #
+# **中文:** [zh/02_transformer_backward.py](zh/02_transformer_backward.py).
+#
 # **Time:** about 15 minutes to read; about 5 s to run in normal mode and about 1 s in fast mode (`MINIFT_FAST=1`),
 # measured on an idle 2-core Intel Xeon with `OPENBLAS_NUM_THREADS=1`.
 #

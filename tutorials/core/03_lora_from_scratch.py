@@ -41,6 +41,8 @@
 # 4. to count trainable parameters, $r(\text{in} + \text{out})$ against $\text{in}\cdot\text{out}$;
 # 5. to run a LoRA fine-tune (`finetune(method="lora")`) and merge the result for deployment.
 #
+# **中文:** [zh/03_lora_from_scratch.py](zh/03_lora_from_scratch.py).
+#
 # **Time:** about 15 minutes to read; about 25 s to run in normal mode and about 2 s in fast mode (`MINIFT_FAST=1`),
 # measured on an idle 2-core Intel Xeon with `OPENBLAS_NUM_THREADS=1`; nearly all of it the 600-step fine-tune, which
 # can take several times longer on cores busy with other work.

@@ -39,6 +39,8 @@
 # 4. to read the lens: the cosine with $-G$, and the shares of $G$ LoRA can reach;
 # 5. which matmuls each method runs, and how many parameters each updates.
 #
+# **中文:** [zh/04_one_batch_both_methods.py](zh/04_one_batch_both_methods.py).
+#
 # **Time:** about 15 minutes to read; about 6 s to run in normal mode and about 2 s in fast mode (`MINIFT_FAST=1`),
 # measured on an idle 2-core Intel Xeon with `OPENBLAS_NUM_THREADS=1`.
 #

@@ -40,6 +40,8 @@
 # 4. to read an update's singular values, the overlap of two updates, and intruders against a random baseline;
 # 5. which claims hold at this scale, and which cannot.
 #
+# **中文:** [zh/05_the_claims_measured.py](zh/05_the_claims_measured.py).
+#
 # **Time:** about 15 minutes to read; about 1 min to run in normal mode and about 4 s in fast mode (`MINIFT_FAST=1`),
 # measured on an idle 2-core Intel Xeon with `OPENBLAS_NUM_THREADS=1`; nearly all of it the two 600-step fine-tunes,
 # which can take several times longer on cores busy with other work.

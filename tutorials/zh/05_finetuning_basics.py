@@ -38,8 +38,8 @@
 # 他任务同时在抢 CPU 核时,三次实测在 2 分 51 秒到 4 分 21 秒之间;空闲时实测 59 秒);快速模式(`MINIFT_FAST=1`:每次训练
 # 30 步,只评估 128 个样本)9–15 秒。以上均在一台共享机器的 2 个 CPU 核上测得。
 #
-# **前置:** 教程 [02](02_backprop_by_hand.py)、[03](03_transformer_backward.py)(反向传播、模型的反向计算)和
-# 04(基座模型,英文;核心课程的 [核心 01](../core/zh/01_backprop_by_hand.py) 和
+# **前置:** 教程 [02](02_backprop_by_hand.py)、[03](03_transformer_backward.py)、[04](04_pretraining.py)(反向传播、模
+# 型的反向计算、基座模型;核心课程的 [核心 01](../core/zh/01_backprop_by_hand.py) 和
 # [核心 02](../core/zh/02_transformer_backward.py) 也覆盖了 02、03 的要点)。
 
 # %%

@@ -39,7 +39,7 @@
 # **用时:** 阅读约 40 分钟。正常模式运行约 1 分钟(一次 600 步的 LoRA 微调和八次 5 步的训练:两次实测为 52 秒和 58 秒),快
 # 速模式(`MINIFT_FAST=1`)约 10 秒(实测 9.5 秒);均设 `OPENBLAS_NUM_THREADS=1`,在与其他任务共用的 2 个 CPU 核上测得。
 #
-# **前置:** 教程 02(线性层的反向计算;英文,中文读者可读[核心 01](../core/zh/01_backprop_by_hand.py))、
+# **前置:** 教程 [02](02_backprop_by_hand.py)(线性层的反向计算;简版见[核心 01](../core/zh/01_backprop_by_hand.py))、
 # 05(任务与 `finetune`;[中文版](05_finetuning_basics.py))、06(完全微调的代价;[中文版](06_full_finetuning.py))。
 # 核心课程的[核心 03](../core/zh/03_lora_from_scratch.py)是本篇的精简版。
 # 英文原版:[07_lora_from_scratch.py](../07_lora_from_scratch.py)。

@@ -41,8 +41,8 @@
 # **用时:** 阅读约 30 分钟。正常模式运行约 1 分钟(两次 600 步的微调,外加若干计时步骤;机器空闲时实测 60–68 秒,与其他任务
 # 共用时 73–106 秒),快速模式(`MINIFT_FAST=1`,冒烟测试)约 7 秒(实测 7–10 秒);`OPENBLAS_NUM_THREADS=1`,2 核 CPU。
 #
-# **前置:** [核心 03](../core/zh/03_lora_from_scratch.py)(LoRA 的前向与反向计算)和[教程 09](../09_time_and_memory.py)
-# (进阶,英文;训练内存的四项)。英文原版:[12_qlora.py](../12_qlora.py)。
+# **前置:** [核心 03](../core/zh/03_lora_from_scratch.py)(LoRA 的前向与反向计算)和[教程 09](09_time_and_memory.py)
+# (进阶;训练内存的四项)。英文原版:[12_qlora.py](../12_qlora.py)。
 
 # %%
 import time

@@ -40,8 +40,8 @@
 #
 # **前置:** 核心 01(线性层的反向计算)、核心 03(LoRA:$s = \alpha/r$,$A$ $[r, \text{in}]$,
 # $B$ $[\text{out}, r]$,初始化时 $B = 0$)。核心 01–03 把梯度写作 $\bar y$;本篇沿用 minift 代码和打印输出里的名字:
-# $dy = \bar y$,$dA = \bar A$,$dB = \bar B$。**深入阅读:** [教程 08](../../08_one_batch_both_methods.py)
-# (进阶,英文),对同一批数据的更深入分析。
+# $dy = \bar y$,$dA = \bar A$,$dB = \bar B$。**深入阅读:** [教程 08](../../zh/08_one_batch_both_methods.py)
+# (进阶),对同一批数据的更深入分析。
 
 # %%
 import contextlib

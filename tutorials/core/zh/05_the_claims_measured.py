@@ -42,7 +42,7 @@
 #
 # **前置:** 核心 03(LoRA:$s = \alpha/r$,$A$ $[r, \text{in}]$,$B$ $[\text{out}, r]$)和核心 04(同一个批次走
 # 两种方法;LoRA 跳过的那次矩阵乘法)。**深入阅读**(进阶):[教程 06](../../zh/06_full_finetuning.py)(完全微调
-# 详解)、[教程 09](../../09_time_and_memory.py)(时间与内存,逐项核算)、[教程 10](../../10_intruder_dimensions.py)
+# 详解)、[教程 09](../../zh/09_time_and_memory.py)(时间与内存,逐项核算)、[教程 10](../../zh/10_intruder_dimensions.py)
 # (MIT 论文详解,以及持续学习)。
 
 # %%
@@ -181,7 +181,7 @@ print('"~70% less time":', verdicts['"~70% less time"'][1])
 # 乘法占主导,节省会回落到三分之一以内:LoRA 论文(Hu et al. 2021,§4.2)在 GPT-3 175B 上报告的提速是 25%。
 # 细长的矩阵乘法则起反作用:LoRA 的乘法只有 $r$ 宽,CPU 跑这种乘法远达不到峰值。在共享机器上,比值每次运行也会
 # 有波动(CPU 那一行说明了这次机器有多忙)。和下面的内存一样,时间能省多少取决于所处的规模区间;
-# [教程 09](../../09_time_and_memory.py)(英文)逐个算子计时。
+# [教程 09](../../zh/09_time_and_memory.py)逐个算子计时。
 #
 # ## 4. "内存占用减少约80%"(§5.1)
 #
@@ -221,7 +221,7 @@ for b, t in ((8, 1024), (1, 128)):                             # 只做预测:80
 # 实测与预测的差距在 `assert` 允许的 1% 以内,所以这个拆分是可信的。看点出最大项的那一行:不管激活值有多重,
 # LoRA 都得全部保留。GPT-2 的两行是同样的算术放到真实模型的规模上:批次长时激活值占主导,LoRA 省得很少;只有一条
 # 短序列时参数相关的几项占主导,节省才接近原文的数字。"减少80%"描述的是某个规模区间,而不是 LoRA 本身。
-# [教程 09](../../09_time_and_memory.py)(英文)对模型大小、token 数和秩做了扫描。
+# [教程 09](../../zh/09_time_and_memory.py)对模型大小、token 数和秩做了扫描。
 #
 # ## 5. "性能相当"(§3.2)
 #
@@ -332,7 +332,7 @@ print("LoRA has more intruders than full:", "Held" if held else "Did not hold")
 
 # %% [markdown]
 # 在 $\varepsilon = 0.5$ 时随机方向会全部被计入(见上面的输出),所以这个计数在这里说明不了什么。在阴影带内,
-# 把每种方法和随机那条线比较。[教程 10](../../10_intruder_dimensions.py)(英文)做了论文里的秩扫描、rsLoRA 和持续
+# 把每种方法和随机那条线比较。[教程 10](../../zh/10_intruder_dimensions.py)做了论文里的秩扫描、rsLoRA 和持续
 # 学习——论文认为入侵维度会在持续学习中累积。
 #
 # ### 6d. 遗忘
@@ -377,9 +377,9 @@ assert verdicts["full's update has the higher effective rank"][1] == "Held" or F
 # - **MIT 论文**:LoRA 更新的有效秩由构造决定,最多为 $r$;即使准确率相近,完全微调的更新也不是同一个改动。入侵
 #   维度的计数只有对照随机基线才有意义。
 #
-# 核心课程到此结束:从一个线性层的梯度(核心 01)一路走到原文的结论。想深入(进阶,英文):
-# [教程 06](../../06_full_finetuning.py)(完全微调)、[09](../../09_time_and_memory.py)(时间与内存)、
-# [10](../../10_intruder_dimensions.py)(MIT 论文与持续学习);秩扫描请运行 `minift compare --ranks 1,2,4,8,16`。
+# 核心课程到此结束:从一个线性层的梯度(核心 01)一路走到原文的结论。想深入(进阶):
+# [教程 06](../../zh/06_full_finetuning.py)(完全微调)、[09](../../zh/09_time_and_memory.py)(时间与内存)、
+# [10](../../zh/10_intruder_dimensions.py)(MIT 论文与持续学习);秩扫描请运行 `minift compare --ranks 1,2,4,8,16`。
 #
 # ## 练习
 #
