@@ -849,7 +849,7 @@ def format_memory(d: dict, *others: dict, labels=("predicted", "measured"), unit
     header = ([unit] + list(labels[:len(cols)])) if others else ["term", unit]
     rows = [[t] + [f"{c[t] / UNITS[unit]:,.2f}" for c in cols] for t in TERMS if all(t in c for c in cols)]
     if others and d.get("total"):
-        rows.append([f"total/{labels[0]}"] + ["1.00"] + [f"{c['total'] / d['total']:.3f}" for c in others])
+        rows.append([f"total/{labels[0]}"] + [f"{c['total'] / d['total']:.3f}" for c in cols])
     return _table(header, rows)
 
 
