@@ -13,7 +13,8 @@ quantisation, float32 and float64).
       multiplied in place by their block's c, then cast into W̃. Workspace: the gather's intp indices (8 bytes a
       byte) and that float32 chunk, at most WORKSPACE bytes whatever W's size.
   CuPy   one CUDA thread per weight (DEQUANTIZE): its byte, its nibble, v[q] · c[its block], the cast. One launch,
-      and nothing allocated but W̃.
+      and nothing allocated but W̃. Without a GPU the tests run this very source on tests/fakecupy.py, which
+      interprets it with NumPy in C's types.
 
 Letters: N = W.size, K the block size, NB = ⌈N / K⌉ blocks, P = K / 2 bytes a block, R the blocks of one chunk.
 """
@@ -41,7 +42,7 @@ DEQUANTIZE = """
     y = (T) x;                                               // then the cast to the compute dtype
 """
 DEQUANTIZE_PARAMS = ("raw uint8 packed, raw float32 values, raw float32 c, int64 block", "T y")
-_compiled = {}            # the cupy module -> its compiled DEQUANTIZE
+_compiled = {}            # the module's ElementwiseKernel class -> its compiled DEQUANTIZE
 
 
 def dequantize(packed, values, c, shape, dtype):
@@ -83,13 +84,16 @@ def dequantize_chunks(packed, pairs, c, out, chunk: int = CHUNK):
 
 
 def dequantize_kernel(xp):
-    """The compiled DEQUANTIZE on CuPy with the fused kernels on (fast/kernels.py's switch, $MINIFT_FUSED); None
-    where the chunks run instead: NumPy, CuPy with fusion off, and any array module that is not CuPy itself
-    (tests/fakecupy.py interprets kernels.py's arithmetic subset of C, not this kernel's raw arrays and bit shifts).
-    Its own kernel rather than a kernels.FusedKernel: it reads a table through raw pointers, which that subset
-    leaves out."""
-    if not (isinstance(xp, types.ModuleType) and xp.__name__ == "cupy") or not fused_enabled():
+    """The compiled DEQUANTIZE where it runs, with the fused kernels on (fast/kernels.py's switch, $MINIFT_FUSED):
+    on CuPy itself, and on an array module that declares it runs raw-array kernels (`runs_raw_kernels`:
+    tests/fakecupy.py, which interprets this source with NumPy, so that tests without a GPU check the kernel body).
+    None where the chunks run instead: NumPy, CuPy with fusion off, any other array module.
+    Its own kernel rather than a kernels.FusedKernel: it reads a table through raw pointers, which kernels.py's
+    subset leaves out."""
+    is_cupy = isinstance(xp, types.ModuleType) and xp.__name__ == "cupy"
+    if not (is_cupy or getattr(xp, "runs_raw_kernels", False)) or not fused_enabled():
         return None
-    if xp not in _compiled:
-        _compiled[xp] = xp.ElementwiseKernel(*DEQUANTIZE_PARAMS, DEQUANTIZE, "minift_dequantize_4bit")
-    return _compiled[xp]
+    make = xp.ElementwiseKernel
+    if make not in _compiled:
+        _compiled[make] = make(*DEQUANTIZE_PARAMS, DEQUANTIZE, "minift_dequantize_4bit")
+    return _compiled[make]

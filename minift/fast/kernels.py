@@ -25,7 +25,8 @@ default there; `MINIFT_FUSED=0` in the environment, or `use_fused(False)`, runs 
 measure what fusion buys (`minift bench --no-fused`) or to rule it out when debugging. MINIFT_REFERENCE=1
 (minift/dispatch.py) goes further: no twin at all, the reference ops of minift/ops.
 
-The body language (a subset of CUDA C that the fake can evaluate, enforced there):
+The body language (a subset of CUDA C that the fake can evaluate, enforced there and by tests/fast/test_kernels.py;
+the fake also reads fast/dequant.py's raw-array kernel, whose language is wider):
   - one statement per `;`: `T name = expression;`, `name = expression;`, or `const T name = number;`; inputs
     are read-only (outputs passed in by the caller are read and written);
   - expressions use + - * /, parentheses, the functions tanh, sqrt, exp, parameters and earlier names;
