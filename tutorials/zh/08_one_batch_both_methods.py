@@ -21,10 +21,10 @@
 # > ( A ) 和 ( B ),使得新的权重矩阵 ( W' ) 可以表示为 ( W' = W + AB^T )。…… 而LoRA通过引入低秩矩阵,显著减少了计算资源
 # > 的需求。
 #
-# 原文列出了三方面的区别;本教程从同一个状态出发,把情感分析任务的**同一批**数据分别送进两种方法,逐个矩阵地把这三方面都量
-# 一遍。原文有两处说得不严谨(LoRA 论文,Hu et al. 2021,arXiv 2106.09685,说法不同):LoRA 其实不微调预训练模型的*任何*参
-# 数——$W$ 始终冻结,训练的是新引入的 $A$ 和 $B$——可 LoRA 的一步却会改动有效权重 $W + \Delta W$ 的*每一个*元素;LoRA 省下的
-# 计算是反向传播中每个线性层的一次矩阵乘法,并不是样样都"显著"减少(第 7 节)。
+# 原文列出了三方面的区别;本教程从同一个状态出发,把情感分析任务的**同一批**数据分别送进两种方法,
+# 逐个矩阵地把这三方面都测一遍。原文有两处说得不严谨(LoRA 论文,Hu et al. 2021,arXiv 2106.09685,说法不同):LoRA
+# 其实不微调预训练模型的*任何*参数——$W$ 始终冻结,训练的是新引入的 $A$ 和 $B$——可 LoRA 的一步却会改动有效权重
+# $W + \Delta W$ 的*每一个*元素;LoRA 省下的计算是反向传播中每个线性层的一次矩阵乘法,并不是样样都"显著"减少(第 7 节)。
 #
 # **你将学到**
 # 1. 怎样从*一次*反向传播同时拿到完全微调的梯度 $G = \partial L/\partial W$ 和 LoRA 的 $dA$、
@@ -38,15 +38,14 @@
 # 6. 两种方法的反向传播各做哪些矩阵乘法、由形状算出的 FLOPs,以及各自更新多少参数;
 # 7. 在命令行用 `minift inspect` 读出同一张表。
 #
-# **用时:** 阅读约 40 分钟。正常模式运行 10–30 秒(float64 下 50 步 LoRA 预热训练、透镜,以及自带 20 步训练的
+# **用时:** 阅读约 40 分钟。正常模式运行 10–30 秒(float64 下 50 步 LoRA 预热训练、透镜分析(`lens`),以及自带 20 步训练的
 # `minift inspect`:实测 13 秒),快速模式(`MINIFT_FAST=1`:分别为 10 步和 2 步)约 6 秒(实测 5.8 秒);均设
-# `OPENBLAS_NUM_THREADS=1`,在与其他任务共用的 2 个 CPU 核上测得。快速模式只是冒烟测试,而且看的是另一批数据,所以它的数字
-# 与正文描述的正常模式不同。
+# `OPENBLAS_NUM_THREADS=1`,在与其他任务共用的 2 个 CPU 核上测得。快速模式只是冒烟测试,而且看的是另一批数据,
+# 所以它的数字与正文描述的正常模式不同。
 #
-# **前置:** 教程 02(线性层的反向计算;[中文版](02_backprop_by_hand.py))、05(任务与分类
-# 头;[中文版](05_finetuning_basics.py))、07(LoRA 的记号、$s = \alpha/r$、`lora_forward` /
-# `lora_backward`;[中文版](07_lora_from_scratch.py))。核心课程的[核心 04](../core/zh/04_one_batch_both_methods.py)是本篇
-# 的精简版。
+# **前置:** 教程 02(线性层的反向计算;[中文版](02_backprop_by_hand.py))、05(任务与分类头;
+# [中文版](05_finetuning_basics.py))、07(LoRA 的记号、$s = \alpha/r$、`lora_forward` / `lora_backward`;
+# [中文版](07_lora_from_scratch.py))。核心课程的[核心 04](../core/zh/04_one_batch_both_methods.py)是本篇的精简版。
 # 英文原版:[08_one_batch_both_methods.py](../08_one_batch_both_methods.py)。
 
 # %%
@@ -73,26 +72,26 @@ SMOKE = "(fast mode: a smoke run; these numbers are not findings)"
 print("fast mode " + SMOKE if FAST else "normal mode")
 base, tok = load_base(dtype="float64")                  # float64:下面的恒等式因此精确到 ~1e-15
 train_split, _, _ = load_task_splits("sentiment")
-lcfg = LoRAConfig(r=8, alpha=64, targets="all-linear")   # s = α/r = 8,一个学习率管全部(教程 07 第 6 节)
+lcfg = LoRAConfig(r=8, alpha=64, targets="all-linear")   # s = α/r = 8,全部参数共用一个学习率(教程 07 第 6 节)
 ETA = 1e-2                                               # 我们考察的普通 SGD 一步的 η(透镜的默认值)
 
 # %% [markdown]
 # ## 1. 一次反向传播,两种梯度
 #
-# 取随附的基座模型,加上教程 05 的分类头,挂上 LoRA($r = 8$,$\alpha = 64$,挂在 4 个块的全部四个线性层上,共 16 个被适配的矩
-# 阵;$s = 8$ 时适配器和分类头可以共用一个学习率,见教程 07 第 6 节),再用 AdamW 训几步,让 $B \ne 0$($B = 0$ 时,下面有一半
-# 的量都平凡地为零;第 3 节会专门看这种情形)。然后取训练数据的**下一批**,对每个被适配的 $W$ 问:完全微调在这里会用什么梯
-# 度?LoRA 的 $A$ 和 $B$ 又各自拿到什么?
+# 取随附的基座模型,加上教程 05 的分类头,挂上 LoRA($r = 8$,$\alpha = 64$,挂在 4 个块的全部四个线性层上,
+# 共 16 个被适配的矩阵;$s = 8$ 时适配器和分类头可以共用一个学习率,见教程 07 第 6 节),再用 AdamW 训几步,让
+# $B \ne 0$($B = 0$ 时,下面有一半的量都平凡地为零;第 3 节会专门看这种情形)。然后取训练数据的**下一批**,对每个被适配的
+# $W$ 问:完全微调在这里会用什么梯度?LoRA 的 $A$ 和 $B$ 又各自拿到什么?
 #
-# 带适配器的线性层用有效权重 $W_\text{eff} = W + s\,A^\top B^\top$ 计算(minift 的 $[\text{in}, \text{out}]$ 布局,教
-# 程 07)。损失只通过 $W_\text{eff}$ 依赖 $W$,而 $\partial W_\text{eff}/\partial W$ 是恒等映射,所以
+# 带适配器的线性层用有效权重 $W_\text{eff} = W + s\,A^\top B^\top$ 计算(minift 的 $[\text{in}, \text{out}]$ 布局,
+# 教程 07)。损失只通过 $W_\text{eff}$ 依赖 $W$,而 $\partial W_\text{eff}/\partial W$ 是恒等映射,所以
 #
 # $$G \;=\; \frac{\partial L}{\partial W} \;=\; \frac{\partial L}{\partial W_\text{eff}} \;=\; x^\top dy
 # \quad [I, O],$$
 #
-# 其中 $x$ $[N, I]$ 是线性层的输入,$dy$ $[N, O]$ 是其输出在本批 $N$ 个 token 位置上的梯度(16 条评论 × $T$ 个 token,含填
-# 充):这正是对合并后的模型做完全微调时会算出的梯度。`full_and_lora_grads` 在一次反向传播中临时解冻 $W$,于是被适配的线性
-# 层在 $dA$、$dB$ 之外还交出 $dW = G$——来自同一个 $dy$。**布局:** $G$ 采用 GPT-2 的 Conv1D 布局
+# 其中 $x$ $[N, I]$ 是线性层的输入,$dy$ $[N, O]$ 是其输出在本批 $N$ 个 token 位置上的梯度(16 条评论 × $T$ 个 token,
+# 含填充):这正是对合并后的模型做完全微调时会算出的梯度。`full_and_lora_grads` 在一次反向传播中临时解冻 $W$,
+# 于是被适配的线性层在 $dA$、$dB$ 之外还交出 $dW = G$——来自同一个 $dy$。**布局:** $G$ 采用 GPT-2 的 Conv1D 布局
 # $[\text{in}, \text{out}]$($y = xW + b$),与 `model.params` 一致;PEFT 和 PyTorch `nn.Linear` 的布局
 # $[\text{out}, \text{in}]$ 存的是 $G^\top$。
 
@@ -117,13 +116,13 @@ print(f"{m0}: W {model.params[m0 + '.weight'].shape} [in, out]; G {grads[m0 + '.
       f"dA {grads[m0 + '.lora_A.weight'].shape} [r, in], dB {grads[m0 + '.lora_B.weight'].shape} [out, r]")
 
 # %% [markdown]
-# 预热训练打印的损失是单个批次上的值,噪声很大;这里只需要 $B$ 动起来。
+# 预热训练打印的损失是单个批次上的值,噪声很大;这里要的只是 $B$ 已经动过。
 #
-# **检验。** (a) $G$ 就是完全微调的梯度:把 $W_\text{eff}$ 写进模型的一个普通副本(即 `lora.merge()` 的结果),不冻结任何参
-# 数,单独做一次完全微调的反向传播,得到的 $dW$ 与 $G$ 相同——相对误差在 $10^{-9}$ 以内,因为那次前向传播是先把
+# **检验。** (a) $G$ 就是完全微调的梯度:把 $W_\text{eff}$ 写进模型的一个普通副本(即 `lora.merge()` 的结果),
+# 不冻结任何参数,单独做一次完全微调的反向传播,得到的 $dW$ 与 $G$ 相同——相对误差在 $10^{-9}$ 以内,因为那次前向传播是先把
 # $W + \Delta W$ 加好,而不是在 $xW$ 上再加旁路(舍入误差 ~$10^{-13}$)。(b) 由记录下的激活值(`activations`、
-# `gradient_from_record`)重建 $G = x^\top dy$,吻合到 $10^{-12}$。(c) 普通的 LoRA 前向、反向传播(`loss_and_grads`,$W$ 冻
-# 结)给出逐位相同的 $dA$ 和 $dB$,而任何被适配的 $W$ 都**没有**梯度:它的 $x^\top dy$ 根本没算。
+# `gradient_from_record`)重建 $G = x^\top dy$,吻合到 $10^{-12}$。(c) 普通的 LoRA 前向、反向传播(`loss_and_grads`,$W$
+# 冻结)给出逐位相同的 $dA$ 和 $dB$,而任何被适配的 $W$ 都**没有**梯度:它的 $x^\top dy$ 根本没有算。
 
 # %%
 full = model.to()                                        # 普通副本:基座参数、分类头,不挂适配器
@@ -183,11 +182,11 @@ print(format_module(report, m0).split("  singular values")[0])
 
 # %% [markdown]
 # 上面的详情(`format_module`,即 `minift inspect --module h.0.attn.c_attn` 打印的内容)先给出 $G$ 的左上角,再把 $dA$ 和
-# $s\,B^\top G^\top$、$dB$ 和 $s\,G^\top A^\top$ 上下对照:数字一位不差。它打印的数值秩和有效秩表明,$G$ 是满秩的(128 个奇
-# 异值全不为零),但奇异值下降得很快:有效秩只是满秩的一小部分(第 6 节)。
+# $s\,B^\top G^\top$、$dB$ 和 $s\,G^\top A^\top$ 上下对照:数字一位不差。它打印的数值秩和有效秩表明,$G$
+# 是满秩的(数值秩达到上限 128),但奇异值下降得很快:有效秩只是满秩的一小部分(第 6 节)。
 #
-# **检验。** 两个恒等式在每个矩阵中的相对误差都小于 $10^{-13}$(float64 下它们只是把同一次反向传播里的乘积换了个顺序,舍入
-# 误差 ~$10^{-15}$),在 PEFT 的布局下也一样。同一个模型、同样的因子换成 float32,误差是 ~$10^{-6}$(float32 的舍入误差
+# **检验。** 两个恒等式在每个矩阵中的相对误差都小于 $10^{-13}$(float64 下它们只是把同一次反向传播里的乘积换了个顺序,
+# 舍入误差 ~$10^{-15}$),在 PEFT 的布局下也一样。同一个模型、同样的因子换成 float32,误差是 ~$10^{-6}$(float32 的舍入误差
 # $\epsilon = 1.2\times 10^{-7}$,在几百项的求和中累积;检验要求它介于 $10^{-9}$ 与 $10^{-5}$ 之间)——这就是本教程用
 # float64 的原因(下面是一个 $A$、$B$ 相同的 float32 副本)。另外,`h.0.attn.c_attn` 的 $G$ 满秩,有效秩却不到一半。
 
@@ -214,11 +213,11 @@ assert report.row(m0).g_rank == 128 and report.row(m0).g_erank < 64
 # \Delta W_\text{step} = s\,A^\top(-\eta\, dB)^\top = -\eta\, s^2 A^\top A\, G .$$
 #
 # 第一步恰好是一阶的($dA = 0$ 时没有 $\eta^2\,dA^\top dB^\top$ 项),它就是透过 $A^\top A$ 看到的完全微调那一步 $-\eta G$:
-# 只有落在 $A$ 的 $r$ 维行空间里的那部分 $G$ 留了下来。$A$ 是随机的(Kaiming 均匀分布),所以它的行空间是 $I$ 维输入空间中
-# 一个随机的 $r$ 维子空间,应当装下 $\lVert G\rVert^2$ 的约 $r/I$(随机子空间没有偏好的方向,所以投影矩阵的期望是
-# $\mathbb E[P] = \tfrac{r}{I}\,\mathbb 1$,于是 $\mathbb E\lVert PG\rVert^2 = \tfrac{r}{I}\lVert G\rVert^2$),即份额
-# $\lVert P_\text{in} G\rVert / \lVert G\rVert \approx \sqrt{r/I}$——多数矩阵是 $\sqrt{8/128} = 0.25$,`mlp.c_proj` 是
-# $\sqrt{8/512} = 0.125$。
+# 只有落在 $A$ 的 $r$ 维行空间里的那部分 $G$ 留了下来。$A$ 是随机的(Kaiming 均匀分布),所以它的行空间是 $I$
+# 维输入空间中一个随机的 $r$ 维子空间,应当装下 $\lVert G\rVert^2$ 的约 $r/I$(随机子空间没有偏好的方向,
+# 所以投影矩阵的期望是 $\mathbb E[P] = \tfrac{r}{I}\,\mathbb 1$,于是 $\mathbb E\lVert PG\rVert^2 = \tfrac{r}{I}\lVert
+# G\rVert^2$),即份额 $\lVert P_\text{in} G\rVert / \lVert G\rVert \approx \sqrt{r/I}$——多数矩阵是 $\sqrt{8/128} = 0.25$,
+# `mlp.c_proj` 是 $\sqrt{8/512} = 0.125$。
 
 # %%
 model0 = plain.to()
@@ -235,16 +234,17 @@ for row in report0.rows:
 # %% [markdown]
 # `tangent` 是 $A$、$B$ 的任意微小变化所能触及的 $G$ 的份额(第 6 节);初始化时只有 $B$ 能动,所以它等于
 # $\lVert P_\text{in} G\rVert/\lVert G\rVert$,与随机子空间的估计 $\sqrt{r/I}$ 接近。`cos` 是
-# $\cos(\Delta W_\text{step}, -G)$,和 tangent 差不多,因为 $A^\top A$ 在它的行空间上的作用大致相当于单位矩阵的一个倍数(宽
-# 随机矩阵的奇异值铺满 Marchenko–Pastur 区间 $\propto 1 \pm \sqrt{r/I}$,这里是 $1 \pm 0.25$:随机的 $8\times 128$ 矩阵
-# $A$,最大奇异值至多约为最小的 $1.25/0.75 \approx 1.7$ 倍,所以 $A^\top A$ 在行空间上的特征值彼此相差不超过约
-# $2.8\times$——"大致"就是这个意思)。所以 LoRA 的第一步大约只跟随了完全微调方向的四分之一(`mlp.c_proj` 是八分之
-# 一,$I = 512$),与数据说了什么无关——对照上面打印的 `cos` 和 `√(r/I)` 两列:跟随的是哪个四分之一,由随机的 $A$ 决定。
+# $\cos(\Delta W_\text{step}, -G)$,和 tangent 差不多,因为 $A^\top A$
+# 在它的行空间上的作用大致相当于单位矩阵的一个倍数(宽随机矩阵的奇异值铺满 Marchenko–Pastur 区间
+# $\propto 1 \pm \sqrt{r/I}$,这里是 $1 \pm 0.25$:随机的 $8\times 128$ 矩阵 $A$,最大奇异值至多约为最小的
+# $1.25/0.75 \approx 1.7$ 倍,所以 $A^\top A$ 在行空间上的特征值彼此相差不超过约 $2.8\times$——"大致"就是这个意思)。所以
+# LoRA 的第一步大约只跟随了完全微调方向的四分之一(`mlp.c_proj` 是八分之一,$I = 512$),不管数据如何——对照上面打印的 `cos`
+# 和 `√(r/I)` 两列:跟随的是哪个四分之一,由随机的 $A$ 决定。
 #
-# **检验。** 每个 $dA$ 都恰好为零(不只是很小),每个 $dB$ 都不为零;精确的一步等于一阶的一步,与 $-\eta s^2 A^\top A G$ 的误
-# 差在 $10^{-12}$ 以内;span 份额为 0($\Delta W = 0$,还什么都没张成);tangent 份额的表现符合随机子空间的预期:每个都在
-# $\sqrt{r/I}$ 的 2.5 倍范围内(一批数据的 $G$ 由少数几个方向主导,随机的 $r$ 维子空间能接住多少会有起伏:对秩为 1 的
-# $G$,$\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2$ 是 $\chi^2_r$ 变量除以 $I$,相对离散度为 $\sqrt{2/r} = 0.5$),并且
+# **检验。** 每个 $dA$ 都恰好为零(不只是很小),每个 $dB$ 都不为零;精确的一步等于一阶的一步,与 $-\eta s^2 A^\top A G$
+# 的误差在 $10^{-12}$ 以内;span 份额为 0($\Delta W = 0$,还什么都没张成);tangent 份额的表现符合随机子空间的预期:每个都在
+# $\sqrt{r/I}$ 的 2.5 倍范围内(一批数据的 $G$ 由少数几个方向主导,随机的 $r$ 维子空间能接住多少会有起伏:对秩为 1 的 $G$,
+# $\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2$ 是 $\chi^2_r$ 变量除以 $I$,相对离散度为 $\sqrt{2/r} = 0.5$),并且
 # $\lVert P_\text{in}G\rVert^2/\lVert G\rVert^2 \div (r/I)$ 在 16 个矩阵上的平均值介于 0.6 与 1.4 之间。
 
 # %%
@@ -265,7 +265,7 @@ assert report0.at_init and not report.at_init
 # %% [markdown]
 # ## 4. 对 $A$ 和 $B$ 走一步 SGD,$W$ 怎样变
 #
-# 完全微调对 $W$ 的 SGD 一步是 $-\eta G$。LoRA 的一步是 $A_+ = A - \eta\,dA$、$B_+ = B - \eta\,dB$,有效权重随之变化
+# 完全微调对 $W$ 的 SGD 一步是 $-\eta G$。LoRA 的一步是 $A_+ = A - \eta\,dA$、$B_+ = B - \eta\,dB$,有效权重的变化为
 #
 # $$\Delta W_\text{step} = s\,(A_+^\top B_+^\top - A^\top B^\top)
 # = \underbrace{-\eta\, s\,(dA^\top B^\top + A^\top dB^\top)}_{\Delta W_1\ \text{(一阶)}}
@@ -276,11 +276,11 @@ assert report0.at_init and not report.at_init
 #
 # $$\Delta W_1 = -\eta\, s^2\,(A^\top A\, G + G\, B B^\top):$$
 #
-# 即完全微调的梯度左右各乘一个半正定矩阵:输入侧乘 $A^\top A$,输出侧乘 $BB^\top$。它的秩至多为 $2r$(精确的一步也一样:它是
-# 两个秩为 $r$ 的乘积之差),可它是个稠密矩阵——$W_\text{eff}$ 的每个元素都在变。
+# 即完全微调的梯度左右各乘一个半正定矩阵:输入侧乘 $A^\top A$,输出侧乘 $BB^\top$。它的秩至多为 $2r$(精确的一步也一样:
+# 它是两个秩为 $r$ 的乘积之差),可它是个稠密矩阵——$W_\text{eff}$ 的每个元素都在变。
 #
-# `lens` 用 `lora_step` 算出这两种一步。我们还真的走一步:用 `minift.optim.SGD` 更新适配器参数,再重新读取
-# `lora.effective_weights()`。
+# `lens` 用 `lora_step` 算出精确的一步和一阶近似的一步。我们还会实际走一步:用 `minift.optim.SGD` 更新适配器参数,
+# 再重新读取 `lora.effective_weights()`。
 
 # %%
 t = report.tensors[m0]
@@ -305,10 +305,10 @@ print(f"  rank of ΔW_step: {np.linalg.matrix_rank(exact)} (≤ 2r = {2 * r}); e
 print("  ‖ΔW_step‖/‖ηG‖ over the 16 matrices: " + " ".join(f"{row.step_ratio:.1f}" for row in report.rows))
 
 # %% [markdown]
-# 上面打印的数字说明:同样的 $\eta$ 下,LoRA 的一步比完全微调的*长*好几倍,每个矩阵都是如此。$\Delta W_1$ 是 $G$ 乘上
-# $s^2 A^\top A$ 和 $s^2 BB^\top$;$s^2 = 64$ 时,这两个映射把保留下来的那部分 $G$ 拉长的幅度,超过了丢掉其余部分所少掉的长
-# 度。(这也是 LoRA 要有自己的学习率和缩放系数的原因之一:教程 07 第 6 节。)在这个 $\eta$ 下,二阶项远不到这一步的
-# 1%,$\eta$ 减半,它就缩小为四分之一。这一步的秩为 $2r = 16$,改动了全部 $128 \times 384 = 49{,}152$ 个元素。
+# 看上面打印的数字:同样的 $\eta$ 下,LoRA 的一步比完全微调的*长*好几倍,每个矩阵都是如此。$\Delta W_1$ 是 $G$ 乘上
+# $s^2 A^\top A$ 和 $s^2 BB^\top$;$s^2 = 64$ 时,这两个映射对保留下来的那部分 $G$ 的放大,超过了丢掉其余部分造成的缩短。
+# (这也是 LoRA 要有自己的学习率和缩放系数的原因之一:教程 07 第 6 节。)在这个 $\eta$ 下,二阶项远不到这一步的 1%,$\eta$
+# 减半,它就缩小为四分之一。这一步的秩为 $2r = 16$,改动了全部 $128 \times 384 = 49{,}152$ 个元素。
 #
 # **检验。** (a) 在每个矩阵中,真实的 SGD 一步让 $W_\text{eff}$ 改变了 `delta_exact`,相对误差在 $10^{-12}$ 以内;(b)
 # $\Delta W_1 = -\eta s^2 (A^\top A G + G BB^\top)$,误差在 $10^{-12}$ 以内;(c) 精确值减一阶近似
@@ -339,10 +339,10 @@ assert all(row.step_ratio > 2 for row in report.rows) and row0.second_order_gap 
 # \qquad \cos(\Delta W_1, -G) = \frac{\eta s^2 (\lVert AG\rVert^2 + \lVert GB\rVert^2)}
 # {\lVert \Delta W_1\rVert\,\lVert G\rVert} \;\ge\; 0 .$$
 #
-# 所以用普通 SGD 时,LoRA 的一步在这批数据上(一阶意义下)永远不会往上坡走(精确的一步还要加上 $\eta^2$ 项,Adam 则会逐个坐标
-# 重新缩放),但它跟随完全微调方向的程度,只有余弦说的那么多(完全微调自己的余弦是 1)。我们拿这个预测去对照两种方法各走一步
-# 之后的真实损失:两边都只更新被适配的矩阵(分类头都不动,所以只比较更新中 $W$ 的那一份),并取更小的 $\eta$,让一阶近似足够准
-# 确。
+# 所以用普通 SGD 时,LoRA 的一步在这批数据上(一阶意义下)永远不会往上坡走(精确的一步还要加上 $\eta^2$ 项,Adam
+# 则会逐个坐标重新缩放),但它跟随完全微调方向的程度,只有余弦说的那么多(完全微调自己的余弦是 1)。
+# 我们拿这个预测去对照两种方法各走一步之后的真实损失:两边都只更新被适配的矩阵(分类头都不动,所以只比较更新中 $W$
+# 的那一份),并取更小的 $\eta$,让一阶近似足够准确。
 
 # %%
 cos_hand = {}
@@ -375,15 +375,15 @@ print(f"LoRA's step lowered this batch's loss {actual['lora'] / actual['full']:.
       "fine-tuning's, at the same η")
 
 # %% [markdown]
-# 读上面打印的余弦:LoRA 的一步跟随完全微调的下降方向,余弦在每个矩阵上、在 16 个矩阵合起来看时都远低于 1——却又远高于随机
-# 水平(在 $128\times 384$ 的矩阵空间里,两个随机方向的 $|\cos| \approx 1/\sqrt{49152} \approx 0.005$)。它照样降低了损失,
-# 而且在同样的 $\eta$ 下,每步的降幅与完全微调同一个量级(上面最后一行:比值取决于批次,快速模式的批次给出的是另一个值),因为
-# 它的一步要长好几倍(第 4 节)。所以比较方向要看余弦,而不是看同样 $\eta$ 下的损失降幅:后者取决于 $s$,也取决于每种方法各自
-# 怎样调 $\eta$。
+# 读上面打印的余弦:LoRA 的一步跟随完全微调的下降方向,余弦在每个矩阵上、在 16 个矩阵合起来看时都远低于 1——
+# 却又远高于随机水平(在 $128\times 384$ 的矩阵空间里,两个随机方向的 $|\cos| \approx 1/\sqrt{49152} \approx 0.005$)。
+# 它照样降低了损失,而且在同样的 $\eta$ 下,每步的降幅与完全微调同一个量级(上面最后一行:比值取决于批次,
+# 快速模式的批次给出的是另一个值),因为它的一步要长好几倍(第 4 节)。所以比较方向要看余弦,而不是看同样 $\eta$
+# 下的损失降幅:后者取决于 $s$,也取决于每种方法各自怎样调 $\eta$。
 #
-# **检验。** 透镜给出的余弦与公式相差不超过 $10^{-10}$;每个余弦都 $\ge 0$ 且小于 1;在 $\eta = 10^{-2}$ 下,一阶余弦与精确
-# 余弦相差不到 0.01;在 $\eta = 10^{-3}$ 下,两次实测的损失变化都为负,且与各自的一阶预测相差不到 5%。正常模式下,每个余弦都
-# 在 0.1 与 0.5 之间(至少是随机水平的 20 倍),LoRA 的损失降幅与完全微调的相差在 3 倍以内。
+# **检验。** 透镜给出的余弦与公式相差不超过 $10^{-10}$;每个余弦都 $\ge 0$ 且小于 1;在 $\eta = 10^{-2}$ 下,
+# 一阶余弦与精确余弦相差不到 0.01;在 $\eta = 10^{-3}$ 下,两次实测的损失变化都为负,且与各自的一阶预测相差不到 5%。
+# 正常模式下,每个余弦都在 0.1 与 0.5 之间(至少是随机水平的 20 倍),LoRA 的损失降幅与完全微调的相差在 3 倍以内。
 
 # %%
 for row in report.rows:
@@ -407,11 +407,11 @@ if not FAST:                                             # 这些范围对正常
 # \text{best-}k = \frac{\lVert G_k\rVert}{\lVert G\rVert} = \sqrt{\frac{\sum_{i\le k}\sigma_i^2}
 # {\sum_i \sigma_i^2}} .$$
 #
-# *span*:$G$ 落在 $\Delta W = s A^\top B^\top$ 当前所在的那对子空间里的部分。*tangent*:$A$ 和 $B$ 的任意微小变化所能触及
-# 的部分($\Delta W_1$ 就在其中,所以 $\cos \le$ tangent)。*best-$k$*:设 $G = U\Sigma V^\top$,$G_k$ 是它截断到前 $k$ 个奇
-# 异值的结果,Eckart–Young 定理说没有哪个秩为 $k$ 的矩阵比 $G_k$ 更接近 $G$,因此没有哪一对 $r$ 维子空间能装下多于
-# best-$r$ 的 $G$:$P_\text{in} G P_\text{out}$ 的秩 $\le r$,又是 $G$ 的正交投影,由勾股定理 $\lVert
-# P_\text{in}GP_\text{out}\rVert^2 = \lVert G\rVert^2 - \lVert G - P_\text{in}GP_\text{out}\rVert^2 \le \lVert
+# *span*:$G$ 落在 $\Delta W = s A^\top B^\top$ 当前所在的那对子空间里的部分。*tangent*:$A$ 和 $B$
+# 的任意微小变化所能触及的部分($\Delta W_1$ 就在其中,所以 $\cos \le$ tangent)。*best-$k$*:设 $G = U\Sigma V^\top$,$G_k$
+# 是它截断到前 $k$ 个奇异值的结果,Eckart–Young 定理说没有哪个秩为 $k$ 的矩阵比 $G_k$ 更接近 $G$,因此没有哪一对 $r$
+# 维子空间能装下多于 best-$r$ 的 $G$:$P_\text{in} G P_\text{out}$ 的秩 $\le r$,又是 $G$ 的正交投影,由勾股定理
+# $\lVert P_\text{in}GP_\text{out}\rVert^2 = \lVert G\rVert^2 - \lVert G - P_\text{in}GP_\text{out}\rVert^2 \le \lVert
 # G\rVert^2 - \lVert G - G_r\rVert^2 = \lVert G_r\rVert^2$(span $\le$ best-$r$;切空间里的矩阵秩 $\le 2r$,所以 tangent
 # $\le$ best-$2r$)。完全微调则完全不受限制:它的份额是 1。
 
@@ -441,14 +441,14 @@ print(f"{'all matrices':<18} {'':>6} {'':>5} {o['cos_first']:>6.3f} {o['share_sp
 # %% [markdown]
 # 各列说明了什么(范围取自正常模式,下面会检验):
 #
-# - **best-$r$ 处处高于 0.9**:一批数据的 $G$ 由少数几个方向主导(有效秩 `erank` 从约 1 到几十不等,满秩为
-#   128;$\operatorname{erank} = \exp(-\sum_i p_i \ln p_i)$,其中 $p_i = \sigma_i/\sum_l \sigma_l$,见 Roy & Vetterli),所以
-#   秩为 8 的更新*本可以*装下它的几乎全部。有些矩阵恰好是低秩的:块 3 的 `attn.c_proj`、`mlp.c_fc` 和 `mlp.c_proj` 的
-#   `rank`(数值秩)是 16,因为 $G = x^\top dy = \sum_n x_n^\top dy_n$ 是每个 token 位置一个外积之和,而在最后一个块里,只有
-#   分类头读取的那 16 个位置(每条评论一个)得到梯度(块 3 的 `attn.c_attn` 则满秩:之前每个位置的 key 和 value 都会流向这
-#   16 个位置)。其余块的 `c_proj` 是 127 而不是 128:它们的输出汇入残差流,而残差流的梯度要经过 LayerNorm 的反向计算,后者
-#   会减去每一行的均值(LayerNorm 对输入的整体平移不敏感,$\mathrm{LN}(x + c\mathbf 1) = \mathrm{LN}(x)$,所以它的 $dx$ 与
-#   $\mathbf 1$ 正交)——于是 $G\,\mathbf 1 = 0$。
+# - **best-$r$ 处处高于 0.9**:一批数据的 $G$ 由少数几个方向主导(有效秩 `erank` 从约 1 到几十不等,满秩为 128;
+#   $\operatorname{erank} = \exp(-\sum_i p_i \ln p_i)$,其中 $p_i = \sigma_i/\sum_l \sigma_l$,见 Roy & Vetterli),
+#   所以秩为 8 的更新*本可以*装下它的几乎全部。有些矩阵恰好是低秩的:块 3 的 `attn.c_proj`、`mlp.c_fc` 和 `mlp.c_proj` 的
+#   `rank`(数值秩)是 16,因为 $G = x^\top dy = \sum_n x_n^\top dy_n$ 是每个 token 位置一个外积之和,而在最后一个块里,
+#   只有分类头读取的那 16 个位置(每条评论一个)得到梯度(块 3 的 `attn.c_attn` 则满秩:之前每个位置的 key 和 value
+#   都会流向这 16 个位置)。其余块的 `c_proj` 是 127 而不是 128:它们的输出汇入残差流,而残差流的梯度要经过 LayerNorm
+#   的反向计算,后者会减去每一行的均值(LayerNorm 对输入的整体平移不敏感,$\mathrm{LN}(x + c\mathbf 1) = \mathrm{LN}(x)$,
+#   所以它的 $dx$ 与 $\mathbf 1$ 正交)——于是 $G\,\mathbf 1 = 0$。
 # - **span 处处低于 0.3**:LoRA 经过几步预热真正建起来的子空间,装不下多少*这一批*的梯度。**tangent** 从约四分之一到 0.8:
 #   一步 LoRA 能触及的部分——比 span 多,因为两个因子都能转动。**cos** 在 tangent 之下,这是必然的。
 # - 所以"模型性能"上的差别从这里开始:完全微调沿着 $G$ 本身走;LoRA 沿着 $G$ 在 $2r$ 个方向上的投影走,而这些方向是由 $A$
@@ -483,11 +483,11 @@ show(fig, "08_shares")
 
 # %% [markdown]
 # **检验。** 上面用显式基(`np.linalg.qr`、`np.linalg.svd`)算出的份额与透镜给出的相差不超过 $10^{-10}$;每个矩阵中都有
-# $0 \le \cos \le$ tangent $\le$ best-$2r$ 和 span $\le$ best-$r$(容差 $10^{-12}$);块 3 的两个 `c_proj` 和 `c_fc` 的数值
-# 秩 $\le$ 16(批量大小),每个 `c_proj` 的 $\lVert G\,\mathbf 1\rVert$ 只有 $\lVert G\rVert$ 的 ~$10^{-15}$(块 0–2 的
-# `c_proj` 的秩恰好是 127);LoRA 那一步在第 $2r$ 个之后,没有一个奇异值超过其最大奇异值的 $10^{-12}$。正常模式下,还检验上
-# 面列表中的范围:best-$r$ > 0.9,span < 0.3,tangent 介于 0.2 与 0.85 之间,erank 介于 1 与 40 之间;所有矩阵合起来
-# 看,best-$r$ > 0.9 且 cos < 0.5。
+# $0 \le \cos \le$ tangent $\le$ best-$2r$ 和 span $\le$ best-$r$(容差 $10^{-12}$);块 3 的两个 `c_proj` 和 `c_fc`
+# 的数值秩 $\le$ 16(批量大小),每个 `c_proj` 的 $\lVert G\,\mathbf 1\rVert$ 只有 $\lVert G\rVert$ 的
+# ~$10^{-15}$(块 0–2 的 `c_proj` 的秩恰好是 127);LoRA 那一步在第 $2r$ 个之后,没有一个奇异值超过其最大奇异值的
+# $10^{-12}$。正常模式下,还检验上面列表中的范围:best-$r$ > 0.9,span < 0.3,tangent 介于 0.2 与 0.85 之间,erank
+# 介于 1 与 40 之间;所有矩阵合起来看,best-$r$ > 0.9 且 cos < 0.5。
 
 # %%
 eps = 1e-12
@@ -522,8 +522,8 @@ if not FAST:                                             # 正文引用的范围
 # | 合计 | $6NIO$ | $4NIO + 6NR(I+O)$ |
 #
 # 冻结的 $W$ 照样要做前向传播和 $dx$;LoRA 省掉的是权重梯度 $x^\top dy$——三次大矩阵乘法中的一次,也就是第 1 节
-# `full_and_lora_grads` 重新打开的那一次——同时要为适配器付出 $6NR(I+O)$。注意力里的 $QK^\top$ 和 $\text{att}\,V$ 两次矩
-# 阵乘法(及其反向)在两种方法中完全一样。
+# `full_and_lora_grads` 重新打开的那一次——同时要为适配器付出 $6NR(I+O)$。注意力里的 $QK^\top$ 和 $\text{att}\,V$
+# 两次矩阵乘法(及其反向)在两种方法中完全一样。
 
 # %%
 rows_flops = []
@@ -544,15 +544,16 @@ print(f"minift.measure.bench.count_flops: linear {bench_full['linear'] / 1e6:.0f
       f"{bench_lora['linear'] / 1e6:.0f} + adapters {bench_lora['lora'] / 1e6:.0f} (LoRA) MFLOP")
 
 # %% [markdown]
-# 所以在线性层的矩阵乘法上,LoRA 最多只能省 $1/3$(即 $x^\top dy$ 那一份),还要扣掉适配器的 $6NR(I+O)$:在这个宽度为 128 的
-# 模型上取 $r = 8$,线性层的计算量是完全微调的 $(4\cdot 12C^2 + 6r\cdot 16C)/(6 \cdot 12C^2) = 75\%$(见上面的打印;$N$ 约
-# 掉了),整步的矩阵乘法占比还要略高一点。原文说"显著减少了计算资源的需求",这在大规模下对内存比对 FLOPs 更成立——$W$ 既没有
-# 梯度,也没有优化器状态:LoRA 论文中 GPT-3 175B 的训练显存从 1.2 TB 降到 350 GB;而在 FLOPs 上,论文实测的吞吐量提升是
-# 25%(论文 §4.2)。教程 09 在本项目里实测时间和内存:在这个规模上,LoRA 的一步只短约 10–30%(README、教程 09)。
-# (`count_flops` 还会计入语言模型头;这个模型换成了小小的分类头,所以只用它的 `linear`、`lora` 和 `attention` 三部分。)
+# 所以在线性层的矩阵乘法上,LoRA 最多只能省 $1/3$(即 $x^\top dy$ 那一份),还要扣掉适配器的 $6NR(I+O)$:
+# 在这个宽度为 128 的模型上取 $r = 8$,线性层的计算量是完全微调的 $(4\cdot 12C^2 + 6r\cdot 16C)/(6 \cdot 12C^2) =
+# 75\%$(见上面打印的结果;$N$ 约掉了),整步的矩阵乘法占比还要略高一点。原文说"显著减少了计算资源的需求",在大规模下,
+# 这句话用在内存上比用在 FLOPs 上更贴切:$W$ 既没有梯度,也没有优化器状态,LoRA 论文中 GPT-3 175B 的训练显存从 1.2 TB
+# 降到 350 GB;而在 FLOPs 上,论文实测的吞吐量提升为 25%(论文 §4.2)。教程 09 在本项目里实测时间和内存:在这个规模上,LoRA
+# 每步只快约 10–30%(README、教程 09)。(`count_flops` 还会计入语言模型头;这个模型换成了小小的分类头,所以只用它的
+# `linear`、`lora` 和 `attention` 三部分。)
 #
-# **检验。** 逐模块求和与 `count_flops` 的 `linear`、`lora` 两部分完全相等;LoRA 线性层的计算量介于完全微调的 2/3 与 1 之
-# 间:这里恰好是 75%。
+# **检验。** 逐模块求和与 `count_flops` 的 `linear`、`lora` 两部分完全相等;LoRA
+# 线性层的计算量介于完全微调的 2/3 与 1 之间:这里恰好是 75%。
 
 # %%
 assert tot_full == bench_full["linear"] and tot_lora == bench_lora["linear"] + bench_lora["lora"]
@@ -561,14 +562,14 @@ assert 2 / 3 < tot_lora / tot_full < 1 and tot_lora * 4 == tot_full * 3
 # %% [markdown]
 # ## 8. 两种方法各更新多少参数
 #
-# 完全微调更新模型的每个张量:被适配矩阵的 $\sum I\cdot O$,再加上嵌入、LayerNorm、偏置和分类头。LoRA 每个被适配的矩阵只更
-# 新 $r(I + O)$ 个数,外加分类头:
+# 完全微调更新模型的每个张量:被适配矩阵的 $\sum I\cdot O$,再加上嵌入、LayerNorm、偏置和分类头。LoRA
+# 每个被适配的矩阵只更新 $r(I + O)$ 个数,外加分类头:
 #
 # $$\frac{\#\text{LoRA}}{\#\text{完全微调}} = \frac{\sum r(I+O) + |\text{分类头}|}{|\theta|} .$$
 #
 # 有两点细节原文没有提。(1) 在一批数据上,即使是完全微调的梯度,也有些地方恰好为零:批次中没出现的 token 在 token 嵌入
-# `wte` 中对应的行,以及位置嵌入 `wpe` 中超出本批长度 $T$ 的行(教程 06 在整次训练上看过这一点)。(2) LoRA 更新的数虽少,却
-# 改动了每个被适配的 $W_\text{eff}$ 的每个元素(第 4 节),只是这个改动的秩为 $2r$。
+# `wte` 中对应的行,以及位置嵌入 `wpe` 中超出本批长度 $T$ 的行(教程 06 在整次训练上看过这一点)。(2) LoRA 更新的数虽少,
+# 却改动了每个被适配的 $W_\text{eff}$ 的每个元素(第 4 节),只是这个改动的秩为 $2r$。
 
 # %%
 n_full = sum(g.size for g in full_grads.values())
@@ -586,10 +587,10 @@ print(f"this batch: wte rows with a nonzero gradient {wte_rows} of {model.cfg.vo
       f"batch's real positions: {tokens_in_batch}); wpe rows {wpe_rows} of {model.cfg.n_ctx} (T = {T})")
 
 # %% [markdown]
-# **检验。** 完全微调的梯度覆盖全部参数;LoRA 的梯度是 $\sum r(I+O)$ 加上 256 个数的分类头,不到模型的 7%;`wte` 中梯度非零
-# 的行恰好是本批*真实*位置上出现的不同 token id,`wpe` 中梯度非零的行恰好是至少有一条评论到达的位置($\le T$)。填充位于每
-# 条评论的末尾(右填充),因果注意力让任何真实 token 都看不到它,分类头也不读它,所以填充 token 的那一行没有梯度。每个被适配
-# 的 $W_\text{eff}$ 的每个元素都动了(第 4 节的检验)。
+# **检验。** 完全微调的梯度覆盖全部参数;LoRA 的梯度是 $\sum r(I+O)$ 加上 256 个数的分类头,不到模型的 7%;`wte`
+# 中梯度非零的行恰好是本批*真实*位置上出现的不同 token id,`wpe` 中梯度非零的行恰好是至少有一条评论到达的位置($\le T$)。
+# 填充位于每条评论的末尾(右填充),因果注意力让任何真实 token 都看不到它,分类头也不读它,所以填充 token 的那一行没有梯度。
+# 每个被适配的 $W_\text{eff}$ 的每个元素都动了(第 4 节的检验)。
 
 # %%
 assert n_full == full.num_params()
@@ -602,9 +603,10 @@ assert all(np.count_nonzero(t["delta_exact"]) == t["delta_exact"].size for t in 
 # ## 9. 命令行里的同一张表:`minift inspect`
 #
 # 第 2–6 节就是 `minift inspect` 打印的内容:它加载基座模型、加上分类头、挂上 LoRA,用 AdamW 训 `--steps` 步让 $B \ne 0$,
-# 再取下一批数据,打印透镜的表——每个被适配的矩阵一行,各列就是第 2–6 节的量(`id.err`:第 2 节;`cos`:第 5
-# 节;`span`/`tangent`/`best-r`:第 6 节;`‖ΔW‖`、`/η‖G‖`:第 4 节)——加上 `--module` 时,还会打印第 2 节那样的单矩阵详情,以及
-# 第 6 节那张图里的奇异值。它的默认设置与我们不同(批量大小 8,$\alpha = 2r$,float32);这里用 $\alpha = 64$、float64 运行:
+# 再取下一批数据,打印透镜的表——每个被适配的矩阵一行,各列就是第 2–6 节的量(`id.err`:第 2 节;`cos`:第 5 节;
+# `span`/`tangent`/`best-r`:第 6 节;`‖ΔW‖`、`/η‖G‖`:第 4 节)——加上 `--module` 时,还会打印第 2 节那样的单矩阵详情,
+# 以及第 6 节那张图里的奇异值。它的默认设置与我们不同(批量大小 8,$\alpha = 2r$,float32);这里用 $\alpha = 64$、
+# float64 运行:
 #
 # ```bash
 # minift inspect --alpha 64 --dtype float64 --steps 20 --module h.3.mlp.c_proj
@@ -621,12 +623,12 @@ if FAST:
 print(text)
 
 # %% [markdown]
-# 开头几行复述透镜看的是什么(这次是 8 条评论的一批)以及 $B$ 处于什么状态;列说明解释每个数字;矩阵表的最后一行
-# `all matrices` 把 16 个矩阵当作一个长向量。在 `--module` 详情中,`h.3.mlp.c_proj` 的数值秩至多为 8——即批量大小,理由见第
-# 6 节——而 LoRA 在它上面的一步最多有 16 个非零奇异值:$A^\top A\,G$ 保留 $G$ 的输出方向,但把输入方向换成了 $A$
-# 的;$G\,BB^\top$ 保留 $G$ 的输入方向,但输出方向取自 $B$;两者的秩都至多为 $\min(r, \operatorname{rank} G)$——所以它们的和
-# 最多可达 $2 \times 8 = 16$。LoRA 的一步不是 $G$ 的一部分,而是被掰进适配器子空间的 $G$。(在 α = 64、`--train-lr` 3e-3
-# 下训练 20 步后,命令行得到的 $G$ 比我们的还要集中:看上面的 `best-r` 一列。)
+# 开头几行复述透镜看的是什么(这次是 8 条评论的一批)以及 $B$ 处于什么状态;各列的说明解释了每个数字;矩阵表的最后一行
+# `all matrices` 把 16 个矩阵当作一个长向量。在 `--module` 详情中,`h.3.mlp.c_proj` 的数值秩至多为 8——即批量大小,
+# 理由见第 6 节——而 LoRA 在它上面的一步最多有 16 个非零奇异值:$A^\top A\,G$ 保留 $G$ 的输出方向,但把输入方向换成了 $A$
+# 的;$G\,BB^\top$ 保留 $G$ 的输入方向,但输出方向取自 $B$;两者的秩都至多为 $\min(r, \operatorname{rank} G)$——
+# 所以它们的和最多可达 $2 \times 8 = 16$。LoRA 的一步不是 $G$ 的一部分,而是被扭进适配器子空间里的 $G$。(在 α = 64、
+# `--train-lr` 3e-3 下训练 20 步后,命令行得到的 $G$ 比我们的还要集中:看上面的 `best-r` 一列。)
 #
 # **检验。** 命令运行成功,报告了训练后的状态($B \ne 0$)和 16 行矩阵数据,它的 `all matrices` 一行的恒等式误差低于
 # $10^{-13}$;正常模式下,它的 `all matrices` 一行的 best-$r$ 至少为 0.99。
@@ -645,7 +647,7 @@ if not FAST:                                             # 快速模式只训 2 
 # %% [markdown]
 # ## 要点回顾
 #
-# | §4.1 的维度 | 完全微调 | LoRA(r = 8,在一批数据上实测) |
+# | §4.1 的比较维度 | 完全微调 | LoRA(r = 8,在一批数据上实测) |
 # |---|---|---|
 # | 梯度 | $G = x^\top dy$ [in, out] | $dB = s\,G^\top A^\top$、$dA = s\,B^\top G^\top$(精确到 $10^{-13}$) |
 # | 第一步 | $-\eta G$ | $B = 0$:$dA = 0$,一步为 $-\eta s^2 A^\top A G$,约为 $G$ 的 $\sqrt{r/I}$ |
@@ -659,8 +661,8 @@ if not FAST:                                             # 快速模式只训 2 
 # ## 练习
 #
 # **练习 1——预测第一步。** 初始化时($B = 0$),给定 $G$ $[I, O]$、$A$ $[R, I]$、缩放系数 $s$ 和 $\eta$,返回
-# `(dA, dB, delta)`:LoRA 的两个梯度,以及 SGD 走一步后 $W_\text{eff}$ 的变化,都用 minift 的布局。检验会在全部 16 个矩阵
-# 上,把它们与 `report0`(第 3 节初始化时的透镜结果)逐一比较。
+# `(dA, dB, delta)`:LoRA 的两个梯度,以及 SGD 走一步后 $W_\text{eff}$ 的变化,都用 minift 的布局。
+# 检验会在全部 16 个矩阵上,把它们与 `report0`(第 3 节初始化时的透镜结果)逐一比较。
 
 # %%
 def my_first_step(G, A, s, lr):
@@ -724,9 +726,9 @@ def check_best_share(answer):
 exercise("Exercise 2 (best rank-k share)", check_best_share, my_best_share, solution_best_share)
 
 # %% [markdown]
-# **练习 3——一个线性层的 FLOPs。** 返回线性层 $[I, O]$ 在 $N$ 个 token 位置上训练一步(前向加反向)的矩阵乘法
-# FLOPs,`method` 为 `"full"`($W$ 参与训练)或 `"lora"`($W$ 冻结,挂一个秩为 $R$ 的适配器)。检验会把你的结果在一个模型的所
-# 有线性层上求和,与 `minift.measure.bench.count_flops` 比较。
+# **练习 3——一个线性层的 FLOPs。** 返回线性层 $[I, O]$ 在 $N$ 个 token 位置上训练一步(前向加反向)的矩阵乘法 FLOPs,
+# `method` 为 `"full"`($W$ 参与训练)或 `"lora"`($W$ 冻结,挂一个秩为 $R$ 的适配器)。
+# 检验会把你的结果在一个模型的所有线性层上求和,与 `minift.measure.bench.count_flops` 比较。
 
 # %%
 def my_linear_flops(N, I, O, R, method):

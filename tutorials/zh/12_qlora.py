@@ -12,14 +12,13 @@
 # ---
 
 # %% [markdown]
-# # 12 · QLoRA:4 位 NormalFloat 基座上的 LoRA,以及"内存减少 80%"在哪里成立
+# # 12 · QLoRA:4 位 NormalFloat 基座上的 LoRA,以及"内存减少 80%"何时成立
 #
-# **你将看到什么。** 从正态分布的分位数算出 NF4 的 16 个取值,与 QLoRA 论文给出的表一致。把随附基座模型的一个权重矩阵存
-# 成每个权重 4.5 位(原本是 32 位),再用一张直方图说明为什么 NF4 的量化误差比 int4、FP4 小。QLoRA 的线性层与 LoRA 在反量
-# 化权重上给出完全相同的输出和梯度,而且从不计算冻结基座的梯度 $\bar W$。
-# 在情感分析任务上并排微调 LoRA 和 QLoRA:准确率、每步时间(QLoRA
-# 更慢,你会看到慢在哪里)和一步训练的内存,逐项与完全微调对照实测。最后从 demo 模型一直推算到 GPT-3 的规模:"内存减少约
-# 80%"在什么条件下成立。
+# **你将看到什么。** 从正态分布的分位数算出 NF4 的 16 个取值,与 QLoRA 论文给出的表一致。
+# 把随附基座模型的一个权重矩阵存成每个权重 4.5 位(原本是 32 位),再用一张直方图说明为什么 NF4 的量化误差比 int4、FP4 小。
+# QLoRA 的线性层与 LoRA 在反量化权重上给出完全相同的输出和梯度,而且从不计算冻结基座的梯度 $\bar W$。
+# 在情感分析任务上并排微调 LoRA 和 QLoRA:准确率、每步时间(QLoRA 更慢,你会看到慢在哪里)和一步训练的内存,
+# 逐项与完全微调对照实测。最后从 demo 模型一直推算到 GPT-3 的规模:"内存减少约 80%"在什么条件下成立。
 #
 # **原文:** §4.2 MIT论文中的实证研究分析 与 §5.1 资源消耗与时间效率:
 #
@@ -27,8 +26,9 @@
 # >
 # > 在相同的文本分类任务中,LoRA的训练时间仅为完全微调的30%,内存占用仅为20%。(§5.1)
 #
-# 原文通篇没有提到量化。教程 09 已经说明普通 LoRA 为什么很难省下 80% 的内存:冻结的基座仍以全精度存放,而激活值两种方法一
-# 样多。业界真正靠的是 QLoRA(Dettmers et al. 2023,arXiv 2305.14314):把冻结的基座存成 4 位,在上面训练 LoRA。
+# 原文通篇没有提到量化。教程 09 已经说明普通 LoRA 为什么很难省下 80% 的内存:冻结的基座仍以全精度存放,
+# 而激活值两种方法一样多。业界真正靠的是 QLoRA(Dettmers et al. 2023,arXiv 2305.14314):把冻结的基座存成 4 位,在上面训练
+# LoRA。
 #
 # **你将学到**
 #
@@ -38,11 +38,12 @@
 # 4. QLoRA 在准确率和时间上付出多少、在内存上省下多少;
 # 5. 在任意规模下判断"内存减少 80%"何时成立。
 #
-# **用时:** 阅读约 30 分钟。正常模式运行约 1 分钟(两次 600 步的微调,外加若干计时步骤;机器空闲时实测 60–68 秒,与其他任务
-# 共用时 73–106 秒),快速模式(`MINIFT_FAST=1`,冒烟测试)约 7 秒(实测 7–10 秒);`OPENBLAS_NUM_THREADS=1`,2 核 CPU。
+# **用时:** 阅读约 30 分钟。正常模式运行约 1 分钟(两次 600 步的微调,外加若干计时步骤;机器空闲时实测 60–68 秒,
+# 与其他任务共用时 73–106 秒),快速模式(`MINIFT_FAST=1`,冒烟测试)约 7 秒(实测 7–10 秒);`OPENBLAS_NUM_THREADS=1`,2 核
+# CPU。
 #
-# **前置:** [核心 03](../core/zh/03_lora_from_scratch.py)(LoRA 的前向与反向计算)和[教程 09](09_time_and_memory.py)
-# (进阶;训练内存的四项)。英文原版:[12_qlora.py](../12_qlora.py)。
+# **前置:** [核心 03](../core/zh/03_lora_from_scratch.py)(LoRA 的前向与反向计算)和
+# [教程 09](09_time_and_memory.py)(进阶;训练内存的四项)。英文原版:[12_qlora.py](../12_qlora.py)。
 
 # %%
 import time
@@ -85,16 +86,17 @@ print(base.cfg)
 # ## 1. 从分位数构造 NF4
 #
 # 4 位编码就是一张 16 个数的表,取值都在 $[-1, 1]$ 内:权重先除以所在块的最大绝对值,再存成表中最近一项的下标(0–15)。int4
-# 的取值等距分布,FP4 按 2 的幂分布。NF4(*NormalFloat*,QLoRA §3)要回答的是:如果权重服从正态分布,选哪 16 个值才能让每个值
-# 被用到的次数一样多?答案是 $\mathcal N(0, 1)$ 的分位数。记 $Q$ 为它的分位数函数($Q(p)$:有比例 $p$ 的样本落在它以下),
+# 的取值等距分布,FP4 按 2 的幂分布。NF4(*NormalFloat*,QLoRA §3)要回答的是:如果权重服从正态分布,选哪
+# 16 个值才能让每个值被用到的次数一样多?答案是 $\mathcal N(0, 1)$ 的分位数。记 $Q$ 为它的分位数函数($Q(p)$:有比例 $p$
+# 的样本落在它以下),
 #
 # $$v^+_i = Q(p_i),\ \ p_i\text{:从 } \delta \text{ 等距降到 } \tfrac12 \text{ 的 9 个概率};\qquad
 #   v^-_j = -Q(p'_j),\ \ p'_j\text{:同样的 8 个概率};\qquad \text{最后全部除以 } Q(\delta).$$
 #
 # 为什么要分成两半?16 个对称的分位数里没有 0,而 0 必须能被精确还原(值为零的权重、补零的块)。所以两半都以
 # $Q(\tfrac12) = 0$ 结尾,再去掉其中一个 0:正值 8 个、负值 7 个、一个 0。$Q(1) = \infty$,因此最外侧的概率取
-# $\delta = 0.9677083$(bitsandbytes 的常数;精确到 7 位时,它等于 $1 - \tfrac1{32}$ 与 $1 - \tfrac1{30}$ 的平均)。最后除
-# 以 $Q(\delta)$,两端恰好落在 $\pm 1$。
+# $\delta = 0.9677083$(bitsandbytes 的常数;精确到 7 位时,它等于 $1 - \tfrac1{32}$ 与 $1 - \tfrac1{30}$ 的平均)。最后除以
+# $Q(\delta)$,两端恰好落在 $\pm 1$。
 
 # %%
 Q = NormalDist().inv_cdf                                 # N(0, 1) 的分位数函数
@@ -137,8 +139,8 @@ for code in quant.CODES:
           + " ".join(f"{a:+.3f}" for a in lv))
 
 # %% [markdown]
-# 看上面打印的间距:int4 的取值等距,间隔 $1/7$。NF4 和 FP4 都是 0 附近密、往 $\pm1$ 方向疏:FP4 每过一个 2 的幂就把步长翻
-# 倍,NF4 则顺着正态曲线走。哪种最好,要看权重实际落在哪里——第 2 节来看。
+# 看上面打印的间距:int4 的取值等距,间隔 $1/7$。NF4 和 FP4 都是 0 附近密、往 $\pm1$ 方向疏:FP4 每过一个
+# 2 的幂就把步长翻倍,NF4 则顺着正态曲线走。哪种最好,要看权重实际落在哪里——第 2 节来看。
 #
 # ## 2. 把一个真实矩阵存成 4 位
 #
@@ -147,10 +149,10 @@ for code in quant.CODES:
 # $$c_b = \max_k |x_{bk}|,\qquad q_{bk} = \arg\min_j \Bigl|\frac{x_{bk}}{c_b} - v_j\Bigr|,\qquad
 #   \tilde x_{bk} = v_{q_{bk}}\,c_b .$$
 #
-# $c_b$ 是该块的 *absmax*(绝对值最大值),存成一个 float32;每个 $q_{bk}$ 占 4 位,两个拼成一个字节(每对中的第一个放在高半
-# 字节,与 bitsandbytes 的打包方式相同):每个权重 $4 + 32/64 = 4.5$ 位。*双重量化*(QLoRA §3)把这些 absmax 也量化:减去均值
-# 后量化成 8 位,每 256 个共用一个 float32 缩放因子:$4 + 8/64 + 32/(64\cdot256) \approx 4.127$ 位。下面每一步都用 NumPy
-# 手写,再与 `quant.quantize` 逐位比对:
+# $c_b$ 是该块的 *absmax*(绝对值最大值),存成一个 float32;每个 $q_{bk}$ 占 4 位,
+# 两个拼成一个字节(每对中的第一个放在高半字节,与 bitsandbytes 的打包方式相同):每个权重 $4 + 32/64 = 4.5$ 位。
+# *双重量化*(QLoRA §3)把这些 absmax 也量化:减去均值后量化成 8 位,每 256 个共用一个 float32
+# 缩放因子:$4 + 8/64 + 32/(64\cdot256) \approx 4.127$ 位。下面每一步都用 NumPy 手写,再与 `quant.quantize` 逐位比对:
 
 # %%
 name = "h.0.mlp.c_fc.weight"
@@ -177,8 +179,8 @@ for label, Qx, limit in (("absmax in float32", Qw, quant.bits_per_parameter()),
           f"(the paper's sum: {limit:.4f}); float32 W: {W.nbytes:,} bytes, {W.nbytes / Qx.nbytes:.1f}x more")
 
 # %% [markdown]
-# **检验。** 不用双重量化时恰好 4.5 位;用了之后,是论文的算式再加上这个张量 absmax 的均值(32 位,论文没有计入)。另外,每个
-# 权重的误差不超过 $x/c$ 两侧相邻取值间距的一半,再乘以 $c$。
+# **检验。** 不用双重量化时恰好 4.5 位;用了之后,是论文的算式再加上这个张量 absmax 的均值(32 位,论文没有计入)。另外,
+# 每个权重的误差不超过 $x/c$ 两侧相邻取值间距的一半,再乘以 $c$。
 
 # %%
 N, NB = W.size, W.size // K                                            # 权重数、块数
@@ -192,9 +194,9 @@ assert (err <= half_gap * c[:, None] * (1 + 1e-5)).all()
 print(f"largest error {err.max():.2e}; largest allowed by the bound {(half_gap * c[:, None]).max():.2e}")
 
 # %% [markdown]
-# 接下来在这个矩阵上比较三种编码(`minift.measure.quant_error`):$\lVert W - \tilde W\rVert_F / \lVert W\rVert_F$,即舍入
-# 噪声占整个矩阵的比例;以及平均 $|W - \tilde W|$ 与 $W$ 的标准差之比。前者也在从 $\mathcal N(0, 1)$ 抽样的块上算一遍;最
-# 后看把全部 16 个线性层都量化之后,基座在留出文本上的语言模型损失变化多少。
+# 接下来在这个矩阵上比较三种编码(`minift.measure.quant_error`):$\lVert W - \tilde W\rVert_F / \lVert W\rVert_F$,
+# 即舍入噪声占整个矩阵的比例;以及平均 $|W - \tilde W|$ 与 $W$ 的标准差之比。前者也在从 $\mathcal N(0, 1)$
+# 抽样的块上算一遍;最后看把全部 16 个线性层都量化之后,基座在留出文本上的语言模型损失变化多少。
 
 # %%
 heldout, heldout_what = heldout_for_base(shipped_base_dir(), tok, n_chars=40_000)
@@ -218,10 +220,10 @@ assert gauss["nf4"] < min(gauss["int4"], gauss["fp4"])
 
 # %% [markdown]
 # NF4 的误差最小:两种度量都是,在高斯块上也是(已断言)。对损失的影响,三者都很小,彼此的差别与标准误同一量级(见上面的输出):
-# 这么短的文本只能粗略排个序。下图说明 NF4 为什么合适:灰色直方图是该矩阵的 $x/c$($\pm1$ 处的尖峰就是各块的 absmax 本
-# 身),竖线是各编码的取值,线上的数字是舍入到该取值的权重占比。int4 把更多取值花在稀疏的尾部;NF4 落在权重中间 90% 范围内
-# 的取值更多,16 个取值用得也最均匀(熵最接近 4 位)。黑色曲线是高斯块的分布,几乎与直方图重合:这些权重正如 NF4 假设的那样
-# 接近正态分布。
+# 这么短的文本只能粗略排个序。下图说明 NF4 为什么合适:灰色直方图是该矩阵的 $x/c$($\pm1$ 处的尖峰就是各块的 absmax 本身),
+# 竖线是各编码的取值,线上的数字是舍入到该取值的权重占比。int4 把更多取值花在稀疏的尾部;NF4 落在权重中间
+# 90% 范围内的取值更多,16 个取值用得也最均匀(熵最接近 4 位)。黑色曲线是高斯块的分布,几乎与直方图重合:这些权重正如 NF4
+# 假设的那样接近正态分布。
 
 # %%
 with matplotlib.rc_context(STYLE):
@@ -236,13 +238,13 @@ show(fig, "12_quant_levels")
 # $$\text{前向:}\ \tilde W = \mathrm{deq}(W),\quad y = x\tilde W + b + s\,(xA^\top)B^\top;\qquad
 #   \text{反向:}\ \tilde W = \mathrm{deq}(W)\ \text{(再算一次)},\quad \bar x = \bar y\,\tilde W^\top + s\,\bar y BA .$$
 #
-# $\bar A$ 和 $\bar B$ 与 LoRA 的完全相同(核心 03)。$\bar W = x^\top \bar y$ 从不计算:$W$ 是冻结的,而且 4 位的 $W$ 也没
-# 有浮点数可以把梯度加上去。为什么要反量化两次?如果把 $\tilde W$ 从前向一直留到反向,每个被适配的矩阵都要多存一份浮点副
-# 本——这恰恰是 QLoRA 要省掉的内存。代价是时间(第 4 节)。
+# $\bar A$ 和 $\bar B$ 与 LoRA 的完全相同(核心 03)。$\bar W = x^\top \bar y$ 从不计算:$W$ 是冻结的,而且 4 位的 $W$
+# 也没有浮点数可以把梯度加上去。为什么要反量化两次?如果把 $\tilde W$ 从前向一直留到反向,
+# 每个被适配的矩阵都要多存一份浮点副本——这恰恰是 QLoRA 要省掉的内存。代价是时间(第 4 节)。
 #
-# **检验。** `qlora_forward` / `qlora_backward` 与在 $\mathrm{deq}(W)$ 上调用 `lora_forward` / `lora_backward` 的结果逐
-# 位相同,两者的 $\bar W$ 都是 `None`;QLoRA 为反向计算保留的东西里,没有和 $W$ 一样大的数组。(float64 的有限差分梯度检验
-# 见 `tests/lora/test_qlora.py`。)
+# **检验。** `qlora_forward` / `qlora_backward` 与在 $\mathrm{deq}(W)$ 上调用 `lora_forward` / `lora_backward`
+# 的结果逐位相同,两者的 $\bar W$ 都是 `None`;QLoRA 为反向计算保留的东西里,没有和 $W$ 一样大的数组。(float64
+# 的有限差分梯度检验见 `tests/lora/test_qlora.py`。)
 
 # %%
 I, O, R, s = W.shape[0], W.shape[1], 8, 2.0
@@ -277,8 +279,8 @@ assert not any(a.shape == W.shape for a in kept_q) and any(a.shape == W.shape fo
 # ## 4. 在情感分析任务上对比 QLoRA 与 LoRA
 #
 # 把核心 03 的 LoRA 微调跑两遍(秩 8,$\alpha = 16$,所有线性层;种子、步数、批次和学习率都相同),一遍用 float32 基座,一遍用
-# NF4 基座(`method="qlora"` 会设置 `LoRAConfig(quant="nf4")`)。QLoRA 的适配器是在 $\mathrm{deq}(W)$ 之上学习的,所以还能
-# 顺带弥补一部分舍入误差。
+# NF4 基座(`method="qlora"` 会设置 `LoRAConfig(quant="nf4")`)。QLoRA 的适配器是在 $\mathrm{deq}(W)$ 之上学习的,
+# 所以还能顺带弥补一部分舍入误差。
 
 # %%
 lcfg = LoRAConfig(r=8, alpha=16, targets="all-linear")
@@ -296,9 +298,9 @@ for method, run in runs.items():
           f"{run['ms_per_step']:.0f} ms/step over the run")
 
 # %% [markdown]
-# 看上面打印的准确率:正常模式下,两者都从随机猜测的水平升到远高于它,最终只差几个百分点;在这个任务上换一个种子,准确率就会
-# 变动好几个百分点(`finetune.py` 里记录了三个种子的结果),所以这么大的差距说明不了什么。检验的内容是:QLoRA 和 LoRA 一样
-# 学会了任务。
+# 看上面打印的准确率:正常模式下,两者都从随机猜测的水平升到远高于它,最终只差几个百分点;在这个任务上换一个种子,
+# 准确率就会变动好几个百分点(`finetune.py` 里记录了三个种子的结果),所以这么大的差距说明不了什么。检验的内容是:QLoRA 和
+# LoRA 一样学会了任务。
 
 # %%
 if not FAST:
@@ -308,8 +310,8 @@ if not FAST:
 
 # %% [markdown]
 # **时间。** "ms/step over the run" 混杂了不同长度的批次,还会随机器负载波动。更干净的做法是:在同一个批次上先后调用 LoRA
-# 和 QLoRA 的 `loss_and_grads`,重复多次,取中位数——既取各自的中位数,也取每一对之差的中位数(同一对经历的负载相同)。再数一
-# 数 QLoRA 唯一多做的事:调用 `dispatch.dequantize`,在外面包一层计时器。
+# 和 QLoRA 的 `loss_and_grads`,重复多次,取中位数——既取各自的中位数,也取每一对之差的中位数(同一对经历的负载相同)。
+# 再数一数 QLoRA 唯一多做的事:调用 `dispatch.dequantize`,在外面包一层计时器。
 
 # %%
 train_split = load_task_splits("sentiment")[0]
@@ -372,8 +374,7 @@ if not FAST:
     assert extra > 0
 
 # %% [markdown]
-# 反量化的开销与 token 数无关,矩阵乘法的开销则随 token 数增长。下面是一个被适配的线性层(还是那个 [128, 512]),前向加反
-# 向:
+# 反量化的开销与 token 数无关,矩阵乘法的开销则随 token 数增长。下面是一个被适配的线性层(还是那个 [128, 512]),前向加反向:
 
 # %%
 W_deq = quant.dequantize(Qw)                                       # (I, O) LoRA 用的浮点 W:数值相同
@@ -393,13 +394,13 @@ else:
     assert ratio[16] > 1.5 and ratio[16] > ratio[4096]
 
 # %% [markdown]
-# 看上面打印的两组计时。QLoRA 更慢,多出来的时间大约就是反量化的时间(每个被适配的线性层每步两次:打印出的两个数在同一量
-# 级)。这是每步固定的开销:16 个 token 时,这一层的矩阵乘法很小,反量化占了大头;到几千个 token 时,它只占一小部分。在 GPU
-# 上,bitsandbytes 用一个 CUDA 内核完成反量化(minift 的 CuPy 路径也是,`minift/fast/dequant.py`):常数更小,但仍然是常数。
-# QLoRA 是拿时间换内存。
+# 看上面打印的两组计时。QLoRA 更慢,多出来的时间大约就是反量化的时间(每个被适配的线性层每步两次:
+# 打印出的两个数在同一量级)。这是每步固定的开销:16 个 token 时,这一层的矩阵乘法很小,反量化占了大头;到几千个 token 时,
+# 它只占一小部分。在 GPU 上,bitsandbytes 用一个 CUDA 内核完成反量化(minift 的 CuPy 路径也是,`minift/fast/dequant.py`):
+# 常数更小,但仍然是常数。QLoRA 是拿时间换内存。
 #
-# **内存。** `measure_memory` 实际跑一步训练(前向、反向、梯度裁剪、AdamW),跟踪每一次 NumPy 内存分配;`predict_memory` 则
-# 只根据形状算出同样的各项(教程 09)。完全微调用的是基座的一个新副本,加上同样的分类头。
+# **内存。** `measure_memory` 实际跑一步训练(前向、反向、梯度裁剪、AdamW),跟踪每一次 NumPy 内存分配;`predict_memory`
+# 则只根据形状算出同样的各项(教程 09)。完全微调用的是基座的一个新副本,加上同样的分类头。
 
 # %%
 full = base.to()
@@ -420,19 +421,20 @@ assert measured["qlora"]["parameters"] < measured["lora"]["parameters"]
 
 # %% [markdown]
 # 逐项看这张表。QLoRA 只缩小了一项:*parameters*(参数)。16 个线性层是 NF4,而嵌入、LayerNorm、偏置、适配器和分类头仍是
-# float32。*gradients*(梯度)和 *optimizer*(优化器状态)与 LoRA 相同(训练的是同样的适配器)。*activations*(激活值)是这里最
-# 大的一项,三种方法几乎一样(LoRA 多出一个很小的 $xA^\top$):无论哪种方法,反向计算都要经过每一个块。所以在这个规模下,即便
-# 是 QLoRA 也离 80% 很远(见上面的输出)。预测与实测相差不到 2%(已断言):第 5 节就凭它推算本机跑不了的规模。
+# float32。*gradients*(梯度)和 *optimizer*(优化器状态)与 LoRA 相同(训练的是同样的适配器)。*activations*(激活值)
+# 是这里最大的一项,三种方法几乎一样(LoRA 多出一个很小的 $xA^\top$):无论哪种方法,反向计算都要经过每一个块。
+# 所以在这个规模下,即便是 QLoRA 也离 80% 很远(见上面的输出)。预测与实测相差不到 2%(已断言):
+# 第 5 节就凭它推算本机跑不了的规模。
 #
 # ## 5. "内存减少约 80%"在哪里成立
 #
-# 按每个权重算,在 float32 和 AdamW 下,完全微调要存权重本身、它的梯度和两个矩:16 字节。LoRA 只存冻结的权重:4 字节。所以
-# 即使完全没有激活值,float32 下 LoRA 的节省也止步于 $1 - 4/16 = 75\%$。混合精度(bf16 权重,float32 主权重和矩:完全微调 16
-# 字节,冻结权重 2 字节)把上限提高到 $1 - 2/16 = 87.5\%$;4 位基座(每个冻结权重约半个字节)则提高到
+# 按每个权重算,在 float32 和 AdamW 下,完全微调要存权重本身、它的梯度和两个矩:16 字节。LoRA 只存冻结的权重:4 字节。
+# 所以即使完全没有激活值,float32 下 LoRA 的节省也止步于 $1 - 4/16 = 75\%$。混合精度(bf16 权重,float32 主权重和矩:
+# 完全微调 16 字节,冻结权重 2 字节)把上限提高到 $1 - 2/16 = 87.5\%$;4 位基座(每个冻结权重约半个字节)则提高到
 # $1 - 0.52/16 \approx 97\%$。激活值随批量大小 × 序列长度增长,且各方法都一样,会把每一种节省往下拉。
 #
-# `saving_table` 在一系列批量大小 × 序列长度上预测完全微调、LoRA 和 QLoRA(NF4,双重量化;每个线性层秩 8)的内存;`*` 表示节
-# 省至少 80%。模型依次是 demo、GPT-2 small 和 GPT-3 175B 的形状,精度分别是 float32(minift 实际运行的精度)和
+# `saving_table` 在一系列批量大小 × 序列长度上预测完全微调、LoRA 和 QLoRA(NF4,双重量化;每个线性层秩 8)的内存;`*`
+# 表示节省至少 80%。模型依次是 demo、GPT-2 small 和 GPT-3 175B 的形状,精度分别是 float32(minift 实际运行的精度)和
 # bf16-mixed(大模型训练常用的精度;仅为预测)。`minift memory --claim` 打印的是同样的表。
 
 # %%
@@ -464,11 +466,11 @@ for precision in ("float32", "bf16-mixed"):
 
 # %% [markdown]
 # 看上面打印的表。demo 规模下,只有 QLoRA 在 bf16-mixed、单条 16 个 token 的序列上达到 80%。GPT-2 规模下,QLoRA 在
-# float32、单条 128 个 token 的序列上就能达到,LoRA 则不能。GPT-3 的形状下,QLoRA 在两种精度、每步最多 2,048 个 token 时
-# 都能达到,普通 LoRA 只在 bf16-mixed 下达到。到了 8 × 2,048 个 token,激活值占了上风,哪种方法都达不到。所以"内存减少约
-# 80%"描述的是一种情形,而不是 LoRA 本身的性质:模型要大,每步的 token 要少,还要用混合精度或 4 位基座。QLoRA 论文还用了梯
-# 度检查点(每个块只保留输入,反向时再重算其余部分),进一步压缩激活值;`minift memory --papers` 核对了论文中 65B 模型的数
-# 字。最后,逐项看 GPT-2 在单条 128 个 token 的序列上的情况:
+# float32、单条 128 个 token 的序列上就能达到,LoRA 则不能。GPT-3 的形状下,QLoRA 在两种精度、每步最多 2,048 个 token
+# 时都能达到,普通 LoRA 只在 bf16-mixed 下达到。到了 8 × 2,048 个 token,激活值占了上风,哪种方法都达不到。所以"内存减少约
+# 80%"描述的是一种情形,而不是 LoRA 本身的性质:模型要大,每步的 token 要少,还要用混合精度或 4 位基座。QLoRA
+# 论文还用了梯度检查点(每个块只保留输入,反向时再重算其余部分),进一步压缩激活值;`minift memory --papers` 核对了论文中 65B
+# 模型的数字。最后,逐项看 GPT-2 在单条 128 个 token 的序列上的情况:
 
 # %%
 gpt2 = sizes["gpt2"]
@@ -490,11 +492,11 @@ assert terms[2]["gradients"] == terms[1]["gradients"] and terms[2]["optimizer"] 
 # ## 要点回顾
 #
 # - NF4 的 16 个取值是 $\mathcal N(0, 1)$ 的分位数:两半在一个精确的 0 处拼接,再缩放到 $[-1, 1]$。
-# - 分块 absmax 量化:每 64 个权重一块,除以块内最大绝对值,存下最近取值的 4 位下标,两个拼成一个字节:每个权重 4.5 位,双重
-#   量化后 $\approx 4.127$ 位。误差不超过半个间距乘以该块的 absmax。
+# - 分块 absmax 量化:每 64 个权重一块,除以块内最大绝对值,存下最近取值的 4 位下标,两个拼成一个字节:每个权重 4.5 位,
+#   双重量化后 $\approx 4.127$ 位。误差不超过半个间距乘以该块的 absmax。
 # - 基座的权重接近正态分布,在这样的权重上 NF4 的误差比 int4 和 FP4 都小:它的取值正好落在权重密集的地方。
-# - QLoRA 的线性层就是在 $\mathrm{deq}(W)$ 上做 LoRA,逐位相同,没有 $\bar W$。$\tilde W$ 每个线性层每步生成两次,从不保
-#   留:省了内存,付出时间(每步的固定开销,token 少时占比大)。
+# - QLoRA 的线性层就是在 $\mathrm{deq}(W)$ 上做 LoRA,逐位相同,没有 $\bar W$。$\tilde W$ 每个线性层每步生成两次,从不保留:
+#   省了内存,付出时间(每步的固定开销,token 少时占比大)。
 # - QLoRA 只缩小冻结权重这一项。"内存减少约 80%"需要大模型、每步 token 少,再加上混合精度或 4 位基座;float32 下普通 LoRA
 #   超不过 75%。
 #
@@ -504,12 +506,12 @@ assert terms[2]["gradients"] == terms[1]["gradients"] and terms[2]["optimizer"] 
 #
 # ## 练习
 #
-# 在 `my_...` 函数里写出你的答案(替换 `raise NotImplementedError`),然后运行它后面的单元;在你写好之前,那个单元检验的是折
-# 叠起来的参考答案。
+# 在 `my_...` 函数里写出你的答案(替换 `raise NotImplementedError`),然后运行它后面的单元格;在你写好之前,
+# 那个单元格检验的是折叠起来的参考答案。
 #
 # **练习 1——手算 int4 的误差上界。** int4 把 $x/c$ 存成 $k/7$($k = -7..7$)中最近的一个。请返回在 absmax 为 `c` 的块里,
-# 一个权重可能出现的最大 $|x - \tilde x|$。检验会量化多种尺度的随机块:任何误差都不能超过你的上界,而观察到的最大误差必须
-# 接近它。
+# 一个权重可能出现的最大 $|x - \tilde x|$。检验会量化多种尺度的随机块:任何误差都不能超过你的上界,
+# 而观察到的最大误差必须接近它。
 
 # %%
 def my_int4_bound(c):
@@ -537,9 +539,9 @@ def check_int4_bound(answer):
 exercise("Exercise 1 (int4's error bound)", check_int4_bound, my_int4_bound, solution_int4_bound)
 
 # %% [markdown]
-# **练习 2——预测字节数。** 不做量化,直接算出 `quant.quantize(W, code, double_quant=dq)` 为一个有 `n` 个权重的 $W$ 存下
-# 多少字节:每块 64 个(最后一块补零),打包后的编码,加上每块一个 float32 absmax;若用双重量化,则是每块一个 int8、每 256 块
-# 一个 float32 缩放因子(最后一组可能不满)和一个 float32 均值。检验会与真实张量的 `Quantized.nbytes` 比较。
+# **练习 2——预测字节数。** 不做量化,直接算出 `quant.quantize(W, code, double_quant=dq)` 为一个有 `n` 个权重的 $W$
+# 存下多少字节:每块 64 个(最后一块补零),打包后的编码,加上每块一个 float32 absmax;若用双重量化,则是每块一个 int8、每
+# 256 块一个 float32 缩放因子(最后一组可能不满)和一个 float32 均值。检验会与真实张量的 `Quantized.nbytes` 比较。
 
 # %%
 def my_quantized_bytes(n, double_quant):
