@@ -18,9 +18,9 @@
 #
 # > 4. 训练和优化:使用特定任务的数据集对模型进行训练,通过反向传播算法调整模型参数,以最小化损失函数。
 #
-# 原文讲反向传播只用了半句话,本教程把它展开。反向传播就是逐个算子地应用链式法则:前向传播调用的每个算子都有一个
-# *反向计算*,把输出的梯度变成输入的梯度。minift 的每个反向计算都是手写的;后面所有教程里的每一个梯度——完全微调、
-# LoRA、两者的对比——都由下面这五个算子搭成(外加嵌入查表,见教程 03)。
+# 原文讲反向传播只用了半句话,本教程把它展开。反向传播就是逐个算子地应用链式法则:
+# 前向传播调用的每个算子都有一个*反向计算*,把输出的梯度变成输入的梯度。minift 的每个反向计算都是手写的;
+# 后面所有教程里的每一个梯度——完全微调、LoRA、两者的对比——都由下面这五个算子搭成(外加嵌入查表,见教程 03)。
 #
 # **你将学到**
 # 1. `minift.ops` 中每个算子都遵守的约定,以及反向计算算的是什么(向量–雅可比积);
@@ -30,8 +30,8 @@
 #
 # **用时:** 运行不到 1 秒(这里正常模式和快速模式规模相同:每个算子都在小数组上检验);阅读 30–45 分钟。
 #
-# **运行:** `python tutorials/zh/02_backprop_by_hand.py`,或作为 notebook 打开(见 `tutorials/README.md`)。英文原版:
-# [02_backprop_by_hand.py](../02_backprop_by_hand.py)。
+# **运行:** `python tutorials/zh/02_backprop_by_hand.py`,或作为 notebook 打开(见 `tutorials/README.md`)。
+# 英文原版:[02_backprop_by_hand.py](../02_backprop_by_hand.py)。
 
 # %%
 import math
@@ -67,8 +67,8 @@ rng = np.random.default_rng(0)        # 固定种子的生成器:下面每个数
 # `minift.ops` 中的每个算子都是一对普通函数:
 #
 # ```
-# out, cache = op_forward(x, w, ...)          # cache:反向计算要用到的东西(保存下来,从不重新计算)
-# dx, dw, ... = op_backward(dout, cache)      # 梯度的顺序与前向计算的输入一致
+# out, cache = op_forward(x, w, ...)          # cache:反向计算要用到的东西(保存下来,从不重新计算) dx, dw, ... =
+# op_backward(dout, cache)      # 梯度的顺序与前向计算的输入一致
 # ```
 #
 # `out` 下游某处有一个标量损失 $L$。反向计算接收**上游梯度** $\bar y = \partial L/\partial y$(形状与 $y$ 相同),返回
@@ -77,20 +77,19 @@ rng = np.random.default_rng(0)        # 固定种子的生成器:下面每个数
 # $$\bar x_i \;=\; \sum_j \frac{\partial L}{\partial y_j}\,\frac{\partial y_j}{\partial x_i} \;=\; (J^\top \bar y)_i,
 # \qquad J_{ji} = \frac{\partial y_j}{\partial x_i},$$
 #
-# 也就是一个*向量–雅可比积*。反向计算从不构造 $J$:在 GPT-2 的 768 个通道上做一次 LayerNorm,每个 token 的 $J$ 就有
-# 768² ≈ 590,000 个元素。它直接算出 $J^\top \bar y$,代价和前向计算差不多。(minift 给梯度起的名字是 `d` 加上前向的
-# 名字:`dx` 就是 $\bar x$。)
+# 也就是一个*向量–雅可比积*。反向计算从不构造 $J$:在 GPT-2 的 768 个通道上做一次 LayerNorm,每个 token 的 $J$ 就有 768² ≈
+# 590,000 个元素。它直接算出 $J^\top \bar y$,代价和前向计算差不多。(minift 给梯度起的名字是 `d` 加上前向的名字:`dx` 就是
+# $\bar x$。)
 #
 # ### 线性层
 #
 # GPT-2 把线性层的权重存为 **[in, out]**,所以 $y = xW + b$,其中 $x \in \mathbb R^{N\times I}$,
-# $W \in \mathbb R^{I\times O}$($N$ 是所有序列的所有位置,即 $B\cdot T$)。由
-# $y_{no} = \sum_i x_{ni} W_{io} + b_o$ 得:
+# $W \in \mathbb R^{I\times O}$($N$ 是所有序列的所有位置,即 $B\cdot T$)。由 $y_{no} = \sum_i x_{ni} W_{io} + b_o$ 得:
 #
 # $$\bar x = \bar y\, W^\top, \qquad \bar W = x^\top \bar y, \qquad \bar b = \sum_n \bar y_n .$$
 #
-# $W$ 在全部 $N$ 个位置上都被用到,所以它的梯度是**对所有位置求和**——这个和就是矩阵乘法 $x^\top \bar y$。冻结的权重
-# (`need_dw=False`)恰好跳过这一次矩阵乘法;LoRA 节省的时间正是从这里来的(教程 07 和 09)。
+# $W$ 在全部 $N$ 个位置上都被用到,所以它的梯度是**对所有位置求和**——这个和就是矩阵乘法 $x^\top \bar y$。
+# 冻结的权重(`need_dw=False`)恰好跳过这一次矩阵乘法;LoRA 节省的时间正是从这里来的(教程 07 和 09)。
 
 # %%
 B, T, I, O = 2, 3, 4, 5                                  # 批量、时间、输入特征、输出特征
@@ -104,8 +103,8 @@ dx, dW, db = linear_backward(dy, cache)
 print("y", y.shape, " dx", dx.shape, " dW", dW.shape, " db", db.shape)
 
 # %% [markdown]
-# **检验。** 把三个公式用 NumPy 写出来(*只为*与 minift 的结果对比),两边必须在舍入误差内一致(这里是完全相等:它们
-# 本来就是同样的 NumPy 表达式);冻结的权重必须完全没有梯度。
+# **检验。** 把三个公式用 NumPy 写出来(*只为*与 minift 的结果对比),两边必须在舍入误差内一致(这里是完全相等:
+# 它们本来就是同样的 NumPy 表达式);冻结的权重必须完全没有梯度。
 
 # %%
 x2, dy2 = x.reshape(-1, I), dy.reshape(-1, O)            # (N, I), (N, O),N = B·T = 6
@@ -121,8 +120,8 @@ print("need_dw=False: dW is None (the x^T dy matmul was skipped)")
 # %% [markdown]
 # ## 2. 用有限差分检验反向计算
 #
-# 和自己写的公式对上了,什么也证明不了:公式本身可能就是错的。独立的裁判是前向计算本身。随机抽取一个与输出形状相同的
-# $g$,定义标量
+# 和自己写的公式对上了,什么也证明不了:公式本身可能就是错的。独立的裁判是前向计算本身。随机抽取一个与输出形状相同的 $g$,
+# 定义标量
 #
 # $$L(x) = \sum_j f(x)_j\, g_j, \qquad\text{于是}\qquad \frac{\partial L}{\partial x} = J^\top g
 # = \texttt{backward}(g).$$
@@ -133,18 +132,18 @@ print("need_dw=False: dW is None (the x^T dy matmul was skipped)")
 # \qquad \text{error}_i = \frac{|\text{analytic}_i - \text{numeric}_i|}{\max(|\text{analytic}_i|,
 # |\text{numeric}_i|,\ 10^{-3})}.$$
 #
-# $O(h^2)$ 从泰勒展开来:$L(x \pm h e_i) = L \pm h L' + \tfrac{h^2}{2} L'' \pm \tfrac{h^3}{6} L''' + \dots$;相减后
-# 偶数次项相互抵消,剩下 $L' + \tfrac{h^2}{6} L'''$。舍入误差则反过来:每个 $L$ 大约带有 $\epsilon |L|$ 的误差,
-# $\epsilon \approx 10^{-16}$ 是 float64 的单位舍入误差($2^{-53}$),除以 $2h$ 后放大为 $\epsilon/h$。两者在
+# $O(h^2)$ 从泰勒展开来:$L(x \pm h e_i) = L \pm h L' + \tfrac{h^2}{2} L'' \pm \tfrac{h^3}{6} L''' + \dots$;
+# 相减后偶数次项相互抵消,剩下 $L' + \tfrac{h^2}{6} L'''$。舍入误差则反过来:每个 $L$ 大约带有 $\epsilon |L|$
+# 的误差,$\epsilon \approx 10^{-16}$ 是 float64 的单位舍入误差($2^{-53}$),除以 $2h$ 后放大为 $\epsilon/h$。两者在
 # $h = (3\epsilon)^{1/3} \approx 10^{-5}$ 附近持平,这正是这里用的步长,此时两者的绝对大小都在 $10^{-11}$–$10^{-10}$
-# 左右。除以 $\max(|a|, |n|, 10^{-3})$ 之后,大小为 1 的梯度约为 $10^{-10}$,很小的梯度至多约 $10^{-7}$:正确的反向
-# 计算得分在 $10^{-7}$ 以下,通常远低于此;错误的反向计算得分在 $10^{-2}$ 到 2 之间(2 是上限:解析值与数值符号相反)。
-# 容差 $10^{-5}$ 就落在两者之间宽阔的空档里。(下限 $10^{-3}$ 防止真实梯度为 0 的元素把舍入噪声变成值为 1 的"相对"
-# 误差。)float32 做不到这些:它的单位舍入误差是 $2^{-24} \approx 6\cdot10^{-8}$,单是舍入就有约 $10^{-7}/h = 10^{-2}$,
-# 和我们要找的误差一样大。
+# 左右。除以 $\max(|a|, |n|, 10^{-3})$ 之后,大小为 1 的梯度约为 $10^{-10}$,很小的梯度至多约 $10^{-7}$:
+# 正确的反向计算得分在 $10^{-7}$ 以下,通常远低于此;错误的反向计算得分在 $10^{-2}$ 到 2 之间(2 是上限:
+# 解析值与数值符号相反)。容差 $10^{-5}$ 就落在两者之间宽阔的空档里。(下限 $10^{-3}$ 防止真实梯度为
+# 0 的元素把舍入噪声变成值为 1 的"相对" 误差。)float32 做不到这些:它的单位舍入误差是 $2^{-24} \approx 6\cdot10^{-8}$,
+# 单是舍入就有约 $10^{-7}/h = 10^{-2}$,和我们要找的误差一样大。
 #
-# `check_op(forward, backward, inputs)` 把这些全包了:复制输入,用固定种子的生成器抽取 $g$,检查每个浮点输入的每个
-# 元素,最后返回一份报告。
+# `check_op(forward, backward, inputs)` 把这些全包了:复制输入,用固定种子的生成器抽取 $g$,检查每个浮点输入的每个元素,
+# 最后返回一份报告。
 
 # %%
 report = check_op(linear_forward, linear_backward, [x, W, b], names=["x", "W", "b"])
@@ -173,11 +172,13 @@ print(f"linear: worst error {report.max_error:.1e} < 1e-7")
 # $$\bar x = r\,\Big(\bar{\hat x} \;-\; \underbrace{\operatorname{mean}(\bar{\hat x})}_{\text{均值项}}
 # \;-\; \underbrace{\hat x\,\operatorname{mean}(\bar{\hat x}\odot\hat x)}_{\text{缩放项}}\Big).$$
 #
-# 减去的两项各有含义。给每个 $x_c$ 加上同一个数,$y$ 不变,所以梯度不可能指向这个方向:$\sum_c \bar x_c = 0$(由均值项
-# 保证)。把 $x - \mu$ 拉伸,$\hat x$ 除了经由 $\varepsilon$ 之外不变,所以 $\sum_c \bar x_c\,\hat x_c$ 几乎为 0;精确地说,
-# 它等于 $r^3\varepsilon\sum_c \bar{\hat x}_c \hat x_c$(由缩放项保证;若 $\varepsilon = 0$ 它就是 0):
-# $\sum_c \hat x_c^2 = C\sigma^2 r^2 = C(1 - \varepsilon r^2)$,所以 $\sum_c \bar x_c \hat x_c = r \sum_c \bar{\hat
-# x}_c \hat x_c\,(1 - \operatorname{mean}(\hat x^2)) = r^3 \varepsilon \sum_c \bar{\hat x}_c \hat x_c$。
+# 减去的两项各有含义。给每个 $x_c$ 加上同一个数,$y$ 不变,
+# 所以梯度不可能指向这个方向:$\sum_c \bar x_c = 0$(由均值项保证)。把 $x - \mu$ 拉伸,$\hat x$ 除了经由 $\varepsilon$
+# 之外不变,所以 $\sum_c \bar x_c\,\hat x_c$ 几乎为 0;精确地说,它等于
+# $r^3\varepsilon\sum_c \bar{\hat x}_c \hat x_c$(由缩放项保证;若 $\varepsilon = 0$ 它就是 0):
+# $\sum_c \hat x_c^2 = C\sigma^2 r^2 = C(1 - \varepsilon r^2)$,所以
+# $\sum_c \bar x_c \hat x_c = r \sum_c \bar{\hat x}_c \hat x_c\,(1 - \operatorname{mean}(\hat x^2))
+# = r^3 \varepsilon \sum_c \bar{\hat x}_c \hat x_c$。
 
 # %%
 C = 8
@@ -218,16 +219,16 @@ assert report.ok and report.max_error < 1e-7, report
 #
 # $$u = k\,(x + a x^3),\quad k = \sqrt{2/\pi},\ a = 0.044715, \qquad y = \tfrac12\, x\,(1 + \tanh u).$$
 #
-# ($k$ 让 $\tanh u$ 在 0 处的斜率等于 $2\Phi(x) - 1$ 在 0 处的斜率 $2\varphi(0) = \sqrt{2/\pi}$;$a$ 是 GELU 论文作者
-# 数值拟合出来的——若改为匹配 $x^3$ 的泰勒项,会得到 $a = 2/(3\pi) - 1/6 \approx 0.0455$。)
+# ($k$ 让 $\tanh u$ 在 0 处的斜率等于 $2\Phi(x) - 1$ 在 0 处的斜率 $2\varphi(0) = \sqrt{2/\pi}$;$a$ 是 GELU
+# 论文作者数值拟合出来的——若改为匹配 $x^3$ 的泰勒项,会得到 $a = 2/(3\pi) - 1/6 \approx 0.0455$。)
 #
 # 记 $t = \tanh u$(前向计算已缓存),并用 $\tanh' = 1 - t^2$:
 #
 # $$\frac{dy}{dx} = \tfrac12\,(1 + t) + \tfrac12\, x\,(1 - t^2)\, k\,(1 + 3a x^2), \qquad \bar x = \bar y \odot
 # \frac{dy}{dx}.$$
 #
-# GELU 是逐元素计算的,所以它的雅可比矩阵是对角矩阵,$J^\top \mathbf 1$ *就是*那条对角线:在这里,也只有对逐元素算子,
-# 全 1 的上游梯度给出的恰好是每一点上的普通导数 $dy/dx$。
+# GELU 是逐元素计算的,所以它的雅可比矩阵是对角矩阵,$J^\top \mathbf 1$ *就是*那条对角线:在这里,也只有对逐元素算子,全
+# 1 的上游梯度给出的恰好是每一点上的普通导数 $dy/dx$。
 
 # %%
 grid = np.linspace(-4, 4, 801)                           # (801,)
@@ -267,8 +268,8 @@ assert report.ok and report.max_error < 1e-7, report
 # $$\ell = -\log p_y = \log\sum_v e^{z_v} - z_y, \qquad p = \operatorname{softmax}(z), \qquad
 # L = \frac1{N_\text{valid}}\sum_{n\ \text{valid}} \ell_n .$$
 #
-# 目标为 `-100` 的位置(填充、提示词的 token)不计入均值。反向计算就是那个著名的一行式:对 $\log\sum e^{z}$ 求导得到
-# $p$,对 $-z_y$ 求导在 $y$ 处得到 $-1$,所以
+# 目标为 `-100` 的位置(填充、提示词的 token)不计入均值。反向计算就是那个著名的一行式:对 $\log\sum e^{z}$ 求导得到 $p$,对
+# $-z_y$ 求导在 $y$ 处得到 $-1$,所以
 #
 # $$\bar z_n = \bar L\;\frac{p_n - \operatorname{onehot}(y_n)}{N_\text{valid}}
 # \quad\text{(有效行)},\qquad \bar z_n = 0 \quad\text{(被忽略的行)}.$$
@@ -288,10 +289,9 @@ print("dlogits row sums:", dlogits.sum(-1))
 print("dlogits row 2 (ignored):", dlogits[2])
 
 # %% [markdown]
-# **检验。** (a) 在 5 个有效行上,$\bar z$ 等于 $(p - \text{onehot})/5$,$p$ 用 minift 的 `softmax` 计算;(b) 每行之和
-# 为 0,被忽略的那一行严格为 0;(c) logits 全为 0 时,模型在 $V$ 个 token 上均匀分布,损失恰好是
-# $\log V = \log 10 = 2.3026$——未经训练的语言模型就从这附近起步(教程 04);(d) 有限差分检验,上游梯度 $\bar L$ 取一个
-# 随机标量。
+# **检验。** (a) 在 5 个有效行上,$\bar z$ 等于 $(p - \text{onehot})/5$,$p$ 用 minift 的 `softmax` 计算;(b) 每行之和为 0,
+# 被忽略的那一行严格为 0;(c) logits 全为 0 时,模型在 $V$ 个 token 上均匀分布,损失恰好是 $\log V = \log 10 = 2.3026$——
+# 未经训练的语言模型就从这附近起步(教程 04);(d) 有限差分检验,上游梯度 $\bar L$ 取一个随机标量。
 
 # %%
 valid = targets != -100
@@ -324,9 +324,9 @@ assert report.ok and report.max_error < 1e-7, report
 # \bar q = \bar S\, k/\sqrt D,\quad \bar k = \bar S^\top q/\sqrt D .$$
 #
 # 中间那一项是 softmax 的反向计算 $\bar S_s = A_s(\bar A_s - \sum_{s'} \bar A_{s'} A_{s'})$,由
-# $\partial A_{s'}/\partial S_s = A_{s'}(\delta_{ss'} - A_s)$ 得到(推导见 `minift/ops/softmax.py`);最后两项是把第 1 节
-# 线性层的规则用在 $S = q\,(k^\top/\sqrt D)$ 上,每个因子各用一次。掩码本身不需要反向计算:被掩码的元素 $A = 0$,那里的
-# $\bar S$ 本来就是 0。
+# $\partial A_{s'}/\partial S_s = A_{s'}(\delta_{ss'} - A_s)$ 得到(推导见 `minift/ops/softmax.py`);
+# 最后两项是把第 1 节线性层的规则用在 $S = q\,(k^\top/\sqrt D)$ 上,每个因子各用一次。掩码本身不需要反向计算:被掩码的元素
+# $A = 0$,那里的 $\bar S$ 本来就是 0。
 
 # %%
 B, T, C, H = 2, 5, 8, 2                                  # 批量、时间、通道、头数(每个头的维度 D = 4)
@@ -338,8 +338,8 @@ print(A[0, 0])
 
 # %% [markdown]
 # **检验。** (a) $A$ 的每一行之和为 1,对角线以上严格为 0。(b) 前向的因果性:只改变时刻 3 的输入,输出 0–2 逐位不变。
-# (c) 反向的因果性:只到达输出 2 的梯度,会传到输入 0–2,之后的一个也传不到。(d) 先单独检验 softmax 的反向计算,再检验
-# 整个注意力的反向计算,都对照有限差分。
+# (c) 反向的因果性:只到达输出 2 的梯度,会传到输入 0–2,之后的一个也传不到。(d) 先单独检验 softmax 的反向计算,
+# 再检验整个注意力的反向计算,都对照有限差分。
 
 # %%
 assert np.abs(A.sum(-1) - 1).max() < 1e-12 and not np.triu(A, k=1).any()
@@ -363,16 +363,16 @@ assert report.ok and report.max_error < 1e-7, report
 # %% [markdown]
 # ## 7. 为什么上游梯度必须是随机的
 #
-# `check_op` 随机抽取上游梯度 $g$。一个诱人的捷径是取 $g = \mathbf 1$,也就是检验 $L = \sum_j f(x)_j$。下面这个错误就能
-# 从这条捷径溜过去。LayerNorm 的反向计算里有一个看似合理的失误:把 $r = (\sigma^2 + \varepsilon)^{-1/2}$ 当成常数——保留
-# 均值项,忘了缩放项:
+# `check_op` 随机抽取上游梯度 $g$。一个诱人的捷径是取 $g = \mathbf 1$,也就是检验 $L = \sum_j f(x)_j$。
+# 下面这个错误就能从这条捷径溜过去。LayerNorm 的反向计算里有一个看似合理的失误:把 $r = (\sigma^2 + \varepsilon)^{-1/2}$
+# 当成常数——保留均值项,忘了缩放项:
 #
 # $$\bar x_\text{broken} = r\,\big(\bar{\hat x} - \operatorname{mean}(\bar{\hat x})\big)
 # \qquad\text{而不是}\qquad r\,\big(\bar{\hat x} - \operatorname{mean}(\bar{\hat x}) - \hat x\,
 # \operatorname{mean}(\bar{\hat x}\odot\hat x)\big).$$
 #
-# 下面把它写了出来——这是本教程里唯一一处重新实现 minift 的算子,而且是故意写错的——并在 LayerNorm 开始训练时的状态
-# (增益 $w = 1$、偏置 $b = 0$)下,分别用两种 $g$ 检验。
+# 下面把它写了出来——这是本教程里唯一一处重新实现 minift 的算子,而且是故意写错的——并在 LayerNorm 开始训练时的状态(增益
+# $w = 1$、偏置 $b = 0$)下,分别用两种 $g$ 检验。
 
 # %%
 def layernorm_backward_broken(dy, cache):
@@ -399,17 +399,17 @@ for bw_name, bw in (("minift's layernorm_backward", layernorm_backward), ("broke
 # %% [markdown]
 # **检验。** 错误的反向计算在 $g = \mathbf 1$ 时*通过*,在随机 $g$ 时失败;minift 的实现两种都通过。
 #
-# 全 1 的检验为什么看不出来:每一行都有 $\sum_c \hat x_c = 0$,所以当 $w = \mathbf 1$ 时,对 $N = B\cdot T$ 行求和,被检验
-# 的标量是 $L = \sum_n \sum_c y_{nc} = \sum_n \sum_c \hat x_{nc} + N \sum_c b_c = N \sum_c b_c$——它与 $x$ 完全无关。
-# 真正的 $\bar x$ 是 0,检验只能确认"$\bar x = 0$",而错误的公式返回的也是 0:当 $\bar{\hat x} = \mathbf 1$ 时,
-# $\bar{\hat x} - \operatorname{mean}(\bar{\hat x}) = 0$。漏掉的那一项
+# 全 1 的检验为什么看不出来:每一行都有 $\sum_c \hat x_c = 0$,所以当 $w = \mathbf 1$ 时,对 $N = B\cdot T$ 行求和,
+# 被检验的标量是 $L = \sum_n \sum_c y_{nc} = \sum_n \sum_c \hat x_{nc} + N \sum_c b_c = N \sum_c b_c$——它与 $x$
+# 完全无关。真正的 $\bar x$ 是 0,检验只能确认"$\bar x = 0$",而错误的公式返回的也是 0:当 $\bar{\hat x} = \mathbf 1$
+# 时,$\bar{\hat x} - \operatorname{mean}(\bar{\hat x}) = 0$。漏掉的那一项
 # $\hat x\operatorname{mean}(\bar{\hat x}\odot\hat x) = \hat x\operatorname{mean}(\hat x)$ 在这里也是 0。随机的 $g$ 让
-# $L$ 依赖于 $x$(沿 LayerNorm 没有消去的每个方向:把一行整体平移,以及在 $\varepsilon$ 的精度内把它缩放,仍然什么都
-# 不改变),误差随即跳到 1 的量级。
+# $L$ 依赖于 $x$(沿 LayerNorm 没有消去的每个方向:把一行整体平移,以及在 $\varepsilon$ 的精度内把它缩放,仍然什么都不改变),
+# 误差随即跳到 1 的量级。
 #
-# 由此得出两条规则,minift 的测试都遵守(`tests/test_gradcheck.py` 以及 `tests/ops/` 中的每个测试):上游梯度用随机的,
-# 绝不用 `ones_like`;检验前把参数挪离中性值(1 和 0)。单是随机的 $g$,或者单是一个离开 1 的增益 $w$,都能抓住这个
-# bug(只挪动 $b$ 则不行:$b$ 从不影响 $\bar x$)——最后一行展示的是全 1 的 $g$ 配上随机的增益 $w$:
+# 由此得出两条规则,minift 的测试都遵守(`tests/test_gradcheck.py` 以及 `tests/ops/` 中的每个测试):上游梯度用随机的,绝不用
+# `ones_like`;检验前把参数挪离中性值(1 和 0)。单是随机的 $g$,或者单是一个离开 1 的增益 $w$,都能抓住这个 bug(只挪动 $b$
+# 则不行:$b$ 从不影响 $\bar x$)——最后一行展示的是全 1 的 $g$ 配上随机的增益 $w$:
 
 # %%
 assert results["broken (no scale term)", "all-ones g"].ok            # 盲区确实存在
@@ -430,16 +430,16 @@ assert not rep.ok
 # | 交叉熵 | $\bar z = (p - \text{onehot})/N_\text{valid}$ | 均匀的 logits:$L = \log V$ |
 # | 注意力 | 倒着走一遍:拆分、$qk^\top/\sqrt D$、掩码、softmax、$Av$ | 前向、反向都满足因果性 |
 #
-# 每一个都通过了 float64、随机上游梯度的有限差分检验:误差低于 $10^{-7}$(每份报告都打印了自己的误差),容差为
-# $10^{-5}$。教程 03 把它们串成完整的 GPT,并用同样的方法检验模型的反向传播。
+# 每一个都通过了 float64、随机上游梯度的有限差分检验:误差低于 $10^{-7}$(每份报告都打印了自己的误差),容差为 $10^{-5}$。
+# 教程 03 把它们串成完整的 GPT,并用同样的方法检验模型的反向传播。
 #
 # ## 练习
 #
-# 在 `my_...` 函数里写出你的答案(替换 `raise NotImplementedError`),然后运行它后面的单元格。在你写好之前,那个单元格
-# 检验的是参考答案;参考答案在 Jupyter 里是隐藏(折叠)的,请先自己试试。
+# 在 `my_...` 函数里写出你的答案(替换 `raise NotImplementedError`),然后运行它后面的单元格。在你写好之前,
+# 那个单元格检验的是参考答案;参考答案在 Jupyter 里是隐藏(折叠)的,请先自己试试。
 #
-# **练习 1——RMSNorm。** LLaMA(原文 §4.2 那篇 MIT 论文研究的模型系列之一)用 RMSNorm 代替 LayerNorm:没有均值,没有
-# 偏置,$y = w \odot x\,r$,$r = (\operatorname{mean}(x^2) + \varepsilon)^{-1/2}$。前向计算已经给出;写出它的反向计算,
+# **练习 1——RMSNorm。** LLaMA(原文 §4.2 那篇 MIT 论文研究的模型系列之一)用 RMSNorm 代替 LayerNorm:没有均值,
+# 没有偏置,$y = w \odot x\,r$,$r = (\operatorname{mean}(x^2) + \varepsilon)^{-1/2}$。前向计算已经给出;写出它的反向计算,
 # 返回 `(dx, dw)`。提示:把第 3 节去掉 $\mu$ 再推一遍。
 
 # %%
@@ -477,9 +477,8 @@ def check_rmsnorm(backward):
 exercise("Exercise 1 (RMSNorm backward)", check_rmsnorm, my_rmsnorm_backward, solution_rmsnorm_backward)
 
 # %% [markdown]
-# **练习 2——亲手骗过全 1 检验。** 写一个*错误的* softmax 反向计算(用第 6 节的算子对:`softmax_forward`,缓存就是
-# $p$),让它在全 1 的上游梯度下通过梯度检验,在随机的上游梯度下失败。提示:当 $\bar p = \mathbf 1$ 时,真正的 $\bar x$
-# 是什么?
+# **练习 2——亲手骗过全 1 检验。** 写一个*错误的* softmax 反向计算(用第 6 节的算子对:`softmax_forward`,缓存就是 $p$),
+# 让它在全 1 的上游梯度下通过梯度检验,在随机的上游梯度下失败。提示:当 $\bar p = \mathbf 1$ 时,真正的 $\bar x$ 是什么?
 
 # %%
 def my_wrong_softmax_backward(dp, cache):
@@ -507,8 +506,8 @@ exercise("Exercise 2 (a bug only a random g finds)", check_wrong_softmax, my_wro
          solution_wrong_softmax_backward)
 
 # %% [markdown]
-# **练习 3——GELU 的最低点。** GELU 的最小值在导数为 0 的地方。只用 `gelu_forward` 和 `gelu_backward`(第 4 节:全 1
-# 的上游梯度给出 $dy/dx$),把这个 $x$ 求到误差 $10^{-9}$ 以内,例如在 −2 和 −0.1 之间二分查找。
+# **练习 3——GELU 的最低点。** GELU 的最小值在导数为 0 的地方。只用 `gelu_forward` 和 `gelu_backward`(第 4 节:全
+# 1 的上游梯度给出 $dy/dx$),把这个 $x$ 求到误差 $10^{-9}$ 以内,例如在 −2 和 −0.1 之间二分查找。
 
 # %%
 def my_gelu_minimum():

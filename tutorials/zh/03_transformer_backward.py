@@ -18,8 +18,8 @@
 #
 # > 4. 训练和优化:使用特定任务的数据集对模型进行训练,通过反向传播算法调整模型参数,以最小化损失函数。
 #
-# 教程 02 逐个检验了单个算子的反向计算。GPT 不过是按固定顺序调用这些算子,它的反向传播就是把同样的调用倒过来再走
-# 一遍。放到整个模型上,新东西只有两处,而且归结为同一条规则——**一个张量被用了两次,它的梯度就相加**:
+# 教程 02 逐个检验了单个算子的反向计算。GPT 不过是按固定顺序调用这些算子,它的反向传播就是把同样的调用倒过来再走一遍。
+# 放到整个模型上,新东西只有两处,而且归结为同一条规则——**一个张量被用了两次,它的梯度就相加**:
 #
 # - **残差流**:每个块计算 `x = x + branch(x)`,`x` 同时流向两条路径;
 # - **共享的词嵌入(tied embedding)**:GPT-2 的 `wte` 既是输入嵌入矩阵,又是输出(LM head)矩阵。
@@ -29,11 +29,11 @@
 # 2. 用模型自己的张量,从数值上验证残差流上的梯度之和与共享词嵌入上的梯度之和;
 # 3. 用 `minift.gradcheck.check_function` 把整个模型的梯度与有限差分对照。
 #
-# **用时:** 正常模式运行约 5 秒(在 2 个 CPU 核上实测;最后的检验会走遍模型全部 7,616 个参数),快速模式
-# (`MINIFT_FAST=1`:每个张量抽样 8 个元素)约 1 秒;阅读 30 分钟。
+# **用时:** 正常模式运行约 5 秒(在 2 个 CPU 核上实测;最后的检验会走遍模型全部 7,616 个参数),快速模式(`MINIFT_FAST=1`:
+# 每个张量抽样 8 个元素)约 1 秒;阅读 30 分钟。
 #
-# **前置:** [教程 02](02_backprop_by_hand.py)(手写反向传播)。英文原版:
-# [03_transformer_backward.py](../03_transformer_backward.py)。
+# **前置:** [教程 02](02_backprop_by_hand.py)(手写反向传播)。
+# 英文原版:[03_transformer_backward.py](../03_transformer_backward.py)。
 
 # %%
 import numpy as np
@@ -57,12 +57,12 @@ print("fast mode" if FAST else "normal mode")
 # %% [markdown]
 # ## 1. 一个 float64 的微型 GPT
 #
-# 梯度检验需要 float64(教程 02 第 2 节),模型也要小到能跑上千次前向传播。这个模型的结构与 GPT-2 完全相同——可学习的
-# 位置嵌入、pre-LayerNorm 块、合并的 `c_attn`、tanh 近似的 GELU、`ln_f`、与 `wte` 共享的 LM head——只是小到可以整个
-# 打印出来:词表 $V = 48$,宽度 $C = 16$,2 个块、每块 2 个头,上下文长度 16。
+# 梯度检验需要 float64(教程 02 第 2 节),模型也要小到能跑上千次前向传播。这个模型的结构与 GPT-2 完全相同——
+# 可学习的位置嵌入、pre-LayerNorm 块、合并的 `c_attn`、tanh 近似的 GELU、`ln_f`、与 `wte` 共享的 LM head——
+# 只是小到可以整个打印出来:词表 $V = 48$,宽度 $C = 16$,2 个块、每块 2 个头,上下文长度 16。
 #
-# GPT-2 把层归一化的增益初始化为 1、偏置为 0。这些是*中性点*:有些写错的反向计算在这里恰好给出正确答案(教程 02
-# 第 7 节)。所以在检验任何东西之前,我们先给每个参数加一个随机扰动(标准差 0.1)。
+# GPT-2 把层归一化的增益初始化为 1、偏置为 0。这些是*中性点*:有些写错的反向计算在这里恰好给出正确答案(教程 02 第 7 节)。
+# 所以在检验任何东西之前,我们先给每个参数加一个随机扰动(标准差 0.1)。
 
 # %%
 cfg = minift.GPTConfig(vocab_size=48, n_ctx=16, n_embd=16, n_layer=2, n_head=2)
@@ -108,14 +108,14 @@ for name in forward_names:
           f"{gshape:<13} {gstep:>3}")
 
 # %% [markdown]
-# 看表中的两列 `#`:前向传播自上而下(第 0–20 步),反向传播自下而上(第 21–42 步,起点是 `dlogits`,即教程 02 里
-# 交叉熵的 $(p - \text{onehot})/N$)。每个梯度的形状都与对应的激活值相同。反向传播比前向传播多出 L − 1 项,块与块之间
-# 的每个边界一项(这里 L = 2:一项)——边界处的梯度用它的两个名字各列一次:`dh.1.in`(第 32 步)是从第 1 块输入端离开的
-# 梯度,`dh.0.out`(第 33 步)是到达第 0 块输出端的同一个梯度。一个块的输出*就是*下一个块的输入,所以两者是同一个张量
-# 的两个名字。
+# 看表中的两列 `#`:前向传播自上而下(第 0–20 步),反向传播自下而上(第 21–42 步,起点是 `dlogits`,即教程 02 里交叉熵的
+# $(p - \text{onehot})/N$)。每个梯度的形状都与对应的激活值相同。反向传播比前向传播多出 L − 1 项,
+# 块与块之间的每个边界一项(这里 L = 2:一项)——边界处的梯度用它的两个名字各列一次:`dh.1.in`(第 32 步)
+# 是从第 1 块输入端离开的梯度,`dh.0.out`(第 33 步)是到达第 0 块输出端的同一个梯度。一个块的输出*就是*下一个块的输入,
+# 所以两者是同一个张量的两个名字。
 #
-# **检验。** 对每个有记录梯度的行:形状相同,而且沿表往下,反向步号严格递减(反向传播恰好是前向传播的逆序);并且
-# `dh.0.out` 就是 `dh.1.in`。
+# **检验。** 对每个有记录梯度的行:形状相同,而且沿表往下,反向步号严格递减(反向传播恰好是前向传播的逆序);并且 `dh.0.out`
+# 就是 `dh.1.in`。
 
 # %%
 pairs = [(n, grad_of(n)) for n in forward_names if grad_of(n) in rec]
@@ -128,8 +128,8 @@ print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = f
 # %% [markdown]
 # ## 3. 残差流:梯度是两条路径之和
 #
-# 以第 0 块的 MLP 残差为例:$x_\text{out} = x_\text{mid} + y(x_\text{mid})$,其中 $y$ 是整个 MLP 分支(LN₂、c_fc、
-# GELU、c_proj)。由链式法则,$x_\text{mid}$ 沿两条路径影响损失,
+# 以第 0 块的 MLP 残差为例:$x_\text{out} = x_\text{mid} + y(x_\text{mid})$,其中 $y$ 是整个 MLP 分支(LN₂、c_fc、GELU、
+# c_proj)。由链式法则,$x_\text{mid}$ 沿两条路径影响损失,
 #
 # $$\frac{\partial L}{\partial x_\text{mid}} \;=\;
 # \underbrace{\frac{\partial L}{\partial x_\text{out}}}_{\text{跳连:原样传过}} \;+\;
@@ -138,13 +138,13 @@ print(f"{len(pairs)} activation/gradient pairs: shapes match, backward order = f
 # \mathrm{LN}_1^\top\!\Big(\frac{\partial L}{\partial a}\Big).$$
 #
 # 这里的 $\mathrm{LN}_2^\top(\cdot)$ 是 LayerNorm 在 $x_\text{mid}$ 处的向量–雅可比积
-# $J_{\mathrm{LN}_2}(x_\text{mid})^\top\,\partial L/\partial m$:把 `layernorm_backward` 作用在
-# $\partial L/\partial m$ 上,即到达 LN₂ 输出端 $m$ 的梯度(LN₁ 与 $a$ 同理)。加法节点还把收到的梯度原封不动地交给
-# 分支:$\partial L/\partial y = \partial L/\partial x_\text{out}$。深层残差网络之所以训练得动,靠的正是跳连这一项——
-# 梯度不必穿过每个分支,就能到达靠前的层。
+# $J_{\mathrm{LN}_2}(x_\text{mid})^\top\,\partial L/\partial m$:把 `layernorm_backward` 作用在 $\partial L/\partial m$
+# 上,即到达 LN₂ 输出端 $m$ 的梯度(LN₁ 与 $a$ 同理)。
+# 加法节点还把收到的梯度原封不动地交给分支:$\partial L/\partial y = \partial L/\partial x_\text{out}$。
+# 深层残差网络之所以训练得动,靠的正是跳连这一项——梯度不必穿过每个分支,就能到达靠前的层。
 #
-# 下面从记录的张量重建这两个和:在分支的梯度(`dh.0.ln_2` $= \partial L/\partial m$,`dh.0.ln_1`
-# $= \partial L/\partial a$)上调用 minift 的 LayerNorm 反向计算,再与模型的反向传播算出的结果对比。
+# 下面从记录的张量重建这两个和:在分支的梯度(`dh.0.ln_2` $= \partial L/\partial m$,`dh.0.ln_1` $= \partial L/\partial a$)
+# 上调用 minift 的 LayerNorm 反向计算,再与模型的反向传播算出的结果对比。
 
 # %%
 x_in = rec["embedding"]                                  # (B, T, C) 第 0 块的输入
@@ -165,9 +165,9 @@ print(f"‖dL/dx_in‖ = {norm(d_in):.4f}  (not the sum of the norms: the three 
 
 # %% [markdown]
 # **检验。** (a) 交给 MLP 分支的梯度(`dh.0.mlp.c_proj`)*就是*块输出端的梯度。(b) 跳连 + MLP 分支,等于模型在
-# $x_\text{mid}$ 处算出的梯度(模型也把它交给了注意力分支,即 `dh.0.attn.c_proj`)。(c) 再加上注意力分支,就是模型在
-# 块输入端的梯度 `dh.0.in`。同样的运算作用在同样的数上,所以结果完全一致,而不只是接近。去掉任何一个分支项,误差就和
-# 那一项一样大。
+# $x_\text{mid}$ 处算出的梯度(模型也把它交给了注意力分支,即 `dh.0.attn.c_proj`)。(c) 再加上注意力分支,
+# 就是模型在块输入端的梯度 `dh.0.in`。同样的运算作用在同样的数上,所以结果完全一致,而不只是接近。去掉任何一个分支项,
+# 误差就和那一项一样大。
 
 # %%
 assert np.array_equal(rec["dh.0.mlp.c_proj"], d_out)                                     # (a)
@@ -189,9 +189,9 @@ assert err_mid < 1e-14 and err_in < 1e-14 and err_without > 1e-3
 # \text{ 在批次中时,第 } v \text{ 行才有}} .$$
 #
 # LM head 这一部分就是线性层的 $\bar W = x^\top \bar y$(教程 02),其中 $W = \mathrm{wte}^\top$,$h$ 和
-# $\bar{\text{logits}}$ 展平成 $N = B\cdot T$ 行:对所有位置的外积求和,与 $\bar W$ 一样。嵌入这一部分则把嵌入输出端的
-# 梯度(`dh.0.in`)按查过的 token 累加(scatter-add)到对应的行上。下面用 minift 自己的算子反向计算分别求出两部分,
-# 再把它们的和与 `grads["wte.weight"]` 对比。
+# $\bar{\text{logits}}$ 展平成 $N = B\cdot T$ 行:对所有位置的外积求和,与 $\bar W$ 一样。
+# 嵌入这一部分则把嵌入输出端的梯度(`dh.0.in`)按查过的 token 累加(scatter-add)到对应的行上。下面用 minift
+# 自己的算子反向计算分别求出两部分,再把它们的和与 `grads["wte.weight"]` 对比。
 
 # %%
 _, head_cache = linear_forward(rec["ln_f"], P["wte.weight"].T)               # logits = h @ wteᵀ
@@ -207,9 +207,9 @@ print(f"LM-head part: {rows_head} of {cfg.vocab_size} rows nonzero (softmax push
 print(f"embedding part: {rows_emb} rows nonzero = the {n_distinct} distinct tokens in the batch")
 
 # %% [markdown]
-# **检验。** (a) LM head 部分 + 嵌入部分,恰好等于模型的 `wte` 梯度;嵌入反向计算给出的 `wpe` 梯度(来自同一个上游
-# 张量 `dh.0.in`)也等于模型的 `wpe` 梯度——说明喂给嵌入反向计算的张量没有选错。(b) 单独任何一部分都*不是*梯度:对
-# `wte`(全部 $48 \times 16 = 768$ 个元素)做有限差分检验,只用 LM head 部分会失败,用两者之和则通过。
+# **检验。** (a) LM head 部分 + 嵌入部分,恰好等于模型的 `wte` 梯度;嵌入反向计算给出的 `wpe` 梯度(来自同一个上游张量
+# `dh.0.in`)也等于模型的 `wpe` 梯度——说明喂给嵌入反向计算的张量没有选错。(b) 单独任何一部分都*不是*梯度:对 `wte`(全部
+# $48 \times 16 = 768$ 个元素)做有限差分检验,只用 LM head 部分会失败,用两者之和则通过。
 
 # %%
 err_sum = np.abs(head_part + emb_part - grads["wte.weight"]).max()
@@ -230,10 +230,10 @@ print(f"\nworst row of the head-only check: token {worst_row}, in the batch: {wo
 assert not only_head.ok and both.ok and worst_row in ids
 
 # %% [markdown]
-# 只用 LM head 部分时,误差最大的那一行属于一个*在*批次中的 token:那里缺了嵌入部分。批次之外的 token 所在的行,只用
-# LM head 部分也能通过——只抽查少数几个元素的检验可能漏掉这个 bug(768 个元素中只有 224 个带着它,即批次中 14 个
-# token 的那些行:快速模式抽 8 个,全部错过的概率为 $\binom{544}{8}/\binom{768}{8} \approx 6\%$),所以这里把所有元素都
-# 检查了一遍。
+# 只用 LM head 部分时,误差最大的那一行属于一个*在*批次中的 token:那里缺了嵌入部分。批次之外的 token 所在的行,只用 LM
+# head 部分也能通过——只抽查少数几个元素的检验可能漏掉这个 bug(768 个元素中只有 224 个带着它,即批次中 14 个 token
+# 的那些行:快速模式抽 8 个,全部错过的概率为 $\binom{544}{8}/\binom{768}{8} \approx 6\%$),
+# 所以这里把所有元素都检查了一遍。
 #
 # ## 5. 整个模型对照有限差分
 #
@@ -243,9 +243,9 @@ assert not only_head.ok and both.ok and worst_row in ids
 # $$\text{numeric} = \frac{L(\theta + h e_i) - L(\theta - h e_i)}{2h}, \qquad h = 10^{-5}, \qquad
 # \text{error} = \frac{|\text{analytic} - \text{numeric}|}{\max(|\text{analytic}|, |\text{numeric}|, 10^{-3})}.$$
 #
-# 与 `check_op` 不同,这里的标量是模型真实的损失,所以内部每个算子收到的"上游梯度",是上面各层实际传下来的——而不是
-# 全 1。损失在 4 附近时,舍入误差约为 $10^{-16}\,L/h \approx 4\cdot10^{-11}$,与下限 $10^{-3}$ 相比微不足道:正确的
-# 反向传播得分低于 $10^{-7}$。
+# 与 `check_op` 不同,这里的标量是模型真实的损失,所以内部每个算子收到的"上游梯度",是上面各层实际传下来的——而不是全 1。
+# 损失在 4 附近时,舍入误差约为 $10^{-16}\,L/h \approx 4\cdot10^{-11}$,与下限 $10^{-3}$ 相比微不足道:
+# 正确的反向传播得分低于 $10^{-7}$。
 
 # %%
 max_entries = pick(None, 8)                              # 正常模式:全部元素;快速模式:每个张量随机 8 个
@@ -289,9 +289,9 @@ except minift.MiniftError as e:
 #
 # 在 `my_...` 函数里写下你的答案,再运行其下方的检验单元格。在你动手之前,检验跑的是参考答案(在 Jupyter 中默认折叠)。
 #
-# **练习 1——最后一个块的残差。** 仿照第 3 节重建 `dh.0.in` 的做法,重建 `dh.1.in`(第 1 块输入端的梯度)。新的地方
-# 在于:第 1 块*输出端*的梯度并不来自另一个块,而要通过 `ln_f` 的反向计算得到——把它作用在 `rec["dln_f"]`(`ln_f` 输出
-# $h$ 的梯度)上,cache 取自 `layernorm_forward(rec["h.1.out"], P["ln_f.weight"], P["ln_f.bias"])`;顺便把结果与
+# **练习 1——最后一个块的残差。** 仿照第 3 节重建 `dh.0.in` 的做法,重建 `dh.1.in`(第 1 块输入端的梯度)。新的地方在于:
+# 第 1 块*输出端*的梯度并不来自另一个块,而要通过 `ln_f` 的反向计算得到——把它作用在 `rec["dln_f"]`(`ln_f` 输出 $h$
+# 的梯度)上,cache 取自 `layernorm_forward(rec["h.1.out"], P["ln_f.weight"], P["ln_f.bias"])`;顺便把结果与
 # `rec["dh.1.out"]` 对比一下。
 
 # %%
@@ -322,10 +322,9 @@ def check_block1(answer):
 exercise("Exercise 1 (the last block's residual)", check_block1, my_block1_input_grad, solution_block1_input_grad)
 
 # %% [markdown]
-# **练习 2——冻结(原文 §1.1 第 3 步:冻结部分参数)。** 把两个嵌入表 `wte.weight` 和 `wpe.weight` 的名字放进
-# `model.frozen` 来冻结它们,返回一次 `loss_and_grads` 调用得到的梯度。检验会确认:被冻结的张量没有梯度(模型完全跳过
-# 了它们的反向计算),其余每个梯度都与不冻结时*逐位*相同——冻结改变的是算哪些,而不是算出来的值。做完后把
-# `model.frozen` 清空。
+# **练习 2——冻结(原文 §1.1 第 3 步:冻结部分参数)。** 把两个嵌入表 `wte.weight` 和 `wpe.weight` 的名字放进 `model.frozen`
+# 来冻结它们,返回一次 `loss_and_grads` 调用得到的梯度。检验会确认:被冻结的张量没有梯度(模型完全跳过了它们的反向计算),
+# 其余每个梯度都与不冻结时*逐位*相同——冻结改变的是算哪些,而不是算出来的值。做完后把 `model.frozen` 清空。
 
 # %%
 def my_frozen_grads(model, ids, targets):

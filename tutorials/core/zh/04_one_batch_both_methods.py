@@ -14,19 +14,19 @@
 # %% [markdown]
 # # 核心 04 · 同一批数据走两种方法:逐个张量对照
 #
-# **你将看到什么。** 一批 16 条评论,只做一次反向传播。对 LoRA 适配的 16 个权重矩阵,完全微调的梯度 $G$ 与 LoRA 的
-# $dA$、$dB$ 并排打印,再和 $s\,B^\top G^\top$、$s\,G^\top A^\top$ 对照:数字一位不差。LoRA 的 $dA$ 就是透过 $B$
-# 看到的完全微调梯度 $G$,$dB$ 则是透过 $A$ 看到的 $G$。接着看 LoRA 的第一步($dA$ 恰好为零);看 LoRA 的一步更新
-# 改动了 $W$ 的每一个元素,秩却只有 $2r$;最后读"透镜"——`minift inspect` 打印的那张表:逐个矩阵地看 LoRA 跟上了
-# 完全微调方向的多少,以及它省掉的那一次矩阵乘法。
+# **你将看到什么。** 一批 16 条评论,只做一次反向传播。对 LoRA 适配的 16 个权重矩阵,完全微调的梯度 $G$ 与 LoRA 的 $dA$、
+# $dB$ 并排打印,再和 $s\,B^\top G^\top$、$s\,G^\top A^\top$ 对照:数字一位不差。LoRA 的 $dA$ 就是透过 $B$
+# 看到的完全微调梯度 $G$,$dB$ 则是透过 $A$ 看到的 $G$。接着看 LoRA 的第一步($dA$ 恰好为零);看 LoRA 的一步更新改动了 $W$
+# 的每一个元素,秩却只有 $2r$;最后读"透镜"——`minift inspect` 打印的那张表:逐个矩阵地看 LoRA 跟上了完全微调方向的多少,
+# 以及它省掉的那一次矩阵乘法。
 #
 # **原文:** §4.1 完全微调与LoRA的异同点:
 #
 # > 完全微调涉及对预训练模型的所有参数进行更新。…… 相比之下,LoRA仅对预训练模型的部分参数进行微调,通过引入低秩矩阵
 # > ( A ) 和 ( B ),使得新的权重矩阵 ( W' ) 可以表示为 ( W' = W + AB^T )。
 #
-# 这里要按 LoRA 论文(Hu et al. 2021,arXiv 2106.09685)更正一处:LoRA 其实不微调预训练模型的*任何*参数。$W$
-# 始终冻结,训练的是新引入的 $A$、$B$;可有效权重的每个元素都会随之改变。
+# 这里要按 LoRA 论文(Hu et al. 2021,arXiv 2106.09685)更正一处:LoRA 其实不微调预训练模型的*任何*参数。$W$ 始终冻结,
+# 训练的是新引入的 $A$、$B$;可有效权重的每个元素都会随之改变。
 #
 # **你将学到**
 # 1. 怎样从一次反向传播同时拿到 $G$、$dA$ 和 $dB$,以及为什么这个 $G$ 就是完全微调的梯度;
@@ -38,10 +38,10 @@
 # **用时:** 阅读约 15 分钟;在一台空闲的 2 核 Intel Xeon 上实测(`OPENBLAS_NUM_THREADS=1`),正常模式运行约 6 秒,
 # 快速模式(`MINIFT_FAST=1`)约 2 秒。
 #
-# **前置:** 核心 01(线性层的反向计算)、核心 03(LoRA:$s = \alpha/r$,$A$ $[r, \text{in}]$,
-# $B$ $[\text{out}, r]$,初始化时 $B = 0$)。核心 01–03 把梯度写作 $\bar y$;本篇沿用 minift 代码和打印输出里的名字:
-# $dy = \bar y$,$dA = \bar A$,$dB = \bar B$。**深入阅读:** [教程 08](../../zh/08_one_batch_both_methods.py)
-# (进阶),对同一批数据的更深入分析。
+# **前置:** 核心 01(线性层的反向计算)、核心 03(LoRA:$s = \alpha/r$,$A$ $[r, \text{in}]$, $B$ $[\text{out}, r]$,初始化时
+# $B = 0$)。核心 01–03 把梯度写作 $\bar y$;本篇沿用 minift
+# 代码和打印输出里的名字:$dy = \bar y$,$dA = \bar A$,$dB = \bar B$。**深入阅读:**
+# [教程 08](../../zh/08_one_batch_both_methods.py)(进阶),对同一批数据的更深入分析。
 
 # %%
 import contextlib
@@ -71,9 +71,9 @@ ETA = 1e-2                       # 我们考察的普通 SGD 一步的 η(透镜
 # %% [markdown]
 # ## 1. 一次反向传播,两种梯度
 #
-# 以 float64 加载随附的基座模型,加上情感分析任务的分类头,在 4 个块的全部四个线性层上挂 LoRA($r = 8$,
-# $\alpha = 64$),先用 AdamW 训几步,让 $B \ne 0$。然后取**下一批**数据,对每个被适配的 $W$ 问:完全微调在这里会用
-# 什么梯度?$A$ 和 $B$ 又各自拿到什么?
+# 以 float64 加载随附的基座模型,加上情感分析任务的分类头,在 4 个块的全部四个线性层上挂 LoRA($r = 8$, $\alpha = 64$),先用
+# AdamW 训几步,让 $B \ne 0$。然后取**下一批**数据,对每个被适配的 $W$ 问:完全微调在这里会用什么梯度?$A$ 和 $B$
+# 又各自拿到什么?
 #
 # 带适配器的线性层用有效权重 $W_\text{eff} = W + s\,A^\top B^\top$ 计算(minift 的布局 $[\text{in}, \text{out}]$,
 # $y = xW$;即原文的 $AB^\top$,见核心 03)。损失只通过 $W_\text{eff}$ 依赖 $W$,而 $\partial W_\text{eff}/\partial W$
@@ -82,8 +82,8 @@ ETA = 1e-2                       # 我们考察的普通 SGD 一步的 η(透镜
 # $$G \;=\; \frac{\partial L}{\partial W} \;=\; \frac{\partial L}{\partial W_\text{eff}} \;=\; x^\top dy
 # \quad [I, O],$$
 #
-# 其中 $x$ $[N, I]$ 是线性层的输入,$dy$ $[N, O]$ 是其输出在本批 $N$ 个 token 位置上的梯度。
-# `full_and_lora_grads` 在一次反向传播中临时解冻 $W$,于是每个被适配的线性层都从同一个 $dy$ 交出 $G$、$dA$ 和 $dB$。
+# 其中 $x$ $[N, I]$ 是线性层的输入,$dy$ $[N, O]$ 是其输出在本批 $N$ 个 token 位置上的梯度。`full_and_lora_grads`
+# 在一次反向传播中临时解冻 $W$,于是每个被适配的线性层都从同一个 $dy$ 交出 $G$、$dA$ 和 $dB$。
 
 # %%
 base, tok = load_base(dtype="float64")                   # float64:下面的恒等式误差约 1e-15
@@ -106,9 +106,9 @@ print(f"{m0}: W {model.params[m0 + '.weight'].shape} [in, out]; G {grads[m0 + '.
       f"dA {grads[m0 + '.lora_A.weight'].shape} [r, in], dB {grads[m0 + '.lora_B.weight'].shape} [out, r]")
 
 # %% [markdown]
-# **检验。** (a) 把 $W_\text{eff}$ 写进 $W$ 的普通副本(`lora.merged_model()`),不冻结任何参数,算出的 $dW$ 与 $G$
-# 相同:$G$ 正是完全微调的梯度。(b) 普通的 LoRA 前向、反向传播($W$ 冻结)给出逐位相同的 $dA$、$dB$,而被适配的 $W$
-# **没有**梯度:它的 $x^\top dy$ 根本没算(见第 7 节)。
+# **检验。** (a) 把 $W_\text{eff}$ 写进 $W$ 的普通副本(`lora.merged_model()`),不冻结任何参数,算出的 $dW$ 与 $G$ 相同:$G$
+# 正是完全微调的梯度。(b) 普通的 LoRA 前向、反向传播($W$ 冻结)给出逐位相同的 $dA$、$dB$,而被适配的 $W$ **没有**梯度:它的
+# $x^\top dy$ 根本没算(见第 7 节)。
 
 # %%
 full = lora.merged_model()                               # 普通副本,权重为 W + ΔW;全部参数参与训练
@@ -128,16 +128,16 @@ assert set(lora_grads) == set(lora.params) | {"score.weight"}
 # %% [markdown]
 # ## 2. LoRA 的梯度,就是透过 $A$ 和 $B$ 看到的 $G$
 #
-# 带适配器的线性层(不开 dropout)是 $y = xW + b + s\,hB^\top$,其中 $h = xA^\top$ $[N, R]$。对每个乘积套用线性层的
-# 反向计算规则(核心 01),再代入 $x^\top dy = G$:
+# 带适配器的线性层(不开 dropout)是 $y = xW + b + s\,hB^\top$,其中 $h = xA^\top$ $[N, R]$。
+# 对每个乘积套用线性层的反向计算规则(核心 01),再代入 $x^\top dy = G$:
 #
 # $$dB = s\, dy^\top h = s\, (x^\top dy)^\top A^\top = s\, G^\top A^\top \quad [O, R],$$
 #
 # $$dA = s\,(dy\, B)^\top x = s\, B^\top (x^\top dy)^\top = s\, B^\top G^\top \quad [R, I].$$
 #
 # LoRA 看到的只有完全微调的梯度:$dB$ 是沿 $A$ 的各行($r$ 个输入方向)读出的 $G$,$dA$ 是沿 $B$ 的各列($r$ 个输出方向)
-# 读出的 $G$。$G$ 的其余部分在这一步传不到适配器。`lens` 执行这次反向传播,并对全部 16 个矩阵算出第 2–5 节的所有量;
-# `format_module` 展示其中一个。
+# 读出的 $G$。$G$ 的其余部分在这一步传不到适配器。`lens` 执行这次反向传播,并对全部
+# 16 个矩阵算出第 2–5 节的所有量;`format_module` 展示其中一个。
 
 # %%
 report = lens(model, lora, batch, lr=ETA)                # 第 2–5 节,每个被适配的矩阵
@@ -154,8 +154,8 @@ print(format_module(report, m0).split("  singular values")[0])
 # %% [markdown]
 # 打印的是 $G$ 的左上角,然后 $dA$ 在上、$s\,B^\top G^\top$ 在下,$dB$ 在上、$s\,G^\top A^\top$ 在下,逐位相同。
 #
-# **检验。** 两个恒等式在每个矩阵中的相对误差都小于 $10^{-13}$:在 float64 下,它们只是把同一次反向传播里的乘积换了个
-# 顺序。
+# **检验。** 两个恒等式在每个矩阵中的相对误差都小于 $10^{-13}$:在 float64 下,
+# 它们只是把同一次反向传播里的乘积换了个顺序。
 
 # %%
 assert max(errs.values()) < 1e-13
@@ -170,8 +170,8 @@ assert report.overall["max_identity_err"] < 1e-13        # 透镜自己的 id.er
 # \Delta W_\text{step} = s\,A^\top(-\eta\, dB)^\top = -\eta\, s^2 A^\top A\, G .$$
 #
 # 第一步就是透过 $A^\top A$ 看到的完全微调那一步 $-\eta G$:只有落在 $A$ 行空间里的那部分 $G$ 留了下来。$A$ 是随机的,
-# 所以这是 $I$ 维输入空间里一个随机的 $r$ 维子空间;平均来说它装下 $\lVert G\rVert^2$ 的 $r/I$,也就是
-# $\lVert G\rVert$ 的约 $\sqrt{r/I}$。第一步能往哪些方向走,数据还说了不算。下面给普通副本挂上全新的适配器,看同一批数据:
+# 所以这是 $I$ 维输入空间里一个随机的 $r$ 维子空间;平均来说它装下 $\lVert G\rVert^2$ 的 $r/I$,也就是 $\lVert G\rVert$
+# 的约 $\sqrt{r/I}$。第一步能往哪些方向走,数据还说了不算。下面给普通副本挂上全新的适配器,看同一批数据:
 
 # %%
 model0 = plain.to()
@@ -187,11 +187,11 @@ for row in report0.rows:
 
 # %% [markdown]
 # `tangent` 是一步更新能触及的 $\lVert G\rVert$ 份额(第 5 节);初始化时它等于 $\lVert P_\text{in}G\rVert/\lVert G\rVert$,
-# $P_\text{in}$ 是到 $A$ 行空间的投影。请和上面打印的 $\sqrt{r/I}$ 一列对照:一批数据的 $G$ 由少数几个方向主导,随机子空间
-# 能接住多少会有起伏(起伏多大,见教程 08 第 3 节)。
+# $P_\text{in}$ 是到 $A$ 行空间的投影。请和上面打印的 $\sqrt{r/I}$ 一列对照:一批数据的 $G$ 由少数几个方向主导,
+# 随机子空间能接住多少会有起伏(起伏多大,见教程 08 第 3 节)。
 #
-# **检验。** 每个 $dA$ 都恰好为零(不只是很小),每个 $dB$ 都不为零;透镜给出的这一步与 $-\eta s^2 A^\top A\,G$ 的误差
-# 在 $10^{-12}$ 以内;每个 tangent 份额都在 $\sqrt{r/I}$ 的 2.5 倍范围内。
+# **检验。** 每个 $dA$ 都恰好为零(不只是很小),每个 $dB$ 都不为零;透镜给出的这一步与 $-\eta s^2 A^\top A\,G$ 的误差在
+# $10^{-12}$ 以内;每个 tangent 份额都在 $\sqrt{r/I}$ 的 2.5 倍范围内。
 
 # %%
 for row in report0.rows:
@@ -215,8 +215,8 @@ assert report0.at_init and not report.at_init
 #
 # $$\Delta W_1 = -\eta\, s^2\,(A^\top A\, G + G\, B B^\top).$$
 #
-# 也就是 $G$ 在输入侧乘以 $A^\top A$、在输出侧乘以 $BB^\top$。每一项的秩都 $\le r$,所以这一步的秩 $\le 2r$;可它是个
-# 稠密矩阵:$W_\text{eff}$ 的每个元素都在变。下面真的走一步(用 `minift.optim.SGD` 更新 $A$ 和 $B$),重新读取
+# 也就是 $G$ 在输入侧乘以 $A^\top A$、在输出侧乘以 $BB^\top$。每一项的秩都 $\le r$,所以这一步的秩 $\le 2r$;
+# 可它是个稠密矩阵:$W_\text{eff}$ 的每个元素都在变。下面真的走一步(用 `minift.optim.SGD` 更新 $A$ 和 $B$),重新读取
 # `lora.effective_weights()`,再把 $A$、$B$ 恢复原样。
 
 # %%
@@ -250,8 +250,8 @@ show(fig, "core04_step_spectrum")
 # 二阶项很小(见上面的打印)。另外,同样的 $\eta$,LoRA 的一步反而比完全微调的*更长*:$s^2 A^\top A$ 和 $s^2 BB^\top$
 # 会把保留下来的部分拉长——这也是 LoRA 需要单独设学习率的原因之一。
 #
-# **检验。** 在每个矩阵中:真实的 SGD 一步让 $W_\text{eff}$ 改变了透镜给出的 `delta_exact`,误差在 $10^{-12}$ 以内;
-# $\Delta W_1 = -\eta s^2 (A^\top A G + G BB^\top)$,误差在 $10^{-12}$ 以内;秩恰好为 $2r$,没有一个元素为零;并且
+# **检验。** 在每个矩阵中:真实的 SGD 一步让 $W_\text{eff}$ 改变了透镜给出的 `delta_exact`,误差在 $10^{-12}$
+# 以内;$\Delta W_1 = -\eta s^2 (A^\top A G + G BB^\top)$,误差在 $10^{-12}$ 以内;秩恰好为 $2r$,没有一个元素为零;并且
 # $\lVert\Delta W_\text{step}\rVert > \lVert\eta G\rVert$(透镜的 `/η‖G‖` 一列,第 5 节)。
 
 # %%
@@ -273,15 +273,15 @@ assert all(np.array_equal(v, saved[k]) for k, v in lora.params.items())         
 # $$\langle G, \Delta W_1\rangle = -\eta\, s^2\,\big(\lVert A G\rVert^2 + \lVert G B\rVert^2\big) \le 0,
 # \qquad \cos(\Delta W_1, -G) \ge 0 .$$
 #
-# 所以用普通 SGD 时,LoRA 的一步在这批数据上(一阶意义下)永远不会往上坡走;但它跟随完全微调方向的程度,只有余弦说的那么多
-# (完全微调自己的余弦是 1)。原因要看 $\lVert G\rVert$ 的三个份额:
+# 所以用普通 SGD 时,LoRA 的一步在这批数据上(一阶意义下)永远不会往上坡走;但它跟随完全微调方向的程度,
+# 只有余弦说的那么多(完全微调自己的余弦是 1)。原因要看 $\lVert G\rVert$ 的三个份额:
 #
 # - **span** $=\lVert P_\text{in}\,G\,P_\text{out}\rVert/\lVert G\rVert$:$G$ 落在 $\Delta W = s\,A^\top B^\top$
 #   当前所在子空间里的部分($P_\text{out}$ 投影到 $B$ 的列空间);
-# - **tangent** $=\lVert G - (1 - P_\text{in})\,G\,(1 - P_\text{out})\rVert/\lVert G\rVert$:$A$、$B$ 的任意微小变化
-#   所能触及的部分;$\Delta W_1$ 就在其中,所以 $\cos \le$ tangent;
-# - **best-$r$** $=\lVert G_r\rVert/\lVert G\rVert$,$G_r$ 是截断到前 $r$ 个奇异值的 SVD:由 Eckart–Young 定理,任何秩
-#   为 $r$ 的更新都装不下更多,所以 span $\le$ best-$r$(同理 tangent $\le$ best-$2r$)。
+# - **tangent** $=\lVert G - (1 - P_\text{in})\,G\,(1 - P_\text{out})\rVert/\lVert G\rVert$:$A$、$B$
+#   的任意微小变化所能触及的部分;$\Delta W_1$ 就在其中,所以 $\cos \le$ tangent;
+# - **best-$r$** $=\lVert G_r\rVert/\lVert G\rVert$,$G_r$ 是截断到前 $r$ 个奇异值的 SVD:由 Eckart–Young 定理,任何秩为
+#   $r$ 的更新都装不下更多,所以 span $\le$ best-$r$(同理 tangent $\le$ best-$2r$)。
 #
 # `format_lens` 对每个矩阵打印这些量,并附上各列说明:这就是 `minift inspect` 的那张表。
 
@@ -291,14 +291,14 @@ if FAST:
 print(format_lens(report))
 
 # %% [markdown]
-# 按上面打印的表逐行读。**best-r** 很高:一批数据的 $G$ 由少数几个方向主导(`erank` 很小),所以秩为 $r$ 的更新*本可以*
-# 装下它的大部分。**span** 很低:LoRA 在预热训练中建起来的子空间,装不下多少*这一批*的梯度。**tangent** 高一些,因为两个
-# 因子都能转动;**cos** 在它之下。§4.1 所说"模型性能"上的差别就从这里开始:完全微调沿着 $G$ 走;LoRA 沿着 $G$ 在 $2r$
-# 个方向上的投影走,而这些方向由 $A$ 的随机初始化和之前的批次决定。
+# 按上面打印的表逐行读。**best-r** 很高:一批数据的 $G$ 由少数几个方向主导(`erank` 很小),所以秩为 $r$
+# 的更新*本可以*装下它的大部分。**span** 很低:LoRA 在预热训练中建起来的子空间,装不下多少*这一批*的梯度。**tangent**
+# 高一些,因为两个因子都能转动;**cos** 在它之下。§4.1 所说"模型性能"上的差别就从这里开始:完全微调沿着 $G$ 走;LoRA 沿着
+# $G$ 在 $2r$ 个方向上的投影走,而这些方向由 $A$ 的随机初始化和之前的批次决定。
 #
-# **检验。** 按公式算出的余弦与透镜给出的相差不超过 $10^{-10}$;每个矩阵中 $0 \le \cos \le$ tangent $\le$ best-$2r$,
-# 且 span $\le$ best-$r$;把所有矩阵合起来看,span < tangent < best-$r$;在 $\eta = 10^{-3}$ 下真实走一步 SGD,两种方法都
-# 降低了这批数据的损失,降幅与一阶预测 $\langle G, \Delta W\rangle$ 相差不到 5%。
+# **检验。** 按公式算出的余弦与透镜给出的相差不超过 $10^{-10}$;每个矩阵中 $0 \le \cos \le$ tangent $\le$ best-$2r$,且
+# span $\le$ best-$r$;把所有矩阵合起来看,span < tangent < best-$r$;在 $\eta = 10^{-3}$ 下真实走一步 SGD,
+# 两种方法都降低了这批数据的损失,降幅与一阶预测 $\langle G, \Delta W\rangle$ 相差不到 5%。
 
 # %%
 for row in report.rows:
@@ -337,8 +337,8 @@ for k in ("full", "lora"):
 # minift inspect --rank 8 --alpha 64 --dtype float64 --steps 20 --train-lr 1e-3 --batch 16 --module h.0.attn.c_attn
 # ```
 #
-# (`--module` 会附上第 2 节那样的单个矩阵详情;它的默认设置是 float32、$\alpha = 2r$、批量大小 8。)**检验:** 它打印的表
-# 与上面的 `format_lens(report)` 逐字符相同。
+# (`--module` 会附上第 2 节那样的单个矩阵详情;它的默认设置是 float32、$\alpha = 2r$、批量大小
+# 8。)**检验:** 它打印的表与上面的 `format_lens(report)` 逐字符相同。
 
 # %%
 argv = ["inspect", "--rank", str(R), "--alpha", str(ALPHA), "--dtype", "float64", "--steps", str(STEPS),
@@ -363,9 +363,9 @@ assert rc == 0 and table.rstrip() == format_lens(report)
 # | 反向传播到权重 | $x^\top dy$:$2NIO$ | $dB$、$dA$:$2NR(O+I)$ |
 # | 合计 | $6NIO$ | $4NIO + 6NR(I+O)$ |
 #
-# 冻结的 $W$ 照样要做前向和 $dx$。LoRA 省掉的是三次大矩阵乘法中的一次,$x^\top dy$(第 1 节临时打开的那一次),同时为
-# 适配器付出 $6NR(I+O)$:它在线性层上的计算量总高于完全微调的 $2/3$,不会更少。完全微调更新每一个张量;LoRA 每个矩阵
-# 只更新 $r(I+O)$ 个数,外加分类头。
+# 冻结的 $W$ 照样要做前向和 $dx$。LoRA 省掉的是三次大矩阵乘法中的一次,$x^\top dy$(第 1 节临时打开的那一次),
+# 同时为适配器付出 $6NR(I+O)$:它在线性层上的计算量总高于完全微调的 $2/3$,不会更少。完全微调更新每一个张量;LoRA
+# 每个矩阵只更新 $r(I+O)$ 个数,外加分类头。
 
 # %%
 flops_full = sum(6 * N * I * O for I, O in (row.shape for row in report.rows))
@@ -378,8 +378,8 @@ print(f"matmul FLOPs of the {len(report.rows)} linears on this batch: full {flop
 print(f"parameters with a gradient: full {n_full:,}, LoRA {n_lora:,} ({n_lora / n_full:.2%})")
 
 # %% [markdown]
-# **检验。** 两个总和与 `minift.measure.bench.count_flops` 的结果完全相等;LoRA 线性层的计算量介于完全微调的 $2/3$ 与 1
-# 之间;完全微调的梯度覆盖全部参数,LoRA 的梯度则是 $\sum r(I+O)$ 加上分类头。
+# **检验。** 两个总和与 `minift.measure.bench.count_flops` 的结果完全相等;LoRA 线性层的计算量介于完全微调的 $2/3$ 与
+# 1 之间;完全微调的梯度覆盖全部参数,LoRA 的梯度则是 $\sum r(I+O)$ 加上分类头。
 
 # %%
 assert flops_full == ref_full["linear"] and flops_lora == ref_lora["linear"] + ref_lora["lora"]
@@ -390,8 +390,8 @@ assert n_lora == sum(r * sum(row.shape) for row in report.rows) + model.params["
 # %% [markdown]
 # ## 要点回顾
 #
-# - 一次反向传播同时给出两者:完全微调的 $G = x^\top dy$,以及 LoRA 的 $dB = s\,G^\top A^\top$、
-#   $dA = s\,B^\top G^\top$。LoRA 的 $dA$ 就是透过 $B$ 看到的完全微调梯度 $G$,$dB$ 是透过 $A$ 看到的 $G$。
+# - 一次反向传播同时给出两者:完全微调的 $G = x^\top dy$,以及 LoRA 的 $dB = s\,G^\top A^\top$、$dA = s\,B^\top G^\top$。
+#   LoRA 的 $dA$ 就是透过 $B$ 看到的完全微调梯度 $G$,$dB$ 是透过 $A$ 看到的 $G$。
 # - 初始化时 $B = 0$,所以 $dA = 0$:第一步是 $-\eta s^2 A^\top A\,G$,即完全微调那一步在一个随机子空间上的投影。
 # - LoRA 的任何一步,一阶近似下都是 $-\eta s^2(A^\top A\,G + G\,BB^\top)$:不会上坡,秩 $\le 2r$,却改动 $W$ 的每个元素。
 #   它跟随 $G$ 的方向有多少,看透镜的 `cos`;`best-r` 是秩为 $r$ 的更新最多能装下的部分。
@@ -413,8 +413,8 @@ print(f"{'parameters updated':22}{n_full:>18,}{n_lora:>14,}")
 # ## 练习
 #
 # **练习 1——预测第一步。** 初始化时($B = 0$),给定 $G$ $[I, O]$、$A$ $[R, I]$、缩放系数 $s$ 和 $\eta$,返回
-# `(dA, dB, delta)`:LoRA 的两个梯度,以及 SGD 走一步后 $W_\text{eff}$ 的变化,都用 minift 的布局。检验会把它们与第 3 节
-# 初始化时的透镜结果逐一比较,覆盖全部 16 个矩阵。
+# `(dA, dB, delta)`:LoRA 的两个梯度,以及 SGD 走一步后 $W_\text{eff}$ 的变化,都用 minift 的布局。
+# 检验会把它们与第 3 节初始化时的透镜结果逐一比较,覆盖全部 16 个矩阵。
 
 # %%
 def my_first_step(G, A, s, lr):
@@ -446,8 +446,8 @@ exercise("Exercise 1 (the first step)", check_first_step, my_first_step, solutio
 
 # %% [markdown]
 # **练习 2——一个线性层的 FLOPs。** 返回线性层 $[I, O]$ 在 $N$ 个 token 位置上训练一步(前向加反向)的矩阵乘法 FLOPs,
-# `method` 为 `"full"`($W$ 参与训练)或 `"lora"`($W$ 冻结,挂一个秩为 $R$ 的适配器)。检验会把你的结果在三种规模的模型
-# (含 GPT-2)的所有线性层上求和,与 `count_flops` 比较。
+# `method` 为 `"full"`($W$ 参与训练)或 `"lora"`($W$ 冻结,挂一个秩为 $R$ 的适配器)。检验会把你的结果在三种规模的模型(含
+# GPT-2)的所有线性层上求和,与 `count_flops` 比较。
 
 # %%
 def my_linear_flops(N, I, O, R, method):
