@@ -37,12 +37,12 @@ import numpy as np
 from .backend import get_xp, make_rng, randn, resolve_device, resolve_dtype, to_numpy
 from .config import LINEAR_MODULES as LINEAR_MODULES    # re-exported: minift.model.LINEAR_MODULES stays
 from .config import GPTConfig, check_labels, param_shapes
-from .dispatch import (attention_backward, attention_forward, gelu_backward, gelu_forward, layernorm_backward,
-                       layernorm_forward)
+from .dispatch import (attention_backward, attention_forward, dequantize, gelu_backward, gelu_forward,
+                       layernorm_backward, layernorm_forward)
 from .errors import MiniftError
 from .ops import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
                   embedding_forward, linear_backward, linear_forward, pool_last_backward, pool_last_forward)
-from .quant import Quantized, dequantize
+from .quant import Quantized
 
 HEAD_STREAM = 0x5C0E     # the classification head's own random stream, apart from the base's (add_classification_head)
 

@@ -238,6 +238,16 @@ def bits_per_parameter(block: int = BLOCK, double_quant: bool = False, dq_block:
     return 4 + (8 / block + 32 / (block * dq_block) if double_quant else 32 / block)
 
 
+def quantized_nbytes(n: int, double_quant: bool = False, block: int = BLOCK, dq_block: int = DQ_BLOCK) -> int:
+    """Bytes a Quantized of n weights stores (its .nbytes), from n alone: NB = ⌈n/K⌉ blocks of K/2 packed bytes,
+    and a float32 absmax per block, or with double quantisation an int8 per block, a float32 per L of them and one
+    float32 μ (what the memory model counts for QLoRA's base)."""
+    NB = -(-n // block)
+    if double_quant:
+        return NB * (block // 2 + 1) + 4 * -(-NB // dq_block) + 4
+    return NB * (block // 2 + 4)
+
+
 def stored_bits_per_parameter(Qw: Quantized) -> float:
     """The bits one quantised tensor actually stores, per weight of W (its padding and μ included)."""
     return 8 * Qw.nbytes / math.prod(Qw.shape)

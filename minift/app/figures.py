@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.io import atomic_write
+from ..measure.quant_error import variant_key
 from .report import _find, _main_lora, changed_updates, smooth
 
 FIGURES = ("training.png", "update_by_layer.png", "update_spectra.png", "similarity.png", "intruders.png",
@@ -342,7 +343,7 @@ def _matrix_panel(ax, data, codes):
 def _loss_panel(ax, data, codes):
     loss, ticks, labels = data["loss"]["quantised"], [], []
     for j, c in enumerate(codes):
-        for k, key in enumerate(v for v in (c, c + "+dq") if v in loss):
+        for k, key in enumerate(v for v in (variant_key(c, False), variant_key(c, True)) if v in loss):
             ticks.append(j + 0.38 * k)
             labels.append(CODE_NAMES[c] + key[len(c):])
             ax.bar(ticks[-1], loss[key]["delta"], width=0.34, color=CODE_COLOURS[c], alpha=1.0 - 0.45 * k,

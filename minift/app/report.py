@@ -9,6 +9,7 @@ import numpy as np
 
 from ..fast.parallel import AUTO, SHARDS_PER_WORKER
 from ..measure.memory import CLAIM
+from ..measure.quant_error import variant_key
 
 MiB = 1024 * 1024
 SMOOTH_STEPS = 20          # the training curves' moving average covers 1/SMOOTH_STEPS of the run (at least 1 step)
@@ -188,10 +189,10 @@ def qlora_findings(results) -> list:
                    "what it learned).")
     quant = results.get("quantization")
     if quant:
-        variant = cfg.get("quant", "nf4") + ("+dq" if cfg.get("double_quant") else "")
+        variant = variant_key(cfg.get("quant", "nf4"), bool(cfg.get("double_quant")))
         sm, loss = quant["summary"], quant["loss"]
         others = ", ".join(f"{k} {100 * v['rel_error_mean']:.1f}%" for k, v in sm.items()
-                           if k != variant and "+dq" not in k)
+                           if k != variant and not v["double_quant"])
         d = loss["quantised"][variant]
         se = f" ± {d['delta_se']:.4f}" if d.get("delta_se") is not None else ""
         out.append(f"**The 4-bit base itself** — {variant} reconstructs the adapted matrices with a relative error "

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from .. import dispatch
 from ..errors import MiniftError
-from ..quant import BLOCK, Quantized, dequantize, quantize
+from ..quant import BLOCK, Quantized, quantize
 from .op import LoRALinear, lora_backward, lora_forward
 
 W_SLOT = 4      # where lora_forward's cache keeps W: (x2, xd, mask, hs, w, A, B, s, has_b, x_shape)
@@ -119,7 +119,7 @@ class QLoRALinear(LoRALinear):
 
     def dequantized_weight(self, dtype="float32"):
         """W̃ = deq(W) [I, O] in `dtype`: the frozen weight the layer computes with."""
-        return dequantize(self.Qw, dtype=dtype)                        # (I, O)
+        return dispatch.dequantize(self.Qw, dtype=dtype)               # (I, O)
 
     def forward(self, x, w=None, b=None, train=None):
         self._check_w(w)

@@ -110,7 +110,7 @@ computes in float32 or float64 only: the 16-bit rows are predictions, never meas
 QLoRA (method "qlora", Dettmers et al. 2023): LoRA's adapters, trainables and activations; each adapted W held as a
 minift.quant.Quantized (any code, nf4, int4 or fp4: the same bytes), everything else in the compute dtype:
 
-    W [n weights], NB = ⌈n/64⌉ blocks          bytes (quantized_nbytes)                  bits a weight as n grows
+    W [n weights], NB = ⌈n/64⌉ blocks          bytes (quant.quantized_nbytes)            bits a weight as n grows
     4-bit codes + a float32 absmax a block     NB·(32 + 4)                               4 + 32/64 = 4.5
     double_quant: int8 absmax, float32 / 256   NB·(32 + 1) + 4·⌈NB/256⌉ + 4 (μ)          4 + 8/64 + 32/(64·256) ≈ 4.127
 
@@ -144,7 +144,7 @@ from ..fast.attention import ATTENTION_BLOCK, query_blocks
 from ..fast.dequant import CHUNK
 from ..methods import ADAPTER_METHODS, METHODS, freeze_plan
 from ..model import backward_floor, param_shapes
-from ..quant import BLOCK, CODES, DQ_BLOCK
+from ..quant import BLOCK, CODES, quantized_nbytes
 
 OPTIMIZERS = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}     # floats of optimizer state per trainable parameter
 HEAD_KINDS = ("lm", "classification")   # GPT.head_kind
@@ -289,15 +289,6 @@ def activation_terms(cfg: GPTConfig, batch: int, seq: int, dtype="float32", head
 
 
 # ---- a 4-bit base (QLoRA) ------------------------------------------------------------------------------------------
-
-def quantized_nbytes(n: int, double_quant: bool = False, block: int = BLOCK, dq_block: int = DQ_BLOCK) -> int:
-    """Bytes a Quantized of n weights stores (its .nbytes): NB = ⌈n/K⌉ blocks of K/2 packed bytes, and a float32
-    absmax per block, or with double quantisation an int8 per block, a float32 per L of them and one float32 μ."""
-    NB = -(-n // block)
-    if double_quant:
-        return NB * (block // 2 + 1) + 4 * -(-NB // dq_block) + 4
-    return NB * (block // 2 + 4)
-
 
 def dequantize_nbytes(n: int, dtype="float32", double_quant: bool = False, path: str = "chunked",
                       block: int = BLOCK) -> int:
